@@ -1,0 +1,21 @@
+"""``export``: a loaded (possibly quantized) model to a deployable folder: ``model.onnx`` + its tokenizer."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from edgeq.exporter.llama_graph import build_decoder_model
+from edgeq.exporter.save import save_model
+
+log = logging.getLogger(__name__)
+
+
+def export(model, tokenizer, out_path: str | Path, dtype: str = "float32", external: bool | None = None) -> Path:
+    out_path = Path(out_path)
+    proto = build_decoder_model(model, dtype)
+    save_model(proto, out_path, external)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_path.parent)
+    log.info("exported %s (%d nodes)", out_path, len(proto.graph.node))
+    return out_path

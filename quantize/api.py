@@ -1,0 +1,116 @@
+"""``quantize_(model, config, ...)``: the one entry point; dispatches on the config type through a registry.
+
+A quantized model is saved as a folder: ``edgeq_quant.json`` (format version, method config, source model) and
+``weights.safetensors`` (each quantized linear's format tensors under its module name).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from edgeq.errors import EdgeqError
+from edgeq.quantize.config import GPTQConfig, RTNConfig, config_from_dict, config_to_dict
+from edgeq.quantize.formats.group_quant import GroupQuantWeight
+from edgeq.quantize.gptq import GPTQ
+from edgeq.quantize.modules import QuantizedLinear, decoder_linears, set_submodule
+from edgeq.quantize.rtn import rtn_quantize
+from edgeq.quantize.sequential import LayerCheckpoints, collect_inputs, quantize_sequential
+
+FORMAT_VERSION = 1
+META_FILE, WEIGHTS_FILE = "edgeq_quant.json", "weights.safetensors"
+
+_REGISTRY: dict[type, Callable] = {}
+
+
+def register(config_type: type):
+    def wrap(fn):
+        _REGISTRY[config_type] = fn
+        return fn
+
+    return wrap
+
+
+def quantize_(model, config, calib_ids: torch.Tensor | None = None, checkpoint_dir: str | Path | None = None):
+    """Quantize every decoder linear of ``model`` in place; returns {module name: packed weight}."""
+    fn = _REGISTRY.get(type(config))
+    if fn is None:
+        raise EdgeqError(f"no quantizer registered for {type(config).__name__}")
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    return fn(model, config, calib_ids, LayerCheckpoints(folder, config_to_dict(config)))
+
+
+@register(RTNConfig)
+@torch.no_grad()
+def _quantize_rtn(model, config: RTNConfig, calib_ids, checkpoints):
+    result = {}
+    for index, layer in enumerate(model.model.layers):
+        for name, module in decoder_linears(layer).items():
+            qw = rtn_quantize(module.weight, config)
+            set_submodule(layer, name, QuantizedLinear(qw, module.bias))
+            result[f"model.layers.{index}.{name}"] = qw
+    return result
+
+
+@register(GPTQConfig)
+def _quantize_gptq(model, config: GPTQConfig, calib_ids, checkpoints):
+    if calib_ids is None:
+        raise EdgeqError("GPTQ needs calibration data")
+
+    def quantize_layer(layer, runner):
+        solvers = {name: GPTQ(m.weight) for name, m in decoder_linears(layer).items()}
+        collect_inputs(layer, runner, lambda name, x: solvers[name].add_batch(x))
+        out = {}
+        for name, solver in solvers.items():
+            out[name] = solver.quantize(
+                config.bits, config.group_size, config.sym, config.act_order, config.damp, config.block_size
+            )
+            solver.free()
+        return out
+
+    return quantize_sequential(model, torch.as_tensor(calib_ids), quantize_layer, checkpoints, desc="gptq")
+
+
+def save_quantized(folder: str | Path, qweights: dict[str, GroupQuantWeight], config, source: str) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, qw in qweights.items():
+        tensors.update(qw.to_tensors(name))
+    save_file(tensors, folder / WEIGHTS_FILE)
+    meta = {"format_version": FORMAT_VERSION, "config": config_to_dict(config), "source": source,
+            "linears": sorted(qweights)}
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def load_quantized(folder: str | Path):
+    """Returns (config, source model name, {module name: packed weight}); refuses a damaged folder up front."""
+    folder = Path(folder)
+    meta_path = folder / META_FILE
+    if not meta_path.exists():
+        raise EdgeqError(f"{folder}: not an edgeq quantized model (no {META_FILE})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise EdgeqError(f"{meta_path}: not valid JSON ({e})") from e
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise EdgeqError(f"{meta_path}: format version {meta.get('format_version')}, this edgeq reads {FORMAT_VERSION}")
+    try:
+        tensors = load_file(folder / WEIGHTS_FILE)
+    except Exception as e:
+        raise EdgeqError(f"{folder / WEIGHTS_FILE}: cannot read ({e})") from e
+    qweights = {name: GroupQuantWeight.from_tensors(tensors, name) for name in meta["linears"]}
+    return config_from_dict(meta["config"]), meta["source"], qweights
+
+
+def apply_quantized(model, qweights: dict[str, GroupQuantWeight]) -> None:
+    """Swap the named linears of ``model`` for ``QuantizedLinear`` modules holding the given weights."""
+    for name, qw in qweights.items():
+        old = model.get_submodule(name)
+        if tuple(old.weight.shape) != qw.shape:
+            raise EdgeqError(f"{name}: quantized shape {qw.shape} does not match the model's {tuple(old.weight.shape)}")
+        set_submodule(model, name, QuantizedLinear(qw, getattr(old, "bias", None)))

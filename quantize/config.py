@@ -1,0 +1,88 @@
+"""Versioned, frozen method configurations. ``quantize_`` dispatches on the config's type.
+
+Each config names the packed format it produces and the operator it lowers to; the exporter and passes read
+only the format, never the config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from edgeq.errors import EdgeqError
+
+MIN_BITS, MAX_BITS = 2, 8
+
+
+def check_grid(bits: int, group_size: int) -> None:
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise EdgeqError(f"bits must be between {MIN_BITS} and {MAX_BITS}, got {bits}")
+    if group_size != -1 and (group_size < 2 or group_size & (group_size - 1)):
+        raise EdgeqError(f"group size must be a power of two (>= 2) or -1 for per-channel, got {group_size}")
+
+
+@dataclass(frozen=True)
+class RTNConfig:
+    """Round-to-nearest weight-only quantization. Format: ``GroupQuantWeight``.
+
+    bits: code width, 2..8.  group_size: weights per (scale, zero) along the input dimension; -1 = per channel.
+    sym: symmetric grid (zero point fixed at 2^(bits-1)) instead of min-max asymmetric.
+    Lowers to ``com.microsoft.MatMulNBits`` (4/8 bits) or ``edgeq::GroupQuantMatMul`` (other widths).
+    """
+
+    bits: int = 4
+    group_size: int = 128
+    sym: bool = False
+    version: int = 1
+
+    def __post_init__(self):
+        check_grid(self.bits, self.group_size)
+
+
+@dataclass(frozen=True)
+class GPTQConfig:
+    """GPTQ (Frantar et al. 2022): column-wise quantization with error feedback through the inverse Hessian.
+
+    bits, group_size, sym: the grid, as in ``RTNConfig``.
+    act_order: quantize columns in order of decreasing Hessian diagonal; groups are contiguous in that order and
+      the permutation is stored with the weight (the exported graph gathers the activation columns once).
+    damp: dampening added to the Hessian diagonal, as a fraction of its mean.
+    block_size: columns solved together before the lazy batch update of the rest.
+    nsamples, seqlen, seed: the calibration set (sequences of seqlen tokens drawn with seed).
+    Format and lowering as ``RTNConfig``.
+    """
+
+    bits: int = 4
+    group_size: int = 128
+    sym: bool = False
+    act_order: bool = True
+    damp: float = 0.01
+    block_size: int = 128
+    nsamples: int = 128
+    seqlen: int = 512
+    seed: int = 0
+    version: int = 1
+
+    def __post_init__(self):
+        check_grid(self.bits, self.group_size)
+        if not 0 < self.damp < 1:
+            raise EdgeqError(f"damp must be in (0, 1), got {self.damp}")
+        if self.nsamples < 1 or self.seqlen < 2:
+            raise EdgeqError(f"calibration needs nsamples >= 1 and seqlen >= 2, got {self.nsamples}, {self.seqlen}")
+
+
+METHODS = {"rtn": RTNConfig, "gptq": GPTQConfig}
+
+
+def config_to_dict(config) -> dict:
+    name = next(k for k, v in METHODS.items() if isinstance(config, v))
+    return {"method": name, **asdict(config)}
+
+
+def config_from_dict(data: dict):
+    data = dict(data)
+    method = data.pop("method", None)
+    if method not in METHODS:
+        raise EdgeqError(f"unknown quantization method '{method}' (known: {', '.join(METHODS)})")
+    cls = METHODS[method]
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known})

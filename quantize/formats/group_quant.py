@@ -1,0 +1,96 @@
+"""``GroupQuantWeight``: k-bit integer codes with one (scale, zero) per group of input columns.
+
+Fields (N = out features, K = in features, G = ceil(K / group_size)):
+  codes  uint8 [N, K]   integer codes in [0, 2^bits - 1], columns in *quantization order* (see perm)
+  scales float32 [N, G] group scale
+  zeros  uint8 [N, G]   integer zero point
+  perm   int64 [K] or None: quantization order. Column j of ``codes`` holds original input column perm[j], so
+         y = x[..., perm] @ dequant(codes).T. Groups are contiguous in that order (GPTQ act-order).
+The last group is shorter when K is not a multiple of group_size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from edgeq.errors import EdgeqError
+
+
+@dataclass
+class GroupQuantWeight:
+    codes: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    bits: int
+    group_size: int
+    perm: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.codes.shape)
+
+    @property
+    def num_groups(self) -> int:
+        return math.ceil(self.codes.shape[1] / self.group_size)
+
+    def dequantize_permuted(self) -> torch.Tensor:
+        """[N, K] float weights in quantization order (columns permuted by perm)."""
+        n, k = self.codes.shape
+        expand = lambda t: t.float().repeat_interleave(self.group_size, dim=1)[:, :k]  # noqa: E731
+        return (self.codes.float() - expand(self.zeros)) * expand(self.scales)
+
+    def dequantize(self) -> torch.Tensor:
+        """[N, K] float weights in the original column order."""
+        w = self.dequantize_permuted()
+        if self.perm is None:
+            return w
+        out = torch.empty_like(w)
+        out[:, self.perm] = w
+        return out
+
+    def storage_bits(self) -> int:
+        """Bits this weight needs when packed for deployment: codes, fp16 scales, zero points at `bits` each."""
+        n, k = self.codes.shape
+        return n * k * self.bits + n * self.num_groups * (16 + self.bits)
+
+    def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        out = {
+            f"{prefix}.codes": self.codes.contiguous(),
+            f"{prefix}.scales": self.scales.contiguous(),
+            f"{prefix}.zeros": self.zeros.contiguous(),
+            f"{prefix}.grid": torch.tensor([self.bits, self.group_size], dtype=torch.int32),
+        }
+        if self.perm is not None:
+            out[f"{prefix}.perm"] = self.perm.contiguous()
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str) -> "GroupQuantWeight":
+        try:
+            bits, group_size = (int(v) for v in tensors[f"{prefix}.grid"])
+            w = cls(
+                codes=tensors[f"{prefix}.codes"],
+                scales=tensors[f"{prefix}.scales"],
+                zeros=tensors[f"{prefix}.zeros"],
+                bits=bits,
+                group_size=group_size,
+                perm=tensors.get(f"{prefix}.perm"),
+            )
+        except KeyError as e:
+            raise EdgeqError(f"quantized checkpoint lacks tensor {e.args[0]}") from e
+        w.validate(prefix)
+        return w
+
+    def validate(self, name: str = "weight") -> None:
+        n, k = self.codes.shape
+        if self.codes.dtype != torch.uint8 or self.zeros.dtype != torch.uint8:
+            raise EdgeqError(f"{name}: codes and zeros must be uint8")
+        if tuple(self.scales.shape) != (n, self.num_groups) or tuple(self.zeros.shape) != (n, self.num_groups):
+            raise EdgeqError(f"{name}: scales/zeros must be [{n}, {self.num_groups}], got {tuple(self.scales.shape)}")
+        if int(self.codes.max()) >= 2**self.bits:
+            raise EdgeqError(f"{name}: a code exceeds {self.bits} bits")
+        if self.perm is not None and not torch.equal(torch.sort(self.perm).values, torch.arange(k)):
+            raise EdgeqError(f"{name}: perm is not a permutation of {k} columns")

@@ -1,0 +1,32 @@
+"""PyTorch modules that stand in for ``nn.Linear`` once a weight is quantized, for evaluation and export."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgeq.quantize.formats.group_quant import GroupQuantWeight
+
+
+class QuantizedLinear(nn.Module):
+    """y = x @ dequant(W).T + b. Holds the packed weight; the exporter reads ``qweight`` to emit quantized nodes."""
+
+    def __init__(self, qweight: GroupQuantWeight, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.qweight = qweight
+        self.out_features, self.in_features = qweight.shape
+        self.register_buffer("weight", qweight.dequantize(), persistent=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+def decoder_linears(layer: nn.Module) -> dict[str, nn.Module]:
+    """The projection layers of a decoder block by their name inside it (q/k/v/o, gate/up/down)."""
+    return {name: m for name, m in layer.named_modules() if isinstance(m, (nn.Linear, QuantizedLinear))}
+
+
+def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)

@@ -1,0 +1,148 @@
+"""Layer-by-layer calibration: the loop GPTQ, SpQR and OmniQuant share.
+
+The calibration batch is run once up to the first decoder layer; then each layer in turn collects its
+statistics, is quantized, and its *quantized* outputs become the next layer's inputs. Each finished layer is
+checkpointed, so an interrupted run resumes at the first unfinished layer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from edgeq.errors import EdgeqError
+from edgeq.quantize.formats.group_quant import GroupQuantWeight
+from edgeq.quantize.modules import QuantizedLinear, decoder_linears, set_submodule
+
+log = logging.getLogger(__name__)
+
+# (layer, calibration inputs of every linear by name) -> quantized weights by linear name
+LayerQuantizer = Callable[[torch.nn.Module, "LayerRunner"], dict[str, GroupQuantWeight]]
+
+
+class _StopForward(Exception):
+    pass
+
+
+class LayerRunner:
+    """Runs one decoder layer over the cached calibration activations, in mini-batches."""
+
+    def __init__(self, inputs: list[torch.Tensor], layer_kwargs: dict):
+        self.inputs = inputs
+        self.layer_kwargs = layer_kwargs
+
+    @torch.no_grad()
+    def run(self, layer: torch.nn.Module) -> list[torch.Tensor]:
+        outs = []
+        for x in self.inputs:
+            out = layer(x, **self.layer_kwargs)
+            outs.append(out[0] if isinstance(out, tuple) else out)
+        return outs
+
+
+@torch.no_grad()
+def capture_first_layer_inputs(model, calib_ids: torch.Tensor, batch_size: int) -> LayerRunner:
+    layers = model.model.layers
+    inputs: list[torch.Tensor] = []
+    layer_kwargs: dict = {}
+
+    def hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        inputs.append(hidden.detach())
+        layer_kwargs.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        raise _StopForward
+
+    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for start in range(0, len(calib_ids), batch_size):
+            try:
+                model(calib_ids[start : start + batch_size], use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    layer_kwargs["use_cache"] = False
+    layer_kwargs.pop("past_key_values", None)
+    layer_kwargs.pop("past_key_value", None)
+    return LayerRunner(inputs, layer_kwargs)
+
+
+def collect_inputs(layer: torch.nn.Module, runner: LayerRunner, sink: Callable[[str, torch.Tensor], None]) -> None:
+    """Run the layer once, handing each linear's input activations to ``sink(name, x)``."""
+    handles = [
+        module.register_forward_hook(lambda m, inp, out, name=name: sink(name, inp[0]))
+        for name, module in decoder_linears(layer).items()
+    ]
+    try:
+        runner.run(layer)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class LayerCheckpoints:
+    """One safetensors file per finished layer, under a folder tagged with the method config."""
+
+    def __init__(self, folder: Path | None, config_dict: dict):
+        self.folder = folder
+        if folder is None:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        tag = folder / "config.json"
+        if tag.exists() and json.loads(tag.read_text()) != config_dict:
+            raise EdgeqError(f"checkpoint folder {folder} holds a run with another config; remove it or pick another")
+        tag.write_text(json.dumps(config_dict, sort_keys=True))
+
+    def _path(self, index: int) -> Path:
+        return self.folder / f"layer_{index:03d}.safetensors"
+
+    def load(self, index: int, names: list[str]) -> dict[str, GroupQuantWeight] | None:
+        if self.folder is None or not self._path(index).exists():
+            return None
+        tensors = load_file(self._path(index))
+        return {name: GroupQuantWeight.from_tensors(tensors, name) for name in names}
+
+    def save(self, index: int, qweights: dict[str, GroupQuantWeight]) -> None:
+        if self.folder is None:
+            return
+        tensors = {}
+        for name, qw in qweights.items():
+            tensors.update(qw.to_tensors(name))
+        tmp = self._path(index).with_suffix(".tmp")
+        save_file(tensors, tmp)
+        tmp.replace(self._path(index))
+
+
+def quantize_sequential(
+    model,
+    calib_ids: torch.Tensor,
+    quantize_layer: LayerQuantizer,
+    checkpoints: LayerCheckpoints,
+    batch_size: int = 8,
+    desc: str = "quantize",
+) -> dict[str, GroupQuantWeight]:
+    """Quantize every decoder layer in order; returns the weights by full module name and swaps them in."""
+    runner = capture_first_layer_inputs(model, calib_ids, batch_size)
+    result: dict[str, GroupQuantWeight] = {}
+    for index, layer in enumerate(tqdm(model.model.layers, desc=desc, unit="layer")):
+        prefix = f"model.layers.{index}."
+        local = list(decoder_linears(layer))
+        qweights = checkpoints.load(index, [prefix + n for n in local])
+        if qweights is None:
+            found = quantize_layer(layer, runner)
+            qweights = {prefix + n: qw for n, qw in found.items()}
+            checkpoints.save(index, qweights)
+        else:
+            log.info("layer %d: resumed from checkpoint", index)
+        for name in local:
+            old = layer.get_submodule(name)
+            set_submodule(layer, name, QuantizedLinear(qweights[prefix + name], getattr(old, "bias", None)))
+        result.update(qweights)
+        runner.inputs = runner.run(layer)
+    return result
