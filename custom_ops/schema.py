@@ -1,0 +1,234 @@
+"""The edgeq custom-op domain: every op's inputs, attributes and types as data, and its ONNX schema.
+
+This module is the single owner of op names and signatures. The exporter and passes build nodes from it, the
+tests check kernels against it, and the C++ kernels (``custom_ops/cpu``, ``custom_ops/cuda``) implement exactly
+what is written here; ``register_schemas()`` makes ``onnx.checker`` and ``onnx.shape_inference`` accept
+graphs that use the ops (``import edgeq.custom_ops`` calls it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import onnx
+from onnx import TensorProto, helper
+
+DOMAIN = "edgeq"
+DOMAIN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Input:
+    """One formal input. ``type`` names a type constraint (``"T"``) or a fixed element type (``"tensor(uint8)"``)."""
+
+    name: str
+    type: str
+    doc: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One attribute; ``type`` is an ``onnx.AttributeProto`` type, ``check`` refuses a bad value with a reason."""
+
+    name: str
+    type: int
+    doc: str
+    required: bool = True
+    check: Callable[[object], str | None] | None = None
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """An op of the edgeq domain: signature as data plus an ONNX type/shape inference function."""
+
+    name: str
+    doc: str
+    inputs: tuple[Input, ...]
+    outputs: tuple[Input, ...]
+    attributes: tuple[Attribute, ...]
+    type_constraints: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    infer: Callable[["onnx.shape_inference.InferenceContext"], None] | None = None
+
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.inputs]
+
+    def check_attributes(self, attrs: dict) -> None:
+        """Raise ``ValueError`` naming the op and attribute when a value is missing, unknown or out of range."""
+        known = {a.name for a in self.attributes}
+        for name in attrs:
+            if name not in known:
+                raise ValueError(f"{DOMAIN}::{self.name}: unknown attribute '{name}' (known: {sorted(known)})")
+        for a in self.attributes:
+            if a.name not in attrs:
+                if a.required:
+                    raise ValueError(f"{DOMAIN}::{self.name}: attribute '{a.name}' is required")
+                continue
+            if a.check is not None:
+                problem = a.check(attrs[a.name])
+                if problem:
+                    raise ValueError(f"{DOMAIN}::{self.name}: attribute {a.name}={attrs[a.name]!r}: {problem}")
+
+    def make_node(self, inputs: list[str], outputs: list[str], name: str | None = None, **attrs) -> onnx.NodeProto:
+        """A NodeProto of this op; an omitted optional input is written as the empty name, as ONNX requires."""
+        self.check_attributes(attrs)
+        if len(inputs) > len(self.inputs):
+            raise ValueError(f"{DOMAIN}::{self.name}: {len(inputs)} inputs given, at most {len(self.inputs)}")
+        needed = sum(not i.optional for i in self.inputs)
+        if len([x for x in inputs if x]) < needed:
+            raise ValueError(f"{DOMAIN}::{self.name}: needs inputs {self.input_names()[:needed]}, got {inputs}")
+        return helper.make_node(self.name, inputs, outputs, name=name, domain=DOMAIN, **attrs)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GroupQuantMatMul
+
+GQMM_BITS = (2, 3, 4, 8)
+GQMM_GROUP_SIZES = (16, 32, 64, 128)
+
+
+def _positive(v) -> str | None:
+    return None if isinstance(v, int) and v > 0 else "must be a positive integer"
+
+
+def _bits(v) -> str | None:
+    return None if v in GQMM_BITS else f"must be one of {GQMM_BITS}"
+
+
+def _group_size(v) -> str | None:
+    return None if v in GQMM_GROUP_SIZES else f"must be one of {GQMM_GROUP_SIZES}"
+
+
+def gqmm_n_groups(K: int, group_size: int) -> int:
+    return math.ceil(K / group_size)
+
+
+def gqmm_group_bytes(bits: int, group_size: int) -> int:
+    # group_size is a power of two >= 16, so group_size*bits is always a whole number of bytes.
+    return group_size * bits // 8
+
+
+def _attr(ctx, name: str):
+    a = ctx.get_attribute(name)
+    if a is None:
+        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::GroupQuantMatMul: attribute '{name}' is required")
+    return helper.get_attribute_value(a)
+
+
+def _dims(type_proto: onnx.TypeProto) -> list | None:
+    """Static dims (int) or symbolic names (str) or None per axis; None when the rank is unknown."""
+    t = type_proto.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+
+
+def _infer_group_quant_matmul(ctx) -> None:
+    op = f"{DOMAIN}::GroupQuantMatMul"
+    K, N, bits, group_size = (_attr(ctx, n) for n in ("K", "N", "bits", "group_size"))
+    for name, value, check in (("K", K, _positive), ("N", N, _positive), ("bits", bits, _bits), ("group_size", group_size, _group_size)):
+        problem = check(value)
+        if problem:
+            raise onnx.shape_inference.InferenceError(f"{op}: attribute {name}={value}: {problem}")
+    n_groups = gqmm_n_groups(K, group_size)
+    expected = {
+        1: ("B", [N, n_groups, gqmm_group_bytes(bits, group_size)]),
+        2: ("scales", [N, n_groups]),
+        3: ("zero_points", [N, n_groups]),
+    }
+    a_type = ctx.get_input_type(0)
+    a_dims = _dims(a_type) if a_type is not None else None
+    if a_dims is not None:
+        if len(a_dims) < 1:
+            raise onnx.shape_inference.InferenceError(f"{op}: A must have rank >= 1, got a scalar")
+        if isinstance(a_dims[-1], int) and a_dims[-1] != K:
+            raise onnx.shape_inference.InferenceError(f"{op}: A's last dim is {a_dims[-1]}, attribute K is {K}")
+    for index, (name, shape) in expected.items():
+        if index >= ctx.get_num_inputs() or not ctx.has_input(index):
+            continue
+        t = ctx.get_input_type(index)
+        dims = _dims(t) if t is not None else None
+        if dims is None:
+            continue
+        if len(dims) != len(shape) or any(isinstance(d, int) and d != s for d, s in zip(dims, shape)):
+            raise onnx.shape_inference.InferenceError(f"{op}: {name} has shape {dims}, expected {shape}")
+    out = onnx.TypeProto()
+    if a_type is not None and a_type.tensor_type.elem_type:
+        out.tensor_type.elem_type = a_type.tensor_type.elem_type
+    if a_dims is not None:
+        shape = out.tensor_type.shape
+        for d in a_dims[:-1]:
+            dim = shape.dim.add()
+            if isinstance(d, int):
+                dim.dim_value = d
+            elif d:
+                dim.dim_param = d
+        shape.dim.add().dim_value = N
+    ctx.set_output_type(0, out)
+
+
+GROUP_QUANT_MATMUL = OpDef(
+    name="GroupQuantMatMul",
+    doc=(
+        "Y = A @ W^T for k-bit group-quantized W [N, K]: W[n, k] = scales[n, k // g] * (code[n, k] - zp[n, k // g]). "
+        "B packs, per (row n, group j), a little-endian bitstream of group_size codes: code i occupies bits "
+        "[i*bits, (i+1)*bits) of the group's bytes (4-bit: two codes per byte, low nibble first, as "
+        "com.microsoft.MatMulNBits). n_groups = ceil(K / group_size); the last group is zero-padded to a full "
+        "group in B and its padded codes are ignored. zero_points absent means 2^(bits-1)."
+    ),
+    inputs=(
+        Input("A", "T", "activations [..., K]"),
+        Input("B", "tensor(uint8)", "packed codes [N, n_groups, group_size*bits/8]"),
+        Input("scales", "T", "per-group scales [N, n_groups]"),
+        Input("zero_points", "tensor(uint8)", "unpacked integer zero points [N, n_groups]", optional=True),
+    ),
+    outputs=(Input("Y", "T", "[..., N]"),),
+    attributes=(
+        Attribute("K", onnx.AttributeProto.INT, "reduction size (A's last dim)", check=_positive),
+        Attribute("N", onnx.AttributeProto.INT, "output features (rows of W)", check=_positive),
+        Attribute("bits", onnx.AttributeProto.INT, "code width, one of 2, 3, 4, 8", check=_bits),
+        Attribute("group_size", onnx.AttributeProto.INT, "codes per scale along K, power of two 16..128", check=_group_size),
+    ),
+    type_constraints={"T": ("tensor(float)", "tensor(float16)")},
+    infer=_infer_group_quant_matmul,
+)
+
+OPS: dict[str, OpDef] = {op.name: op for op in (GROUP_QUANT_MATMUL,)}
+
+# Element types the kernels accept for T, as TensorProto enums (the C++ side checks the same list).
+T_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
+
+
+def _onnx_schema(op: OpDef) -> onnx.defs.OpSchema:
+    OpSchema = onnx.defs.OpSchema
+    option = {True: OpSchema.FormalParameterOption.Optional, False: OpSchema.FormalParameterOption.Single}
+    params = lambda items: [OpSchema.FormalParameter(i.name, i.type, i.doc, param_option=option[i.optional]) for i in items]
+    attr_types = {onnx.AttributeProto.INT: OpSchema.AttrType.INT, onnx.AttributeProto.FLOAT: OpSchema.AttrType.FLOAT,
+                  onnx.AttributeProto.STRING: OpSchema.AttrType.STRING, onnx.AttributeProto.INTS: OpSchema.AttrType.INTS}
+    schema = OpSchema(
+        op.name, DOMAIN, DOMAIN_VERSION, op.doc,
+        inputs=params(op.inputs), outputs=params(op.outputs),
+        type_constraints=[(name, list(types), "") for name, types in op.type_constraints.items()],
+        attributes=[OpSchema.Attribute(a.name, attr_types[a.type], a.doc, required=a.required) for a in op.attributes],
+    )
+    if op.infer is not None:
+        schema.set_type_and_shape_inference_function(op.infer)
+    return schema
+
+
+def register_schemas() -> None:
+    """Register every edgeq op with onnx's schema registry; idempotent (a second call changes nothing)."""
+    for op in OPS.values():
+        try:
+            onnx.defs.get_schema(op.name, DOMAIN_VERSION, DOMAIN)
+            continue
+        except onnx.defs.SchemaError:
+            pass
+        onnx.defs.register_schema(_onnx_schema(op))
+
+
+def opset_import() -> onnx.OperatorSetIdProto:
+    """The opset entry a model using edgeq ops must carry."""
+    return helper.make_opsetid(DOMAIN, DOMAIN_VERSION)
