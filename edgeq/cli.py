@@ -89,10 +89,10 @@ def run_export(model, tokenizer, out: Path, dtype: str, lower: bool, external: b
     return path
 
 
-def eval_tokens(tokenizer, args):
+def eval_tokens(tokenizer, args, text: str | None = None):
     from edgeq.text import read_text, tokenize
 
-    return tokenize(tokenizer, read_text(args.text))
+    return tokenize(tokenizer, text if text is not None else read_text(args.text))
 
 
 def eval_onnx(path: Path, tokens, args, desc: str):
@@ -167,9 +167,12 @@ def cmd_eval(args):
     from edgeq.models import load_model
     from edgeq.quantize.api import apply_quantized, load_quantized
 
+    from edgeq.text import read_text
+
+    text = read_text(args.text)  # refuse a bad text before loading anything
     if args.onnx:
         path = Path(args.onnx)
-        result = eval_onnx(path, eval_tokens(load_tokenizer_for(path), args), args, "onnx")
+        result = eval_onnx(path, eval_tokens(load_tokenizer_for(path), args, text), args, "onnx")
         what = str(path)
     else:
         qweights, source = None, args.model
@@ -179,7 +182,7 @@ def cmd_eval(args):
         lm = load_model(source or DEFAULT_MODEL)
         if qweights is not None:
             apply_quantized(lm.model, qweights)
-        result = eval_torch(lm.model, eval_tokens(lm.tokenizer, args), args, "pytorch")
+        result = eval_torch(lm.model, eval_tokens(lm.tokenizer, args, text), args, "pytorch")
         what = f"{source} (pytorch{', ' + args.quantized if args.quantized else ''})"
     print(f"{what}: perplexity {result.perplexity:.4f} over {result.tokens_scored} tokens in {result.windows} windows")
 
