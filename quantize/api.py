@@ -63,7 +63,9 @@ def _quantize_gptq(model, config: GPTQConfig, calib_ids, checkpoints):
 
     def quantize_layer(layer, runner):
         solvers = {name: GPTQ(m.weight) for name, m in decoder_linears(layer).items()}
-        collect_inputs(layer, runner, lambda name, x: solvers[name].add_batch(x))
+        owner = collect_inputs(layer, runner, lambda name, x: solvers[name].add_batch(x))
+        for name, source in owner.items():
+            solvers[name].share_statistics(solvers[source])
         out = {}
         for name, solver in solvers.items():
             out[name] = solver.quantize(

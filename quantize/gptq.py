@@ -20,17 +20,22 @@ class GPTQ:
     def __init__(self, weight: torch.Tensor):
         self.W = weight.detach().float().clone()
         self.rows, self.columns = self.W.shape
-        self.H = torch.zeros(self.columns, self.columns, dtype=torch.float64)
+        self.H = torch.zeros(self.columns, self.columns)
         self.nsamples = 0
 
     def add_batch(self, inp: torch.Tensor) -> None:
-        x = inp.detach().reshape(-1, inp.shape[-1]).double()
+        x = inp.detach().reshape(-1, inp.shape[-1]).float()
         n = x.shape[0]
         # Running mean keeps H on the same scale whatever the number of batches.
         self.H *= self.nsamples / (self.nsamples + n)
         self.nsamples += n
         x = math.sqrt(2 / self.nsamples) * x
         self.H += x.T @ x
+
+    def share_statistics(self, other: "GPTQ") -> None:
+        """Use another solver's Hessian: linears that read the same input (q/k/v, gate/up) have the same H."""
+        if other is not self:
+            self.H, self.nsamples = other.H, other.nsamples
 
     @torch.no_grad()
     def quantize(

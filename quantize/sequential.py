@@ -73,10 +73,25 @@ def capture_first_layer_inputs(model, calib_ids: torch.Tensor, batch_size: int) 
     return LayerRunner(inputs, layer_kwargs)
 
 
-def collect_inputs(layer: torch.nn.Module, runner: LayerRunner, sink: Callable[[str, torch.Tensor], None]) -> None:
-    """Run the layer once, handing each linear's input activations to ``sink(name, x)``."""
+def collect_inputs(layer: torch.nn.Module, runner: LayerRunner, sink: Callable[[str, torch.Tensor], None]) -> dict[str, str]:
+    """Run the layer once, handing each distinct linear input to ``sink(name, x)``.
+
+    q/k/v (and gate/up) read the very same tensor; it is handed over once, under the first linear's name.
+    Returns {linear name: name its input was handed over under} so callers can share the statistics.
+    """
+    owner: dict[str, str] = {}
+    last: list = [None, None]
+
+    def hook(module, inp, out, name):
+        x = inp[0]
+        if name not in owner:
+            owner[name] = owner[last[1]] if x is last[0] else name
+        last[:] = [x, name]
+        if owner[name] == name:
+            sink(name, x)
+
     handles = [
-        module.register_forward_hook(lambda m, inp, out, name=name: sink(name, inp[0]))
+        module.register_forward_hook(lambda m, inp, out, name=name: hook(m, inp, out, name))
         for name, module in decoder_linears(layer).items()
     ]
     try:
@@ -84,6 +99,7 @@ def collect_inputs(layer: torch.nn.Module, runner: LayerRunner, sink: Callable[[
     finally:
         for h in handles:
             h.remove()
+    return owner
 
 
 class LayerCheckpoints:

@@ -117,3 +117,15 @@ def test_quantized_model_differs_from_fp_but_stays_close():
     a, b = model(ids).logits, fp(ids).logits
     rel = ((a - b).norm() / b.norm()).item()
     assert 0 < rel < 0.2
+
+
+def test_shared_inputs_are_collected_once():
+    from edgeq.quantize.sequential import capture_first_layer_inputs, collect_inputs
+
+    model = make_tiny_llama()
+    runner = capture_first_layer_inputs(model, torch.randint(0, 300, (4, 16)), batch_size=2)
+    seen = []
+    owner = collect_inputs(model.model.layers[0], runner, lambda name, x: seen.append(name))
+    assert owner["self_attn.k_proj"] == owner["self_attn.v_proj"] == "self_attn.q_proj"
+    assert owner["mlp.up_proj"] == "mlp.gate_proj" and owner["mlp.down_proj"] == "mlp.down_proj"
+    assert seen == ["self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"] * 2  # two batches
