@@ -14,11 +14,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from edgeq.errors import EdgeqError
-from edgeq.quantize.config import GPTQConfig, RTNConfig, config_from_dict, config_to_dict
-from edgeq.quantize.formats.group_quant import GroupQuantWeight
+from edgeq.quantize.config import GPTQConfig, RTNConfig, SpQRConfig, config_from_dict, config_to_dict
+from edgeq.quantize.formats import FORMATS
 from edgeq.quantize.gptq import GPTQ
 from edgeq.quantize.modules import QuantizedLinear, decoder_linears, set_submodule
 from edgeq.quantize.rtn import rtn_quantize
+from edgeq.quantize.spqr import SpQR
 from edgeq.quantize.sequential import LayerCheckpoints, collect_inputs, quantize_sequential
 
 FORMAT_VERSION = 1
@@ -56,18 +57,23 @@ def _quantize_rtn(model, config: RTNConfig, calib_ids, checkpoints):
     return result
 
 
+def _hessian_solvers(layer, runner, solver_type):
+    """One solver per linear of ``layer``, with the Hessian of its calibration inputs collected."""
+    solvers = {name: solver_type(m.weight) for name, m in decoder_linears(layer).items()}
+    owner = collect_inputs(layer, runner, lambda name, x: solvers[name].add_batch(x))
+    for name, source in owner.items():
+        solvers[name].share_statistics(solvers[source])
+    return solvers
+
+
 @register(GPTQConfig)
 def _quantize_gptq(model, config: GPTQConfig, calib_ids, checkpoints):
     if calib_ids is None:
         raise EdgeqError("GPTQ needs calibration data")
 
     def quantize_layer(layer, runner):
-        solvers = {name: GPTQ(m.weight) for name, m in decoder_linears(layer).items()}
-        owner = collect_inputs(layer, runner, lambda name, x: solvers[name].add_batch(x))
-        for name, source in owner.items():
-            solvers[name].share_statistics(solvers[source])
         out = {}
-        for name, solver in solvers.items():
+        for name, solver in _hessian_solvers(layer, runner, GPTQ).items():
             out[name] = solver.quantize(
                 config.bits, config.group_size, config.sym, config.act_order, config.damp, config.block_size
             )
@@ -77,7 +83,33 @@ def _quantize_gptq(model, config: GPTQConfig, calib_ids, checkpoints):
     return quantize_sequential(model, torch.as_tensor(calib_ids), quantize_layer, checkpoints, desc="gptq")
 
 
-def save_quantized(folder: str | Path, qweights: dict[str, GroupQuantWeight], config, source: str) -> None:
+# Each retry raises τ by this factor until the layer's outlier share is at most target_outliers.
+TAU_STEP, TAU_TRIES = 1.5, 12
+
+
+@register(SpQRConfig)
+def _quantize_spqr(model, config: SpQRConfig, calib_ids, checkpoints):
+    if calib_ids is None:
+        raise EdgeqError("SpQR needs calibration data")
+
+    def quantize_layer(layer, runner):
+        out = {}
+        for name, solver in _hessian_solvers(layer, runner, SpQR).items():
+            tau = config.outlier_threshold
+            for _ in range(TAU_TRIES):
+                qw = solver.quantize(config.bits, config.group_size, config.stat_bits, config.stat_group_size, tau,
+                                     config.act_order, config.damp, config.block_size)
+                if config.target_outliers is None or qw.outlier_fraction <= config.target_outliers:
+                    break
+                tau *= TAU_STEP
+            out[name] = qw
+            solver.free()
+        return out
+
+    return quantize_sequential(model, torch.as_tensor(calib_ids), quantize_layer, checkpoints, desc="spqr")
+
+
+def save_quantized(folder: str | Path, qweights: dict, config, source: str) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -85,7 +117,7 @@ def save_quantized(folder: str | Path, qweights: dict[str, GroupQuantWeight], co
         tensors.update(qw.to_tensors(name))
     save_file(tensors, folder / WEIGHTS_FILE)
     meta = {"format_version": FORMAT_VERSION, "config": config_to_dict(config), "source": source,
-            "linears": sorted(qweights)}
+            "linears": {name: qw.FORMAT for name, qw in sorted(qweights.items())}}
     (folder / META_FILE).write_text(json.dumps(meta, indent=2))
 
 
@@ -105,11 +137,14 @@ def load_quantized(folder: str | Path):
         tensors = load_file(folder / WEIGHTS_FILE)
     except Exception as e:
         raise EdgeqError(f"{folder / WEIGHTS_FILE}: cannot read ({e})") from e
-    qweights = {name: GroupQuantWeight.from_tensors(tensors, name) for name in meta["linears"]}
+    try:
+        qweights = {name: FORMATS[fmt].from_tensors(tensors, name) for name, fmt in meta["linears"].items()}
+    except (KeyError, AttributeError) as e:
+        raise EdgeqError(f"{meta_path}: unknown or missing weight format ({e})") from e
     return config_from_dict(meta["config"]), meta["source"], qweights
 
 
-def apply_quantized(model, qweights: dict[str, GroupQuantWeight]) -> None:
+def apply_quantized(model, qweights: dict) -> None:
     """Swap the named linears of ``model`` for ``QuantizedLinear`` modules holding the given weights."""
     for name, qw in qweights.items():
         old = model.get_submodule(name)

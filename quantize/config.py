@@ -70,7 +70,48 @@ class GPTQConfig:
             raise EdgeqError(f"calibration needs nsamples >= 1 and seqlen >= 2, got {self.nsamples}, {self.seqlen}")
 
 
-METHODS = {"rtn": RTNConfig, "gptq": GPTQConfig}
+@dataclass(frozen=True)
+class SpQRConfig:
+    """SpQR (Dettmers et al. 2023): GPTQ with tiny groups, 3-bit group statistics and exact sparse outliers.
+
+    bits: dense code width.  group_size (β1): weights per first-level (scale, zero), along the input dim.
+    stat_bits, stat_group_size (β2): the first-level scales and zeros are quantized to stat_bits in blocks of
+      β2 output rows, each block with an fp16 (scale, zero) of its own.
+    outlier_threshold (τ): a weight is an outlier when its Hessian-weighted error exceeds τ times the layer's
+      mean (``inf`` disables outliers).  target_outliers: if set, τ is raised per layer
+      until at most this fraction of its weights are outliers.
+    act_order, damp, block_size, nsamples, seqlen, seed: as in ``GPTQConfig`` (block_size must be a multiple
+      of group_size). Format: ``SpQRWeight``; lowers to ``edgeq::SpQRMatMul``.
+    """
+
+    bits: int = 3
+    group_size: int = 16
+    stat_bits: int = 3
+    stat_group_size: int = 16
+    outlier_threshold: float = 0.2
+    target_outliers: float | None = None
+    act_order: bool = True
+    damp: float = 0.01
+    block_size: int = 128
+    nsamples: int = 128
+    seqlen: int = 512
+    seed: int = 0
+    version: int = 1
+
+    def __post_init__(self):
+        check_grid(self.bits, self.group_size)
+        check_grid(self.stat_bits, self.stat_group_size)
+        if self.group_size == -1 or self.stat_group_size == -1:
+            raise EdgeqError("SpQR needs finite group sizes (β1, β2)")
+        if self.block_size % self.group_size:
+            raise EdgeqError(f"SpQR block_size {self.block_size} must be a multiple of group_size {self.group_size}")
+        if not self.outlier_threshold > 0:
+            raise EdgeqError(f"outlier threshold must be > 0 (inf disables outliers), got {self.outlier_threshold}")
+        if self.target_outliers is not None and not 0 <= self.target_outliers < 1:
+            raise EdgeqError(f"target outlier fraction must be in [0, 1), got {self.target_outliers}")
+
+
+METHODS = {"rtn": RTNConfig, "gptq": GPTQConfig, "spqr": SpQRConfig}
 
 
 def config_to_dict(config) -> dict:

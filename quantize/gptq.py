@@ -38,11 +38,10 @@ class GPTQ:
             self.H, self.nsamples = other.H, other.nsamples
 
     @torch.no_grad()
-    def quantize(
-        self, bits: int, group_size: int, sym: bool, act_order: bool, damp: float, block_size: int
-    ) -> GroupQuantWeight:
+    def prepare(self, act_order: bool, damp: float):
+        """(W, Hinv, perm): weights in solve order, the upper Cholesky factor of the damped inverse Hessian."""
         if self.nsamples == 0:
-            raise EdgeqError("GPTQ: no calibration batch was added before quantize()")
+            raise EdgeqError("GPTQ: no calibration batch was added before quantizing")
         W = self.W.clone()
         H = self.H.clone()
         dead = torch.diag(H) == 0
@@ -57,11 +56,17 @@ class GPTQ:
 
         H += damp * torch.mean(torch.diag(H)) * torch.eye(self.columns, dtype=H.dtype)
         try:
-            L = torch.linalg.cholesky(H)
+            L = torch.linalg.cholesky(H.double())
             Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True).float()
         except torch.linalg.LinAlgError as e:
             raise EdgeqError(f"GPTQ: Hessian not positive definite even with damp={damp}; raise --damp") from e
+        return W, Hinv, perm
 
+    @torch.no_grad()
+    def quantize(
+        self, bits: int, group_size: int, sym: bool, act_order: bool, damp: float, block_size: int
+    ) -> GroupQuantWeight:
+        W, Hinv, perm = self.prepare(act_order, damp)
         group = self.columns if group_size == -1 else group_size
         Q = torch.zeros_like(W)
         scales, zeros = [], []

@@ -5,13 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeq.quantize.formats.group_quant import GroupQuantWeight
 
 
 class QuantizedLinear(nn.Module):
-    """y = x @ dequant(W).T + b. Holds the packed weight; the exporter reads ``qweight`` to emit quantized nodes."""
+    """y = x @ dequant(W).T + b for any packed format (``GroupQuantWeight``, ``SpQRWeight``, ...).
 
-    def __init__(self, qweight: GroupQuantWeight, bias: torch.Tensor | None = None):
+    Holds the packed weight; the exporter reads ``qweight`` to emit that format's quantized nodes.
+    """
+
+    def __init__(self, qweight, bias: torch.Tensor | None = None):
         super().__init__()
         self.qweight = qweight
         self.out_features, self.in_features = qweight.shape

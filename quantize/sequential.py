@@ -13,17 +13,18 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from edgeq.errors import EdgeqError
-from edgeq.quantize.formats.group_quant import GroupQuantWeight
+from edgeq.quantize.formats import FORMATS
 from edgeq.quantize.modules import QuantizedLinear, decoder_linears, set_submodule
 
 log = logging.getLogger(__name__)
 
 # (layer, calibration inputs of every linear by name) -> quantized weights by linear name
-LayerQuantizer = Callable[[torch.nn.Module, "LayerRunner"], dict[str, GroupQuantWeight]]
+LayerQuantizer = Callable[[torch.nn.Module, "LayerRunner"], dict]
 
 
 class _StopForward(Exception):
@@ -102,6 +103,11 @@ def collect_inputs(layer: torch.nn.Module, runner: LayerRunner, sink: Callable[[
     return owner
 
 
+def load_file_metadata(path: Path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
 class LayerCheckpoints:
     """One safetensors file per finished layer, under a folder tagged with the method config."""
 
@@ -118,20 +124,22 @@ class LayerCheckpoints:
     def _path(self, index: int) -> Path:
         return self.folder / f"layer_{index:03d}.safetensors"
 
-    def load(self, index: int, names: list[str]) -> dict[str, GroupQuantWeight] | None:
+    def load(self, index: int, names: list[str]) -> dict | None:
         if self.folder is None or not self._path(index).exists():
             return None
         tensors = load_file(self._path(index))
-        return {name: GroupQuantWeight.from_tensors(tensors, name) for name in names}
+        meta = json.loads(load_file_metadata(self._path(index))["formats"])
+        return {name: FORMATS[meta[name]].from_tensors(tensors, name) for name in names}
 
-    def save(self, index: int, qweights: dict[str, GroupQuantWeight]) -> None:
+    def save(self, index: int, qweights: dict) -> None:
         if self.folder is None:
             return
         tensors = {}
         for name, qw in qweights.items():
             tensors.update(qw.to_tensors(name))
+        formats = json.dumps({name: qw.FORMAT for name, qw in qweights.items()})
         tmp = self._path(index).with_suffix(".tmp")
-        save_file(tensors, tmp)
+        save_file(tensors, tmp, metadata={"formats": formats})
         tmp.replace(self._path(index))
 
 
@@ -142,7 +150,7 @@ def quantize_sequential(
     checkpoints: LayerCheckpoints,
     batch_size: int = 8,
     desc: str = "quantize",
-) -> dict[str, GroupQuantWeight]:
+) -> dict:
     """Quantize every decoder layer in order; returns the weights by full module name and swaps them in."""
     runner = capture_first_layer_inputs(model, calib_ids, batch_size)
     result: dict[str, GroupQuantWeight] = {}

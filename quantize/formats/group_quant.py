@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -21,6 +22,8 @@ from edgeq.errors import EdgeqError
 
 @dataclass
 class GroupQuantWeight:
+    FORMAT: ClassVar[str] = "group_quant"
+
     codes: torch.Tensor
     scales: torch.Tensor
     zeros: torch.Tensor
