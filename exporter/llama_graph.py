@@ -108,6 +108,8 @@ class LlamaExporter:
         g = self.g
         if isinstance(module, QuantizedLinear):
             qw = module.qweight
+            if qw.FORMAT != "group_quant":
+                raise EdgeqError(f"{name}: the exporter cannot lower weight format '{qw.FORMAT}' yet")
             if qw.perm is not None:
                 x = g.op("Gather", [x, g.const(name + ".perm", qw.perm.numpy(), np.int64)], name, axis=-1)
             codes = qw.codes.numpy().T  # [K, N]: the layout DequantizeLinear(axis=0) blocks along K

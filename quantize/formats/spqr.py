@@ -32,16 +32,16 @@ STAT_KEYS = ("scale_scale", "scale_zero", "zero_scale", "zero_zero")
 PACK_GROUP = 16  # stat codes are packed in runs of 16 along the column-group axis
 
 
-def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+def _pack(codes: torch.Tensor, bits: int, group: int = PACK_GROUP) -> torch.Tensor:
     from edgeq.custom_ops.packing import pack_codes
 
-    return torch.from_numpy(pack_codes(codes.numpy(), bits, PACK_GROUP))
+    return torch.from_numpy(pack_codes(codes.numpy(), bits, group))
 
 
-def _unpack(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
+def _unpack(packed: torch.Tensor, bits: int, k: int, group: int = PACK_GROUP) -> torch.Tensor:
     from edgeq.custom_ops.packing import unpack_codes
 
-    return torch.from_numpy(unpack_codes(packed.numpy(), bits, PACK_GROUP, k).copy())
+    return torch.from_numpy(unpack_codes(packed.numpy(), bits, group, k).copy())
 
 
 def _as_u16(t: torch.Tensor) -> torch.Tensor:
@@ -120,7 +120,7 @@ class SpQRWeight:
 
     def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         out = {
-            f"{prefix}.codes": _pack(self.codes, self.bits),
+            f"{prefix}.codes": _pack(self.codes, self.bits, self.group_size),  # per β1 group, as kernels read it
             f"{prefix}.scale_codes": _pack(self.scale_codes, self.stat_bits),
             f"{prefix}.zero_codes": _pack(self.zero_codes, self.stat_bits),
             f"{prefix}.stats": self.stats.to(torch.float16).contiguous(),
@@ -140,7 +140,7 @@ class SpQRWeight:
             bits, group, stat_bits, stat_group, n, k = (int(v) for v in tensors[f"{prefix}.spqr"])
             g1 = math.ceil(k / group)
             w = cls(
-                codes=_unpack(tensors[f"{prefix}.codes"], bits, k),
+                codes=_unpack(tensors[f"{prefix}.codes"], bits, k, group),
                 scale_codes=_unpack(tensors[f"{prefix}.scale_codes"], stat_bits, g1),
                 zero_codes=_unpack(tensors[f"{prefix}.zero_codes"], stat_bits, g1),
                 stats=tensors[f"{prefix}.stats"],
