@@ -18,7 +18,7 @@ def solver(n=40, k=200, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2048, k, generator=g) @ (torch.randn(k, k, generator=g) * torch.linspace(0.05, 2, k))
     w = torch.randn(n, k, generator=g)
-    w[3, 5], w[17, 150] = 9.0, -11.0  # planted outliers
+    w[3, 190], w[17, 150] = 9.0, -11.0  # planted outliers on high-variance inputs
     s = SpQR(w)
     s.add_batch(x)
     return s, x, w
@@ -61,7 +61,7 @@ def test_outliers_are_exact_and_help():
     assert none.nnz == 0 and 0 < some.outlier_fraction < 0.1
     # the planted weights are among the outliers (columns are stored in quantization order)
     kept = set(zip(some.outlier_rows().tolist(), some.perm[some.cols.long()].tolist()))
-    assert {(3, 5), (17, 150)} <= kept
+    assert {(3, 190), (17, 150)} <= kept
     assert out_err(x, w, some) < out_err(x, w, none) < out_err(x, w, rtn_quantize(w, RTNConfig(3, 16)))
     rows = some.outlier_rows()
     assert torch.all(rows[1:] >= rows[:-1])  # CSR order
