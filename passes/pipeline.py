@@ -163,9 +163,11 @@ def infer_shapes(model: ir.Model, where: str) -> None:
         found = known.get(name)
         if found is None:
             continue
+        # Fill gaps only: what the IR already knows (graph I/O's named dims, shapes carried over by
+        # rewrites) is at least as precise as onnx's answer, which invents names like "unk__3".
         if found.dtype is not None and value.dtype is None:
             value.dtype = found.dtype
-        if found.shape is not None:
+        if found.shape is not None and value.shape is None:
             value.shape = found.shape
 
 
@@ -180,6 +182,15 @@ def check(model: ir.Model, where: str) -> None:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+def _keep_declared_output_shapes(model: ir.Model, declared: dict[str, ir.Shape]) -> None:
+    """Removing an Identity before a graph output hands the output name to an inner value, whose inferred
+    shape may be vaguer ("unk__3" for "sequence"); the model's signature keeps its declared dims."""
+    for value in model.graph.outputs:
+        shape = declared.get(value.name)
+        if shape is not None and (value.shape is None or value.shape.rank() == shape.rank()):
+            value.shape = shape
 
 
 def run_pipeline(model: ir.Model | onnx.ModelProto, names: Sequence[str], options: PipelineOptions | None = None,
@@ -197,6 +208,7 @@ def run_pipeline(model: ir.Model | onnx.ModelProto, names: Sequence[str], option
     result = PipelineResult(model)
     # Rules read types and shapes (head size, dtypes), so the exporter's bare graph is typed first.
     infer_shapes(model, "input model")
+    declared = {v.name: v.shape for v in model.graph.outputs if v.shape is not None}
     for name in names:
         before, bytes_before = op_histogram(model), initializer_bytes(model)
         start = time.perf_counter()
@@ -207,6 +219,7 @@ def run_pipeline(model: ir.Model | onnx.ModelProto, names: Sequence[str], option
         except Exception as e:
             raise EdgeqError(f"pass '{name}' failed: {type(e).__name__}: {_first_line(e)}") from e
         seconds = time.perf_counter() - start
+        _keep_declared_output_shapes(model, declared)
         if verify:
             infer_shapes(model, f"after pass '{name}'")
             check(model, f"after pass '{name}'")
