@@ -22,13 +22,17 @@ PLUGIN_COMMANDS = ("edgeq.custom_ops.cli", "edgeq.passes.cli")
 # ---- shared argument groups ------------------------------------------------------------------------------
 def add_quant_args(p: argparse.ArgumentParser) -> None:
     q = p.add_argument_group("quantization")
-    q.add_argument("--method", choices=["rtn", "gptq"], default="gptq", help="quantization algorithm (default: gptq)")
+    q.add_argument("--method", choices=["rtn", "gptq", "spqr"], default="gptq", help="quantization algorithm (default: gptq)")
     q.add_argument("--bits", type=int, default=4, help="bits per weight code, 2..8 (default: 4)")
-    q.add_argument("--group-size", type=int, default=128, help="weights sharing one scale/zero along the input dim; -1 = per output channel (default: 128)")
+    q.add_argument("--group-size", type=int, default=128, help="weights sharing one scale/zero along the input dim; -1 = per output channel (default: 128; SpQR's beta1, use 16)")
     q.add_argument("--sym", action="store_true", help="symmetric grid (zero point fixed at 2^(bits-1)) instead of asymmetric min-max")
     q.add_argument("--no-act-order", action="store_true", help="GPTQ: quantize columns in natural order instead of by decreasing Hessian diagonal")
     q.add_argument("--damp", type=float, default=0.01, help="GPTQ: Hessian dampening as a fraction of its mean diagonal (default: 0.01)")
     q.add_argument("--block-size", type=int, default=128, help="GPTQ: columns per lazy-update block (default: 128)")
+    q.add_argument("--stat-bits", type=int, default=3, help="SpQR: bits of the quantized group scales/zeros (default: 3)")
+    q.add_argument("--stat-group-size", type=int, default=16, help="SpQR: rows per second-level statistics block, beta2 (default: 16)")
+    q.add_argument("--outlier-threshold", type=float, default=0.2, help="SpQR: tau, outlier if its Hessian-weighted error exceeds tau x the layer mean; inf = no outliers (default: 0.2)")
+    q.add_argument("--target-outliers", type=float, default=None, help="SpQR: raise tau per layer until at most this fraction of weights are outliers (e.g. 0.01)")
     q.add_argument("--nsamples", type=int, default=128, help="calibration sequences (default: 128)")
     q.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sequence (default: 512)")
     q.add_argument("--calib", default=CALIB_TEXT, help=f"calibration text: {CALIB_TEXT} or a .txt/.jsonl file (default: {CALIB_TEXT})")
@@ -36,10 +40,15 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
 
 
 def quant_config(args):
-    from edgeq.quantize.config import GPTQConfig, RTNConfig
+    from edgeq.quantize.config import GPTQConfig, RTNConfig, SpQRConfig
 
     if args.method == "rtn":
         return RTNConfig(bits=args.bits, group_size=args.group_size, sym=args.sym)
+    if args.method == "spqr":
+        return SpQRConfig(bits=args.bits, group_size=args.group_size, stat_bits=args.stat_bits,
+                          stat_group_size=args.stat_group_size, outlier_threshold=args.outlier_threshold,
+                          target_outliers=args.target_outliers, act_order=not args.no_act_order, damp=args.damp,
+                          block_size=args.block_size, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
     return GPTQConfig(bits=args.bits, group_size=args.group_size, sym=args.sym, act_order=not args.no_act_order,
                       damp=args.damp, block_size=args.block_size, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
 
@@ -77,16 +86,19 @@ def run_quantize(lm, config, args, out_dir: Path):
     return qweights, seconds
 
 
+def lowering_passes(proto):
+    """The passes the main job applies after export (quantized-weight lowering, folding, dead code)."""
+    from edgeq.passes.pipeline import default_pipeline
+
+    result = default_pipeline(proto)
+    logging.getLogger("edgeq").info("%s", result.format())
+    return result.to_proto()
+
+
 def run_export(model, tokenizer, out: Path, dtype: str, lower: bool, external: bool | None = None):
     from edgeq.exporter.export import export
 
-    path = export(model, tokenizer, out, dtype=dtype, external=external)
-    if lower:
-        from edgeq.passes.pipeline import default_pipeline
-
-        report = default_pipeline(path, path)
-        logging.getLogger("edgeq").info("%s", report)
-    return path
+    return export(model, tokenizer, out, dtype=dtype, external=external, transform=lowering_passes if lower else None)
 
 
 def eval_tokens(tokenizer, args, text: str | None = None):

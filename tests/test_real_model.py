@@ -37,7 +37,7 @@ def test_fp32_onnx_logits_and_cache(smollm2, fp32_onnx):
 def test_rtn_w4_lowers_all_210_linears(smollm2, tmp_path):
     import onnx
 
-    from edgeq.passes.pipeline import default_pipeline
+    from edgeq.cli import lowering_passes
     from edgeq.quantize.api import quantize_
     from edgeq.quantize.config import RTNConfig
     from edgeq.runtime.decoder import OnnxDecoder
@@ -46,7 +46,7 @@ def test_rtn_w4_lowers_all_210_linears(smollm2, tmp_path):
     quantize_(model, RTNConfig(4, 128))
     path = export(model, None, tmp_path / "model.onnx")
     before = OnnxDecoder(path).logits(np.arange(100, 140))
-    default_pipeline(path, path)
+    path = export(model, None, tmp_path / "lowered" / "model.onnx", transform=lowering_passes)
     ops = [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
     assert ops.count("MatMulNBits") == 210 and ops.count("DequantizeLinear") == 0
     after = OnnxDecoder(path).logits(np.arange(100, 140))
