@@ -21,14 +21,14 @@ EXTERNAL_DATA_BYTES = 1536 * 2**20
 
 
 def register(subparsers) -> None:
-    from edgeq.passes.pipeline import DEFAULT_PASSES, FUSION_PASSES, PASSES
+    from edgeq.passes.catalog import DEFAULT_PASSES, FUSION_PASSES, PASSES
 
     p = subparsers.add_parser(
         "verify",
         help="list a model's ops, which provider runs each, float ops, and whether edgeq ops can load",
         description="Lists every op type with its domain and count, the ONNX Runtime provider that will run it "
                     "(from ORT's kernel registry), how many nodes compute in floating point, and checks that "
-                    "edgeq ops have their library. Exits 1 when something cannot run.",
+                    "edgeq ops have their library. Fails (exit 2) when something cannot run.",
     )
     p.add_argument("model", help="the .onnx file")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="providers to check against (default cpu)")
@@ -80,7 +80,9 @@ def cmd_verify(args) -> int:
 
     report = verify_model(args.model, device=args.device, session=not args.no_session)
     print(report.format())
-    return 0 if report.ok else 1
+    if not report.ok:
+        raise EdgeqError(f"{args.model}: {len(report.problems)} problem(s), first: {report.problems[0]}")
+    return 0
 
 
 def cmd_diff(args) -> int:

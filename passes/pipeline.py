@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import onnx
@@ -23,62 +23,12 @@ import onnx_ir.passes.common as common_passes
 
 import edgeq.custom_ops  # noqa: F401  (registers the edgeq op schemas with onnx: checker and shape inference)
 from edgeq.errors import EdgeqError
-from edgeq.passes.fold_constants import FoldConstantsPass, RemoveDeadPass
-from edgeq.passes.fuse_rms_norm import FuseRmsNormPass
-from edgeq.passes.fuse_rotary import FuseRotaryPass
-from edgeq.passes.fuse_swiglu import FuseSwiGluPass
-from edgeq.passes.lower_group_quant_matmul import LowerGroupQuantMatMulPass
-from edgeq.passes.lower_matmul_nbits import LowerMatMulNBitsPass
-from edgeq.passes.to_fp16 import ConvertFloat16Pass
-from edgeq.passes.upgrade_opset import DEFAULT_TARGET, UpgradeOpsetPass
+from edgeq.passes.catalog import DEFAULT_PASSES, FUSION_PASSES, PASSES, PassSpec, PipelineOptions
+
+__all__ = ["DEFAULT_PASSES", "FUSION_PASSES", "PASSES", "PassSpec", "PipelineOptions", "PassReport",
+           "PipelineResult", "run_pipeline", "default_pipeline", "infer_shapes", "check"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PipelineOptions:
-    """Knobs of the named passes.
-
-    accuracy_level: MatMulNBits ``accuracy_level`` (0 = exact; 4 = int8 activations, faster, not exact).
-    opset: ONNX opset the 'opset' pass raises the model to (the fusions need >= 23).
-    io_dtype: graph input/output float type after the 'fp16' pass: "float32", "float16" or {name: dtype}.
-    """
-
-    accuracy_level: int = 0
-    opset: int = DEFAULT_TARGET
-    io_dtype: str | Mapping[str, str] = "float32"
-
-
-@dataclass(frozen=True)
-class PassSpec:
-    name: str
-    help: str
-    make: Callable[[PipelineOptions], ir.passes.PassBase]
-
-
-PASSES: dict[str, PassSpec] = {
-    spec.name: spec
-    for spec in (
-        PassSpec("matmul-nbits", "4..8-bit DequantizeLinear+MatMul -> com.microsoft.MatMulNBits",
-                 lambda o: LowerMatMulNBitsPass(o.accuracy_level)),
-        PassSpec("group-quant", "2/3-bit DequantizeLinear+MatMul -> edgeq::GroupQuantMatMul",
-                 lambda o: LowerGroupQuantMatMulPass()),
-        PassSpec("fold", "constant folding (onnxscript optimizer; DequantizeLinear is never folded)",
-                 lambda o: FoldConstantsPass()),
-        PassSpec("dead", "remove unused nodes, initializers, functions and opset imports",
-                 lambda o: RemoveDeadPass()),
-        PassSpec("opset", "raise the ONNX opset (default 23, needed by the fusions)",
-                 lambda o: UpgradeOpsetPass(o.opset)),
-        PassSpec("rms-norm", "decomposed RMSNorm -> RMSNormalization (opset 23)", lambda o: FuseRmsNormPass()),
-        PassSpec("rotary", "rotate_half rotary embedding -> RotaryEmbedding (opset 23)", lambda o: FuseRotaryPass()),
-        PassSpec("swiglu", "x*Sigmoid(x)*up -> edgeq.fusion::SwiGLU (model-local function)",
-                 lambda o: FuseSwiGluPass()),
-        PassSpec("fp16", "float32 -> float16 except norm accumulations and rotary tables",
-                 lambda o: ConvertFloat16Pass(o.io_dtype)),
-    )
-}
-DEFAULT_PASSES = ("matmul-nbits", "group-quant", "fold", "dead")
-FUSION_PASSES = ("opset", "rms-norm", "rotary", "swiglu")
 
 
 def _op_key(node: ir.Node) -> str:
