@@ -229,11 +229,16 @@ def _nvcc() -> str:
 
 
 def _cuda_lib_dir(nvcc: str) -> Path:
+    """Where nvcc itself finds libcudart_static.a (nvcc may be a wrapper script, so ask it: --dryrun)."""
+    out = subprocess.run([nvcc, "--dryrun", "-o", os.devnull, "edgeq_probe.o"], capture_output=True, text=True, timeout=60)
+    candidates = [Path(d) for d in re.findall(r'-L"?([^"\s]+)"?', "".join(
+        line for line in out.stderr.splitlines() if "LIBRARIES=" in line))]
     root = Path(nvcc).resolve().parent.parent
-    for candidate in (root / "lib64", root / "targets/x86_64-linux/lib", root / "lib"):
+    candidates += [root / "lib64", root / "targets/x86_64-linux/lib", root / "lib"]
+    for candidate in candidates:
         if (candidate / "libcudart_static.a").is_file():
-            return candidate
-    raise EdgeqError(f"libcudart_static.a not found under {root}")
+            return candidate.resolve()
+    raise EdgeqError(f"libcudart_static.a not found in nvcc's library path ({[str(c) for c in candidates]})")
 
 
 def _version_line(tool: str) -> str:

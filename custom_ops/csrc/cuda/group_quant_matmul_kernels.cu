@@ -1,0 +1,422 @@
+// CUDA kernels of edgeq::GroupQuantMatMul (layout: custom_ops/schema.py).
+//
+// Each row n of B is one little-endian bitstream of n_groups*group_size codes (groups are whole bytes and
+// concatenated), so code k of row n sits at bit k*bits of the row whatever the group size.
+//
+// decode  (M <= 8, K % 128 == 0): one warp per output row. A lane owns 128-code units of the row, which are
+//         exactly `bits` 16-byte loads and hold whole groups; the loads bypass L1 (read once), A stays cached.
+//         Codes become floats by the exponent trick (0x4B000000 | code is 2^23 + code) instead of I2F, whose
+//         throughput would cap the kernel below memory bandwidth.
+// tiled   (M > 8): 64x64 output tiles; each 32-wide K step dequantizes a W tile into shared memory, then
+//         half runs wmma (tensor cores, fp32 accumulation) and float runs fp32 FMA (float stays exact to 1e-5).
+// generic (anything else): one block per row, per-code bit extraction; correct for every layout.
+#include <cuda_fp16.h>
+#include <mma.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "group_quant_matmul_kernels.h"
+
+namespace edgeq {
+namespace cuda {
+namespace {
+
+__device__ __forceinline__ float ToFloat(float v) { return v; }
+__device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
+
+template <typename T>
+__device__ __forceinline__ T FromFloat(float v);
+template <>
+__device__ __forceinline__ float FromFloat<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half_rn(v); }
+
+// Bits [pos, pos + BITS) of the little-endian stream held in w[]. pos must fold to a constant after unrolling,
+// or w[] leaves registers.
+template <int BITS>
+__device__ __forceinline__ uint32_t CodeAt(const uint32_t* w, int pos) {
+  const int word = pos >> 5, offset = pos & 31;
+  uint32_t v = w[word] >> offset;
+  if (offset + BITS > 32) v |= w[word + 1] << (32 - offset);
+  return v & ((1u << BITS) - 1u);
+}
+
+__device__ __forceinline__ uint4 LoadStreaming(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// Eight consecutive activations as floats; p is 16-byte aligned.
+__device__ __forceinline__ void Load8(const float* p, float* out) {
+  const float4 a = __ldg(reinterpret_cast<const float4*>(p));
+  const float4 b = __ldg(reinterpret_cast<const float4*>(p) + 1);
+  out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w;
+  out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
+}
+
+__device__ __forceinline__ void Load8(const __half* p, float* out) {
+  const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+  const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    __half2 h;
+    memcpy(&h, &words[i], 4);
+    const float2 f = __half22float2(h);
+    out[2 * i] = f.x;
+    out[2 * i + 1] = f.y;
+  }
+}
+
+constexpr int kDecodeMaxM = 8;
+constexpr int kDecodeWarps = 8;
+constexpr int kUnitCodes = 128;
+
+// MAXM is the number of A rows the kernel is compiled for (1, or up to 8 with M checked at run time): the
+// batch-1 case gets a kernel whose registers allow full occupancy.
+template <typename T, int BITS, int GS, int MAXM>
+__global__ void __launch_bounds__(kDecodeWarps * 32, MAXM == 1 ? 4 : 2)
+    DecodeKernel(const T* __restrict__ A, const uint8_t* __restrict__ B, const T* __restrict__ scales,
+                 const uint8_t* __restrict__ zero_points, T* __restrict__ Y, int M, int N, int K, int n_groups) {
+  constexpr int kGroupsPerUnit = kUnitCodes / GS;
+  const int lane = threadIdx.x & 31;
+  const int n = blockIdx.x * kDecodeWarps + (threadIdx.x >> 5);
+  if (n >= N) return;
+  const int units = K / kUnitCodes;
+  const uint4* row = reinterpret_cast<const uint4*>(B) + static_cast<size_t>(n) * units * BITS;
+  const T* row_scales = scales + static_cast<size_t>(n) * n_groups;
+  const uint8_t* row_zps = zero_points ? zero_points + static_cast<size_t>(n) * n_groups : nullptr;
+
+  float acc[MAXM];
+#pragma unroll
+  for (int m = 0; m < MAXM; ++m) acc[m] = 0.f;
+
+  for (int u = lane; u < units; u += 32) {
+    uint32_t w[4 * BITS];
+#pragma unroll
+    for (int j = 0; j < BITS; ++j) {
+      const uint4 v = LoadStreaming(row + u * BITS + j);
+      w[4 * j] = v.x;
+      w[4 * j + 1] = v.y;
+      w[4 * j + 2] = v.z;
+      w[4 * j + 3] = v.w;
+    }
+#pragma unroll
+    for (int g = 0; g < kGroupsPerUnit; ++g) {
+      const int group = u * kGroupsPerUnit + g;
+      const float scale = ToFloat(row_scales[group]);
+      const float zp = row_zps ? float(row_zps[group]) : float(1 << (BITS - 1));
+      const float bias = 8388608.f + zp;  // 2^23 + zp: removes the exponent trick's offset and the zero point
+      float part[MAXM];
+#pragma unroll
+      for (int m = 0; m < MAXM; ++m) part[m] = 0.f;
+#pragma unroll
+      for (int c = 0; c < GS; c += 8) {
+        float wv[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+          wv[i] = __uint_as_float(0x4B000000u | CodeAt<BITS>(w, (g * GS + c + i) * BITS)) - bias;
+        const int k = u * kUnitCodes + g * GS + c;
+#pragma unroll
+        for (int m = 0; m < MAXM; ++m) {
+          if (m < M) {
+            float a[8];
+            Load8(A + static_cast<size_t>(m) * K + k, a);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) part[m] = fmaf(a[i], wv[i], part[m]);
+          }
+        }
+      }
+#pragma unroll
+      for (int m = 0; m < MAXM; ++m) acc[m] = fmaf(scale, part[m], acc[m]);
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < MAXM; ++m) {
+    if (m < M) {
+      float v = acc[m];
+#pragma unroll
+      for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+      if (lane == 0) Y[static_cast<size_t>(m) * N + n] = FromFloat<T>(v);
+    }
+  }
+}
+
+constexpr int kGenericThreads = 128;
+constexpr int kGenericRows = 4;  // rows of A per block
+
+template <typename T>
+__global__ void __launch_bounds__(kGenericThreads)
+    GenericKernel(const T* __restrict__ A, const uint8_t* __restrict__ B, const T* __restrict__ scales,
+                  const uint8_t* __restrict__ zero_points, T* __restrict__ Y, int M, int N, int K, int bits,
+                  int group_size, int n_groups, int group_bytes) {
+  const int n = blockIdx.x;
+  const int m0 = blockIdx.y * kGenericRows;
+  const uint8_t* row = B + static_cast<size_t>(n) * n_groups * group_bytes;
+  const uint32_t mask = (1u << bits) - 1u;
+  const float default_zp = float(1 << (bits - 1));
+  float acc[kGenericRows] = {0.f, 0.f, 0.f, 0.f};
+  for (int k = threadIdx.x; k < K; k += kGenericThreads) {
+    const int group = k / group_size;
+    const int64_t bit = static_cast<int64_t>(k) * bits;
+    const int byte = static_cast<int>(bit >> 3), shift = static_cast<int>(bit & 7);
+    uint32_t v = row[byte];
+    if (shift + bits > 8) v |= uint32_t(row[byte + 1]) << 8;  // a 3-bit code crossing a byte; same group
+    const float zp = zero_points ? float(zero_points[static_cast<size_t>(n) * n_groups + group]) : default_zp;
+    const float w = ToFloat(scales[static_cast<size_t>(n) * n_groups + group]) * (float((v >> shift) & mask) - zp);
+#pragma unroll
+    for (int j = 0; j < kGenericRows; ++j)
+      if (m0 + j < M) acc[j] = fmaf(ToFloat(A[static_cast<size_t>(m0 + j) * K + k]), w, acc[j]);
+  }
+  __shared__ float partial[kGenericRows][kGenericThreads / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int j = 0; j < kGenericRows; ++j) {
+    float v = acc[j];
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    if (lane == 0) partial[j][warp] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x < kGenericRows && m0 + static_cast<int>(threadIdx.x) < M) {
+    float v = 0.f;
+    for (int i = 0; i < kGenericThreads / 32; ++i) v += partial[threadIdx.x][i];
+    Y[static_cast<size_t>(m0 + threadIdx.x) * N + n] = FromFloat<T>(v);
+  }
+}
+
+constexpr int kTileM = 64, kTileN = 64, kTileK = 32, kTileThreads = 128;
+
+template <typename T>
+struct TileLayout {
+  // Row pitch of the A and W tiles in elements: wmma wants a multiple of 8 halves (16 bytes); the float path
+  // pads by one word so that the 8 rows one warp reads fall in different banks.
+  static constexpr int kLd = kTileK + (std::is_same<T, __half>::value ? 8 : 1);
+  static constexpr int kLdC = kTileN + 4;
+  static constexpr size_t kOperandBytes = 2 * kTileM * kLd * sizeof(T);
+  static constexpr size_t kEpilogueBytes = std::is_same<T, __half>::value ? kTileM * kLdC * sizeof(float) : 0;
+  static constexpr size_t kBytes = kOperandBytes > kEpilogueBytes ? kOperandBytes : kEpilogueBytes;
+};
+
+template <typename T, int BITS>
+__global__ void __launch_bounds__(kTileThreads)
+    TiledKernel(const T* __restrict__ A, const uint8_t* __restrict__ B, const T* __restrict__ scales,
+                const uint8_t* __restrict__ zero_points, T* __restrict__ Y, int M, int N, int K, int group_size,
+                int n_groups) {
+  using L = TileLayout<T>;
+  constexpr int kLd = L::kLd;
+  constexpr int kGroupBytesPer16 = 2 * BITS;  // 16 codes
+  __shared__ __align__(128) unsigned char smem[L::kBytes];
+  T* As = reinterpret_cast<T*>(smem);
+  T* Ws = As + kTileM * kLd;
+
+  const int tid = threadIdx.x;
+  const int m_block = blockIdx.y * kTileM, n_block = blockIdx.x * kTileN;
+  const int padded_k = n_groups * group_size;
+  const size_t row_bytes = static_cast<size_t>(n_groups) * group_size * BITS / 8;
+  const float default_zp = float(1 << (BITS - 1));
+  // Each thread stages 16 consecutive elements of one tile row: row tid/2, columns (tid%2)*16 ...
+  const int stage_row = tid >> 1, stage_col = (tid & 1) * 16;
+
+  constexpr bool kHalf = std::is_same<T, __half>::value;
+  const int warp = tid >> 5;
+  const int warp_m = (warp >> 1) * 32, warp_n = (warp & 1) * 32;
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> frag_c[2][2];
+  float acc[4][8];
+  const int ty = tid >> 3, tx = tid & 7;  // float path: rows ty*4.., columns tx*8..
+  if constexpr (kHalf) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) nvcuda::wmma::fill_fragment(frag_c[i][j], 0.f);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[i][j] = 0.f;
+  }
+
+  for (int k0 = 0; k0 < K; k0 += kTileK) {
+    {
+      const int m = m_block + stage_row;
+      const T* src = A + static_cast<size_t>(m) * K;
+#pragma unroll
+      for (int i = 0; i < 16; ++i) {
+        const int k = k0 + stage_col + i;
+        As[stage_row * kLd + stage_col + i] = (m < M && k < K) ? src[k] : FromFloat<T>(0.f);
+      }
+    }
+    {
+      const int n = n_block + stage_row;
+      const int k = k0 + stage_col;  // a multiple of 16, so the 16 codes start on a byte and share one group
+      T* dst = Ws + stage_row * kLd + stage_col;
+      if (n < N && k < padded_k) {
+        const uint8_t* src = B + n * row_bytes + static_cast<size_t>(k) * BITS / 8;
+        uint32_t w[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+        for (int b = 0; b < kGroupBytesPer16; ++b) w[b >> 2] |= uint32_t(src[b]) << (8 * (b & 3));
+        const int group = k / group_size;
+        const float scale = ToFloat(scales[static_cast<size_t>(n) * n_groups + group]);
+        const float zp = zero_points ? float(zero_points[static_cast<size_t>(n) * n_groups + group]) : default_zp;
+#pragma unroll
+        for (int i = 0; i < 16; ++i) dst[i] = FromFloat<T>(scale * (float(CodeAt<BITS>(w, i * BITS)) - zp));
+      } else {
+#pragma unroll
+        for (int i = 0; i < 16; ++i) dst[i] = FromFloat<T>(0.f);
+      }
+    }
+    __syncthreads();
+    if constexpr (kHalf) {
+#pragma unroll
+      for (int kk = 0; kk < kTileK; kk += 16) {
+        nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __half, nvcuda::wmma::row_major> fa[2];
+        nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __half, nvcuda::wmma::col_major> fb[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) nvcuda::wmma::load_matrix_sync(fa[i], As + (warp_m + 16 * i) * kLd + kk, kLd);
+        // W is stored [n][k]: as the K x N operand that is column-major with pitch kLd.
+#pragma unroll
+        for (int j = 0; j < 2; ++j) nvcuda::wmma::load_matrix_sync(fb[j], Ws + (warp_n + 16 * j) * kLd + kk, kLd);
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < 2; ++j) nvcuda::wmma::mma_sync(frag_c[i][j], fa[i], fb[j], frag_c[i][j]);
+      }
+    } else {
+#pragma unroll 8
+      for (int kk = 0; kk < kTileK; ++kk) {
+        float a[4], b[8];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) a[i] = ToFloat(As[(ty * 4 + i) * kLd + kk]);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) b[j] = ToFloat(Ws[(tx * 8 + j) * kLd + kk]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+      }
+    }
+    __syncthreads();
+  }
+
+  if constexpr (kHalf) {
+    // The accumulators' element order is opaque: go through shared memory (free again after the last barrier).
+    float* Cs = reinterpret_cast<float*>(smem);
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+        nvcuda::wmma::store_matrix_sync(Cs + (warp_m + 16 * i) * L::kLdC + warp_n + 16 * j, frag_c[i][j], L::kLdC,
+                                        nvcuda::wmma::mem_row_major);
+    __syncthreads();
+    for (int idx = tid; idx < kTileM * kTileN; idx += kTileThreads) {
+      const int r = idx / kTileN, c = idx % kTileN;
+      const int m = m_block + r, n = n_block + c;
+      if (m < M && n < N) Y[static_cast<size_t>(m) * N + n] = FromFloat<T>(Cs[r * L::kLdC + c]);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int m = m_block + ty * 4 + i;
+      if (m >= M) continue;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int n = n_block + tx * 8 + j;
+        if (n < N) Y[static_cast<size_t>(m) * N + n] = FromFloat<T>(acc[i][j]);
+      }
+    }
+  }
+}
+
+bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+GqmmKernel Pick(const GqmmArgs& a, GqmmKernel requested) {
+  if (requested != GqmmKernel::kAuto) return requested;
+  const bool decode_layout = a.K % kUnitCodes == 0 && Aligned16(a.A) && Aligned16(a.B);
+  if (a.M <= kDecodeMaxM && decode_layout) return GqmmKernel::kDecode;
+  if (a.M > kDecodeMaxM) return GqmmKernel::kTiled;
+  return GqmmKernel::kGeneric;
+}
+
+template <typename T, int BITS, int GS>
+void LaunchDecode(const GqmmArgs& a, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((a.N + kDecodeWarps - 1) / kDecodeWarps));
+  auto kernel = a.M == 1 ? DecodeKernel<T, BITS, GS, 1> : DecodeKernel<T, BITS, GS, kDecodeMaxM>;
+  kernel<<<grid, kDecodeWarps * 32, 0, stream>>>(
+      static_cast<const T*>(a.A), a.B, static_cast<const T*>(a.scales), a.zero_points, static_cast<T*>(a.Y),
+      static_cast<int>(a.M), static_cast<int>(a.N), static_cast<int>(a.K), static_cast<int>(a.n_groups));
+}
+
+template <typename T, int BITS>
+void LaunchDecodeGroups(const GqmmArgs& a, cudaStream_t stream) {
+  switch (a.group_size) {
+    case 16: return LaunchDecode<T, BITS, 16>(a, stream);
+    case 32: return LaunchDecode<T, BITS, 32>(a, stream);
+    case 64: return LaunchDecode<T, BITS, 64>(a, stream);
+    default: return LaunchDecode<T, BITS, 128>(a, stream);
+  }
+}
+
+template <typename T, int BITS>
+void LaunchTiled(const GqmmArgs& a, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((a.N + kTileN - 1) / kTileN), static_cast<unsigned>((a.M + kTileM - 1) / kTileM));
+  TiledKernel<T, BITS><<<grid, kTileThreads, 0, stream>>>(
+      static_cast<const T*>(a.A), a.B, static_cast<const T*>(a.scales), a.zero_points, static_cast<T*>(a.Y),
+      static_cast<int>(a.M), static_cast<int>(a.N), static_cast<int>(a.K), static_cast<int>(a.group_size),
+      static_cast<int>(a.n_groups));
+}
+
+template <typename T>
+void LaunchTyped(const GqmmArgs& a, GqmmKernel kernel, cudaStream_t stream) {
+  switch (kernel) {
+    case GqmmKernel::kDecode:
+      switch (a.bits) {
+        case 2: return LaunchDecodeGroups<T, 2>(a, stream);
+        case 3: return LaunchDecodeGroups<T, 3>(a, stream);
+        case 4: return LaunchDecodeGroups<T, 4>(a, stream);
+        default: return LaunchDecodeGroups<T, 8>(a, stream);
+      }
+    case GqmmKernel::kTiled:
+      switch (a.bits) {
+        case 2: return LaunchTiled<T, 2>(a, stream);
+        case 3: return LaunchTiled<T, 3>(a, stream);
+        case 4: return LaunchTiled<T, 4>(a, stream);
+        default: return LaunchTiled<T, 8>(a, stream);
+      }
+    default: {
+      const dim3 grid(static_cast<unsigned>(a.N), static_cast<unsigned>((a.M + kGenericRows - 1) / kGenericRows));
+      GenericKernel<T><<<grid, kGenericThreads, 0, stream>>>(
+          static_cast<const T*>(a.A), a.B, static_cast<const T*>(a.scales), a.zero_points, static_cast<T*>(a.Y),
+          static_cast<int>(a.M), static_cast<int>(a.N), static_cast<int>(a.K), static_cast<int>(a.bits),
+          static_cast<int>(a.group_size), static_cast<int>(a.n_groups), static_cast<int>(a.group_bytes));
+    }
+  }
+}
+
+}  // namespace
+
+const char* GroupQuantMatMulKernelName(const GqmmArgs& args, GqmmKernel kernel) {
+  switch (Pick(args, kernel)) {
+    case GqmmKernel::kDecode: return "decode";
+    case GqmmKernel::kTiled: return "tiled";
+    default: return "generic";
+  }
+}
+
+const char* LaunchGroupQuantMatMul(const GqmmArgs& args, GqmmKernel kernel, void* stream) {
+  if (args.M == 0 || args.N == 0) return nullptr;
+  const GqmmKernel chosen = Pick(args, kernel);
+  if (chosen == GqmmKernel::kDecode &&
+      (args.M > kDecodeMaxM || args.K % kUnitCodes != 0 || !Aligned16(args.A) || !Aligned16(args.B)))
+    return "the decode kernel needs M <= 8, K % 128 == 0 and 16-byte aligned A and B";
+  auto s = static_cast<cudaStream_t>(stream);
+  if (args.half) LaunchTyped<__half>(args, chosen, s);
+  else LaunchTyped<float>(args, chosen, s);
+  const cudaError_t status = cudaGetLastError();
+  return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
+}
+
+}  // namespace cuda
+}  // namespace edgeq
