@@ -282,7 +282,7 @@ def _flags(device: str, headers: Path) -> dict[str, list[str]]:
     else:
         # The CUDA library is built here and carried to the GPU machine: target a processor every such host has.
         cxx = common + ["-march=x86-64-v3", "-DEDGEQ_WITH_CUDA"]
-        link = ["-static-libstdc++", "-static-libgcc"]
+        link = []
     gencode = []
     for arch in CUDA_ARCHS:
         gencode += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
