@@ -1,8 +1,9 @@
-"""``RulePass``: an onnx-ir pass that applies a set of onnxscript rewrite rules, then drops what they orphaned.
+"""``RulePass``: an onnx-ir pass that applies a set of onnxscript rewrite rules, then removes dead code.
 
 Every edgeq fusion and lowering is a ``RulePass`` over one module's rules, so ``modified`` always means "some
-rule fired" and the pipeline's per-pass node counts show only what that pass did (no dead leftovers that a
-later pass would be blamed for removing).
+rule fired", and the values a rewrite orphans (the old codes/scales/zeros, shared tables nobody reads any more)
+leave with the pass that orphaned them rather than showing up in a later pass's report. Dead code the input
+already had goes too, which only happens when a pass fires on a graph that was never cleaned.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class RulePass(ir.passes.InPlacePass):
-    """Apply ``rules`` until none matches, then remove nodes, functions and opsets nothing uses any more."""
+    """Apply ``rules`` (one sweep over the graph), then remove nodes and functions nothing uses any more."""
 
     def __init__(self, rules: Sequence[pattern.RewriteRule] | pattern.RewriteRuleSet, *, commute: bool = False,
                  min_opset: int | None = None):

@@ -98,3 +98,13 @@ def test_leaves_other_weights_and_says_why(bits, group, reason):
 def test_refuses_widths_the_op_does_not_take():
     with pytest.raises(ValueError, match="takes widths"):
         LowerGroupQuantMatMulPass((5,))
+
+
+def test_float16_model_runs_in_onnx_runtime():
+    proto, result, W, x = lowered(64, 16, 3, 32, dtype=np.float16)
+    assert ops(result.model) == Counter({"GroupQuantMatMul": 1})
+    _, _, (B, scales, zeros) = node_inputs(result.model)
+    assert scales.dtype == np.float16
+    (y,) = run(result.model, {"x": x.astype(np.float16)})
+    assert y.dtype == np.float16
+    assert_close(y, x.astype(np.float16).astype(np.float64) @ W.T, rtol=2e-3)  # half output rounding
