@@ -155,3 +155,18 @@ def test_a_pass_that_raises_is_named(monkeypatch, w4):
     monkeypatch.setitem(catalog.PASSES, "boom", catalog.PassSpec("boom", "test", boom))
     with pytest.raises(EdgeqError, match="pass 'boom' failed: RuntimeError: kaput"):
         run_pipeline(w4[1], ["boom"])
+
+
+def test_fusions_on_a_half_export(tiny_tokenizer, tokens):
+    # The exporter's float16 graph casts up around each norm; the fused op takes half in and accumulates in
+    # float32 itself (stash_type), so the Cast pairs go with the pattern.
+    model = make_tiny_llama(vocab_size=len(tiny_tokenizer), layers=LAYERS)
+    quantize_(model, RTNConfig(4, 32))
+    proto = build_decoder_model(model, "float16")
+    result = default_pipeline(proto, fusions=True)
+    assert result.report("rms-norm").removed["Cast"] == 2 * (2 * LAYERS + 1)
+    assert ops(result.model)["RMSNormalization"] == 2 * LAYERS + 1
+    feeds = decoder_feeds(model.config, tokens, np.float16)
+    a, b = run(proto, feeds), run(result.model, feeds)
+    assert abs(perplexity(b[0], tokens) / perplexity(a[0], tokens) - 1) <= 1e-3
+    np.testing.assert_allclose(b[0], a[0], atol=5e-3, rtol=0)  # half rounding of a few intermediate values
