@@ -1,0 +1,136 @@
+"""edgeq::GroupQuantMatMul on ORT's CUDA execution provider (run on the GPU machine: custom_ops/device/check.sh)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from edgeq.custom_ops.reference import group_quant_matmul
+
+from .conftest import TOLERANCE, cuda_available, feeds, gqmm_model, random_problem, rel_error, session
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs onnxruntime-gpu with CUDA")]
+
+CUDA = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+@pytest.fixture(scope="module")
+def cuda_library():
+    from edgeq.custom_ops.library import get_library
+
+    return get_library("cuda")
+
+
+def cases(kernel: str, count: int, seed: int):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        bits = (2, 3, 4, 8)[i % 4]
+        group_size = (16, 32, 64, 128)[(i // 4) % 4]
+        if kernel == "decode":  # its domain: M <= 8, K on the 128-code grid
+            lead = [(1,), (3,), (2, 4), (8,), (1, 1)][int(rng.integers(5))]
+            K = 128 * int(rng.integers(1, 40))
+        else:
+            lead = [(1,), (5,), (9,), (2, 33), (67,), (130,), (3, 1)][int(rng.integers(7))]
+            K = int(rng.integers(1, 700))
+        N = int(rng.integers(1, 300)) | 1
+        out.append(pytest.param(i, lead, K, N, bits, group_size, i % 3 != 0,
+                                id=f"{kernel}-{i}-M{'x'.join(map(str, lead))}-K{K}-N{N}-b{bits}-g{group_size}"))
+    return out
+
+
+def check(library, monkeypatch, kernel, seed, lead, K, N, bits, group_size, with_zp, dtype):
+    monkeypatch.setenv("EDGEQ_GQMM_KERNEL", kernel)
+    p = random_problem(np.random.default_rng(seed), lead, K, N, bits, group_size, dtype, with_zp)
+    y = session(gqmm_model(p), library, CUDA).run(None, feeds(p))[0]
+    ref = group_quant_matmul(p.A, p.B, p.scales, p.zero_points, K, N, bits, group_size)
+    assert y.dtype == dtype and y.shape == (*lead, N)
+    assert rel_error(y, ref) <= TOLERANCE[np.dtype(dtype)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("seed, lead, K, N, bits, group_size, with_zp", cases("decode", 32, 1))
+def test_decode_kernel(cuda_library, monkeypatch, dtype, seed, lead, K, N, bits, group_size, with_zp):
+    check(cuda_library, monkeypatch, "decode", seed, lead, K, N, bits, group_size, with_zp, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("seed, lead, K, N, bits, group_size, with_zp", cases("tiled", 32, 2))
+def test_tiled_kernel(cuda_library, monkeypatch, dtype, seed, lead, K, N, bits, group_size, with_zp):
+    check(cuda_library, monkeypatch, "tiled", seed, lead, K, N, bits, group_size, with_zp, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("seed, lead, K, N, bits, group_size, with_zp", cases("generic", 16, 3))
+def test_generic_kernel(cuda_library, monkeypatch, dtype, seed, lead, K, N, bits, group_size, with_zp):
+    check(cuda_library, monkeypatch, "generic", seed, lead, K, N, bits, group_size, with_zp, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("seed, lead, K, N, bits, group_size, with_zp", cases("auto", 16, 4))
+def test_automatic_choice(cuda_library, monkeypatch, dtype, seed, lead, K, N, bits, group_size, with_zp):
+    check(cuda_library, monkeypatch, "auto", seed, lead, K, N, bits, group_size, with_zp, dtype)
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+@pytest.mark.parametrize("M", [1, 64])
+def test_llama_shape(cuda_library, monkeypatch, bits, M):
+    check(cuda_library, monkeypatch, "auto", bits * 10 + M, (M,), 4096, 11008, bits, 128, True, np.float16)
+
+
+def test_the_node_runs_on_the_cuda_provider(cuda_library, tmp_path):
+    """The CPU kernel is registered too; make sure the CUDA one is what ran (else these tests prove nothing)."""
+    import onnxruntime as ort
+
+    p = random_problem(np.random.default_rng(5), (1,), 256, 64, 4, 128, np.float16)
+    opts = ort.SessionOptions()
+    opts.register_custom_ops_library(os.fspath(cuda_library))
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(tmp_path / "profile")
+    s = ort.InferenceSession(gqmm_model(p).SerializeToString(), opts, providers=list(CUDA))
+    s.run(None, feeds(p))
+    events = json.load(open(s.end_profiling()))
+    providers = {e["args"].get("provider") for e in events if e.get("name", "").startswith("gqmm0")}
+    assert providers == {"CUDAExecutionProvider"}, providers
+
+
+def test_forced_decode_outside_its_domain_is_an_error(cuda_library, monkeypatch):
+    monkeypatch.setenv("EDGEQ_GQMM_KERNEL", "decode")
+    p = random_problem(np.random.default_rng(6), (9,), 256, 16, 4, 128)
+    with pytest.raises(Exception, match=r"edgeq::GroupQuantMatMul node 'gqmm0': EDGEQ_GQMM_KERNEL=decode needs M <= 8"):
+        session(gqmm_model(p), cuda_library, CUDA).run(None, feeds(p))
+
+
+def test_bad_input_on_gpu_is_an_error(cuda_library):
+    p = random_problem(np.random.default_rng(7), (2,), 100, 7, 3, 32)
+    model = gqmm_model(p, a_shape=[None, None], weights_as_inputs=True)
+    bad = feeds(p, True)
+    bad["scales"] = bad["scales"][:, :3].copy()
+    s = session(model, cuda_library, CUDA)
+    with pytest.raises(Exception, match=r"edgeq::GroupQuantMatMul node 'gqmm0'.*scales has shape \[7, 3\]"):
+        s.run(None, bad)
+    assert s.run(None, feeds(p, True))[0].shape == (2, 7)
+
+
+def test_cuda_graph_capture_and_device_io(cuda_library):
+    """The op enqueues on ORT's stream only, so ORT can capture it in a CUDA graph (as the benchmark does)."""
+    import onnxruntime as ort
+
+    p = random_problem(np.random.default_rng(8), (1,), 4096, 512, 4, 128, np.float16)
+    opts = ort.SessionOptions()
+    opts.register_custom_ops_library(os.fspath(cuda_library))
+    s = ort.InferenceSession(gqmm_model(p).SerializeToString(), opts,
+                             providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"])
+    a = ort.OrtValue.ortvalue_from_numpy(p.A, "cuda", 0)
+    y = ort.OrtValue.ortvalue_from_shape_and_type([1, 512], np.float16, "cuda", 0)
+    binding = s.io_binding()
+    binding.bind_ortvalue_input("A", a)
+    binding.bind_ortvalue_output("Y", y)
+    ref = group_quant_matmul(p.A, p.B, p.scales, p.zero_points, 4096, 512, 4, 128)
+    for _ in range(3):  # first run captures, later ones replay
+        s.run_with_iobinding(binding)
+        assert rel_error(y.numpy(), ref) <= 2e-3
+    a.update_inplace(np.ascontiguousarray(-p.A))  # a replay must read the new contents of the bound input
+    s.run_with_iobinding(binding)
+    assert rel_error(y.numpy(), -ref) <= 2e-3
