@@ -14,10 +14,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from edgeq.errors import EdgeqError
-from edgeq.quantize.config import GPTQConfig, RTNConfig, SpQRConfig, config_from_dict, config_to_dict
+from edgeq.quantize.config import GPTQConfig, OmniQuantConfig, RTNConfig, SpQRConfig, config_from_dict, config_to_dict
 from edgeq.quantize.formats import FORMATS
 from edgeq.quantize.gptq import GPTQ
-from edgeq.quantize.modules import QuantizedLinear, decoder_linears, set_submodule
+from edgeq.quantize.modules import QuantizedLinear, apply_to_layer, decoder_linears, set_submodule
+from edgeq.quantize.omniquant import train_block
 from edgeq.quantize.rtn import rtn_quantize
 from edgeq.quantize.spqr import SpQR
 from edgeq.quantize.sequential import LayerCheckpoints, collect_inputs, quantize_sequential
@@ -109,6 +110,14 @@ def _quantize_spqr(model, config: SpQRConfig, calib_ids, checkpoints):
     return quantize_sequential(model, torch.as_tensor(calib_ids), quantize_layer, checkpoints, desc="spqr")
 
 
+@register(OmniQuantConfig)
+def _quantize_omniquant(model, config: OmniQuantConfig, calib_ids, checkpoints):
+    if calib_ids is None:
+        raise EdgeqError("OmniQuant needs calibration data")
+    return quantize_sequential(model, torch.as_tensor(calib_ids), lambda layer, runner: train_block(layer, runner, config),
+                               checkpoints, batch_size=config.batch_size, desc="omniquant", track_fp=True)
+
+
 def save_quantized(folder: str | Path, qweights: dict, config, source: str) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -145,9 +154,5 @@ def load_quantized(folder: str | Path):
 
 
 def apply_quantized(model, qweights: dict) -> None:
-    """Swap the named linears of ``model`` for ``QuantizedLinear`` modules holding the given weights."""
-    for name, qw in qweights.items():
-        old = model.get_submodule(name)
-        if tuple(old.weight.shape) != qw.shape:
-            raise EdgeqError(f"{name}: quantized shape {qw.shape} does not match the model's {tuple(old.weight.shape)}")
-        set_submodule(model, name, QuantizedLinear(qw, getattr(old, "bias", None)))
+    """Swap the named linears of ``model`` for ``QuantizedLinear`` modules and copy in rewritten FP tensors."""
+    apply_to_layer(model, qweights)

@@ -111,7 +111,49 @@ class SpQRConfig:
             raise EdgeqError(f"target outlier fraction must be in [0, 1), got {self.target_outliers}")
 
 
-METHODS = {"rtn": RTNConfig, "gptq": GPTQConfig, "spqr": SpQRConfig}
+@dataclass(frozen=True)
+class OmniQuantConfig:
+    """OmniQuant (Shao et al. 2023): block-wise learned weight clipping (LWC) and equivalent transformation (LET).
+
+    wbits: weight bits.  abits: activation bits; 16 = weight-only (W4A16...), else per-token dynamic symmetric
+      activation quantization (W8A8, W6A6, W4A4) with per-channel symmetric weights.
+    group_size: weight-only group along the input dim (paper: 128); weight-activation configs are per channel.
+    let: learn channel scales (LET); None = the paper's choice, on for weight-activation, off for weight-only.
+    epochs, lwc_lr, let_lr, weight_decay, batch_size: AdamW training of each block (paper: 20 epochs, 40 for W2).
+    alpha: SmoothQuant migration strength of the LET initialisation.
+    nsamples, seqlen, seed: the calibration set (paper: 128 x 2048).
+    Format: ``GroupQuantWeight`` (+ rewritten norms); lowers to MatMulNBits / GroupQuantMatMul (weight-only) or
+    ``edgeq::QuantLinear`` (weight-activation).
+    """
+
+    wbits: int = 4
+    abits: int = 16
+    group_size: int = 128
+    let: bool | None = None
+    epochs: int = 20
+    lwc_lr: float = 1e-2
+    let_lr: float = 5e-3
+    weight_decay: float = 0.0
+    batch_size: int = 4
+    alpha: float = 0.5
+    nsamples: int = 128
+    seqlen: int = 512
+    seed: int = 0
+    version: int = 1
+
+    def __post_init__(self):
+        check_grid(self.wbits, self.group_size)
+        if self.abits != 16 and not MIN_BITS <= self.abits <= MAX_BITS:
+            raise EdgeqError(f"activation bits must be 16 (none) or {MIN_BITS}..{MAX_BITS}, got {self.abits}")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise EdgeqError("epochs must be >= 0 and batch_size >= 1")
+
+    @property
+    def use_let(self) -> bool:
+        return self.abits < 16 if self.let is None else self.let
+
+
+METHODS = {"rtn": RTNConfig, "gptq": GPTQConfig, "spqr": SpQRConfig, "omniquant": OmniQuantConfig}
 
 
 def config_to_dict(config) -> dict:

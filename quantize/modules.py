@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgeq.errors import EdgeqError
 
 
 class QuantizedLinear(nn.Module):
@@ -21,12 +22,30 @@ class QuantizedLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act_bits = getattr(self.qweight, "act_bits", 0)
+        if act_bits:
+            from edgeq.quantize.omniquant import fake_quant_tokens
+
+            x = fake_quant_tokens(x, act_bits)
         return nn.functional.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
 def decoder_linears(layer: nn.Module) -> dict[str, nn.Module]:
     """The projection layers of a decoder block by their name inside it (q/k/v/o, gate/up/down)."""
     return {name: m for name, m in layer.named_modules() if isinstance(m, (nn.Linear, QuantizedLinear))}
+
+
+def apply_to_layer(root: nn.Module, qweights: dict) -> None:
+    """Install packed weights under ``root``: linears become ``QuantizedLinear``; FP tensors are copied in."""
+    for name, qw in qweights.items():
+        target = root.get_submodule(name)
+        if qw.FORMAT == "fp":
+            with torch.no_grad():
+                target.weight.copy_(qw.tensor)
+            continue
+        if tuple(target.weight.shape) != qw.shape:
+            raise EdgeqError(f"{name}: quantized shape {qw.shape} does not match the model's {tuple(target.weight.shape)}")
+        set_submodule(root, name, QuantizedLinear(qw, getattr(target, "bias", None)))
 
 
 def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:

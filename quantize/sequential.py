@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from edgeq.errors import EdgeqError
 from edgeq.quantize.formats import FORMATS
-from edgeq.quantize.modules import QuantizedLinear, decoder_linears, set_submodule
+from edgeq.quantize.modules import apply_to_layer, decoder_linears
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +32,24 @@ class _StopForward(Exception):
 
 
 class LayerRunner:
-    """Runs one decoder layer over the cached calibration activations, in mini-batches."""
+    """Runs one decoder layer over the cached calibration activations, in mini-batches.
 
-    def __init__(self, inputs: list[torch.Tensor], layer_kwargs: dict):
+    inputs: the current (quantized-model) activations per mini-batch; layer_kwargs: what the model hands each
+    layer for that mini-batch (rotary tables, mask). With ``track_fp`` the driver also keeps the FP model's
+    activations (fp_inputs) and the FP layer's outputs on them (targets), for methods that fit to the FP model.
+    """
+
+    def __init__(self, inputs: list[torch.Tensor], layer_kwargs: list[dict]):
         self.inputs = inputs
         self.layer_kwargs = layer_kwargs
+        self.fp_inputs: list[torch.Tensor] | None = None
+        self.targets: list[torch.Tensor] | None = None
 
     @torch.no_grad()
-    def run(self, layer: torch.nn.Module) -> list[torch.Tensor]:
+    def run(self, layer: torch.nn.Module, inputs: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         outs = []
-        for x in self.inputs:
-            out = layer(x, **self.layer_kwargs)
+        for x, kwargs in zip(self.inputs if inputs is None else inputs, self.layer_kwargs):
+            out = layer(x, **kwargs)
             outs.append(out[0] if isinstance(out, tuple) else out)
         return outs
 
@@ -51,12 +58,13 @@ class LayerRunner:
 def capture_first_layer_inputs(model, calib_ids: torch.Tensor, batch_size: int) -> LayerRunner:
     layers = model.model.layers
     inputs: list[torch.Tensor] = []
-    layer_kwargs: dict = {}
+    layer_kwargs: list[dict] = []
 
     def hook(module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
         inputs.append(hidden.detach())
-        layer_kwargs.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        skip = ("hidden_states", "past_key_values", "past_key_value", "use_cache")
+        layer_kwargs.append({k: v for k, v in kwargs.items() if k not in skip} | {"use_cache": False})
         raise _StopForward
 
     handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
@@ -68,9 +76,6 @@ def capture_first_layer_inputs(model, calib_ids: torch.Tensor, batch_size: int) 
                 pass
     finally:
         handle.remove()
-    layer_kwargs["use_cache"] = False
-    layer_kwargs.pop("past_key_values", None)
-    layer_kwargs.pop("past_key_value", None)
     return LayerRunner(inputs, layer_kwargs)
 
 
@@ -124,12 +129,13 @@ class LayerCheckpoints:
     def _path(self, index: int) -> Path:
         return self.folder / f"layer_{index:03d}.safetensors"
 
-    def load(self, index: int, names: list[str]) -> dict | None:
+    def load(self, index: int) -> dict | None:
+        """Everything the method wrote for layer ``index`` (packed linears, rewritten FP tensors), or None."""
         if self.folder is None or not self._path(index).exists():
             return None
         tensors = load_file(self._path(index))
-        meta = json.loads(load_file_metadata(self._path(index))["formats"])
-        return {name: FORMATS[meta[name]].from_tensors(tensors, name) for name in names}
+        formats = json.loads(load_file_metadata(self._path(index))["formats"])
+        return {name: FORMATS[fmt].from_tensors(tensors, name) for name, fmt in formats.items()}
 
     def save(self, index: int, qweights: dict) -> None:
         if self.folder is None:
@@ -150,23 +156,27 @@ def quantize_sequential(
     checkpoints: LayerCheckpoints,
     batch_size: int = 8,
     desc: str = "quantize",
+    track_fp: bool = False,
 ) -> dict:
     """Quantize every decoder layer in order; returns the weights by full module name and swaps them in."""
     runner = capture_first_layer_inputs(model, calib_ids, batch_size)
-    result: dict[str, GroupQuantWeight] = {}
+    if track_fp:
+        runner.fp_inputs = list(runner.inputs)
+    result: dict = {}
     for index, layer in enumerate(tqdm(model.model.layers, desc=desc, unit="layer")):
         prefix = f"model.layers.{index}."
-        local = list(decoder_linears(layer))
-        qweights = checkpoints.load(index, [prefix + n for n in local])
+        if track_fp:  # the FP layer's outputs, before quantization rewrites it
+            runner.targets = runner.run(layer, runner.fp_inputs)
+        qweights = checkpoints.load(index)
         if qweights is None:
             found = quantize_layer(layer, runner)
             qweights = {prefix + n: qw for n, qw in found.items()}
             checkpoints.save(index, qweights)
         else:
             log.info("layer %d: resumed from checkpoint", index)
-        for name in local:
-            old = layer.get_submodule(name)
-            set_submodule(layer, name, QuantizedLinear(qweights[prefix + name], getattr(old, "bias", None)))
+        apply_to_layer(layer, {name.removeprefix(prefix): qw for name, qw in qweights.items()})
         result.update(qweights)
         runner.inputs = runner.run(layer)
+        if track_fp:
+            runner.fp_inputs, runner.targets = runner.targets, None
     return result

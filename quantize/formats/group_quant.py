@@ -4,6 +4,8 @@ Fields (N = out features, K = in features, G = ceil(K / group_size)):
   codes  uint8 [N, K]   integer codes in [0, 2^bits - 1], columns in *quantization order* (see perm)
   scales float32 [N, G] group scale
   zeros  uint8 [N, G]   integer zero point
+  act_bits  0, or the width of the per-token symmetric dynamic quantization applied to the input activations
+         (weight-activation configs; lowers to ``edgeq::QuantLinear``)
   perm   int64 [K] or None: quantization order. Column j of ``codes`` holds original input column perm[j], so
          y = x[..., perm] @ dequant(codes).T. Groups are contiguous in that order (GPTQ act-order).
 The last group is shorter when K is not a multiple of group_size.
@@ -30,6 +32,7 @@ class GroupQuantWeight:
     bits: int
     group_size: int
     perm: torch.Tensor | None = None
+    act_bits: int = 0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -64,7 +67,7 @@ class GroupQuantWeight:
             f"{prefix}.codes": self.codes.contiguous(),
             f"{prefix}.scales": self.scales.contiguous(),
             f"{prefix}.zeros": self.zeros.contiguous(),
-            f"{prefix}.grid": torch.tensor([self.bits, self.group_size], dtype=torch.int32),
+            f"{prefix}.grid": torch.tensor([self.bits, self.group_size, self.act_bits], dtype=torch.int32),
         }
         if self.perm is not None:
             out[f"{prefix}.perm"] = self.perm.contiguous()
@@ -73,7 +76,7 @@ class GroupQuantWeight:
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str) -> "GroupQuantWeight":
         try:
-            bits, group_size = (int(v) for v in tensors[f"{prefix}.grid"])
+            bits, group_size, act_bits = (int(v) for v in tensors[f"{prefix}.grid"])
             w = cls(
                 codes=tensors[f"{prefix}.codes"],
                 scales=tensors[f"{prefix}.scales"],
@@ -81,6 +84,7 @@ class GroupQuantWeight:
                 bits=bits,
                 group_size=group_size,
                 perm=tensors.get(f"{prefix}.perm"),
+                act_bits=act_bits,
             )
         except KeyError as e:
             raise EdgeqError(f"quantized checkpoint lacks tensor {e.args[0]}") from e
