@@ -10,10 +10,13 @@ Graph signature (B = batch, S = new tokens, P = cached tokens, T = P + S):
           past_key_values.{i}.key / .value [B, kv_heads, P, head_dim]
   outputs logits [B,S,vocab] float32, present.{i}.key / .value [B, kv_heads, T, head_dim]
 
-A quantized linear becomes ``MatMul(x, DequantizeLinear(codes, scale, zero, axis=0, block_size=g))``, preceded by
+A quantized linear becomes ``MatMul(x, DequantizeLinear(codes, scale, zero, axis=0, block_size=g))`` (SpQR:
+``MatMul(x, edgeq::SpQRDequantize(...))``), preceded by
 ``Gather(x, perm, axis=-1)`` when its columns were quantized in a permuted order. 4-bit codes are stored as
-UINT4; other widths as UINT8 with the width in the node's metadata ``edgeq.bits``. Stock ONNX Runtime runs
-this graph as is; the passes turn it into ``MatMulNBits`` / ``edgeq::GroupQuantMatMul``.
+UINT4; other widths as UINT8 with the width in the node's metadata ``edgeq.bits``. Weight-activation linears
+first fake-quantize x per token in stock ops (Abs/ReduceMax/Div/Max/Round/Clip/Mul; the Clip carries
+``edgeq.act_bits``). Stock ONNX Runtime runs these graphs as they are (SpQR needs the edgeq library); the
+passes turn them into ``MatMulNBits`` / ``edgeq::GroupQuantMatMul`` / ``edgeq::SpQRMatMul`` / ``edgeq::QuantLinear``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from edgeq.quantize.modules import QuantizedLinear
 
 OPSET = 21
 BITS_KEY = "edgeq.bits"
+ACT_BITS_KEY = "edgeq.act_bits"
+# SpQRDequantize / SpQRMatMul weight inputs, in order (the SpQRWeight on-disk tensors)
+SPQR_INPUTS = ("codes", "scale_codes", "zero_codes", "stats", "row_ptr", "cols", "values")
 STATIC_ROPE_TYPES = ("default", "llama3", "linear", "yarn")
 FLOAT_TYPES = {"float32": (TensorProto.FLOAT, np.float32), "float16": (TensorProto.FLOAT16, np.float16)}
 
@@ -108,27 +114,64 @@ class LlamaExporter:
         g = self.g
         if isinstance(module, QuantizedLinear):
             qw = module.qweight
-            if qw.FORMAT != "group_quant":
-                raise EdgeqError(f"{name}: the exporter cannot lower weight format '{qw.FORMAT}' yet")
             if qw.perm is not None:
                 x = g.op("Gather", [x, g.const(name + ".perm", qw.perm.numpy(), np.int64)], name, axis=-1)
-            codes = qw.codes.numpy().T  # [K, N]: the layout DequantizeLinear(axis=0) blocks along K
-            zeros = qw.zeros.numpy().T
-            if qw.bits == 4:
-                g.initializers.append(helper.make_tensor(name + ".codes", TensorProto.UINT4, codes.shape, pack_uint4(codes), raw=True))
-                g.initializers.append(helper.make_tensor(name + ".zeros", TensorProto.UINT4, zeros.shape, pack_uint4(zeros), raw=True))
+            if getattr(qw, "act_bits", 0):
+                x = self.fake_quant_tokens(x, qw.act_bits, name)
+            if qw.FORMAT == "group_quant":
+                w = self.group_quant_weight(qw, name)
+            elif qw.FORMAT == "spqr":
+                w = self.spqr_weight(qw, name)
             else:
-                g.add_initializer(name + ".codes", np.ascontiguousarray(codes))
-                g.add_initializer(name + ".zeros", np.ascontiguousarray(zeros))
-            scales = g.weight(name + ".scales", qw.scales.T)
-            w = g.op("DequantizeLinear", [name + ".codes", scales, name + ".zeros"], name, axis=0, block_size=qw.group_size)
-            helper.set_metadata_props(g.nodes[-1], {BITS_KEY: str(qw.bits)})
+                raise EdgeqError(f"{name}: the exporter cannot lower weight format '{qw.FORMAT}'")
         else:
             w = g.weight(name + ".weight", module.weight.T)
         y = g.op("MatMul", [x, w], name)
         if getattr(module, "bias", None) is not None:
             y = g.op("Add", [y, g.weight(name + ".bias", module.bias)], name)
         return y
+
+    def group_quant_weight(self, qw, name: str) -> str:
+        """W.T [K, N] as DequantizeLinear of the codes, blocked along K (stock ONNX, runs anywhere)."""
+        g = self.g
+        codes = qw.codes.numpy().T  # [K, N]: the layout DequantizeLinear(axis=0) blocks along K
+        zeros = qw.zeros.numpy().T
+        if qw.bits == 4:
+            g.initializers.append(helper.make_tensor(name + ".codes", TensorProto.UINT4, codes.shape, pack_uint4(codes), raw=True))
+            g.initializers.append(helper.make_tensor(name + ".zeros", TensorProto.UINT4, zeros.shape, pack_uint4(zeros), raw=True))
+        else:
+            g.add_initializer(name + ".codes", np.ascontiguousarray(codes))
+            g.add_initializer(name + ".zeros", np.ascontiguousarray(zeros))
+        scales = g.weight(name + ".scales", qw.scales.T)
+        w = g.op("DequantizeLinear", [name + ".codes", scales, name + ".zeros"], name, axis=0, block_size=qw.group_size)
+        helper.set_metadata_props(g.nodes[-1], {BITS_KEY: str(qw.bits)})
+        return w
+
+    def spqr_weight(self, qw, name: str) -> str:
+        """W.T [K, N] through ``edgeq::SpQRDequantize`` of the stored SpQR tensors (the pass fuses it into
+        ``edgeq::SpQRMatMul``)."""
+        g = self.g
+        tensors = qw.to_tensors(name)
+        inputs = [g.add_initializer(f"{name}.{key}", tensors[f"{name}.{key}"].numpy()) for key in SPQR_INPUTS]
+        n, k = qw.shape
+        w = g.op("SpQRDequantize", inputs, name, domain="edgeq", K=k, N=n, bits=qw.bits, group_size=qw.group_size,
+                 stat_bits=qw.stat_bits, stat_group_size=qw.stat_group_size)
+        if g.dtype != TensorProto.FLOAT:
+            w = g.op("Cast", [w], name + "/w", to=g.dtype)
+        return w
+
+    def fake_quant_tokens(self, x: str, bits: int, name: str) -> str:
+        """Per-token symmetric dynamic quantization of x in stock ops: what ``edgeq::QuantLinear`` does inside."""
+        g = self.g
+        p = name + "/act_quant"
+        qmax = 2 ** (bits - 1) - 1
+        absmax = g.op("ReduceMax", [g.op("Abs", [x], p), self.axes_last], p, keepdims=1)
+        scale = g.op("Max", [g.op("Div", [absmax, g.const(p + ".qmax", float(qmax))], p), g.const(p + ".floor", 1e-5)], p)
+        q = g.op("Clip", [g.op("Round", [g.op("Div", [x, scale], p + "/q")], p), g.const(p + ".lo", float(-qmax - 1)),
+                          g.const(p + ".hi", float(qmax))], p)
+        node = g.nodes[-1]
+        helper.set_metadata_props(node, {ACT_BITS_KEY: str(bits)})
+        return g.op("Mul", [q, scale], p + "/dq")
 
     # ---- the decoder ------------------------------------------------------------------------------------
     def shared_inputs(self):

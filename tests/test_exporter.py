@@ -101,3 +101,17 @@ def test_external_data_round_trip(tiny_llama, tmp_path):
     assert path.stat().st_size < 100_000
     ids = np.arange(7)
     np.testing.assert_allclose(OnnxDecoder(path).logits(ids), torch_logits(tiny_llama, ids[None])[0], atol=1e-4)
+
+
+def test_weight_activation_export_matches_pytorch(tmp_path):
+    from edgeq.quantize.config import OmniQuantConfig
+
+    model = make_tiny_llama()
+    quantize_(model, OmniQuantConfig(wbits=4, abits=6, epochs=1, nsamples=8, seqlen=32), torch.randint(0, 300, (8, 32)))
+    proto = build_decoder_model(model)
+    rounds = [n for n in proto.graph.node if n.op_type == "Round"]
+    assert len(rounds) == 14 and all(p.value == "6" for n in proto.graph.node if n.op_type == "Clip" for p in n.metadata_props)
+    dec = exported(model, tmp_path)
+    ids = np.random.default_rng(7).integers(0, 300, (1, 16))
+    # the same rounding in both; an activation exactly at a rounding boundary may still differ by one step
+    np.testing.assert_allclose(dec.logits(ids[0]), torch_logits(model, ids)[0], atol=2e-3)
