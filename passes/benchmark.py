@@ -4,7 +4,8 @@
 
 Exports FP32 and RTN-W4-g128 decoders, applies the default pipeline with and without the fusions, and prints
 a Markdown report (the numbers in BENCHMARKS.md's "Passes" section come from it). Timings are medians of
-``--repeats`` greedy generations of ``--new-tokens`` tokens each, on ``--threads`` intra-op threads.
+``--repeats`` interleaved greedy generations of ``--new-tokens`` tokens after a 128-token prompt, on
+``--threads`` intra-op threads.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="folder for the exported and optimized models")
     p.add_argument("--windows", type=int, default=4, help="512-token perplexity windows of shakespeare-eval")
     p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -92,16 +92,21 @@ def main(argv: list[str] | None = None) -> None:
         rel = ppl[new] / ppl[ref] - 1
         print(f"| {ref} -> {new} | {diff:.2e} | {ppl[ref]:.4f} -> {ppl[new]:.4f} ({rel:+.5%}) |")
 
+    # Interleaved rounds: on a shared machine, load drifts over minutes; every model sees the same drift.
     cfg = SamplingConfig(max_new_tokens=args.new_tokens, stop_at_eos=False)
-    print(f"\n| model | decode tok/s (median of {args.repeats}, {args.new_tokens} new tokens, {args.threads} threads) |")
-    print("|---|---|")
-    for name in ("fp32", "fp32+fusions", "w4", "w4+default", "w4+default+fusions"):
-        speeds = []
-        for _ in range(args.repeats):
-            speeds.append(generate(decoders[name], tokens[:32], cfg).decode_tokens_per_second)
-            time.sleep(0.5)
-        print(f"| {name} | {statistics.median(speeds):.1f} (runs: {', '.join(f'{s:.1f}' for s in speeds)}) |")
-
+    order = ("fp32", "fp32+fusions", "w4", "w4+default", "w4+default+fusions")
+    speeds = {name: [] for name in order}
+    prefill = {name: [] for name in order}
+    for _ in range(args.repeats):
+        for name in order:
+            g = generate(decoders[name], tokens[:128], cfg)
+            speeds[name].append(g.decode_tokens_per_second)
+            prefill[name].append(g.prefill_seconds)
+    print(f"\n| model | decode tok/s, median (best) of {args.repeats} | prefill 128 tokens, ms median |")
+    print("|---|---|---|")
+    for name in order:
+        print(f"| {name} | {statistics.median(speeds[name]):.1f} ({max(speeds[name]):.1f}) | "
+              f"{1000 * statistics.median(prefill[name]):.0f} |")
 
 if __name__ == "__main__":
     main()
