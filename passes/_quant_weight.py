@@ -33,17 +33,23 @@ class QuantSpec:
     bits: int  # the code width the values fit in (from the storage type or the edgeq.bits metadata)
     group_size: int  # as exported (may exceed K for per-channel weights)
     has_zero_points: bool
+    scale_bytes: int = 4  # bytes per scale (float32 or float16)
 
     def block_size(self, allowed_max: int = MAX_BLOCK) -> int | None:
-        """The largest block in [MIN_BLOCK, allowed_max] that cuts every group exactly; None if none does."""
-        if self.group_size >= self.K:  # one group per row: any block cuts it; pad K to the nearest block
-            return max(MIN_BLOCK, min(allowed_max, 1 << (self.K - 1).bit_length()))
-        b = allowed_max
-        while b >= MIN_BLOCK:
-            if self.group_size % b == 0:
-                return b
-            b //= 2
-        return None
+        """The block in [MIN_BLOCK, allowed_max] that cuts every group exactly and stores the weight in the
+        fewest bytes (codes padded to whole blocks + one scale and zero per block); None if no block fits.
+
+        E.g. K=576 in groups of 128: blocks of 128 pad each row to 640 codes, blocks of 64 need no padding
+        and cost only 4 more scales per row, so 64 wins.
+        """
+        candidates = []
+        b = MIN_BLOCK
+        while b <= allowed_max:
+            if self.group_size >= self.K or self.group_size % b == 0:
+                n_blocks = math.ceil(self.K / b)
+                candidates.append((n_blocks * (b * self.bits / 8 + self.scale_bytes + self.bits / 8), -b))
+            b *= 2
+        return -min(candidates)[1] if candidates else None
 
 
 @dataclass
@@ -100,7 +106,8 @@ def describe(dq: ir.Node) -> QuantSpec | str:
         return f"{dq.name}: codes are {ctensor.dtype}; only UINT4 and UINT8 codes are lowered"
     if zeros is not None and ir.convenience.get_const_tensor(zeros).dtype != ctensor.dtype:
         return f"{dq.name}: zero points are not of the codes' type"
-    return QuantSpec(K=K, N=N, bits=bits, group_size=block, has_zero_points=zeros is not None)
+    return QuantSpec(K=K, N=N, bits=bits, group_size=block, has_zero_points=zeros is not None,
+                     scale_bytes=2 if stensor.dtype == ir.DataType.FLOAT16 else 4)
 
 
 def load(dq: ir.Node, spec: QuantSpec, block_size: int) -> QuantArrays:

@@ -122,3 +122,18 @@ def test_shared_dequantized_weight_is_not_packed_twice():
 
 def test_rule_name_names_the_accuracy_level():
     assert "accuracy_level=0" in MatMulNBitsLowering.rule(accuracy_level=0).name
+
+
+def test_picks_the_block_that_stores_fewest_bytes():
+    # SmolLM2's K=576 in groups of 128: blocks of 128 would pad every row to 640 codes (+11%); blocks of 64
+    # cut each group in two with the same scale and zero, no padding.
+    proto, result, W, x = lowered(576, 8, 4, 128)
+    node = next(iter(result.model.graph))
+    assert node.attributes["block_size"].value == 64
+    packed = sum(v.const_value.nbytes for v in result.model.graph.initializers.values())
+    N = 8
+    with_blocks_of_128 = N * (640 // 2) + N * 5 * 4 + N * 3  # padded codes, float32 scales, packed zeros
+    assert packed == N * (576 // 2) + N * 9 * 4 + N * 5
+    assert packed < with_blocks_of_128
+    (y,) = run(result.model, {"x": x})
+    assert_close(y, x.astype(np.float64) @ W.T)
