@@ -120,10 +120,16 @@ def test_act_order_gathers_survive(tiny_tokenizer, tokens):
                                atol=1e-4, rtol=0)
 
 
-def test_fp16_pass_on_the_decoder(w4, tokens):
+@pytest.mark.parametrize("fusions", [False, True], ids=["decomposed", "fused"])
+def test_fp16_pass_on_the_decoder(w4, tokens, fusions):
     config, proto = w4
-    result = run_pipeline(proto, ["matmul-nbits", "fold", "dead", "fp16"])
-    model = result.model
+    names = ["matmul-nbits", "fold", "dead"] + (list(catalog.FUSION_PASSES) if fusions else []) + ["fp16"]
+    model = run_pipeline(proto, names).model
+    if fusions:
+        norms = [n for n in model.graph if n.op_type == "RMSNormalization"]
+        assert len(norms) == 2 * LAYERS + 1
+        assert all(n.outputs[0].dtype == ir.DataType.FLOAT16 for n in norms)
+        assert all(n.attributes["stash_type"].value == ir.DataType.FLOAT for n in norms)
     assert model.graph.initializers["model.embed_tokens.weight"].dtype == ir.DataType.FLOAT16
     assert all(v.dtype == ir.DataType.FLOAT for v in model.graph.inputs if v.name.startswith("past"))
     a, b = outputs(proto, config, tokens), outputs(model, config, tokens)
