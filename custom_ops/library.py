@@ -11,6 +11,7 @@ Environment:
   ORT_INCLUDE_DIR            folder holding onnxruntime_cxx_api.h; skips the search and the download
   EDGEQ_OPS_LIBRARY_CPU/_CUDA a prebuilt library to use as is (the GPU machine, which cannot build: no network)
   CXX, NVCC                  compilers (default: c++, nvcc on PATH or /usr/local/cuda/bin/nvcc)
+  EDGEQ_CUDA_ARCHS           SM versions to build machine code for (default: 80,90)
   EDGEQ_DEBIAN_MIRROR        Debian archive for the header download (default: the one this machine's apt uses)
 """
 
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 DEVICES = ("cpu", "cuda")
-CUDA_ARCHS = ("80", "90")
+CUDA_ARCHS = ("80", "90")  # EDGEQ_CUDA_ARCHS="90" narrows it (the GPU machine's carried build must stay small)
 HEADER = "onnxruntime_cxx_api.h"
 HEADER_PACKAGE = "libonnxruntime-dev"
 HEADER_SUITE = "sid"  # the suite whose libonnxruntime-dev ships onnxruntime_lite_custom_op.h and a recent C API
@@ -283,10 +284,11 @@ def _flags(device: str, headers: Path) -> dict[str, list[str]]:
         # The CUDA library is built here and carried to the GPU machine: target a processor every such host has.
         cxx = common + ["-march=x86-64-v3", "-DEDGEQ_WITH_CUDA"]
         link = []
+    archs = tuple(a.strip() for a in os.environ.get("EDGEQ_CUDA_ARCHS", ",".join(CUDA_ARCHS)).split(",") if a.strip())
     gencode = []
-    for arch in CUDA_ARCHS:
+    for arch in archs:
         gencode += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
-    gencode += ["-gencode", f"arch=compute_{CUDA_ARCHS[-1]},code=compute_{CUDA_ARCHS[-1]}"]
+    gencode += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
     nvcc = ["-std=c++17", "-O3", "-lineinfo", "--expt-relaxed-constexpr", *gencode,
             "-Xcompiler", "-fPIC,-fvisibility=hidden", "-Xptxas", "-warn-spills"]
     link += ["-shared", "-Wl,--no-undefined", f"-Wl,--version-script={CSRC / 'exports.map'}"]
@@ -353,18 +355,35 @@ def build(device: str = "cpu", force: bool = False) -> Path:
         log.info("building the edgeq %s op library (ORT headers: %s)", device, headers)
         work = Path(tempfile.mkdtemp(prefix=f"{device}-", dir=cache_root() / "build"))
         try:
-            jobs = []
-            for src in sources["cc"]:
-                obj = work / (src.relative_to(CSRC).as_posix().replace("/", "_") + ".o")
-                jobs.append(([_cxx(), *flags["cxx"], "-c", str(src), "-o", str(obj)], obj, src))
-            for src in sources["cu"]:
-                obj = work / (src.relative_to(CSRC).as_posix().replace("/", "_") + ".o")
-                jobs.append(([_nvcc(), *flags["nvcc"], "-c", str(src), "-o", str(obj)], obj, src))
+            # Objects are cached too (keyed by their source, every header and the flags), so an edit to one
+            # file recompiles that file only: the CUDA kernels alone take minutes.
+            headers_id = hashlib.sha256(b"".join(
+                p.read_bytes() for p in [*sorted(CSRC.rglob("*")), headers / "onnxruntime_c_api.h"]
+                if p.suffix in {".h", ".cuh"})).hexdigest()
+            objects_dir = cache_root() / "build" / "objects"
+            objects_dir.mkdir(parents=True, exist_ok=True)
+            jobs, objects = [], []
+            for src in sources["cc"] + sources["cu"]:
+                compiler, compile_flags = (_nvcc(), flags["nvcc"]) if src.suffix == ".cu" else (_cxx(), flags["cxx"])
+                obj_key = hashlib.sha256("\0".join([src.read_text(), headers_id, compiler, _version_line(compiler),
+                                                     *compile_flags]).encode()).hexdigest()[:20]
+                obj = objects_dir / f"{src.stem}-{obj_key}.o"
+                objects.append(obj)
+                if not obj.is_file() or force:
+                    staged_obj = work / obj.name
+                    jobs.append(([compiler, *compile_flags, "-c", str(src), "-o", str(staged_obj)], staged_obj, obj, src))
             with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
-                futures = [pool.submit(_run, cmd, f"compiling {src.relative_to(CSRC)}") for cmd, _, src in jobs]
-                for future in futures:
-                    future.result()
-            link = [_cxx(), *[str(obj) for _, obj, _ in jobs], *flags["link"]]
+                futures = [pool.submit(_run, cmd, f"compiling {src.relative_to(CSRC)}") for cmd, _, _, src in jobs]
+                errors = []
+                for future, (_, staged_obj, obj, _) in zip(futures, jobs):
+                    try:
+                        future.result()
+                        os.replace(staged_obj, obj)
+                    except EdgeqError as e:
+                        errors.append(str(e))
+                if errors:
+                    raise EdgeqError("\n\n".join(errors))
+            link = [_cxx(), *[str(obj) for obj in objects], *flags["link"]]
             if device == "cuda":
                 link += [f"-L{_cuda_lib_dir(_nvcc())}", "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
             staged = work / library.name

@@ -62,6 +62,12 @@ def test_tiled_kernel(cuda_library, monkeypatch, dtype, seed, lead, K, N, bits, 
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("seed, lead, K, N, bits, group_size, with_zp", cases("gemm", 24, 5))
+def test_dequantize_gemm_kernel(cuda_library, monkeypatch, dtype, seed, lead, K, N, bits, group_size, with_zp):
+    check(cuda_library, monkeypatch, "gemm", seed, lead, K, N, bits, group_size, with_zp, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("seed, lead, K, N, bits, group_size, with_zp", cases("generic", 16, 3))
 def test_generic_kernel(cuda_library, monkeypatch, dtype, seed, lead, K, N, bits, group_size, with_zp):
     check(cuda_library, monkeypatch, "generic", seed, lead, K, N, bits, group_size, with_zp, dtype)
@@ -74,9 +80,10 @@ def test_automatic_choice(cuda_library, monkeypatch, dtype, seed, lead, K, N, bi
 
 
 @pytest.mark.parametrize("bits", [3, 4])
-@pytest.mark.parametrize("M", [1, 64])
-def test_llama_shape(cuda_library, monkeypatch, bits, M):
-    check(cuda_library, monkeypatch, "auto", bits * 10 + M, (M,), 4096, 11008, bits, 128, True, np.float16)
+@pytest.mark.parametrize("M", [1, 2, 64])
+@pytest.mark.parametrize("K, N", [(4096, 11008), (11008, 4096)])
+def test_llama_shape(cuda_library, monkeypatch, bits, M, K, N):
+    check(cuda_library, monkeypatch, "auto", bits * 10 + M, (M,), K, N, bits, 128, True, np.float16)
 
 
 def test_the_node_runs_on_the_cuda_provider(cuda_library, tmp_path):

@@ -20,8 +20,32 @@ GqmmKernel KernelFromEnv(const std::string& where) {
   if (std::strcmp(value, "decode") == 0) return GqmmKernel::kDecode;
   if (std::strcmp(value, "tiled") == 0) return GqmmKernel::kTiled;
   if (std::strcmp(value, "generic") == 0) return GqmmKernel::kGeneric;
-  throw InvalidArgument(where + ": EDGEQ_GQMM_KERNEL=" + value + " is not one of auto, decode, tiled, generic");
+  if (std::strcmp(value, "gemm") == 0) return GqmmKernel::kGemm;
+  throw InvalidArgument(where + ": EDGEQ_GQMM_KERNEL=" + value + " is not one of auto, decode, gemm, tiled, generic");
 }
+
+// Device memory from the kernel context's allocator for the duration of one Compute.
+struct Scratch {
+  Scratch(Ort::KernelContext& ctx, size_t bytes, const std::string& where) {
+    if (bytes == 0) return;
+    Ort::ConstMemoryInfo b_memory = ctx.GetInput(1).GetTensorMemoryInfo();
+    Ort::MemoryInfo cuda("Cuda", OrtArenaAllocator, b_memory.GetDeviceId(), OrtMemTypeDefault);
+    allocator = ctx.GetAllocator(*static_cast<const OrtMemoryInfo*>(cuda));
+    if (allocator == nullptr) throw std::runtime_error(where + ": no CUDA allocator for the scratch buffer");
+    data = allocator->Alloc(allocator, bytes);
+    if (data == nullptr) throw std::runtime_error(where + ": could not allocate " + std::to_string(bytes) + " bytes");
+  }
+  ~Scratch() {
+    if (allocator == nullptr) return;
+    if (data) allocator->Free(allocator, data);
+    Ort::GetApi().ReleaseAllocator(allocator);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+
+  OrtAllocator* allocator = nullptr;
+  void* data = nullptr;
+};
 
 struct Kernel {
   explicit Kernel(const OrtKernelInfo* info)
@@ -48,8 +72,11 @@ struct Kernel {
       if (choice == GqmmKernel::kDecode && (args.M > 8 || args.K % 128 != 0))
         throw InvalidArgument(attrs.where + ": EDGEQ_GQMM_KERNEL=decode needs M <= 8 and K % 128 == 0, got M=" +
                               std::to_string(args.M) + ", K=" + std::to_string(args.K));
-      if (const char* error = LaunchGroupQuantMatMul(args, choice, ctx.GetGPUComputeStream()))
-        throw std::runtime_error(attrs.where + ": CUDA launch failed: " + error);
+      // The gemm kernel's dequantized W comes from ORT's allocator for the input's device; the arena may hand
+      // it to the next kernel right after we enqueue, which is safe because every user runs on this one stream.
+      Scratch scratch(ctx, GroupQuantMatMulScratchBytes(args, choice), attrs.where);
+      const char* error = LaunchGroupQuantMatMul(args, choice, ctx.GetGPUComputeStream(), scratch.data);
+      if (error) throw std::runtime_error(attrs.where + ": CUDA launch failed: " + error);
     });
   }
 

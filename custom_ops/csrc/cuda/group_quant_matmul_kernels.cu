@@ -9,10 +9,18 @@
 //         throughput would cap the kernel below memory bandwidth.
 // tiled   (M > 8): 64x64 output tiles; each 32-wide K step dequantizes a W tile into shared memory, then
 //         half runs wmma (tensor cores, fp32 accumulation) and float runs fp32 FMA (float stays exact to 1e-5).
+// gemm    (M > 8, the default there): dequantize W once into a scratch [N, K] of T, then one cuBLAS GEMM
+//         (fp32 accumulation). libcublas is found at run time with dlopen (it is already loaded by ORT's
+//         CUDA provider), so the library neither links it nor needs its headers at build time.
 // generic (anything else): one block per row, per-code bit extraction; correct for every layout.
 #include <cuda_fp16.h>
 #include <mma.h>
 
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <mutex>
+#include <tuple>
 #include <cstdint>
 #include <type_traits>
 
@@ -72,76 +80,113 @@ __device__ __forceinline__ void Load8(const __half* p, float* out) {
 }
 
 constexpr int kDecodeMaxM = 8;
-constexpr int kDecodeWarps = 8;
+constexpr int kDecodeWarps = 8;      // per block: (8 / ksplit) row groups, each served by ksplit warps
+constexpr int kDecodeMaxSplit = 8;
 constexpr int kUnitCodes = 128;
 
-// MAXM is the number of A rows the kernel is compiled for (1, or up to 8 with M checked at run time): the
-// batch-1 case gets a kernel whose registers allow full occupancy.
+// Rows of W one warp decodes together: they share every activation load and conversion. Batch 1 takes 4
+// (2 at 8 bits, whose units are twice the registers); larger batches keep registers for their M rows.
+template <int BITS, int MAXM>
+struct DecodeRows {
+  static constexpr int value = MAXM > 1 ? 1 : (BITS == 8 ? 2 : 4);
+};
+
+// MAXM is the number of A rows the kernel is compiled for (1, or up to 8 with M checked at run time).
+// Block: 8 warps = (8 / ksplit) groups of R rows; the ksplit warps of a group take interleaved 128-code units
+// of K (so a long K still leaves each lane about one unit, all loads in flight at once) and meet in shared
+// memory. ksplit is a power of two <= 8.
 template <typename T, int BITS, int GS, int MAXM>
-__global__ void __launch_bounds__(kDecodeWarps * 32, MAXM == 1 ? 4 : 2)
+__global__ void __launch_bounds__(kDecodeWarps * 32, 2)
     DecodeKernel(const T* __restrict__ A, const uint8_t* __restrict__ B, const T* __restrict__ scales,
-                 const uint8_t* __restrict__ zero_points, T* __restrict__ Y, int M, int N, int K, int n_groups) {
+                 const uint8_t* __restrict__ zero_points, T* __restrict__ Y, int M, int N, int K, int n_groups,
+                 int ksplit) {
+  constexpr int R = DecodeRows<BITS, MAXM>::value;
   constexpr int kGroupsPerUnit = kUnitCodes / GS;
+  __shared__ float partial[kDecodeMaxSplit][kDecodeWarps][R][MAXM];
   const int lane = threadIdx.x & 31;
-  const int n = blockIdx.x * kDecodeWarps + (threadIdx.x >> 5);
-  if (n >= N) return;
+  const int warp = threadIdx.x >> 5;
+  const int row_group = warp / ksplit, split = warp % ksplit;
+  const int row_groups = kDecodeWarps / ksplit;
+  const int n0 = (blockIdx.x * row_groups + row_group) * R;
   const int units = K / kUnitCodes;
-  const uint4* row = reinterpret_cast<const uint4*>(B) + static_cast<size_t>(n) * units * BITS;
-  const T* row_scales = scales + static_cast<size_t>(n) * n_groups;
-  const uint8_t* row_zps = zero_points ? zero_points + static_cast<size_t>(n) * n_groups : nullptr;
+  const size_t row_vectors = static_cast<size_t>(units) * BITS;  // 16-byte vectors per row of B
 
-  float acc[MAXM];
+  float acc[R][MAXM];
 #pragma unroll
-  for (int m = 0; m < MAXM; ++m) acc[m] = 0.f;
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int m = 0; m < MAXM; ++m) acc[r][m] = 0.f;
 
-  for (int u = lane; u < units; u += 32) {
-    uint32_t w[4 * BITS];
+  for (int u = lane + 32 * split; u < units; u += 32 * ksplit) {
+    uint32_t w[R][4 * BITS];
 #pragma unroll
-    for (int j = 0; j < BITS; ++j) {
-      const uint4 v = LoadStreaming(row + u * BITS + j);
-      w[4 * j] = v.x;
-      w[4 * j + 1] = v.y;
-      w[4 * j + 2] = v.z;
-      w[4 * j + 3] = v.w;
+    for (int r = 0; r < R; ++r) {
+      const bool valid = n0 + r < N;
+      const uint4* src = reinterpret_cast<const uint4*>(B) + (n0 + r) * row_vectors + u * BITS;
+#pragma unroll
+      for (int j = 0; j < BITS; ++j) {
+        const uint4 v = valid ? LoadStreaming(src + j) : make_uint4(0u, 0u, 0u, 0u);
+        w[r][4 * j] = v.x;
+        w[r][4 * j + 1] = v.y;
+        w[r][4 * j + 2] = v.z;
+        w[r][4 * j + 3] = v.w;
+      }
     }
 #pragma unroll
     for (int g = 0; g < kGroupsPerUnit; ++g) {
       const int group = u * kGroupsPerUnit + g;
-      const float scale = ToFloat(row_scales[group]);
-      const float zp = row_zps ? float(row_zps[group]) : float(1 << (BITS - 1));
-      const float bias = 8388608.f + zp;  // 2^23 + zp: removes the exponent trick's offset and the zero point
-      float part[MAXM];
+      float scale[R], bias[R], part[R][MAXM];
 #pragma unroll
-      for (int m = 0; m < MAXM; ++m) part[m] = 0.f;
+      for (int r = 0; r < R; ++r) {
+        const size_t at = static_cast<size_t>(n0 + r < N ? n0 + r : 0) * n_groups + group;
+        scale[r] = ToFloat(scales[at]);
+        // 2^23 + zp: removes the exponent trick's offset and the zero point in one subtraction.
+        bias[r] = 8388608.f + (zero_points ? float(zero_points[at]) : float(1 << (BITS - 1)));
+#pragma unroll
+        for (int m = 0; m < MAXM; ++m) part[r][m] = 0.f;
+      }
 #pragma unroll
       for (int c = 0; c < GS; c += 8) {
-        float wv[8];
-#pragma unroll
-        for (int i = 0; i < 8; ++i)
-          wv[i] = __uint_as_float(0x4B000000u | CodeAt<BITS>(w, (g * GS + c + i) * BITS)) - bias;
         const int k = u * kUnitCodes + g * GS + c;
+        float a[MAXM][8];
 #pragma unroll
-        for (int m = 0; m < MAXM; ++m) {
-          if (m < M) {
-            float a[8];
-            Load8(A + static_cast<size_t>(m) * K + k, a);
+        for (int m = 0; m < MAXM; ++m)
+          if (m < M) Load8(A + static_cast<size_t>(m) * K + k, a[m]);
 #pragma unroll
-            for (int i = 0; i < 8; ++i) part[m] = fmaf(a[i], wv[i], part[m]);
+        for (int r = 0; r < R; ++r) {
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            const float wv = __uint_as_float(0x4B000000u | CodeAt<BITS>(w[r], (g * GS + c + i) * BITS)) - bias[r];
+#pragma unroll
+            for (int m = 0; m < MAXM; ++m)
+              if (m < M) part[r][m] = fmaf(a[m][i], wv, part[r][m]);
           }
         }
       }
 #pragma unroll
-      for (int m = 0; m < MAXM; ++m) acc[m] = fmaf(scale, part[m], acc[m]);
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int m = 0; m < MAXM; ++m) acc[r][m] = fmaf(scale[r], part[r][m], acc[r][m]);
     }
   }
 #pragma unroll
-  for (int m = 0; m < MAXM; ++m) {
-    if (m < M) {
-      float v = acc[m];
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int m = 0; m < MAXM; ++m) {
+      float v = acc[r][m];
 #pragma unroll
       for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-      if (lane == 0) Y[static_cast<size_t>(m) * N + n] = FromFloat<T>(v);
+      if (lane == 0) partial[split][row_group][r][m] = v;
     }
+  __syncthreads();
+  // One thread per (row group, row, m) adds the ksplit partial sums in a fixed order (deterministic).
+  for (int idx = threadIdx.x; idx < row_groups * R * MAXM; idx += blockDim.x) {
+    const int m = idx % MAXM, r = (idx / MAXM) % R, rg = idx / (MAXM * R);
+    const int n = (blockIdx.x * row_groups + rg) * R + r;
+    if (m >= M || n >= N) continue;
+    float v = 0.f;
+    for (int s = 0; s < ksplit; ++s) v += partial[s][rg][r][m];
+    Y[static_cast<size_t>(m) * N + n] = FromFloat<T>(v);
   }
 }
 
@@ -330,23 +375,116 @@ __global__ void __launch_bounds__(kTileThreads)
   }
 }
 
+// W[n, k] = scale * (code - zp) for k < K, as T, into a dense [N, K] matrix. One thread per 16 codes.
+template <typename T, int BITS>
+__global__ void DequantizeKernel(const uint8_t* __restrict__ B, const T* __restrict__ scales,
+                                 const uint8_t* __restrict__ zero_points, T* __restrict__ W, int N, int K,
+                                 int group_size, int n_groups) {
+  const int chunks_per_row = (K + 15) / 16;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= static_cast<int64_t>(N) * chunks_per_row) return;
+  const int n = static_cast<int>(idx / chunks_per_row);
+  const int k = static_cast<int>(idx % chunks_per_row) * 16;  // 16 codes start on a byte and share one group
+  const size_t row_bytes = static_cast<size_t>(n_groups) * group_size * BITS / 8;
+  const uint8_t* src = B + n * row_bytes + static_cast<size_t>(k) * BITS / 8;
+  uint32_t w[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+  for (int b = 0; b < 2 * BITS; ++b) w[b >> 2] |= uint32_t(src[b]) << (8 * (b & 3));
+  const size_t at = static_cast<size_t>(n) * n_groups + k / group_size;
+  const float scale = ToFloat(scales[at]);
+  const float zp = zero_points ? float(zero_points[at]) : float(1 << (BITS - 1));
+  T* dst = W + static_cast<size_t>(n) * K + k;
+#pragma unroll
+  for (int i = 0; i < 16; ++i)
+    if (k + i < K) dst[i] = FromFloat<T>(scale * (float(CodeAt<BITS>(w, i * BITS)) - zp));
+}
+
+// The four cuBLAS entry points the gemm path uses, resolved once with dlopen. The enum values passed below are
+// cuBLAS's stable ABI (cublasOperation_t, cudaDataType, cublasComputeType_t, cublasGemmAlgo_t).
+struct Cublas {
+  using Create = int (*)(void**);
+  using SetStream = int (*)(void*, cudaStream_t);
+  using GemmEx = int (*)(void*, int, int, int, int, int, const void*, const void*, int, int, const void*, int, int,
+                         const void*, void*, int, int, int, int);
+  Create create = nullptr;
+  SetStream set_stream = nullptr;
+  GemmEx gemm_ex = nullptr;
+  std::mutex mutex;                  // one handle, and SetStream + GemmEx must not interleave across threads
+  void* handle = nullptr;
+  int handle_device = -1;
+
+  static Cublas& Get() {
+    static Cublas instance;
+    return instance;
+  }
+
+  bool Loaded() const { return create && set_stream && gemm_ex; }
+
+ private:
+  Cublas() {
+    const char* names[] = {"libcublas.so.13", "libcublas.so.12", "libcublas.so"};
+    void* lib = nullptr;
+    for (const char* name : names) {
+      lib = dlopen(name, RTLD_NOW | RTLD_NOLOAD);  // prefer the copy ORT's provider already loaded
+      if (!lib) lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+      if (lib) break;
+    }
+    if (!lib) return;
+    create = reinterpret_cast<Create>(dlsym(lib, "cublasCreate_v2"));
+    set_stream = reinterpret_cast<SetStream>(dlsym(lib, "cublasSetStream_v2"));
+    gemm_ex = reinterpret_cast<GemmEx>(dlsym(lib, "cublasGemmEx"));
+  }
+};
+
+bool CublasAvailable() { return Cublas::Get().Loaded(); }
+
+// Y[M, N] = A[M, K] @ W[N, K]^T in row-major terms, i.e. column-major Y^T = W^T' * A^T: op(W) = T, op(A) = N.
+const char* Gemm(bool half, const void* A, const void* W, void* Y, int M, int N, int K, cudaStream_t stream) {
+  Cublas& cublas = Cublas::Get();
+  if (!cublas.Loaded()) return "libcublas could not be loaded for the gemm kernel";
+  std::lock_guard<std::mutex> lock(cublas.mutex);
+  int device = 0;
+  cudaGetDevice(&device);
+  if (cublas.handle == nullptr || cublas.handle_device != device) {
+    if (cublas.create(&cublas.handle) != 0) return "cublasCreate failed";
+    cublas.handle_device = device;
+  }
+  if (cublas.set_stream(cublas.handle, stream) != 0) return "cublasSetStream failed";
+  constexpr int kOpN = 0, kOpT = 1, kR32F = 0, kR16F = 2, kCompute32F = 68, kAlgoDefault = -1;
+  const float alpha = 1.f, beta = 0.f;
+  const int type = half ? kR16F : kR32F;
+  const int status = cublas.gemm_ex(cublas.handle, kOpT, kOpN, N, M, K, &alpha, W, type, K, A, type, K, &beta, Y,
+                                    type, N, kCompute32F, kAlgoDefault);
+  return status == 0 ? nullptr : "cublasGemmEx failed";
+}
+
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 GqmmKernel Pick(const GqmmArgs& a, GqmmKernel requested) {
   if (requested != GqmmKernel::kAuto) return requested;
   const bool decode_layout = a.K % kUnitCodes == 0 && Aligned16(a.A) && Aligned16(a.B);
   if (a.M <= kDecodeMaxM && decode_layout) return GqmmKernel::kDecode;
-  if (a.M > kDecodeMaxM) return GqmmKernel::kTiled;
+  if (a.M > kDecodeMaxM) return CublasAvailable() ? GqmmKernel::kGemm : GqmmKernel::kTiled;
   return GqmmKernel::kGeneric;
+}
+
+template <typename T, int BITS, int GS, int MAXM>
+void LaunchDecodeRows(const GqmmArgs& a, cudaStream_t stream) {
+  constexpr int R = DecodeRows<BITS, MAXM>::value;
+  const int units = static_cast<int>(a.K / kUnitCodes);
+  int ksplit = 1;
+  while (ksplit < kDecodeMaxSplit && 32 * ksplit < units) ksplit *= 2;
+  const int rows_per_block = (kDecodeWarps / ksplit) * R;
+  const dim3 grid(static_cast<unsigned>((a.N + rows_per_block - 1) / rows_per_block));
+  DecodeKernel<T, BITS, GS, MAXM><<<grid, kDecodeWarps * 32, 0, stream>>>(
+      static_cast<const T*>(a.A), a.B, static_cast<const T*>(a.scales), a.zero_points, static_cast<T*>(a.Y),
+      static_cast<int>(a.M), static_cast<int>(a.N), static_cast<int>(a.K), static_cast<int>(a.n_groups), ksplit);
 }
 
 template <typename T, int BITS, int GS>
 void LaunchDecode(const GqmmArgs& a, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((a.N + kDecodeWarps - 1) / kDecodeWarps));
-  auto kernel = a.M == 1 ? DecodeKernel<T, BITS, GS, 1> : DecodeKernel<T, BITS, GS, kDecodeMaxM>;
-  kernel<<<grid, kDecodeWarps * 32, 0, stream>>>(
-      static_cast<const T*>(a.A), a.B, static_cast<const T*>(a.scales), a.zero_points, static_cast<T*>(a.Y),
-      static_cast<int>(a.M), static_cast<int>(a.N), static_cast<int>(a.K), static_cast<int>(a.n_groups));
+  if (a.M == 1) LaunchDecodeRows<T, BITS, GS, 1>(a, stream);
+  else LaunchDecodeRows<T, BITS, GS, kDecodeMaxM>(a, stream);
 }
 
 template <typename T, int BITS>
@@ -378,6 +516,10 @@ void LaunchTyped(const GqmmArgs& a, GqmmKernel kernel, cudaStream_t stream) {
         case 4: return LaunchDecodeGroups<T, 4>(a, stream);
         default: return LaunchDecodeGroups<T, 8>(a, stream);
       }
+    case GqmmKernel::kGemm: {
+      // Handled in LaunchGroupQuantMatMul (needs scratch); unreachable here.
+      return;
+    }
     case GqmmKernel::kTiled:
       switch (a.bits) {
         case 2: return LaunchTiled<T, 2>(a, stream);
@@ -401,17 +543,47 @@ const char* GroupQuantMatMulKernelName(const GqmmArgs& args, GqmmKernel kernel) 
   switch (Pick(args, kernel)) {
     case GqmmKernel::kDecode: return "decode";
     case GqmmKernel::kTiled: return "tiled";
+    case GqmmKernel::kGemm: return "gemm";
     default: return "generic";
   }
 }
 
-const char* LaunchGroupQuantMatMul(const GqmmArgs& args, GqmmKernel kernel, void* stream) {
+size_t GroupQuantMatMulScratchBytes(const GqmmArgs& args, GqmmKernel kernel) {
+  if (Pick(args, kernel) != GqmmKernel::kGemm) return 0;
+  return static_cast<size_t>(args.N) * args.K * (args.half ? 2 : 4);
+}
+
+template <typename T>
+void LaunchDequantize(const GqmmArgs& a, void* W, cudaStream_t stream) {
+  const int64_t threads = a.N * ((a.K + 15) / 16);
+  const unsigned blocks = static_cast<unsigned>((threads + 255) / 256);
+  auto args = std::make_tuple(a.B, static_cast<const T*>(a.scales), a.zero_points, static_cast<T*>(W),
+                              static_cast<int>(a.N), static_cast<int>(a.K), static_cast<int>(a.group_size),
+                              static_cast<int>(a.n_groups));
+  switch (a.bits) {
+    case 2: std::apply([&](auto... x) { DequantizeKernel<T, 2><<<blocks, 256, 0, stream>>>(x...); }, args); break;
+    case 3: std::apply([&](auto... x) { DequantizeKernel<T, 3><<<blocks, 256, 0, stream>>>(x...); }, args); break;
+    case 4: std::apply([&](auto... x) { DequantizeKernel<T, 4><<<blocks, 256, 0, stream>>>(x...); }, args); break;
+    default: std::apply([&](auto... x) { DequantizeKernel<T, 8><<<blocks, 256, 0, stream>>>(x...); }, args); break;
+  }
+}
+
+const char* LaunchGroupQuantMatMul(const GqmmArgs& args, GqmmKernel kernel, void* stream, void* scratch) {
   if (args.M == 0 || args.N == 0) return nullptr;
   const GqmmKernel chosen = Pick(args, kernel);
   if (chosen == GqmmKernel::kDecode &&
       (args.M > kDecodeMaxM || args.K % kUnitCodes != 0 || !Aligned16(args.A) || !Aligned16(args.B)))
     return "the decode kernel needs M <= 8, K % 128 == 0 and 16-byte aligned A and B";
   auto s = static_cast<cudaStream_t>(stream);
+  if (chosen == GqmmKernel::kGemm) {
+    if (scratch == nullptr) return "the gemm kernel needs scratch memory";
+    if (args.half) LaunchDequantize<__half>(args, scratch, s);
+    else LaunchDequantize<float>(args, scratch, s);
+    cudaError_t status = cudaGetLastError();
+    if (status != cudaSuccess) return cudaGetErrorString(status);
+    return Gemm(args.half, args.A, scratch, args.Y, static_cast<int>(args.M), static_cast<int>(args.N),
+                static_cast<int>(args.K), s);
+  }
   if (args.half) LaunchTyped<__half>(args, chosen, s);
   else LaunchTyped<float>(args, chosen, s);
   const cudaError_t status = cudaGetLastError();

@@ -7,9 +7,10 @@
 namespace edgeq {
 namespace cuda {
 
-// Which kernel runs. kAuto: decode GEMV for M <= 8 when K % 128 == 0 and A/B are 16-byte aligned, the tiled
-// kernel for larger M, the generic kernel otherwise. The others force one (tests and benchmarks).
-enum class GqmmKernel { kAuto, kDecode, kTiled, kGeneric };
+// Which kernel runs. kAuto: decode GEMV for M <= 8 when K % 128 == 0 and A/B are 16-byte aligned; for larger
+// M, dequantize W into a scratch buffer and multiply with cuBLAS (kGemm) when libcublas can be loaded, else the
+// tiled kernel; the generic kernel otherwise. The others force one (tests and benchmarks).
+enum class GqmmKernel { kAuto, kDecode, kTiled, kGeneric, kGemm };
 
 struct GqmmArgs {
   bool half = false;  // T is float16 (else float32)
@@ -21,10 +22,14 @@ struct GqmmArgs {
   void* Y = nullptr;
 };
 
-// Enqueues the op on `stream` (a cudaStream_t). Returns nullptr, or a static error text from the CUDA runtime.
-const char* LaunchGroupQuantMatMul(const GqmmArgs& args, GqmmKernel kernel, void* stream);
+// Device bytes of scratch the chosen kernel needs (the dequantized W for kGemm; else 0).
+size_t GroupQuantMatMulScratchBytes(const GqmmArgs& args, GqmmKernel kernel);
 
-// The kernel kAuto picks for these arguments ("decode", "tiled" or "generic"), for logs and tests.
+// Enqueues the op on `stream` (a cudaStream_t); `scratch` holds GroupQuantMatMulScratchBytes bytes of device
+// memory. Returns nullptr, or a static error text.
+const char* LaunchGroupQuantMatMul(const GqmmArgs& args, GqmmKernel kernel, void* stream, void* scratch);
+
+// The kernel kAuto picks for these arguments ("decode", "gemm", "tiled" or "generic"), for logs and tests.
 const char* GroupQuantMatMulKernelName(const GqmmArgs& args, GqmmKernel kernel);
 
 }  // namespace cuda
