@@ -181,11 +181,17 @@ def run(device: str, out: Path | None, total_mb: int, repeats: int, threads: int
     dense = "fp16 MatMul" if device == "cuda" else "fp32 MatMul"
     kinds = [("matmul", dense), ("nbits4", "MatMulNBits 4b g128"), ("gqmm4", "GroupQuantMatMul 4b g128"),
              ("gqmm3", "GroupQuantMatMul 3b g128")]
-    plan = [(1, shape, kind, name) for shape in shapes for kind, name in kinds]
+    plan = [(1, shape, kind, name, None) for shape in shapes for kind, name in kinds]
     if prefill and device == "cuda":
-        plan += [(512, (4096, 4096), kind, name) for kind, name in kinds]
+        plan += [(512, (4096, 4096), kind, name, None) for kind, name in kinds]
+        plan += [(512, (4096, 4096), "gqmm4", "GroupQuantMatMul 4b g128 (tiled)", "tiled")]
     rows = []
-    for M, (K, N), kind, name in plan:
+    for M, (K, N), kind, name, kernel in plan:
+        # EDGEQ_GQMM_KERNEL is read when a session is created: it pins one CUDA kernel for this model.
+        if kernel:
+            os.environ["EDGEQ_GQMM_KERNEL"] = kernel
+        else:
+            os.environ.pop("EDGEQ_GQMM_KERNEL", None)
         _, per_op = build_model(kind, K, N, M, 1, dtype, seed=0)
         copies = max(2, min(64, math.ceil(total_mb * 2**20 / per_op)))
         model, per_op = build_model(kind, K, N, M, copies, dtype, seed=1)
