@@ -16,7 +16,7 @@ EVAL_TEXT = "shakespeare-eval"
 CALIB_TEXT = "shakespeare-calib"
 DEFAULT_MAX_WINDOWS = 32  # 32 x 512 tokens: ~16k scored tokens, enough to separate the methods on this model
 # Stage modules that add their own subcommands through ``register(subparsers)``.
-PLUGIN_COMMANDS = ("edgeq.custom_ops.cli", "edgeq.passes.cli")
+PLUGIN_COMMANDS = ("edgeq.custom_ops.cli", "edgeq.passes.cli", "edgeq.bench")
 
 
 # ---- shared argument groups ------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from edgeq.errors import EdgeqError
 from edgeq.quantize.modules import QuantizedLinear
 
 OPSET = 21
+EDGEQ_DOMAIN = "edgeq"
 BITS_KEY = "edgeq.bits"
 ACT_BITS_KEY = "edgeq.act_bits"
 # SpQRDequantize / SpQRMatMul weight inputs, in order (the SpQRWeight on-disk tensors)
@@ -154,7 +155,7 @@ class LlamaExporter:
         tensors = qw.to_tensors(name)
         inputs = [g.add_initializer(f"{name}.{key}", tensors[f"{name}.{key}"].numpy()) for key in SPQR_INPUTS]
         n, k = qw.shape
-        w = g.op("SpQRDequantize", inputs, name, domain="edgeq", K=k, N=n, bits=qw.bits, group_size=qw.group_size,
+        w = g.op("SpQRDequantize", inputs, name, domain=EDGEQ_DOMAIN, K=k, N=n, bits=qw.bits, group_size=qw.group_size,
                  stat_bits=qw.stat_bits, stat_group_size=qw.stat_group_size)
         if g.dtype != TensorProto.FLOAT:
             w = g.op("Cast", [w], name + "/w", to=g.dtype)
@@ -295,11 +296,10 @@ class LlamaExporter:
                 inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", g.dtype, cache))
                 outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", g.dtype, present))
         graph = helper.make_graph(g.nodes, "edgeq_decoder", inputs, outputs, g.initializers)
-        model = helper.make_model(
-            graph,
-            opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
-            producer_name="edgeq",
-        )
+        opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
+        if any(n.domain == EDGEQ_DOMAIN for n in g.nodes):
+            opsets.append(helper.make_opsetid(EDGEQ_DOMAIN, 1))
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="edgeq")
         model.ir_version = 10
         eos = getattr(cfg, "eos_token_id", None)
         helper.set_model_props(model, {

@@ -1,0 +1,349 @@
+"""``edgeq bench quality``: every method and its peers compiled to ``.onnx`` and scored in ONNX Runtime, in one run.
+
+Each config gets a folder under the output with ``result.json``; a rerun skips configs whose result exists and
+resumes an interrupted quantization from its per-layer checkpoints. Average bits per weight are read off the
+final graph: the bytes of every initializer a quantized linear reads (codes, scales, zero points, outliers,
+indices, permutations) over its K·N weights — the same count for edgeq's methods and the peers.
+
+Config specs: ``fp32``, ``METHOD:key=value,...`` with METHOD one of edgeq's (rtn, gptq, spqr, omniquant; keys are
+the config's fields, e.g. ``gptq:bits=3,group_size=128``), or a peer from onnxruntime's
+``matmul_nbits_quantizer`` run on the FP32 ``.onnx``: ``ort-rtn:bits=4,block_size=128``, ``ort-hqq:bits=4,block_size=64``,
+``ort-gptq:bits=4,block_size=128,nsamples=128,seqlen=512`` (on our calibration plays), ``ort-kquant``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgeq.errors import EdgeqError
+
+PEERS = ("ort-rtn", "ort-hqq", "ort-gptq", "ort-kquant")
+# op type -> index of its activation input (every other initializer input is weight storage)
+LINEAR_OPS = {"MatMulNBits": 0, "GroupQuantMatMul": 0, "SpQRMatMul": 0, "QuantLinear": 0, "MatMul": 0}
+
+
+@dataclasses.dataclass
+class Result:
+    config: str
+    perplexity: float
+    avg_bits: float
+    linear_params: int
+    onnx_mb: float
+    quant_seconds: float
+    eval_seconds: float
+    tokens_scored: int
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    method, _, rest = spec.partition(":")
+    kwargs = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise EdgeqError(f"config spec '{spec}': '{item}' is not key=value")
+        kwargs[key.strip()] = _value(value.strip())
+    return method, kwargs
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def slug(spec: str) -> str:
+    return spec.replace(":", "-").replace(",", "-").replace("=", "")
+
+
+def linear_storage(model: onnx.ModelProto) -> tuple[int, int]:
+    """(bits, weights) of the decoder linears: initializer bytes each lowered linear reads, over its K·N."""
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    bits = params = 0
+    for node in model.graph.node:
+        if node.op_type not in LINEAR_OPS or node.op_type == "MatMul" and node.input[1] not in inits:
+            continue  # a MatMul reading a computed B (attention, tied lm_head) is not a stored linear
+        if node.op_type == "MatMul" and node.name.startswith("lm_head"):
+            continue
+        weight = [inits[name] for i, name in enumerate(node.input) if i != LINEAR_OPS[node.op_type] and name in inits]
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "MatMul":
+            k, n = weight[0].dims
+        else:
+            k, n = attrs["K"], attrs["N"]
+        source = producers.get(node.input[0])
+        if source is not None and source.op_type == "Gather" and source.input[1] in inits:
+            weight.append(inits[source.input[1]])  # the act-order permutation belongs to the weight
+        bits += sum(_tensor_bytes(t) for t in weight) * 8
+        params += k * n
+    return bits, params
+
+
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    return len(onnx.numpy_helper.to_array(t).tobytes()) if not t.raw_data else len(t.raw_data)
+
+
+def machine() -> dict:
+    import onnxruntime
+    import torch
+    import transformers
+
+    def commit():
+        try:
+            return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                  cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    return {"machine": f"{platform.machine()} {os.cpu_count()} cores", "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "commit": os.environ.get("EDGEQ_COMMIT") or commit()}
+
+
+class QualityBench:
+    def __init__(self, args):
+        self.args = args
+        self.out = Path(args.output)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lm = None
+        self._fp_state = None
+        self._tokens = None
+
+    # the model is loaded once and restored to FP before each config
+    @property
+    def lm(self):
+        if self._lm is None:
+            import copy
+
+            from edgeq.models import load_model
+
+            self._lm = load_model(self.args.model)
+            self._fp_state = copy.deepcopy(self._lm.model)
+        return self._lm
+
+    def fresh_model(self):
+        import copy
+
+        lm = self.lm
+        lm.model = copy.deepcopy(self._fp_state)
+        return lm
+
+    @property
+    def tokens(self):
+        if self._tokens is None:
+            from edgeq.cli import eval_tokens
+
+            self._tokens = eval_tokens(self.lm.tokenizer, self.args)
+        return self._tokens
+
+    def fp32_onnx(self) -> Path:
+        from edgeq.exporter.export import export
+
+        path = self.out / "fp32" / "model.onnx"
+        if not path.exists():
+            lm = self.fresh_model()
+            export(lm.model, lm.tokenizer, path)
+        return path
+
+    def build(self, spec: str, folder: Path) -> tuple[Path, float]:
+        from edgeq.cli import lowering_passes
+        from edgeq.exporter.export import export
+        from edgeq.quantize.api import quantize_, save_quantized
+        from edgeq.quantize.config import METHODS
+        from edgeq.text import calibration_batch
+
+        method, kwargs = parse_spec(spec)
+        if method == "fp32":
+            return self.fp32_onnx(), 0.0
+        if method in PEERS:
+            return self.build_peer(method, kwargs, folder)
+        if method not in METHODS:
+            raise EdgeqError(f"unknown config '{method}' (edgeq: {', '.join(METHODS)}; peers: {', '.join(PEERS)})")
+        try:
+            config = METHODS[method](**kwargs)
+        except TypeError as e:
+            raise EdgeqError(f"config spec '{spec}': {e}") from e
+        lm = self.fresh_model()
+        calib = None
+        if hasattr(config, "nsamples"):
+            calib = calibration_batch(lm.tokenizer, self.args.calib, config.nsamples, config.seqlen, config.seed)
+        start = time.perf_counter()
+        qweights = quantize_(lm.model, config, calib, checkpoint_dir=folder / "checkpoints")
+        seconds = time.perf_counter() - start
+        save_quantized(folder / "quantized", qweights, config, lm.source)
+        return export(lm.model, lm.tokenizer, folder / "model.onnx", transform=lowering_passes), seconds
+
+    def build_peer(self, method: str, kwargs: dict, folder: Path) -> tuple[Path, float]:
+        from onnxruntime.quantization import matmul_nbits_quantizer as mnq
+
+        fp = onnx.load(str(self.fp32_onnx()))
+        bits, block = kwargs.get("bits", 4), kwargs.get("block_size", 128)
+        if method == "ort-rtn":
+            algo = mnq.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=kwargs.get("sym", False), bits=bits)
+        elif method == "ort-hqq":
+            algo = mnq.HQQWeightOnlyQuantConfig(block_size=block, bits=bits)
+        elif method == "ort-gptq":
+            algo = mnq.GPTQWeightOnlyQuantConfig(
+                calibration_data_reader=self.calibration_reader(kwargs.get("nsamples", 128), kwargs.get("seqlen", 512)),
+                block_size=block, actorder=kwargs.get("actorder", True))
+        else:
+            algo = mnq.KQuantWeightOnlyQuantConfig()
+        start = time.perf_counter()
+        quantizer = mnq.MatMulNBitsQuantizer(fp, bits=bits, block_size=block, algo_config=algo)
+        quantizer.process()
+        seconds = time.perf_counter() - start
+        from edgeq.exporter.save import save_model
+
+        path = save_model(quantizer.model.model, folder / "model.onnx")
+        self.lm.tokenizer.save_pretrained(folder)
+        return path, seconds
+
+    def calibration_reader(self, nsamples: int, seqlen: int):
+        """Our calibration sequences as feeds for the FP32 decoder (empty KV cache), for ORT's own GPTQ."""
+        from onnxruntime.quantization import CalibrationDataReader
+
+        from edgeq.text import calibration_batch
+
+        cfg = self.lm.model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        batch = calibration_batch(self.lm.tokenizer, self.args.calib, nsamples, seqlen)
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.rows = iter(batch)
+
+            def get_next(self):
+                row = next(self.rows, None)
+                if row is None:
+                    return None
+                feeds = {"input_ids": row[None], "attention_mask": np.ones((1, seqlen), np.int64),
+                         "position_ids": np.arange(seqlen, dtype=np.int64)[None]}
+                for i in range(cfg.num_hidden_layers):
+                    for kind in ("key", "value"):
+                        feeds[f"past_key_values.{i}.{kind}"] = np.zeros((1, cfg.num_key_value_heads, 0, head_dim), np.float32)
+                return feeds
+
+        return Reader()
+
+    def run_one(self, spec: str) -> Result:
+        from edgeq.cli import eval_onnx
+
+        folder = self.out / slug(spec)
+        done = folder / "result.json"
+        if done.exists():
+            return Result(**json.loads(done.read_text()))
+        folder.mkdir(parents=True, exist_ok=True)
+        path, quant_seconds = self.build(spec, folder)
+        start = time.perf_counter()
+        ppl = eval_onnx(path, self.tokens, self.args, spec)
+        eval_seconds = time.perf_counter() - start
+        bits, params = linear_storage(onnx.load(str(path)))
+        size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+        result = Result(spec, ppl.perplexity, bits / params if params else float("nan"), params, size / 2**20,
+                        quant_seconds, eval_seconds, ppl.tokens_scored)
+        done.write_text(json.dumps(dataclasses.asdict(result), indent=2))
+        return result
+
+    def run(self, specs: list[str]) -> list[Result]:
+        from tqdm.auto import tqdm
+
+        results = []
+        for spec in tqdm(specs, desc="configs", unit="config"):
+            try:
+                results.append(self.run_one(spec))
+            except Exception as e:  # one broken config (a peer's own bug, say) must not lose the others
+                print(f"config {spec} failed, skipped (rerun retries it): {type(e).__name__}: {e}")
+                continue
+            print(self.table(results))
+        meta = {**machine(), "model": self.args.model, "text": self.args.text, "window": self.args.window,
+                "stride": self.args.stride, "max_windows": self.args.max_windows,
+                "results": [dataclasses.asdict(r) for r in results]}
+        (self.out / "quality.json").write_text(json.dumps(meta, indent=2))
+        (self.out / "quality.md").write_text(self.table(results) + "\n")
+        plot_quality(results, self.out / "quality.png")
+        return results
+
+    @staticmethod
+    def table(results: list[Result]) -> str:
+        fp = next((r.perplexity for r in results if r.config == "fp32"), None)
+        lines = ["| config | avg bits | PPL (ORT) | vs FP32 | .onnx MB | quant s | eval s |", "|---|---|---|---|---|---|---|"]
+        for r in results:
+            rel = f"{(r.perplexity / fp - 1) * 100:+.2f}%" if fp else "n/a"
+            lines.append(f"| {r.config} | {r.avg_bits:.3f} | {r.perplexity:.3f} | {rel} | {r.onnx_mb:.0f} | "
+                         f"{r.quant_seconds:.0f} | {r.eval_seconds:.0f} |")
+        return "\n".join(lines)
+
+
+def family(spec: str) -> str:
+    return spec.split(":")[0]
+
+
+def plot_quality(results: list[Result], path: Path) -> None:
+    """Perplexity against average bits, one line per method (its Pareto frontier), FP32 as a reference line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    by_family: dict[str, list[Result]] = {}
+    for r in results:
+        if r.config == "fp32":
+            ax.axhline(r.perplexity, color="black", linestyle="--", linewidth=1, label=f"FP32 ({r.perplexity:.2f})")
+        else:
+            by_family.setdefault(family(r.config), []).append(r)
+    for name, rows in sorted(by_family.items()):
+        rows = sorted(rows, key=lambda r: r.avg_bits)
+        frontier, best = [], np.inf
+        for r in rows:
+            if r.perplexity < best:
+                frontier.append(r)
+                best = r.perplexity
+        ax.plot([r.avg_bits for r in rows], [r.perplexity for r in rows], "o", alpha=0.35)
+        ax.plot([r.avg_bits for r in frontier], [r.perplexity for r in frontier], "-o", label=name, color=ax.lines[-1].get_color())
+    ax.set_xlabel("average bits per weight (stored bytes of the decoder linears)")
+    ax.set_ylabel("perplexity (lower is better)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("edgeq methods and peers, ONNX Runtime")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def cmd_bench_quality(args) -> None:
+    from edgeq.text import read_text
+
+    read_text(args.text)  # refuse a bad text before any work
+    results = QualityBench(args).run(args.configs)
+    print(f"\nwritten: {Path(args.output) / 'quality.md'}, quality.json, quality.png ({len(results)} configs)")
+
+
+def register(sub) -> None:
+    from edgeq.cli import CALIB_TEXT, DEFAULT_MODEL, add_device_args, add_eval_args
+
+    bench = sub.add_parser("bench", help="benchmark tables: quality of every method and peer",
+                           description="Benchmarks that print tables and write JSON and plots.")
+    bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
+    p = bsub.add_parser("quality", help="perplexity and average bits of each config's .onnx in ORT",
+                        description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model alias, .gguf or HF folder (default: {DEFAULT_MODEL})")
+    p.add_argument("--configs", nargs="+", required=True, help="config specs (see above)")
+    p.add_argument("-o", "--output", default="out/bench", help="results folder; finished configs are reused (default: out/bench)")
+    p.add_argument("--calib", default=CALIB_TEXT, help=f"calibration text (default: {CALIB_TEXT})")
+    add_eval_args(p)
+    add_device_args(p)
+    p.set_defaults(func=cmd_bench_quality)

@@ -1,0 +1,56 @@
+"""edgeq bench quality: spec parsing, exact stored-bit accounting, resume, table/JSON/plot output."""
+
+import json
+
+import pytest
+
+from edgeq.bench import QualityBench, linear_storage, parse_spec
+from edgeq.cli import build_parser
+from edgeq.errors import EdgeqError
+from edgeq.exporter.export import export
+from edgeq.quantize.api import quantize_
+from edgeq.quantize.config import RTNConfig
+from tests.conftest import TINY_TEXT, make_tiny_llama
+
+
+def test_parse_spec():
+    assert parse_spec("gptq:bits=3,group_size=-1,sym=true,damp=0.05") == ("gptq", {"bits": 3, "group_size": -1, "sym": True, "damp": 0.05})
+    assert parse_spec("fp32") == ("fp32", {})
+    with pytest.raises(EdgeqError, match="key=value"):
+        parse_spec("rtn:bits")
+
+
+def test_stored_bits_of_a_lowered_model_are_exact(tmp_path):
+    import onnx
+
+    from edgeq.cli import lowering_passes
+
+    model = make_tiny_llama()
+    fp_bits, fp_params = linear_storage(onnx.load(str(export(model, None, tmp_path / "fp" / "model.onnx"))))
+    assert fp_bits == 32 * fp_params and fp_params == 2 * (64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 96)
+    quantize_(model, RTNConfig(4, 16))
+    bits, params = linear_storage(onnx.load(str(export(model, None, tmp_path / "q" / "model.onnx", transform=lowering_passes))))
+    # MatMulNBits: 4-bit codes, an fp32 scale and a 4-bit zero point per 16 weights
+    assert params == fp_params and bits == params * 4 + params // 16 * (32 + 4)
+
+
+def test_bench_runs_resumes_and_writes_outputs(tmp_path, tiny_llama_dir, monkeypatch):
+    text = tmp_path / "t.txt"
+    text.write_text(TINY_TEXT * 3)
+    argv = ["bench", "quality", "--model", str(tiny_llama_dir), "--text", str(text), "--calib", str(text),
+            "--window", "32", "--stride", "32", "--max-windows", "2", "-o", str(tmp_path / "b"),
+            "--configs", "fp32", "rtn:bits=3,group_size=16", "ort-rtn:bits=4,block_size=32"]
+    args = build_parser().parse_args(argv)
+    results = QualityBench(args).run(args.configs)
+    assert [r.config for r in results] == args.configs
+    assert results[1].avg_bits > 3 and results[0].avg_bits == 32
+    saved = json.loads((tmp_path / "b" / "quality.json").read_text())
+    assert saved["commit"] and len(saved["results"]) == 3
+    assert (tmp_path / "b" / "quality.png").stat().st_size > 10_000
+
+    def no_rebuild(*a, **k):
+        raise AssertionError("a finished config was rebuilt")
+
+    monkeypatch.setattr(QualityBench, "build", no_rebuild)
+    again = QualityBench(args).run(args.configs)
+    assert [r.perplexity for r in again] == [r.perplexity for r in results]
