@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 
 from edgeq.errors import EdgeqError
+from edgeq.quantize.config import METHODS, config_from_spec, parse_spec_args
 
 PEERS = ("ort-rtn", "ort-hqq", "ort-gptq", "ort-kquant")
 # op type -> index of its activation input (every other initializer input is weight storage)
@@ -45,22 +46,7 @@ class Result:
 
 def parse_spec(spec: str) -> tuple[str, dict]:
     method, _, rest = spec.partition(":")
-    kwargs = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise EdgeqError(f"config spec '{spec}': '{item}' is not key=value")
-        kwargs[key.strip()] = _value(value.strip())
-    return method, kwargs
-
-
-def _value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+    return method, parse_spec_args(spec, rest)
 
 
 def slug(spec: str) -> str:
@@ -161,7 +147,6 @@ class QualityBench:
         from edgeq.cli import lowering_passes
         from edgeq.exporter.export import export
         from edgeq.quantize.api import quantize_, save_quantized
-        from edgeq.quantize.config import METHODS
         from edgeq.text import calibration_batch
 
         method, kwargs = parse_spec(spec)
@@ -171,10 +156,7 @@ class QualityBench:
             return self.build_peer(method, kwargs, folder)
         if method not in METHODS:
             raise EdgeqError(f"unknown config '{method}' (edgeq: {', '.join(METHODS)}; peers: {', '.join(PEERS)})")
-        try:
-            config = METHODS[method](**kwargs)
-        except TypeError as e:
-            raise EdgeqError(f"config spec '{spec}': {e}") from e
+        config = config_from_spec(spec)
         lm = self.fresh_model()
         calib = None
         if hasattr(config, "nsamples"):

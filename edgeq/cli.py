@@ -22,7 +22,7 @@ PLUGIN_COMMANDS = ("edgeq.custom_ops.cli", "edgeq.passes.cli", "edgeq.bench")
 # ---- shared argument groups ------------------------------------------------------------------------------
 def add_quant_args(p: argparse.ArgumentParser) -> None:
     q = p.add_argument_group("quantization")
-    q.add_argument("--method", choices=["rtn", "gptq", "spqr"], default="gptq", help="quantization algorithm (default: gptq)")
+    q.add_argument("--method", choices=["rtn", "gptq", "spqr", "omniquant"], default="gptq", help="quantization algorithm (default: gptq)")
     q.add_argument("--bits", type=int, default=4, help="bits per weight code, 2..8 (default: 4)")
     q.add_argument("--group-size", type=int, default=128, help="weights sharing one scale/zero along the input dim; -1 = per output channel (default: 128; SpQR's beta1, use 16)")
     q.add_argument("--sym", action="store_true", help="symmetric grid (zero point fixed at 2^(bits-1)) instead of asymmetric min-max")
@@ -33,6 +33,12 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     q.add_argument("--stat-group-size", type=int, default=16, help="SpQR: rows per second-level statistics block, beta2 (default: 16)")
     q.add_argument("--outlier-threshold", type=float, default=0.2, help="SpQR: tau, outlier if its Hessian-weighted error exceeds tau x the layer mean; inf = no outliers (default: 0.2)")
     q.add_argument("--target-outliers", type=float, default=None, help="SpQR: raise tau per layer until at most this fraction of weights are outliers (e.g. 0.01)")
+    q.add_argument("--abits", type=int, default=16, help="OmniQuant: activation bits; 16 = weight-only, else per-token dynamic (W8A8, W6A6, W4A4)")
+    q.add_argument("--epochs", type=int, default=20, help="OmniQuant: training epochs per block (paper: 20, 40 for W2)")
+    q.add_argument("--lwc-lr", type=float, default=1e-2, help="OmniQuant: learning rate of the clipping strengths (default: 1e-2)")
+    q.add_argument("--let-lr", type=float, default=5e-3, help="OmniQuant: learning rate of the channel scales (default: 5e-3)")
+    q.add_argument("--let", choices=["auto", "on", "off"], default="auto", help="OmniQuant: learn channel scales; auto = on for weight-activation only (the paper's choice)")
+    q.add_argument("--batch-size", type=int, default=4, help="OmniQuant: calibration sequences per training step (default: 4)")
     q.add_argument("--nsamples", type=int, default=128, help="calibration sequences (default: 128)")
     q.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sequence (default: 512)")
     q.add_argument("--calib", default=CALIB_TEXT, help=f"calibration text: {CALIB_TEXT} or a .txt/.jsonl file (default: {CALIB_TEXT})")
@@ -40,10 +46,15 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
 
 
 def quant_config(args):
-    from edgeq.quantize.config import GPTQConfig, RTNConfig, SpQRConfig
+    from edgeq.quantize.config import GPTQConfig, OmniQuantConfig, RTNConfig, SpQRConfig
 
     if args.method == "rtn":
         return RTNConfig(bits=args.bits, group_size=args.group_size, sym=args.sym)
+    if args.method == "omniquant":
+        return OmniQuantConfig(wbits=args.bits, abits=args.abits, group_size=args.group_size,
+                               let={"auto": None, "on": True, "off": False}[args.let], epochs=args.epochs,
+                               lwc_lr=args.lwc_lr, let_lr=args.let_lr, batch_size=args.batch_size,
+                               nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
     if args.method == "spqr":
         return SpQRConfig(bits=args.bits, group_size=args.group_size, stat_bits=args.stat_bits,
                           stat_group_size=args.stat_group_size, outlier_threshold=args.outlier_threshold,
@@ -67,18 +78,14 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
 
 
 # ---- steps the commands share ----------------------------------------------------------------------------
-def calibration_ids(lm, args):
-    import torch
-
+def run_quantize(lm, config, args, out_dir: Path):
+    """Quantize with ``config``; calibration sequences per the config's nsamples/seqlen/seed and ``args.calib``."""
+    from edgeq.quantize.api import quantize_, save_quantized
     from edgeq.text import calibration_batch
 
-    return torch.as_tensor(calibration_batch(lm.tokenizer, args.calib, args.nsamples, args.seqlen, args.seed))
-
-
-def run_quantize(lm, config, args, out_dir: Path):
-    from edgeq.quantize.api import quantize_, save_quantized
-
-    calib = None if args.method == "rtn" else calibration_ids(lm, args)
+    calib = None
+    if hasattr(config, "nsamples"):
+        calib = calibration_batch(lm.tokenizer, args.calib, config.nsamples, config.seqlen, config.seed)
     start = time.perf_counter()
     qweights = quantize_(lm.model, config, calib, checkpoint_dir=out_dir / "checkpoints")
     seconds = time.perf_counter() - start
@@ -218,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="out/pipeline", help="folder for the quantized checkpoint and .onnx files (default: out/pipeline)")
     p.add_argument("--prompt", default="Write one sentence about the sea.", help="prompt for the generated sample")
     p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate for the sample (default: 32)")
-    p.add_argument("--compare", nargs="*", metavar="SPEC", default=[], help="more configs to run in the same table, as method:bits:group (e.g. rtn:4:128 gptq:3:128)")
+    p.add_argument("--compare", nargs="*", metavar="SPEC", default=[], help="more configs in the same table, as METHOD:key=value,... (e.g. rtn:bits=4,group_size=128 gptq:bits=3)")
     p.add_argument("--no-passes", action="store_true", help="evaluate the plain DequantizeLinear+MatMul graphs (no lowering passes)")
     add_quant_args(p)
     add_eval_args(p)

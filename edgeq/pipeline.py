@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq.errors import EdgeqError
 
 CHECK_PROMPTS = ["The king is dead; long live", "To be, or not to be, that is", "Once upon a time, in a quiet harbour town,"]
 
@@ -29,17 +28,6 @@ class Row:
     onnx_mb: float
 
 
-def parse_spec(spec: str, base_args):
-    """``method:bits:group`` (e.g. ``gptq:3:128``, group -1 = per channel) into a quantization config."""
-    from edgeq.cli import quant_config
-
-    try:
-        method, bits, group = spec.split(":")
-        args = copy.copy(base_args)
-        args.method, args.bits, args.group_size = method, int(bits), int(group)
-    except ValueError as e:
-        raise EdgeqError(f"config spec '{spec}': expected method:bits:group, e.g. gptq:4:128") from e
-    return args, quant_config(args)
 
 
 def average_bits(qweights, model) -> float:
@@ -72,13 +60,16 @@ def cache_check(decoder, tokenizer, n_tokens: int = 32) -> bool:
 
 def run_pipeline(args) -> list[Row]:
     from edgeq.cli import eval_onnx, eval_tokens, eval_torch, prompt_ids, quant_config, run_export, run_quantize
+    from edgeq.quantize.config import config_from_spec
     from edgeq.models import load_model
     from edgeq.runtime.decoder import OnnxDecoder
     from edgeq.runtime.generate import SamplingConfig, generate
 
     out = Path(args.output)
     lower = not getattr(args, "no_passes", False)
-    runs = [(args, quant_config(args))] + [parse_spec(s, args) for s in getattr(args, "compare", None) or []]
+    main = quant_config(args)
+    runs = [(f"{args.method}:bits={args.bits},group_size={args.group_size}", main)]
+    runs += [(spec, config_from_spec(spec)) for spec in getattr(args, "compare", None) or []]
     started = time.perf_counter()
     lm = load_model(args.model)
     fp_model = copy.deepcopy(lm.model)
@@ -93,15 +84,15 @@ def run_pipeline(args) -> list[Row]:
                 eval_onnx(fp_path, tokens, args, "fp32 onnx").perplexity, 0.0, fp_path.stat().st_size / 2**20)]
 
     quant_path = None
-    for run_args, config in runs:
-        name = f"{run_args.method}-w{run_args.bits}g{run_args.group_size}"
+    for name, config in runs:
+        folder = out / name.replace(":", "-").replace(",", "-").replace("=", "")
         model = copy.deepcopy(fp_model)
         lm.model = model
-        qweights, seconds = run_quantize(lm, config, run_args, out / name)
-        path = run_export(model, lm.tokenizer, out / name / "model.onnx", "float32", lower=lower)
+        qweights, seconds = run_quantize(lm, config, args, folder)
+        path = run_export(model, lm.tokenizer, folder / "model.onnx", "float32", lower=lower)
         quant_path = quant_path or path
-        rows.append(Row(name, average_bits(qweights, model), eval_torch(model, tokens, run_args, name + " pytorch").perplexity,
-                        eval_onnx(path, tokens, run_args, name + " onnx").perplexity, seconds, onnx_size_mb(path)))
+        rows.append(Row(name, average_bits(qweights, model), eval_torch(model, tokens, args, name + " pytorch").perplexity,
+                        eval_onnx(path, tokens, args, name + " onnx").perplexity, seconds, onnx_size_mb(path)))
         print_table(rows, args)
 
     sample = generate(OnnxDecoder(quant_path, args.device, args.threads), prompt_ids(lm.tokenizer, args.prompt, True),

@@ -169,3 +169,35 @@ def config_from_dict(data: dict):
     cls = METHODS[method]
     known = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def config_from_spec(spec: str):
+    """``METHOD:key=value,...`` (e.g. ``gptq:bits=3,group_size=128``) into that method's config; the one
+    spelling of a config on the command line (``--compare``, ``edgeq bench``)."""
+    method, _, rest = spec.partition(":")
+    if method not in METHODS:
+        raise EdgeqError(f"config spec '{spec}': unknown method '{method}' (known: {', '.join(METHODS)})")
+    kwargs = parse_spec_args(spec, rest)
+    try:
+        return METHODS[method](**kwargs)
+    except TypeError as e:
+        raise EdgeqError(f"config spec '{spec}': {e}") from e
+
+
+def parse_spec_args(spec: str, text: str) -> dict:
+    kwargs = {}
+    for item in filter(None, text.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise EdgeqError(f"config spec '{spec}': '{item}' is not key=value")
+        kwargs[key.strip()] = _spec_value(value.strip())
+    return kwargs
+
+
+def _spec_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)

@@ -54,9 +54,9 @@ def test_quantize_export_run_eval(capsys, tmp_path, tiny_llama_dir, text_file):
 def test_pipeline_on_tiny_model(capsys, tmp_path, tiny_llama_dir, text_file):
     argv = ["pipeline", "--model", str(tiny_llama_dir), "-o", str(tmp_path / "p"), "--text", str(text_file),
             "--calib", str(text_file), "--nsamples", "4", "--seqlen", "32", "--window", "32", "--stride", "32",
-            "--max-windows", "3", "--max-new-tokens", "4", "--compare", "rtn:3:16"]
+            "--max-windows", "3", "--max-new-tokens", "4", "--compare", "rtn:bits=3,group_size=16"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "generation with KV cache == without, 32 greedy tokens: True" in out
-    rows = [line for line in out.splitlines() if line.startswith("| gptq-w4g128") or line.startswith("| rtn-w3g16")]
+    rows = [line for line in out.splitlines() if line.startswith("| gptq:bits=4,group_size=128") or line.startswith("| rtn:bits=3,group_size=16")]
     assert len(rows) >= 2
