@@ -3,8 +3,10 @@
 // Each row n of B is one little-endian bitstream of n_groups*group_size codes (groups are whole bytes and
 // concatenated), so code k of row n sits at bit k*bits of the row whatever the group size.
 //
-// decode  (M <= 8, K % 128 == 0): one warp per output row. A lane owns 128-code units of the row, which are
-//         exactly `bits` 16-byte loads and hold whole groups; the loads bypass L1 (read once), A stays cached.
+// decode  (M <= 8, K % 128 == 0): a lane owns 128-code units of a row, which are exactly `bits` 16-byte loads
+//         and hold whole groups; the loads bypass L1 (read once). Batch 1 streams rows through each warp with
+//         the next unit's loads in flight during compute (DecodeStreamKernel); M = 2..8 gives each warp a
+//         group of rows that share the activation loads (DecodeKernel).
 //         Codes become floats by the exponent trick (0x4B000000 | code is 2^23 + code) instead of I2F, whose
 //         throughput would cap the kernel below memory bandwidth.
 // tiled   (M > 8): 64x64 output tiles; each 32-wide K step dequantizes a W tile into shared memory, then
@@ -19,7 +21,9 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <cstdint>
 #include <type_traits>
@@ -187,6 +191,110 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 2)
     float v = 0.f;
     for (int s = 0; s < ksplit; ++s) v += partial[s][rg][r][m];
     Y[static_cast<size_t>(m) * N + n] = FromFloat<T>(v);
+  }
+}
+
+// Batch-1 decode as a stream: each warp walks its rows (grid-stride) as a sequence of items, one 128-code unit
+// per lane, and loads item t+1 (codes, scales, zero points) into a second set of registers before computing
+// item t, so the memory system always has the next weights in flight while the SM computes. The grid is sized
+// to the SMs. A is converted to float once per block into shared memory.
+constexpr int kStreamWarps = 8;
+
+template <int BITS, int GS>
+struct StreamItem {
+  static constexpr int kGroups = kUnitCodes / GS;
+  uint32_t w[4 * BITS];
+  float scale[kGroups];
+  float bias[kGroups];
+};
+
+template <typename T, int BITS, int GS>
+__device__ __forceinline__ void LoadItem(StreamItem<BITS, GS>& item, const uint8_t* __restrict__ B,
+                                         const T* __restrict__ scales, const uint8_t* __restrict__ zero_points,
+                                         int row, int unit, int units, int n_groups) {
+  constexpr int kGroups = StreamItem<BITS, GS>::kGroups;
+  if (unit < units) {
+    const uint4* src = reinterpret_cast<const uint4*>(B) + (static_cast<size_t>(row) * units + unit) * BITS;
+#pragma unroll
+    for (int j = 0; j < BITS; ++j) {
+      const uint4 v = LoadStreaming(src + j);
+      item.w[4 * j] = v.x;
+      item.w[4 * j + 1] = v.y;
+      item.w[4 * j + 2] = v.z;
+      item.w[4 * j + 3] = v.w;
+    }
+#pragma unroll
+    for (int g = 0; g < kGroups; ++g) {
+      const size_t at = static_cast<size_t>(row) * n_groups + unit * kGroups + g;
+      item.scale[g] = ToFloat(scales[at]);
+      item.bias[g] = 8388608.f + (zero_points ? float(zero_points[at]) : float(1 << (BITS - 1)));
+    }
+  } else {
+    // Past the row's end: contribute exactly zero (scale 0) without touching memory.
+#pragma unroll
+    for (int j = 0; j < 4 * BITS; ++j) item.w[j] = 0u;
+#pragma unroll
+    for (int g = 0; g < kGroups; ++g) {
+      item.scale[g] = 0.f;
+      item.bias[g] = 8388608.f;
+    }
+  }
+}
+
+template <typename T, int BITS, int GS>
+__global__ void __launch_bounds__(kStreamWarps * 32, 2)
+    DecodeStreamKernel(const T* __restrict__ A, const uint8_t* __restrict__ B, const T* __restrict__ scales,
+                       const uint8_t* __restrict__ zero_points, T* __restrict__ Y, int N, int K, int n_groups) {
+  extern __shared__ float4 a_shared4[];
+  float* a_shared = reinterpret_cast<float*>(a_shared4);
+  for (int k = threadIdx.x; k < K; k += blockDim.x) a_shared[k] = ToFloat(A[k]);
+  __syncthreads();
+
+  constexpr int kGroups = StreamItem<BITS, GS>::kGroups;
+  const int lane = threadIdx.x & 31;
+  const int first_row = blockIdx.x * kStreamWarps + (threadIdx.x >> 5);
+  const int row_stride = gridDim.x * kStreamWarps;
+  const int units = K / kUnitCodes;
+  const int steps = (units + 31) / 32;
+  const int rows = first_row < N ? (N - first_row + row_stride - 1) / row_stride : 0;
+  const int items = rows * steps;
+
+  StreamItem<BITS, GS> cur, next;
+  if (items > 0) LoadItem<T, BITS, GS>(cur, B, scales, zero_points, first_row, lane, units, n_groups);
+  float acc = 0.f;
+  for (int t = 0; t < items; ++t) {
+    const int row = first_row + (t / steps) * row_stride, step = t % steps;
+    if (t + 1 < items) {
+      const int next_row = first_row + ((t + 1) / steps) * row_stride, next_step = (t + 1) % steps;
+      LoadItem<T, BITS, GS>(next, B, scales, zero_points, next_row, next_step * 32 + lane, units, n_groups);
+    }
+    const int unit = step * 32 + lane;
+    if (unit < units) {
+      const float* a = a_shared + unit * kUnitCodes;
+#pragma unroll
+      for (int g = 0; g < kGroups; ++g) {
+        float part = 0.f;
+#pragma unroll
+        for (int c = 0; c < GS; c += 4) {
+          const float4 av = *reinterpret_cast<const float4*>(a + g * GS + c);
+          const float af[4] = {av.x, av.y, av.z, av.w};
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const float wv = __uint_as_float(0x4B000000u | CodeAt<BITS>(cur.w, (g * GS + c + i) * BITS)) - cur.bias[g];
+            part = fmaf(af[i], wv, part);
+          }
+        }
+        acc = fmaf(cur.scale[g], part, acc);
+      }
+    }
+    if (step == steps - 1) {
+      float v = acc;
+#pragma unroll
+      for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+      if (lane == 0) Y[row] = FromFloat<T>(v);
+      acc = 0.f;
+    }
+    cur = next;
   }
 }
 
@@ -394,9 +502,23 @@ __global__ void DequantizeKernel(const uint8_t* __restrict__ B, const T* __restr
   const float scale = ToFloat(scales[at]);
   const float zp = zero_points ? float(zero_points[at]) : float(1 << (BITS - 1));
   T* dst = W + static_cast<size_t>(n) * K + k;
+  T values[16];
 #pragma unroll
-  for (int i = 0; i < 16; ++i)
-    if (k + i < K) dst[i] = FromFloat<T>(scale * (float(CodeAt<BITS>(w, i * BITS)) - zp));
+  for (int i = 0; i < 16; ++i) values[i] = FromFloat<T>(scale * (float(CodeAt<BITS>(w, i * BITS)) - zp));
+  if (K % 16 == 0) {
+    // Rows start 16-byte aligned: whole 16-byte stores, which the write stream needs to run at bandwidth.
+    constexpr int kVectors = 16 * sizeof(T) / 16;
+#pragma unroll
+    for (int v = 0; v < kVectors; ++v) {
+      uint4 packed;
+      memcpy(&packed, reinterpret_cast<const unsigned char*>(values) + 16 * v, 16);
+      reinterpret_cast<uint4*>(dst)[v] = packed;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 16; ++i)
+      if (k + i < K) dst[i] = values[i];
+  }
 }
 
 // The four cuBLAS entry points the gemm path uses, resolved once with dlopen. The enum values passed below are
@@ -481,8 +603,42 @@ void LaunchDecodeRows(const GqmmArgs& a, cudaStream_t stream) {
       static_cast<int>(a.M), static_cast<int>(a.N), static_cast<int>(a.K), static_cast<int>(a.n_groups), ksplit);
 }
 
+int MultiprocessorCount() {
+  static int counts[64] = {0};
+  int device = 0;
+  cudaGetDevice(&device);
+  if (device < 0 || device >= 64) device = 0;
+  if (counts[device] == 0) cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device);
+  return counts[device] > 0 ? counts[device] : 1;
+}
+
+template <typename T, int BITS, int GS>
+bool LaunchDecodeStream(const GqmmArgs& a, cudaStream_t stream) {
+  const size_t smem = static_cast<size_t>(a.K) * sizeof(float);
+  constexpr size_t kMaxSmem = 160 * 1024;  // leaves room for two blocks per SM on sm_80 and sm_90
+  if (smem > kMaxSmem) return false;
+  static bool attribute_set = false;  // per instantiation
+  if (!attribute_set) {
+    cudaFuncSetAttribute(DecodeStreamKernel<T, BITS, GS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         static_cast<int>(kMaxSmem));
+    attribute_set = true;
+  }
+  const int max_blocks = 2 * MultiprocessorCount();
+  const int blocks = static_cast<int>(std::min<int64_t>(max_blocks, (a.N + kStreamWarps - 1) / kStreamWarps));
+  DecodeStreamKernel<T, BITS, GS><<<blocks, kStreamWarps * 32, smem, stream>>>(
+      static_cast<const T*>(a.A), a.B, static_cast<const T*>(a.scales), a.zero_points, static_cast<T*>(a.Y),
+      static_cast<int>(a.N), static_cast<int>(a.K), static_cast<int>(a.n_groups));
+  return true;
+}
+
 template <typename T, int BITS, int GS>
 void LaunchDecode(const GqmmArgs& a, cudaStream_t stream) {
+  // EDGEQ_GQMM_DECODE=rows keeps batch 1 on the row-group kernel (for comparisons in the benchmark).
+  static const bool rows_only = [] {
+    const char* v = std::getenv("EDGEQ_GQMM_DECODE");
+    return v != nullptr && std::string(v) == "rows";
+  }();
+  if (a.M == 1 && !rows_only && LaunchDecodeStream<T, BITS, GS>(a, stream)) return;
   if (a.M == 1) LaunchDecodeRows<T, BITS, GS, 1>(a, stream);
   else LaunchDecodeRows<T, BITS, GS, kDecodeMaxM>(a, stream);
 }
