@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--speed-only", action="store_true", help="only time decoding of the models already in --out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -46,10 +47,12 @@ def main(argv: list[str] | None = None) -> None:
     from edgeq.quantize.api import quantize_
     from edgeq.quantize.config import RTNConfig
     from edgeq.runtime.decoder import OnnxDecoder
-    from edgeq.runtime.generate import SamplingConfig, generate
     from edgeq.text import read_text, tokenize
 
     out = Path(args.out)
+    if args.speed_only:
+        names = ("fp32", "fp32+fusions", "w4", "w4+default", "w4+default+fusions")
+        return time_decoding({n: out / (n.replace("+", "_") + ".onnx") for n in names}, args)
     out.mkdir(parents=True, exist_ok=True)
     lm = load_model(args.model)
     tokens = tokenize(lm.tokenizer, read_text("shakespeare-eval"))
@@ -92,21 +95,34 @@ def main(argv: list[str] | None = None) -> None:
         rel = ppl[new] / ppl[ref] - 1
         print(f"| {ref} -> {new} | {diff:.2e} | {ppl[ref]:.4f} -> {ppl[new]:.4f} ({rel:+.5%}) |")
 
-    # Interleaved rounds: on a shared machine, load drifts over minutes; every model sees the same drift.
-    cfg = SamplingConfig(max_new_tokens=args.new_tokens, stop_at_eos=False)
+    del decoders  # time_decoding opens its own sessions
+    time_decoding(paths, args)
+
+
+def time_decoding(paths: dict[str, Path], args) -> None:
+    """Greedy decode speed of each model, in interleaved rounds: on a shared machine load drifts over minutes,
+    and every model sees the same drift. The prompt is fixed synthetic ids (speed does not depend on them)."""
+    from edgeq.runtime.decoder import OnnxDecoder
+    from edgeq.runtime.generate import SamplingConfig, generate
+
     order = ("fp32", "fp32+fusions", "w4", "w4+default", "w4+default+fusions")
+    decoders = {name: OnnxDecoder(paths[name], threads=args.threads) for name in order}
+    prompt = (np.arange(128) * 37) % 20000 + 100
+    cfg = SamplingConfig(max_new_tokens=args.new_tokens, stop_at_eos=False)
     speeds = {name: [] for name in order}
     prefill = {name: [] for name in order}
     for _ in range(args.repeats):
         for name in order:
-            g = generate(decoders[name], tokens[:128], cfg)
+            g = generate(decoders[name], prompt, cfg)
             speeds[name].append(g.decode_tokens_per_second)
             prefill[name].append(g.prefill_seconds)
-    print(f"\n| model | decode tok/s, median (best) of {args.repeats} | prefill 128 tokens, ms median |")
+    print(f"\n| model | decode tok/s, median (best) of {args.repeats}, {args.threads} thread(s) | "
+          f"prefill 128 tokens, ms median |")
     print("|---|---|---|")
     for name in order:
         print(f"| {name} | {statistics.median(speeds[name]):.1f} ({max(speeds[name]):.1f}) | "
               f"{1000 * statistics.median(prefill[name]):.0f} |")
+
 
 if __name__ == "__main__":
     main()
