@@ -153,17 +153,23 @@ def cmd_quantize(args):
     print(f"quantized {args.model} with {config} in {seconds:.1f} s -> {args.output}")
 
 
-def cmd_export(args):
+def load_possibly_quantized(args):
+    """The model named by --model, or the source of --quantized with its packed weights installed."""
     from edgeq.models import load_model
     from edgeq.quantize.api import apply_quantized, load_quantized
 
     qweights, source = None, args.model
     if args.quantized:
-        _, qsource, qweights = load_quantized(args.quantized)
+        _, qsource, qweights = load_quantized(args.quantized)  # a damaged folder is refused before loading
         source = args.model or qsource
     lm = load_model(source or DEFAULT_MODEL)
     if qweights is not None:
         apply_quantized(lm.model, qweights)
+    return lm
+
+
+def cmd_export(args):
+    lm = load_possibly_quantized(args)
     path = run_export(lm.model, lm.tokenizer, Path(args.output), args.dtype, not args.no_passes, args.external or None)
     print(f"exported -> {path}")
 
@@ -183,9 +189,6 @@ def cmd_run(args):
 
 
 def cmd_eval(args):
-    from edgeq.models import load_model
-    from edgeq.quantize.api import apply_quantized, load_quantized
-
     from edgeq.text import read_text
 
     text = read_text(args.text)  # refuse a bad text before loading anything
@@ -194,15 +197,9 @@ def cmd_eval(args):
         result = eval_onnx(path, eval_tokens(load_tokenizer_for(path), args, text), args, "onnx")
         what = str(path)
     else:
-        qweights, source = None, args.model
-        if args.quantized:
-            _, qsource, qweights = load_quantized(args.quantized)
-            source = args.model or qsource
-        lm = load_model(source or DEFAULT_MODEL)
-        if qweights is not None:
-            apply_quantized(lm.model, qweights)
+        lm = load_possibly_quantized(args)
         result = eval_torch(lm.model, eval_tokens(lm.tokenizer, args, text), args, "pytorch")
-        what = f"{source} (pytorch{', ' + args.quantized if args.quantized else ''})"
+        what = f"{lm.source} (pytorch{', ' + args.quantized if args.quantized else ''})"
     print(f"{what}: perplexity {result.perplexity:.4f} over {result.tokens_scored} tokens in {result.windows} windows")
 
 

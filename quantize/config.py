@@ -20,6 +20,39 @@ def check_grid(bits: int, group_size: int) -> None:
         raise EdgeqError(f"group size must be a power of two (>= 2) or -1 for per-channel, got {group_size}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class Calibration:
+    """nsamples sequences of seqlen tokens drawn with seed from the calibration text (keyword-only fields)."""
+
+    nsamples: int = 128
+    seqlen: int = 512
+    seed: int = 0
+
+    def check_calibration(self) -> None:
+        if self.nsamples < 1 or self.seqlen < 2:
+            raise EdgeqError(f"calibration needs nsamples >= 1 and seqlen >= 2, got {self.nsamples}, {self.seqlen}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HessianSolve(Calibration):
+    """The GPTQ-style column solve shared by GPTQ and SpQR.
+
+    act_order: quantize columns in order of decreasing Hessian diagonal; groups are contiguous in that order and
+      the permutation is stored with the weight (the exported graph gathers the activation columns once).
+    damp: dampening added to the Hessian diagonal, as a fraction of its mean.
+    block_size: columns solved together before the lazy batch update of the rest.
+    """
+
+    act_order: bool = True
+    damp: float = 0.01
+    block_size: int = 128
+
+    def check_solve(self) -> None:
+        self.check_calibration()
+        if not 0 < self.damp < 1:
+            raise EdgeqError(f"damp must be in (0, 1), got {self.damp}")
+
+
 @dataclass(frozen=True)
 class RTNConfig:
     """Round-to-nearest weight-only quantization. Format: ``GroupQuantWeight``.
@@ -39,39 +72,25 @@ class RTNConfig:
 
 
 @dataclass(frozen=True)
-class GPTQConfig:
+class GPTQConfig(HessianSolve):
     """GPTQ (Frantar et al. 2022): column-wise quantization with error feedback through the inverse Hessian.
 
-    bits, group_size, sym: the grid, as in ``RTNConfig``.
-    act_order: quantize columns in order of decreasing Hessian diagonal; groups are contiguous in that order and
-      the permutation is stored with the weight (the exported graph gathers the activation columns once).
-    damp: dampening added to the Hessian diagonal, as a fraction of its mean.
-    block_size: columns solved together before the lazy batch update of the rest.
-    nsamples, seqlen, seed: the calibration set (sequences of seqlen tokens drawn with seed).
+    bits, group_size, sym: the grid, as in ``RTNConfig``; the solve and calibration fields: ``HessianSolve``.
     Format and lowering as ``RTNConfig``.
     """
 
     bits: int = 4
     group_size: int = 128
     sym: bool = False
-    act_order: bool = True
-    damp: float = 0.01
-    block_size: int = 128
-    nsamples: int = 128
-    seqlen: int = 512
-    seed: int = 0
     version: int = 1
 
     def __post_init__(self):
         check_grid(self.bits, self.group_size)
-        if not 0 < self.damp < 1:
-            raise EdgeqError(f"damp must be in (0, 1), got {self.damp}")
-        if self.nsamples < 1 or self.seqlen < 2:
-            raise EdgeqError(f"calibration needs nsamples >= 1 and seqlen >= 2, got {self.nsamples}, {self.seqlen}")
+        self.check_solve()
 
 
 @dataclass(frozen=True)
-class SpQRConfig:
+class SpQRConfig(HessianSolve):
     """SpQR (Dettmers et al. 2023): GPTQ with tiny groups, 3-bit group statistics and exact sparse outliers.
 
     bits: dense code width.  group_size (β1): weights per first-level (scale, zero), along the input dim.
@@ -80,8 +99,8 @@ class SpQRConfig:
     outlier_threshold (τ): a weight is an outlier when its Hessian-weighted error exceeds τ times the layer's
       mean (``inf`` disables outliers).  target_outliers: if set, τ is raised per layer
       until at most this fraction of its weights are outliers.
-    act_order, damp, block_size, nsamples, seqlen, seed: as in ``GPTQConfig`` (block_size must be a multiple
-      of group_size). Format: ``SpQRWeight``; lowers to ``edgeq::SpQRMatMul``.
+    The solve and calibration fields: ``HessianSolve`` (block_size must be a multiple of group_size).
+    Format: ``SpQRWeight``; lowers to ``edgeq::SpQRMatMul``.
     """
 
     bits: int = 3
@@ -90,16 +109,11 @@ class SpQRConfig:
     stat_group_size: int = 16
     outlier_threshold: float = 0.2
     target_outliers: float | None = None
-    act_order: bool = True
-    damp: float = 0.01
-    block_size: int = 128
-    nsamples: int = 128
-    seqlen: int = 512
-    seed: int = 0
     version: int = 1
 
     def __post_init__(self):
         check_grid(self.bits, self.group_size)
+        self.check_solve()
         check_grid(self.stat_bits, self.stat_group_size)
         if self.group_size == -1 or self.stat_group_size == -1:
             raise EdgeqError("SpQR needs finite group sizes (β1, β2)")
@@ -112,7 +126,7 @@ class SpQRConfig:
 
 
 @dataclass(frozen=True)
-class OmniQuantConfig:
+class OmniQuantConfig(Calibration):
     """OmniQuant (Shao et al. 2023): block-wise learned weight clipping (LWC) and equivalent transformation (LET).
 
     wbits: weight bits.  abits: activation bits; 16 = weight-only (W4A16...), else per-token dynamic symmetric
@@ -121,7 +135,7 @@ class OmniQuantConfig:
     let: learn channel scales (LET); None = the paper's choice, on for weight-activation, off for weight-only.
     epochs, lwc_lr, let_lr, weight_decay, batch_size: AdamW training of each block (paper: 20 epochs, 40 for W2).
     alpha: SmoothQuant migration strength of the LET initialisation.
-    nsamples, seqlen, seed: the calibration set (paper: 128 x 2048).
+    Calibration fields: ``Calibration`` (paper: 128 x 2048).
     Format: ``GroupQuantWeight`` (+ rewritten norms); lowers to MatMulNBits / GroupQuantMatMul (weight-only) or
     ``edgeq::QuantLinear`` (weight-activation).
     """
@@ -136,13 +150,11 @@ class OmniQuantConfig:
     weight_decay: float = 0.0
     batch_size: int = 4
     alpha: float = 0.5
-    nsamples: int = 128
-    seqlen: int = 512
-    seed: int = 0
     version: int = 1
 
     def __post_init__(self):
         check_grid(self.wbits, self.group_size)
+        self.check_calibration()
         if self.abits != 16 and not MIN_BITS <= self.abits <= MAX_BITS:
             raise EdgeqError(f"activation bits must be 16 (none) or {MIN_BITS}..{MAX_BITS}, got {self.abits}")
         if self.epochs < 0 or self.batch_size < 1:

@@ -22,6 +22,15 @@ import torch
 from edgeq.errors import EdgeqError
 
 
+def unpermute_columns(w: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
+    """Columns stored in quantization order (column j is original column perm[j]) back in original order."""
+    if perm is None:
+        return w
+    out = torch.empty_like(w)
+    out[:, perm] = w
+    return out
+
+
 @dataclass
 class GroupQuantWeight:
     FORMAT: ClassVar[str] = "group_quant"
@@ -50,12 +59,7 @@ class GroupQuantWeight:
 
     def dequantize(self) -> torch.Tensor:
         """[N, K] float weights in the original column order."""
-        w = self.dequantize_permuted()
-        if self.perm is None:
-            return w
-        out = torch.empty_like(w)
-        out[:, self.perm] = w
-        return out
+        return unpermute_columns(self.dequantize_permuted(), self.perm)
 
     def storage_bits(self) -> int:
         """Bits this weight needs when packed for deployment: codes, fp16 scales, zero points at `bits` each."""

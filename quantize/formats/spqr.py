@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from edgeq.errors import EdgeqError
+from edgeq.quantize.formats.group_quant import unpermute_columns
 
 STAT_KEYS = ("scale_scale", "scale_zero", "zero_scale", "zero_zero")
 PACK_GROUP = 16  # stat codes are packed in runs of 16 along the column-group axis
@@ -107,12 +108,7 @@ class SpQRWeight:
         return w
 
     def dequantize(self) -> torch.Tensor:
-        w = self.dequantize_permuted()
-        if self.perm is None:
-            return w
-        out = torch.empty_like(w)
-        out[:, self.perm] = w
-        return out
+        return unpermute_columns(self.dequantize_permuted(), self.perm)
 
     def storage_bits(self) -> int:
         """Exact bits of the on-disk tensors (``to_tensors``), all statistics, outliers and indices included."""
