@@ -182,6 +182,8 @@ def run(device: str, out: Path | None, total_mb: int, repeats: int, threads: int
     kinds = [("matmul", dense), ("nbits4", "MatMulNBits 4b g128"), ("gqmm4", "GroupQuantMatMul 4b g128"),
              ("gqmm3", "GroupQuantMatMul 3b g128")]
     plan = [(1, shape, kind, name, None) for shape in shapes for kind, name in kinds]
+    if device == "cuda":  # the row-group decode kernel at batch 1, for comparison with the streaming one
+        plan += [(1, shape, "gqmm4", "GroupQuantMatMul 4b g128 (decode-rows)", "decode-rows") for shape in shapes]
     if prefill and device == "cuda":
         plan += [(512, (4096, 4096), kind, name, None) for kind, name in kinds]
         plan += [(512, (4096, 4096), "gqmm4", "GroupQuantMatMul 4b g128 (tiled)", "tiled")]

@@ -32,3 +32,53 @@ def group_quant_matmul(A: np.ndarray, B: np.ndarray, scales: np.ndarray, zero_po
         raise ValueError(f"GroupQuantMatMul reference: A's last dim is {A.shape[-1]}, K is {K}")
     W = dequantize(B, scales, zero_points, K, N, bits, group_size)
     return A @ W.T
+
+
+def quantize_tokens(A: np.ndarray, abits: int) -> tuple[np.ndarray, np.ndarray]:
+    """QuantLinear's per-token activation quantization: (q int8 [..., K], s_x [..., 1] of A's type).
+
+    Every scalar step is rounded to A's type as the exporter's stock-op chain computes it: float16 division is
+    done in float32 and rounded once to float16, which is the correctly rounded float16 quotient.
+    """
+    from edgeq.custom_ops.schema import QL_SCALE_FLOOR, ql_qmax
+
+    A = np.asarray(A)
+    if A.dtype not in (np.float32, np.float16):
+        raise ValueError(f"QuantLinear reference: A must be float32 or float16, got {A.dtype}")
+    T, qmax = A.dtype.type, ql_qmax(abits)
+    absmax = np.abs(A).max(axis=-1, keepdims=True)
+    s = np.maximum((absmax.astype(np.float32) / np.float32(qmax)).astype(T), T(QL_SCALE_FLOOR))
+    r = (A.astype(np.float32) / s.astype(np.float32)).astype(T)
+    return np.clip(np.rint(r), -qmax - 1, qmax).astype(np.int8), s
+
+
+def quant_linear_accumulator(A: np.ndarray, B: np.ndarray, K: int, N: int, wbits: int, abits: int
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """(acc int64 [..., N], s_x [..., 1]): the exact integer dot products of QuantLinear."""
+    from edgeq.custom_ops.quant_linear_packing import unpack_weights
+
+    A = np.asarray(A)
+    if A.shape[-1] != K:
+        raise ValueError(f"QuantLinear reference: A's last dim is {A.shape[-1]}, K is {K}")
+    W = unpack_weights(B, K, wbits)
+    if W.shape[0] != N:
+        raise ValueError(f"QuantLinear reference: B has {W.shape[0]} rows, N is {N}")
+    q, s = quantize_tokens(A, abits)
+    return q.astype(np.int64) @ W.T.astype(np.int64), s
+
+
+def quant_linear(A: np.ndarray, B: np.ndarray, w_scales: np.ndarray, K: int, N: int, wbits: int, abits: int
+                 ) -> np.ndarray:
+    """Y [..., N] float64 = acc * s_x * w_scales (see ``schema.QUANT_LINEAR``)."""
+    acc, s = quant_linear_accumulator(A, B, K, N, wbits, abits)
+    return acc * s.astype(np.float64) * np.asarray(w_scales, np.float64).reshape(N)
+
+
+def quant_linear_rounded(A: np.ndarray, B: np.ndarray, w_scales: np.ndarray, K: int, N: int, wbits: int,
+                         abits: int) -> np.ndarray:
+    """Y exactly as the kernels round it: T(float32(acc) * (s_x * w_scales) in float32). A kernel whose integer
+    accumulator differs from ``quant_linear_accumulator`` anywhere cannot reproduce these bits (for |acc| <
+    2^24, where float32(acc) is exact)."""
+    acc, s = quant_linear_accumulator(A, B, K, N, wbits, abits)
+    scale = s.astype(np.float32) * np.asarray(w_scales, np.float32).reshape(N)
+    return (acc.astype(np.float32) * scale).astype(np.asarray(A).dtype)

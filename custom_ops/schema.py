@@ -195,7 +195,102 @@ GROUP_QUANT_MATMUL = OpDef(
     infer=_infer_group_quant_matmul,
 )
 
-OPS: dict[str, OpDef] = {op.name: op for op in (GROUP_QUANT_MATMUL,)}
+# ---------------------------------------------------------------------------------------------------------
+# QuantLinear
+
+QL_BITS = tuple(range(2, 9))
+# The floor on per-token activation scales, in the activation type (the exporter's ``Max(absmax/qmax, 1e-5)``).
+QL_SCALE_FLOOR = 1e-5
+
+
+def _ql_bits(v) -> str | None:
+    return None if v in QL_BITS else f"must be an integer in {QL_BITS[0]}..{QL_BITS[-1]}"
+
+
+def ql_qmax(abits: int) -> int:
+    """Largest activation code: symmetric per-token codes lie in [-qmax-1, qmax]."""
+    return 2 ** (abits - 1) - 1
+
+
+def ql_b_shape(K: int, N: int, wbits: int) -> list[int]:
+    """B's shape: two signed 4-bit values per byte for wbits <= 4, else one int8 value per byte."""
+    return [N, (K + 1) // 2] if wbits <= 4 else [N, K]
+
+
+def _infer_quant_linear(ctx) -> None:
+    op = f"{DOMAIN}::QuantLinear"
+
+    def attr(name: str) -> int:
+        a = ctx.get_attribute(name)
+        if a is None:
+            raise onnx.shape_inference.InferenceError(f"{op}: attribute '{name}' is required")
+        return helper.get_attribute_value(a)
+
+    K, N, wbits, abits = (attr(n) for n in ("K", "N", "wbits", "abits"))
+    for name, value, check in (("K", K, _positive), ("N", N, _positive), ("wbits", wbits, _ql_bits),
+                               ("abits", abits, _ql_bits)):
+        problem = check(value)
+        if problem:
+            raise onnx.shape_inference.InferenceError(f"{op}: attribute {name}={value}: {problem}")
+    a_type = ctx.get_input_type(0)
+    a_dims = _dims(a_type) if a_type is not None else None
+    if a_dims is not None:
+        if len(a_dims) < 1:
+            raise onnx.shape_inference.InferenceError(f"{op}: A must have rank >= 1, got a scalar")
+        if isinstance(a_dims[-1], int) and a_dims[-1] != K:
+            raise onnx.shape_inference.InferenceError(f"{op}: A's last dim is {a_dims[-1]}, attribute K is {K}")
+    for index, (name, shape) in {1: ("B", ql_b_shape(K, N, wbits)), 2: ("w_scales", [N])}.items():
+        t = ctx.get_input_type(index)
+        dims = _dims(t) if t is not None else None
+        if dims is None:
+            continue
+        if len(dims) != len(shape) or any(isinstance(d, int) and d != s for d, s in zip(dims, shape)):
+            raise onnx.shape_inference.InferenceError(f"{op}: {name} has shape {dims}, expected {shape}")
+    out = onnx.TypeProto()
+    if a_type is not None and a_type.tensor_type.elem_type:
+        out.tensor_type.elem_type = a_type.tensor_type.elem_type
+    if a_dims is not None:
+        shape = out.tensor_type.shape
+        for d in a_dims[:-1]:
+            dim = shape.dim.add()
+            if isinstance(d, int):
+                dim.dim_value = d
+            elif d:
+                dim.dim_param = d
+        shape.dim.add().dim_value = N
+    ctx.set_output_type(0, out)
+
+
+QUANT_LINEAR = OpDef(
+    name="QuantLinear",
+    doc=(
+        "Y = A @ W^T with per-token dynamic symmetric activation quantization and per-output-channel symmetric "
+        "integer weights (OmniQuant/SmoothQuant W8A8, W6A6, W4A4). Per row m of A (all scalar steps rounded to "
+        "T, as the exporter's stock-op chain computes them): qmax = 2^(abits-1)-1, "
+        "s_x[m] = max(max_k |A[m,k]| / qmax, 1e-5), q[m,k] = clamp(round_half_even(A[m,k] / s_x[m]), -qmax-1, "
+        "qmax). acc[m,n] = sum_k q[m,k] * W[n,k] exactly in int32, Y[m,n] = acc * (s_x[m] * w_scales[n]) in "
+        "float32, rounded to T. B holds W = code - zero point as signed integers: for wbits <= 4 two values per "
+        "byte, value 2j in the low nibble and 2j+1 in the high nibble of byte j (an odd K leaves the last high "
+        "nibble unused), shape [N, ceil(K/2)]; for wbits > 4 one int8 per value, shape [N, K]."
+    ),
+    inputs=(
+        Input("A", "T", "activations [..., K]"),
+        Input("B", "tensor(int8)", "signed weights [N, ceil(K/2)] (wbits <= 4, nibble-packed) or [N, K]"),
+        Input("w_scales", "T", "per-output-channel weight scales [N]"),
+    ),
+    outputs=(Input("Y", "T", "[..., N]"),),
+    attributes=(
+        Attribute("K", onnx.AttributeProto.INT, "reduction size (A's last dim)", check=_positive),
+        Attribute("N", onnx.AttributeProto.INT, "output features (rows of W)", check=_positive),
+        Attribute("wbits", onnx.AttributeProto.INT, "weight width 2..8; <= 4 selects the nibble-packed B", check=_ql_bits),
+        Attribute("abits", onnx.AttributeProto.INT, "activation width 2..8 (qmax = 2^(abits-1)-1)", check=_ql_bits),
+    ),
+    type_constraints={"T": ("tensor(float)", "tensor(float16)")},
+    infer=_infer_quant_linear,
+)
+
+
+OPS: dict[str, OpDef] = {op.name: op for op in (GROUP_QUANT_MATMUL, QUANT_LINEAR)}
 
 # Element types the kernels accept for T, as TensorProto enums (the C++ side checks the same list).
 T_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)

@@ -56,6 +56,12 @@ def test_decode_kernel(cuda_library, monkeypatch, dtype, seed, lead, K, N, bits,
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("seed, lead, K, N, bits, group_size, with_zp", cases("decode", 8, 9))
+def test_decode_rows_kernel_at_batch_one(cuda_library, monkeypatch, dtype, seed, lead, K, N, bits, group_size, with_zp):
+    check(cuda_library, monkeypatch, "decode-rows", seed, (1,), K, N, bits, group_size, with_zp, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("seed, lead, K, N, bits, group_size, with_zp", cases("tiled", 32, 2))
 def test_tiled_kernel(cuda_library, monkeypatch, dtype, seed, lead, K, N, bits, group_size, with_zp):
     check(cuda_library, monkeypatch, "tiled", seed, lead, K, N, bits, group_size, with_zp, dtype)
@@ -82,8 +88,9 @@ def test_automatic_choice(cuda_library, monkeypatch, dtype, seed, lead, K, N, bi
 @pytest.mark.parametrize("bits", [3, 4])
 @pytest.mark.parametrize("M", [1, 2, 64])
 @pytest.mark.parametrize("K, N", [(4096, 11008), (11008, 4096)])
-def test_llama_shape(cuda_library, monkeypatch, bits, M, K, N):
-    check(cuda_library, monkeypatch, "auto", bits * 10 + M, (M,), K, N, bits, 128, True, np.float16)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
+def test_llama_shape(cuda_library, monkeypatch, bits, M, K, N, dtype):
+    check(cuda_library, monkeypatch, "auto", bits * 10 + M, (M,), K, N, bits, 128, True, dtype)
 
 
 def test_the_node_runs_on_the_cuda_provider(cuda_library, tmp_path):

@@ -21,7 +21,9 @@ GqmmKernel KernelFromEnv(const std::string& where) {
   if (std::strcmp(value, "tiled") == 0) return GqmmKernel::kTiled;
   if (std::strcmp(value, "generic") == 0) return GqmmKernel::kGeneric;
   if (std::strcmp(value, "gemm") == 0) return GqmmKernel::kGemm;
-  throw InvalidArgument(where + ": EDGEQ_GQMM_KERNEL=" + value + " is not one of auto, decode, gemm, tiled, generic");
+  if (std::strcmp(value, "decode-rows") == 0) return GqmmKernel::kDecodeRows;
+  throw InvalidArgument(where + ": EDGEQ_GQMM_KERNEL=" + value +
+                        " is not one of auto, decode, decode-rows, gemm, tiled, generic");
 }
 
 // Device memory from the kernel context's allocator for the duration of one Compute.
@@ -69,7 +71,7 @@ struct Kernel {
       args.scales = p.scales;
       args.zero_points = p.zero_points;
       args.Y = p.Y;
-      if (choice == GqmmKernel::kDecode && (args.M > 8 || args.K % 128 != 0))
+      if ((choice == GqmmKernel::kDecode || choice == GqmmKernel::kDecodeRows) && (args.M > 8 || args.K % 128 != 0))
         throw InvalidArgument(attrs.where + ": EDGEQ_GQMM_KERNEL=decode needs M <= 8 and K % 128 == 0, got M=" +
                               std::to_string(args.M) + ", K=" + std::to_string(args.K));
       // The gemm kernel's dequantized W comes from ORT's allocator for the input's device; the arena may hand

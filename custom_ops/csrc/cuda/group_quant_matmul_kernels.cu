@@ -245,9 +245,13 @@ template <typename T, int BITS, int GS>
 __global__ void __launch_bounds__(kStreamWarps * 32, 2)
     DecodeStreamKernel(const T* __restrict__ A, const uint8_t* __restrict__ B, const T* __restrict__ scales,
                        const uint8_t* __restrict__ zero_points, T* __restrict__ Y, int N, int K, int n_groups) {
+  // A as float4s, the low 3 bits of each index XORed with its unit: the 8 lanes of a shared-memory phase read
+  // the same offset of 8 different units, which would otherwise all fall in one bank group.
   extern __shared__ float4 a_shared4[];
-  float* a_shared = reinterpret_cast<float*>(a_shared4);
-  for (int k = threadIdx.x; k < K; k += blockDim.x) a_shared[k] = ToFloat(A[k]);
+  for (int q = threadIdx.x; q < K / 4; q += blockDim.x) {
+    const int k = 4 * q;
+    a_shared4[q ^ ((q >> 5) & 7)] = make_float4(ToFloat(A[k]), ToFloat(A[k + 1]), ToFloat(A[k + 2]), ToFloat(A[k + 3]));
+  }
   __syncthreads();
 
   constexpr int kGroups = StreamItem<BITS, GS>::kGroups;
@@ -270,21 +274,21 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 2)
     }
     const int unit = step * 32 + lane;
     if (unit < units) {
-      const float* a = a_shared + unit * kUnitCodes;
+      const int base = unit * (kUnitCodes / 4), swizzle = unit & 7;
 #pragma unroll
       for (int g = 0; g < kGroups; ++g) {
-        float part = 0.f;
+        float part[4] = {0.f, 0.f, 0.f, 0.f};  // four chains, so FMA latency does not serialize the group
 #pragma unroll
         for (int c = 0; c < GS; c += 4) {
-          const float4 av = *reinterpret_cast<const float4*>(a + g * GS + c);
+          const float4 av = a_shared4[(base + (g * GS + c) / 4) ^ swizzle];
           const float af[4] = {av.x, av.y, av.z, av.w};
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
             const float wv = __uint_as_float(0x4B000000u | CodeAt<BITS>(cur.w, (g * GS + c + i) * BITS)) - cur.bias[g];
-            part = fmaf(af[i], wv, part);
+            part[i] = fmaf(af[i], wv, part[i]);
           }
         }
-        acc = fmaf(cur.scale[g], part, acc);
+        acc = fmaf(cur.scale[g], (part[0] + part[1]) + (part[2] + part[3]), acc);
       }
     }
     if (step == steps - 1) {
@@ -632,24 +636,19 @@ bool LaunchDecodeStream(const GqmmArgs& a, cudaStream_t stream) {
 }
 
 template <typename T, int BITS, int GS>
-void LaunchDecode(const GqmmArgs& a, cudaStream_t stream) {
-  // EDGEQ_GQMM_DECODE=rows keeps batch 1 on the row-group kernel (for comparisons in the benchmark).
-  static const bool rows_only = [] {
-    const char* v = std::getenv("EDGEQ_GQMM_DECODE");
-    return v != nullptr && std::string(v) == "rows";
-  }();
+void LaunchDecode(const GqmmArgs& a, cudaStream_t stream, bool rows_only) {
   if (a.M == 1 && !rows_only && LaunchDecodeStream<T, BITS, GS>(a, stream)) return;
   if (a.M == 1) LaunchDecodeRows<T, BITS, GS, 1>(a, stream);
   else LaunchDecodeRows<T, BITS, GS, kDecodeMaxM>(a, stream);
 }
 
 template <typename T, int BITS>
-void LaunchDecodeGroups(const GqmmArgs& a, cudaStream_t stream) {
+void LaunchDecodeGroups(const GqmmArgs& a, cudaStream_t stream, bool rows_only) {
   switch (a.group_size) {
-    case 16: return LaunchDecode<T, BITS, 16>(a, stream);
-    case 32: return LaunchDecode<T, BITS, 32>(a, stream);
-    case 64: return LaunchDecode<T, BITS, 64>(a, stream);
-    default: return LaunchDecode<T, BITS, 128>(a, stream);
+    case 16: return LaunchDecode<T, BITS, 16>(a, stream, rows_only);
+    case 32: return LaunchDecode<T, BITS, 32>(a, stream, rows_only);
+    case 64: return LaunchDecode<T, BITS, 64>(a, stream, rows_only);
+    default: return LaunchDecode<T, BITS, 128>(a, stream, rows_only);
   }
 }
 
@@ -666,12 +665,15 @@ template <typename T>
 void LaunchTyped(const GqmmArgs& a, GqmmKernel kernel, cudaStream_t stream) {
   switch (kernel) {
     case GqmmKernel::kDecode:
+    case GqmmKernel::kDecodeRows: {
+      const bool rows_only = kernel == GqmmKernel::kDecodeRows;
       switch (a.bits) {
-        case 2: return LaunchDecodeGroups<T, 2>(a, stream);
-        case 3: return LaunchDecodeGroups<T, 3>(a, stream);
-        case 4: return LaunchDecodeGroups<T, 4>(a, stream);
-        default: return LaunchDecodeGroups<T, 8>(a, stream);
+        case 2: return LaunchDecodeGroups<T, 2>(a, stream, rows_only);
+        case 3: return LaunchDecodeGroups<T, 3>(a, stream, rows_only);
+        case 4: return LaunchDecodeGroups<T, 4>(a, stream, rows_only);
+        default: return LaunchDecodeGroups<T, 8>(a, stream, rows_only);
       }
+    }
     case GqmmKernel::kGemm: {
       // Handled in LaunchGroupQuantMatMul (needs scratch); unreachable here.
       return;
@@ -698,6 +700,7 @@ void LaunchTyped(const GqmmArgs& a, GqmmKernel kernel, cudaStream_t stream) {
 const char* GroupQuantMatMulKernelName(const GqmmArgs& args, GqmmKernel kernel) {
   switch (Pick(args, kernel)) {
     case GqmmKernel::kDecode: return "decode";
+    case GqmmKernel::kDecodeRows: return "decode-rows";
     case GqmmKernel::kTiled: return "tiled";
     case GqmmKernel::kGemm: return "gemm";
     default: return "generic";
@@ -727,7 +730,7 @@ void LaunchDequantize(const GqmmArgs& a, void* W, cudaStream_t stream) {
 const char* LaunchGroupQuantMatMul(const GqmmArgs& args, GqmmKernel kernel, void* stream, void* scratch) {
   if (args.M == 0 || args.N == 0) return nullptr;
   const GqmmKernel chosen = Pick(args, kernel);
-  if (chosen == GqmmKernel::kDecode &&
+  if ((chosen == GqmmKernel::kDecode || chosen == GqmmKernel::kDecodeRows) &&
       (args.M > kDecodeMaxM || args.K % kUnitCodes != 0 || !Aligned16(args.A) || !Aligned16(args.B)))
     return "the decode kernel needs M <= 8, K % 128 == 0 and 16-byte aligned A and B";
   auto s = static_cast<cudaStream_t>(stream);

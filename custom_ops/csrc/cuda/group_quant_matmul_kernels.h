@@ -10,7 +10,8 @@ namespace cuda {
 // Which kernel runs. kAuto: decode GEMV for M <= 8 when K % 128 == 0 and A/B are 16-byte aligned; for larger
 // M, dequantize W into a scratch buffer and multiply with cuBLAS (kGemm) when libcublas can be loaded, else the
 // tiled kernel; the generic kernel otherwise. The others force one (tests and benchmarks).
-enum class GqmmKernel { kAuto, kDecode, kTiled, kGeneric, kGemm };
+// kDecodeRows: the decode family without the batch-1 streaming kernel (comparisons).
+enum class GqmmKernel { kAuto, kDecode, kTiled, kGeneric, kGemm, kDecodeRows };
 
 struct GqmmArgs {
   bool half = false;  // T is float16 (else float32)

@@ -1,0 +1,78 @@
+"""The weight format of ``edgeq::QuantLinear``'s ``B`` input (layout in ``schema.QUANT_LINEAR.doc``).
+
+B holds W = code - zero point as signed integers, one row per output channel:
+  wbits <= 4: int8 [N, ceil(K/2)], value 2j in the low nibble and 2j+1 in the high nibble of byte j (two's
+              complement nibbles; an odd K leaves the last high nibble 0);
+  wbits >  4: int8 [N, K], one value per byte.
+Symmetric weights only: a zero point of 2^(wbits-1) turns codes 0..2^wbits-1 into values -2^(wbits-1)..
+2^(wbits-1)-1, which is what ``from_codes`` checks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeq.custom_ops.schema import QL_BITS, ql_b_shape
+from edgeq.errors import EdgeqError
+
+
+def _check_bits(wbits: int) -> None:
+    if wbits not in QL_BITS:
+        raise EdgeqError(f"QuantLinear packing: wbits={wbits} not in {QL_BITS[0]}..{QL_BITS[-1]}")
+
+
+def value_range(wbits: int) -> tuple[int, int]:
+    return -(1 << (wbits - 1)), (1 << (wbits - 1)) - 1
+
+
+def pack_weights(values: np.ndarray, wbits: int) -> np.ndarray:
+    """Signed values [N, K] (each in the wbits range) -> B int8 in QuantLinear's layout."""
+    _check_bits(wbits)
+    values = np.asarray(values)
+    if values.ndim != 2:
+        raise EdgeqError(f"QuantLinear packing: values must be [N, K], got shape {values.shape}")
+    if not np.issubdtype(values.dtype, np.integer):
+        raise EdgeqError(f"QuantLinear packing: values must be integers, got {values.dtype}")
+    lo, hi = value_range(wbits)
+    if values.size and (int(values.min()) < lo or int(values.max()) > hi):
+        raise EdgeqError(f"QuantLinear packing: values span [{int(values.min())}, {int(values.max())}], "
+                         f"outside the {wbits}-bit range [{lo}, {hi}]")
+    v = values.astype(np.int8)
+    if wbits > 4:
+        return np.ascontiguousarray(v)
+    N, K = v.shape
+    if K % 2:
+        v = np.concatenate([v, np.zeros((N, 1), np.int8)], axis=1)
+    nibbles = v.view(np.uint8) & 0x0F
+    return np.ascontiguousarray(nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)).view(np.int8)
+
+
+def unpack_weights(B: np.ndarray, K: int, wbits: int) -> np.ndarray:
+    """Inverse of ``pack_weights``: B -> signed values int8 [N, K]."""
+    _check_bits(wbits)
+    B = np.asarray(B)
+    if B.ndim != 2 or B.dtype != np.int8:
+        raise EdgeqError(f"QuantLinear packing: B must be int8 [N, bytes per row], got {B.dtype} {B.shape}")
+    expected = ql_b_shape(K, B.shape[0], wbits)
+    if list(B.shape) != expected:
+        raise EdgeqError(f"QuantLinear packing: B has shape {list(B.shape)}, K={K} wbits={wbits} needs {expected}")
+    if wbits > 4:
+        return B.copy()
+    u = B.view(np.uint8)
+    # Shifting a nibble into the high half of a byte and back arithmetically sign-extends it.
+    low = ((u << 4).view(np.int8) >> 4).astype(np.int8)
+    high = (u.view(np.int8) >> 4).astype(np.int8)
+    out = np.empty((B.shape[0], 2 * B.shape[1]), np.int8)
+    out[:, 0::2], out[:, 1::2] = low, high
+    return out[:, :K]
+
+
+def from_codes(codes: np.ndarray, zeros: np.ndarray, wbits: int) -> np.ndarray:
+    """Unsigned codes [N, K] with per-channel zero points [N] (all 2^(wbits-1)) -> B for QuantLinear."""
+    _check_bits(wbits)
+    zeros = np.asarray(zeros).reshape(-1)
+    symmetric = 1 << (wbits - 1)
+    if zeros.size and not np.all(zeros == symmetric):
+        bad = zeros[zeros != symmetric][0]
+        raise EdgeqError(f"QuantLinear packing: zero point {int(bad)} is not the symmetric {symmetric} of {wbits} bits")
+    return pack_weights(np.asarray(codes).astype(np.int16) - symmetric, wbits)
