@@ -306,6 +306,83 @@ def plot_quality(results: list[Result], path: Path) -> None:
     plt.close(fig)
 
 
+@dataclasses.dataclass
+class Speed:
+    model: str
+    prefill_tokens_per_second: float
+    decode_tokens_per_second: float
+    device: str
+    threads: int | None
+
+
+def measure_speed(paths: list[Path], args) -> list[Speed]:
+    """Prefill and decode tokens/s per model, rounds interleaved across models so drift hits all alike; medians."""
+    from edgeq.runtime.decoder import OnnxDecoder
+    from edgeq.runtime.generate import SamplingConfig, generate
+
+    decoders = [OnnxDecoder(p, args.device, args.threads) for p in paths]
+    vocab = min(d.session.get_outputs()[0].shape[-1] for d in decoders)
+    prompt = np.random.default_rng(0).integers(1, vocab, args.prompt_tokens).tolist()
+    cfg = SamplingConfig(max_new_tokens=args.new_tokens, stop_at_eos=False)
+    prefill = [[] for _ in paths]
+    decode = [[] for _ in paths]
+    for d in decoders:  # warm-up: first runs allocate and pick kernels
+        generate(d, prompt[:8], SamplingConfig(max_new_tokens=2, stop_at_eos=False))
+    for _ in range(args.rounds):
+        for i, d in enumerate(decoders):
+            out = generate(d, prompt, cfg)
+            prefill[i].append(out.prefill_tokens_per_second)
+            decode[i].append(out.decode_tokens_per_second)
+    return [Speed(str(p), float(np.median(a)), float(np.median(b)), args.device, args.threads)
+            for p, a, b in zip(paths, prefill, decode)]
+
+
+def speed_table(rows: list[Speed], names: list[str]) -> str:
+    lines = ["| model | prefill tok/s | decode tok/s |", "|---|---|---|"]
+    lines += [f"| {n} | {r.prefill_tokens_per_second:.1f} | {r.decode_tokens_per_second:.1f} |" for n, r in zip(names, rows)]
+    return "\n".join(lines)
+
+
+def plot_speed(rows: list[Speed], names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.5))
+    ax.barh(names, [r.decode_tokens_per_second for r in rows], color="tab:blue")
+    ax.set_xlabel(f"decode tokens/s ({rows[0].device}, threads={rows[0].threads or 'default'})")
+    ax.invert_yaxis()
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def cmd_bench_speed(args) -> None:
+    from edgeq.runtime.session import check_model_file
+
+    out = Path(args.output)
+    if args.onnx:
+        paths = [Path(p) for p in args.onnx]
+        names = [p.parent.name or p.name for p in paths]
+    else:
+        paths = sorted(out.glob("*/model.onnx"))
+        names = [p.parent.name for p in paths]
+    if not paths:
+        raise EdgeqError(f"no models to time: give --onnx files or run 'edgeq bench quality -o {out}' first")
+    for p in paths:
+        check_model_file(p)
+    rows = measure_speed(paths, args)
+    table = speed_table(rows, names)
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speed.md").write_text(table + "\n")
+    (out / "speed.json").write_text(json.dumps({**machine(), "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+                                                "rounds": args.rounds, "results": [dataclasses.asdict(r) for r in rows]}, indent=2))
+    plot_speed(rows, names, out / "speed.png")
+
+
 def cmd_bench_quality(args) -> None:
     from edgeq.text import read_text
 
@@ -317,7 +394,7 @@ def cmd_bench_quality(args) -> None:
 def register(sub) -> None:
     from edgeq.cli import CALIB_TEXT, DEFAULT_MODEL, add_device_args, add_eval_args
 
-    bench = sub.add_parser("bench", help="benchmark tables: quality of every method and peer",
+    bench = sub.add_parser("bench", help="benchmark tables: quality and speed of every method and peer",
                            description="Benchmarks that print tables and write JSON and plots.")
     bsub = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     p = bsub.add_parser("quality", help="perplexity and average bits of each config's .onnx in ORT",
@@ -329,3 +406,14 @@ def register(sub) -> None:
     add_eval_args(p)
     add_device_args(p)
     p.set_defaults(func=cmd_bench_quality)
+
+    p = bsub.add_parser("speed", help="prefill and decode tokens/s of .onnx models",
+                        description="Time greedy generation of each model (rounds interleaved, medians); "
+                                    "by default every OUTPUT/*/model.onnx a quality run left.")
+    p.add_argument("--onnx", nargs="*", default=None, help="models to time (default: OUTPUT/*/model.onnx)")
+    p.add_argument("-o", "--output", default="out/bench", help="folder with the models; speed.md/json/png go here (default: out/bench)")
+    p.add_argument("--prompt-tokens", type=int, default=128, help="prompt length for prefill (default: 128)")
+    p.add_argument("--new-tokens", type=int, default=64, help="tokens decoded per round (default: 64)")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds per model (default: 5)")
+    add_device_args(p)
+    p.set_defaults(func=cmd_bench_speed)

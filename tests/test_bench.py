@@ -54,3 +54,16 @@ def test_bench_runs_resumes_and_writes_outputs(tmp_path, tiny_llama_dir, monkeyp
     monkeypatch.setattr(QualityBench, "build", no_rebuild)
     again = QualityBench(args).run(args.configs)
     assert [r.perplexity for r in again] == [r.perplexity for r in results]
+
+
+def test_bench_speed_times_every_model(tmp_path, capsys):
+    from edgeq.cli import main
+
+    for name in ("a", "b"):
+        export(make_tiny_llama(seed=len(name)), None, tmp_path / name / "model.onnx")
+    assert main(["bench", "speed", "-o", str(tmp_path), "--prompt-tokens", "16", "--new-tokens", "4", "--rounds", "2"]) == 0
+    saved = json.loads((tmp_path / "speed.json").read_text())
+    assert [r["model"].split("/")[-2] for r in saved["results"]] == ["a", "b"]
+    assert all(r["decode_tokens_per_second"] > 0 for r in saved["results"])
+    assert "| a |" in capsys.readouterr().out and (tmp_path / "speed.png").exists()
+    assert main(["bench", "speed", "-o", str(tmp_path / "empty")]) == 2
