@@ -30,12 +30,14 @@ class Row:
 
 
 
-def average_bits(qweights, model) -> float:
-    """Stored bits of the decoder linears (codes + fp16 scales + zero points) per weight."""
-    bits = sum(q.storage_bits() for q in qweights.values())
-    count = sum(q.shape[0] * q.shape[1] for q in qweights.values())
-    return bits / count
+def average_bits(path: Path) -> float:
+    """Stored bits per weight of the decoder linears, read off the ``.onnx`` (as ``edgeq bench`` counts them)."""
+    import onnx
 
+    from edgeq.bench import linear_storage
+
+    bits, params = linear_storage(onnx.load(str(path)))
+    return bits / params
 
 def logits_check(lm, onnx_path: Path):
     from edgeq.perplexity import torch_logits_fn
@@ -80,7 +82,7 @@ def run_pipeline(args) -> list[Row]:
     same = cache_check(decoder, lm.tokenizer)
     print(f"FP32 .onnx vs PyTorch logits, max |Δ| on {len(diffs)} prompts: " + ", ".join(f"{d:.2e}" for d in diffs))
     print(f"generation with KV cache == without, 32 greedy tokens: {same}")
-    rows = [Row("fp32", 32.0, eval_torch(lm.model, tokens, args, "fp32 pytorch").perplexity,
+    rows = [Row("fp32", average_bits(fp_path), eval_torch(lm.model, tokens, args, "fp32 pytorch").perplexity,
                 eval_onnx(fp_path, tokens, args, "fp32 onnx").perplexity, 0.0, fp_path.stat().st_size / 2**20)]
 
     quant_path = None
@@ -88,10 +90,10 @@ def run_pipeline(args) -> list[Row]:
         folder = out / name.replace(":", "-").replace(",", "-").replace("=", "")
         model = copy.deepcopy(fp_model)
         lm.model = model
-        qweights, seconds = run_quantize(lm, config, args, folder)
+        _, seconds = run_quantize(lm, config, args, folder)
         path = run_export(model, lm.tokenizer, folder / "model.onnx", "float32", lower=lower)
         quant_path = quant_path or path
-        rows.append(Row(name, average_bits(qweights, model), eval_torch(model, tokens, args, name + " pytorch").perplexity,
+        rows.append(Row(name, average_bits(path), eval_torch(model, tokens, args, name + " pytorch").perplexity,
                         eval_onnx(path, tokens, args, name + " onnx").perplexity, seconds, onnx_size_mb(path)))
         print_table(rows, args)
 

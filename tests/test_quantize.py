@@ -27,11 +27,6 @@ def test_rtn_error_is_at_most_half_a_step(bits, group, sym):
         assert torch.all(qw.zeros == 2 ** (bits - 1))
 
 
-def test_storage_bits_counts_codes_scales_and_zeros():
-    qw = rtn_quantize(torch.randn(10, 100), RTNConfig(3, 32))
-    assert qw.storage_bits() == 10 * 100 * 3 + 10 * 4 * (16 + 3)
-
-
 @pytest.mark.parametrize("bad", [dict(bits=1), dict(bits=9), dict(group_size=48), dict(group_size=0)])
 def test_bad_grid_is_refused(bad):
     with pytest.raises(EdgeqError, match="bits|group size"):

@@ -27,9 +27,6 @@ class FloatWeight:
     def dequantize(self) -> torch.Tensor:
         return self.tensor
 
-    def storage_bits(self) -> int:
-        return self.tensor.numel() * self.tensor.element_size() * 8
-
     def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         return {f"{prefix}.fp": self.tensor.contiguous()}
 

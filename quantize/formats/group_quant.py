@@ -61,11 +61,6 @@ class GroupQuantWeight:
         """[N, K] float weights in the original column order."""
         return unpermute_columns(self.dequantize_permuted(), self.perm)
 
-    def storage_bits(self) -> int:
-        """Bits this weight needs when packed for deployment: codes, fp16 scales, zero points at `bits` each."""
-        n, k = self.codes.shape
-        return n * k * self.bits + n * self.num_groups * (16 + self.bits)
-
     def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         out = {
             f"{prefix}.codes": self.codes.contiguous(),
