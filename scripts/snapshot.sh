@@ -6,5 +6,5 @@ dest=${1:-/tmp/edgeq-snapshot}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 rm -rf "$dest" && mkdir -p "$dest"
 git -C "$repo" archive HEAD | tar -x -C "$dest" --one-top-level=src
-python3 -m pip install -q --no-deps --no-build-isolation --target "$dest/site" "$dest/src" >/dev/null
+python3 -m pip install -q --no-deps --no-build-isolation --target "$dest/site" "$dest/src" >/dev/null 2>&1
 echo "export PYTHONPATH=$dest/site; export EDGEQ_COMMIT=$(git -C "$repo" rev-parse --short HEAD)"
