@@ -39,6 +39,12 @@ def _matmul_nbits(o: PipelineOptions):
     return LowerMatMulNBitsPass(o.accuracy_level)
 
 
+def _quant_linear(o: PipelineOptions):
+    from edgeq.passes.lower_quant_linear import LowerQuantLinearPass
+
+    return LowerQuantLinearPass()
+
+
 def _group_quant(o: PipelineOptions):
     from edgeq.passes.lower_group_quant_matmul import LowerGroupQuantMatMulPass
 
@@ -90,6 +96,8 @@ def _fp16(o: PipelineOptions):
 PASSES: dict[str, PassSpec] = {
     spec.name: spec
     for spec in (
+        PassSpec("quant-linear", "per-token act-quant chain + per-channel DQ+MatMul -> edgeq::QuantLinear",
+                 _quant_linear),
         PassSpec("matmul-nbits", "4..8-bit DequantizeLinear+MatMul -> com.microsoft.MatMulNBits", _matmul_nbits),
         PassSpec("group-quant", "2/3-bit DequantizeLinear+MatMul -> edgeq::GroupQuantMatMul", _group_quant),
         PassSpec("fold", "constant folding (onnxscript optimizer; DequantizeLinear is never folded)", _fold),
@@ -101,5 +109,6 @@ PASSES: dict[str, PassSpec] = {
         PassSpec("fp16", "float32 -> float16 except norm accumulations and rotary tables", _fp16),
     )
 }
-DEFAULT_PASSES = ("matmul-nbits", "group-quant", "fold", "dead")
+# quant-linear first: matmul-nbits would otherwise take the DQ+MatMul of weight-activation linears.
+DEFAULT_PASSES = ("quant-linear", "matmul-nbits", "group-quant", "fold", "dead")
 FUSION_PASSES = ("opset", "rms-norm", "rotary", "swiglu")

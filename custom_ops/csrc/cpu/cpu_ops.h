@@ -6,5 +6,7 @@ namespace edgeq {
 namespace cpu {
 // Adds every CPU-EP op of the library to `domain`.
 void RegisterOps(Ort::CustomOpDomain& domain);
+// Adds edgeq::QuantLinear (quant_linear_cpu.cc); called by RegisterOps.
+void RegisterQuantLinear(Ort::CustomOpDomain& domain);
 }  // namespace cpu
 }  // namespace edgeq

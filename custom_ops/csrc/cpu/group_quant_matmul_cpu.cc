@@ -1,14 +1,17 @@
 // edgeq::GroupQuantMatMul on the CPU execution provider.
 //
-// Work is split across ORT's intra-op thread pool by blocks of kRows output rows: each task decodes its rows
-// of W once into float (scale * (code - zp), exact up to one rounding) and then takes their dot products with
-// every row of A, so a block's weights are read from memory once whatever M is. The inner loops are plain
-// loops over contiguous floats that the compiler vectorises (built with -O3 -march and reassociation allowed).
+// Work is split across ORT's intra-op thread pool by blocks of kRows output rows, so each task reads its rows
+// of W from memory once whatever M is.
+//  - M <= kGemvRows (decode): each group's codes are decoded 8 at a time straight into vector registers and
+//    multiplied with A there (AVX2: broadcast, per-lane shift, mask, convert), the scale applied per group.
+//  - larger M: the block's rows are decoded once into float (scale * (code - zp)) and then dotted with every
+//    row of A; those loops are plain loops over contiguous floats that the compiler vectorises.
+// Without AVX2+FMA the decode path falls back to the second scheme.
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
-#if defined(__F16C__)
+#if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -73,6 +76,67 @@ inline uint16_t FloatToHalf(float f) {
 #endif
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+#define EDGEQ_CPU_GEMV 1
+constexpr int64_t kGemvRows = 4;
+
+// Codes 0..7 of an 8-code chunk (BITS bytes, little-endian bitstream) as floats.
+template <int BITS>
+inline __m256 Decode8(const uint8_t* p) {
+  if constexpr (BITS == 8) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  } else {
+    uint32_t v = 0;
+    std::memcpy(&v, p, BITS);
+    const __m256i shifts = _mm256_setr_epi32(0, BITS, 2 * BITS, 3 * BITS, 4 * BITS, 5 * BITS, 6 * BITS, 7 * BITS);
+    const __m256i codes = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(v)), shifts),
+                                           _mm256_set1_epi32((1 << BITS) - 1));
+    return _mm256_cvtepi32_ps(codes);
+  }
+}
+
+inline float HorizontalSum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+// Y[m, n] for m < MM and one row n; A is float [MM, K].
+template <int BITS, int MM>
+inline void GemvRow(const float* A, int64_t K, const uint8_t* row, int64_t gs, int64_t ng, int64_t group_bytes,
+                    const float* scales, const uint8_t* zps, float default_zp, float* out) {
+  __m256 acc[MM];
+  float tail[MM];
+  for (int m = 0; m < MM; ++m) {
+    acc[m] = _mm256_setzero_ps();
+    tail[m] = 0.f;
+  }
+  for (int64_t g = 0; g < ng; ++g) {
+    const uint8_t* bytes = row + g * group_bytes;
+    const int64_t k0 = g * gs, in_k = std::min(gs, K - k0), chunks = in_k / 8;
+    const float zp = zps ? float(zps[g]) : default_zp;
+    const __m256 zpv = _mm256_set1_ps(zp);
+    __m256 part[MM];
+    for (int m = 0; m < MM; ++m) part[m] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < chunks; ++c) {
+      const __m256 w = _mm256_sub_ps(Decode8<BITS>(bytes + c * BITS), zpv);
+      for (int m = 0; m < MM; ++m) part[m] = _mm256_fmadd_ps(_mm256_loadu_ps(A + m * K + k0 + 8 * c), w, part[m]);
+    }
+    const __m256 sv = _mm256_set1_ps(scales[g]);
+    for (int m = 0; m < MM; ++m) acc[m] = _mm256_fmadd_ps(sv, part[m], acc[m]);
+    // The last group may end inside an 8-code chunk (K off the grid): those few codes one by one.
+    for (int64_t k = k0 + 8 * chunks; k < k0 + in_k; ++k) {
+      const int64_t bit = (k - k0) * BITS;
+      uint32_t v = bytes[bit >> 3];
+      if ((bit & 7) + BITS > 8) v |= uint32_t(bytes[(bit >> 3) + 1]) << 8;
+      const float w = scales[g] * (float((v >> (bit & 7)) & ((1u << BITS) - 1)) - zp);
+      for (int m = 0; m < MM; ++m) tail[m] += A[m * K + k] * w;
+    }
+  }
+  for (int m = 0; m < MM; ++m) out[m] = HorizontalSum(acc[m]) + tail[m];
+}
+#endif
+
 // Decodes one group of `gs` codes into out[i] = scale * (code_i - zp).
 template <int BITS>
 inline void DecodeGroup(const uint8_t* bytes, int64_t gs, float scale, float zp, float* out) {
@@ -93,6 +157,12 @@ inline void DecodeGroup(const uint8_t* bytes, int64_t gs, float scale, float zp,
     }
   } else {
     // 8 codes fill exactly BITS bytes, so each 8-code chunk starts on a byte boundary.
+#if defined(EDGEQ_CPU_GEMV)
+    const __m256 zpv = _mm256_set1_ps(zp), sv = _mm256_set1_ps(scale);
+    for (int64_t c = 0; c < gs / 8; ++c)
+      _mm256_storeu_ps(out + 8 * c, _mm256_mul_ps(_mm256_sub_ps(Decode8<BITS>(bytes + c * BITS), zpv), sv));
+    return;
+#endif
     for (int64_t c = 0; c < gs / 8; ++c) {
       uint32_t v = 0;
       std::memcpy(&v, bytes + c * BITS, BITS);
@@ -128,6 +198,31 @@ void RunBlock(const Task<T>& t, int64_t block) {
   const int64_t K = a.K, N = a.N, gs = a.group_size, ng = a.n_groups, padded = ng * gs;
   const int64_t n0 = block * kRows, rows = std::min(kRows, N - n0);
   const float default_zp = float(1 << (BITS - 1));
+#if defined(EDGEQ_CPU_GEMV)
+  if (t.M <= kGemvRows) {
+    float scales[512], out[kGemvRows];
+    std::vector<float> big_scales;
+    float* sc = scales;
+    if (ng > 512) {
+      big_scales.resize(size_t(ng));
+      sc = big_scales.data();
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t n = n0 + r;
+      for (int64_t g = 0; g < ng; ++g) sc[g] = ToFloat(t.scales[n * ng + g]);
+      const uint8_t* row = t.B + n * ng * a.group_bytes;
+      const uint8_t* zps = t.zero_points ? t.zero_points + n * ng : nullptr;
+      switch (t.M) {
+        case 1: GemvRow<BITS, 1>(t.A, K, row, gs, ng, a.group_bytes, sc, zps, default_zp, out); break;
+        case 2: GemvRow<BITS, 2>(t.A, K, row, gs, ng, a.group_bytes, sc, zps, default_zp, out); break;
+        case 3: GemvRow<BITS, 3>(t.A, K, row, gs, ng, a.group_bytes, sc, zps, default_zp, out); break;
+        default: GemvRow<BITS, 4>(t.A, K, row, gs, ng, a.group_bytes, sc, zps, default_zp, out); break;
+      }
+      for (int64_t m = 0; m < t.M; ++m) t.Y[m * N + n] = FromFloat<T>(out[m]);
+    }
+    return;
+  }
+#endif
 
   thread_local std::vector<float> w;
   w.resize(size_t(kRows * padded));
@@ -235,6 +330,7 @@ struct Op : Ort::CustomOpBase<Op, Kernel, /*WithStatus=*/true> {
 void RegisterOps(Ort::CustomOpDomain& domain) {
   static Op group_quant_matmul;
   domain.Add(&group_quant_matmul);
+  RegisterQuantLinear(domain);
 }
 
 }  // namespace cpu

@@ -6,5 +6,7 @@ namespace edgeq {
 namespace cuda {
 // Adds every CUDA-EP op of the library to `domain`.
 void RegisterOps(Ort::CustomOpDomain& domain);
+// Adds edgeq::QuantLinear (quant_linear_cuda.cc); called by RegisterOps.
+void RegisterQuantLinear(Ort::CustomOpDomain& domain);
 }  // namespace cuda
 }  // namespace edgeq

@@ -107,6 +107,7 @@ struct Op : Ort::CustomOpBase<Op, Kernel, /*WithStatus=*/true> {
 void RegisterOps(Ort::CustomOpDomain& domain) {
   static Op group_quant_matmul;
   domain.Add(&group_quant_matmul);
+  RegisterQuantLinear(domain);
 }
 
 }  // namespace cuda

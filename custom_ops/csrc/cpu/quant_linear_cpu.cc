@@ -1,0 +1,272 @@
+// edgeq::QuantLinear on the CPU execution provider: an integer GEMM.
+//
+// Activations are quantized per token first (the rounding of every step is the exporter's, so the codes are
+// bit-identical to its Div/Round/Clip chain), widened to int16 and zero-padded to a multiple of 16. Work is
+// then split across ORT's intra-op pool by blocks of kBlockN weight rows: a task widens its rows to int16
+// once and takes their dot products with every activation row, two at a time, so each activation load
+// feeds four multiply-adds and each weight load two. The products go through vpmaddwd (int16 x int16, pairs
+// summed into int32) where AVX2 exists: |q| <= 128 and |w| <= 128, so a pair never exceeds 2^15 and the int32
+// sums are exact for any K the op accepts. K is walked in chunks so that the weight rows and the activation
+// rows of one chunk stay in L1 while all activation rows pass.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#if defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#include "../quant_linear.h"
+#include "cpu_ops.h"
+
+namespace edgeq {
+namespace cpu {
+namespace {
+
+constexpr int64_t kBlockN = 4;
+constexpr int64_t kChunkK = 1024;  // int16 elements: 4 weight rows + 2 activation rows = 12 KiB
+constexpr int64_t kAlignK = 16;    // one 256-bit vector of int16
+
+inline float HalfToFloat(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ffu;
+  float magnitude;
+  if (exp == 0) magnitude = std::ldexp(float(mant), -24);
+  else if (exp == 31) magnitude = mant ? NAN : INFINITY;
+  else magnitude = std::ldexp(float(mant | 0x400u), int(exp) - 25);
+  uint32_t bits;
+  std::memcpy(&bits, &magnitude, 4);
+  bits |= sign;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+#endif
+}
+
+inline uint16_t FloatToHalf(float f) {
+#if defined(__F16C__)
+  return _cvtss_sh(f, 0);  // round to nearest even
+#else
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u, absx = x & 0x7fffffffu;
+  if (absx >= 0x7f800000u) return uint16_t(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0));
+  if (absx >= 0x477ff000u) return uint16_t(sign | 0x7c00u);
+  if (absx < 0x38800000u) {  // subnormal or zero: scale so that the rounding is float's own
+    const float scaled = std::fabs(f) * 16777216.0f;  // 2^24: one half-subnormal step becomes 1.0
+    return uint16_t(sign | uint32_t(std::nearbyint(scaled)));
+  }
+  uint32_t h = (absx >> 13) - (112u << 10);
+  const uint32_t rem = absx & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) ++h;
+  return uint16_t(sign | h);
+#endif
+}
+
+template <typename T>
+inline float ToFloat(T v) {
+  if constexpr (std::is_same_v<T, float>) return v; else return HalfToFloat(v);
+}
+
+template <typename T>
+inline T FromFloat(float v) {
+  if constexpr (std::is_same_v<T, float>) return v; else return FloatToHalf(v);
+}
+
+// The exporter computes each step in T: a float16 result is rounded to float16 before the next step.
+template <typename T>
+inline float RoundToT(float v) {
+  if constexpr (std::is_same_v<T, float>) return v; else return HalfToFloat(FloatToHalf(v));
+}
+
+template <typename T>
+inline float ScaleFloor() {
+  if constexpr (std::is_same_v<T, float>) return kQlScaleFloor; else return HalfToFloat(kQlScaleFloorHalf);
+}
+
+// q[0, Kp) = the row's codes (zero past K); returns s_x.
+template <typename T>
+float QuantizeRow(const T* a, int64_t K, int64_t Kp, int qmax, int16_t* q) {
+  float absmax = 0.f;
+  for (int64_t k = 0; k < K; ++k) absmax = std::max(absmax, std::fabs(ToFloat(a[k])));
+  const float s = std::max(RoundToT<T>(absmax / float(qmax)), ScaleFloor<T>());
+  const float lo = float(-qmax - 1), hi = float(qmax);
+  for (int64_t k = 0; k < K; ++k) {
+    const float r = std::nearbyint(RoundToT<T>(ToFloat(a[k]) / s));  // half to even, the ONNX Round
+    q[k] = int16_t(std::min(std::max(r, lo), hi));
+  }
+  std::fill(q + K, q + Kp, int16_t(0));
+  return s;
+}
+
+// Row n of B as int16 values, zero past K.
+void WidenRow(const int8_t* row, int64_t K, int64_t Kp, bool packed, int16_t* out) {
+  if (packed) {
+    const int64_t pairs = K / 2;
+    for (int64_t j = 0; j < pairs; ++j) {
+      const int8_t b = row[j];
+      out[2 * j] = int16_t(int8_t(uint8_t(b) << 4) >> 4);  // low nibble, sign-extended
+      out[2 * j + 1] = int16_t(b >> 4);                     // high nibble (arithmetic shift)
+    }
+    if (K % 2) out[K - 1] = int16_t(int8_t(uint8_t(row[pairs]) << 4) >> 4);
+  } else {
+    for (int64_t k = 0; k < K; ++k) out[k] = row[k];
+  }
+  std::fill(out + K, out + Kp, int16_t(0));
+}
+
+#if defined(__AVX2__)
+inline int32_t HorizontalSum(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+#endif
+
+// acc[i * kBlockN + r] += sum_{k < len} a_i[k] * w[r * ldw + k] for MR activation rows; len % 16 == 0.
+template <int MR>
+inline void DotTile(const int16_t* a0, const int16_t* a1, const int16_t* w, int64_t ldw, int64_t len, int32_t* acc) {
+#if defined(__AVX2__)
+  __m256i sum[MR][kBlockN];
+  for (int i = 0; i < MR; ++i)
+    for (int r = 0; r < kBlockN; ++r) sum[i][r] = _mm256_setzero_si256();
+  for (int64_t k = 0; k < len; k += kAlignK) {
+    __m256i wv[kBlockN];
+    for (int r = 0; r < kBlockN; ++r) wv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * ldw + k));
+    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a0 + k));
+    for (int r = 0; r < kBlockN; ++r) sum[0][r] = _mm256_add_epi32(sum[0][r], _mm256_madd_epi16(x0, wv[r]));
+    if constexpr (MR == 2) {
+      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a1 + k));
+      for (int r = 0; r < kBlockN; ++r) sum[1][r] = _mm256_add_epi32(sum[1][r], _mm256_madd_epi16(x1, wv[r]));
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int r = 0; r < kBlockN; ++r) acc[i * kBlockN + r] += HorizontalSum(sum[i][r]);
+#else
+  const int16_t* a[2] = {a0, a1};
+  for (int i = 0; i < MR; ++i)
+    for (int r = 0; r < kBlockN; ++r) {
+      int32_t s = 0;
+      for (int64_t k = 0; k < len; ++k) s += int32_t(a[i][k]) * int32_t(w[r * ldw + k]);
+      acc[i * kBlockN + r] += s;
+    }
+#endif
+}
+
+// The epilogue's rounding is part of the op's contract: Y = acc * (s_x * w_scale), the scale product first. The
+// build allows reassociation, under which the compiler turns that into (acc * w_scale) * s_x; an empty asm
+// statement makes the product opaque to it.
+inline float Opaque(float v) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm("" : "+x"(v));
+  return v;
+#else
+  volatile float kept = v;
+  return kept;
+#endif
+}
+
+template <typename T>
+struct Task {
+  const QlAttrs* attrs;
+  int64_t M, Kp;
+  const T* A;
+  int16_t* q;    // [M, Kp]
+  float* s_x;    // [M]
+  const int8_t* B;
+  const T* w_scales;
+  T* Y;
+};
+
+template <typename T>
+void QuantizeTask(void* data, size_t m) {
+  auto& t = *static_cast<const Task<T>*>(data);
+  t.s_x[m] = QuantizeRow<T>(t.A + int64_t(m) * t.attrs->K, t.attrs->K, t.Kp, t.attrs->qmax, t.q + int64_t(m) * t.Kp);
+}
+
+template <typename T>
+void GemmTask(void* data, size_t block) {
+  auto& t = *static_cast<const Task<T>*>(data);
+  const QlAttrs& a = *t.attrs;
+  const int64_t K = a.K, N = a.N, M = t.M, Kp = t.Kp;
+  const int64_t n0 = int64_t(block) * kBlockN, rows = std::min(kBlockN, N - n0);
+
+  thread_local std::vector<int16_t> w;
+  thread_local std::vector<int32_t> acc;
+  w.resize(size_t(kBlockN * Kp));
+  for (int64_t r = 0; r < kBlockN; ++r) {
+    if (r < rows) WidenRow(t.B + (n0 + r) * a.row_bytes, K, Kp, a.packed(), w.data() + r * Kp);
+    else std::fill(w.begin() + r * Kp, w.begin() + (r + 1) * Kp, int16_t(0));
+  }
+  acc.assign(size_t(M * kBlockN), 0);
+  for (int64_t k0 = 0; k0 < Kp; k0 += kChunkK) {
+    const int64_t len = std::min(kChunkK, Kp - k0);
+    int64_t m = 0;
+    for (; m + 1 < M; m += 2)
+      DotTile<2>(t.q + m * Kp + k0, t.q + (m + 1) * Kp + k0, w.data() + k0, Kp, len, acc.data() + m * kBlockN);
+    if (m < M) DotTile<1>(t.q + m * Kp + k0, nullptr, w.data() + k0, Kp, len, acc.data() + m * kBlockN);
+  }
+  float ws[kBlockN];
+  for (int64_t r = 0; r < rows; ++r) ws[r] = ToFloat(t.w_scales[n0 + r]);
+  for (int64_t m = 0; m < M; ++m) {
+    T* y = t.Y + m * N + n0;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float scale = Opaque(t.s_x[m] * ws[r]);
+      y[r] = FromFloat<T>(float(acc[m * kBlockN + r]) * scale);
+    }
+  }
+}
+
+template <typename T>
+void Compute(Ort::KernelContext& ctx, const QlAttrs& attrs, const QlProblem& p) {
+  const int64_t Kp = (attrs.K + kAlignK - 1) / kAlignK * kAlignK;
+  std::vector<int16_t> q(size_t(p.M * Kp));
+  std::vector<float> s_x(size_t(p.M));
+  Task<T> task{&attrs, p.M, Kp, static_cast<const T*>(p.A), q.data(), s_x.data(), p.B,
+               static_cast<const T*>(p.w_scales), static_cast<T*>(p.Y)};
+  ctx.ParallelFor(QuantizeTask<T>, size_t(p.M), 0, &task);
+  ctx.ParallelFor(GemmTask<T>, size_t((attrs.N + kBlockN - 1) / kBlockN), 0, &task);
+}
+
+struct Kernel {
+  explicit Kernel(const OrtKernelInfo* info) : attrs(QlAttrs::FromKernelInfo(info)) {}
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
+    return StatusFrom([&] {
+      Ort::KernelContext ctx(raw);
+      QlProblem p = PrepareQuantLinear(ctx, attrs);
+      if (p.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) Compute<float>(ctx, attrs, p);
+      else Compute<uint16_t>(ctx, attrs, p);
+    });
+  }
+
+  QlAttrs attrs;
+};
+
+struct Op : Ort::CustomOpBase<Op, Kernel, /*WithStatus=*/true> {
+  Op() { OrtCustomOp::InferOutputShapeFn = InferQuantLinear; }
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    return StatusFrom([&] { *kernel = new Kernel(info); });
+  }
+  const char* GetName() const { return kQuantLinear; }
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 3; }
+  ONNXTensorElementDataType GetInputType(size_t index) const { return QlInputType(index); }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED; }
+};
+
+}  // namespace
+
+void RegisterQuantLinear(Ort::CustomOpDomain& domain) {
+  static Op quant_linear;
+  domain.Add(&quant_linear);
+}
+
+}  // namespace cpu
+}  // namespace edgeq

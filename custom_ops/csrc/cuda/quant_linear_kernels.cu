@@ -1,0 +1,542 @@
+// CUDA kernels of edgeq::QuantLinear (contract: custom_ops/schema.py).
+//
+// quantize  one block per row of A: absmax, s_x, and the int8 codes into a scratch q [M, Kp] (Kp = K rounded up
+//           to 64, zero-filled), every step rounded as the exporter's chain rounds it. For packed (<= 4-bit)
+//           weights each aligned group of 8 codes is stored evens first (k = 0,2,4,6,1,3,5,7): see below.
+// decode    (M <= 8): one warp per output channel streams its row of B in 16-byte vectors and takes dp4a dot
+//           products with the (cache-resident) codes of every row of A.
+// mma       (M > 8): int8 tensor cores, mma.sync m16n8k32 s8*s8->s32, a 4-stage cp.async pipeline of 64-byte K
+//           slices; tiles 128x128, 128x64 or 64x64 by problem size, four warps a block.
+// generic   any layout (rows of B that are not whole 16-byte vectors): scalar loads, one block per channel.
+//
+// The mma operands. In m16n8k32 a thread with tig = lane % 4 supplies, for each of its rows and columns, the
+// K slots 4*tig..4*tig+3 (first register) and 16+4*tig.. (second). A dot product does not depend on the order
+// of K, only on A and B using the same one, so here a thread loads the 8 consecutive bytes at 8*tig of both
+// operands and hands the first 4 to the first register and the next 4 to the second: one 8-byte shared load
+// per row and no ldmatrix. For 4-bit weights the thread loads 4 packed bytes (8 values) instead and splits
+// them without shifts across bytes: (w << 4) & 0xF0F0F0F0 holds the even-indexed values and w & 0xF0F0F0F0 the
+// odd ones, each as 16 * value in an int8 (the nibble in the high half keeps its sign). That is why q is
+// stored evens-first for packed weights, and why their int32 sums are shifted right by 4 (exact: every term is
+// a multiple of 16; |16 * value| <= 128, so the int32 bound is the 8-bit one).
+//
+// Shared-memory pitches: an A/B8 row is 64 + 32 bytes, so the four rows a half-warp reads with 8-byte loads
+// fall in distinct 32-byte bank windows; a packed row is 32 + 16 bytes, so the eight rows a warp reads with
+// 4-byte loads fall in distinct 16-byte windows.
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "quant_linear_kernels.h"
+
+namespace edgeq {
+namespace cuda {
+namespace {
+
+__device__ __forceinline__ float ToFloat(float v) { return v; }
+__device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
+
+template <typename T>
+__device__ __forceinline__ T FromFloat(float v);
+template <>
+__device__ __forceinline__ float FromFloat<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half_rn(v); }
+
+// The exporter rounds each step to T: a float16 quotient is the float32 one rounded once (exact for division).
+template <typename T>
+__device__ __forceinline__ float RoundToT(float v) {
+  if constexpr (sizeof(T) == 2) return __half2float(__float2half_rn(v));
+  else return v;
+}
+
+constexpr int kAlignK = 64;  // Kp: one mma K slice
+constexpr size_t kScratchAlign = 256;
+
+int64_t PaddedK(int64_t K) { return (K + kAlignK - 1) / kAlignK * kAlignK; }
+size_t CodesBytes(const QlArgs& a) {
+  return (static_cast<size_t>(a.M * PaddedK(a.K)) + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
+}
+
+// ------------------------------------------------------------------------------------------- quantize
+
+constexpr int kQuantThreads = 256;
+
+// Position j of an 8-group holds k = j (natural) or the evens-first order 0,2,4,6,1,3,5,7 (packed weights).
+template <bool EVENS_FIRST>
+__device__ __forceinline__ int GroupOffset(int j) {
+  return EVENS_FIRST ? (j < 4 ? 2 * j : 2 * (j - 4) + 1) : j;
+}
+
+template <typename T, bool EVENS_FIRST>
+__global__ void __launch_bounds__(kQuantThreads)
+    QuantizeKernel(const T* __restrict__ A, int8_t* __restrict__ q, float* __restrict__ s_x, int K, int Kp,
+                   int qmax, float floor_value) {
+  const int m = blockIdx.x;
+  const T* row = A + static_cast<size_t>(m) * K;
+  float amax = 0.f;
+  for (int k = threadIdx.x; k < K; k += kQuantThreads) amax = fmaxf(amax, fabsf(ToFloat(row[k])));
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+  __shared__ float warp_max[kQuantThreads / 32];
+  if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = amax;
+  __syncthreads();
+  amax = warp_max[0];
+#pragma unroll
+  for (int w = 1; w < kQuantThreads / 32; ++w) amax = fmaxf(amax, warp_max[w]);
+  const float s = fmaxf(RoundToT<T>(__fdiv_rn(amax, static_cast<float>(qmax))), floor_value);
+  if (threadIdx.x == 0) s_x[m] = s;
+  const float lo = static_cast<float>(-qmax - 1), hi = static_cast<float>(qmax);
+  uint2* out = reinterpret_cast<uint2*>(q + static_cast<size_t>(m) * Kp);
+  for (int group = threadIdx.x; group < Kp / 8; group += kQuantThreads) {
+    uint32_t word[2] = {0u, 0u};
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int k = 8 * group + GroupOffset<EVENS_FIRST>(j);
+      int v = 0;
+      if (k < K) v = static_cast<int>(fminf(fmaxf(rintf(RoundToT<T>(__fdiv_rn(ToFloat(row[k]), s))), lo), hi));
+      word[j >> 2] |= (static_cast<uint32_t>(v) & 0xffu) << (8 * (j & 3));
+    }
+    out[group] = make_uint2(word[0], word[1]);
+  }
+}
+
+// Y = T(float(acc) * (s_x * w_scale)): the scale product first, as the op's contract and the CPU kernel do.
+template <typename T>
+__device__ __forceinline__ T Epilogue(int acc, float sx, float ws) {
+  return FromFloat<T>(__fmul_rn(__int2float_rn(acc), __fmul_rn(sx, ws)));
+}
+
+// --------------------------------------------------------------------------------------------- decode
+
+constexpr int kDecodeWarps = 8;
+constexpr int kDecodeMaxM = 8;
+constexpr int kDecodeUnroll = 4;  // 16-byte vectors of B in flight per lane
+
+__device__ __forceinline__ uint4 LoadStreaming(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+template <typename T, bool PACKED, int MAXM>
+__global__ void __launch_bounds__(kDecodeWarps * 32)
+    DecodeKernel(const int8_t* __restrict__ q, const float* __restrict__ s_x, const int8_t* __restrict__ B,
+                 const T* __restrict__ w_scales, T* __restrict__ Y, int M, int N, int Kp, int row_bytes) {
+  const int lane = threadIdx.x & 31;
+  const int n = blockIdx.x * kDecodeWarps + (threadIdx.x >> 5);
+  if (n >= N) return;  // the whole warp: nothing below synchronizes across warps
+  const uint4* row = reinterpret_cast<const uint4*>(B + static_cast<size_t>(n) * row_bytes);
+  const int chunks = row_bytes / 16;
+  int acc[MAXM];
+#pragma unroll
+  for (int m = 0; m < MAXM; ++m) acc[m] = 0;
+
+  for (int c0 = lane; c0 < chunks; c0 += 32 * kDecodeUnroll) {
+    uint4 w[kDecodeUnroll];
+#pragma unroll
+    for (int u = 0; u < kDecodeUnroll; ++u) {
+      const int c = c0 + 32 * u;
+      w[u] = c < chunks ? LoadStreaming(row + c) : make_uint4(0u, 0u, 0u, 0u);
+    }
+#pragma unroll
+    for (int u = 0; u < kDecodeUnroll; ++u) {
+      const int c = c0 + 32 * u;
+      if (c >= chunks) break;
+      const int words[4] = {static_cast<int>(w[u].x), static_cast<int>(w[u].y), static_cast<int>(w[u].z),
+                            static_cast<int>(w[u].w)};
+#pragma unroll
+      for (int m = 0; m < MAXM; ++m) {
+        if (m >= M) break;
+        const int8_t* qm = q + static_cast<size_t>(m) * Kp;
+        if constexpr (PACKED) {
+          const int4 x0 = __ldg(reinterpret_cast<const int4*>(qm + 32 * c));
+          const int4 x1 = __ldg(reinterpret_cast<const int4*>(qm + 32 * c + 16));
+          const int xs[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            acc[m] = __dp4a(static_cast<int>((static_cast<uint32_t>(words[i]) << 4) & 0xF0F0F0F0u), xs[2 * i], acc[m]);
+            acc[m] = __dp4a(static_cast<int>(static_cast<uint32_t>(words[i]) & 0xF0F0F0F0u), xs[2 * i + 1], acc[m]);
+          }
+        } else {
+          const int4 x = __ldg(reinterpret_cast<const int4*>(qm + 16 * c));
+          acc[m] = __dp4a(words[0], x.x, acc[m]);
+          acc[m] = __dp4a(words[1], x.y, acc[m]);
+          acc[m] = __dp4a(words[2], x.z, acc[m]);
+          acc[m] = __dp4a(words[3], x.w, acc[m]);
+        }
+      }
+    }
+  }
+  int mine = 0;  // lane m ends up holding row m's sum
+#pragma unroll
+  for (int m = 0; m < MAXM; ++m) {
+    int v = acc[m];
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    if (lane == m) mine = v;
+  }
+  if (lane < M) {
+    if (PACKED) mine >>= 4;
+    Y[static_cast<size_t>(lane) * N + n] = Epilogue<T>(mine, s_x[lane], ToFloat(w_scales[n]));
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ mma
+
+constexpr int kBK = 64;
+constexpr int kStages = 4;
+constexpr int kPitchA = kBK + 32;
+
+template <bool PACKED>
+struct BLayout {
+  static constexpr int kBytes = PACKED ? kBK / 2 : kBK;  // bytes of a B row per K slice
+  static constexpr int kPitch = PACKED ? kBytes + 16 : kBytes + 32;
+};
+
+template <int BM, int BN, bool PACKED>
+struct StageLayout {
+  static constexpr int kABytes = BM * kPitchA;
+  static constexpr int kBytes = kABytes + BN * BLayout<PACKED>::kPitch;
+};
+
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int src_bytes = valid ? 16 : 0;  // 0: fill the 16 bytes with zeros, read nothing
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+__device__ __forceinline__ void MmaS8(int (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+template <int BM, int BN, int WM, int WN>
+struct Tile {
+  static constexpr int kWarpsN = BN / WN;
+  static constexpr int kThreads = (BM / WM) * kWarpsN * 32;
+  static constexpr int kMT = WM / 16, kNT = WN / 8;
+};
+
+template <int BM, int BN, int THREADS, bool PACKED>
+__device__ __forceinline__ void LoadSlice(uint8_t* stage, const int8_t* __restrict__ q, const int8_t* __restrict__ B,
+                                          int m0, int n0, int k0, int M, int N, int Kp, int row_bytes, int tid) {
+  using BL = BLayout<PACKED>;
+  uint8_t* As = stage;
+  uint8_t* Bs = stage + StageLayout<BM, BN, PACKED>::kABytes;
+  constexpr int kAChunks = BM * (kBK / 16);
+#pragma unroll
+  for (int c = tid; c < kAChunks; c += THREADS) {
+    const int r = c / (kBK / 16), col = (c % (kBK / 16)) * 16;
+    const int m = m0 + r;
+    const bool ok = m < M;
+    CpAsync16(As + r * kPitchA + col, q + static_cast<size_t>(ok ? m : 0) * Kp + k0 + col, ok);
+  }
+  constexpr int kBRowChunks = BL::kBytes / 16;
+#pragma unroll
+  for (int c = tid; c < BN * kBRowChunks; c += THREADS) {
+    const int r = c / kBRowChunks, col = (c % kBRowChunks) * 16;
+    const int n = n0 + r;
+    const int byte = (PACKED ? k0 / 2 : k0) + col;
+    const bool ok = n < N && byte < row_bytes;  // row_bytes % 16 == 0: a vector is wholly in or out
+    CpAsync16(Bs + r * BL::kPitch + col, ok ? B + static_cast<size_t>(n) * row_bytes + byte : B, ok);
+  }
+}
+
+template <typename T, int BM, int BN, int WM, int WN, bool PACKED>
+__global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads)
+    MmaKernel(const int8_t* __restrict__ q, const float* __restrict__ s_x, const int8_t* __restrict__ B,
+              const T* __restrict__ w_scales, T* __restrict__ Y, int M, int N, int Kp, int row_bytes, bool pair_store) {
+  using TL = Tile<BM, BN, WM, WN>;
+  using SL = StageLayout<BM, BN, PACKED>;
+  using BL = BLayout<PACKED>;
+  constexpr int MT = TL::kMT, NT = TL::kNT;
+  extern __shared__ __align__(16) uint8_t smem[];
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int wm0 = (warp / TL::kWarpsN) * WM, wn0 = (warp % TL::kWarpsN) * WN;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const int slices = Kp / kBK;
+
+  int acc[MT][NT][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0;
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < slices)
+      LoadSlice<BM, BN, TL::kThreads, PACKED>(smem + s * SL::kBytes, q, B, m0, n0, s * kBK, M, N, Kp, row_bytes, tid);
+    CpAsyncCommit();
+  }
+  for (int kt = 0; kt < slices; ++kt) {
+    CpAsyncWait<kStages - 2>();  // this thread's copies of slice kt have landed
+    __syncthreads();             // everyone's have, and everyone is done with slice kt-1's buffer
+    const int next = kt + kStages - 1;
+    if (next < slices)
+      LoadSlice<BM, BN, TL::kThreads, PACKED>(smem + (next % kStages) * SL::kBytes, q, B, m0, n0, next * kBK, M, N,
+                                              Kp, row_bytes, tid);
+    CpAsyncCommit();  // possibly empty: keeps the group count in step with kt
+
+    const uint8_t* As = smem + (kt % kStages) * SL::kBytes;
+    const uint8_t* Bs = As + SL::kABytes;
+#pragma unroll
+    for (int kk = 0; kk < kBK; kk += 32) {
+      uint32_t a[MT][4], b[NT][2];
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+        const uint8_t* p = As + (wm0 + 16 * i + g) * kPitchA + kk + 8 * t;
+        const uint2 top = *reinterpret_cast<const uint2*>(p);
+        const uint2 bottom = *reinterpret_cast<const uint2*>(p + 8 * kPitchA);
+        a[i][0] = top.x;
+        a[i][1] = bottom.x;
+        a[i][2] = top.y;
+        a[i][3] = bottom.y;
+      }
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        const uint8_t* p = Bs + (wn0 + 8 * j + g) * BL::kPitch;
+        if constexpr (PACKED) {
+          const uint32_t w = *reinterpret_cast<const uint32_t*>(p + kk / 2 + 4 * t);
+          b[j][0] = (w << 4) & 0xF0F0F0F0u;
+          b[j][1] = w & 0xF0F0F0F0u;
+        } else {
+          const uint2 v = *reinterpret_cast<const uint2*>(p + kk + 8 * t);
+          b[j][0] = v.x;
+          b[j][1] = v.y;
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) MmaS8(acc[i][j], a[i], b[j]);
+    }
+  }
+  CpAsyncWait<0>();  // no copy may still target shared memory when the block exits
+
+  float ws[NT][2];
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int n = n0 + wn0 + 8 * j + 2 * t + e;
+      ws[j][e] = n < N ? ToFloat(w_scales[n]) : 0.f;
+    }
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int m = m0 + wm0 + 16 * i + g + 8 * h;
+      if (m >= M) continue;
+      const float sx = s_x[m];
+      T* y = Y + static_cast<size_t>(m) * N;
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        const int n = n0 + wn0 + 8 * j + 2 * t;
+        int v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
+        if (PACKED) {
+          v0 >>= 4;
+          v1 >>= 4;
+        }
+        const T y0 = Epilogue<T>(v0, sx, ws[j][0]), y1 = Epilogue<T>(v1, sx, ws[j][1]);
+        if (pair_store && n + 1 < N) {
+          if constexpr (sizeof(T) == 2) {
+            __half2 pair;
+            pair.x = y0;
+            pair.y = y1;
+            *reinterpret_cast<__half2*>(y + n) = pair;
+          } else {
+            *reinterpret_cast<float2*>(y + n) = make_float2(y0, y1);
+          }
+        } else {
+          if (n < N) y[n] = y0;
+          if (n + 1 < N) y[n + 1] = y1;
+        }
+      }
+    }
+}
+
+// -------------------------------------------------------------------------------------------- generic
+
+constexpr int kGenericThreads = 128;
+constexpr int kGenericRows = 4;
+
+template <typename T, bool PACKED>
+__global__ void __launch_bounds__(kGenericThreads)
+    GenericKernel(const int8_t* __restrict__ q, const float* __restrict__ s_x, const int8_t* __restrict__ B,
+                  const T* __restrict__ w_scales, T* __restrict__ Y, int M, int N, int K, int Kp, int row_bytes) {
+  const int n = blockIdx.x, m0 = blockIdx.y * kGenericRows;
+  const int8_t* row = B + static_cast<size_t>(n) * row_bytes;
+  int acc[kGenericRows] = {0, 0, 0, 0};
+  for (int k = threadIdx.x; k < K; k += kGenericThreads) {
+    int w, pos = k;
+    if constexpr (PACKED) {
+      const int byte = row[k >> 1];
+      w = (k & 1) ? (byte >> 4) : (static_cast<int>(static_cast<int8_t>(byte << 4)) >> 4);
+      pos = (k & ~7) + ((k & 1) ? 4 : 0) + ((k & 7) >> 1);  // evens-first storage of q
+    } else {
+      w = row[k];
+    }
+#pragma unroll
+    for (int r = 0; r < kGenericRows; ++r)
+      if (m0 + r < M) acc[r] += w * static_cast<int>(q[static_cast<size_t>(m0 + r) * Kp + pos]);
+  }
+  __shared__ int partial[kGenericRows][kGenericThreads / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int r = 0; r < kGenericRows; ++r) {
+    int v = acc[r];
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    if (lane == 0) partial[r][warp] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x < kGenericRows && m0 + static_cast<int>(threadIdx.x) < M) {
+    int v = 0;
+    for (int i = 0; i < kGenericThreads / 32; ++i) v += partial[threadIdx.x][i];
+    const int m = m0 + threadIdx.x;
+    Y[static_cast<size_t>(m) * N + n] = Epilogue<T>(v, s_x[m], ToFloat(w_scales[n]));
+  }
+}
+
+// ------------------------------------------------------------------------------------------- dispatch
+
+bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+bool VectorRows(const QlArgs& a) { return a.row_bytes % 16 == 0 && Aligned16(a.B); }
+
+int MultiprocessorCount() {
+  static const int count = [] {
+    int device = 0, sms = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+      return 132;
+    return sms;
+  }();
+  return count;
+}
+
+int64_t Tiles(const QlArgs& a, int bm, int bn) { return ((a.M + bm - 1) / bm) * ((a.N + bn - 1) / bn); }
+
+QlKernel Pick(const QlArgs& a, QlKernel requested) {
+  if (requested == QlKernel::kAuto) {
+    if (!VectorRows(a)) return QlKernel::kGeneric;
+    if (a.M <= kDecodeMaxM) return QlKernel::kDecode;
+    requested = QlKernel::kMma;
+  }
+  if (requested != QlKernel::kMma) return requested;
+  // 64x64 while M fits one tile row; otherwise 128x128 once it gives every multiprocessor two blocks, else
+  // 128x64 (twice the blocks, so that short problems still fill the chip).
+  if (a.M <= 64) return QlKernel::kMma64;
+  return Tiles(a, 128, 128) >= 2 * MultiprocessorCount() ? QlKernel::kMma128 : QlKernel::kMma128x64;
+}
+
+template <typename T, int BM, int BN, int WM, int WN, bool PACKED>
+const char* LaunchMma(const QlArgs& a, const int8_t* q, const float* s_x, int Kp, cudaStream_t stream) {
+  constexpr int bytes = kStages * StageLayout<BM, BN, PACKED>::kBytes;
+  auto kernel = MmaKernel<T, BM, BN, WM, WN, PACKED>;
+  // Above 48 KiB a kernel must opt in to its dynamic shared memory; once per instantiation, before any
+  // capture (the first call of a session runs uncaptured).
+  static const cudaError_t opted = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (opted != cudaSuccess) return cudaGetErrorString(opted);
+  const dim3 grid(static_cast<unsigned>((a.N + BN - 1) / BN), static_cast<unsigned>((a.M + BM - 1) / BM));
+  const bool pair_store = a.N % 2 == 0 && (reinterpret_cast<uintptr_t>(a.Y) % (2 * sizeof(T))) == 0;
+  kernel<<<grid, Tile<BM, BN, WM, WN>::kThreads, bytes, stream>>>(
+      q, s_x, a.B, static_cast<const T*>(a.w_scales), static_cast<T*>(a.Y), static_cast<int>(a.M),
+      static_cast<int>(a.N), Kp, static_cast<int>(a.row_bytes), pair_store);
+  return nullptr;
+}
+
+template <typename T, bool PACKED>
+const char* LaunchTyped(const QlArgs& a, QlKernel kernel, const int8_t* q, const float* s_x, int Kp,
+                        cudaStream_t stream) {
+  const int M = static_cast<int>(a.M), N = static_cast<int>(a.N), row_bytes = static_cast<int>(a.row_bytes);
+  const T* ws = static_cast<const T*>(a.w_scales);
+  T* Y = static_cast<T*>(a.Y);
+  switch (kernel) {
+    case QlKernel::kDecode: {
+      const dim3 grid(static_cast<unsigned>((N + kDecodeWarps - 1) / kDecodeWarps));
+      if (M == 1)
+        DecodeKernel<T, PACKED, 1><<<grid, kDecodeWarps * 32, 0, stream>>>(q, s_x, a.B, ws, Y, M, N, Kp, row_bytes);
+      else
+        DecodeKernel<T, PACKED, kDecodeMaxM><<<grid, kDecodeWarps * 32, 0, stream>>>(q, s_x, a.B, ws, Y, M, N, Kp,
+                                                                                     row_bytes);
+      return nullptr;
+    }
+    case QlKernel::kMma128: return LaunchMma<T, 128, 128, 64, 64, PACKED>(a, q, s_x, Kp, stream);
+    case QlKernel::kMma128x64: return LaunchMma<T, 128, 64, 64, 32, PACKED>(a, q, s_x, Kp, stream);
+    case QlKernel::kMma64: return LaunchMma<T, 64, 64, 32, 32, PACKED>(a, q, s_x, Kp, stream);
+    default: {
+      const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>((M + kGenericRows - 1) / kGenericRows));
+      GenericKernel<T, PACKED><<<grid, kGenericThreads, 0, stream>>>(q, s_x, a.B, ws, Y, M, N, static_cast<int>(a.K),
+                                                                     Kp, row_bytes);
+      return nullptr;
+    }
+  }
+}
+
+template <typename T>
+const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, cudaStream_t stream) {
+  const int Kp = static_cast<int>(PaddedK(a.K));
+  const int qmax = (1 << (a.abits - 1)) - 1;
+  const float floor_value = sizeof(T) == 2 ? __half2float(__float2half_rn(1e-5f)) : 1e-5f;
+  const bool packed = a.wbits <= 4;
+  const T* A = static_cast<const T*>(a.A);
+  if (packed)
+    QuantizeKernel<T, true><<<static_cast<unsigned>(a.M), kQuantThreads, 0, stream>>>(A, q, s_x, static_cast<int>(a.K),
+                                                                                      Kp, qmax, floor_value);
+  else
+    QuantizeKernel<T, false><<<static_cast<unsigned>(a.M), kQuantThreads, 0, stream>>>(A, q, s_x, static_cast<int>(a.K),
+                                                                                       Kp, qmax, floor_value);
+  const char* error = packed ? LaunchTyped<T, true>(a, kernel, q, s_x, Kp, stream)
+                             : LaunchTyped<T, false>(a, kernel, q, s_x, Kp, stream);
+  if (error) return error;
+  const cudaError_t status = cudaGetLastError();
+  return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
+}
+
+}  // namespace
+
+size_t QuantLinearScratchBytes(const QlArgs& args) { return CodesBytes(args) + static_cast<size_t>(args.M) * sizeof(float); }
+
+const char* QuantLinearKernelProblem(const QlArgs& a, QlKernel kernel) {
+  if (kernel == QlKernel::kAuto || kernel == QlKernel::kGeneric) return nullptr;
+  if (!VectorRows(a)) return "needs rows of B that are whole 16-byte vectors (K % 16 == 0, or K % 32 in {0, 31} "
+                             "for packed weights) and a 16-byte aligned B";
+  if (kernel == QlKernel::kDecode && a.M > kDecodeMaxM) return "the decode kernel takes M <= 8";
+  return nullptr;
+}
+
+const char* QuantLinearKernelName(const QlArgs& args, QlKernel kernel) {
+  switch (Pick(args, kernel)) {
+    case QlKernel::kDecode: return "decode";
+    case QlKernel::kMma128: return "mma128";
+    case QlKernel::kMma128x64: return "mma128x64";
+    case QlKernel::kMma64: return "mma64";
+    default: return "generic";
+  }
+}
+
+const char* LaunchQuantLinear(const QlArgs& args, QlKernel kernel, void* stream, void* scratch) {
+  if (args.M == 0 || args.N == 0) return nullptr;
+  if (const char* problem = QuantLinearKernelProblem(args, kernel)) return problem;
+  if (scratch == nullptr) return "QuantLinear needs scratch memory for the quantized activations";
+  int8_t* q = static_cast<int8_t*>(scratch);
+  float* s_x = reinterpret_cast<float*>(static_cast<char*>(scratch) + CodesBytes(args));
+  const QlKernel chosen = Pick(args, kernel);
+  auto s = static_cast<cudaStream_t>(stream);
+  return args.half ? Launch<__half>(args, chosen, q, s_x, s) : Launch<float>(args, chosen, q, s_x, s);
+}
+
+}  // namespace cuda
+}  // namespace edgeq

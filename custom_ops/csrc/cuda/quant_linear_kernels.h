@@ -1,0 +1,41 @@
+// Launchers of the QuantLinear CUDA kernels. Plain C++ on purpose: shared by nvcc (the .cu) and g++ (the op
+// registration), and nvcc cannot compile ORT's headers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace edgeq {
+namespace cuda {
+
+// Which GEMM runs after the per-token quantization. kAuto: decode for M <= 8, the tensor-core kernel (tile
+// chosen from M and N) otherwise, both when B's rows are whole 16-byte vectors; the generic kernel for any
+// other layout. The others force one (tests and benchmarks): kMma picks the tile, kMma128/kMma128x64/kMma64
+// pin it.
+enum class QlKernel { kAuto, kDecode, kMma, kMma128, kMma128x64, kMma64, kGeneric };
+
+struct QlArgs {
+  bool half = false;  // T is float16 (else float32)
+  int64_t M = 0, N = 0, K = 0, wbits = 0, abits = 0;
+  int64_t row_bytes = 0;  // bytes per row of B
+  const void* A = nullptr;
+  const int8_t* B = nullptr;
+  const void* w_scales = nullptr;
+  void* Y = nullptr;
+};
+
+// Device bytes of scratch one call needs: the quantized activations [M, K rounded up to 64] and their scales.
+size_t QuantLinearScratchBytes(const QlArgs& args);
+
+// nullptr when `kernel` can run these arguments, else why not (static text).
+const char* QuantLinearKernelProblem(const QlArgs& args, QlKernel kernel);
+
+// Enqueues the op on `stream` (a cudaStream_t) with QuantLinearScratchBytes of device scratch. Returns nullptr,
+// or a static error text.
+const char* LaunchQuantLinear(const QlArgs& args, QlKernel kernel, void* stream, void* scratch);
+
+// The kernel kAuto (or `kernel`) resolves to: "decode", "mma128", "mma128x64", "mma64" or "generic".
+const char* QuantLinearKernelName(const QlArgs& args, QlKernel kernel);
+
+}  // namespace cuda
+}  // namespace edgeq

@@ -1,0 +1,152 @@
+"""Lower the exporter's weight-activation linear to ``edgeq::QuantLinear`` (OmniQuant W8A8, W6A6, W4A4, ...).
+
+The exporter writes per-token dynamic activation quantization in stock ops, then the weight's DequantizeLinear
+(``exporter/llama_graph.py``: ``fake_quant_tokens`` and ``linear``):
+
+    absmax = ReduceMax(Abs(x), axes=[-1], keepdims=1)
+    scale  = Max(Div(absmax, qmax), 1e-5)                      qmax = 2^(abits-1) - 1
+    q      = Clip(Round(Div(x, scale)), -qmax-1, qmax)        (metadata edgeq.act_bits = abits)
+    y      = MatMul(Mul(q, scale), DequantizeLinear(codes, scales, zeros, axis=0, block_size=K))
+
+with one scale per output channel and every zero point 2^(wbits-1). QuantLinear computes exactly that with
+integer codes (``edgeq.custom_ops.schema.QUANT_LINEAR``): the codes are the same bits, and the int32 dot
+products differ from the float MatMul only by the float rounding of the latter. Anything else (a grouped or
+asymmetric weight, another qmax, floor, axis or rounding) is refused with the reason, and the later
+lowerings (MatMulNBits, GroupQuantMatMul) then take the weight and leave the stock-op chain in place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from edgeq.custom_ops import schema
+from edgeq.custom_ops.quant_linear_packing import from_codes
+from edgeq.passes import _quant_weight as qw
+from edgeq.passes._rules import RulePass
+from edgeq.passes.lower_matmul_nbits import unique_name
+
+OP = schema.QUANT_LINEAR
+ACT_BITS_KEY = "edgeq.act_bits"  # written by the exporter on the Clip of the activation chain
+NP_TYPES = {ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16}
+
+
+def _scalar(value: ir.Value) -> np.ndarray | None:
+    """The single element of a constant (any rank with one element), else None."""
+    tensor = ir.convenience.get_const_tensor(value)
+    if tensor is None:
+        return None
+    array = tensor.numpy()
+    return array.reshape(()) if array.size == 1 else None
+
+
+def _act_bits(clip: ir.Node, hi: float) -> int | str:
+    """abits from the Clip's metadata, else from its upper bound; or why neither names a width in 2..8."""
+    raw = clip.metadata_props.get(ACT_BITS_KEY)
+    if raw is not None:
+        try:
+            bits = int(raw)
+        except ValueError:
+            return f"metadata {ACT_BITS_KEY}={raw!r} is not an integer"
+    else:
+        bits = int(np.log2(hi + 1)) + 1 if hi >= 1 else 0
+    if bits not in schema.QL_BITS:
+        return f"activation width {bits} is not in {schema.QL_BITS[0]}..{schema.QL_BITS[-1]}"
+    return bits
+
+
+class QuantLinearLowering(pattern.RewriteRuleClassBase):
+    """Per-token fake-quant chain + MatMul(., DQ per-channel symmetric const)  ==>  edgeq::QuantLinear."""
+
+    def pattern(self, op, x, axes, qmax, floor, lo, hi, codes, w_scales):
+        absmax = op.ReduceMax(op.Abs(x), axes, _allow_other_attributes=True, _outputs=["absmax"])
+        scale = op.Max(op.Div(absmax, qmax), floor)
+        q = op.Clip(op.Round(op.Div(x, scale)), lo, hi, _outputs=["q"])
+        w = op.DequantizeLinear(codes, w_scales, _allow_other_inputs=True, _allow_other_attributes=True,
+                                _outputs=["w"])
+        return op.MatMul(op.Mul(q, scale), w, _outputs=["y"])
+
+    def check(self, context, x, axes, qmax, floor, lo, hi, absmax, q, w, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        if x.dtype not in NP_TYPES:
+            return result.fail(f"activations {x.name} are {x.dtype}, expected float or float16", x)
+        T = NP_TYPES[x.dtype]
+
+        reduce = absmax.producer()
+        if reduce.attributes.get_int("keepdims", 1) != 1:
+            return result.fail("the per-token absmax drops its axis (keepdims=0)", absmax)
+        axes_tensor = ir.convenience.get_const_tensor(axes)
+        rank = x.shape.rank() if x.shape is not None else None
+        last = {-1} | ({rank - 1} if rank else set())
+        if axes_tensor is None or axes_tensor.numpy().size != 1 or int(axes_tensor.numpy().reshape(())) not in last:
+            return result.fail("the absmax is not taken over the last axis only (per token)", axes)
+
+        values = {"qmax": qmax, "floor": floor, "lo": lo, "hi": hi}
+        consts = {name: _scalar(v) for name, v in values.items()}
+        for name, value in consts.items():
+            if value is None:
+                return result.fail(f"the chain's {name} is not a one-element constant", values[name])
+        abits = _act_bits(q.producer(), float(consts["hi"]))
+        if isinstance(abits, str):
+            return result.fail(abits, q)
+        expected_qmax = schema.ql_qmax(abits)
+        for name, want in (("qmax", expected_qmax), ("hi", expected_qmax), ("lo", -expected_qmax - 1)):
+            if float(consts[name]) != want:
+                return result.fail(f"{abits}-bit activations need {name}={want}, the chain has {float(consts[name])}",
+                                   values[name])
+        if T(consts["floor"]) != T(schema.QL_SCALE_FLOOR):
+            return result.fail(f"scale floor {float(consts['floor']):g} is not the op's {schema.QL_SCALE_FLOOR:g}", floor)
+
+        dq = w.producer()
+        spec = qw.describe(dq)
+        if isinstance(spec, str):
+            return result.fail(spec, w)
+        if spec.group_size < spec.K:
+            return result.fail(f"weight quantized in groups of {spec.group_size} along K={spec.K}; QuantLinear takes "
+                               "one scale per output channel", w)
+        if not spec.has_zero_points:
+            return result.fail("weight has no zero points (DequantizeLinear's default 0 is not symmetric)", w)
+        zeros = ir.convenience.get_const_tensor(dq.inputs[2]).numpy().astype(np.int64)
+        symmetric = 1 << (spec.bits - 1)
+        if not np.all(zeros == symmetric):
+            return result.fail(f"weight zero points are not all {symmetric} (asymmetric {spec.bits}-bit grid)", w)
+        if ir.convenience.get_const_tensor(dq.inputs[1]).dtype != x.dtype:
+            return result.fail(f"weight scales are not of the activations' type {x.dtype}", w)
+        if len(w.uses()) != 1:
+            return result.fail("the dequantized weight feeds several nodes; packing it per use would copy it", w)
+        problem = qw.matmul_input_ok(x, spec)
+        if problem:
+            return result.fail(problem, x)
+        return result
+
+    def rewrite(self, op, x, q, w, y, **_):
+        dq = w.producer()
+        spec = qw.describe(dq)
+        codes = ir.convenience.get_const_tensor(dq.inputs[0]).numpy().astype(np.uint8).T  # [N, K]
+        zeros = ir.convenience.get_const_tensor(dq.inputs[2]).numpy().reshape(-1)
+        B = from_codes(codes, zeros, spec.bits)
+        w_scales = np.ascontiguousarray(ir.convenience.get_const_tensor(dq.inputs[1]).numpy().reshape(spec.N))
+        abits = _act_bits(q.producer(), float(_scalar(q.producer().inputs[2])))
+        graph = dq.graph
+        base = (dq.inputs[0].name or dq.name).removesuffix(".codes")
+        return op.op(
+            OP.name,
+            x,
+            op.initializer(ir.tensor(B), unique_name(graph, f"{base}.ql_B")),
+            op.initializer(ir.tensor(w_scales), unique_name(graph, f"{base}.ql_scales")),
+            K=spec.K,
+            N=spec.N,
+            wbits=spec.bits,
+            abits=abits,
+            _domain=schema.DOMAIN,
+            _version=schema.DOMAIN_VERSION,
+            _name=(y.producer().name or base).replace("MatMul", OP.name, 1),
+        )
+
+
+class LowerQuantLinearPass(RulePass):
+    """Every exporter weight-activation linear (per-token A, per-channel symmetric W) becomes QuantLinear."""
+
+    def __init__(self):
+        super().__init__([QuantLinearLowering.rule()])
