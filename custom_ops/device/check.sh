@@ -14,8 +14,13 @@ export PYTHONUNBUFFERED=1
 
 eval "$(bash .device/ort-gpu.sh)" || { echo "ORT-GPU bundle missing: carry .device (see README)"; exit 2; }
 python3 -m pip install --no-deps --no-build-isolation -e . -q >"$OUT/pip.log" 2>&1 || { cat "$OUT/pip.log"; exit 2; }
-export EDGEQ_OPS_LIBRARY_CUDA=$PWD/.opsbuild/libedgeq_ops_cuda.so
-[ -f "$EDGEQ_OPS_LIBRARY_CUDA" ] || { echo "no prebuilt library at $EDGEQ_OPS_LIBRARY_CUDA: carry .opsbuild"; exit 2; }
+if [ -f .opsbuild/libedgeq_ops_cuda.so.xz ]; then
+  mkdir -p /tmp/edgeq-ops && xz -dc .opsbuild/libedgeq_ops_cuda.so.xz >/tmp/edgeq-ops/libedgeq_ops_cuda.so
+  export EDGEQ_OPS_LIBRARY_CUDA=/tmp/edgeq-ops/libedgeq_ops_cuda.so
+else
+  export EDGEQ_OPS_LIBRARY_CUDA=$PWD/.opsbuild/libedgeq_ops_cuda.so
+fi
+[ -f "$EDGEQ_OPS_LIBRARY_CUDA" ] || { echo "no prebuilt library in .opsbuild: run prepare and carry .opsbuild"; exit 2; }
 
 {
   echo "commit: $(cat .opsbuild/COMMIT 2>/dev/null || echo unknown)"

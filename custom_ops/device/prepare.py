@@ -2,8 +2,9 @@
 
     python -m edgeq.custom_ops.device.prepare [--force]
 
-Writes .opsbuild/libedgeq_ops_cuda.so (sm_90 only and stripped, to fit the 64 MiB a device call carries beside
-the ORT-GPU bundle) and .opsbuild/COMMIT (the commit and whether the tree was dirty, for the results table).
+Writes .opsbuild/libedgeq_ops_cuda.so.xz (sm_90 only, stripped and xz-compressed, to fit the 64 MiB a device call
+carries beside the 58 MiB ORT-GPU bundle; check.sh unpacks it) and .opsbuild/COMMIT (the commit and whether the
+tree was dirty, for the results table).
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["strip", "--strip-unneeded", "-o", str(target), str(built)], check=True)
     else:
         shutil.copy2(built, target)
+    packed = target.with_name(target.name + ".xz")
+    with open(packed, "wb") as out:
+        subprocess.run(["xz", "-9e", "-c", str(target)], stdout=out, check=True)
+    target.unlink()
+    target = packed
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "custom_ops"], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip()
