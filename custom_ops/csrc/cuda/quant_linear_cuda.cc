@@ -17,10 +17,10 @@ struct KernelChoice {
   const char* name;
   QlKernel kernel;
 };
-constexpr KernelChoice kChoices[] = {{"auto", QlKernel::kAuto},         {"decode", QlKernel::kDecode},
-                                     {"mma", QlKernel::kMma},           {"mma128", QlKernel::kMma128},
-                                     {"mma128x64", QlKernel::kMma128x64}, {"mma64", QlKernel::kMma64},
-                                     {"generic", QlKernel::kGeneric}};
+constexpr KernelChoice kChoices[] = {
+    {"auto", QlKernel::kAuto},         {"decode", QlKernel::kDecode}, {"mma", QlKernel::kMma},
+    {"mma256", QlKernel::kMma256},     {"mma128", QlKernel::kMma128}, {"mma128x64", QlKernel::kMma128x64},
+    {"mma64", QlKernel::kMma64},       {"generic", QlKernel::kGeneric}};
 
 QlKernel KernelFromEnv(const std::string& where) {
   // EDGEQ_QL_KERNEL pins one GEMM kernel for tests and benchmarks; read when the session is created.

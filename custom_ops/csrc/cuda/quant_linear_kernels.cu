@@ -6,7 +6,7 @@
 // decode    (M <= 8): one warp per output channel streams its row of B in 16-byte vectors and takes dp4a dot
 //           products with the (cache-resident) codes of every row of A.
 // mma       (M > 8): int8 tensor cores, mma.sync m16n8k32 s8*s8->s32, a 4-stage cp.async pipeline of 64-byte K
-//           slices; tiles 128x128, 128x64 or 64x64 by problem size, four warps a block.
+//           slices; tiles 128x256 (8 warps), 128x128, 128x64 or 64x64 (4 warps) by problem size.
 // generic   any layout (rows of B that are not whole 16-byte vectors): scalar loads, one block per channel.
 //
 // The mma operands. In m16n8k32 a thread with tig = lane % 4 supplies, for each of its rows and columns, the
@@ -67,14 +67,45 @@ __device__ __forceinline__ int GroupOffset(int j) {
   return EVENS_FIRST ? (j < 4 ? 2 * j : 2 * (j - 4) + 1) : j;
 }
 
-template <typename T, bool EVENS_FIRST>
+// Eight consecutive elements of A as floats; p is 16-byte aligned.
+__device__ __forceinline__ void Load8(const float* p, float (&out)[8]) {
+  const float4 a = __ldg(reinterpret_cast<const float4*>(p));
+  const float4 b = __ldg(reinterpret_cast<const float4*>(p) + 1);
+  out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w;
+  out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
+}
+
+__device__ __forceinline__ void Load8(const __half* p, float (&out)[8]) {
+  const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+  const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    __half2 h;
+    memcpy(&h, &words[i], 4);
+    const float2 f = __half22float2(h);
+    out[2 * i] = f.x;
+    out[2 * i + 1] = f.y;
+  }
+}
+
+// VEC: K % 8 == 0 and A 16-byte aligned, so each thread reads its 8-element groups as vectors.
+template <typename T, bool EVENS_FIRST, bool VEC>
 __global__ void __launch_bounds__(kQuantThreads)
     QuantizeKernel(const T* __restrict__ A, int8_t* __restrict__ q, float* __restrict__ s_x, int K, int Kp,
                    int qmax, float floor_value) {
   const int m = blockIdx.x;
   const T* row = A + static_cast<size_t>(m) * K;
   float amax = 0.f;
-  for (int k = threadIdx.x; k < K; k += kQuantThreads) amax = fmaxf(amax, fabsf(ToFloat(row[k])));
+  if constexpr (VEC) {
+    for (int group = threadIdx.x; group < K / 8; group += kQuantThreads) {
+      float x[8];
+      Load8(row + 8 * group, x);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(x[j]));
+    }
+  } else {
+    for (int k = threadIdx.x; k < K; k += kQuantThreads) amax = fmaxf(amax, fabsf(ToFloat(row[k])));
+  }
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
   __shared__ float warp_max[kQuantThreads / 32];
@@ -88,12 +119,19 @@ __global__ void __launch_bounds__(kQuantThreads)
   const float lo = static_cast<float>(-qmax - 1), hi = static_cast<float>(qmax);
   uint2* out = reinterpret_cast<uint2*>(q + static_cast<size_t>(m) * Kp);
   for (int group = threadIdx.x; group < Kp / 8; group += kQuantThreads) {
+    float x[8];
+    if (VEC && 8 * group < K) {
+      Load8(row + 8 * group, x);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) x[j] = 8 * group + j < K ? ToFloat(row[8 * group + j]) : 0.f;
+    }
     uint32_t word[2] = {0u, 0u};
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      const int k = 8 * group + GroupOffset<EVENS_FIRST>(j);
-      int v = 0;
-      if (k < K) v = static_cast<int>(fminf(fmaxf(rintf(RoundToT<T>(__fdiv_rn(ToFloat(row[k]), s))), lo), hi));
+      // Zero past K quantizes to code 0 (s > 0), which the GEMMs rely on.
+      const float r = rintf(RoundToT<T>(__fdiv_rn(x[GroupOffset<EVENS_FIRST>(j)], s)));
+      const int v = static_cast<int>(fminf(fmaxf(r, lo), hi));
       word[j >> 2] |= (static_cast<uint32_t>(v) & 0xffu) << (8 * (j & 3));
     }
     out[group] = make_uint2(word[0], word[1]);
@@ -473,6 +511,7 @@ const char* LaunchTyped(const QlArgs& a, QlKernel kernel, const int8_t* q, const
                                                                                      row_bytes);
       return nullptr;
     }
+    case QlKernel::kMma256: return LaunchMma<T, 128, 256, 64, 64, PACKED>(a, q, s_x, Kp, stream);
     case QlKernel::kMma128: return LaunchMma<T, 128, 128, 64, 64, PACKED>(a, q, s_x, Kp, stream);
     case QlKernel::kMma128x64: return LaunchMma<T, 128, 64, 64, 32, PACKED>(a, q, s_x, Kp, stream);
     case QlKernel::kMma64: return LaunchMma<T, 64, 64, 32, 32, PACKED>(a, q, s_x, Kp, stream);
@@ -492,12 +531,13 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, cuda
   const float floor_value = sizeof(T) == 2 ? __half2float(__float2half_rn(1e-5f)) : 1e-5f;
   const bool packed = a.wbits <= 4;
   const T* A = static_cast<const T*>(a.A);
-  if (packed)
-    QuantizeKernel<T, true><<<static_cast<unsigned>(a.M), kQuantThreads, 0, stream>>>(A, q, s_x, static_cast<int>(a.K),
-                                                                                      Kp, qmax, floor_value);
-  else
-    QuantizeKernel<T, false><<<static_cast<unsigned>(a.M), kQuantThreads, 0, stream>>>(A, q, s_x, static_cast<int>(a.K),
-                                                                                       Kp, qmax, floor_value);
+  const bool vec = a.K % 8 == 0 && Aligned16(A);
+  const dim3 grid(static_cast<unsigned>(a.M));
+  const int K = static_cast<int>(a.K);
+  if (packed && vec) QuantizeKernel<T, true, true><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, K, Kp, qmax, floor_value);
+  else if (packed) QuantizeKernel<T, true, false><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, K, Kp, qmax, floor_value);
+  else if (vec) QuantizeKernel<T, false, true><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, K, Kp, qmax, floor_value);
+  else QuantizeKernel<T, false, false><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, K, Kp, qmax, floor_value);
   const char* error = packed ? LaunchTyped<T, true>(a, kernel, q, s_x, Kp, stream)
                              : LaunchTyped<T, false>(a, kernel, q, s_x, Kp, stream);
   if (error) return error;
@@ -520,6 +560,7 @@ const char* QuantLinearKernelProblem(const QlArgs& a, QlKernel kernel) {
 const char* QuantLinearKernelName(const QlArgs& args, QlKernel kernel) {
   switch (Pick(args, kernel)) {
     case QlKernel::kDecode: return "decode";
+    case QlKernel::kMma256: return "mma256";
     case QlKernel::kMma128: return "mma128";
     case QlKernel::kMma128x64: return "mma128x64";
     case QlKernel::kMma64: return "mma64";

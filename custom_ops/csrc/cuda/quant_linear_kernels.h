@@ -10,9 +10,9 @@ namespace cuda {
 
 // Which GEMM runs after the per-token quantization. kAuto: decode for M <= 8, the tensor-core kernel (tile
 // chosen from M and N) otherwise, both when B's rows are whole 16-byte vectors; the generic kernel for any
-// other layout. The others force one (tests and benchmarks): kMma picks the tile, kMma128/kMma128x64/kMma64
-// pin it.
-enum class QlKernel { kAuto, kDecode, kMma, kMma128, kMma128x64, kMma64, kGeneric };
+// other layout. The others force one (tests and benchmarks): kMma picks the tile, kMma256 (128x256),
+// kMma128, kMma128x64 and kMma64 pin it.
+enum class QlKernel { kAuto, kDecode, kMma, kMma256, kMma128, kMma128x64, kMma64, kGeneric };
 
 struct QlArgs {
   bool half = false;  // T is float16 (else float32)
@@ -34,7 +34,7 @@ const char* QuantLinearKernelProblem(const QlArgs& args, QlKernel kernel);
 // or a static error text.
 const char* LaunchQuantLinear(const QlArgs& args, QlKernel kernel, void* stream, void* scratch);
 
-// The kernel kAuto (or `kernel`) resolves to: "decode", "mma128", "mma128x64", "mma64" or "generic".
+// The kernel kAuto (or `kernel`) resolves to: "decode", "mma256", "mma128", "mma128x64", "mma64" or "generic".
 const char* QuantLinearKernelName(const QlArgs& args, QlKernel kernel);
 
 }  // namespace cuda

@@ -1,0 +1,86 @@
+"""Random edgeq::QuantLinear problems and one-node models, shared by the CPU, GPU and bad-input tests."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgeq.custom_ops.quant_linear_packing import pack_weights, value_range
+from edgeq.custom_ops.schema import QUANT_LINEAR, opset_import
+
+from .conftest import ONNX_TYPE
+
+WIDTHS = [(8, 8), (6, 6), (4, 4), (4, 8)]  # OmniQuant's W8A8, W6A6, W4A4, and 4-bit weights with 8-bit codes
+
+
+@dataclasses.dataclass
+class QlProblem:
+    A: np.ndarray
+    B: np.ndarray
+    w_scales: np.ndarray
+    K: int
+    N: int
+    wbits: int
+    abits: int
+
+    @property
+    def attrs(self) -> dict:
+        return dict(K=self.K, N=self.N, wbits=self.wbits, abits=self.abits)
+
+
+def random_problem(rng: np.random.Generator, lead: tuple[int, ...], K: int, N: int, wbits: int, abits: int,
+                   dtype=np.float32, saturate: bool = False) -> QlProblem:
+    """Weights over their whole signed range (both ends included in every row when ``saturate``); activations
+    with per-row magnitudes 1e-6..30 and an outlier column, so rows take every path of the scale rule."""
+    lo, hi = value_range(wbits)
+    values = rng.integers(lo, hi + 1, (N, K))
+    if saturate:
+        values[:, 0], values[:, -1] = lo, hi
+    w_scales = (rng.uniform(0.5, 2.0, N) * rng.choice([-1, 1], N) * 0.01).astype(dtype)
+    A = rng.standard_normal((*lead, K)) * rng.choice([1e-6, 0.01, 1.0, 30.0], (*lead, 1))
+    if K > 3:
+        A[..., 3] *= 20.0  # an outlier channel, as LLM activations have
+    if saturate:  # each row reaches +absmax and -absmax: codes +qmax and -qmax
+        absmax = np.abs(A).max(axis=-1, keepdims=True)
+        A[..., 0:1], A[..., -1:] = absmax, -absmax
+    return QlProblem(A.astype(dtype), pack_weights(values, wbits), w_scales, K, N, wbits, abits)
+
+
+def ql_model(p: QlProblem, *, a_shape=None, weights_as_inputs: bool = False, **attr_overrides) -> onnx.ModelProto:
+    """A one-node model. Weights are initializers unless weights_as_inputs (then every tensor is a graph input,
+    with dynamic shapes, so that wrong ones reach the kernel's own checks)."""
+    elem = ONNX_TYPE[p.A.dtype]
+    node = helper.make_node(QUANT_LINEAR.name, ["A", "B", "w_scales"], ["Y"], domain="edgeq", name="ql0",
+                            **{**p.attrs, **attr_overrides})
+    a_shape = list(p.A.shape) if a_shape is None else a_shape
+    inputs = [helper.make_tensor_value_info("A", elem, a_shape)]
+    initializers = []
+    for name, arr in (("B", p.B), ("w_scales", p.w_scales)):
+        if weights_as_inputs:
+            inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(arr.dtype), [None] * arr.ndim))
+        else:
+            initializers.append(numpy_helper.from_array(arr, name))
+    output = helper.make_tensor_value_info("Y", elem, [None] * len(a_shape))
+    graph = helper.make_graph([node], "ql", inputs, [output], initializer=initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), opset_import()], ir_version=9)
+
+
+def feeds(p: QlProblem, weights_as_inputs: bool = False) -> dict:
+    return {"A": p.A, "B": p.B, "w_scales": p.w_scales} if weights_as_inputs else {"A": p.A}
+
+
+def random_shapes(count: int, seed: int, *, max_k: int = 600):
+    """(lead, K, N) with odd M/N/K mixed in, K off every vector grid, 1-3 leading dims."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        lead = [(1,), (3,), (2, 5), (7,), (1, 1), (2, 3, 2), (17,), (65,), (9,), (130,)][int(rng.integers(10))]
+        K = int(rng.integers(1, max_k))
+        if i % 4 == 0:
+            K |= 1  # odd: a packed row ends in half a byte
+        N = int(rng.integers(1, 80)) | (i % 2)
+        out.append((lead, K, N))
+    return out

@@ -1,0 +1,101 @@
+"""edgeq::QuantLinear on ORT's CPU execution provider against the integer NumPy reference.
+
+``quant_linear_rounded`` is the reference's exact integer accumulator put through the op's float32 epilogue
+and rounded to T; a kernel whose int32 sums differ anywhere cannot reproduce its bits (|acc| < 2^24 here,
+where float32(acc) is exact), so ``assert_array_equal`` against it is the bit-exactness check.
+"""
+
+import numpy as np
+import pytest
+
+from edgeq.custom_ops.quant_linear_packing import pack_weights
+from edgeq.custom_ops.reference import quant_linear, quant_linear_accumulator, quant_linear_rounded, quantize_tokens
+
+from .conftest import rel_error, session
+from .quant_linear_problems import WIDTHS, QlProblem, feeds, ql_model, random_problem, random_shapes
+
+# float32 output: one rounding of (float32(acc) * scale) with scale itself rounded once.
+FLOAT_TOLERANCE = {np.dtype(np.float32): 3e-7, np.dtype(np.float16): 1e-3}
+
+
+def run_cpu(library, p: QlProblem, threads: int = 2, **kw):
+    return session(ql_model(p, **kw), library, threads=threads).run(None, feeds(p, kw.get("weights_as_inputs", False)))[0]
+
+
+def check(library, p: QlProblem):
+    y = run_cpu(library, p)
+    assert y.dtype == p.A.dtype and y.shape == (*p.A.shape[:-1], p.N)
+    np.testing.assert_array_equal(y, quant_linear_rounded(p.A, p.B, p.w_scales, p.K, p.N, p.wbits, p.abits))
+    assert rel_error(y, quant_linear(p.A, p.B, p.w_scales, p.K, p.N, p.wbits, p.abits)) <= FLOAT_TOLERANCE[p.A.dtype]
+
+
+CASES = [pytest.param(i, lead, K, N, *WIDTHS[i % 4], id=f"{i}-M{'x'.join(map(str, lead))}-K{K}-N{N}-W{WIDTHS[i % 4][0]}A{WIDTHS[i % 4][1]}")
+         for i, (lead, K, N) in enumerate(random_shapes(64, seed=505))]
+
+
+@pytest.mark.parametrize("seed, lead, K, N, wbits, abits", CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
+def test_matches_reference_bit_exactly(cpu_library, dtype, seed, lead, K, N, wbits, abits):
+    check(cpu_library, random_problem(np.random.default_rng(seed), lead, K, N, wbits, abits, dtype, saturate=seed % 2 == 0))
+
+
+@pytest.mark.parametrize("wbits, abits", [(2, 2), (3, 3), (5, 5), (7, 7), (2, 8), (8, 4)])
+def test_every_other_width(cpu_library, wbits, abits):
+    check(cpu_library, random_problem(np.random.default_rng(wbits * 9 + abits), (5,), 77, 19, wbits, abits))
+
+
+@pytest.mark.parametrize("wbits", [8, 4])
+def test_largest_accumulator(cpu_library, wbits):
+    """Every code at the bottom of its range (q = -127, w = -128 or -8) for the longest K whose sum still fits
+    float32's 24 bits: acc = K * 127 * 128 must come out exactly (one carry lost anywhere changes the bits)."""
+    K, lo = 1031, -(1 << (wbits - 1))
+    p = QlProblem(np.full((3, K), -2.0, np.float32), pack_weights(np.full((5, K), lo), wbits),
+                  np.ones(5, np.float32), K, 5, wbits, 8)
+    acc, _ = quant_linear_accumulator(p.A, p.B, K, 5, wbits, 8)
+    assert acc.max() == K * 127 * -lo and acc.max() < 2**24
+    check(cpu_library, p)
+
+
+def test_long_reduction_is_still_exact(cpu_library):
+    # LLaMA's down_proj K: float32(acc) rounds here, identically on both sides when the int32 sums agree.
+    check(cpu_library, random_problem(np.random.default_rng(3), (3,), 11008, 37, 8, 8, saturate=True))
+
+
+def test_codes_round_half_to_even_and_clamp():
+    """With absmax = qmax the scale is exactly 1, so x/s lands on .5 ties: ONNX Round goes to even."""
+    x = np.array([[127.0, 2.5, 3.5, -2.5, -0.5, 0.5, 1.5, -127.0]], np.float32)
+    q, s = quantize_tokens(x, 8)
+    assert s.item() == 1.0 and q.tolist() == [[127, 2, 4, -2, 0, 0, 2, -127]]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
+def test_kernel_codes_are_the_exporters(cpu_library, dtype):
+    """An identity weight with unit scales makes Y = q * s_x: the kernel's codes, ties and floor included."""
+    K = 16
+    A = np.array([[127.0, 2.5, 3.5, -2.5, -0.5, 0.5, 1.5, -127.0, 126.5, 0, 0, 0, 0, 0, 0, 0],
+                  [3e-6, -7e-6, 1e-6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],  # below the floor: s = 1e-5
+                  np.linspace(-1, 1, K)], dtype)
+    p = QlProblem(A, pack_weights(np.eye(K, dtype=np.int64), 8), np.ones(K, dtype), K, K, 8, 8)
+    y = run_cpu(cpu_library, p)
+    q, s = quantize_tokens(A, 8)
+    np.testing.assert_array_equal(y, (q.astype(np.float32) * s.astype(np.float32)).astype(dtype))
+    assert q[0, :9].tolist() == [127, 2, 4, -2, 0, 0, 2, -127, 126]
+    assert q[1, :3].tolist() == [0, -1, 0]  # 3e-6 / 1e-5 rounds to 0, -7e-6 / 1e-5 to -1
+
+
+def test_thread_count_does_not_change_the_result(cpu_library):
+    p = random_problem(np.random.default_rng(12), (33,), K=300, N=101, wbits=4, abits=4)
+    np.testing.assert_array_equal(run_cpu(cpu_library, p, threads=1), run_cpu(cpu_library, p, threads=2))
+
+
+def test_unused_nibble_of_an_odd_row_is_ignored(cpu_library):
+    p = random_problem(np.random.default_rng(13), (4,), K=41, N=6, wbits=4, abits=8)
+    base = run_cpu(cpu_library, p)
+    p.B[:, -1] = (p.B[:, -1].view(np.uint8) | 0x70).view(np.int8)  # value 41 of each row: past K
+    np.testing.assert_array_equal(run_cpu(cpu_library, p), base)
+
+
+def test_weights_fed_at_run_time(cpu_library):
+    p = random_problem(np.random.default_rng(14), (2, 3), K=65, N=9, wbits=6, abits=6)
+    y = run_cpu(cpu_library, p, weights_as_inputs=True, a_shape=[None, None, None])
+    np.testing.assert_array_equal(y, quant_linear_rounded(p.A, p.B, p.w_scales, 65, 9, 6, 6))

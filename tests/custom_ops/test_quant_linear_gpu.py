@@ -1,0 +1,110 @@
+"""edgeq::QuantLinear on ORT's CUDA execution provider (run on the GPU machine: custom_ops/device/check.sh).
+
+Every kernel must reproduce the reference's bits (see test_quant_linear_cpu.py): the quantization rounds each
+step as the op's contract says, the int32 sums are exact, and the epilogue is the same two float32 products.
+"""
+
+import numpy as np
+import pytest
+
+from edgeq.custom_ops.quant_linear_packing import pack_weights
+from edgeq.custom_ops.reference import quant_linear_rounded
+
+from .conftest import cuda_available, session
+from .quant_linear_problems import WIDTHS, QlProblem, feeds, ql_model, random_problem
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs onnxruntime-gpu with CUDA")]
+
+CUDA = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+@pytest.fixture(scope="module")
+def cuda_library():
+    from edgeq.custom_ops.library import get_library
+
+    return get_library("cuda")
+
+
+def run_cuda(library, p: QlProblem, monkeypatch, kernel: str):
+    monkeypatch.setenv("EDGEQ_QL_KERNEL", kernel)  # read when the session is created
+    return session(ql_model(p), library, CUDA).run(None, feeds(p))[0]
+
+
+def check(library, monkeypatch, kernel, p: QlProblem):
+    y = run_cuda(library, p, monkeypatch, kernel)
+    assert y.dtype == p.A.dtype and y.shape == (*p.A.shape[:-1], p.N)
+    np.testing.assert_array_equal(y, quant_linear_rounded(p.A, p.B, p.w_scales, p.K, p.N, p.wbits, p.abits))
+
+
+def cases(kernel: str, count: int, seed: int):
+    """Shapes inside each kernel's domain: decode M <= 8; the vector kernels need rows of whole 16-byte
+    vectors (K % 16 == 0 at 8 bits, K % 32 in {0, 31} packed); generic takes anything."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        wbits, abits = WIDTHS[i % 4]
+        packed = wbits <= 4
+        if kernel == "decode":
+            lead = [(1,), (3,), (2, 4), (8,), (1, 1)][int(rng.integers(5))]
+        else:
+            lead = [(9,), (33,), (2, 33), (67,), (130,), (257,), (3, 100)][int(rng.integers(7))]
+        if kernel == "generic":
+            K = int(rng.integers(1, 700))
+        else:
+            K = (32 if packed else 16) * int(rng.integers(1, 40)) - (1 if packed and i % 3 == 0 else 0)
+        N = int(rng.integers(1, 300)) | (i % 2)
+        out.append(pytest.param(i, lead, K, N, wbits, abits,
+                                id=f"{kernel}-{i}-M{'x'.join(map(str, lead))}-K{K}-N{N}-W{wbits}A{abits}"))
+    return out
+
+
+DTYPES = pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
+
+
+@DTYPES
+@pytest.mark.parametrize("seed, lead, K, N, wbits, abits", cases("decode", 16, 1))
+def test_decode_kernel(cuda_library, monkeypatch, dtype, seed, lead, K, N, wbits, abits):
+    p = random_problem(np.random.default_rng(seed), lead, K, N, wbits, abits, dtype, saturate=seed % 2 == 0)
+    check(cuda_library, monkeypatch, "decode", p)
+
+
+@DTYPES
+@pytest.mark.parametrize("kernel", ["mma256", "mma128", "mma128x64", "mma64"])
+@pytest.mark.parametrize("seed, lead, K, N, wbits, abits", cases("mma", 12, 2))
+def test_tensor_core_kernels(cuda_library, monkeypatch, dtype, kernel, seed, lead, K, N, wbits, abits):
+    p = random_problem(np.random.default_rng(seed), lead, K, N, wbits, abits, dtype, saturate=seed % 2 == 0)
+    check(cuda_library, monkeypatch, kernel, p)
+
+
+@DTYPES
+@pytest.mark.parametrize("seed, lead, K, N, wbits, abits", cases("generic", 8, 3))
+def test_generic_kernel(cuda_library, monkeypatch, dtype, seed, lead, K, N, wbits, abits):
+    check(cuda_library, monkeypatch, "generic", random_problem(np.random.default_rng(seed), lead, K, N, wbits, abits, dtype))
+
+
+@pytest.mark.parametrize("M", [1, 8, 64, 512])
+@pytest.mark.parametrize("wbits, abits", [(8, 8), (4, 4)])
+def test_automatic_choice_on_llama_shapes(cuda_library, monkeypatch, M, wbits, abits):
+    """The benchmark's shapes through whatever kernel auto picks (K = 4096 and 11008), fp16 as deployed."""
+    for K, N in ((4096, 384), (11008, 256)):
+        p = random_problem(np.random.default_rng(M + K), (M,), K, N, wbits, abits, np.float16)
+        check(cuda_library, monkeypatch, "auto", p)
+
+
+@pytest.mark.parametrize("kernel", ["decode", "mma128", "generic"])
+@pytest.mark.parametrize("wbits", [8, 4])
+def test_largest_accumulator(cuda_library, monkeypatch, kernel, wbits):
+    K, lo = 1024, -(1 << (wbits - 1))
+    M = 4 if kernel == "decode" else 20
+    p = QlProblem(np.full((M, K), -2.0, np.float32), pack_weights(np.full((24, K), lo), wbits),
+                  np.ones(24, np.float32), K, 24, wbits, 8)
+    check(cuda_library, monkeypatch, kernel, p)
+
+
+def test_forced_kernel_outside_its_domain_names_the_problem(cuda_library, monkeypatch):
+    p = random_problem(np.random.default_rng(9), (3,), 100, 8, 8, 8)
+    with pytest.raises(Exception, match=r"edgeq::QuantLinear node 'ql0': EDGEQ_QL_KERNEL=mma128: needs rows of B"):
+        run_cuda(cuda_library, p, monkeypatch, "mma128")
+    p = random_problem(np.random.default_rng(9), (9,), 128, 8, 8, 8)
+    with pytest.raises(Exception, match=r"EDGEQ_QL_KERNEL=decode: the decode kernel takes M <= 8"):
+        run_cuda(cuda_library, p, monkeypatch, "decode")
