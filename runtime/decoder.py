@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from edgeq.errors import EdgeqError
 from edgeq.runtime.session import make_session
@@ -17,7 +16,7 @@ class OnnxDecoder:
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None, fast_int8_activations: bool = False):
         self.path = Path(path)
         self.session = make_session(self.path, device, threads, fast_int8_activations)
-        props = {p.key: p.value for p in onnx.load(str(self.path), load_external_data=False).metadata_props}
+        props = self.session.get_modelmeta().custom_metadata_map
         try:
             self.num_layers = int(props["edgeq.num_layers"])
             self.num_kv_heads = int(props["edgeq.num_kv_heads"])

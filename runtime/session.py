@@ -18,6 +18,12 @@ PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", 
 
 def check_model_file(path: str | Path) -> Path:
     """Refuse a missing, non-ONNX or truncated file, or external data outside the model's folder, before ORT sees it."""
+    load_checked(path)
+    return Path(path)
+
+
+def load_checked(path: str | Path) -> onnx.ModelProto:
+    """``check_model_file``'s checks; returns the model without its external data, for callers that inspect it."""
     path = Path(path)
     if not path.is_file():
         raise EdgeqError(f"model file not found: {path}")
@@ -39,11 +45,10 @@ def check_model_file(path: str | Path) -> Path:
             raise EdgeqError(f"{path}: external data path '{location}' escapes the model's folder")
         if not target.is_file():
             raise EdgeqError(f"{path}: external data file '{location}' is missing")
-    return path
+    return model
 
 
-def uses_edgeq_ops(path: str | Path) -> bool:
-    model = onnx.load(str(path), load_external_data=False)
+def uses_edgeq_ops(model: onnx.ModelProto) -> bool:
     return any(n.domain == EDGEQ_DOMAIN for n in model.graph.node)
 
 
@@ -57,14 +62,15 @@ def make_session(path: str | Path, device: str = "cpu", threads: int | None = No
 
     if device not in PROVIDERS:
         raise EdgeqError(f"device must be one of {list(PROVIDERS)}, got {device}")
-    path = check_model_file(path)
+    model = load_checked(path)
+    path = Path(path)
     if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
         raise EdgeqError("device 'cuda' needs onnxruntime-gpu with CUDAExecutionProvider; this onnxruntime has none")
     opts = ort.SessionOptions()
     opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "4" if fast_int8_activations else "0")
     if threads:
         opts.intra_op_num_threads = threads
-    if uses_edgeq_ops(path):
+    if uses_edgeq_ops(model):
         from edgeq.custom_ops.library import get_library
 
         opts.register_custom_ops_library(os.fspath(get_library(device)))
