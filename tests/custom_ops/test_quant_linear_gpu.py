@@ -25,6 +25,22 @@ def cuda_library():
     return get_library("cuda")
 
 
+@pytest.fixture(scope="module")
+def wgmma(cuda_library):
+    """The Hopper kernel exists only in sm_90a builds (EDGEQ_CUDA_ARCHS=90a); elsewhere forcing it must say so."""
+    import os
+
+    p = random_problem(np.random.default_rng(0), (65,), 64, 16, 8, 8)
+    os.environ["EDGEQ_QL_KERNEL"] = "wgmma"
+    try:
+        session(ql_model(p), cuda_library, CUDA).run(None, feeds(p))
+    except Exception as e:
+        assert "the wgmma kernel needs a build for sm_90a" in str(e), str(e)
+        pytest.skip("library built without sm_90a: no wgmma kernel")
+    finally:
+        del os.environ["EDGEQ_QL_KERNEL"]
+
+
 def run_cuda(library, p: QlProblem, monkeypatch, kernel: str):
     monkeypatch.setenv("EDGEQ_QL_KERNEL", kernel)  # read when the session is created
     return session(ql_model(p), library, CUDA).run(None, feeds(p))[0]
@@ -77,6 +93,13 @@ def test_tensor_core_kernels(cuda_library, monkeypatch, dtype, kernel, seed, lea
 
 
 @DTYPES
+@pytest.mark.parametrize("seed, lead, K, N, wbits, abits", cases("mma", 16, 4))
+def test_wgmma_kernel(cuda_library, wgmma, monkeypatch, dtype, seed, lead, K, N, wbits, abits):
+    p = random_problem(np.random.default_rng(seed), lead, K, N, wbits, abits, dtype, saturate=seed % 2 == 0)
+    check(cuda_library, monkeypatch, "wgmma", p)
+
+
+@DTYPES
 @pytest.mark.parametrize("seed, lead, K, N, wbits, abits", cases("generic", 8, 3))
 def test_generic_kernel(cuda_library, monkeypatch, dtype, seed, lead, K, N, wbits, abits):
     check(cuda_library, monkeypatch, "generic", random_problem(np.random.default_rng(seed), lead, K, N, wbits, abits, dtype))
@@ -91,11 +114,13 @@ def test_automatic_choice_on_llama_shapes(cuda_library, monkeypatch, M, wbits, a
         check(cuda_library, monkeypatch, "auto", p)
 
 
-@pytest.mark.parametrize("kernel", ["decode", "mma128", "generic"])
+@pytest.mark.parametrize("kernel", ["decode", "mma128", "generic", "wgmma"])
 @pytest.mark.parametrize("wbits", [8, 4])
-def test_largest_accumulator(cuda_library, monkeypatch, kernel, wbits):
+def test_largest_accumulator(cuda_library, request, monkeypatch, kernel, wbits):
+    if kernel == "wgmma":
+        request.getfixturevalue("wgmma")
     K, lo = 1024, -(1 << (wbits - 1))
-    M = 4 if kernel == "decode" else 20
+    M = 4 if kernel == "decode" else 130
     p = QlProblem(np.full((M, K), -2.0, np.float32), pack_weights(np.full((24, K), lo), wbits),
                   np.ones(24, np.float32), K, 24, wbits, 8)
     check(cuda_library, monkeypatch, kernel, p)

@@ -18,7 +18,8 @@ struct KernelChoice {
   QlKernel kernel;
 };
 constexpr KernelChoice kChoices[] = {
-    {"auto", QlKernel::kAuto},         {"decode", QlKernel::kDecode}, {"mma", QlKernel::kMma},
+    {"auto", QlKernel::kAuto},         {"decode", QlKernel::kDecode}, {"wgmma", QlKernel::kWgmma},
+    {"mma", QlKernel::kMma},
     {"mma256", QlKernel::kMma256},     {"mma128", QlKernel::kMma128}, {"mma128x64", QlKernel::kMma128x64},
     {"mma64", QlKernel::kMma64},       {"generic", QlKernel::kGeneric}};
 
@@ -63,6 +64,7 @@ struct Kernel {
       : attrs(QlAttrs::FromKernelInfo(info)), choice(KernelFromEnv(attrs.where)) {
     const char* pinned = std::getenv("EDGEQ_QL_KERNEL");
     choice_name = pinned ? pinned : "auto";
+    QuantLinearWarmUp();
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {

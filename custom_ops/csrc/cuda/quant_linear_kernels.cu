@@ -7,6 +7,7 @@
 //           products with the (cache-resident) codes of every row of A.
 // mma       (M > 8): int8 tensor cores, mma.sync m16n8k32 s8*s8->s32, a 4-stage cp.async pipeline of 64-byte K
 //           slices; tiles 128x256 (8 warps), 128x128, 128x64 or 64x64 (4 warps) by problem size.
+// wgmma     (M > 64, sm_90a builds): Hopper warpgroup MMAs, s8*s8->s32, 128x128 tiles; see its section.
 // generic   any layout (rows of B that are not whole 16-byte vectors): scalar loads, one block per channel.
 //
 // The mma operands. In m16n8k32 a thread with tig = lane % 4 supplies, for each of its rows and columns, the
@@ -296,7 +297,7 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads)
   using SL = StageLayout<BM, BN, PACKED>;
   using BL = BLayout<PACKED>;
   constexpr int MT = TL::kMT, NT = TL::kNT;
-  extern __shared__ __align__(16) uint8_t smem[];
+  extern __shared__ __align__(128) uint8_t smem[];
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -405,6 +406,212 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads)
     }
 }
 
+// ------------------------------------------------------------------------------------------- wgmma
+//
+// Hopper warpgroup MMA (sm_90a only; other builds compile an empty kernel and never pick it, see
+// WgmmaCompiled). Block 128x128, two warpgroups of m64n128k32 each, both operands read by the tensor cores from
+// shared memory through descriptors, a 4-stage cp.async pipeline of 64-byte K slices. Operand tiles are in the
+// no-swizzle "core matrix" layout: 8 rows x 16 bytes contiguous (128 B), the K neighbour 128 B further
+// (leading byte offset), the next 8 rows 512 B further (stride byte offset). Packed 4-bit weights land in a
+// staging tile and are widened to int8 (as 16 * value, natural K order) into the B tile before the MMAs.
+// Activation codes are in natural K order for this kernel.
+
+constexpr int kWgBM = 128, kWgBN = 128, kWgThreads = 256;
+constexpr int kCoreLBO = 128, kCoreSBO = 512;  // bytes, for a 64-byte K slice (4 core matrices per 8 rows)
+
+template <bool PACKED>
+struct WgLayout {
+  static constexpr int kA = kWgBM * kBK;                       // int8 A tile
+  static constexpr int kB = PACKED ? kWgBN * kBK / 2 : kWgBN * kBK;  // B tile, or packed staging
+  static constexpr int kStage = kA + kB;
+  static constexpr int kWide = PACKED ? kWgBN * kBK : 0;       // the widened B tile (one, reused per slice)
+  static constexpr int kBytes = kStages * kStage + kWide;
+};
+
+[[maybe_unused]] __device__ __forceinline__ int CoreOffset(int row, int chunk) {
+  return (row >> 3) * kCoreSBO + chunk * kCoreLBO + (row & 7) * 16;
+}
+
+[[maybe_unused]] __device__ __forceinline__ uint64_t Descriptor(const void* smem) {
+  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  return static_cast<uint64_t>((address & 0x3FFFF) >> 4) | (static_cast<uint64_t>(kCoreLBO >> 4) << 16) |
+         (static_cast<uint64_t>(kCoreSBO >> 4) << 32);  // bits 62-63 = 0: no swizzle
+}
+
+[[maybe_unused]] __device__ __forceinline__ void FenceProxyAsync() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+[[maybe_unused]] __device__ __forceinline__ void WgmmaS8(int (&d)[64], uint64_t desc_a, uint64_t desc_b) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p;\n}\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(1));
+#endif
+}
+
+[[maybe_unused]] __device__ __forceinline__ void WgmmaFence() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+[[maybe_unused]] __device__ __forceinline__ void WgmmaCommitAndWait() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.commit_group.sync.aligned;\nwgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+}
+
+template <bool PACKED>
+__device__ __forceinline__ void LoadWgSlice(uint8_t* stage, const int8_t* __restrict__ q, const int8_t* __restrict__ B,
+                                            int m0, int n0, int k0, int M, int N, int Kp, int row_bytes, int tid) {
+  uint8_t* As = stage;
+  uint8_t* Bs = stage + WgLayout<PACKED>::kA;
+#pragma unroll
+  for (int c = tid; c < kWgBM * (kBK / 16); c += kWgThreads) {
+    const int r = c >> 2, chunk = c & 3, m = m0 + r;
+    const bool ok = m < M;
+    CpAsync16(As + CoreOffset(r, chunk), q + static_cast<size_t>(ok ? m : 0) * Kp + k0 + 16 * chunk, ok);
+  }
+  if constexpr (PACKED) {  // staging: row n holds the slice's 32 packed bytes, plain
+#pragma unroll
+    for (int c = tid; c < kWgBN * 2; c += kWgThreads) {
+      const int r = c >> 1, half = c & 1, n = n0 + r, byte = k0 / 2 + 16 * half;
+      const bool ok = n < N && byte < row_bytes;
+      CpAsync16(Bs + r * 32 + 16 * half, ok ? B + static_cast<size_t>(n) * row_bytes + byte : B, ok);
+    }
+  } else {
+#pragma unroll
+    for (int c = tid; c < kWgBN * (kBK / 16); c += kWgThreads) {
+      const int r = c >> 2, chunk = c & 3, n = n0 + r, byte = k0 + 16 * chunk;
+      const bool ok = n < N && byte < row_bytes;
+      CpAsync16(Bs + CoreOffset(r, chunk), ok ? B + static_cast<size_t>(n) * row_bytes + byte : B, ok);
+    }
+  }
+}
+
+template <typename T, bool PACKED>
+__global__ void __launch_bounds__(kWgThreads)
+    WgmmaKernel(const int8_t* __restrict__ q, const float* __restrict__ s_x, const int8_t* __restrict__ B,
+                const T* __restrict__ w_scales, T* __restrict__ Y, int M, int N, int Kp, int row_bytes, bool pair_store) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using L = WgLayout<PACKED>;
+  extern __shared__ __align__(128) uint8_t smem[];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wg = warp >> 2;  // warpgroup: rows 64*wg.. of the tile
+  const int m0 = blockIdx.y * kWgBM, n0 = blockIdx.x * kWgBN;
+  const int slices = Kp / kBK;
+  uint8_t* wide = smem + kStages * L::kStage;
+
+  int d[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) d[i] = 0;
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < slices) LoadWgSlice<PACKED>(smem + s * L::kStage, q, B, m0, n0, s * kBK, M, N, Kp, row_bytes, tid);
+    CpAsyncCommit();
+  }
+  for (int kt = 0; kt < slices; ++kt) {
+    CpAsyncWait<kStages - 2>();
+    FenceProxyAsync();  // this thread's landed copies, visible to the tensor cores' (async) proxy
+    __syncthreads();    // everyone's; and every warpgroup finished slice kt-1 (waited below)
+    uint8_t* stage = smem + (kt % kStages) * L::kStage;
+    const uint8_t* b_tile = stage + L::kA;
+    if constexpr (PACKED) {
+      // Thread: row r, half h of its 32 packed bytes -> 32 int8 values, natural K order, as 16 * value.
+      const int r = tid >> 1, h = tid & 1;
+      const uint4 packed = *reinterpret_cast<const uint4*>(stage + L::kA + r * 32 + 16 * h);
+      const uint32_t words[4] = {packed.x, packed.y, packed.z, packed.w};
+      uint32_t out[8];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t evens = (words[i] << 4) & 0xF0F0F0F0u, odds = words[i] & 0xF0F0F0F0u;
+        out[2 * i] = __byte_perm(evens, odds, 0x5140);
+        out[2 * i + 1] = __byte_perm(evens, odds, 0x7362);
+      }
+      *reinterpret_cast<uint4*>(wide + CoreOffset(r, 2 * h)) = make_uint4(out[0], out[1], out[2], out[3]);
+      *reinterpret_cast<uint4*>(wide + CoreOffset(r, 2 * h + 1)) = make_uint4(out[4], out[5], out[6], out[7]);
+      FenceProxyAsync();
+      __syncthreads();
+      b_tile = wide;
+    }
+    const int next = kt + kStages - 1;
+    if (next < slices)
+      LoadWgSlice<PACKED>(smem + (next % kStages) * L::kStage, q, B, m0, n0, next * kBK, M, N, Kp, row_bytes, tid);
+    CpAsyncCommit();
+
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < kBK / 32; ++kk)  // k32 = two core matrices along K
+      WgmmaS8(d, Descriptor(stage + wg * 8 * kCoreSBO + kk * 2 * kCoreLBO), Descriptor(b_tile + kk * 2 * kCoreLBO));
+    WgmmaCommitAndWait();
+  }
+  CpAsyncWait<0>();
+
+  // Accumulator r of a thread: row 16*warp_in_group + lane/4 + 8*((r/2)%2), column 2*(lane%4) + r%2 + 8*(r/4).
+  const int row0 = m0 + 64 * wg + 16 * (warp & 3) + (lane >> 2);
+#pragma unroll
+  for (int r = 0; r < 64; r += 2) {
+    const int m = row0 + 8 * ((r >> 1) & 1);
+    const int n = n0 + 2 * (lane & 3) + 8 * (r >> 2);
+    if (m >= M || n >= N) continue;
+    int v0 = d[r], v1 = d[r + 1];
+    if (PACKED) {
+      v0 >>= 4;
+      v1 >>= 4;
+    }
+    const float sx = s_x[m];
+    T* y = Y + static_cast<size_t>(m) * N;
+    const T y0 = Epilogue<T>(v0, sx, ToFloat(w_scales[n]));
+    if (n + 1 < N) {
+      const T y1 = Epilogue<T>(v1, sx, ToFloat(w_scales[n + 1]));
+      if (pair_store) {
+        if constexpr (sizeof(T) == 2) {
+          __half2 pair;
+          pair.x = y0;
+          pair.y = y1;
+          *reinterpret_cast<__half2*>(y + n) = pair;
+        } else {
+          *reinterpret_cast<float2*>(y + n) = make_float2(y0, y1);
+        }
+      } else {
+        y[n] = y0;
+        y[n + 1] = y1;
+      }
+    } else {
+      y[n] = y0;
+    }
+  }
+#endif
+}
+
+// Whether this build holds the wgmma kernel for the running device (an sm_90a build on compute capability 9.0).
+__device__ int g_wgmma_compiled;
+__global__ void ProbeWgmma() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  g_wgmma_compiled = 1;
+#else
+  g_wgmma_compiled = 0;
+#endif
+}
+
+bool WgmmaCompiled() {
+  static const bool compiled = [] {
+    ProbeWgmma<<<1, 1>>>();
+    int value = 0;
+    if (cudaMemcpyFromSymbol(&value, g_wgmma_compiled, sizeof(value)) != cudaSuccess) {
+      cudaGetLastError();  // a failed probe only means "no wgmma"; leave no sticky error behind
+      return false;
+    }
+    return value == 1;
+  }();
+  return compiled;
+}
+
 // -------------------------------------------------------------------------------------------- generic
 
 constexpr int kGenericThreads = 128;
@@ -470,6 +677,8 @@ QlKernel Pick(const QlArgs& a, QlKernel requested) {
   if (requested == QlKernel::kAuto) {
     if (!VectorRows(a)) return QlKernel::kGeneric;
     if (a.M <= kDecodeMaxM) return QlKernel::kDecode;
+    // Warpgroup MMAs once a 128-row tile is mostly full; mma.sync tiles below that.
+    if (a.M > 64 && WgmmaCompiled()) return QlKernel::kWgmma;
     requested = QlKernel::kMma;
   }
   if (requested != QlKernel::kMma) return requested;
@@ -496,6 +705,20 @@ const char* LaunchMma(const QlArgs& a, const int8_t* q, const float* s_x, int Kp
 }
 
 template <typename T, bool PACKED>
+const char* LaunchWgmma(const QlArgs& a, const int8_t* q, const float* s_x, int Kp, cudaStream_t stream) {
+  constexpr int bytes = WgLayout<PACKED>::kBytes;
+  static const cudaError_t opted =
+      cudaFuncSetAttribute(WgmmaKernel<T, PACKED>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (opted != cudaSuccess) return cudaGetErrorString(opted);
+  const dim3 grid(static_cast<unsigned>((a.N + kWgBN - 1) / kWgBN), static_cast<unsigned>((a.M + kWgBM - 1) / kWgBM));
+  const bool pair_store = a.N % 2 == 0 && (reinterpret_cast<uintptr_t>(a.Y) % (2 * sizeof(T))) == 0;
+  WgmmaKernel<T, PACKED><<<grid, kWgThreads, bytes, stream>>>(
+      q, s_x, a.B, static_cast<const T*>(a.w_scales), static_cast<T*>(a.Y), static_cast<int>(a.M),
+      static_cast<int>(a.N), Kp, static_cast<int>(a.row_bytes), pair_store);
+  return nullptr;
+}
+
+template <typename T, bool PACKED>
 const char* LaunchTyped(const QlArgs& a, QlKernel kernel, const int8_t* q, const float* s_x, int Kp,
                         cudaStream_t stream) {
   const int M = static_cast<int>(a.M), N = static_cast<int>(a.N), row_bytes = static_cast<int>(a.row_bytes);
@@ -511,6 +734,7 @@ const char* LaunchTyped(const QlArgs& a, QlKernel kernel, const int8_t* q, const
                                                                                      row_bytes);
       return nullptr;
     }
+    case QlKernel::kWgmma: return LaunchWgmma<T, PACKED>(a, q, s_x, Kp, stream);
     case QlKernel::kMma256: return LaunchMma<T, 128, 256, 64, 64, PACKED>(a, q, s_x, Kp, stream);
     case QlKernel::kMma128: return LaunchMma<T, 128, 128, 64, 64, PACKED>(a, q, s_x, Kp, stream);
     case QlKernel::kMma128x64: return LaunchMma<T, 128, 64, 64, 32, PACKED>(a, q, s_x, Kp, stream);
@@ -530,12 +754,14 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, cuda
   const int qmax = (1 << (a.abits - 1)) - 1;
   const float floor_value = sizeof(T) == 2 ? __half2float(__float2half_rn(1e-5f)) : 1e-5f;
   const bool packed = a.wbits <= 4;
+  // Evens-first codes for the kernels that split packed weights in registers; wgmma widens them in order.
+  const bool evens_first = packed && kernel != QlKernel::kWgmma;
   const T* A = static_cast<const T*>(a.A);
   const bool vec = a.K % 8 == 0 && Aligned16(A);
   const dim3 grid(static_cast<unsigned>(a.M));
   const int K = static_cast<int>(a.K);
-  if (packed && vec) QuantizeKernel<T, true, true><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, K, Kp, qmax, floor_value);
-  else if (packed) QuantizeKernel<T, true, false><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, K, Kp, qmax, floor_value);
+  if (evens_first && vec) QuantizeKernel<T, true, true><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, K, Kp, qmax, floor_value);
+  else if (evens_first) QuantizeKernel<T, true, false><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, K, Kp, qmax, floor_value);
   else if (vec) QuantizeKernel<T, false, true><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, K, Kp, qmax, floor_value);
   else QuantizeKernel<T, false, false><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, K, Kp, qmax, floor_value);
   const char* error = packed ? LaunchTyped<T, true>(a, kernel, q, s_x, Kp, stream)
@@ -547,6 +773,11 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, cuda
 
 }  // namespace
 
+void QuantLinearWarmUp() {
+  WgmmaCompiled();
+  MultiprocessorCount();
+}
+
 size_t QuantLinearScratchBytes(const QlArgs& args) { return CodesBytes(args) + static_cast<size_t>(args.M) * sizeof(float); }
 
 const char* QuantLinearKernelProblem(const QlArgs& a, QlKernel kernel) {
@@ -554,12 +785,15 @@ const char* QuantLinearKernelProblem(const QlArgs& a, QlKernel kernel) {
   if (!VectorRows(a)) return "needs rows of B that are whole 16-byte vectors (K % 16 == 0, or K % 32 in {0, 31} "
                              "for packed weights) and a 16-byte aligned B";
   if (kernel == QlKernel::kDecode && a.M > kDecodeMaxM) return "the decode kernel takes M <= 8";
+  if (kernel == QlKernel::kWgmma && !WgmmaCompiled())
+    return "the wgmma kernel needs a build for sm_90a (EDGEQ_CUDA_ARCHS=90a) on a compute capability 9.0 GPU";
   return nullptr;
 }
 
 const char* QuantLinearKernelName(const QlArgs& args, QlKernel kernel) {
   switch (Pick(args, kernel)) {
     case QlKernel::kDecode: return "decode";
+    case QlKernel::kWgmma: return "wgmma";
     case QlKernel::kMma256: return "mma256";
     case QlKernel::kMma128: return "mma128";
     case QlKernel::kMma128x64: return "mma128x64";

@@ -8,11 +8,12 @@
 namespace edgeq {
 namespace cuda {
 
-// Which GEMM runs after the per-token quantization. kAuto: decode for M <= 8, the tensor-core kernel (tile
-// chosen from M and N) otherwise, both when B's rows are whole 16-byte vectors; the generic kernel for any
-// other layout. The others force one (tests and benchmarks): kMma picks the tile, kMma256 (128x256),
-// kMma128, kMma128x64 and kMma64 pin it.
-enum class QlKernel { kAuto, kDecode, kMma, kMma256, kMma128, kMma128x64, kMma64, kGeneric };
+// Which GEMM runs after the per-token quantization. kAuto: decode for M <= 8; for M > 64 the Hopper wgmma
+// kernel when the library was built for sm_90a; the mma.sync tensor-core kernel (tile chosen from M and N)
+// otherwise; all of them when B's rows are whole 16-byte vectors, the generic kernel for any other layout.
+// The others force one (tests and benchmarks): kMma picks the mma.sync tile, kMma256 (128x256), kMma128,
+// kMma128x64 and kMma64 pin it.
+enum class QlKernel { kAuto, kDecode, kWgmma, kMma, kMma256, kMma128, kMma128x64, kMma64, kGeneric };
 
 struct QlArgs {
   bool half = false;  // T is float16 (else float32)
@@ -34,8 +35,13 @@ const char* QuantLinearKernelProblem(const QlArgs& args, QlKernel kernel);
 // or a static error text.
 const char* LaunchQuantLinear(const QlArgs& args, QlKernel kernel, void* stream, void* scratch);
 
-// The kernel kAuto (or `kernel`) resolves to: "decode", "mma256", "mma128", "mma128x64", "mma64" or "generic".
+// The kernel kAuto (or `kernel`) resolves to: "decode", "wgmma", "mma256", "mma128", "mma128x64", "mma64" or
+// "generic".
 const char* QuantLinearKernelName(const QlArgs& args, QlKernel kernel);
+
+// Settles, outside any CUDA-graph capture, what the first launch would otherwise do lazily (whether this build
+// holds the wgmma kernel: a probe launch and a synchronous copy). Call at kernel creation.
+void QuantLinearWarmUp();
 
 }  // namespace cuda
 }  // namespace edgeq
