@@ -33,7 +33,7 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     q.add_argument("--stat-group-size", type=int, default=16, help="SpQR: rows per second-level statistics block, beta2 (default: 16)")
     q.add_argument("--outlier-threshold", type=float, default=0.2, help="SpQR: tau, outlier if its Hessian-weighted error exceeds tau x the layer mean; inf = no outliers (default: 0.2)")
     q.add_argument("--target-outliers", type=float, default=None, help="SpQR: raise tau per layer until at most this fraction of weights are outliers (e.g. 0.01)")
-    q.add_argument("--abits", type=int, default=16, help="OmniQuant: activation bits; 16 = weight-only, else per-token dynamic (W8A8, W6A6, W4A4)")
+    q.add_argument("--abits", type=int, default=16, help="RTN/OmniQuant: activation bits; 16 = weight-only, else per-token dynamic (W8A8, W6A6, W4A4)")
     q.add_argument("--epochs", type=int, default=20, help="OmniQuant: training epochs per block (paper: 20, 40 for W2)")
     q.add_argument("--lwc-lr", type=float, default=1e-2, help="OmniQuant: learning rate of the clipping strengths (default: 1e-2)")
     q.add_argument("--let-lr", type=float, default=5e-3, help="OmniQuant: learning rate of the channel scales (default: 5e-3)")
@@ -49,7 +49,7 @@ def quant_config(args):
     from edgeq.quantize.config import GPTQConfig, OmniQuantConfig, RTNConfig, SpQRConfig
 
     if args.method == "rtn":
-        return RTNConfig(bits=args.bits, group_size=args.group_size, sym=args.sym)
+        return RTNConfig(bits=args.bits, group_size=args.group_size, sym=args.sym, abits=args.abits)
     if args.method == "omniquant":
         return OmniQuantConfig(wbits=args.bits, abits=args.abits, group_size=args.group_size,
                                let={"auto": None, "on": True, "off": False}[args.let], epochs=args.epochs,

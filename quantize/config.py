@@ -13,6 +13,11 @@ from edgeq.errors import EdgeqError
 MIN_BITS, MAX_BITS = 2, 8
 
 
+def check_act_bits(abits: int) -> None:
+    if abits != 16 and not MIN_BITS <= abits <= MAX_BITS:
+        raise EdgeqError(f"activation bits must be 16 (none) or {MIN_BITS}..{MAX_BITS}, got {abits}")
+
+
 def check_grid(bits: int, group_size: int) -> None:
     if not MIN_BITS <= bits <= MAX_BITS:
         raise EdgeqError(f"bits must be between {MIN_BITS} and {MAX_BITS}, got {bits}")
@@ -59,16 +64,23 @@ class RTNConfig:
 
     bits: code width, 2..8.  group_size: weights per (scale, zero) along the input dimension; -1 = per channel.
     sym: symmetric grid (zero point fixed at 2^(bits-1)) instead of min-max asymmetric.
-    Lowers to ``com.microsoft.MatMulNBits`` (4/8 bits) or ``edgeq::GroupQuantMatMul`` (other widths).
+    abits: 16, or the per-token dynamic activation bits of a weight-activation baseline (needs per-channel
+      symmetric weights, as ``edgeq::QuantLinear`` takes them).
+    Lowers to ``com.microsoft.MatMulNBits`` (4/8 bits), ``edgeq::GroupQuantMatMul`` (other widths) or
+    ``edgeq::QuantLinear`` (abits < 16).
     """
 
     bits: int = 4
     group_size: int = 128
     sym: bool = False
+    abits: int = 16
     version: int = 1
 
     def __post_init__(self):
         check_grid(self.bits, self.group_size)
+        check_act_bits(self.abits)
+        if self.abits < 16 and (self.group_size != -1 or not self.sym):
+            raise EdgeqError("weight-activation RTN needs per-channel symmetric weights: group_size=-1, sym=True")
 
 
 @dataclass(frozen=True)

@@ -27,4 +27,5 @@ def rtn_quantize(weight: torch.Tensor, config: RTNConfig) -> GroupQuantWeight:
         zeros=torch.stack(zeros, 1).to(torch.uint8),
         bits=config.bits,
         group_size=group,
+        act_bits=config.abits if config.abits < 16 else 0,
     )

@@ -124,3 +124,10 @@ def test_shared_inputs_are_collected_once():
     assert owner["self_attn.k_proj"] == owner["self_attn.v_proj"] == "self_attn.q_proj"
     assert owner["mlp.up_proj"] == "mlp.gate_proj" and owner["mlp.down_proj"] == "mlp.down_proj"
     assert seen == ["self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"] * 2  # two batches
+
+
+def test_weight_activation_rtn_baseline():
+    with pytest.raises(EdgeqError, match="per-channel symmetric"):
+        RTNConfig(4, 128, abits=4)
+    qw = rtn_quantize(torch.randn(8, 64), RTNConfig(4, -1, sym=True, abits=4))
+    assert qw.act_bits == 4 and qw.group_size == 64 and torch.all(qw.zeros == 8)
