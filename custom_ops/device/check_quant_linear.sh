@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU check of edgeq::QuantLinear, run on the GPU machine from the repository root: its GPU tests, then its
-# benchmark against ORT's fp16 MatMul (auto kernel choice, then the other tiles at M >= 512); results in $OUT.
+# benchmark against ORT's fp16 MatMul (auto kernel choice, then pinned kernels: TILES at TILE_M); results in $OUT.
 # Same machinery as check.sh (read it first); the library comes from $OPSBUILD (default .opsbuild):
-#   python -m edgeq.custom_ops.device.prepare --dest .opsbuild_ql
+#   EDGEQ_CUDA_ARCHS=90a python -m edgeq.custom_ops.device.prepare --dest .opsbuild_ql   # 90a: wgmma kernel
 #   run(carry=[".device/onnxruntime-gpu-1.31.1-cp312-sm90.tar.xz", ".device/ort-gpu.sh", ".opsbuild_ql"],
 #       command="OPSBUILD=.opsbuild_ql bash custom_ops/device/check_quant_linear.sh")
 set -uo pipefail
@@ -33,7 +33,7 @@ bench --out "$OUT/bench.md" ${BENCH_ARGS:-} | tee "$OUT/bench.log"
 bench_rc=${PIPESTATUS[0]}
 if [ -z "${NO_TILES:-}" ]; then
   for tile in ${TILES:-mma256 mma128 mma128x64}; do
-    bench --kernel "$tile" --m 512 2048 --ops W8A8 W4A4 --out "$OUT/bench_$tile.md" | grep 'QuantLinear' | tee -a "$OUT/tiles.log"
+    bench --kernel "$tile" --m ${TILE_M:-512 2048} --ops W8A8 W4A4 --out "$OUT/bench_$tile.md" | grep 'QuantLinear' | tee -a "$OUT/tiles.log"
   done
 fi
 

@@ -7,7 +7,8 @@
 //           products with the (cache-resident) codes of every row of A.
 // mma       (M > 8): int8 tensor cores, mma.sync m16n8k32 s8*s8->s32, a 4-stage cp.async pipeline of 64-byte K
 //           slices; tiles 128x256 (8 warps), 128x128, 128x64 or 64x64 (4 warps) by problem size.
-// wgmma     (M > 64, sm_90a builds): Hopper warpgroup MMAs, s8*s8->s32, 128x128 tiles; see its section.
+// wgmma     (pinned only, sm_90a builds): Hopper warpgroup MMAs, s8*s8->s32, 128x128 tiles; correct but slower
+//           than mma.sync as it stands (no TMA/mbarrier pipeline, one wgmma group at a time); see its section.
 // generic   any layout (rows of B that are not whole 16-byte vectors): scalar loads, one block per channel.
 //
 // The mma operands. In m16n8k32 a thread with tig = lane % 4 supplies, for each of its rows and columns, the
@@ -661,31 +662,18 @@ bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 
 bool VectorRows(const QlArgs& a) { return a.row_bytes % 16 == 0 && Aligned16(a.B); }
 
-int MultiprocessorCount() {
-  static const int count = [] {
-    int device = 0, sms = 0;
-    if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-      return 132;
-    return sms;
-  }();
-  return count;
-}
-
-int64_t Tiles(const QlArgs& a, int bm, int bn) { return ((a.M + bm - 1) / bm) * ((a.N + bn - 1) / bn); }
-
 QlKernel Pick(const QlArgs& a, QlKernel requested) {
   if (requested == QlKernel::kAuto) {
     if (!VectorRows(a)) return QlKernel::kGeneric;
     if (a.M <= kDecodeMaxM) return QlKernel::kDecode;
-    // Warpgroup MMAs once a 128-row tile is mostly full; mma.sync tiles below that.
-    if (a.M > 64 && WgmmaCompiled()) return QlKernel::kWgmma;
-    requested = QlKernel::kMma;
+    requested = QlKernel::kMma;  // not wgmma: slower than mma.sync as it stands (BENCHMARKS.md)
   }
   if (requested != QlKernel::kMma) return requested;
-  // 64x64 while M fits one tile row; otherwise 128x128 once it gives every multiprocessor two blocks, else
-  // 128x64 (twice the blocks, so that short problems still fill the chip).
+  // Measured on the H100 (LLaMA-7B shapes, BENCHMARKS.md): 64x64 while M fits one tile row; above that
+  // 128x128, the fastest at every shape and M but one (128x64: 7% ahead at M = 512, N = 11008, 4-bit; up to
+  // 29% behind at M = 2048) and 4-17% ahead of 128x256.
   if (a.M <= 64) return QlKernel::kMma64;
-  return Tiles(a, 128, 128) >= 2 * MultiprocessorCount() ? QlKernel::kMma128 : QlKernel::kMma128x64;
+  return QlKernel::kMma128;
 }
 
 template <typename T, int BM, int BN, int WM, int WN, bool PACKED>
@@ -773,10 +761,7 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, cuda
 
 }  // namespace
 
-void QuantLinearWarmUp() {
-  WgmmaCompiled();
-  MultiprocessorCount();
-}
+void QuantLinearWarmUp() { WgmmaCompiled(); }
 
 size_t QuantLinearScratchBytes(const QlArgs& args) { return CodesBytes(args) + static_cast<size_t>(args.M) * sizeof(float); }
 

@@ -8,11 +8,10 @@
 namespace edgeq {
 namespace cuda {
 
-// Which GEMM runs after the per-token quantization. kAuto: decode for M <= 8; for M > 64 the Hopper wgmma
-// kernel when the library was built for sm_90a; the mma.sync tensor-core kernel (tile chosen from M and N)
-// otherwise; all of them when B's rows are whole 16-byte vectors, the generic kernel for any other layout.
-// The others force one (tests and benchmarks): kMma picks the mma.sync tile, kMma256 (128x256), kMma128,
-// kMma128x64 and kMma64 pin it.
+// Which GEMM runs after the per-token quantization. kAuto: decode for M <= 8, else the mma.sync tensor-core
+// kernel (tile from M), both when B's rows are whole 16-byte vectors; the generic kernel for any other layout.
+// The others force one (tests and benchmarks): kWgmma (Hopper warpgroup MMAs, sm_90a builds only), kMma picks
+// the mma.sync tile, kMma256 (128x256), kMma128, kMma128x64 and kMma64 pin it.
 enum class QlKernel { kAuto, kDecode, kWgmma, kMma, kMma256, kMma128, kMma128x64, kMma64, kGeneric };
 
 struct QlArgs {
