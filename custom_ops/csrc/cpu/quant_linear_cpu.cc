@@ -3,11 +3,12 @@
 // Activations are quantized per token first (the rounding of every step is the exporter's, so the codes are
 // bit-identical to its Div/Round/Clip chain), widened to int16 and zero-padded to a multiple of 16. Work is
 // then split across ORT's intra-op pool by blocks of kBlockN weight rows: a task widens its rows to int16
-// once and takes their dot products with every activation row, two at a time, so each activation load
-// feeds four multiply-adds and each weight load two. The products go through vpmaddwd (int16 x int16, pairs
-// summed into int32) where AVX2 exists: |q| <= 128 and |w| <= 128, so a pair never exceeds 2^15 and the int32
-// sums are exact for any K the op accepts. K is walked in chunks so that the weight rows and the activation
-// rows of one chunk stay in L1 while all activation rows pass.
+// once and takes their dot products with every activation row in register tiles of two activation rows by
+// kTileN weight rows, so each activation load feeds four multiply-adds and each weight load two. The products
+// go through vpmaddwd (int16 x int16, pairs summed into int32) where AVX2 exists: |q| <= 128 and |w| <= 128,
+// so a pair never exceeds 2^15 and the int32 sums are exact for any K the op accepts. K is walked in chunks:
+// the block's weight rows and two activation rows of one chunk stay in L1 while all activation rows pass, and
+// each activation chunk, read from L2, serves all kBlockN weight rows before it is dropped.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -25,8 +26,9 @@ namespace edgeq {
 namespace cpu {
 namespace {
 
-constexpr int64_t kBlockN = 4;
-constexpr int64_t kChunkK = 1024;  // int16 elements: 4 weight rows + 2 activation rows = 12 KiB
+constexpr int64_t kTileN = 4;      // weight rows of one register tile
+constexpr int64_t kBlockN = 16;    // weight rows of one task
+constexpr int64_t kChunkK = 512;   // int16 elements: 16 weight rows + 2 activation rows = 18 KiB
 constexpr int64_t kAlignK = 16;    // one 256-bit vector of int16
 
 inline float HalfToFloat(uint16_t h) {
@@ -128,29 +130,30 @@ inline int32_t HorizontalSum(__m256i v) {
 }
 #endif
 
-// acc[i * kBlockN + r] += sum_{k < len} a_i[k] * w[r * ldw + k] for MR activation rows; len % 16 == 0.
+// acc[i * kBlockN + r] += sum_{k < len} a_i[k] * w[r * ldw + k] for MR activation rows and kTileN weight
+// rows; len % 16 == 0.
 template <int MR>
 inline void DotTile(const int16_t* a0, const int16_t* a1, const int16_t* w, int64_t ldw, int64_t len, int32_t* acc) {
 #if defined(__AVX2__)
-  __m256i sum[MR][kBlockN];
+  __m256i sum[MR][kTileN];
   for (int i = 0; i < MR; ++i)
-    for (int r = 0; r < kBlockN; ++r) sum[i][r] = _mm256_setzero_si256();
+    for (int r = 0; r < kTileN; ++r) sum[i][r] = _mm256_setzero_si256();
   for (int64_t k = 0; k < len; k += kAlignK) {
-    __m256i wv[kBlockN];
-    for (int r = 0; r < kBlockN; ++r) wv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * ldw + k));
+    __m256i wv[kTileN];
+    for (int r = 0; r < kTileN; ++r) wv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * ldw + k));
     const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a0 + k));
-    for (int r = 0; r < kBlockN; ++r) sum[0][r] = _mm256_add_epi32(sum[0][r], _mm256_madd_epi16(x0, wv[r]));
+    for (int r = 0; r < kTileN; ++r) sum[0][r] = _mm256_add_epi32(sum[0][r], _mm256_madd_epi16(x0, wv[r]));
     if constexpr (MR == 2) {
       const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a1 + k));
-      for (int r = 0; r < kBlockN; ++r) sum[1][r] = _mm256_add_epi32(sum[1][r], _mm256_madd_epi16(x1, wv[r]));
+      for (int r = 0; r < kTileN; ++r) sum[1][r] = _mm256_add_epi32(sum[1][r], _mm256_madd_epi16(x1, wv[r]));
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int r = 0; r < kBlockN; ++r) acc[i * kBlockN + r] += HorizontalSum(sum[i][r]);
+    for (int r = 0; r < kTileN; ++r) acc[i * kBlockN + r] += HorizontalSum(sum[i][r]);
 #else
   const int16_t* a[2] = {a0, a1};
   for (int i = 0; i < MR; ++i)
-    for (int r = 0; r < kBlockN; ++r) {
+    for (int r = 0; r < kTileN; ++r) {
       int32_t s = 0;
       for (int64_t k = 0; k < len; ++k) s += int32_t(a[i][k]) * int32_t(w[r * ldw + k]);
       acc[i * kBlockN + r] += s;
@@ -204,12 +207,18 @@ void GemmTask(void* data, size_t block) {
     else std::fill(w.begin() + r * Kp, w.begin() + (r + 1) * Kp, int16_t(0));
   }
   acc.assign(size_t(M * kBlockN), 0);
+  const int64_t tiles = (rows + kTileN - 1) / kTileN;  // rows past N are zero weights: only skip whole tiles
   for (int64_t k0 = 0; k0 < Kp; k0 += kChunkK) {
     const int64_t len = std::min(kChunkK, Kp - k0);
     int64_t m = 0;
     for (; m + 1 < M; m += 2)
-      DotTile<2>(t.q + m * Kp + k0, t.q + (m + 1) * Kp + k0, w.data() + k0, Kp, len, acc.data() + m * kBlockN);
-    if (m < M) DotTile<1>(t.q + m * Kp + k0, nullptr, w.data() + k0, Kp, len, acc.data() + m * kBlockN);
+      for (int64_t g = 0; g < tiles; ++g)
+        DotTile<2>(t.q + m * Kp + k0, t.q + (m + 1) * Kp + k0, w.data() + g * kTileN * Kp + k0, Kp, len,
+                   acc.data() + m * kBlockN + g * kTileN);
+    if (m < M)
+      for (int64_t g = 0; g < tiles; ++g)
+        DotTile<1>(t.q + m * Kp + k0, nullptr, w.data() + g * kTileN * Kp + k0, Kp, len,
+                   acc.data() + m * kBlockN + g * kTileN);
   }
   float ws[kBlockN];
   for (int64_t r = 0; r < rows; ++r) ws[r] = ToFloat(t.w_scales[n0 + r]);
