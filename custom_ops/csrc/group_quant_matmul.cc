@@ -4,60 +4,8 @@
 #include <sstream>
 
 namespace edgeq {
+using namespace checks;
 namespace {
-
-std::string ShapeText(const std::vector<int64_t>& shape) {
-  std::ostringstream s;
-  s << '[';
-  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
-  s << ']';
-  return s.str();
-}
-
-const char* TypeName(ONNXTensorElementDataType t) {
-  switch (t) {
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return "bfloat16";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "float64";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return "int8";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
-    default: return "an unsupported type";
-  }
-}
-
-[[noreturn]] void Fail(const std::string& where, const std::string& problem) {
-  throw InvalidArgument(where + ": " + problem);
-}
-
-int64_t ReadInt(const Ort::ConstKernelInfo& info, const char* name, const std::string& where) {
-  int64_t value = 0;
-  OrtStatus* status = Ort::GetApi().KernelInfoGetAttribute_int64(info, name, &value);
-  if (status != nullptr) {
-    Ort::GetApi().ReleaseStatus(status);
-    Fail(where, std::string("int attribute '") + name + "' is missing");
-  }
-  return value;
-}
-
-struct TensorView {
-  Ort::ConstValue value{nullptr};
-  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-  std::vector<int64_t> shape;
-};
-
-TensorView Input(Ort::KernelContext& ctx, size_t index, const char* name, const std::string& where) {
-  TensorView t;
-  t.value = ctx.GetInput(index);
-  if (t.value == nullptr) return t;
-  if (!t.value.IsTensor()) Fail(where, std::string("input ") + name + " must be a tensor");
-  auto info = t.value.GetTensorTypeAndShapeInfo();
-  t.type = info.GetElementType();
-  t.shape = info.GetShape();
-  return t;
-}
 
 void ExpectShape(const TensorView& t, const char* name, const std::vector<int64_t>& expected, const char* meaning,
                  const std::string& where) {

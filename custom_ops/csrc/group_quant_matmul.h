@@ -7,16 +7,12 @@
 #include <string>
 #include <vector>
 
+#include "op_checks.h"
 #include "ort_api.h"
 
 namespace edgeq {
 
 constexpr const char* kGroupQuantMatMul = "GroupQuantMatMul";
-
-// Raised for anything the caller got wrong; the C boundary turns it into ORT_INVALID_ARGUMENT.
-struct InvalidArgument : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 struct GqmmAttrs {
   int64_t K = 0, N = 0, bits = 0, group_size = 0;

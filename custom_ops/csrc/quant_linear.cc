@@ -5,60 +5,8 @@
 #include <vector>
 
 namespace edgeq {
+using namespace checks;
 namespace {
-
-std::string ShapeText(const std::vector<int64_t>& shape) {
-  std::ostringstream s;
-  s << '[';
-  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
-  s << ']';
-  return s.str();
-}
-
-const char* TypeName(ONNXTensorElementDataType t) {
-  switch (t) {
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return "bfloat16";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "float64";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return "int8";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
-    default: return "an unsupported type";
-  }
-}
-
-[[noreturn]] void Fail(const std::string& where, const std::string& problem) {
-  throw InvalidArgument(where + ": " + problem);
-}
-
-int64_t ReadInt(const Ort::ConstKernelInfo& info, const char* name, const std::string& where) {
-  int64_t value = 0;
-  OrtStatus* status = Ort::GetApi().KernelInfoGetAttribute_int64(info, name, &value);
-  if (status != nullptr) {
-    Ort::GetApi().ReleaseStatus(status);
-    Fail(where, std::string("int attribute '") + name + "' is missing");
-  }
-  return value;
-}
-
-struct TensorView {
-  Ort::ConstValue value{nullptr};
-  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-  std::vector<int64_t> shape;
-};
-
-TensorView Input(Ort::KernelContext& ctx, size_t index, const char* name, const std::string& where) {
-  TensorView t;
-  t.value = ctx.GetInput(index);
-  if (t.value == nullptr) Fail(where, std::string("input ") + name + " is required");
-  if (!t.value.IsTensor()) Fail(where, std::string("input ") + name + " must be a tensor");
-  auto info = t.value.GetTensorTypeAndShapeInfo();
-  t.type = info.GetElementType();
-  t.shape = info.GetShape();
-  return t;
-}
 
 bool IsFloat(ONNXTensorElementDataType t) {
   return t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
@@ -87,9 +35,9 @@ QlAttrs QlAttrs::FromKernelInfo(const OrtKernelInfo* raw) {
 
 QlProblem PrepareQuantLinear(Ort::KernelContext& ctx, const QlAttrs& attrs) {
   const std::string& where = attrs.where;
-  TensorView A = Input(ctx, 0, "A", where);
-  TensorView B = Input(ctx, 1, "B", where);
-  TensorView S = Input(ctx, 2, "w_scales", where);
+  TensorView A = RequiredInput(ctx, 0, "A", where);
+  TensorView B = RequiredInput(ctx, 1, "B", where);
+  TensorView S = RequiredInput(ctx, 2, "w_scales", where);
 
   if (!IsFloat(A.type)) Fail(where, std::string("A must be float32 or float16, got ") + TypeName(A.type));
   if (S.type != A.type)
