@@ -269,7 +269,9 @@ class QualityBench:
 
 
 def family(spec: str) -> str:
-    return spec.split(":")[0]
+    """One plotted line per method, weight-only and weight-activation configs apart (different frontiers)."""
+    method, kwargs = parse_spec(spec)
+    return f"{method} (weight-activation)" if kwargs.get("abits", 16) < 16 else method
 
 
 def plot_quality(results: list[Result], path: Path) -> None:
