@@ -62,3 +62,34 @@ def unpack_codes(packed: np.ndarray, bits: int, group_size: int, K: int | None =
     weights = (1 << np.arange(bits, dtype=np.uint16)).astype(np.uint16)
     codes = (stream.astype(np.uint16) * weights).sum(axis=-1).astype(np.uint8)
     return codes.reshape(N, n_groups * group_size)[:, :K]
+
+
+def pack_row_bitstream(codes: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 codes [N, L] (each < 2**bits, bits 1..8) -> uint8 [N, ceil(L*bits/8)]: per row one little-endian
+    bitstream, code j in bits [j*bits, (j+1)*bits); the last byte's unused high bits are 0.
+
+    Used where a row holds few codes of an odd width (SpQR's 3-bit group statistics), so that no per-group
+    padding is stored.
+    """
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.dtype != np.uint8:
+        raise EdgeqError(f"row bitstream packing: codes must be uint8 [N, L], got {codes.dtype} {codes.shape}")
+    if not 1 <= bits <= 8:
+        raise EdgeqError(f"row bitstream packing: bits={bits} not in 1..8")
+    if codes.size and int(codes.max()) >= (1 << bits):
+        raise EdgeqError(f"row bitstream packing: code {int(codes.max())} does not fit in {bits} bits")
+    N, L = codes.shape
+    stream = np.unpackbits(codes[..., None], axis=-1, bitorder="little")[..., :bits].reshape(N, L * bits)
+    return np.packbits(stream, axis=-1, bitorder="little")  # pads the last byte with zero bits
+
+
+def unpack_row_bitstream(packed: np.ndarray, bits: int, L: int) -> np.ndarray:
+    """Inverse of ``pack_row_bitstream``: uint8 [N, ceil(L*bits/8)] -> codes uint8 [N, L]."""
+    packed = np.asarray(packed)
+    row_bytes = (L * bits + 7) // 8
+    if packed.ndim != 2 or packed.dtype != np.uint8 or packed.shape[1] != row_bytes:
+        raise EdgeqError(f"row bitstream packing: packed must be uint8 [N, {row_bytes}], got {packed.dtype} {packed.shape}")
+    N = packed.shape[0]
+    stream = np.unpackbits(packed, axis=-1, bitorder="little")[:, :L * bits].reshape(N, L, bits)
+    weights = (1 << np.arange(bits, dtype=np.uint16)).astype(np.uint16)
+    return (stream.astype(np.uint16) * weights).sum(axis=-1).astype(np.uint8)

@@ -23,7 +23,7 @@ from edgeq.quantize.rtn import rtn_quantize
 from edgeq.quantize.spqr import SpQR
 from edgeq.quantize.sequential import LayerCheckpoints, collect_inputs, quantize_sequential
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: SpQR stat codes packed as one bitstream per row
 META_FILE, WEIGHTS_FILE = "edgeq_quant.json", "weights.safetensors"
 
 _REGISTRY: dict[type, Callable] = {}

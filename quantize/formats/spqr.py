@@ -13,8 +13,9 @@ R = ceil(N/β2); columns are in quantization order, see perm):
   perm         int64 [K] or None  column j holds original input column perm[j]: y = x[..., perm] @ W.T
 
 Dequantization: s = ss·(scale_code − zs), z = sz·(zero_code − zz) per (row, group); w = s·(code − z), plus the
-outlier correction. On disk (``to_tensors``) codes are bit-packed (the GroupQuantMatMul layout), columns and
-the permutation 16-bit; ``storage_bits`` counts exactly those bytes.
+outlier correction. On disk (``to_tensors``) codes are bit-packed per β1 group (the GroupQuantMatMul layout,
+[N, G1, β1·bits/8]), the first-level stat codes as one bitstream per row ([N, ceil(G1·stat_bits/8)],
+``pack_row_bitstream``: no padding per group), columns and the permutation 16-bit; ``storage_bits`` counts exactly those bytes.
 """
 
 from __future__ import annotations
@@ -30,19 +31,30 @@ from edgeq.errors import EdgeqError
 from edgeq.quantize.formats.group_quant import unpermute_columns
 
 STAT_KEYS = ("scale_scale", "scale_zero", "zero_scale", "zero_zero")
-PACK_GROUP = 16  # stat codes are packed in runs of 16 along the column-group axis
 
 
-def _pack(codes: torch.Tensor, bits: int, group: int = PACK_GROUP) -> torch.Tensor:
+def _pack(codes: torch.Tensor, bits: int, group: int) -> torch.Tensor:
     from edgeq.custom_ops.packing import pack_codes
 
     return torch.from_numpy(pack_codes(codes.numpy(), bits, group))
 
 
-def _unpack(packed: torch.Tensor, bits: int, k: int, group: int = PACK_GROUP) -> torch.Tensor:
+def _unpack(packed: torch.Tensor, bits: int, k: int, group: int) -> torch.Tensor:
     from edgeq.custom_ops.packing import unpack_codes
 
     return torch.from_numpy(unpack_codes(packed.numpy(), bits, group, k).copy())
+
+
+def _pack_stats(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    from edgeq.custom_ops.packing import pack_row_bitstream
+
+    return torch.from_numpy(pack_row_bitstream(codes.numpy(), bits))
+
+
+def _unpack_stats(packed: torch.Tensor, bits: int, n_codes: int) -> torch.Tensor:
+    from edgeq.custom_ops.packing import unpack_row_bitstream
+
+    return torch.from_numpy(unpack_row_bitstream(packed.numpy(), bits, n_codes).copy())
 
 
 def _as_u16(t: torch.Tensor) -> torch.Tensor:
@@ -117,8 +129,8 @@ class SpQRWeight:
     def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         out = {
             f"{prefix}.codes": _pack(self.codes, self.bits, self.group_size),  # per β1 group, as kernels read it
-            f"{prefix}.scale_codes": _pack(self.scale_codes, self.stat_bits),
-            f"{prefix}.zero_codes": _pack(self.zero_codes, self.stat_bits),
+            f"{prefix}.scale_codes": _pack_stats(self.scale_codes, self.stat_bits),
+            f"{prefix}.zero_codes": _pack_stats(self.zero_codes, self.stat_bits),
             f"{prefix}.stats": self.stats.to(torch.float16).contiguous(),
             f"{prefix}.row_ptr": self.row_ptr.to(torch.int32).contiguous(),
             f"{prefix}.cols": _as_u16(self.cols),
@@ -137,8 +149,8 @@ class SpQRWeight:
             g1 = math.ceil(k / group)
             w = cls(
                 codes=_unpack(tensors[f"{prefix}.codes"], bits, k, group),
-                scale_codes=_unpack(tensors[f"{prefix}.scale_codes"], stat_bits, g1),
-                zero_codes=_unpack(tensors[f"{prefix}.zero_codes"], stat_bits, g1),
+                scale_codes=_unpack_stats(tensors[f"{prefix}.scale_codes"], stat_bits, g1),
+                zero_codes=_unpack_stats(tensors[f"{prefix}.zero_codes"], stat_bits, g1),
                 stats=tensors[f"{prefix}.stats"],
                 row_ptr=tensors[f"{prefix}.row_ptr"],
                 cols=_from_u16(tensors[f"{prefix}.cols"]),
