@@ -423,3 +423,7 @@ def register(sub) -> None:
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per model (default: 5)")
     add_device_args(p)
     p.set_defaults(func=cmd_bench_speed)
+
+    from edgeq.synthetic import register as register_synthetic
+
+    register_synthetic(bsub)

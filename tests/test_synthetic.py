@@ -1,0 +1,28 @@
+"""Random-weight models for speed benchmarks: right shapes, valid formats, and the graphs the passes should make."""
+
+import collections
+
+import onnx
+import pytest
+import torch
+
+from edgeq.synthetic import build, random_spqr
+
+
+def test_random_spqr_is_a_valid_weight_with_the_asked_outlier_share():
+    w = random_spqr(48, 200, torch.Generator().manual_seed(0), outliers=0.02)
+    w.validate()
+    assert w.nnz == round(0.02 * 48 * 200)
+    assert torch.isfinite(w.dequantize()).all()
+    scale, _ = w.group_stats()
+    assert (scale > 0).all()  # the statistics decode to usable scales
+    rows = w.outlier_rows()
+    assert torch.all(rows[1:] >= rows[:-1])
+
+
+@pytest.mark.parametrize("fmt, op", [("fp16", "MatMul"), ("nbits4", "MatMulNBits"), ("gqmm3", "GroupQuantMatMul")])
+def test_build_lowers_every_linear_to_its_format(tmp_path, fmt, op):
+    path = build("tiny", 2, fmt, tmp_path)
+    ops = collections.Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+    assert ops[op] >= 14  # 2 layers x 7 projections (fp16 also has the lm_head MatMul)
+    assert path.with_name(path.name + ".data").exists() or any(path.parent.glob("*.data"))
