@@ -263,7 +263,8 @@ def _cpu_flags_id() -> str:
 
 
 def _sources(device: str) -> dict[str, list[Path]]:
-    cc = [CSRC / "entry.cc", CSRC / "group_quant_matmul.cc", CSRC / "quant_linear.cc", *sorted((CSRC / "cpu").glob("*.cc"))]
+    cc = [CSRC / "entry.cc", CSRC / "group_quant_matmul.cc", CSRC / "quant_linear.cc", CSRC / "spqr_matmul.cc",
+          *sorted((CSRC / "cpu").glob("*.cc"))]
     cu: list[Path] = []
     if device == "cuda":
         cc += sorted((CSRC / "cuda").glob("*.cc"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeq.custom_ops.packing import unpack_codes
-from edgeq.custom_ops.schema import gqmm_n_groups
+from edgeq.custom_ops.packing import unpack_codes, unpack_row_bitstream
+from edgeq.custom_ops.schema import gqmm_n_groups, spqr_weight_shapes
 
 
 def dequantize(B: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, K: int, N: int, bits: int,
@@ -82,3 +82,48 @@ def quant_linear_rounded(A: np.ndarray, B: np.ndarray, w_scales: np.ndarray, K: 
     acc, s = quant_linear_accumulator(A, B, K, N, wbits, abits)
     scale = s.astype(np.float32) * np.asarray(w_scales, np.float32).reshape(N)
     return (acc.astype(np.float32) * scale).astype(np.asarray(A).dtype)
+
+
+def spqr_weight(codes: np.ndarray, scale_codes: np.ndarray, zero_codes: np.ndarray, stats: np.ndarray,
+                row_ptr: np.ndarray, cols: np.ndarray, values: np.ndarray, K: int, N: int, bits: int, group_size: int,
+                stat_bits: int, stat_group_size: int) -> np.ndarray:
+    """W [N, K] float64 of a SpQR weight's on-disk tensors (``SpQRWeight.to_tensors``), with ``SpQRWeight``'s
+    semantics: s = ss*(scale_code - zs), z = sz*(zero_code - zz) per (row, group), W = s*(code - z), plus the
+    outlier corrections (duplicates add up). See ``schema.SPQR_MATMUL``."""
+    op = "SpQR reference"
+    shapes = spqr_weight_shapes(K, N, bits, group_size, stat_bits, stat_group_size)
+    arrays = {"codes": codes, "scale_codes": scale_codes, "zero_codes": zero_codes, "stats": stats, "row_ptr": row_ptr}
+    for name, shape in shapes.items():
+        if list(np.shape(arrays[name])) != shape:
+            raise ValueError(f"{op}: {name} has shape {list(np.shape(arrays[name]))}, expected {shape}")
+    n_groups = gqmm_n_groups(K, group_size)
+    dense = unpack_codes(codes, bits, group_size, K).astype(np.float64)
+    st = np.asarray(stats, np.float64)[np.arange(N) // stat_group_size]  # [N, G1, 4]
+    s = st[..., 0] * (unpack_row_bitstream(scale_codes, stat_bits, n_groups) - st[..., 1])
+    z = st[..., 2] * (unpack_row_bitstream(zero_codes, stat_bits, n_groups) - st[..., 3])
+    group_of_k = np.arange(K) // group_size
+    W = s[:, group_of_k] * (dense - z[:, group_of_k])
+
+    row_ptr = np.asarray(row_ptr, np.int64)
+    cols = np.asarray(cols)
+    cols = (cols.view(np.uint16) if cols.dtype == np.int16 else cols).astype(np.int64)  # int16 holds uint16
+    if row_ptr[0] != 0 or np.any(np.diff(row_ptr) < 0) or row_ptr[-1] != len(cols) or len(values) != len(cols):
+        raise ValueError(f"{op}: row_ptr {row_ptr.tolist()[:8]}... does not index {len(cols)} outliers")
+    if len(cols) and cols.max() >= K:
+        raise ValueError(f"{op}: outlier column {int(cols.max())} >= K={K}")
+    rows = np.repeat(np.arange(N), np.diff(row_ptr))
+    np.add.at(W, (rows, cols), np.asarray(values, np.float64))
+    return W
+
+
+def spqr_dequantize(*weights, **attrs) -> np.ndarray:
+    """SpQRDequantize's output: W^T [K, N] float64 (arguments as ``spqr_weight``)."""
+    return spqr_weight(*weights, **attrs).T
+
+
+def spqr_matmul(A: np.ndarray, *weights, **attrs) -> np.ndarray:
+    """Y [..., N] float64 = A @ W^T (see ``schema.SPQR_MATMUL``; weights and attributes as ``spqr_weight``)."""
+    A = np.asarray(A, np.float64)
+    if A.shape[-1] != attrs["K"]:
+        raise ValueError(f"SpQR reference: A's last dim is {A.shape[-1]}, K is {attrs['K']}")
+    return A @ spqr_weight(*weights, **attrs).T

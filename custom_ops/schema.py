@@ -110,13 +110,6 @@ def gqmm_group_bytes(bits: int, group_size: int) -> int:
     return group_size * bits // 8
 
 
-def _attr(ctx, name: str):
-    a = ctx.get_attribute(name)
-    if a is None:
-        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::GroupQuantMatMul: attribute '{name}' is required")
-    return helper.get_attribute_value(a)
-
-
 def _dims(type_proto: onnx.TypeProto) -> list | None:
     """Static dims (int) or symbolic names (str) or None per axis; None when the rank is unknown."""
     t = type_proto.tensor_type
@@ -125,19 +118,30 @@ def _dims(type_proto: onnx.TypeProto) -> list | None:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
 
 
-def _infer_group_quant_matmul(ctx) -> None:
-    op = f"{DOMAIN}::GroupQuantMatMul"
-    K, N, bits, group_size = (_attr(ctx, n) for n in ("K", "N", "bits", "group_size"))
-    for name, value, check in (("K", K, _positive), ("N", N, _positive), ("bits", bits, _bits), ("group_size", group_size, _group_size)):
-        problem = check(value)
+def _input_dims(ctx, index: int) -> list | None:
+    t = ctx.get_input_type(index) if index < ctx.get_num_inputs() and ctx.has_input(index) else None
+    return _dims(t) if t is not None else None
+
+
+def _read_attrs(ctx, op: "OpDef") -> dict:
+    """The node's attributes, each checked as ``op`` declares it; an InferenceError names the op and attribute."""
+    values = {}
+    for a in op.attributes:
+        proto = ctx.get_attribute(a.name)
+        if proto is None:
+            if a.required:
+                raise onnx.shape_inference.InferenceError(f"{DOMAIN}::{op.name}: attribute '{a.name}' is required")
+            continue
+        value = helper.get_attribute_value(proto)
+        problem = a.check(value) if a.check is not None else None
         if problem:
-            raise onnx.shape_inference.InferenceError(f"{op}: attribute {name}={value}: {problem}")
-    n_groups = gqmm_n_groups(K, group_size)
-    expected = {
-        1: ("B", [N, n_groups, gqmm_group_bytes(bits, group_size)]),
-        2: ("scales", [N, n_groups]),
-        3: ("zero_points", [N, n_groups]),
-    }
+            raise onnx.shape_inference.InferenceError(f"{DOMAIN}::{op.name}: attribute {a.name}={value}: {problem}")
+        values[a.name] = value
+    return values
+
+
+def _activations(ctx, op: str, K: int):
+    """(type, dims) of input 0, the activations [..., K] of a linear; dims is None when the rank is unknown."""
     a_type = ctx.get_input_type(0)
     a_dims = _dims(a_type) if a_type is not None else None
     if a_dims is not None:
@@ -145,15 +149,21 @@ def _infer_group_quant_matmul(ctx) -> None:
             raise onnx.shape_inference.InferenceError(f"{op}: A must have rank >= 1, got a scalar")
         if isinstance(a_dims[-1], int) and a_dims[-1] != K:
             raise onnx.shape_inference.InferenceError(f"{op}: A's last dim is {a_dims[-1]}, attribute K is {K}")
+    return a_type, a_dims
+
+
+def _check_input_shapes(ctx, op: str, expected: dict[int, tuple[str, list[int]]]) -> None:
+    """Refuse an input whose known rank or static dims differ from ``expected`` (index -> (name, shape))."""
     for index, (name, shape) in expected.items():
-        if index >= ctx.get_num_inputs() or not ctx.has_input(index):
-            continue
-        t = ctx.get_input_type(index)
-        dims = _dims(t) if t is not None else None
+        dims = _input_dims(ctx, index)
         if dims is None:
             continue
         if len(dims) != len(shape) or any(isinstance(d, int) and d != s for d, s in zip(dims, shape)):
             raise onnx.shape_inference.InferenceError(f"{op}: {name} has shape {dims}, expected {shape}")
+
+
+def _set_linear_output(ctx, a_type, a_dims, N: int) -> None:
+    """Output 0 of a linear: A's element type, shape A.shape[:-1] + [N]."""
     out = onnx.TypeProto()
     if a_type is not None and a_type.tensor_type.elem_type:
         out.tensor_type.elem_type = a_type.tensor_type.elem_type
@@ -167,6 +177,20 @@ def _infer_group_quant_matmul(ctx) -> None:
                 dim.dim_param = d
         shape.dim.add().dim_value = N
     ctx.set_output_type(0, out)
+
+
+def _infer_group_quant_matmul(ctx) -> None:
+    op = f"{DOMAIN}::GroupQuantMatMul"
+    attrs = _read_attrs(ctx, GROUP_QUANT_MATMUL)
+    K, N, bits, group_size = (attrs[n] for n in ("K", "N", "bits", "group_size"))
+    a_type, a_dims = _activations(ctx, op, K)
+    n_groups = gqmm_n_groups(K, group_size)
+    _check_input_shapes(ctx, op, {
+        1: ("B", [N, n_groups, gqmm_group_bytes(bits, group_size)]),
+        2: ("scales", [N, n_groups]),
+        3: ("zero_points", [N, n_groups]),
+    })
+    _set_linear_output(ctx, a_type, a_dims, N)
 
 
 GROUP_QUANT_MATMUL = OpDef(
@@ -219,46 +243,11 @@ def ql_b_shape(K: int, N: int, wbits: int) -> list[int]:
 
 def _infer_quant_linear(ctx) -> None:
     op = f"{DOMAIN}::QuantLinear"
-
-    def attr(name: str) -> int:
-        a = ctx.get_attribute(name)
-        if a is None:
-            raise onnx.shape_inference.InferenceError(f"{op}: attribute '{name}' is required")
-        return helper.get_attribute_value(a)
-
-    K, N, wbits, abits = (attr(n) for n in ("K", "N", "wbits", "abits"))
-    for name, value, check in (("K", K, _positive), ("N", N, _positive), ("wbits", wbits, _ql_bits),
-                               ("abits", abits, _ql_bits)):
-        problem = check(value)
-        if problem:
-            raise onnx.shape_inference.InferenceError(f"{op}: attribute {name}={value}: {problem}")
-    a_type = ctx.get_input_type(0)
-    a_dims = _dims(a_type) if a_type is not None else None
-    if a_dims is not None:
-        if len(a_dims) < 1:
-            raise onnx.shape_inference.InferenceError(f"{op}: A must have rank >= 1, got a scalar")
-        if isinstance(a_dims[-1], int) and a_dims[-1] != K:
-            raise onnx.shape_inference.InferenceError(f"{op}: A's last dim is {a_dims[-1]}, attribute K is {K}")
-    for index, (name, shape) in {1: ("B", ql_b_shape(K, N, wbits)), 2: ("w_scales", [N])}.items():
-        t = ctx.get_input_type(index)
-        dims = _dims(t) if t is not None else None
-        if dims is None:
-            continue
-        if len(dims) != len(shape) or any(isinstance(d, int) and d != s for d, s in zip(dims, shape)):
-            raise onnx.shape_inference.InferenceError(f"{op}: {name} has shape {dims}, expected {shape}")
-    out = onnx.TypeProto()
-    if a_type is not None and a_type.tensor_type.elem_type:
-        out.tensor_type.elem_type = a_type.tensor_type.elem_type
-    if a_dims is not None:
-        shape = out.tensor_type.shape
-        for d in a_dims[:-1]:
-            dim = shape.dim.add()
-            if isinstance(d, int):
-                dim.dim_value = d
-            elif d:
-                dim.dim_param = d
-        shape.dim.add().dim_value = N
-    ctx.set_output_type(0, out)
+    attrs = _read_attrs(ctx, QUANT_LINEAR)
+    K, N, wbits = attrs["K"], attrs["N"], attrs["wbits"]
+    a_type, a_dims = _activations(ctx, op, K)
+    _check_input_shapes(ctx, op, {1: ("B", ql_b_shape(K, N, wbits)), 2: ("w_scales", [N])})
+    _set_linear_output(ctx, a_type, a_dims, N)
 
 
 QUANT_LINEAR = OpDef(
@@ -290,7 +279,107 @@ QUANT_LINEAR = OpDef(
 )
 
 
-OPS: dict[str, OpDef] = {op.name: op for op in (GROUP_QUANT_MATMUL, QUANT_LINEAR)}
+# ---------------------------------------------------------------------------------------------------------
+# SpQRMatMul / SpQRDequantize
+
+SPQR_STAT_BITS = tuple(range(1, 9))
+
+
+def _stat_bits(v) -> str | None:
+    return None if v in SPQR_STAT_BITS else f"must be an integer in {SPQR_STAT_BITS[0]}..{SPQR_STAT_BITS[-1]}"
+
+
+def spqr_weight_shapes(K: int, N: int, bits: int, group_size: int, stat_bits: int, stat_group_size: int
+                       ) -> dict[str, list[int]]:
+    """Shapes of the SpQR weight inputs fixed by the attributes (``cols`` and ``values`` are [nnz])."""
+    n_groups = gqmm_n_groups(K, group_size)
+    stat_row_bytes = math.ceil(n_groups * stat_bits / 8)
+    return {
+        "codes": [N, n_groups, gqmm_group_bytes(bits, group_size)],
+        "scale_codes": [N, stat_row_bytes],
+        "zero_codes": [N, stat_row_bytes],
+        "stats": [math.ceil(N / stat_group_size), n_groups, 4],
+        "row_ptr": [N + 1],
+    }
+
+
+SPQR_WEIGHT_INPUTS = (
+    Input("codes", "tensor(uint8)", "dense codes [N, G1, group_size*bits/8], G1 = ceil(K/group_size): per (row, "
+          "group) a little-endian bitstream of group_size codes (the GroupQuantMatMul layout)"),
+    Input("scale_codes", "tensor(uint8)", "first-level scale codes [N, ceil(G1*stat_bits/8)]: per row one "
+          "little-endian bitstream, code j in bits [j*stat_bits, (j+1)*stat_bits)"),
+    Input("zero_codes", "tensor(uint8)", "first-level zero codes, as scale_codes"),
+    Input("stats", "tensor(float16)", "second-level statistics [ceil(N/stat_group_size), G1, 4]: (scale of "
+          "scales, zero of scales, scale of zeros, zero of zeros) of row block n // stat_group_size, group j"),
+    Input("row_ptr", "tensor(int32)", "outliers in CSR form [N+1]: row n owns [row_ptr[n], row_ptr[n+1]); "
+          "row_ptr[0] = 0, nondecreasing, row_ptr[N] = nnz"),
+    Input("cols", "tensor(int16)", "outlier columns [nnz], uint16 bits, each < K"),
+    Input("values", "tensor(float16)", "outlier corrections [nnz], added to the dense weight (duplicates add up)"),
+)
+SPQR_ATTRIBUTES = (
+    Attribute("K", onnx.AttributeProto.INT, "input features (columns of W)", check=_positive),
+    Attribute("N", onnx.AttributeProto.INT, "output features (rows of W)", check=_positive),
+    Attribute("bits", onnx.AttributeProto.INT, "dense code width, one of 2, 3, 4, 8", check=_bits),
+    Attribute("group_size", onnx.AttributeProto.INT, "β1: codes per first-level (scale, zero) along K, 16..128",
+              check=_group_size),
+    Attribute("stat_bits", onnx.AttributeProto.INT, "width of the first-level scale and zero codes, 1..8",
+              check=_stat_bits),
+    Attribute("stat_group_size", onnx.AttributeProto.INT, "β2: rows sharing one set of second-level statistics",
+              check=_positive),
+)
+_SPQR_MATH = (
+    "W [N, K] in quantization (permuted) column order: per row n and group j = k // group_size, "
+    "s = ss * (scale_code - zs), z = sz * (zero_code - zz) with (ss, zs, sz, zz) = stats[n // stat_group_size, j]; "
+    "W[n, k] = s * (code[n, k] - z); then W[n, cols[i]] += values[i] for each outlier i of row n. The last group "
+    "of codes is zero-padded to a full group; padded codes are never read."
+)
+
+
+def _spqr_infer(op_name: str, first_weight: int):
+    def infer(ctx) -> None:
+        op = f"{DOMAIN}::{op_name}"
+        attrs = _read_attrs(ctx, OPS[op_name])
+        K, N = attrs["K"], attrs["N"]
+        shapes = spqr_weight_shapes(**attrs)
+        _check_input_shapes(ctx, op, {first_weight + i: (w.name, shapes[w.name])
+                                      for i, w in enumerate(SPQR_WEIGHT_INPUTS) if w.name in shapes})
+        sparse = [_input_dims(ctx, first_weight + i) for i in (5, 6)]
+        for name, dims in zip(("cols", "values"), sparse):
+            if dims is not None and len(dims) != 1:
+                raise onnx.shape_inference.InferenceError(f"{op}: {name} has shape {dims}, expected [nnz]")
+        if all(d is not None and isinstance(d[0], int) for d in sparse) and sparse[0][0] != sparse[1][0]:
+            raise onnx.shape_inference.InferenceError(
+                f"{op}: cols has {sparse[0][0]} entries, values {sparse[1][0]} (both are [nnz])")
+        if first_weight:
+            a_type, a_dims = _activations(ctx, op, K)
+            _set_linear_output(ctx, a_type, a_dims, N)
+        else:
+            ctx.set_output_type(0, helper.make_tensor_type_proto(TensorProto.FLOAT, [K, N]))
+
+    return infer
+
+
+SPQR_MATMUL = OpDef(
+    name="SpQRMatMul",
+    doc="Y = A @ W^T for a SpQR weight (Dettmers et al. 2023). " + _SPQR_MATH + " Computed in float32.",
+    inputs=(Input("A", "T", "activations [..., K], in W's column order"), *SPQR_WEIGHT_INPUTS),
+    outputs=(Input("Y", "T", "[..., N]"),),
+    attributes=SPQR_ATTRIBUTES,
+    type_constraints={"T": ("tensor(float)", "tensor(float16)")},
+    infer=_spqr_infer("SpQRMatMul", 1),
+)
+
+SPQR_DEQUANTIZE = OpDef(
+    name="SpQRDequantize",
+    doc="W_T = W^T, float32 [K, N], for a SpQR weight (the exporter's MatMul operand). " + _SPQR_MATH,
+    inputs=SPQR_WEIGHT_INPUTS,
+    outputs=(Input("W_T", "tensor(float)", "the dequantized weight, transposed: [K, N]"),),
+    attributes=SPQR_ATTRIBUTES,
+    infer=_spqr_infer("SpQRDequantize", 0),
+)
+
+
+OPS: dict[str, OpDef] = {op.name: op for op in (GROUP_QUANT_MATMUL, QUANT_LINEAR, SPQR_MATMUL, SPQR_DEQUANTIZE)}
 
 # Element types the kernels accept for T, as TensorProto enums (the C++ side checks the same list).
 T_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)

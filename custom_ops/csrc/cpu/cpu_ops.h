@@ -8,5 +8,7 @@ namespace cpu {
 void RegisterOps(Ort::CustomOpDomain& domain);
 // Adds edgeq::QuantLinear (quant_linear_cpu.cc); called by RegisterOps.
 void RegisterQuantLinear(Ort::CustomOpDomain& domain);
+// Adds edgeq::SpQRMatMul and edgeq::SpQRDequantize (spqr_cpu.cc); called by RegisterOps.
+void RegisterSpQR(Ort::CustomOpDomain& domain);
 }  // namespace cpu
 }  // namespace edgeq

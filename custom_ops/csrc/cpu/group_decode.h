@@ -1,0 +1,261 @@
+// Decoding group-quantized weight rows on the CPU, shared by the GroupQuantMatMul and SpQRMatMul kernels:
+// float16 conversion, 8 codes at a time into AVX2 registers (Decode8), a GEMV over one row decoded in registers
+// (GemvRow), one group decoded into floats (DecodeGroup), and the dot products of a block of decoded rows with
+// every row of A (DotDecodedRows). Codes are little-endian bitstreams per group (custom_ops/schema.py).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#if defined(__F16C__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace edgeq {
+namespace cpu {
+
+inline float HalfToFloat(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: renormalise
+      int e = -1;
+      uint32_t m = mant;
+      do { m <<= 1; ++e; } while ((m & 0x400u) == 0);
+      bits = sign | (uint32_t(127 - 15 - e) << 23) | ((m & 0x3ffu) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+#endif
+}
+
+inline uint16_t FloatToHalf(float f) {
+#if defined(__F16C__)
+  return _cvtss_sh(f, 0);  // 0 = round to nearest even
+#else
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const uint32_t absx = x & 0x7fffffffu;
+  if (absx >= 0x7f800000u) return uint16_t(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0));
+  if (absx >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds to >= 65520: infinity
+  if (absx < 0x38800000u) {  // result is subnormal or zero
+    if (absx < 0x33000000u) return uint16_t(sign);
+    const uint32_t shift = 126 - (absx >> 23);  // 14..24
+    const uint32_t mant = (absx & 0x7fffffu) | 0x800000u;
+    uint32_t h = mant >> (shift);
+    const uint32_t rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (h & 1))) ++h;
+    return uint16_t(sign | h);
+  }
+  uint32_t h = ((absx >> 13) - (112u << 10));
+  const uint32_t rem = absx & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) ++h;
+  return uint16_t(sign | h);
+#endif
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+#define EDGEQ_CPU_GEMV 1
+constexpr int64_t kGemvRows = 4;
+
+// Codes 0..7 of an 8-code chunk (BITS bytes, little-endian bitstream) as floats.
+template <int BITS>
+inline __m256 Decode8(const uint8_t* p) {
+  if constexpr (BITS == 8) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  } else {
+    // Assembled from byte loads: a 2- or 3-byte memcpy into a word goes through the stack and stalls store
+    // forwarding (3-bit ran 6x slower than 4-bit that way).
+    uint32_t v = uint32_t(p[0]) | uint32_t(p[1]) << 8;
+    if constexpr (BITS >= 3) v |= uint32_t(p[2]) << 16;
+    if constexpr (BITS >= 4) v |= uint32_t(p[3]) << 24;
+    const __m256i shifts = _mm256_setr_epi32(0, BITS, 2 * BITS, 3 * BITS, 4 * BITS, 5 * BITS, 6 * BITS, 7 * BITS);
+    const __m256i codes = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(v)), shifts),
+                                           _mm256_set1_epi32((1 << BITS) - 1));
+    return _mm256_cvtepi32_ps(codes);
+  }
+}
+
+inline float HorizontalSum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+// Y[m, n] for m < MM and one row n: sum_k A[m, k] * scales[g] * (code[k] - zeros[g]), g = k / gs; A is float
+// [MM, K], row the row's ng groups of group_bytes.
+template <int BITS, int MM>
+inline void GemvRow(const float* A, int64_t K, const uint8_t* row, int64_t gs, int64_t ng, int64_t group_bytes,
+                    const float* scales, const float* zeros, float* out) {
+  __m256 acc[MM];
+  float tail[MM];
+  for (int m = 0; m < MM; ++m) {
+    acc[m] = _mm256_setzero_ps();
+    tail[m] = 0.f;
+  }
+  for (int64_t g = 0; g < ng; ++g) {
+    const uint8_t* bytes = row + g * group_bytes;
+    const int64_t k0 = g * gs, in_k = std::min(gs, K - k0), chunks = in_k / 8;
+    const float zp = zeros[g];
+    const __m256 zpv = _mm256_set1_ps(zp);
+    __m256 part[MM];
+    for (int m = 0; m < MM; ++m) part[m] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < chunks; ++c) {
+      const __m256 w = _mm256_sub_ps(Decode8<BITS>(bytes + c * BITS), zpv);
+      for (int m = 0; m < MM; ++m) part[m] = _mm256_fmadd_ps(_mm256_loadu_ps(A + m * K + k0 + 8 * c), w, part[m]);
+    }
+    const __m256 sv = _mm256_set1_ps(scales[g]);
+    for (int m = 0; m < MM; ++m) acc[m] = _mm256_fmadd_ps(sv, part[m], acc[m]);
+    // The last group may end inside an 8-code chunk (K off the grid): those few codes one by one.
+    for (int64_t k = k0 + 8 * chunks; k < k0 + in_k; ++k) {
+      const int64_t bit = (k - k0) * BITS;
+      uint32_t v = bytes[bit >> 3];
+      if ((bit & 7) + BITS > 8) v |= uint32_t(bytes[(bit >> 3) + 1]) << 8;
+      const float w = scales[g] * (float((v >> (bit & 7)) & ((1u << BITS) - 1)) - zp);
+      for (int m = 0; m < MM; ++m) tail[m] += A[m * K + k] * w;
+    }
+  }
+  for (int m = 0; m < MM; ++m) out[m] = HorizontalSum(acc[m]) + tail[m];
+}
+
+// GemvRow for M = 1..kGemvRows rows of A, picked at run time.
+template <int BITS>
+inline void GemvRows(int64_t M, const float* A, int64_t K, const uint8_t* row, int64_t gs, int64_t ng,
+                     int64_t group_bytes, const float* scales, const float* zeros, float* out) {
+  switch (M) {
+    case 1: GemvRow<BITS, 1>(A, K, row, gs, ng, group_bytes, scales, zeros, out); break;
+    case 2: GemvRow<BITS, 2>(A, K, row, gs, ng, group_bytes, scales, zeros, out); break;
+    case 3: GemvRow<BITS, 3>(A, K, row, gs, ng, group_bytes, scales, zeros, out); break;
+    default: GemvRow<BITS, 4>(A, K, row, gs, ng, group_bytes, scales, zeros, out); break;
+  }
+}
+#endif
+
+// Decodes one group of `gs` codes into out[i] = scale * (code_i - zp).
+template <int BITS>
+inline void DecodeGroup(const uint8_t* bytes, int64_t gs, float scale, float zp, float* out) {
+  if constexpr (BITS == 8) {
+    for (int64_t i = 0; i < gs; ++i) out[i] = (float(bytes[i]) - zp) * scale;
+  } else if constexpr (BITS == 4) {
+    for (int64_t j = 0; j < gs / 2; ++j) {
+      out[2 * j] = (float(bytes[j] & 0xf) - zp) * scale;
+      out[2 * j + 1] = (float(bytes[j] >> 4) - zp) * scale;
+    }
+  } else if constexpr (BITS == 2) {
+    for (int64_t j = 0; j < gs / 4; ++j) {
+      const uint8_t b = bytes[j];
+      out[4 * j] = (float(b & 3) - zp) * scale;
+      out[4 * j + 1] = (float((b >> 2) & 3) - zp) * scale;
+      out[4 * j + 2] = (float((b >> 4) & 3) - zp) * scale;
+      out[4 * j + 3] = (float(b >> 6) - zp) * scale;
+    }
+  } else {
+    // 8 codes fill exactly BITS bytes, so each 8-code chunk starts on a byte boundary.
+#if defined(EDGEQ_CPU_GEMV)
+    const __m256 zpv = _mm256_set1_ps(zp), sv = _mm256_set1_ps(scale);
+    for (int64_t c = 0; c < gs / 8; ++c)
+      _mm256_storeu_ps(out + 8 * c, _mm256_mul_ps(_mm256_sub_ps(Decode8<BITS>(bytes + c * BITS), zpv), sv));
+    return;
+#endif
+    for (int64_t c = 0; c < gs / 8; ++c) {
+      uint32_t v = 0;
+      for (int b = 0; b < BITS; ++b) v |= uint32_t(bytes[c * BITS + b]) << (8 * b);
+      for (int i = 0; i < 8; ++i) out[8 * c + i] = (float((v >> (i * BITS)) & ((1u << BITS) - 1)) - zp) * scale;
+    }
+  }
+}
+
+// A row of ng groups decoded into out[0, ng * gs): out[k] = scales[g] * (code[k] - zeros[g]), g = k / gs.
+template <int BITS>
+inline void DecodeRow(const uint8_t* row, int64_t gs, int64_t ng, int64_t group_bytes, const float* scales,
+                      const float* zeros, float* out) {
+  for (int64_t g = 0; g < ng; ++g) DecodeGroup<BITS>(row + g * group_bytes, gs, scales[g], zeros[g], out + g * gs);
+}
+
+// f(std::integral_constant<int, BITS>{}) for the code width `bits` in {2, 3, 4, 8}; others are refused earlier
+// (attribute checks), so they do nothing here.
+template <typename F>
+inline void WithBits(int64_t bits, F&& f) {
+  switch (bits) {
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 8: f(std::integral_constant<int, 8>{}); break;
+  }
+}
+
+template <typename T>
+inline float ToFloat(T v) {
+  if constexpr (std::is_same_v<T, float>) return v; else return HalfToFloat(v);
+}
+
+template <typename T>
+inline T FromFloat(float v) {
+  if constexpr (std::is_same_v<T, float>) return v; else return FloatToHalf(v);
+}
+
+// A as float [M, K]: the input itself for float32, converted into `storage` for float16.
+template <typename T>
+const float* FloatRows(const void* A, int64_t count, std::vector<float>& storage) {
+  if constexpr (std::is_same_v<T, float>) {
+    return static_cast<const float*>(A);
+  } else {
+    const uint16_t* src = static_cast<const uint16_t*>(A);
+    storage.resize(size_t(count));
+    for (size_t i = 0; i < storage.size(); ++i) storage[i] = HalfToFloat(src[i]);
+    return storage.data();
+  }
+}
+
+// Y[m, n0 + r] = A[m, :K] . w[r * stride, + K) for r < rows (at most 4) and every m < M; Y is [M, N].
+template <typename T>
+void DotDecodedRows(const float* w, int64_t stride, int64_t rows, const float* A, int64_t M, int64_t K, T* Y,
+                    int64_t N, int64_t n0) {
+  const float* w0 = w;
+  const float* w1 = w0 + stride;
+  const float* w2 = w1 + stride;
+  const float* w3 = w2 + stride;
+  for (int64_t m = 0; m < M; ++m) {
+    const float* am = A + m * K;
+    T* ym = Y + m * N + n0;
+    if (rows == 4) {
+      float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const float x = am[k];
+        s0 += x * w0[k];
+        s1 += x * w1[k];
+        s2 += x * w2[k];
+        s3 += x * w3[k];
+      }
+      ym[0] = FromFloat<T>(s0);
+      ym[1] = FromFloat<T>(s1);
+      ym[2] = FromFloat<T>(s2);
+      ym[3] = FromFloat<T>(s3);
+    } else {
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* wr = w0 + r * stride;
+        float s = 0;
+        for (int64_t k = 0; k < K; ++k) s += am[k] * wr[k];
+        ym[r] = FromFloat<T>(s);
+      }
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace edgeq
