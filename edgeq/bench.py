@@ -165,7 +165,7 @@ class QualityBench:
         timing = folder / "quant_seconds.json"
         before = json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0
         start = time.perf_counter()
-        qweights = quantize_(lm.model, config, calib, checkpoint_dir=folder / "checkpoints")
+        qweights = quantize_(lm.model, config, calib, checkpoint_dir=folder / "checkpoints", device=self.args.calib_device)
         seconds = before + time.perf_counter() - start
         timing.write_text(json.dumps({"seconds": seconds}))
         save_quantized(folder / "quantized", qweights, config, lm.source)
@@ -409,6 +409,7 @@ def register(sub) -> None:
     p.add_argument("--configs", nargs="+", required=True, help="config specs (see above)")
     p.add_argument("-o", "--output", default="out/bench", help="results folder; finished configs are reused (default: out/bench)")
     p.add_argument("--calib", default=CALIB_TEXT, help=f"calibration text (default: {CALIB_TEXT})")
+    p.add_argument("--calib-device", default=None, choices=["cpu", "cuda"], help="where calibration runs (default: cuda if torch sees one)")
     add_eval_args(p)
     add_device_args(p)
     p.set_defaults(func=cmd_bench_quality)

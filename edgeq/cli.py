@@ -43,6 +43,7 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     q.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sequence (default: 512)")
     q.add_argument("--calib", default=CALIB_TEXT, help=f"calibration text: {CALIB_TEXT} or a .txt/.jsonl file (default: {CALIB_TEXT})")
     q.add_argument("--seed", type=int, default=0, help="seed for drawing calibration sequences (default: 0)")
+    q.add_argument("--calib-device", default=None, choices=["cpu", "cuda"], help="where calibration runs, one layer at a time (default: cuda if torch sees one, else cpu)")
 
 
 def quant_config(args):
@@ -87,7 +88,7 @@ def run_quantize(lm, config, args, out_dir: Path):
     if hasattr(config, "nsamples"):
         calib = calibration_batch(lm.tokenizer, args.calib, config.nsamples, config.seqlen, config.seed)
     start = time.perf_counter()
-    qweights = quantize_(lm.model, config, calib, checkpoint_dir=out_dir / "checkpoints")
+    qweights = quantize_(lm.model, config, calib, checkpoint_dir=out_dir / "checkpoints", device=args.calib_device)
     seconds = time.perf_counter() - start
     save_quantized(out_dir, qweights, config, lm.source)
     return qweights, seconds

@@ -37,18 +37,23 @@ def register(config_type: type):
     return wrap
 
 
-def quantize_(model, config, calib_ids: torch.Tensor | None = None, checkpoint_dir: str | Path | None = None):
-    """Quantize every decoder linear of ``model`` in place; returns {module name: packed weight}."""
+def quantize_(model, config, calib_ids: torch.Tensor | None = None, checkpoint_dir: str | Path | None = None,
+              device: str | None = None):
+    """Quantize every decoder linear of ``model`` in place; returns {module name: packed weight}.
+
+    device: where calibration runs (``cuda``, ``cpu``); default CUDA when torch sees one. The model stays on
+    the CPU; one layer at a time moves.
+    """
     fn = _REGISTRY.get(type(config))
     if fn is None:
         raise EdgeqError(f"no quantizer registered for {type(config).__name__}")
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    return fn(model, config, calib_ids, LayerCheckpoints(folder, config_to_dict(config)))
+    return fn(model, config, calib_ids, LayerCheckpoints(folder, config_to_dict(config)), device)
 
 
 @register(RTNConfig)
 @torch.no_grad()
-def _quantize_rtn(model, config: RTNConfig, calib_ids, checkpoints):
+def _quantize_rtn(model, config: RTNConfig, calib_ids, checkpoints, device):
     result = {}
     for index, layer in enumerate(model.model.layers):
         for name, module in decoder_linears(layer).items():
@@ -68,7 +73,7 @@ def _hessian_solvers(layer, runner, solver_type):
 
 
 @register(GPTQConfig)
-def _quantize_gptq(model, config: GPTQConfig, calib_ids, checkpoints):
+def _quantize_gptq(model, config: GPTQConfig, calib_ids, checkpoints, device):
     if calib_ids is None:
         raise EdgeqError("GPTQ needs calibration data")
 
@@ -81,7 +86,7 @@ def _quantize_gptq(model, config: GPTQConfig, calib_ids, checkpoints):
             solver.free()
         return out
 
-    return quantize_sequential(model, torch.as_tensor(calib_ids), quantize_layer, checkpoints, desc="gptq")
+    return quantize_sequential(model, torch.as_tensor(calib_ids), quantize_layer, checkpoints, desc="gptq", device=device)
 
 
 # Each retry raises τ by this factor until the layer's outlier share is at most target_outliers.
@@ -89,7 +94,7 @@ TAU_STEP, TAU_TRIES = 1.5, 12
 
 
 @register(SpQRConfig)
-def _quantize_spqr(model, config: SpQRConfig, calib_ids, checkpoints):
+def _quantize_spqr(model, config: SpQRConfig, calib_ids, checkpoints, device):
     if calib_ids is None:
         raise EdgeqError("SpQR needs calibration data")
 
@@ -107,15 +112,16 @@ def _quantize_spqr(model, config: SpQRConfig, calib_ids, checkpoints):
             solver.free()
         return out
 
-    return quantize_sequential(model, torch.as_tensor(calib_ids), quantize_layer, checkpoints, desc="spqr")
+    return quantize_sequential(model, torch.as_tensor(calib_ids), quantize_layer, checkpoints, desc="spqr", device=device)
 
 
 @register(OmniQuantConfig)
-def _quantize_omniquant(model, config: OmniQuantConfig, calib_ids, checkpoints):
+def _quantize_omniquant(model, config: OmniQuantConfig, calib_ids, checkpoints, device):
     if calib_ids is None:
         raise EdgeqError("OmniQuant needs calibration data")
     return quantize_sequential(model, torch.as_tensor(calib_ids), lambda layer, runner: train_block(layer, runner, config),
-                               checkpoints, batch_size=config.batch_size, desc="omniquant", track_fp=True)
+                               checkpoints, batch_size=config.batch_size, desc="omniquant", track_fp=True,
+                               device=device)
 
 
 def save_quantized(folder: str | Path, qweights: dict, config, source: str) -> None:

@@ -20,7 +20,7 @@ class GPTQ:
     def __init__(self, weight: torch.Tensor):
         self.W = weight.detach().float().clone()
         self.rows, self.columns = self.W.shape
-        self.H = torch.zeros(self.columns, self.columns)
+        self.H = torch.zeros(self.columns, self.columns, device=self.W.device)
         self.nsamples = 0
 
     def add_batch(self, inp: torch.Tensor) -> None:
@@ -54,7 +54,7 @@ class GPTQ:
             W = W[:, perm]
             H = H[perm][:, perm]
 
-        H += damp * torch.mean(torch.diag(H)) * torch.eye(self.columns, dtype=H.dtype)
+        H += damp * torch.mean(torch.diag(H)) * torch.eye(self.columns, dtype=H.dtype, device=H.device)
         try:
             L = torch.linalg.cholesky(H.double())
             Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True).float()

@@ -232,6 +232,7 @@ def activation_quant_hooks(layer: nn.Module, bits: int) -> list:
 def train_block(layer: nn.Module, runner, config) -> dict:
     """Learn LWC (and LET) for one block against the FP block's outputs; return the folded, packed weights."""
     block = TransformedBlock(layer, config, linear_input_absmax(layer, runner) if config.use_let else {}, config.use_let)
+    block.to(next(layer.parameters()).device)  # the learned parameters live where the block runs
     for p in layer.parameters():
         p.requires_grad_(False)
     lwc = list(block.clipping.parameters())

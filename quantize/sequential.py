@@ -7,6 +7,7 @@ checkpointed, so an interrupted run resumes at the first unfinished layer.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -108,6 +109,33 @@ def collect_inputs(layer: torch.nn.Module, runner: LayerRunner, sink: Callable[[
     return owner
 
 
+def to_device(obj, device):
+    """``obj`` with every tensor in it (nested in lists, tuples, dicts) on ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def weight_to_cpu(qw):
+    """A packed weight (a dataclass of tensors and ints) with its tensors on the CPU, where formats are saved."""
+    return dataclasses.replace(qw, **{f.name: getattr(qw, f.name).cpu() for f in dataclasses.fields(qw)
+                                      if isinstance(getattr(qw, f.name), torch.Tensor)})
+
+
+def pick_device(device: str | None) -> torch.device:
+    """The device calibration runs on: as asked, else CUDA when there is one."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EdgeqError("calibration device 'cuda' asked for, but torch sees no CUDA device")
+    return device
+
+
 def load_file_metadata(path: Path) -> dict:
     with safe_open(str(path), framework="pt") as f:
         return f.metadata() or {}
@@ -157,26 +185,38 @@ def quantize_sequential(
     batch_size: int = 8,
     desc: str = "quantize",
     track_fp: bool = False,
+    device: str | torch.device | None = None,
 ) -> dict:
-    """Quantize every decoder layer in order; returns the weights by full module name and swaps them in."""
+    """Quantize every decoder layer in order; returns the weights by full module name and swaps them in.
+
+    Runs on ``device`` (default: CUDA when available) one layer at a time: the model stays on the CPU and only
+    the layer being calibrated and the calibration activations move, so device memory holds one block plus
+    activations. Packed weights come back to the CPU.
+    """
+    device = pick_device(device)
     runner = capture_first_layer_inputs(model, calib_ids, batch_size)
+    runner.inputs = to_device(runner.inputs, device)
+    runner.layer_kwargs = to_device(runner.layer_kwargs, device)
     if track_fp:
         runner.fp_inputs = list(runner.inputs)
     result: dict = {}
     for index, layer in enumerate(tqdm(model.model.layers, desc=desc, unit="layer")):
         prefix = f"model.layers.{index}."
+        layer.to(device)
         if track_fp:  # the FP layer's outputs, before quantization rewrites it
             runner.targets = runner.run(layer, runner.fp_inputs)
         qweights = checkpoints.load(index)
         if qweights is None:
             found = quantize_layer(layer, runner)
-            qweights = {prefix + n: qw for n, qw in found.items()}
+            qweights = {prefix + n: weight_to_cpu(qw) for n, qw in found.items()}
             checkpoints.save(index, qweights)
         else:
             log.info("layer %d: resumed from checkpoint", index)
         apply_to_layer(layer, {name.removeprefix(prefix): qw for name, qw in qweights.items()})
+        layer.to(device)  # the new QuantizedLinear buffers are built on the CPU
         result.update(qweights)
         runner.inputs = runner.run(layer)
+        layer.to("cpu")
         if track_fp:
             runner.fp_inputs, runner.targets = runner.targets, None
     return result

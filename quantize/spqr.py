@@ -48,7 +48,7 @@ def leave_one_out_gain(group: torch.Tensor, d: torch.Tensor, bits: int) -> torch
     """For each weight of a group [N, β1], how much the Hessian-weighted error of quantizing the group drops
     when that weight is left out (the paper's outlier criterion). d: diag of Hinv for the group's columns."""
     n, b = group.shape
-    idx = torch.arange(b)
+    idx = torch.arange(b, device=group.device)
     loo = torch.stack([torch.cat([idx[:i], idx[i + 1 :]]) for i in range(b)])  # [β1, β1-1]
     data = group[:, loo]  # [N, β1, β1-1]
     scale, zero = minmax_grid(data, bits)
@@ -68,9 +68,9 @@ class SpQR(GPTQ):
         # τ is relative to the layer's typical error scale, so one τ serves every layer
         threshold = tau * (W.var(dim=0) / d_all.square()).mean().item()
         maxq = 2**bits - 1
-        codes = torch.zeros(n, k)
-        outlier = torch.zeros(n, k, dtype=torch.bool)
-        delta = torch.zeros(n, k)
+        codes = torch.zeros(n, k, device=W.device)
+        outlier = torch.zeros(n, k, dtype=torch.bool, device=W.device)
+        delta = torch.zeros(n, k, device=W.device)
         scale_codes, zero_codes, stats = [], [], []
         s = z = None
         for i1 in range(0, k, block_size):
@@ -111,7 +111,7 @@ class SpQR(GPTQ):
             # groups never straddle blocks (block_size is a multiple of β1), so the lazy update is exact
             W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
         rows, cols = outlier.nonzero(as_tuple=True)
-        row_ptr = torch.zeros(n + 1, dtype=torch.int32)
+        row_ptr = torch.zeros(n + 1, dtype=torch.int32, device=W.device)
         row_ptr[1:] = torch.cumsum(torch.bincount(rows, minlength=n), 0)
         return SpQRWeight(
             codes=codes.to(torch.uint8),

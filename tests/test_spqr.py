@@ -46,7 +46,7 @@ def test_storage_bits_are_exact(bits, beta1, beta2):
     g1, r = math.ceil(k / beta1), math.ceil(n / beta2)
     expected = (
         n * g1 * beta1 * bits  # dense codes, packed per group
-        + 2 * n * math.ceil(g1 / 16) * 16 * 3  # 3-bit scale and zero codes, packed in runs of 16
+        + 2 * n * math.ceil(g1 * 3 / 8) * 8  # 3-bit scale and zero codes, one bitstream per row
         + r * g1 * 4 * 16  # fp16 second-level stats
         + (n + 1) * 32 + q.nnz * (16 + 16)  # CSR outliers: int32 row pointers, 16-bit columns, fp16 values
         + k * 16 + 6 * 32  # 16-bit permutation, format header

@@ -61,3 +61,25 @@ def test_bad_format_is_refused():
         pack_codes(np.zeros((1, 16), np.uint8), 4, 48)
     with pytest.raises(EdgeqError, match="needs 2 groups"):
         unpack_codes(np.zeros((1, 1, 8), np.uint8), 4, 16, K=17)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("L", [1, 7, 36, 97])
+def test_row_bitstream_round_trip_and_size(bits, L):
+    from edgeq.custom_ops.packing import pack_row_bitstream, unpack_row_bitstream
+
+    codes = np.random.default_rng(bits * 100 + L).integers(0, 2**bits, (5, L), dtype=np.uint8)
+    packed = pack_row_bitstream(codes, bits)
+    assert packed.shape == (5, (L * bits + 7) // 8)
+    np.testing.assert_array_equal(unpack_row_bitstream(packed, bits, L), codes)
+    # code j sits at bits [j*bits, (j+1)*bits) of the row, least significant bit first
+    j = L - 1
+    stream = np.unpackbits(packed[0], bitorder="little")
+    assert int(sum(int(stream[j * bits + b]) << b for b in range(bits))) == int(codes[0, j])
+
+
+def test_row_bitstream_refuses_codes_too_wide():
+    from edgeq.custom_ops.packing import pack_row_bitstream
+
+    with pytest.raises(EdgeqError, match="does not fit"):
+        pack_row_bitstream(np.full((1, 3), 8, np.uint8), 3)
