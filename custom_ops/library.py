@@ -264,7 +264,7 @@ def _cpu_flags_id() -> str:
 
 def _sources(device: str) -> dict[str, list[Path]]:
     cc = [CSRC / "entry.cc", CSRC / "group_quant_matmul.cc", CSRC / "quant_linear.cc", CSRC / "spqr_matmul.cc",
-          *sorted((CSRC / "cpu").glob("*.cc"))]
+          CSRC / "integer_ops.cc", *sorted((CSRC / "cpu").glob("*.cc"))]
     cu: list[Path] = []
     if device == "cuda":
         cc += sorted((CSRC / "cuda").glob("*.cc"))

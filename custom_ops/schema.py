@@ -379,7 +379,254 @@ SPQR_DEQUANTIZE = OpDef(
 )
 
 
-OPS: dict[str, OpDef] = {op.name: op for op in (GROUP_QUANT_MATMUL, QUANT_LINEAR, SPQR_MATMUL, SPQR_DEQUANTIZE)}
+# ---------------------------------------------------------------------------------------------------------
+# Integer-only ops (I-LLM, issue 6)
+#
+# An integer activation is three tensors: codes q int8 [..., C] (uint8 for DIClippedSoftmax's probabilities),
+# and a per-row dyadic scale m int32 [..., 1], e int8 [..., 1]: the real value is q * m * 2^-e. Input mantissas
+# lie in [1, 2^15) (checked at run time); every output mantissa lies in [2^14, 2^15) unless the int8 exponent
+# saturates. Output codes lie in [-qmax, qmax], qmax = 2^(obits-1) - 1. Every op computes in integers only
+# (int64 intermediates, rounding half up); the NumPy reference is reference_integer.py, and README.md
+# ("Integer-only ops") states each algorithm and its accuracy against float.
+
+DI_MAX_K = (1 << 17) - 1  # int32 accumulation stays exact for K * 128 * 128 < 2^31
+
+
+def _di_k(v) -> str | None:
+    return None if isinstance(v, int) and 0 < v <= DI_MAX_K else f"must be in 1..{DI_MAX_K} (int32 accumulator)"
+
+
+def _flag(v) -> str | None:
+    return None if v in (0, 1) else "must be 0 or 1"
+
+
+def _clip_q8(v) -> str | None:
+    return None if isinstance(v, int) and 0 <= v < 1 << 16 else "must be in 0..65535 (c * 256; 0: no clipping)"
+
+
+def _eps_q60(v) -> str | None:
+    return None if isinstance(v, int) and 0 <= v < 1 << 61 else "must be in [0, 2^61) (eps * 2^60)"
+
+
+def _int_activation(name: str, scale: str, what: str, code_type: str = "tensor(int8)") -> tuple[Input, ...]:
+    """The three tensors of an integer activation: codes [..., C], mantissas and exponents [..., 1]."""
+    return (Input(name, code_type, f"{what}: codes [..., C]"),
+            Input(f"{scale}_m", "tensor(int32)", f"{what}: per-row scale mantissas [..., 1], in [1, 2^15)"),
+            Input(f"{scale}_e", "tensor(int8)", f"{what}: per-row scale exponents [..., 1]"))
+
+
+def _channel_scales(name: str, what: str) -> tuple[Input, ...]:
+    return (Input(f"{name}_m", "tensor(int32)", f"{what}: per-channel mantissas, |m| < 2^15"),
+            Input(f"{name}_e", "tensor(int8)", f"{what}: per-channel exponents (value m * 2^-e)"))
+
+
+DI_OUTPUTS = _int_activation("Y", "y", "output")
+_OBITS = Attribute("obits", onnx.AttributeProto.INT, "output code width 2..8: codes in [-qmax, qmax], "
+                   "qmax = 2^(obits-1) - 1", check=_ql_bits)
+
+
+def _check_dims(ctx, op: str, expected: dict) -> None:
+    """Refuse an input whose known rank or static dims differ from ``expected`` (index -> (name, shape), where a
+    None dim matches anything)."""
+    for index, (name, shape) in expected.items():
+        dims = _input_dims(ctx, index)
+        if dims is None:
+            continue
+        if len(dims) != len(shape) or any(isinstance(d, int) and isinstance(s, int) and d != s
+                                          for d, s in zip(dims, shape)):
+            raise onnx.shape_inference.InferenceError(f"{op}: {name} has shape {dims}, expected {shape}")
+
+
+def _infer_integer(op_name: str, out_last=None, same_shape: tuple[int, ...] = (), expected=None,
+                   check_scales: bool = True):
+    """Inference for an op whose outputs are an integer activation: codes of the type declared for output 0
+    with input 0's leading dims and last dim ``out_last(attrs)`` (input 0's own when None), scales [..., 1].
+    Inputs 1 and 2 must be [..., 1] (unless not ``check_scales``), those in ``same_shape`` must have input 0's
+    shape, and ``expected(ctx, attrs, dims)`` gives {index: (name, shape)} for the others."""
+
+    def infer(ctx) -> None:
+        op = f"{DOMAIN}::{op_name}"
+        opdef = OPS[op_name]
+        attrs = _read_attrs(ctx, opdef)
+        dims = _input_dims(ctx, 0)
+        if dims is not None and len(dims) < 1:
+            raise onnx.shape_inference.InferenceError(f"{op}: {opdef.inputs[0].name} must have rank >= 1")
+        if dims is not None:
+            shapes = {i: (opdef.inputs[i].name, dims) for i in same_shape}
+            if check_scales:
+                shapes.update({i: (opdef.inputs[i].name, [*dims[:-1], 1]) for i in (1, 2)})
+            _check_dims(ctx, op, shapes)
+        if expected is not None:
+            _check_dims(ctx, op, expected(ctx, attrs, dims))
+        last = out_last(attrs) if out_last is not None else (dims[-1] if dims is not None else None)
+        types = [TensorProto.UINT8 if opdef.outputs[0].type == "tensor(uint8)" else TensorProto.INT8,
+                 TensorProto.INT32, TensorProto.INT8]
+        for index, elem in enumerate(types):
+            shape = None if dims is None else [*dims[:-1], last if index == 0 else 1]
+            ctx.set_output_type(index, helper.make_tensor_type_proto(elem, shape))
+
+    return infer
+
+
+def _matmul_expected(ctx, attrs, dims):
+    K, N = attrs["K"], attrs["N"]
+    if dims is not None and isinstance(dims[-1], int) and dims[-1] != K:
+        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIMatMul: X's last dim is {dims[-1]}, attribute K is {K}")
+    return {3: ("W", [N, K]), 4: ("w_m", [N]), 5: ("w_e", [N])}
+
+
+DI_MATMUL = OpDef(
+    name="DIMatMul",
+    doc=(
+        "Dynamic integer-only matmul (I-LLM DI-MatMul): Y = X @ W^T, requantized per row. acc = sum_k X*W exactly "
+        "in int32 (K <= 131071); per channel P[n] = acc[n] * w_m[n], aligned to the exponent "
+        "Ea = min(max w_e, min w_e + 16) (left shifts, exact, for channels within 16 of the smallest exponent; a "
+        "rounding right shift beyond); then per row: P is rounded to 31 bits, codes round(P * qmax / max|P|) by "
+        "one reciprocal multiply and a rounding shift, scale (max|P| * x_m / qmax) * 2^-(x_e + Ea) normalized to a "
+        "15-bit mantissa. abits and wbits declare the code ranges of X and W (not checked; the result is exact "
+        "for any int8 codes)."
+    ),
+    inputs=(*_int_activation("X", "x", "input activation [..., K]"),
+            Input("W", "tensor(int8)", "weight codes [N, K]"), *_channel_scales("w", "weight scales [N]")),
+    outputs=DI_OUTPUTS,
+    attributes=(
+        Attribute("K", onnx.AttributeProto.INT, "reduction size (X's last dim), at most 131071", check=_di_k),
+        Attribute("N", onnx.AttributeProto.INT, "output features (rows of W)", check=_positive),
+        Attribute("abits", onnx.AttributeProto.INT, "declared width of X's codes, 2..8", check=_ql_bits),
+        Attribute("wbits", onnx.AttributeProto.INT, "declared width of W's codes, 2..8", check=_ql_bits),
+        _OBITS,
+    ),
+    infer=_infer_integer("DIMatMul", out_last=lambda a: a["N"], expected=_matmul_expected),
+)
+
+DI_EXP = OpDef(
+    name="DIExp",
+    doc=(
+        "Integer exp per row (I-LLM DI-Exp): codes round(qmax * exp(x - max x)) in [0, qmax], scale exp(max x) / "
+        "qmax. exp(-d) = 2^-(d log2 e): d * log2(e) as a Q24 fixed-point number (one multiply by "
+        "round(log2(e) * 2^30) and a rounding shift), 2^-fraction by a cubic polynomial in Q30 (relative error "
+        "< 9e-5), 2^-integer by a rounding right shift."
+    ),
+    inputs=_int_activation("X", "x", "input activation"),
+    outputs=DI_OUTPUTS,
+    attributes=(_OBITS,),
+    infer=_infer_integer("DIExp"),
+)
+
+DI_CLIPPED_SOFTMAX = OpDef(
+    name="DIClippedSoftmax",
+    doc=(
+        "Integer softmax over the last axis (I-LLM DI-ClippedSoftmax) of x clipped to [max - c, max], "
+        "c = clip_q8 / 256 (0: no clipping), over the keys that mask (bool, same rank as X, each dim equal or 1; "
+        "true = visible) and, with is_causal, the causal rule (key j visible to query i when "
+        "j <= i + Skv - Sq, the last two dims being [Sq, Skv]) allow. E = 2^30 * exp(x - max) as in DIExp, "
+        "S = sum E; codes P = round(E * qmax / 2^30) in [0, qmax = 2^obits - 1] (uint8); per-row scale "
+        "2^30 / (S * qmax) as (p_m, p_e), so P * p_m * 2^-p_e is the probability. A row with no visible key is "
+        "all zeros. X may hold int8 codes or int32 values (e.g. an unrequantized Q.K^T) with the same scale "
+        "tensors."
+    ),
+    inputs=(Input("X", "T", "scores: codes [..., Skv]"),
+            *_int_activation("X", "x", "scores")[1:],
+            Input("mask", "tensor(bool)", "visible keys, broadcast to X's shape", optional=True)),
+    outputs=_int_activation("P", "p", "probabilities", code_type="tensor(uint8)"),
+    attributes=(
+        Attribute("clip_q8", onnx.AttributeProto.INT, "clipping range c * 256 (natural-log units), 0 for none",
+                  check=_clip_q8),
+        Attribute("is_causal", onnx.AttributeProto.INT, "1: also hide keys after the query's position",
+                  check=_flag),
+        Attribute("obits", onnx.AttributeProto.INT, "probability code width 2..8: codes in [0, 2^obits - 1]",
+                  check=_ql_bits),
+    ),
+    type_constraints={"T": ("tensor(int8)", "tensor(int32)")},
+    infer=_infer_integer("DIClippedSoftmax"),
+)
+
+DI_NORM = OpDef(
+    name="DINorm",
+    doc=(
+        "Integer RMSNorm (I-LLM DI-Norm): y = x / sqrt(mean(x^2) + eps) * gamma, gamma[c] = g_m[c] * 2^-g_e[c], "
+        "eps = eps_q60 * 2^-60. Per row: sum q^2 * m^2 normalized to 61 bits and divided by C, eps added at a "
+        "common exponent, an exact integer square root (floor) of the 60..62-bit result, the row factor m / rms as "
+        "a 15-bit dyadic; then q * g_m (channels aligned as DIMatMul's) is requantized per row. An all-zero row "
+        "gives zeros."
+    ),
+    inputs=(*_int_activation("X", "x", "input activation"), *_channel_scales("g", "gamma [C]")),
+    outputs=DI_OUTPUTS,
+    attributes=(Attribute("eps_q60", onnx.AttributeProto.INT, "epsilon * 2^60", check=_eps_q60), _OBITS),
+    infer=_infer_integer("DINorm", expected=lambda ctx, a, d: {} if d is None or not isinstance(d[-1], int) else
+                         {3: ("g_m", [d[-1]]), 4: ("g_e", [d[-1]])}),
+)
+
+DI_SWIGLU = OpDef(
+    name="DISwiGLU",
+    doc=(
+        "Integer SwiGLU: y = silu(gate) * up = gate * sigmoid(gate) * up, requantized per row. sigmoid(g) in Q30 "
+        "= round(2^60 / (2^30 + E)) for g >= 0 and its complement for g < 0, E = 2^30 exp(-|g|) as in DIExp; "
+        "the product q_g * sigmoid * q_u (< 2^44) is requantized with multiplier m_g * m_u and exponent "
+        "e_g + e_u + 30."
+    ),
+    inputs=(*_int_activation("gate", "gate", "gate projection"), *_int_activation("up", "up", "up projection")),
+    outputs=DI_OUTPUTS,
+    attributes=(_OBITS,),
+    infer=_infer_integer("DISwiGLU", same_shape=(3,), expected=lambda ctx, a, d: {} if d is None else
+                         {4: ("up_m", [*d[:-1], 1]), 5: ("up_e", [*d[:-1], 1])}),
+)
+
+
+def _rotary_expected(ctx, attrs, dims):
+    if dims is None:
+        return {}
+    if len(dims) != 4:
+        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIRotary: X must be [B, S, H, D], got {dims}")
+    if isinstance(dims[3], int) and dims[3] % 2:
+        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIRotary: head dim D={dims[3]} must be even")
+    expected = {1: ("x_m", [*dims[:2], None, 1]), 2: ("x_e", [*dims[:2], None, 1]), 3: ("position_ids", dims[:2])}
+    for index, name in ((4, "cos"), (5, "sin")):
+        expected[index] = (name, [None, dims[3] // 2 if isinstance(dims[3], int) else None])
+    return expected
+
+
+DI_ROTARY = OpDef(
+    name="DIRotary",
+    doc=(
+        "Integer rotary embedding of X [B, S, H, D] at position_ids [B, S] with fixed-point tables cos, sin "
+        "int16 [P, D/2] in Q14 (1.0 = 16384): pairs (i, i + D/2) (interleaved=1: (2i, 2i+1)) use column i and "
+        "become (a cos - b sin, b cos + a sin) in integers (< 2^23), requantized per (token, head). Scales of X "
+        "are [B, S, H, 1] or [B, S, 1, 1] (one per token); the output's are [B, S, H, 1]. Positions outside "
+        "[0, P) are an error."
+    ),
+    inputs=(Input("X", "tensor(int8)", "queries or keys: codes [B, S, H, D]"),
+            Input("x_m", "tensor(int32)", "scale mantissas [B, S, H or 1, 1], in [1, 2^15)"),
+            Input("x_e", "tensor(int8)", "scale exponents [B, S, H or 1, 1]"),
+            Input("position_ids", "tensor(int64)", "positions [B, S]"),
+            Input("cos", "tensor(int16)", "cos table [P, D/2], Q14"),
+            Input("sin", "tensor(int16)", "sin table [P, D/2], Q14")),
+    outputs=DI_OUTPUTS,
+    attributes=(Attribute("interleaved", onnx.AttributeProto.INT, "0: rotate halves (LLaMA); 1: adjacent pairs",
+                          check=_flag), _OBITS),
+    infer=_infer_integer("DIRotary", check_scales=False, expected=_rotary_expected),
+)
+
+DI_ADD = OpDef(
+    name="DIAdd",
+    doc=(
+        "Integer residual add: y = a + b for two activations of the same shape with their own per-row scales. "
+        "q * m of each side is brought to the exponent E = min(max(e_a, e_b), min(e_a, e_b) + 39) (left shifts "
+        "of at most 39 bits, exact; a side finer than the window is shifted right, rounded), summed, and "
+        "requantized per row with exponent E."
+    ),
+    inputs=(*_int_activation("A", "a", "first operand"), *_int_activation("B", "b", "second operand")),
+    outputs=DI_OUTPUTS,
+    attributes=(_OBITS,),
+    infer=_infer_integer("DIAdd", same_shape=(3,), expected=lambda ctx, a, d: {} if d is None else
+                         {4: ("b_m", [*d[:-1], 1]), 5: ("b_e", [*d[:-1], 1])}),
+)
+
+INTEGER_OPS = (DI_MATMUL, DI_EXP, DI_CLIPPED_SOFTMAX, DI_NORM, DI_SWIGLU, DI_ROTARY, DI_ADD)
+
+
+OPS: dict[str, OpDef] = {op.name: op for op in (GROUP_QUANT_MATMUL, QUANT_LINEAR, SPQR_MATMUL, SPQR_DEQUANTIZE,
+                                               *INTEGER_OPS)}
 
 # Element types the kernels accept for T, as TensorProto enums (the C++ side checks the same list).
 T_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)

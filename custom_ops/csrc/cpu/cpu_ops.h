@@ -10,5 +10,8 @@ void RegisterOps(Ort::CustomOpDomain& domain);
 void RegisterQuantLinear(Ort::CustomOpDomain& domain);
 // Adds edgeq::SpQRMatMul and edgeq::SpQRDequantize (spqr_cpu.cc); called by RegisterOps.
 void RegisterSpQR(Ort::CustomOpDomain& domain);
+// Adds the integer-only I-LLM ops edgeq::DIMatMul, DIExp, DIClippedSoftmax, DINorm, DISwiGLU, DIRotary, DIAdd
+// (integer_ops_cpu.cc); called by RegisterOps.
+void RegisterIntegerOps(Ort::CustomOpDomain& domain);
 }  // namespace cpu
 }  // namespace edgeq

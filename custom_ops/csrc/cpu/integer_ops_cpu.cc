@@ -1,0 +1,319 @@
+// The integer-only I-LLM ops on the CPU execution provider. Every op is a loop over rows (ORT's intra-op pool)
+// around the integer primitives of integer_math.h; DIMatMul first takes its int32 dot products as a blocked
+// GEMM (tasks of kBlockN weight rows; register tiles of two activation rows x four weight rows; AVX2
+// vpmaddwd on activations widened once to int16 and weights widened in registers, exact since a pair of
+// products is at most 2^15 and every partial sum is bounded by the op's K * 2^14 < 2^31).
+#include <algorithm>
+#include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include "../integer_ops.h"
+#include "cpu_ops.h"
+
+namespace edgeq {
+namespace cpu {
+namespace {
+
+using namespace integer;
+
+constexpr int64_t kBlockN = 16;  // weight rows of one GEMM task
+constexpr int kTileM = 2, kTileN = 4;
+
+// Runs f(i) for i in [0, n) on ORT's intra-op thread pool.
+template <typename F>
+void ParallelFor(Ort::KernelContext& ctx, int64_t n, F& f) {
+  ctx.ParallelFor([](void* data, size_t i) { (*static_cast<F*>(data))(int64_t(i)); }, size_t(n), 0, &f);
+}
+
+// A per-thread int64 row buffer.
+int64_t* RowBuffer(int64_t n) {
+  thread_local std::vector<int64_t> buffer;
+  if (int64_t(buffer.size()) < n) buffer.resize(size_t(n));
+  return buffer.data();
+}
+
+// Requantizes v (one row) into row r of the output.
+void StoreRow(const IntOutput& out, int64_t r, int64_t* v, int64_t n, int64_t mult, int64_t E, int64_t qmax) {
+  const Scale s = DynQuantRow(v, n, mult, E, qmax, static_cast<int8_t*>(out.q) + r * n);
+  out.m[r] = int32_t(s.m);
+  out.e[r] = int8_t(s.e);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// DIMatMul
+
+#if defined(__AVX2__)
+inline int32_t HorizontalSum(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+#endif
+
+// acc[i * acc_stride + j] = sum_k x[i * K + k] * w[j * K + k] for i < MR activation rows, j < NR weight rows.
+template <int MR, int NR>
+void DotTile(const int16_t* x, const int8_t* w, int64_t K, int32_t* acc, int64_t acc_stride) {
+  int64_t k = 0;
+  int32_t sums[MR][NR] = {};
+#if defined(__AVX2__)
+  __m256i s[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) s[i][j] = _mm256_setzero_si256();
+  for (; k + 16 <= K; k += 16) {
+    __m256i wv[NR];
+    for (int j = 0; j < NR; ++j)
+      wv[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + j * K + k)));
+    for (int i = 0; i < MR; ++i) {
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i * K + k));
+      for (int j = 0; j < NR; ++j) s[i][j] = _mm256_add_epi32(s[i][j], _mm256_madd_epi16(xv, wv[j]));
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) sums[i][j] = HorizontalSum(s[i][j]);
+#endif
+  for (; k < K; ++k)
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) sums[i][j] += int32_t(x[i * K + k]) * int32_t(w[j * K + k]);
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i * acc_stride + j] = sums[i][j];
+}
+
+template <int MR>
+void DotRows(const int16_t* x, const int8_t* w, int64_t K, int64_t rows, int32_t* acc, int64_t acc_stride) {
+  int64_t j = 0;
+  for (; j + kTileN <= rows; j += kTileN) DotTile<MR, kTileN>(x, w + j * K, K, acc + j, acc_stride);
+  for (; j < rows; ++j) DotTile<MR, 1>(x, w + j * K, K, acc + j, acc_stride);
+}
+
+void DIMatMul(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
+  const int64_t M = p.x.rows, K = a.K, N = a.N;
+  const int8_t* X = static_cast<const int8_t*>(p.x.q);
+  std::vector<int16_t> x16(X, X + M * K);
+  std::vector<int32_t> acc(size_t(M * N));
+  auto gemm = [&](int64_t block) {
+    const int64_t n0 = block * kBlockN, rows = std::min(kBlockN, N - n0);
+    const int8_t* w = p.W + n0 * K;
+    int64_t m = 0;
+    for (; m + kTileM <= M; m += kTileM) DotRows<kTileM>(x16.data() + m * K, w, K, rows, acc.data() + m * N + n0, N);
+    for (; m < M; ++m) DotRows<1>(x16.data() + m * K, w, K, rows, acc.data() + m * N + n0, N);
+  };
+  ParallelFor(ctx, (N + kBlockN - 1) / kBlockN, gemm);
+  const int64_t Ea = AlignExponents(p.ch_e, N);
+  auto requantize = [&](int64_t r) {
+    int64_t* v = RowBuffer(N);
+    for (int64_t n = 0; n < N; ++n) v[n] = ShiftBy(int64_t(acc[r * N + n]) * p.ch_m[n], Ea - p.ch_e[n]);
+    StoreRow(p.out, r, v, N, p.x.m[r], p.x.e[r] + Ea, a.qmax);
+  };
+  ParallelFor(ctx, M, requantize);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Element-wise ops, one row per task
+
+void DIExp(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
+  const int64_t C = p.x.C;
+  auto row = [&](int64_t r) {
+    const int8_t* q = static_cast<const int8_t*>(p.x.q) + r * C;
+    int8_t* y = static_cast<int8_t*>(p.out.q) + r * C;
+    const int64_t m = p.x.m[r], e = p.x.e[r];
+    const int64_t top = *std::max_element(q, q + C);
+    const Scale s = ExpScale(top, m, e, a.qmax);
+    for (int64_t c = 0; c < C; ++c)
+      y[c] = s.zero ? 0 : int8_t(RShr(Exp2Neg(ExpArg((top - q[c]) * m, e)) * a.qmax, 30));
+    p.out.m[r] = int32_t(s.m);
+    p.out.e[r] = int8_t(s.e);
+  };
+  ParallelFor(ctx, p.x.rows, row);
+}
+
+template <typename T>
+void DIClippedSoftmax(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
+  const int64_t C = p.x.C, rank = int64_t(p.x.shape.size());
+  const int64_t Sq = rank >= 2 ? p.x.shape[rank - 2] : 1;
+  const int64_t tc = a.clip_q8 ? RShr(a.clip_q8 * kLog2eQ30, 30 + 8 - kExpFrac) : kExpCap;
+  auto row = [&](int64_t r) {
+    const T* q = static_cast<const T*>(p.x.q) + r * C;
+    uint8_t* y = static_cast<uint8_t*>(p.out.q) + r * C;
+    const bool* mask = p.mask;
+    int64_t mask_step = 0;
+    if (mask != nullptr) {  // the mask row of this row's leading index
+      for (int64_t d = rank - 2, rest = r; d >= 0; --d) {
+        mask += (rest % p.x.shape[d]) * p.mask_strides[d];
+        rest /= p.x.shape[d];
+      }
+      mask_step = p.mask_strides[rank - 1];
+    }
+    const int64_t last_visible = a.is_causal ? r % Sq + C - Sq : C - 1;
+    auto visible = [&](int64_t j) { return j <= last_visible && (mask == nullptr || mask[j * mask_step]); };
+    int64_t top = 0;
+    bool any = false;
+    for (int64_t j = 0; j < C; ++j) {
+      if (!visible(j)) continue;
+      top = any ? Max(top, q[j]) : q[j];
+      any = true;
+    }
+    if (!any) {
+      std::fill(y, y + C, uint8_t(0));
+      p.out.m[r] = int32_t(kZeroM);
+      p.out.e[r] = int8_t(kZeroE);
+      return;
+    }
+    const int64_t m = p.x.m[r], e = p.x.e[r];
+    int64_t* E = RowBuffer(C);
+    int64_t amax = 0;
+    for (int64_t j = 0; j < C; ++j) {
+      E[j] = visible(j) ? (top - q[j]) * m : -1;  // -1 marks a hidden key
+      amax = Max(amax, E[j]);
+    }
+    const int64_t pre = Max(0, BitLen(uint64_t(amax)) - 31);
+    uint64_t S = 0;
+    for (int64_t j = 0; j < C; ++j) {
+      if (E[j] < 0) {
+        E[j] = 0;
+        continue;
+      }
+      const int64_t t = Min(ShiftCapped(RShr(E[j], pre) * kLog2eQ30, 30 + e - kExpFrac - pre, kExpCap), tc);
+      E[j] = Exp2Neg(t);
+      S += uint64_t(E[j]);
+    }
+    for (int64_t j = 0; j < C; ++j) y[j] = uint8_t(RShr(E[j] * a.qmax, 30));
+    const Dyadic d = Ratio(uint64_t(kOneQ30), S * uint64_t(a.qmax));
+    const Scale s = Finish(d.m, d.e);
+    if (s.zero) std::fill(y, y + C, uint8_t(0));
+    p.out.m[r] = int32_t(s.m);
+    p.out.e[r] = int8_t(s.e);
+  };
+  ParallelFor(ctx, p.x.rows, row);
+}
+
+void DINorm(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
+  const int64_t C = p.x.C;
+  const int64_t Ea = AlignExponents(p.ch_e, C);
+  auto row = [&](int64_t r) {
+    const int8_t* q = static_cast<const int8_t*>(p.x.q) + r * C;
+    const int64_t m = p.x.m[r], e = p.x.e[r];
+    int64_t ss = 0;
+    for (int64_t c = 0; c < C; ++c) ss += int64_t(q[c]) * q[c];
+    int64_t* v = RowBuffer(C);
+    if (ss == 0) {  // zeros in, zeros out
+      std::fill(v, v + C, int64_t(0));
+      StoreRow(p.out, r, v, C, 1, 0, a.qmax);
+      return;
+    }
+    const Dyadic rms = RmsScale(ss, C, m, e, a.eps_q60);
+    const Dyadic factor = Ratio(uint64_t(m), uint64_t(rms.m));
+    for (int64_t c = 0; c < C; ++c) v[c] = ShiftBy(int64_t(q[c]) * p.ch_m[c], Ea - p.ch_e[c]);
+    StoreRow(p.out, r, v, C, factor.m, Ea + factor.e + e - rms.e, a.qmax);
+  };
+  ParallelFor(ctx, p.x.rows, row);
+}
+
+void DISwiGLU(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
+  const int64_t C = p.x.C;
+  auto row = [&](int64_t r) {
+    const int8_t* g = static_cast<const int8_t*>(p.x.q) + r * C;
+    const int8_t* u = static_cast<const int8_t*>(p.x2.q) + r * C;
+    const int64_t gm = p.x.m[r], ge = p.x.e[r];
+    int64_t* v = RowBuffer(C);
+    for (int64_t c = 0; c < C; ++c) v[c] = g[c] * SigmoidQ30(g[c], gm, ge) * u[c];
+    StoreRow(p.out, r, v, C, gm * p.x2.m[r], ge + p.x2.e[r] + 30, a.qmax);
+  };
+  ParallelFor(ctx, p.x.rows, row);
+}
+
+void DIRotary(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
+  const int64_t H = p.x.shape[2], D = p.x.shape[3], half = D / 2;
+  auto row = [&](int64_t r) {  // r = (b * S + s) * H + h
+    const int8_t* q = static_cast<const int8_t*>(p.x.q) + r * D;
+    const int64_t token = r / H, scale = p.per_head_scales ? r : token;
+    const int16_t* cs = p.cos + p.positions[token] * half;
+    const int16_t* sn = p.sin + p.positions[token] * half;
+    int64_t* v = RowBuffer(D);
+    for (int64_t i = 0; i < half; ++i) {
+      const int64_t ia = a.interleaved ? 2 * i : i, ib = a.interleaved ? 2 * i + 1 : i + half;
+      v[ia] = int64_t(q[ia]) * cs[i] - int64_t(q[ib]) * sn[i];
+      v[ib] = int64_t(q[ib]) * cs[i] + int64_t(q[ia]) * sn[i];
+    }
+    StoreRow(p.out, r, v, D, p.x.m[scale], p.x.e[scale] + kRopeFrac, a.qmax);
+  };
+  ParallelFor(ctx, p.x.rows, row);
+}
+
+void DIAdd(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
+  const int64_t C = p.x.C;
+  auto row = [&](int64_t r) {
+    const int8_t* qa = static_cast<const int8_t*>(p.x.q) + r * C;
+    const int8_t* qb = static_cast<const int8_t*>(p.x2.q) + r * C;
+    const int64_t ma = p.x.m[r], ea = p.x.e[r], mb = p.x2.m[r], eb = p.x2.e[r];
+    const int64_t E = Min(Max(ea, eb), Min(ea, eb) + kAddWindow);
+    int64_t* v = RowBuffer(C);
+    for (int64_t c = 0; c < C; ++c) v[c] = ShiftBy(qa[c] * ma, E - ea) + ShiftBy(qb[c] * mb, E - eb);
+    StoreRow(p.out, r, v, C, 1, E, a.qmax);
+  };
+  ParallelFor(ctx, p.x.rows, row);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// ORT glue: one kernel and one op type per DiOp
+
+template <DiOp kOp>
+struct Kernel {
+  explicit Kernel(const OrtKernelInfo* info) : attrs(DiAttrs::FromKernelInfo(info, kOp)) {}
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
+    return StatusFrom([&] {
+      Ort::KernelContext ctx(raw);
+      const DiProblem p = PrepareIntegerOp(ctx, attrs);
+      switch (kOp) {
+        case DiOp::kMatMul: return DIMatMul(ctx, attrs, p);
+        case DiOp::kExp: return DIExp(ctx, attrs, p);
+        case DiOp::kClippedSoftmax:
+          if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIClippedSoftmax<int8_t>(ctx, attrs, p);
+          return DIClippedSoftmax<int32_t>(ctx, attrs, p);
+        case DiOp::kNorm: return DINorm(ctx, attrs, p);
+        case DiOp::kSwiGLU: return DISwiGLU(ctx, attrs, p);
+        case DiOp::kRotary: return DIRotary(ctx, attrs, p);
+        case DiOp::kAdd: return DIAdd(ctx, attrs, p);
+      }
+    });
+  }
+
+  DiAttrs attrs;
+};
+
+template <DiOp kOp>
+struct Op : Ort::CustomOpBase<Op<kOp>, Kernel<kOp>, /*WithStatus=*/true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    return StatusFrom([&] { *kernel = new Kernel<kOp>(info); });
+  }
+  const char* GetName() const { return Signature(kOp).name; }
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  size_t GetInputTypeCount() const { return Signature(kOp).inputs.size(); }
+  ONNXTensorElementDataType GetInputType(size_t i) const { return Signature(kOp).inputs[i]; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+    return i < Signature(kOp).optional_from ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+  size_t GetOutputTypeCount() const { return Signature(kOp).outputs.size(); }
+  ONNXTensorElementDataType GetOutputType(size_t i) const { return Signature(kOp).outputs[i]; }
+};
+
+}  // namespace
+
+void RegisterIntegerOps(Ort::CustomOpDomain& domain) {
+  static Op<DiOp::kMatMul> matmul;
+  static Op<DiOp::kExp> exp;
+  static Op<DiOp::kClippedSoftmax> softmax;
+  static Op<DiOp::kNorm> norm;
+  static Op<DiOp::kSwiGLU> swiglu;
+  static Op<DiOp::kRotary> rotary;
+  static Op<DiOp::kAdd> add;
+  for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&matmul, &exp, &softmax, &norm, &swiglu, &rotary, &add})
+    domain.Add(op);
+}
+
+}  // namespace cpu
+}  // namespace edgeq

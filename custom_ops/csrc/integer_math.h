@@ -1,0 +1,218 @@
+// The integer primitives of the I-LLM ops (DIMatMul, DIExp, DIClippedSoftmax, DINorm, DISwiGLU, DIRotary,
+// DIAdd), shared by the CPU kernels and (later) the CUDA ones: plain C++ without ORT, every function usable on
+// the device. Each one is the C++ twin of the function of the same name in custom_ops/reference_integer.py
+// (the ground truth; its docstrings state the math and the bounds that keep int64 from overflowing). Rounding
+// is round half up, floor(x + 1/2), everywhere. No floating point.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define EDGEQ_HD __host__ __device__
+#else
+#define EDGEQ_HD
+#endif
+
+namespace edgeq {
+namespace integer {
+
+constexpr int kScaleBits = 15;                     // mantissas lie in [1, 2^15); outputs in [2^14, 2^15)
+constexpr int64_t kMMax = (int64_t(1) << kScaleBits) - 1;
+constexpr int64_t kEMin = -128, kEMax = 127;        // the int8 exponent
+constexpr int64_t kZeroM = int64_t(1) << (kScaleBits - 1), kZeroE = kEMax;  // scale of an all-zero row
+constexpr int64_t kLog2eQ30 = 1549082005;           // round(log2(e) * 2^30)
+constexpr int kExpFrac = 24;                        // base-2 exponents in Q24
+constexpr int64_t kExpCap = int64_t(1) << 30;       // 64.0 in Q24: 2^-64 is 0 in Q30
+constexpr int64_t kOneQ30 = int64_t(1) << 30;
+constexpr int64_t kExp2C1 = -742586372, kExp2C2 = 248204643, kExp2C3 = -42537209;  // 2^-f, Q30
+constexpr int kRopeFrac = 14;                       // rotary tables in Q14
+constexpr int64_t kAlignWindow = 16, kAddWindow = 39;
+constexpr int64_t kMaxK = (int64_t(1) << 17) - 1;   // DIMatMul: K * 128 * 128 < 2^31
+
+EDGEQ_HD inline int BitLen(uint64_t x) {
+#if defined(__CUDA_ARCH__)
+  return 64 - __clzll(static_cast<long long>(x));
+#else
+  return x ? 64 - __builtin_clzll(x) : 0;
+#endif
+}
+
+EDGEQ_HD inline int64_t Abs(int64_t v) { return v < 0 ? -v : v; }
+EDGEQ_HD inline int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
+EDGEQ_HD inline int64_t Max(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// floor(v / 2^s + 1/2) for s >= 0; |v| <= 2^62, so s >= 63 gives 0.
+EDGEQ_HD inline int64_t RShr(int64_t v, int64_t s) {
+  if (s <= 0) return v;
+  if (s >= 63) return 0;
+  return (v + (int64_t(1) << (s - 1))) >> s;
+}
+
+// v * 2^s: a left shift for s >= 0 (the caller bounds the result below 2^62), RShr(v, -s) below.
+EDGEQ_HD inline int64_t ShiftBy(int64_t v, int64_t s) { return s >= 0 ? v * (int64_t(1) << s) : RShr(v, -s); }
+
+// min(cap, round(v * 2^-s)) for v >= 0, cap a power of two, any s.
+EDGEQ_HD inline int64_t ShiftCapped(int64_t v, int64_t s, int64_t cap) {
+  if (s >= 0) return Min(RShr(v, s), cap);
+  const int64_t ls = -s;
+  if (ls >= BitLen(uint64_t(cap))) return v > 0 ? cap : 0;
+  return v > (cap >> ls) ? cap : v << ls;
+}
+
+struct Dyadic {
+  int64_t m = 0, e = 0;
+};
+
+// (m, k) with m * 2^-k ~ num / den: k the largest integer with round(num * 2^k / den) < 2^15, m that rounding
+// (so m in [2^14, 2^15)). num, den in [1, 2^63).
+EDGEQ_HD inline Dyadic Ratio(uint64_t num, uint64_t den) {
+  using u128 = unsigned __int128;
+  int64_t k = kScaleBits - BitLen(num) + BitLen(den);
+  for (;;) {
+    u128 m;
+    if (k >= 0) {
+      m = ((u128(num) << (k + 1)) + den) / (u128(den) << 1);
+    } else {
+      const u128 d = u128(den) << -k;
+      m = ((u128(num) << 1) + d) / (d << 1);
+    }
+    if (m <= u128(kMMax)) return Dyadic{int64_t(m), k};
+    --k;
+  }
+}
+
+// A computed scale fitted into the int8 exponent: above 127 the mantissa is shifted down (zero == true when it
+// reaches 0: the row becomes zeros with the zero-row scale); below -128 the scale saturates at (2^15-1, -128).
+struct Scale {
+  int64_t m = 0, e = 0;
+  bool zero = false;
+};
+
+EDGEQ_HD inline Scale Finish(int64_t m, int64_t e) {
+  if (e > kEMax) {
+    m = RShr(m, e - kEMax);
+    if (m == 0) return Scale{kZeroM, kZeroE, true};
+    return Scale{m, kEMax, false};
+  }
+  if (e < kEMin) return Scale{kMMax, kEMin, false};
+  return Scale{m, e, false};
+}
+
+// Per-row dynamic quantization of v * mult * 2^-E (|v| <= 2^62, mult in [1, 2^32)) into codes in
+// [-qmax, qmax] (written to q) and the returned scale; see reference_integer.dyn_quant.
+template <typename Code>
+EDGEQ_HD inline Scale DynQuantRow(int64_t* v, int64_t n, int64_t mult, int64_t E, int64_t qmax, Code* q) {
+  int64_t A = 0;
+  for (int64_t i = 0; i < n; ++i) A = Max(A, Abs(v[i]));
+  if (A == 0) {
+    for (int64_t i = 0; i < n; ++i) q[i] = 0;
+    return Scale{kZeroM, kZeroE, true};
+  }
+  const int64_t sh = Max(0, BitLen(uint64_t(A)) - 31);
+  if (sh > 0) {
+    A = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      v[i] = RShr(v[i], sh);
+      A = Max(A, Abs(v[i]));
+    }
+  }
+  const int S = BitLen(uint64_t(A)) + 23;
+  const int64_t R = ((qmax << S) + (A >> 1)) / A;
+  const int64_t half = int64_t(1) << (S - 1);
+  for (int64_t i = 0; i < n; ++i) q[i] = Code(Max(-qmax, Min(qmax, (v[i] * R + half) >> S)));
+  const Dyadic r = Ratio(uint64_t(A) * uint64_t(mult), uint64_t(qmax));
+  const Scale s = Finish(r.m, r.e + E - sh);
+  if (s.zero)
+    for (int64_t i = 0; i < n; ++i) q[i] = 0;
+  return s;
+}
+
+// 2^-(t / 2^24) in Q30 for 0 <= t <= kExpCap: cubic in the fraction (Horner, rounded shifts), then the integer
+// part as a rounding right shift.
+EDGEQ_HD inline int64_t Exp2Neg(int64_t t) {
+  const int64_t f = t & ((int64_t(1) << kExpFrac) - 1);
+  int64_t p = RShr(kExp2C3 * f, kExpFrac) + kExp2C2;
+  p = RShr(p * f, kExpFrac) + kExp2C1;
+  p = RShr(p * f, kExpFrac) + kOneQ30;
+  return RShr(p, t >> kExpFrac);
+}
+
+// The Q24 base-2 exponent magnitude of a * 2^-e (a in [0, 2^31]): min(kExpCap, round(a * log2(e))).
+EDGEQ_HD inline int64_t ExpArg(int64_t a, int64_t e) { return ShiftCapped(a * kLog2eQ30, 30 + e - kExpFrac, kExpCap); }
+
+// DIExp's row scale exp(top * m * 2^-e) / qmax: the exponent top * m * log2(e) rounded to Q24 (saturated at
+// +-2^62), its integer part into the exponent, 2^fraction = 2 * 2^-(1 - fraction) by Exp2Neg.
+EDGEQ_HD inline Scale ExpScale(int64_t top, int64_t m, int64_t e, int64_t qmax) {
+  const int64_t w = top * m * kLog2eQ30;  // |w| < 2^54
+  const int64_t s = 30 + e - kExpFrac;
+  int64_t z;
+  if (s >= 0) z = RShr(w, s);
+  else if (BitLen(uint64_t(Abs(w))) - s <= 62) z = w * (int64_t(1) << -s);
+  else z = w > 0 ? (int64_t(1) << 62) : -(int64_t(1) << 62);
+  const int64_t whole = z >> kExpFrac, frac = z & ((int64_t(1) << kExpFrac) - 1);
+  const int64_t p2 = frac == 0 ? kOneQ30 : 2 * Exp2Neg((int64_t(1) << kExpFrac) - frac);
+  const Dyadic r = Ratio(uint64_t(p2), uint64_t(qmax));
+  return Finish(r.m, r.e + 30 - whole);
+}
+
+// sigmoid(q * m * 2^-e) in Q30: round(2^60 / (2^30 + E)) for q >= 0, its complement below; E = 2^30 exp(-|x|).
+EDGEQ_HD inline int64_t SigmoidQ30(int64_t q, int64_t m, int64_t e) {
+  const int64_t D = kOneQ30 + Exp2Neg(ExpArg(Abs(q) * m, e));
+  const int64_t R = ((int64_t(1) << 61) + D) / (2 * D);
+  return q >= 0 ? R : kOneQ30 - R;
+}
+
+// The common exponent of per-channel exponents: min(max e, min e + kAlignWindow); channel n is shifted by
+// Ea - e[n] (ShiftBy).
+EDGEQ_HD inline int64_t AlignExponents(const int8_t* e, int64_t n) {
+  int64_t lo = e[0], hi = e[0];
+  for (int64_t i = 1; i < n; ++i) {
+    lo = Min(lo, e[i]);
+    hi = Max(hi, e[i]);
+  }
+  return Min(hi, lo + kAlignWindow);
+}
+
+// a * 2^-ea + b * 2^-eb (a, b in [0, 2^61)) as v * 2^-ev with v < 2^62; see reference_integer.add_positive.
+EDGEQ_HD inline Dyadic AddPositive(int64_t a, int64_t ea, int64_t b, int64_t eb) {
+  if (b == 0) return Dyadic{a, ea};
+  if (a == 0) return Dyadic{b, eb};
+  int64_t x = a, ex = ea, y = b, ey = eb;
+  if (ex < ey) {
+    x = b, ex = eb, y = a, ey = ea;
+  }
+  const int64_t d = ex - ey, room = 61 - BitLen(uint64_t(y));
+  if (d <= room) return Dyadic{x + (y << d), ex};
+  return Dyadic{RShr(x, d - room) + (y << room), ex - (d - room)};
+}
+
+// floor(sqrt(n)), bit by bit.
+EDGEQ_HD inline int64_t ISqrt(uint64_t n) {
+  uint64_t r = 0, bit = uint64_t(1) << 62;
+  while (bit > n) bit >>= 2;
+  while (bit != 0) {
+    if (n >= r + bit) {
+      n -= r + bit;
+      r = (r >> 1) + bit;
+    } else {
+      r >>= 1;
+    }
+    bit >>= 2;
+  }
+  return int64_t(r);
+}
+
+// (r, er): r * 2^-er ~ sqrt(mean((q m 2^-e)^2) + eps_q60 * 2^-60), r in [2^30, 2^31), for a row whose
+// sum of squares ss is not 0; see reference_integer.rms_scale.
+EDGEQ_HD inline Dyadic RmsScale(int64_t ss, int64_t C, int64_t m, int64_t e, int64_t eps_q60) {
+  const int64_t T = ss * m * m;
+  const int64_t s1 = 61 - BitLen(uint64_t(T));
+  const Dyadic V = AddPositive((T << s1) / C, 2 * e + s1, eps_q60, 60);
+  int64_t s2 = 62 - BitLen(uint64_t(V.m));
+  if ((V.e + s2) & 1) --s2;
+  const int64_t v2 = s2 >= 0 ? V.m << s2 : RShr(V.m, -s2);
+  return Dyadic{ISqrt(uint64_t(v2)), (V.e + s2) / 2};
+}
+
+}  // namespace integer
+}  // namespace edgeq

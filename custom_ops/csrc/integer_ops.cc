@@ -1,0 +1,256 @@
+#include "integer_ops.h"
+
+namespace edgeq {
+using namespace checks;
+
+namespace {
+
+constexpr auto kI8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
+constexpr auto kU8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+constexpr auto kI16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16;
+constexpr auto kI32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+constexpr auto kI64 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+constexpr auto kBool = ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
+constexpr auto kAny = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+
+void ExpectRange(int64_t value, int64_t lo, int64_t hi, const char* name, const std::string& where) {
+  if (value < lo || value > hi)
+    Fail(where, std::string("attribute ") + name + "=" + std::to_string(value) + " must be in " + std::to_string(lo) +
+                    ".." + std::to_string(hi));
+}
+
+int64_t Rows(const std::vector<int64_t>& shape) {
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
+  return rows;
+}
+
+std::vector<int64_t> WithLast(std::vector<int64_t> shape, int64_t last) {
+  shape.back() = last;
+  return shape;
+}
+
+// Mantissas the math relies on: m in [lo, 2^15 - 1].
+void ExpectMantissas(const int32_t* m, int64_t n, int64_t lo, const char* name, const std::string& where) {
+  for (int64_t i = 0; i < n; ++i)
+    if (m[i] < lo || m[i] > integer::kMMax)
+      Fail(where, std::string(name) + "[" + std::to_string(i) + "] = " + std::to_string(m[i]) + " is outside [" +
+                      std::to_string(lo) + ", " + std::to_string(integer::kMMax) + "]");
+}
+
+// Inputs index.. index+2: codes [..., C] (at least one row, C >= 1) and scales [..., 1] (unless scale_shape
+// is given, as for DIRotary).
+IntInput ReadActivation(Ort::KernelContext& ctx, size_t index, const char* q_name, const char* m_name,
+                        const char* e_name, const std::string& where, bool check_scale_shape = true) {
+  TensorView q = RequiredInput(ctx, index, q_name, where);
+  TensorView m = RequiredInput(ctx, index + 1, m_name, where);
+  TensorView e = RequiredInput(ctx, index + 2, e_name, where);
+  if (q.shape.empty()) Fail(where, std::string(q_name) + " must have rank >= 1, got a scalar");
+  IntInput a;
+  a.q = q.value.GetTensorRawData();
+  a.type = q.type;
+  a.shape = q.shape;
+  a.rows = Rows(q.shape);
+  a.C = q.shape.back();
+  if (a.rows == 0 || a.C == 0)
+    Fail(where, std::string(q_name) + " has shape " + ShapeText(q.shape) + " with zero elements");
+  if (check_scale_shape) {
+    const std::vector<int64_t> s = WithLast(q.shape, 1);
+    ExpectShape(m, m_name, s, "(the codes' leading dims + [1])", where);
+    ExpectShape(e, e_name, s, "(the codes' leading dims + [1])", where);
+  } else if (m.shape != e.shape) {
+    Fail(where, std::string(e_name) + " has shape " + ShapeText(e.shape) + ", expected " + m_name + "'s " +
+                    ShapeText(m.shape));
+  }
+  a.m = static_cast<const int32_t*>(m.value.GetTensorRawData());
+  a.e = static_cast<const int8_t*>(e.value.GetTensorRawData());
+  int64_t n = 1;
+  for (int64_t d : m.shape) n *= d;
+  ExpectMantissas(a.m, n, 1, m_name, where);
+  return a;
+}
+
+// Per-channel scales (m int32 [n], e int8 [n], |m| < 2^15) at inputs index, index+1.
+void ReadChannelScales(Ort::KernelContext& ctx, size_t index, const char* m_name, const char* e_name, int64_t n,
+                       const char* meaning, const std::string& where, DiProblem& p) {
+  TensorView m = RequiredInput(ctx, index, m_name, where);
+  TensorView e = RequiredInput(ctx, index + 1, e_name, where);
+  ExpectShape(m, m_name, {n}, meaning, where);
+  ExpectShape(e, e_name, {n}, meaning, where);
+  p.ch_m = static_cast<const int32_t*>(m.value.GetTensorRawData());
+  p.ch_e = static_cast<const int8_t*>(e.value.GetTensorRawData());
+  ExpectMantissas(p.ch_m, n, -integer::kMMax, m_name, where);
+}
+
+void ExpectSameShape(const IntInput& a, const IntInput& b, const char* a_name, const char* b_name,
+                     const std::string& where) {
+  if (a.shape != b.shape)
+    Fail(where, std::string(b_name) + " has shape " + ShapeText(b.shape) + ", expected " + a_name + "'s " +
+                    ShapeText(a.shape));
+}
+
+IntOutput AllocateOutput(Ort::KernelContext& ctx, const std::vector<int64_t>& codes_shape) {
+  IntOutput o;
+  o.q = ctx.GetOutput(0, codes_shape).GetTensorMutableRawData();
+  const std::vector<int64_t> s = WithLast(codes_shape, 1);
+  o.m = ctx.GetOutput(1, s).GetTensorMutableData<int32_t>();
+  o.e = ctx.GetOutput(2, s).GetTensorMutableData<int8_t>();
+  return o;
+}
+
+void PrepareMask(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p) {
+  if (ctx.GetInputCount() <= 3) return;
+  TensorView mask = Input(ctx, 3, "mask", a.where);
+  if (mask.value == nullptr) return;
+  const std::vector<int64_t>& xs = p.x.shape;
+  bool ok = mask.shape.size() == xs.size();
+  for (size_t i = 0; ok && i < xs.size(); ++i) ok = mask.shape[i] == xs[i] || mask.shape[i] == 1;
+  if (!ok)
+    Fail(a.where, "mask has shape " + ShapeText(mask.shape) + ", expected X's rank with each dim equal to X's " +
+                      ShapeText(xs) + " or 1");
+  p.mask = static_cast<const bool*>(mask.value.GetTensorRawData());
+  p.mask_strides.assign(xs.size(), 0);
+  int64_t stride = 1;
+  for (size_t i = xs.size(); i-- > 0;) {
+    if (mask.shape[i] != 1) p.mask_strides[i] = stride;
+    stride *= mask.shape[i];
+  }
+}
+
+void PrepareRotary(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p) {
+  const std::string& where = a.where;
+  p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", where, false);
+  const std::vector<int64_t>& xs = p.x.shape;
+  if (xs.size() != 4) Fail(where, "X has shape " + ShapeText(xs) + ", expected [B, S, H, D]");
+  if (xs[3] % 2) Fail(where, "X has shape " + ShapeText(xs) + ": the head dim D must be even");
+  TensorView m = RequiredInput(ctx, 1, "x_m", where);
+  const std::vector<int64_t> per_head{xs[0], xs[1], xs[2], 1}, per_token{xs[0], xs[1], 1, 1};
+  if (m.shape != per_head && m.shape != per_token)
+    Fail(where, "x_m has shape " + ShapeText(m.shape) + ", expected " + ShapeText(per_head) + " or " +
+                    ShapeText(per_token));
+  p.per_head_scales = m.shape == per_head;
+  TensorView pos = RequiredInput(ctx, 3, "position_ids", where);
+  TensorView cos = RequiredInput(ctx, 4, "cos", where);
+  TensorView sin = RequiredInput(ctx, 5, "sin", where);
+  ExpectShape(pos, "position_ids", {xs[0], xs[1]}, "(X's [B, S])", where);
+  if (cos.shape.size() != 2 || cos.shape[1] != xs[3] / 2)
+    Fail(where, "cos has shape " + ShapeText(cos.shape) + ", expected [P, " + std::to_string(xs[3] / 2) + "] (D/2)");
+  ExpectShape(sin, "sin", cos.shape, "(cos's)", where);
+  p.positions = static_cast<const int64_t*>(pos.value.GetTensorRawData());
+  p.cos = static_cast<const int16_t*>(cos.value.GetTensorRawData());
+  p.sin = static_cast<const int16_t*>(sin.value.GetTensorRawData());
+  const int64_t P = cos.shape[0];
+  for (int64_t i = 0; i < xs[0] * xs[1]; ++i)
+    if (p.positions[i] < 0 || p.positions[i] >= P)
+      Fail(where, "position_ids[" + std::to_string(i) + "] = " + std::to_string(p.positions[i]) +
+                      " is outside the tables' [0, " + std::to_string(P) + ")");
+}
+
+}  // namespace
+
+const DiSignature& Signature(DiOp op) {
+  static const DiSignature kSignatures[] = {
+      {"DIMatMul", {kI8, kI32, kI8, kI8, kI32, kI8}, {kI8, kI32, kI8}, 6},
+      {"DIExp", {kI8, kI32, kI8}, {kI8, kI32, kI8}, 3},
+      {"DIClippedSoftmax", {kAny, kI32, kI8, kBool}, {kU8, kI32, kI8}, 3},
+      {"DINorm", {kI8, kI32, kI8, kI32, kI8}, {kI8, kI32, kI8}, 5},
+      {"DISwiGLU", {kI8, kI32, kI8, kI8, kI32, kI8}, {kI8, kI32, kI8}, 6},
+      {"DIRotary", {kI8, kI32, kI8, kI64, kI16, kI16}, {kI8, kI32, kI8}, 6},
+      {"DIAdd", {kI8, kI32, kI8, kI8, kI32, kI8}, {kI8, kI32, kI8}, 6},
+  };
+  return kSignatures[static_cast<int>(op)];
+}
+
+DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op) {
+  Ort::ConstKernelInfo info(raw);
+  DiAttrs a;
+  a.op = op;
+  a.where = std::string("edgeq::") + Signature(op).name + " node '" + info.GetNodeName() + "'";
+  a.obits = ReadInt(info, "obits", a.where);
+  ExpectRange(a.obits, 2, 8, "obits", a.where);
+  a.qmax = (int64_t(1) << (a.obits - 1)) - 1;
+  switch (op) {
+    case DiOp::kMatMul:
+      a.K = ReadInt(info, "K", a.where);
+      a.N = ReadInt(info, "N", a.where);
+      a.abits = ReadInt(info, "abits", a.where);
+      a.wbits = ReadInt(info, "wbits", a.where);
+      ExpectRange(a.K, 1, integer::kMaxK, "K", a.where);
+      ExpectPositive(a.N, "N", a.where);
+      ExpectRange(a.abits, 2, 8, "abits", a.where);
+      ExpectRange(a.wbits, 2, 8, "wbits", a.where);
+      break;
+    case DiOp::kClippedSoftmax:
+      a.clip_q8 = ReadInt(info, "clip_q8", a.where);
+      a.is_causal = ReadInt(info, "is_causal", a.where);
+      ExpectRange(a.clip_q8, 0, 65535, "clip_q8", a.where);
+      ExpectRange(a.is_causal, 0, 1, "is_causal", a.where);
+      a.qmax = (int64_t(1) << a.obits) - 1;
+      break;
+    case DiOp::kNorm:
+      a.eps_q60 = ReadInt(info, "eps_q60", a.where);
+      if (a.eps_q60 < 0 || a.eps_q60 >= (int64_t(1) << 61))
+        Fail(a.where, "attribute eps_q60=" + std::to_string(a.eps_q60) + " must be in [0, 2^61)");
+      break;
+    case DiOp::kRotary:
+      a.interleaved = ReadInt(info, "interleaved", a.where);
+      ExpectRange(a.interleaved, 0, 1, "interleaved", a.where);
+      break;
+    default:
+      break;
+  }
+  return a;
+}
+
+DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
+  const std::string& where = a.where;
+  DiProblem p;
+  std::vector<int64_t> out_shape;
+  switch (a.op) {
+    case DiOp::kMatMul: {
+      p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", where);
+      if (p.x.C != a.K)
+        Fail(where, "X has shape " + ShapeText(p.x.shape) + ": last dim must equal attribute K=" + std::to_string(a.K));
+      TensorView W = RequiredInput(ctx, 3, "W", where);
+      ExpectShape(W, "W", {a.N, a.K}, "(N, K)", where);
+      p.W = static_cast<const int8_t*>(W.value.GetTensorRawData());
+      ReadChannelScales(ctx, 4, "w_m", "w_e", a.N, "(N)", where, p);
+      out_shape = WithLast(p.x.shape, a.N);
+      break;
+    }
+    case DiOp::kClippedSoftmax:
+      p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", where);
+      if (p.x.type != kI8 && p.x.type != kI32)
+        Fail(where, std::string("X must be int8 or int32, got ") + TypeName(p.x.type));
+      PrepareMask(ctx, a, p);
+      if (a.is_causal && p.x.shape.size() < 2) Fail(where, "is_causal needs X of rank >= 2 ([..., Sq, Skv])");
+      out_shape = p.x.shape;
+      break;
+    case DiOp::kNorm:
+      p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", where);
+      ReadChannelScales(ctx, 3, "g_m", "g_e", p.x.C, "(C, X's last dim)", where, p);
+      out_shape = p.x.shape;
+      break;
+    case DiOp::kSwiGLU:
+    case DiOp::kAdd: {
+      const bool add = a.op == DiOp::kAdd;
+      p.x = add ? ReadActivation(ctx, 0, "A", "a_m", "a_e", where) : ReadActivation(ctx, 0, "gate", "gate_m", "gate_e", where);
+      p.x2 = add ? ReadActivation(ctx, 3, "B", "b_m", "b_e", where) : ReadActivation(ctx, 3, "up", "up_m", "up_e", where);
+      ExpectSameShape(p.x, p.x2, add ? "A" : "gate", add ? "B" : "up", where);
+      out_shape = p.x.shape;
+      break;
+    }
+    case DiOp::kRotary:
+      PrepareRotary(ctx, a, p);
+      out_shape = p.x.shape;
+      break;
+    case DiOp::kExp:
+      p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", where);
+      out_shape = p.x.shape;
+      break;
+  }
+  p.out = AllocateOutput(ctx, out_shape);
+  return p;
+}
+
+}  // namespace edgeq

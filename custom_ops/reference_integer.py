@@ -1,0 +1,377 @@
+"""Integer-only NumPy references of the I-LLM ops (``DIMatMul``, ``DIExp``, ``DIClippedSoftmax``, ``DINorm``,
+``DISwiGLU``, ``DIRotary``, ``DIAdd``): the ground truth the C++ (and later CUDA) kernels must reproduce bit for bit.
+
+There is no float anywhere in this module: element-wise math is int64 NumPy, per-row scalars (one maximum, one
+scale, one square root per row) are Python ints. Every intermediate is bounded so that int64 never overflows;
+the bounds are stated where the values are made. The representation and every rounding are documented in
+``custom_ops/README.md`` ("Integer-only ops") and in each op's ``schema.py`` doc.
+
+Conventions: an integer activation is ``(q, m, e)``: codes ``q`` (int8, or uint8 for probabilities) ``[..., C]``
+and a per-row dyadic scale ``m`` int32 ``[..., 1]``, ``e`` int8 ``[..., 1]``, real value ``q * m * 2**-e``.
+Input mantissas lie in [1, 2**15); every output mantissa lies in [2**14, 2**15) except where the int8 exponent
+saturates (see ``finish``). "Rounding" is round half up, ``floor(x + 1/2)``, everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SCALE_BITS = 15                    # activation mantissas m lie in [1, 2**15); outputs are normalized to [2**14, 2**15)
+M_MAX = (1 << SCALE_BITS) - 1
+E_MIN, E_MAX = -128, 127           # the int8 exponent
+ZERO_SCALE = (1 << (SCALE_BITS - 1), E_MAX)  # the scale given to an all-zero output row
+LOG2E_Q30 = 1549082005             # round(log2(e) * 2**30)
+EXP_FRAC = 24                      # fractional bits of exponents in the base-2 domain (Q24)
+EXP_CAP = 1 << 30                  # largest base-2 exponent magnitude kept (64.0 in Q24): 2**-64 is 0 in Q30
+ONE_Q30 = 1 << 30
+# 2**-f ~ 1 + c1 f + c2 f**2 + c3 f**3 on f in [0, 1), coefficients in Q30: a minimax fit of the relative error
+# (8.9e-5) with the constant term pinned to 1, so that the row maximum maps to exactly 2**30.
+EXP2_POLY = (-742586372, 248204643, -42537209)
+ROPE_FRAC = 14                     # rotary tables hold cos and sin in Q14 (int16, 1.0 = 16384)
+ALIGN_WINDOW = 16                  # per-channel exponents within this of the smallest one are aligned exactly
+ADD_WINDOW = 39                    # DIAdd aligns two row exponents exactly when they differ by at most this
+CODE_BITS = tuple(range(2, 9))
+MAX_K = (1 << 17) - 1              # DIMatMul: K * 128 * 128 < 2**31, so the int32 accumulator is exact
+
+
+def qmax_of(bits: int) -> int:
+    """Largest signed code of a ``bits``-wide activation: codes lie in [-qmax, qmax]."""
+    if bits not in CODE_BITS:
+        raise ValueError(f"bits must be in 2..8, got {bits}")
+    return (1 << (bits - 1)) - 1
+
+
+def rshr(v, s: int):
+    """``floor(v / 2**s + 1/2)`` for ``s >= 0`` (round half up), elementwise; ``|v| <= 2**62`` so ``s >= 63``
+    gives 0. Works on Python ints and int64 arrays."""
+    if s < 0:
+        raise ValueError("rshr: negative shift")
+    if s == 0:
+        return v
+    if s >= 63:
+        return v * 0
+    return (v + (1 << (s - 1))) >> s
+
+
+def rshr_each(v: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``rshr`` with one shift per element (``s >= 0``, broadcast against ``v``)."""
+    s = np.asarray(s, np.int64)
+    sc = np.minimum(s, 62)
+    half = np.where(sc > 0, np.left_shift(np.int64(1), np.maximum(sc - 1, 0)), 0)
+    return np.where(s >= 63, 0, (v + half) >> sc)
+
+
+def shift_each(v: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``v * 2**s`` per element: a left shift where ``s >= 0`` (the caller bounds the result below 2**62), a
+    rounding right shift (``rshr``) where ``s < 0``."""
+    s = np.asarray(s, np.int64)
+    return np.where(s >= 0, v << np.maximum(s, 0), rshr_each(v, np.maximum(-s, 0)))
+
+
+def ratio(num: int, den: int) -> tuple[int, int]:
+    """A normalized dyadic ``(m, k)``, ``m * 2**-k ~ num / den``: ``k`` is the largest integer with
+    ``round(num * 2**k / den) < 2**15`` and ``m`` that rounding, so ``m`` lies in [2**14, 2**15)."""
+    if num <= 0 or den <= 0:
+        raise ValueError("ratio: num and den must be positive")
+    k = SCALE_BITS - num.bit_length() + den.bit_length()
+    while True:
+        if k >= 0:
+            m = (2 * (num << k) + den) // (2 * den)
+        else:
+            d = den << -k
+            m = (2 * num + d) // (2 * d)
+        if m <= M_MAX:
+            return m, k
+        k -= 1
+
+
+def finish(q: np.ndarray, m: int, e: int) -> tuple[np.ndarray, int, int]:
+    """Fit a computed exponent into int8. Above 127 (a row below ~2**-100) the mantissa is shifted down, and a
+    mantissa that reaches 0 turns the row into zeros with ``ZERO_SCALE``; below -128 (beyond ~2**150) the scale
+    saturates at ``(2**15 - 1, -128)`` and the codes are kept."""
+    if e > E_MAX:
+        m = rshr(m, e - E_MAX)
+        e = E_MAX
+        if m == 0:
+            return np.zeros_like(q), *ZERO_SCALE
+    elif e < E_MIN:
+        m, e = M_MAX, E_MIN
+    return q, m, e
+
+
+def dyn_quant(v: np.ndarray, mult: int, E: int, qmax: int) -> tuple[np.ndarray, int, int]:
+    """Per-row dynamic quantization of ``v * mult * 2**-E`` (v int64 ``[C]``, ``|v| <= 2**62``, mult in
+    [1, 2**32)): int8 codes in [-qmax, qmax] and a dyadic scale ``(m, e)`` with max |v| mapped to qmax.
+
+    v is first rounded to at most 31 bits (``sh``); codes are ``round(v' * qmax / A')`` computed as a
+    multiply by the reciprocal ``R = round(qmax * 2**S / A')`` and a rounding shift by S; the scale is
+    ``ratio(A' * mult, qmax) * 2**-(E - sh)``."""
+    A = int(np.abs(v).max()) if v.size else 0
+    if A == 0:
+        return np.zeros(v.shape, np.int8), *ZERO_SCALE
+    sh = max(0, A.bit_length() - 31)
+    v = rshr(v, sh)
+    A = int(np.abs(v).max())                      # in [1, 2**31]
+    S = A.bit_length() + 23
+    R = ((qmax << S) + (A >> 1)) // A            # < 2**31: qmax * 2**S / A <= 127 * 2**24
+    q = np.clip((v * R + (1 << (S - 1))) >> S, -qmax, qmax).astype(np.int8)  # |v * R| < 2**62
+    m, k = ratio(A * mult, qmax)
+    return finish(q, m, k + E - sh)
+
+
+def exp2_neg(t: np.ndarray) -> np.ndarray:
+    """``2**-(t / 2**24)`` in Q30 for Q24 exponents ``0 <= t <= EXP_CAP``: ``t = I + f``, the fraction by the
+    cubic ``EXP2_POLY`` (Horner, a rounding shift after each product), the integer part by a rounding right
+    shift of I bits."""
+    t = np.asarray(t, np.int64)
+    f = t & ((1 << EXP_FRAC) - 1)
+    c1, c2, c3 = EXP2_POLY
+    p = rshr(c3 * f, EXP_FRAC) + c2               # |c * f| < 2**30 * 2**24
+    p = rshr(p * f, EXP_FRAC) + c1
+    p = rshr(p * f, EXP_FRAC) + ONE_Q30
+    return rshr_each(p, t >> EXP_FRAC)
+
+
+def shift_capped(v: np.ndarray, s: int, cap: int) -> np.ndarray:
+    """``min(cap, round(v * 2**-s))`` for ``v >= 0``, ``cap`` a power of two, any integer ``s``."""
+    if s >= 0:
+        return np.minimum(rshr(v, s), cap)
+    ls = -s
+    if ls >= cap.bit_length():
+        return np.where(v > 0, cap, 0)
+    return np.where(v > (cap >> ls), cap, v << ls)
+
+
+def exp_arg(a: np.ndarray, e: int) -> np.ndarray:
+    """Q24 base-2 exponent magnitude of a real value ``a * 2**-e`` (a >= 0, ``a < 2**31``): ``a * log2(e)``,
+    i.e. ``min(EXP_CAP, round(a * LOG2E_Q30 * 2**-(30 + e - 24)))``."""
+    return shift_capped(np.asarray(a, np.int64) * LOG2E_Q30, 30 + e - EXP_FRAC, EXP_CAP)
+
+
+def align_exponents(e: np.ndarray) -> tuple[int, np.ndarray]:
+    """Per-channel exponents ``e`` [N] -> a common exponent ``Ea`` and shifts ``Ea - e`` (<= ALIGN_WINDOW):
+    ``Ea = min(max e, min e + ALIGN_WINDOW)``, so channels within the window are aligned exactly by left shifts
+    and finer ones lose low bits to a rounding right shift."""
+    e = np.asarray(e, np.int64)
+    Ea = int(min(e.max(), e.min() + ALIGN_WINDOW))
+    return Ea, Ea - e
+
+
+def _check_mantissas(m: np.ndarray, what: str, lo: int) -> np.ndarray:
+    m = np.asarray(m, np.int64)
+    bad = (m < lo) | (m > M_MAX)
+    if bad.any():
+        raise ValueError(f"{what} has a mantissa outside [{lo}, {M_MAX}]: {int(m[bad][0])}")
+    return m
+
+
+def _rows(q: np.ndarray, m: np.ndarray, e: np.ndarray, what: str):
+    q = np.asarray(q)
+    lead = q.shape[:-1]
+    if np.shape(m) != (*lead, 1) or np.shape(e) != (*lead, 1):
+        raise ValueError(f"{what}: scales must have shape {(*lead, 1)}, got {np.shape(m)} and {np.shape(e)}")
+    m = _check_mantissas(m, what, 1).reshape(-1)
+    return q.reshape(-1, q.shape[-1]).astype(np.int64), m, np.asarray(e, np.int64).reshape(-1)
+
+
+def _outputs(rows, shape, code_type=np.int8):
+    q = np.stack([r[0] for r in rows]).astype(code_type).reshape(shape)
+    m = np.array([r[1] for r in rows], np.int32).reshape(*shape[:-1], 1)
+    e = np.array([r[2] for r in rows], np.int8).reshape(*shape[:-1], 1)
+    return q, m, e
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ops
+
+
+def di_matmul(X, x_m, x_e, W, w_m, w_e, obits: int):
+    """``Y = X @ W^T`` requantized per row. ``acc`` int32 exact (K <= 131071); channel n's ``acc * w_m[n]``
+    (< 2**46) is aligned to the common exponent of ``align_exponents(w_e)``; then ``dyn_quant`` with the row's
+    ``x_m`` as multiplier and ``x_e + Ea`` as exponent."""
+    qmax = qmax_of(obits)
+    W = np.asarray(W).astype(np.int64)
+    if W.shape[1] > MAX_K:
+        raise ValueError(f"K={W.shape[1]} exceeds {MAX_K} (the int32 accumulator)")
+    w_m = _check_mantissas(w_m, "w_m", -M_MAX)
+    Ea, shifts = align_exponents(w_e)
+    Xr, xm, xe = _rows(X, x_m, x_e, "X")
+    P = shift_each((Xr @ W.T) * w_m, shifts)
+    rows = [dyn_quant(P[r], int(xm[r]), int(xe[r]) + Ea, qmax) for r in range(len(Xr))]
+    return _outputs(rows, (*np.shape(X)[:-1], W.shape[0]))
+
+
+def di_exp(X, x_m, x_e, obits: int):
+    """``exp(x)`` per row: codes ``round(qmax * exp(x - max x))`` in [0, qmax], scale ``exp(max x) / qmax``."""
+    qmax = qmax_of(obits)
+    Xr, xm, xe = _rows(X, x_m, x_e, "X")
+    rows = []
+    for q, m, e in zip(Xr, xm.tolist(), xe.tolist()):
+        top = int(q.max())
+        codes = rshr(exp2_neg(exp_arg((top - q) * m, e)) * qmax, 30)
+        w = top * m * LOG2E_Q30                   # max x * log2(e), in Q(30 + e); |w| < 2**54
+        s = 30 + e - EXP_FRAC
+        if s >= 0:
+            z = rshr(w, s)
+        else:                                     # a coarse scale: saturate at +-2**62
+            z = w << -s if abs(w).bit_length() - s <= 62 else (1 << 62) * (1 if w > 0 else -1)
+        whole, frac = z >> EXP_FRAC, z & ((1 << EXP_FRAC) - 1)
+        p2 = ONE_Q30 if frac == 0 else 2 * int(exp2_neg(np.int64((1 << EXP_FRAC) - frac)))  # 2**frac, Q30
+        mm, k = ratio(p2, qmax)
+        rows.append(finish(codes, mm, k + 30 - whole))
+    return _outputs(rows, np.shape(X))
+
+
+def causal_allowed(shape: tuple[int, ...]) -> np.ndarray:
+    """bool [..., Sq, Skv]: key j is visible to query i when ``j <= i + Skv - Sq`` (the last query sees all)."""
+    sq, skv = shape[-2], shape[-1]
+    allowed = np.arange(skv)[None, :] <= np.arange(sq)[:, None] + (skv - sq)
+    return np.broadcast_to(allowed, shape)
+
+
+def di_clipped_softmax(X, x_m, x_e, mask=None, *, clip_q8: int, is_causal: int, obits: int):
+    """Softmax over the last axis of ``x`` clipped to ``[max - c, max]``, ``c = clip_q8 / 256`` (0: no clip),
+    restricted to the keys ``mask`` (bool, broadcast) and the causal rule allow. Per row: base-2 exponents
+    ``t = min(TC, (max - x) * log2(e))`` in Q24 (the products rounded once to 31 bits per row first, ``pre``),
+    ``E = exp2_neg(t)`` in Q30 (0 where masked), ``S = sum E``; codes ``round(E * qmax / 2**30)`` in
+    [0, qmax = 2**obits - 1] (uint8); scale ``2**30 / (S * qmax)``. A row with no visible key is all zeros."""
+    if obits not in CODE_BITS:
+        raise ValueError(f"obits must be in 2..8, got {obits}")
+    qmax = (1 << obits) - 1
+    shape = np.shape(X)
+    allowed = np.ones(shape, bool)
+    if mask is not None:
+        allowed &= np.broadcast_to(np.asarray(mask, bool), shape)
+    if is_causal:
+        allowed &= causal_allowed(shape)
+    tc = rshr(clip_q8 * LOG2E_Q30, 30 + 8 - EXP_FRAC) if clip_q8 else EXP_CAP
+    Xr, xm, xe = _rows(X, x_m, x_e, "X")
+    rows = []
+    for q, m, e, ok in zip(Xr, xm.tolist(), xe.tolist(), allowed.reshape(Xr.shape)):
+        if not ok.any():
+            rows.append((np.zeros(q.shape, np.int64), *ZERO_SCALE))
+            continue
+        a = (int(q[ok].max()) - q) * m            # >= 0 where visible; < 2**47 for int32 scores
+        a = np.where(ok, a, 0)
+        pre = max(0, int(a.max()).bit_length() - 31)
+        t = np.minimum(shift_capped(rshr(a, pre) * LOG2E_Q30, 30 + e - EXP_FRAC - pre, EXP_CAP), tc)
+        E = np.where(ok, exp2_neg(t), 0)
+        S = int(E.sum())                          # >= 2**30: the maximum maps to exactly 2**30
+        mm, k = ratio(ONE_Q30, S * qmax)
+        rows.append(finish(rshr(E * qmax, 30), mm, k))
+    return _outputs(rows, shape, np.uint8)
+
+
+def add_positive(a: int, ea: int, b: int, eb: int) -> tuple[int, int]:
+    """``a * 2**-ea + b * 2**-eb`` (a, b in [0, 2**61)) as ``(v, ev)`` with ``v < 2**62``: the coarser term is
+    shifted left as far as it stays below 2**61, the finer one right (rounded) by whatever is left."""
+    if b == 0:
+        return a, ea
+    if a == 0:
+        return b, eb
+    (x, ex), (y, ey) = sorted(((a, ea), (b, eb)), key=lambda p: -p[1])
+    d, room = ex - ey, 61 - y.bit_length()
+    if d <= room:
+        return x + (y << d), ex
+    return int(rshr(x, d - room)) + (y << room), ex - (d - room)
+
+
+def rms_scale(q: np.ndarray, m: int, e: int, eps_q60: int) -> tuple[int, int] | None:
+    """``(r, er)`` with ``r * 2**-er ~ sqrt(mean((q m 2**-e)**2) + eps_q60 * 2**-60)``, r in [2**30, 2**31);
+    None for an all-zero row."""
+    ss = int((q * q).sum())                       # < 2**14 * C <= 2**31
+    if ss == 0:
+        return None
+    T = ss * m * m                                # < 2**61
+    s1 = 61 - T.bit_length()
+    V, ev = add_positive((T << s1) // q.size, 2 * e + s1, eps_q60, 60)
+    s2 = 62 - V.bit_length()
+    if (ev + s2) % 2:
+        s2 -= 1
+    V = V << s2 if s2 >= 0 else int(rshr(V, -s2))
+    return math.isqrt(V), (ev + s2) // 2
+
+
+def di_norm(X, x_m, x_e, g_m, g_e, *, eps_q60: int, obits: int):
+    """RMSNorm ``x / sqrt(mean(x**2) + eps) * gamma`` with gamma ``g_m * 2**-g_e`` per channel: the mean square
+    normalized to 61 bits, divided by C, plus eps (``add_positive``), an exact integer square root (``isqrt``
+    of a 60..62-bit value), ``ratio(m, r)`` for the row factor, then ``dyn_quant`` of the aligned ``q * g_m``."""
+    qmax = qmax_of(obits)
+    g_m = _check_mantissas(g_m, "g_m", -M_MAX)
+    Ea, shifts = align_exponents(g_e)
+    Xr, xm, xe = _rows(X, x_m, x_e, "X")
+    rows = []
+    for q, m, e in zip(Xr, xm.tolist(), xe.tolist()):
+        rms = rms_scale(q, m, e, eps_q60)
+        if rms is None:
+            rows.append((np.zeros(q.shape, np.int64), *ZERO_SCALE))
+            continue
+        mr, k = ratio(m, rms[0])
+        rows.append(dyn_quant(shift_each(q * g_m, shifts), mr, Ea + k + e - rms[1], qmax))
+    return _outputs(rows, np.shape(X))
+
+
+def sigmoid_q30(q: np.ndarray, m: int, e: int) -> np.ndarray:
+    """``sigmoid(q m 2**-e)`` in Q30: ``E = exp(-|x|)`` by ``exp2_neg``, ``round(2**60 / (2**30 + E))`` for
+    x >= 0 and its complement to 2**30 below."""
+    E = exp2_neg(exp_arg(np.abs(q) * m, e))
+    D = ONE_Q30 + E
+    R = ((1 << 61) + D) // (2 * D)
+    return np.where(q >= 0, R, ONE_Q30 - R)
+
+
+def di_swiglu(G, g_m, g_e, U, u_m, u_e, obits: int):
+    """``silu(gate) * up`` per row: ``v = q_g * sigmoid_q30(q_g) * q_u`` (< 2**44), ``dyn_quant`` with multiplier
+    ``m_g * m_u`` and exponent ``e_g + e_u + 30``."""
+    qmax = qmax_of(obits)
+    Gr, gm, ge = _rows(G, g_m, g_e, "gate")
+    Ur, um, ue = _rows(U, u_m, u_e, "up")
+    if Gr.shape != Ur.shape:
+        raise ValueError(f"gate and up differ in shape: {np.shape(G)} vs {np.shape(U)}")
+    rows = [dyn_quant(g * sigmoid_q30(g, a, b) * u, a * c, b + d + 30, qmax)
+            for g, a, b, u, c, d in zip(Gr, gm.tolist(), ge.tolist(), Ur, um.tolist(), ue.tolist())]
+    return _outputs(rows, np.shape(G))
+
+
+def di_rotary(X, x_m, x_e, position_ids, cos, sin, *, interleaved: int, obits: int):
+    """Rotary embedding of ``x [B, S, H, D]`` with Q14 tables ``cos, sin [P, D/2]`` at ``position_ids [B, S]``:
+    pairs (i, i + D/2) (or (2i, 2i+1) when interleaved) become ``(a c - b s, b c + a s)`` (< 2**23), then
+    ``dyn_quant`` per (token, head) with exponent ``e + 14``. Scales ``[B, S, H, 1]`` or ``[B, S, 1, 1]``."""
+    qmax = qmax_of(obits)
+    X = np.asarray(X).astype(np.int64)
+    B, S, H, D = X.shape
+    m = np.broadcast_to(_check_mantissas(x_m, "x_m", 1), (B, S, H, 1)).reshape(-1)
+    e = np.broadcast_to(np.asarray(x_e, np.int64), (B, S, H, 1)).reshape(-1)
+    pos = np.asarray(position_ids, np.int64)
+    if pos.min() < 0 or pos.max() >= np.shape(cos)[0]:
+        raise ValueError(f"position_ids must lie in [0, {np.shape(cos)[0]})")
+    c = np.asarray(cos, np.int64)[pos][:, :, None, :]     # [B, S, 1, D/2]
+    s = np.asarray(sin, np.int64)[pos][:, :, None, :]
+    a, b = (X[..., 0::2], X[..., 1::2]) if interleaved else (X[..., : D // 2], X[..., D // 2:])
+    first, second = a * c - b * s, b * c + a * s
+    if interleaved:
+        v = np.stack([first, second], -1).reshape(B, S, H, D)
+    else:
+        v = np.concatenate([first, second], -1)
+    v = v.reshape(-1, D)
+    rows = [dyn_quant(v[r], int(m[r]), int(e[r]) + ROPE_FRAC, qmax) for r in range(len(v))]
+    return _outputs(rows, (B, S, H, D))
+
+
+def di_add(A, a_m, a_e, B, b_m, b_e, obits: int):
+    """``a + b`` per row: ``q * m`` of each side (< 2**22) brought to the exponent
+    ``E = min(max(ea, eb), min(ea, eb) + ADD_WINDOW)`` (left shifts of at most 39 bits, so each term < 2**61;
+    a finer side beyond the window is shifted right, rounded), summed, then ``dyn_quant`` with exponent E."""
+    qmax = qmax_of(obits)
+    Ar, am, ae = _rows(A, a_m, a_e, "A")
+    Br, bm, be = _rows(B, b_m, b_e, "B")
+    if Ar.shape != Br.shape:
+        raise ValueError(f"A and B differ in shape: {np.shape(A)} vs {np.shape(B)}")
+    rows = []
+    for qa, ma, ea, qb, mb, eb in zip(Ar, am.tolist(), ae.tolist(), Br, bm.tolist(), be.tolist()):
+        E = min(max(ea, eb), min(ea, eb) + ADD_WINDOW)
+        v = shift_each(qa * ma, E - ea) + shift_each(qb * mb, E - eb)
+        rows.append(dyn_quant(v, 1, E, qmax))
+    return _outputs(rows, np.shape(A))
