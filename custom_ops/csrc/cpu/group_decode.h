@@ -97,32 +97,42 @@ inline float HorizontalSum(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
 }
 
+// acc[m] += scale * sum over `chunks` 8-code chunks of one group (codes k0.. of A's rows) of A[m, k] * (code - zp).
+template <int BITS, int MM, bool kZeros>
+inline void GemvGroup(const float* A, int64_t K, const uint8_t* bytes, int64_t k0, int64_t chunks, float scale,
+                      float zp, __m256* acc) {
+  const __m256 zpv = _mm256_set1_ps(zp);
+  __m256 part[MM];
+  for (int m = 0; m < MM; ++m) part[m] = _mm256_setzero_ps();
+  for (int64_t c = 0; c < chunks; ++c) {
+    __m256 w = Decode8<BITS>(bytes + c * BITS);
+    if constexpr (kZeros) w = _mm256_sub_ps(w, zpv);
+    for (int m = 0; m < MM; ++m) part[m] = _mm256_fmadd_ps(_mm256_loadu_ps(A + m * K + k0 + 8 * c), w, part[m]);
+  }
+  const __m256 sv = _mm256_set1_ps(scale);
+  for (int m = 0; m < MM; ++m) acc[m] = _mm256_fmadd_ps(sv, part[m], acc[m]);
+}
+
 // Y[m, n] for m < MM and one row n: sum_k A[m, k] * scales[g] * (code[k] - zeros[g]), g = k / gs; A is float
-// [MM, K], row the row's ng groups of group_bytes.
-template <int BITS, int MM>
+// [MM, K], row the row's ng groups of group_bytes. Without kZeros the zeros are left out (zeros unread): the
+// caller subtracts sum_g scales[g] * zeros[g] * sum_{k in g} A[m, k] itself, one vector op per code fewer.
+template <int BITS, int MM, bool kZeros = true>
 inline void GemvRow(const float* A, int64_t K, const uint8_t* row, int64_t gs, int64_t ng, int64_t group_bytes,
                     const float* scales, const float* zeros, float* out) {
   __m256 acc[MM];
-  float tail[MM];
-  for (int m = 0; m < MM; ++m) {
-    acc[m] = _mm256_setzero_ps();
-    tail[m] = 0.f;
-  }
-  for (int64_t g = 0; g < ng; ++g) {
+  for (int m = 0; m < MM; ++m) acc[m] = _mm256_setzero_ps();
+  // Whole groups first, with no bound to check per group.
+  const int64_t whole = K / gs;
+  for (int64_t g = 0; g < whole; ++g)
+    GemvGroup<BITS, MM, kZeros>(A, K, row + g * group_bytes, g * gs, gs / 8, scales[g], kZeros ? zeros[g] : 0.f, acc);
+  float tail[MM] = {};
+  if (whole < ng) {
+    // The last group ends at K: its whole 8-code chunks, then those few codes one by one.
+    const int64_t g = whole, k0 = g * gs, chunks = (K - k0) / 8;
     const uint8_t* bytes = row + g * group_bytes;
-    const int64_t k0 = g * gs, in_k = std::min(gs, K - k0), chunks = in_k / 8;
-    const float zp = zeros[g];
-    const __m256 zpv = _mm256_set1_ps(zp);
-    __m256 part[MM];
-    for (int m = 0; m < MM; ++m) part[m] = _mm256_setzero_ps();
-    for (int64_t c = 0; c < chunks; ++c) {
-      const __m256 w = _mm256_sub_ps(Decode8<BITS>(bytes + c * BITS), zpv);
-      for (int m = 0; m < MM; ++m) part[m] = _mm256_fmadd_ps(_mm256_loadu_ps(A + m * K + k0 + 8 * c), w, part[m]);
-    }
-    const __m256 sv = _mm256_set1_ps(scales[g]);
-    for (int m = 0; m < MM; ++m) acc[m] = _mm256_fmadd_ps(sv, part[m], acc[m]);
-    // The last group may end inside an 8-code chunk (K off the grid): those few codes one by one.
-    for (int64_t k = k0 + 8 * chunks; k < k0 + in_k; ++k) {
+    const float zp = kZeros ? zeros[g] : 0.f;
+    GemvGroup<BITS, MM, kZeros>(A, K, bytes, k0, chunks, scales[g], zp, acc);
+    for (int64_t k = k0 + 8 * chunks; k < K; ++k) {
       const int64_t bit = (k - k0) * BITS;
       uint32_t v = bytes[bit >> 3];
       if ((bit & 7) + BITS > 8) v |= uint32_t(bytes[(bit >> 3) + 1]) << 8;
@@ -133,16 +143,22 @@ inline void GemvRow(const float* A, int64_t K, const uint8_t* row, int64_t gs, i
   for (int m = 0; m < MM; ++m) out[m] = HorizontalSum(acc[m]) + tail[m];
 }
 
+// f(std::integral_constant<int, MM>{}) for M = 1..kGemvRows rows of A (M > kGemvRows runs as kGemvRows).
+template <typename F>
+inline void WithGemvRows(int64_t M, F&& f) {
+  switch (M) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    default: f(std::integral_constant<int, 4>{}); break;
+  }
+}
+
 // GemvRow for M = 1..kGemvRows rows of A, picked at run time.
 template <int BITS>
 inline void GemvRows(int64_t M, const float* A, int64_t K, const uint8_t* row, int64_t gs, int64_t ng,
                      int64_t group_bytes, const float* scales, const float* zeros, float* out) {
-  switch (M) {
-    case 1: GemvRow<BITS, 1>(A, K, row, gs, ng, group_bytes, scales, zeros, out); break;
-    case 2: GemvRow<BITS, 2>(A, K, row, gs, ng, group_bytes, scales, zeros, out); break;
-    case 3: GemvRow<BITS, 3>(A, K, row, gs, ng, group_bytes, scales, zeros, out); break;
-    default: GemvRow<BITS, 4>(A, K, row, gs, ng, group_bytes, scales, zeros, out); break;
-  }
+  WithGemvRows(M, [&](auto mm) { GemvRow<BITS, decltype(mm)::value>(A, K, row, gs, ng, group_bytes, scales, zeros, out); });
 }
 #endif
 
