@@ -63,8 +63,11 @@ def rotary_tables(max_positions: int, head_dim: int, base: float = 10000.0) -> t
 
 
 def eps_q60(eps: float) -> int:
-    """DINorm's ``eps_q60`` attribute for an epsilon."""
-    return int(round(eps * 2.0**60))
+    """DINorm's ``eps_q60`` attribute for an epsilon (in [0, 2))."""
+    value = int(round(eps * 2.0**60))
+    if not 0 <= value < 1 << 61:
+        raise ValueError(f"DINorm takes eps in [0, 2), got {eps}")
+    return value
 
 
 def clip_q8(c: float) -> int:

@@ -299,6 +299,8 @@ def di_norm(X, x_m, x_e, g_m, g_e, *, eps_q60: int, obits: int):
     normalized to 61 bits, divided by C, plus eps (``add_positive``), an exact integer square root (``isqrt``
     of a 60..62-bit value), ``ratio(m, r)`` for the row factor, then ``dyn_quant`` of the aligned ``q * g_m``."""
     qmax = qmax_of(obits)
+    if not 0 <= eps_q60 < 1 << 61:
+        raise ValueError(f"eps_q60 must be in [0, 2**61), got {eps_q60}")
     g_m = _check_mantissas(g_m, "g_m", -M_MAX)
     Ea, shifts = align_exponents(g_e)
     Xr, xm, xe = _rows(X, x_m, x_e, "X")

@@ -38,8 +38,8 @@ void ExpectMantissas(const int32_t* m, int64_t n, int64_t lo, const char* name, 
                       std::to_string(lo) + ", " + std::to_string(integer::kMMax) + "]");
 }
 
-// Inputs index.. index+2: codes [..., C] (at least one row, C >= 1) and scales [..., 1] (unless scale_shape
-// is given, as for DIRotary).
+// Inputs index..index+2: codes [..., C] (at least one row, C >= 1) and scales [..., 1] (DIRotary, which
+// accepts two scale layouts, checks them itself: check_scale_shape = false).
 IntInput ReadActivation(Ort::KernelContext& ctx, size_t index, const char* q_name, const char* m_name,
                         const char* e_name, const std::string& where, bool check_scale_shape = true) {
   TensorView q = RequiredInput(ctx, index, q_name, where);
@@ -234,8 +234,10 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
     case DiOp::kSwiGLU:
     case DiOp::kAdd: {
       const bool add = a.op == DiOp::kAdd;
-      p.x = add ? ReadActivation(ctx, 0, "A", "a_m", "a_e", where) : ReadActivation(ctx, 0, "gate", "gate_m", "gate_e", where);
-      p.x2 = add ? ReadActivation(ctx, 3, "B", "b_m", "b_e", where) : ReadActivation(ctx, 3, "up", "up_m", "up_e", where);
+      p.x = add ? ReadActivation(ctx, 0, "A", "a_m", "a_e", where)
+                : ReadActivation(ctx, 0, "gate", "gate_m", "gate_e", where);
+      p.x2 = add ? ReadActivation(ctx, 3, "B", "b_m", "b_e", where)
+                 : ReadActivation(ctx, 3, "up", "up_m", "up_e", where);
       ExpectSameShape(p.x, p.x2, add ? "A" : "gate", add ? "B" : "up", where);
       out_shape = p.x.shape;
       break;

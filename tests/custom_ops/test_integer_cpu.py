@@ -1,0 +1,191 @@
+"""The integer-only ops on ORT's CPU execution provider against the integer NumPy reference, bit for bit:
+codes, scale mantissas and scale exponents must be identical (integer math has no rounding excuse). Random
+shapes (odd sizes, 1..300 rows), random values, saturated codes at the int8 limits, int32 limits, and scales at
+the ends of their ranges (where the int8 exponent saturates or a row flushes to zero)."""
+
+import numpy as np
+import pytest
+
+from edgeq.custom_ops import reference_integer as ri
+from edgeq.custom_ops.integer_codec import eps_q60, rotary_tables
+
+from .integer_problems import WIDTHS, activation, assert_bit_exact, channel_scales
+
+
+def lead_shape(rng: np.random.Generator, max_rows: int = 300) -> tuple[int, ...]:
+    """1 to 3 leading dims, 1..max_rows rows in all."""
+    rows = int(rng.choice([1, 2, 3, 7, 31, 64, 129, max_rows]))
+    if rows > 6 and rng.random() < 0.5:
+        return (2, rows // 2) if rng.random() < 0.5 else (1, 2, rows // 2)
+    return (rows,)
+
+
+def odd_size(rng: np.random.Generator, hi: int) -> int:
+    return int(rng.choice([1, 2, 3, 15, 16, 17, 33, 63, 100, hi, hi - 1]))
+
+
+SEEDS = range(20)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_matmul(cpu_library, seed):
+    rng = np.random.default_rng(1000 + seed)
+    wbits, abits = WIDTHS[seed % 3]
+    lead, K, N = lead_shape(rng), odd_size(rng, 577), odd_size(rng, 150)
+    x = activation(rng, (*lead, K), abits, saturate=seed % 2 == 0, full_mantissas=seed % 4 == 1)
+    W = rng.integers(-(1 << (wbits - 1)), 1 << (wbits - 1), (N, K)).astype(np.int8)
+    if seed % 2 == 0:
+        W[:, 0], W[:, -1] = -128, 127
+    w_m, w_e = channel_scales(rng, N, spread=[0, 6, 16, 40][seed % 4], signed=seed % 3 == 0)
+    assert_bit_exact(cpu_library, "DIMatMul", [*x, W, w_m, w_e], K=K, N=N, abits=abits, wbits=wbits, obits=abits)
+
+
+def test_matmul_largest_accumulator(cpu_library):
+    """K = 131071 products of -128 * -128: acc = 2^31 - 2^14, the largest the op can meet, must come out exact
+    (any lost carry changes the codes of the other channel, whose value is half of it)."""
+    K = ri.MAX_K
+    X = np.full((2, K), -128, np.int8)
+    W = np.full((3, K), -128, np.int8)
+    W[1] = 127
+    W[2, : K // 2] = 0
+    m = np.full((2, 1), ri.M_MAX, np.int32)
+    e = np.array([[0], [127]], np.int8)
+    w_m, w_e = np.array([ri.M_MAX, 1, 1 << 14], np.int32), np.array([-128, 127, 0], np.int8)
+    assert_bit_exact(cpu_library, "DIMatMul", [X, m, e, W, w_m, w_e], K=K, N=3, abits=8, wbits=8, obits=8)
+
+
+@pytest.mark.parametrize("e", [-128, 127])
+def test_matmul_extreme_scales(cpu_library, e):
+    """Exponents at both int8 ends: the output exponent saturates (-128) or the rows flush to zero (127)."""
+    rng = np.random.default_rng(7)
+    q, m, _ = activation(rng, (5, 33), saturate=True, full_mantissas=True)
+    W = rng.integers(-128, 128, (9, 33)).astype(np.int8)
+    w_m, w_e = channel_scales(rng, 9)
+    x_e = np.full((5, 1), e, np.int8)
+    y = assert_bit_exact(cpu_library, "DIMatMul", [q, m, x_e, W, w_m, np.full(9, e, np.int8)], K=33, N=9, abits=8,
+                         wbits=8, obits=8)
+    assert (y[2] == e).all()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_exp(cpu_library, seed):
+    rng = np.random.default_rng(2000 + seed)
+    bits = WIDTHS[seed % 3][1]
+    x = activation(rng, (*lead_shape(rng), odd_size(rng, 300)), bits, e_range=(-128, 127) if seed % 3 == 0 else (0, 30),
+                   saturate=seed % 2 == 0, full_mantissas=seed % 2 == 1)
+    assert_bit_exact(cpu_library, "DIExp", list(x), obits=bits)
+
+
+def softmax_inputs(rng: np.random.Generator, seed: int):
+    rank = 2 + seed % 3
+    skv = odd_size(rng, 300)
+    sq = int(rng.integers(1, min(skv, 20) + 1))
+    shape = (*[int(rng.integers(1, 4)) for _ in range(rank - 2)], sq, skv)
+    if seed % 4 == 3:  # int32 scores, including both int32 limits
+        q = rng.integers(-(2**31), 2**31, shape, dtype=np.int64)
+        q[..., 0], q[..., -1] = -(2**31), 2**31 - 1
+        _, m, e = activation(rng, shape, e_range=(20, 60), full_mantissas=True)
+        x = (q.astype(np.int32), m, e)
+    else:
+        x = activation(rng, shape, e_range=(-10, 30) if seed % 5 else (-128, 127), saturate=seed % 2 == 0)
+    mask = None
+    if seed % 3 == 1:
+        mshape = tuple(d if rng.random() < 0.5 else 1 for d in shape)
+        mask = rng.random(mshape) < 0.7
+    return x, mask, shape
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_clipped_softmax(cpu_library, seed):
+    rng = np.random.default_rng(3000 + seed)
+    x, mask, _ = softmax_inputs(rng, seed)
+    assert_bit_exact(cpu_library, "DIClippedSoftmax", [*x, mask], clip_q8=[0, 3840, 1, 65535][seed % 4],
+                     is_causal=seed % 2, obits=[8, 6, 4][seed % 3])
+
+
+def test_clipped_softmax_fully_masked_rows(cpu_library):
+    """Rows with no visible key give zeros and the zero-row scale; the others are untouched by them."""
+    rng = np.random.default_rng(5)
+    x = activation(rng, (3, 4, 10))
+    mask = np.ones((3, 1, 10), bool)
+    mask[1] = False
+    p = assert_bit_exact(cpu_library, "DIClippedSoftmax", [*x, mask], clip_q8=3840, is_causal=1, obits=8)
+    assert (p[0][1] == 0).all() and (p[1][1] == ri.ZERO_SCALE[0]).all() and (p[0][0].sum(-1) > 0).all()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_norm(cpu_library, seed):
+    rng = np.random.default_rng(4000 + seed)
+    bits = WIDTHS[seed % 3][1]
+    shape = (*lead_shape(rng), odd_size(rng, 576))
+    x = activation(rng, shape, bits, e_range=(-128, 127) if seed % 4 == 0 else (0, 30), saturate=seed % 2 == 0,
+                   full_mantissas=seed % 3 == 0)
+    if shape[0] > 1:
+        x[0][0] = 0  # an all-zero row
+    g_m, g_e = channel_scales(rng, shape[-1], spread=[0, 4, 16, 30][seed % 4], signed=True)
+    eps = [0, eps_q60(1e-5), eps_q60(1e-6), (1 << 61) - 1][seed % 4]
+    assert_bit_exact(cpu_library, "DINorm", [*x, g_m, g_e], eps_q60=eps, obits=bits)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_swiglu(cpu_library, seed):
+    rng = np.random.default_rng(5000 + seed)
+    bits = WIDTHS[seed % 3][1]
+    shape = (*lead_shape(rng), odd_size(rng, 1536))
+    e_range = (-128, 127) if seed % 4 == 0 else (5, 25)
+    gate = activation(rng, shape, bits, e_range=e_range, saturate=seed % 2 == 0, full_mantissas=seed % 3 == 0)
+    up = activation(rng, shape, bits, e_range=e_range, saturate=seed % 2 == 1)
+    assert_bit_exact(cpu_library, "DISwiGLU", [*gate, *up], obits=bits)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_rotary(cpu_library, seed):
+    rng = np.random.default_rng(6000 + seed)
+    bits = WIDTHS[seed % 3][1]
+    B, S, H = int(rng.integers(1, 3)), int(rng.integers(1, 40)), int(rng.integers(1, 5))
+    D = int(rng.choice([2, 6, 64, 18]))
+    P = int(rng.integers(S, 2 * S + 2))
+    cos, sin = rotary_tables(P, D)
+    q, m, e = activation(rng, (B, S, H, D), bits, e_range=(-128, 127) if seed % 4 == 0 else (0, 20),
+                         saturate=seed % 2 == 0, full_mantissas=seed % 3 == 0)
+    if seed % 2:  # one scale per token, shared by the heads
+        m, e = m[:, :, :1], e[:, :, :1]
+    pos = rng.integers(0, P, (B, S))
+    pos[0, 0], pos[-1, -1] = 0, P - 1
+    assert_bit_exact(cpu_library, "DIRotary", [q, m, e, pos, cos, sin], interleaved=seed % 2, obits=bits)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_add(cpu_library, seed):
+    rng = np.random.default_rng(7000 + seed)
+    bits = WIDTHS[seed % 3][1]
+    shape = (*lead_shape(rng), odd_size(rng, 576))
+    a = activation(rng, shape, bits, e_range=(-128, 127) if seed % 3 == 0 else (0, 12), saturate=seed % 2 == 0,
+                   full_mantissas=seed % 2 == 1)
+    b = activation(rng, shape, bits, e_range=(-128, 127) if seed % 3 == 0 else (0, 60))
+    assert_bit_exact(cpu_library, "DIAdd", [*a, *b], obits=bits)
+
+
+def test_add_scales_far_apart(cpu_library):
+    """Exponent gaps inside (exact) and beyond (the finer side shifted away) the 39-bit window, both int8 ends,
+    and b = -a at equal scales, which cancels to an all-zero row."""
+    q = np.tile(np.array([[-127, 127, 1, -1, 64]], np.int8), (5, 1))
+    m = np.full((5, 1), ri.M_MAX, np.int32)
+    ea = np.array([[0], [0], [-128], [127], [10]], np.int8)
+    eb = np.array([[39], [40], [127], [-128], [10]], np.int8)
+    y = assert_bit_exact(cpu_library, "DIAdd", [q, m, ea, -q, m, eb], obits=8)
+    assert (y[0][4] == 0).all() and y[1][4, 0] == ri.ZERO_SCALE[0] and y[2][4, 0] == ri.ZERO_SCALE[1]
+
+
+def test_thread_count_does_not_change_results(cpu_library):
+    from .integer_problems import run
+
+    rng = np.random.default_rng(11)
+    x = activation(rng, (37, 129), saturate=True)
+    W = rng.integers(-128, 128, (70, 129)).astype(np.int8)
+    w_m, w_e = channel_scales(rng, 70)
+    args = [*x, W, w_m, w_e]
+    one = run(cpu_library, "DIMatMul", args, threads=1, K=129, N=70, abits=8, wbits=8, obits=8)
+    two = run(cpu_library, "DIMatMul", args, threads=2, K=129, N=70, abits=8, wbits=8, obits=8)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,96 @@
+"""The integer-only ops' schemas: ONNX shape inference (output types and shapes, refusals) and attribute checks."""
+
+import onnx
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper
+
+from edgeq.custom_ops.schema import INTEGER_OPS, OPS, opset_import
+
+I8, U8, I16, I32, I64, BOOL = TP.INT8, TP.UINT8, TP.INT16, TP.INT32, TP.INT64, TP.BOOL
+
+
+def activation(name, scale, shape, code=I8):
+    lead = None if shape is None else [*shape[:-1], 1]
+    return [(name, code, shape), (f"{scale}_m", I32, lead), (f"{scale}_e", I8, lead)]
+
+
+def infer(op: str, inputs: list, **attrs):
+    """Output (elem_type, dims) of a one-node model; inputs are (name, elem_type, shape) in the op's order."""
+    opdef = OPS[op]
+    node = opdef.make_node([name for name, _, _ in inputs], [o.name for o in opdef.outputs], **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(*i) for i in inputs],
+                              [helper.make_empty_tensor_value_info(o.name) for o in opdef.outputs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), opset_import()])
+    out = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph.output
+    return [(o.type.tensor_type.elem_type, [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim])
+            for o in out]
+
+
+def test_every_integer_op_is_registered():
+    for op in INTEGER_OPS:
+        assert OPS[op.name] is op
+        assert onnx.defs.get_schema(op.name, 1, "edgeq").name == op.name
+
+
+def test_matmul_output():
+    inputs = [*activation("X", "x", ["b", "s", 64]), ("W", I8, [24, 64]), ("w_m", I32, [24]), ("w_e", I8, [24])]
+    assert infer("DIMatMul", inputs, K=64, N=24, abits=4, wbits=4, obits=4) == [
+        (I8, ["b", "s", 24]), (I32, ["b", "s", 1]), (I8, ["b", "s", 1])]
+
+
+@pytest.mark.parametrize("op, inputs, attrs", [
+    ("DIExp", activation("X", "x", ["t", 7]), dict(obits=8)),
+    ("DINorm", [*activation("X", "x", ["t", 7]), ("g_m", I32, [7]), ("g_e", I8, [7])], dict(eps_q60=0, obits=8)),
+    ("DISwiGLU", [*activation("gate", "gate", ["t", 7]), *activation("up", "up", ["t", 7])], dict(obits=6)),
+    ("DIAdd", [*activation("A", "a", ["t", 7]), *activation("B", "b", ["t", 7])], dict(obits=8)),
+    ("DIRotary", [*activation("X", "x", [1, "t", 3, 8])[:1], ("x_m", I32, [1, "t", 1, 1]), ("x_e", I8, [1, "t", 1, 1]),
+                  ("position_ids", I64, [1, "t"]), ("cos", I16, [100, 4]), ("sin", I16, [100, 4])],
+     dict(interleaved=0, obits=8)),
+])
+def test_elementwise_outputs_keep_the_shape(op, inputs, attrs):
+    shape = inputs[0][2]
+    assert infer(op, inputs, **attrs) == [(I8, shape), (I32, [*shape[:-1], 1]), (I8, [*shape[:-1], 1])]
+
+
+@pytest.mark.parametrize("code", [I8, I32])
+def test_softmax_outputs_uint8_probabilities(code):
+    inputs = [*activation("X", "x", [2, "h", 5, 9], code), ("mask", BOOL, [2, 1, 1, 9])]
+    assert infer("DIClippedSoftmax", inputs, clip_q8=3840, is_causal=1, obits=8) == [
+        (U8, [2, "h", 5, 9]), (I32, [2, "h", 5, 1]), (I8, [2, "h", 5, 1])]
+
+
+@pytest.mark.parametrize("op, inputs, attrs, match", [
+    ("DIMatMul", [*activation("X", "x", [5, 63]), ("W", I8, [24, 64]), ("w_m", I32, [24]), ("w_e", I8, [24])],
+     dict(K=64, N=24, abits=8, wbits=8, obits=8), r"X's last dim is 63, attribute K is 64"),
+    ("DIMatMul", [*activation("X", "x", [5, 64]), ("W", I8, [24, 64]), ("w_m", I32, [23]), ("w_e", I8, [24])],
+     dict(K=64, N=24, abits=8, wbits=8, obits=8), r"w_m has shape \[23\], expected \[24\]"),
+    ("DIExp", [("X", I8, [5, 7]), ("x_m", I32, [5, 7]), ("x_e", I8, [5, 1])], dict(obits=8),
+     r"x_m has shape \[5, 7\], expected \[5, 1\]"),
+    ("DINorm", [*activation("X", "x", [5, 7]), ("g_m", I32, [6]), ("g_e", I8, [7])], dict(eps_q60=0, obits=8),
+     r"g_m has shape \[6\], expected \[7\]"),
+    ("DIAdd", [*activation("A", "a", [5, 7]), *activation("B", "b", [5, 8])], dict(obits=8),
+     r"B has shape \[5, 8\], expected \[5, 7\]"),
+    ("DIRotary", [("X", I8, [1, 4, 2, 7]), ("x_m", I32, [1, 4, 2, 1]), ("x_e", I8, [1, 4, 2, 1]),
+                  ("position_ids", I64, [1, 4]), ("cos", I16, [9, 3]), ("sin", I16, [9, 3])],
+     dict(interleaved=0, obits=8), r"head dim D=7 must be even"),
+    ("DIRotary", [("X", I8, [1, 4, 2, 8]), ("x_m", I32, [1, 4, 2, 1]), ("x_e", I8, [1, 4, 2, 1]),
+                  ("position_ids", I64, [1, 4]), ("cos", I16, [9, 4]), ("sin", I16, [9, 3])],
+     dict(interleaved=0, obits=8), r"sin has shape \[9, 3\], expected \[None, 4\]"),
+])
+def test_inference_refuses_inconsistent_shapes(op, inputs, attrs, match):
+    with pytest.raises(Exception, match=rf"edgeq::{op}: {match}"):
+        infer(op, inputs, **attrs)
+
+
+@pytest.mark.parametrize("op, attrs, match", [
+    ("DIMatMul", dict(K=131072, N=2, abits=8, wbits=8, obits=8), r"attribute K=131072: must be in 1..131071"),
+    ("DIExp", dict(obits=1), r"attribute obits=1: must be an integer in 2..8"),
+    ("DIClippedSoftmax", dict(clip_q8=70000, is_causal=0, obits=8), r"attribute clip_q8=70000"),
+    ("DINorm", dict(eps_q60=1 << 61, obits=8), r"attribute eps_q60=2305843009213693952"),
+    ("DIRotary", dict(interleaved=2, obits=8), r"attribute interleaved=2: must be 0 or 1"),
+])
+def test_make_node_checks_attributes(op, attrs, match):
+    opdef = OPS[op]
+    with pytest.raises(ValueError, match=rf"edgeq::{op}: {match}"):
+        opdef.make_node([i.name for i in opdef.inputs if not i.optional], ["Y", "y_m", "y_e"], **attrs)
