@@ -9,7 +9,7 @@ import pytest
 from edgeq.custom_ops import reference_integer as ri
 from edgeq.custom_ops.integer_codec import eps_q60, rotary_tables
 
-from .integer_problems import WIDTHS, activation, assert_bit_exact, channel_scales
+from .integer_problems import WIDTHS, activation, assert_bit_exact, channel_scales, run
 
 
 def lead_shape(rng: np.random.Generator, max_rows: int = 300) -> tuple[int, ...]:
@@ -27,8 +27,23 @@ def odd_size(rng: np.random.Generator, hi: int) -> int:
 SEEDS = range(20)
 
 
+@pytest.fixture(params=["vnni", "avx2", "scalar"])
+def matmul_kernel(request, cpu_library, monkeypatch):
+    """Pins DIMatMul's GEMM kernel (EDGEQ_DIMATMUL_KERNEL, read at session creation); skips one the build lacks."""
+    monkeypatch.setenv("EDGEQ_DIMATMUL_KERNEL", request.param)
+    x = activation(np.random.default_rng(0), (1, 3))
+    try:
+        run(cpu_library, "DIMatMul", [*x, np.ones((1, 3), np.int8), np.ones(1, np.int32), np.zeros(1, np.int8)],
+            K=3, N=1, abits=8, wbits=8, obits=8)
+    except Exception as e:  # noqa: BLE001
+        if "this build has no" not in str(e):
+            raise
+        pytest.skip(f"this build has no {request.param} kernel")
+    return request.param
+
+
 @pytest.mark.parametrize("seed", SEEDS)
-def test_matmul(cpu_library, seed):
+def test_matmul(cpu_library, matmul_kernel, seed):
     rng = np.random.default_rng(1000 + seed)
     wbits, abits = WIDTHS[seed % 3]
     lead, K, N = lead_shape(rng), odd_size(rng, 577), odd_size(rng, 150)
@@ -40,7 +55,7 @@ def test_matmul(cpu_library, seed):
     assert_bit_exact(cpu_library, "DIMatMul", [*x, W, w_m, w_e], K=K, N=N, abits=abits, wbits=wbits, obits=abits)
 
 
-def test_matmul_largest_accumulator(cpu_library):
+def test_matmul_largest_accumulator(cpu_library, matmul_kernel):
     """K = 131071 products of -128 * -128: acc = 2^31 - 2^14, the largest the op can meet, must come out exact
     (any lost carry changes the codes of the other channel, whose value is half of it)."""
     K = ri.MAX_K
@@ -178,8 +193,6 @@ def test_add_scales_far_apart(cpu_library):
 
 
 def test_thread_count_does_not_change_results(cpu_library):
-    from .integer_problems import run
-
     rng = np.random.default_rng(11)
     x = activation(rng, (37, 129), saturate=True)
     W = rng.integers(-128, 128, (70, 129)).astype(np.int8)

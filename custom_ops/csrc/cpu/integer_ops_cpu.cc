@@ -1,9 +1,13 @@
 // The integer-only I-LLM ops on the CPU execution provider. Every op is a loop over rows (ORT's intra-op pool)
 // around the integer primitives of integer_math.h; DIMatMul first takes its int32 dot products as a blocked
-// GEMM (tasks of kBlockN weight rows; register tiles of two activation rows x four weight rows; AVX2
-// vpmaddwd on activations widened once to int16 and weights widened in registers, exact since a pair of
-// products is at most 2^15 and every partial sum is bounded by the op's K * 2^14 < 2^31).
+// GEMM: tasks of kBlockN weight rows, register tiles of two activation rows x four weight rows, with AVX-512
+// VNNI (vpdpbusd, 64 products per instruction) or AVX2 (vpmaddwd on int16) where the build has them. Every
+// kernel is exact: the true sums are bounded by the op's K * 2^14 < 2^31.
 #include <algorithm>
+#include <cstdlib>
+#include <numeric>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -45,24 +49,50 @@ void StoreRow(const IntOutput& out, int64_t r, int64_t* v, int64_t n, int64_t mu
 // ---------------------------------------------------------------------------------------------------------
 // DIMatMul
 
+// The GEMM kernels: acc[i * acc_stride + j] = sum_k x[i * K + k] * w[j * K + k] for a tile of MR activation
+// rows and NR weight rows, each exact in int32. EDGEQ_DIMATMUL_KERNEL=auto|vnni|avx2|scalar (read at session
+// creation) pins one; auto takes the widest this build has.
+enum class Gemm { kScalar, kAvx2, kVnni };
+
+struct GemmInput {
+  const int8_t* x;       // activation codes [M, K]
+  const int16_t* x16;    // the same widened to int16 (kAvx2 only)
+  const int32_t* x_sum;  // sum_k x[m, k] per row (kVnni only)
+  const int8_t* w;       // weight codes [N, K]
+  int64_t K;
+};
+
+template <int MR, int NR>
+void TileScalar(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t acc_stride) {
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      const int8_t *x = g.x + (m + i) * g.K, *w = g.w + (n + j) * g.K;
+      int32_t sum = 0;
+      for (int64_t k = 0; k < g.K; ++k) sum += int32_t(x[k]) * int32_t(w[k]);
+      acc[i * acc_stride + j] = sum;
+    }
+}
+
 #if defined(__AVX2__)
+constexpr bool kHaveAvx2 = true;
+
 inline int32_t HorizontalSum(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
   s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
   return _mm_cvtsi128_si32(s);
 }
-#endif
 
-// acc[i * acc_stride + j] = sum_k x[i * K + k] * w[j * K + k] for i < MR activation rows, j < NR weight rows.
+// vpmaddwd on int16: activations widened once, weights in registers; a pair of products is at most 2^15.
 template <int MR, int NR>
-void DotTile(const int16_t* x, const int8_t* w, int64_t K, int32_t* acc, int64_t acc_stride) {
-  int64_t k = 0;
-  int32_t sums[MR][NR] = {};
-#if defined(__AVX2__)
+void TileAvx2(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t acc_stride) {
+  const int64_t K = g.K;
+  const int16_t* x = g.x16 + m * K;
+  const int8_t* w = g.w + n * K;
   __m256i s[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) s[i][j] = _mm256_setzero_si256();
+  int64_t k = 0;
   for (; k + 16 <= K; k += 16) {
     __m256i wv[NR];
     for (int j = 0; j < NR; ++j)
@@ -73,35 +103,114 @@ void DotTile(const int16_t* x, const int8_t* w, int64_t K, int32_t* acc, int64_t
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) sums[i][j] = HorizontalSum(s[i][j]);
+    for (int j = 0; j < NR; ++j) {
+      int32_t sum = HorizontalSum(s[i][j]);
+      for (int64_t t = k; t < K; ++t) sum += int32_t(x[i * K + t]) * int32_t(w[j * K + t]);
+      acc[i * acc_stride + j] = sum;
+    }
+}
+#else
+constexpr bool kHaveAvx2 = false;
+template <int MR, int NR>
+void TileAvx2(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t acc_stride) {
+  TileScalar<MR, NR>(g, m, n, acc, acc_stride);
+}
 #endif
-  for (; k < K; ++k)
-    for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < NR; ++j) sums[i][j] += int32_t(x[i * K + k]) * int32_t(w[j * K + k]);
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+constexpr bool kHaveVnni = true;
+
+// vpdpbusd takes unsigned x signed bytes: the weights are flipped to w + 128 (xor 0x80) and the sum corrected
+// by 128 * sum_k x. The lanes wrap modulo 2^32 (vpdpbusd does not saturate), and since the true dot product
+// fits int32, the wrapped result is exact. K tails are masked loads (zeros).
+template <int MR, int NR>
+void TileVnni(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t acc_stride) {
+  const int64_t K = g.K;
+  const int8_t* x = g.x + m * K;
+  const int8_t* w = g.w + n * K;
+  const __m512i flip = _mm512_set1_epi8(char(0x80));
+  __m512i s[MR][NR];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i * acc_stride + j] = sums[i][j];
+    for (int j = 0; j < NR; ++j) s[i][j] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < K; k += 64) {
+    const __mmask64 mask = K - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (K - k)) - 1;
+    __m512i wv[NR];
+    for (int j = 0; j < NR; ++j) wv[j] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, w + j * K + k), flip);
+    for (int i = 0; i < MR; ++i) {
+      const __m512i xv = _mm512_maskz_loadu_epi8(mask, x + i * K + k);
+      for (int j = 0; j < NR; ++j) s[i][j] = _mm512_dpbusd_epi32(s[i][j], wv[j], xv);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      alignas(64) uint32_t lanes[16];
+      _mm512_store_si512(lanes, s[i][j]);
+      uint32_t sum = 0u - 128u * uint32_t(g.x_sum[m + i]);
+      for (uint32_t lane : lanes) sum += lane;
+      acc[i * acc_stride + j] = int32_t(sum);
+    }
+}
+#else
+constexpr bool kHaveVnni = false;
+template <int MR, int NR>
+void TileVnni(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t acc_stride) {
+  TileScalar<MR, NR>(g, m, n, acc, acc_stride);
+}
+#endif
+
+Gemm ChooseGemm(const std::string& where) {
+  const char* pinned = std::getenv("EDGEQ_DIMATMUL_KERNEL");
+  const std::string choice = pinned != nullptr ? pinned : "auto";
+  if (choice == "auto") return kHaveVnni ? Gemm::kVnni : kHaveAvx2 ? Gemm::kAvx2 : Gemm::kScalar;
+  if (choice == "scalar") return Gemm::kScalar;
+  if (choice == "avx2" && kHaveAvx2) return Gemm::kAvx2;
+  if (choice == "vnni" && kHaveVnni) return Gemm::kVnni;
+  if (choice == "avx2" || choice == "vnni")
+    checks::Fail(where, "EDGEQ_DIMATMUL_KERNEL=" + choice + ": this build has no " +
+                            (choice == "vnni" ? "AVX-512 VNNI" : "AVX2"));
+  checks::Fail(where, "EDGEQ_DIMATMUL_KERNEL=" + choice + " is not one of auto, vnni, avx2, scalar");
 }
 
-template <int MR>
-void DotRows(const int16_t* x, const int8_t* w, int64_t K, int64_t rows, int32_t* acc, int64_t acc_stride) {
-  int64_t j = 0;
-  for (; j + kTileN <= rows; j += kTileN) DotTile<MR, kTileN>(x, w + j * K, K, acc + j, acc_stride);
-  for (; j < rows; ++j) DotTile<MR, 1>(x, w + j * K, K, acc + j, acc_stride);
+// acc rows m.. of the weight rows [n0, n0 + rows): tiles of kTileN weight rows, then single rows.
+template <Gemm kGemm, int MR>
+void GemmRows(const GemmInput& g, int64_t m, int64_t n0, int64_t rows, int32_t* acc, int64_t N) {
+  auto tile = [&](auto nr, int64_t n) {
+    constexpr int NR = decltype(nr)::value;
+    int32_t* out = acc + m * N + n;
+    if (kGemm == Gemm::kVnni) TileVnni<MR, NR>(g, m, n, out, N);
+    else if (kGemm == Gemm::kAvx2) TileAvx2<MR, NR>(g, m, n, out, N);
+    else TileScalar<MR, NR>(g, m, n, out, N);
+  };
+  int64_t n = n0;
+  for (; n + kTileN <= n0 + rows; n += kTileN) tile(std::integral_constant<int, kTileN>{}, n);
+  for (; n < n0 + rows; ++n) tile(std::integral_constant<int, 1>{}, n);
 }
 
-void DIMatMul(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
+template <Gemm kGemm>
+void GemmAll(Ort::KernelContext& ctx, const GemmInput& g, int64_t M, int64_t N, int32_t* acc) {
+  auto block = [&](int64_t b) {
+    const int64_t n0 = b * kBlockN, rows = std::min(kBlockN, N - n0);
+    int64_t m = 0;
+    for (; m + kTileM <= M; m += kTileM) GemmRows<kGemm, kTileM>(g, m, n0, rows, acc, N);
+    for (; m < M; ++m) GemmRows<kGemm, 1>(g, m, n0, rows, acc, N);
+  };
+  ParallelFor(ctx, (N + kBlockN - 1) / kBlockN, block);
+}
+
+void DIMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProblem& p) {
   const int64_t M = p.x.rows, K = a.K, N = a.N;
   const int8_t* X = static_cast<const int8_t*>(p.x.q);
-  std::vector<int16_t> x16(X, X + M * K);
-  std::vector<int32_t> acc(size_t(M * N));
-  auto gemm = [&](int64_t block) {
-    const int64_t n0 = block * kBlockN, rows = std::min(kBlockN, N - n0);
-    const int8_t* w = p.W + n0 * K;
-    int64_t m = 0;
-    for (; m + kTileM <= M; m += kTileM) DotRows<kTileM>(x16.data() + m * K, w, K, rows, acc.data() + m * N + n0, N);
-    for (; m < M; ++m) DotRows<1>(x16.data() + m * K, w, K, rows, acc.data() + m * N + n0, N);
-  };
-  ParallelFor(ctx, (N + kBlockN - 1) / kBlockN, gemm);
+  std::vector<int16_t> x16;
+  std::vector<int32_t> x_sum, acc(size_t(M * N));
+  if (gemm == Gemm::kAvx2) x16.assign(X, X + M * K);
+  if (gemm == Gemm::kVnni) {
+    x_sum.resize(size_t(M));
+    for (int64_t m = 0; m < M; ++m) x_sum[m] = std::accumulate(X + m * K, X + (m + 1) * K, int32_t(0));
+  }
+  const GemmInput g{X, x16.data(), x_sum.data(), p.W, K};
+  if (gemm == Gemm::kVnni) GemmAll<Gemm::kVnni>(ctx, g, M, N, acc.data());
+  else if (gemm == Gemm::kAvx2) GemmAll<Gemm::kAvx2>(ctx, g, M, N, acc.data());
+  else GemmAll<Gemm::kScalar>(ctx, g, M, N, acc.data());
   const int64_t Ea = AlignExponents(p.ch_e, N);
   auto requantize = [&](int64_t r) {
     int64_t* v = RowBuffer(N);
@@ -262,14 +371,15 @@ void DIAdd(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
 
 template <DiOp kOp>
 struct Kernel {
-  explicit Kernel(const OrtKernelInfo* info) : attrs(DiAttrs::FromKernelInfo(info, kOp)) {}
+  explicit Kernel(const OrtKernelInfo* info)
+      : attrs(DiAttrs::FromKernelInfo(info, kOp)), gemm(kOp == DiOp::kMatMul ? ChooseGemm(attrs.where) : Gemm::kScalar) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return StatusFrom([&] {
       Ort::KernelContext ctx(raw);
       const DiProblem p = PrepareIntegerOp(ctx, attrs);
       switch (kOp) {
-        case DiOp::kMatMul: return DIMatMul(ctx, attrs, p);
+        case DiOp::kMatMul: return DIMatMul(ctx, attrs, gemm, p);
         case DiOp::kExp: return DIExp(ctx, attrs, p);
         case DiOp::kClippedSoftmax:
           if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIClippedSoftmax<int8_t>(ctx, attrs, p);
@@ -283,6 +393,7 @@ struct Kernel {
   }
 
   DiAttrs attrs;
+  Gemm gemm;
 };
 
 template <DiOp kOp>
