@@ -557,21 +557,24 @@ DI_NORM = OpDef(
                          {3: ("g_m", [d[-1]]), 4: ("g_e", [d[-1]])}),
 )
 
-DI_SWIGLU = OpDef(
-    name="DISwiGLU",
-    doc=(
-        "Integer SwiGLU: y = silu(gate) * up = gate * sigmoid(gate) * up, requantized per row. sigmoid(g) in Q30 "
-        "= round(2^60 / (2^30 + E)) for g >= 0 and its complement for g < 0, E = 2^30 exp(-|g|) as in DIExp; "
-        "the product q_g * sigmoid * q_u (< 2^44) is requantized with multiplier m_g * m_u and exponent "
-        "e_g + e_u + 30."
-    ),
-    inputs=(*_int_activation("gate", "gate", "gate projection"), *_int_activation("up", "up", "up projection")),
-    outputs=DI_OUTPUTS,
-    attributes=(_OBITS,),
-    infer=_infer_integer("DISwiGLU", same_shape=(3,), expected=lambda ctx, a, d: {} if d is None else
-                         {4: ("up_m", [*d[:-1], 1]), 5: ("up_e", [*d[:-1], 1])}),
-)
+def _two_input_op(name: str, doc: str, first: tuple[str, str, str], second: tuple[str, str, str]) -> OpDef:
+    """An op of two integer activations of the same shape (codes name, scale prefix, meaning each)."""
+    prefix = second[1]
+    return OpDef(
+        name=name, doc=doc, inputs=(*_int_activation(*first), *_int_activation(*second)), outputs=DI_OUTPUTS,
+        attributes=(_OBITS,),
+        infer=_infer_integer(name, same_shape=(3,), expected=lambda ctx, a, d: {} if d is None else
+                             {4: (f"{prefix}_m", [*d[:-1], 1]), 5: (f"{prefix}_e", [*d[:-1], 1])}),
+    )
 
+
+DI_SWIGLU = _two_input_op(
+    "DISwiGLU",
+    "Integer SwiGLU: y = silu(gate) * up = gate * sigmoid(gate) * up, requantized per row. sigmoid(g) in Q30 "
+    "= round(2^60 / (2^30 + E)) for g >= 0 and its complement for g < 0, E = 2^30 exp(-|g|) as in DIExp; "
+    "the product q_g * sigmoid * q_u (< 2^44) is requantized with multiplier m_g * m_u and exponent "
+    "e_g + e_u + 30.",
+    ("gate", "gate", "gate projection"), ("up", "up", "up projection"))
 
 def _rotary_expected(ctx, attrs, dims):
     if dims is None:
@@ -607,20 +610,13 @@ DI_ROTARY = OpDef(
     infer=_infer_integer("DIRotary", check_scales=False, expected=_rotary_expected),
 )
 
-DI_ADD = OpDef(
-    name="DIAdd",
-    doc=(
-        "Integer residual add: y = a + b for two activations of the same shape with their own per-row scales. "
-        "q * m of each side is brought to the exponent E = min(max(e_a, e_b), min(e_a, e_b) + 39) (left shifts "
-        "of at most 39 bits, exact; a side finer than the window is shifted right, rounded), summed, and "
-        "requantized per row with exponent E."
-    ),
-    inputs=(*_int_activation("A", "a", "first operand"), *_int_activation("B", "b", "second operand")),
-    outputs=DI_OUTPUTS,
-    attributes=(_OBITS,),
-    infer=_infer_integer("DIAdd", same_shape=(3,), expected=lambda ctx, a, d: {} if d is None else
-                         {4: ("b_m", [*d[:-1], 1]), 5: ("b_e", [*d[:-1], 1])}),
-)
+DI_ADD = _two_input_op(
+    "DIAdd",
+    "Integer residual add: y = a + b for two activations of the same shape with their own per-row scales. "
+    "q * m of each side is brought to the exponent E = min(max(e_a, e_b), min(e_a, e_b) + 39) (left shifts "
+    "of at most 39 bits, exact; a side finer than the window is shifted right, rounded), summed, and "
+    "requantized per row with exponent E.",
+    ("A", "a", "first operand"), ("B", "b", "second operand"))
 
 INTEGER_OPS = (DI_MATMUL, DI_EXP, DI_CLIPPED_SOFTMAX, DI_NORM, DI_SWIGLU, DI_ROTARY, DI_ADD)
 

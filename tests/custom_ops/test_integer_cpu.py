@@ -143,17 +143,6 @@ def test_norm(cpu_library, seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_swiglu(cpu_library, seed):
-    rng = np.random.default_rng(5000 + seed)
-    bits = WIDTHS[seed % 3][1]
-    shape = (*lead_shape(rng), odd_size(rng, 1536))
-    e_range = (-128, 127) if seed % 4 == 0 else (5, 25)
-    gate = activation(rng, shape, bits, e_range=e_range, saturate=seed % 2 == 0, full_mantissas=seed % 3 == 0)
-    up = activation(rng, shape, bits, e_range=e_range, saturate=seed % 2 == 1)
-    assert_bit_exact(cpu_library, "DISwiGLU", [*gate, *up], obits=bits)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
 def test_rotary(cpu_library, seed):
     rng = np.random.default_rng(6000 + seed)
     bits = WIDTHS[seed % 3][1]
@@ -171,14 +160,17 @@ def test_rotary(cpu_library, seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_add(cpu_library, seed):
-    rng = np.random.default_rng(7000 + seed)
+@pytest.mark.parametrize("op", ["DISwiGLU", "DIAdd"])
+def test_two_input_ops(cpu_library, op, seed):
+    """DISwiGLU (gates up to 1536 wide) and DIAdd (operand exponents up to 60 apart)."""
+    rng = np.random.default_rng(5000 + seed)
     bits = WIDTHS[seed % 3][1]
-    shape = (*lead_shape(rng), odd_size(rng, 576))
-    a = activation(rng, shape, bits, e_range=(-128, 127) if seed % 3 == 0 else (0, 12), saturate=seed % 2 == 0,
-                   full_mantissas=seed % 2 == 1)
-    b = activation(rng, shape, bits, e_range=(-128, 127) if seed % 3 == 0 else (0, 60))
-    assert_bit_exact(cpu_library, "DIAdd", [*a, *b], obits=bits)
+    shape = (*lead_shape(rng), odd_size(rng, 1536 if op == "DISwiGLU" else 576))
+    wide = seed % 3 == 0
+    first = activation(rng, shape, bits, e_range=(-128, 127) if wide else (0, 12), saturate=seed % 2 == 0,
+                       full_mantissas=seed % 2 == 1)
+    second = activation(rng, shape, bits, e_range=(-128, 127) if wide else (0, 60), saturate=seed % 4 == 1)
+    assert_bit_exact(cpu_library, op, [*first, *second], obits=bits)
 
 
 def test_add_scales_far_apart(cpu_library):

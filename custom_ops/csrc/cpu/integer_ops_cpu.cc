@@ -111,10 +111,6 @@ void TileAvx2(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t ac
 }
 #else
 constexpr bool kHaveAvx2 = false;
-template <int MR, int NR>
-void TileAvx2(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t acc_stride) {
-  TileScalar<MR, NR>(g, m, n, acc, acc_stride);
-}
 #endif
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
@@ -152,10 +148,6 @@ void TileVnni(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t ac
 }
 #else
 constexpr bool kHaveVnni = false;
-template <int MR, int NR>
-void TileVnni(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t acc_stride) {
-  TileScalar<MR, NR>(g, m, n, acc, acc_stride);
-}
 #endif
 
 Gemm ChooseGemm(const std::string& where) {
@@ -177,9 +169,13 @@ void GemmRows(const GemmInput& g, int64_t m, int64_t n0, int64_t rows, int32_t* 
   auto tile = [&](auto nr, int64_t n) {
     constexpr int NR = decltype(nr)::value;
     int32_t* out = acc + m * N + n;
-    if (kGemm == Gemm::kVnni) TileVnni<MR, NR>(g, m, n, out, N);
-    else if (kGemm == Gemm::kAvx2) TileAvx2<MR, NR>(g, m, n, out, N);
-    else TileScalar<MR, NR>(g, m, n, out, N);
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    if constexpr (kGemm == Gemm::kVnni) return TileVnni<MR, NR>(g, m, n, out, N);
+#endif
+#if defined(__AVX2__)
+    if constexpr (kGemm == Gemm::kAvx2) return TileAvx2<MR, NR>(g, m, n, out, N);
+#endif
+    TileScalar<MR, NR>(g, m, n, out, N);
   };
   int64_t n = n0;
   for (; n + kTileN <= n0 + rows; n += kTileN) tile(std::integral_constant<int, kTileN>{}, n);
@@ -321,17 +317,25 @@ void DINorm(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
   ParallelFor(ctx, p.x.rows, row);
 }
 
-void DISwiGLU(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
+// Rows of two activations of the same shape (DISwiGLU, DIAdd): fill(r, first codes, second codes, v) writes
+// the row's values to v and returns their (multiplier, exponent) for the requantization.
+template <typename Fill>
+void TwoInputRows(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p, Fill fill) {
   const int64_t C = p.x.C;
   auto row = [&](int64_t r) {
-    const int8_t* g = static_cast<const int8_t*>(p.x.q) + r * C;
-    const int8_t* u = static_cast<const int8_t*>(p.x2.q) + r * C;
-    const int64_t gm = p.x.m[r], ge = p.x.e[r];
     int64_t* v = RowBuffer(C);
-    for (int64_t c = 0; c < C; ++c) v[c] = g[c] * SigmoidQ30(g[c], gm, ge) * u[c];
-    StoreRow(p.out, r, v, C, gm * p.x2.m[r], ge + p.x2.e[r] + 30, a.qmax);
+    const Dyadic s = fill(r, static_cast<const int8_t*>(p.x.q) + r * C, static_cast<const int8_t*>(p.x2.q) + r * C, v);
+    StoreRow(p.out, r, v, C, s.m, s.e, a.qmax);
   };
   ParallelFor(ctx, p.x.rows, row);
+}
+
+void DISwiGLU(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
+  TwoInputRows(ctx, a, p, [&](int64_t r, const int8_t* g, const int8_t* u, int64_t* v) {
+    const int64_t gm = p.x.m[r], ge = p.x.e[r];
+    for (int64_t c = 0; c < p.x.C; ++c) v[c] = g[c] * SigmoidQ30(g[c], gm, ge) * u[c];
+    return Dyadic{gm * p.x2.m[r], ge + p.x2.e[r] + 30};
+  });
 }
 
 void DIRotary(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
@@ -353,17 +357,12 @@ void DIRotary(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
 }
 
 void DIAdd(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
-  const int64_t C = p.x.C;
-  auto row = [&](int64_t r) {
-    const int8_t* qa = static_cast<const int8_t*>(p.x.q) + r * C;
-    const int8_t* qb = static_cast<const int8_t*>(p.x2.q) + r * C;
+  TwoInputRows(ctx, a, p, [&](int64_t r, const int8_t* qa, const int8_t* qb, int64_t* v) {
     const int64_t ma = p.x.m[r], ea = p.x.e[r], mb = p.x2.m[r], eb = p.x2.e[r];
     const int64_t E = Min(Max(ea, eb), Min(ea, eb) + kAddWindow);
-    int64_t* v = RowBuffer(C);
-    for (int64_t c = 0; c < C; ++c) v[c] = ShiftBy(qa[c] * ma, E - ea) + ShiftBy(qb[c] * mb, E - eb);
-    StoreRow(p.out, r, v, C, 1, E, a.qmax);
-  };
-  ParallelFor(ctx, p.x.rows, row);
+    for (int64_t c = 0; c < p.x.C; ++c) v[c] = ShiftBy(qa[c] * ma, E - ea) + ShiftBy(qb[c] * mb, E - eb);
+    return Dyadic{1, E};
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -372,7 +371,8 @@ void DIAdd(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
 template <DiOp kOp>
 struct Kernel {
   explicit Kernel(const OrtKernelInfo* info)
-      : attrs(DiAttrs::FromKernelInfo(info, kOp)), gemm(kOp == DiOp::kMatMul ? ChooseGemm(attrs.where) : Gemm::kScalar) {}
+      : attrs(DiAttrs::FromKernelInfo(info, kOp)),
+        gemm(kOp == DiOp::kMatMul ? ChooseGemm(attrs.where) : Gemm::kScalar) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return StatusFrom([&] {
