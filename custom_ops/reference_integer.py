@@ -241,6 +241,8 @@ def di_clipped_softmax(X, x_m, x_e, mask=None, *, clip_q8: int, is_causal: int, 
         raise ValueError(f"obits must be in 2..8, got {obits}")
     qmax = (1 << obits) - 1
     shape = np.shape(X)
+    if shape[-1] >= 1 << 24:
+        raise ValueError(f"X has {shape[-1]} keys, more than 2**24 - 1")
     allowed = np.ones(shape, bool)
     if mask is not None:
         allowed &= np.broadcast_to(np.asarray(mask, bool), shape)
@@ -304,6 +306,8 @@ def di_norm(X, x_m, x_e, g_m, g_e, *, eps_q60: int, obits: int):
     g_m = _check_mantissas(g_m, "g_m", -M_MAX)
     Ea, shifts = align_exponents(g_e)
     Xr, xm, xe = _rows(X, x_m, x_e, "X")
+    if Xr.shape[1] > MAX_K:
+        raise ValueError(f"X has {Xr.shape[1]} channels, more than {MAX_K} (the sum of squares)")
     rows = []
     for q, m, e in zip(Xr, xm.tolist(), xe.tolist()):
         rms = rms_scale(q, m, e, eps_q60)

@@ -222,12 +222,16 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
       p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", where);
       if (p.x.type != kI8 && p.x.type != kI32)
         Fail(where, std::string("X must be int8 or int32, got ") + TypeName(p.x.type));
+      if (p.x.C >= (int64_t(1) << 24))  // the sum of 2^30-scaled exps times qmax stays below 2^63
+        Fail(where, "X has " + std::to_string(p.x.C) + " keys, more than 2^24 - 1");
       PrepareMask(ctx, a, p);
       if (a.is_causal && p.x.shape.size() < 2) Fail(where, "is_causal needs X of rank >= 2 ([..., Sq, Skv])");
       out_shape = p.x.shape;
       break;
     case DiOp::kNorm:
       p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", where);
+      if (p.x.C > integer::kMaxK)  // the sum of squares stays below 2^31
+        Fail(where, "X has " + std::to_string(p.x.C) + " channels, more than " + std::to_string(integer::kMaxK));
       ReadChannelScales(ctx, 3, "g_m", "g_e", p.x.C, "(C, X's last dim)", where, p);
       out_shape = p.x.shape;
       break;

@@ -107,6 +107,13 @@ def test_causal_needs_two_dims(cpu_library):
           obits=8)
 
 
+def test_norm_too_many_channels(cpu_library):
+    r = rng()
+    C = 1 << 17
+    fails(cpu_library, "DINorm", [*activation(r, (1, C)), *channel_scales(r, C)],
+          r"edgeq::DINorm node 'n0': X has 131072 channels, more than 131071", eps_q60=0, obits=8)
+
+
 def test_norm_gamma_of_the_wrong_length(cpu_library):
     r = rng()
     fails(cpu_library, "DINorm", [*activation(r, (2, 5)), *channel_scales(r, 4)],
