@@ -51,6 +51,12 @@ def _group_quant(o: PipelineOptions):
     return LowerGroupQuantMatMulPass()
 
 
+def _spqr(o: PipelineOptions):
+    from edgeq.passes.lower_spqr_matmul import LowerSpQRMatMulPass
+
+    return LowerSpQRMatMulPass()
+
+
 def _fold(o: PipelineOptions):
     from edgeq.passes.fold_constants import FoldConstantsPass
 
@@ -100,6 +106,7 @@ PASSES: dict[str, PassSpec] = {
                  _quant_linear),
         PassSpec("matmul-nbits", "4..8-bit DequantizeLinear+MatMul -> com.microsoft.MatMulNBits", _matmul_nbits),
         PassSpec("group-quant", "2/3-bit DequantizeLinear+MatMul -> edgeq::GroupQuantMatMul", _group_quant),
+        PassSpec("spqr-matmul", "MatMul of edgeq::SpQRDequantize (cast or not) -> edgeq::SpQRMatMul", _spqr),
         PassSpec("fold", "constant folding (onnxscript optimizer; DequantizeLinear is never folded)", _fold),
         PassSpec("dead", "remove unused nodes, initializers, functions and opset imports", _dead),
         PassSpec("opset", f"raise the ONNX opset (default {DEFAULT_OPSET}, needed by the fusions)", _opset),
@@ -110,5 +117,5 @@ PASSES: dict[str, PassSpec] = {
     )
 }
 # quant-linear first: matmul-nbits would otherwise take the DQ+MatMul of weight-activation linears.
-DEFAULT_PASSES = ("quant-linear", "matmul-nbits", "group-quant", "fold", "dead")
+DEFAULT_PASSES = ("quant-linear", "matmul-nbits", "group-quant", "spqr-matmul", "fold", "dead")
 FUSION_PASSES = ("opset", "rms-norm", "rotary", "swiglu")

@@ -19,6 +19,7 @@ import onnx_ir as ir
 
 import edgeq.custom_ops  # noqa: F401  (edgeq op schemas for shape inference)
 from edgeq.custom_ops.schema import DOMAIN as EDGEQ_DOMAIN
+from edgeq.custom_ops.schema import OPS as EDGEQ_OPS
 from edgeq.errors import EdgeqError
 from edgeq.runtime.session import PROVIDERS, check_model_file
 
@@ -150,6 +151,10 @@ def verify_model(path: str | Path, device: str = "cpu", session: bool = True) ->
     def place(node: ir.Node, opsets: dict[str, int], where: str) -> str:
         domain = "" if node.domain == "ai.onnx" else node.domain
         if domain == EDGEQ_DOMAIN:
+            if node.op_type not in EDGEQ_OPS:
+                report.problems.append(f"{where}{node.name}: {EDGEQ_DOMAIN}::{node.op_type} is not an op of the edgeq "
+                                       f"library (it has {', '.join(sorted(EDGEQ_OPS))})")
+                return "NO KERNEL"
             if device not in library_problem:
                 library_problem[device] = _library_status(device)
             if library_problem[device]:
