@@ -164,7 +164,7 @@ def spqr_llama(tiny_tokenizer):
     calib = torch.from_numpy(np.random.default_rng(0).integers(0, len(tiny_tokenizer), (8, 32)))
     packed = quantize_(model, SPQR, calib)
     assert sum(w.nnz for w in packed.values()) > 0  # outliers are really in the graph
-    return model, fp
+    return model, fp, packed
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def perplexity(logits: np.ndarray, ids: np.ndarray) -> float:
 # 1e-8; float16 1.4e-3 (half activations against PyTorch's float32), perplexity 2e-5.
 @pytest.mark.parametrize("dtype, atol, ppl_rtol", [("float32", 1e-5, 1e-6), ("float16", 5e-3, 1e-3)])
 def test_spqr_llama_through_the_default_pipeline_matches_pytorch(spqr_llama, tokens, dtype, atol, ppl_rtol):
-    model, fp = spqr_llama
+    model, fp, _ = spqr_llama
     proto = build_decoder_model(model, dtype)
     assert ops(proto)["SpQRDequantize"] == LINEARS
     result = default_pipeline(proto)
@@ -229,3 +229,16 @@ def test_verify_refuses_an_op_the_edgeq_library_does_not_have(tmp_path):
     report = verify_model(path, session=False)
     assert report.rows[0].provider == "NO KERNEL"
     assert any("typo: edgeq::SpQRMatMull is not an op of the edgeq library" in p for p in report.problems)
+
+
+def test_bench_counts_every_stored_byte_of_the_lowered_linears(spqr_llama):
+    from edgeq.bench import linear_storage
+
+    model, _, packed = spqr_llama
+    bits, params = linear_storage(default_pipeline(build_decoder_model(model)).to_proto())
+    assert params == sum(w.shape[0] * w.shape[1] for w in packed.values())
+    # SpQRWeight.storage_bits counts exactly the on-disk tensors: the graph has all but the 6-int32 format
+    # header, and holds the permutation as Gather's int64 indices instead of 16-bit.
+    header = 6 * 32
+    perm = sum(48 * w.shape[1] for w in packed.values() if w.perm is not None)
+    assert bits == sum(w.storage_bits() - header for w in packed.values()) + perm
