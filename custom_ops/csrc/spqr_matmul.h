@@ -85,4 +85,37 @@ OrtStatusPtr ORT_API_CALL InferSpQRMatMul(const OrtCustomOp* op, OrtShapeInferCo
 // OrtCustomOp::InferOutputShapeFn of SpQRDequantize: W_T float32 [K, N].
 OrtStatusPtr ORT_API_CALL InferSpQRDequantize(const OrtCustomOp* op, OrtShapeInferContext* ctx);
 
+// The OrtCustomOp of SpQRMatMul (Dequantize = false) or SpQRDequantize on one execution provider, run by that
+// provider's Kernel<Dequantize> (constructed from the OrtKernelInfo; OrtStatusPtr ComputeV2(OrtKernelContext*)).
+template <bool Dequantize, template <bool> class Kernel>
+struct SpqrOp : Ort::CustomOpBase<SpqrOp<Dequantize, Kernel>, Kernel<Dequantize>, /*WithStatus=*/true> {
+  explicit SpqrOp(const char* provider) : provider(provider) {
+    this->InferOutputShapeFn = Dequantize ? InferSpQRDequantize : InferSpQRMatMul;
+  }
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    return StatusFrom([&] { *kernel = new Kernel<Dequantize>(info); });
+  }
+  const char* GetName() const { return Dequantize ? kSpQRDequantize : kSpQRMatMul; }
+  const char* GetExecutionProviderType() const { return provider; }
+  size_t GetInputTypeCount() const { return kSpqrWeightInputs + (Dequantize ? 0 : 1); }
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    return Dequantize ? SpqrDequantizeInputType(index) : SpqrMatMulInputType(index);
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const {
+    return Dequantize ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  }
+
+  const char* provider;  // "CPUExecutionProvider", "CUDAExecutionProvider"
+};
+
+// Adds both ops to `domain` for `provider`, run by Kernel<false> (SpQRMatMul) and Kernel<true> (SpQRDequantize).
+template <template <bool> class Kernel>
+void AddSpqrOps(Ort::CustomOpDomain& domain, const char* provider) {
+  static SpqrOp<false, Kernel> matmul(provider);
+  static SpqrOp<true, Kernel> dequantize(provider);
+  domain.Add(&matmul);
+  domain.Add(&dequantize);
+}
+
 }  // namespace edgeq

@@ -10,63 +10,25 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__F16C__) || defined(__AVX2__)
+#if defined(__AVX2__)
 #include <immintrin.h>
 #endif
+
+#include "float16.h"
 
 namespace edgeq {
 namespace cpu {
 
-inline float HalfToFloat(uint16_t h) {
-#if defined(__F16C__)
-  return _cvtsh_ss(h);
-#else
-  const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: renormalise
-      int e = -1;
-      uint32_t m = mant;
-      do { m <<= 1; ++e; } while ((m & 0x400u) == 0);
-      bits = sign | (uint32_t(127 - 15 - e) << 23) | ((m & 0x3ffu) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 112) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-#endif
+// f(std::integral_constant<int, V>{}) for the first V of Values equal to `value`; nothing when none is.
+template <int... Values, typename F>
+inline void WithConstant(int64_t value, F&& f) {
+  (void)((value == Values && (f(std::integral_constant<int, Values>{}), true)) || ...);
 }
 
-inline uint16_t FloatToHalf(float f) {
-#if defined(__F16C__)
-  return _cvtss_sh(f, 0);  // 0 = round to nearest even
-#else
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000u;
-  const uint32_t absx = x & 0x7fffffffu;
-  if (absx >= 0x7f800000u) return uint16_t(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0));
-  if (absx >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds to >= 65520: infinity
-  if (absx < 0x38800000u) {  // result is subnormal or zero
-    if (absx < 0x33000000u) return uint16_t(sign);
-    const uint32_t shift = 126 - (absx >> 23);  // 14..24
-    const uint32_t mant = (absx & 0x7fffffu) | 0x800000u;
-    uint32_t h = mant >> (shift);
-    const uint32_t rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (h & 1))) ++h;
-    return uint16_t(sign | h);
-  }
-  uint32_t h = ((absx >> 13) - (112u << 10));
-  const uint32_t rem = absx & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) ++h;
-  return uint16_t(sign | h);
-#endif
+// f(std::integral_constant<int, BITS>{}) for the code width `bits` (others are refused by the attribute checks).
+template <typename F>
+inline void WithBits(int64_t bits, F&& f) {
+  WithConstant<2, 3, 4, 8>(bits, f);
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -143,15 +105,10 @@ inline void GemvRow(const float* A, int64_t K, const uint8_t* row, int64_t gs, i
   for (int m = 0; m < MM; ++m) out[m] = HorizontalSum(acc[m]) + tail[m];
 }
 
-// f(std::integral_constant<int, MM>{}) for M = 1..kGemvRows rows of A (M > kGemvRows runs as kGemvRows).
+// f(std::integral_constant<int, MM>{}) for M = 1..kGemvRows rows of A (a larger M runs as kGemvRows).
 template <typename F>
 inline void WithGemvRows(int64_t M, F&& f) {
-  switch (M) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 3: f(std::integral_constant<int, 3>{}); break;
-    default: f(std::integral_constant<int, 4>{}); break;
-  }
+  WithConstant<1, 2, 3, 4>(std::min(M, kGemvRows), f);
 }
 
 // GemvRow for M = 1..kGemvRows rows of A, picked at run time.
@@ -201,28 +158,6 @@ template <int BITS>
 inline void DecodeRow(const uint8_t* row, int64_t gs, int64_t ng, int64_t group_bytes, const float* scales,
                       const float* zeros, float* out) {
   for (int64_t g = 0; g < ng; ++g) DecodeGroup<BITS>(row + g * group_bytes, gs, scales[g], zeros[g], out + g * gs);
-}
-
-// f(std::integral_constant<int, BITS>{}) for the code width `bits` in {2, 3, 4, 8}; others are refused earlier
-// (attribute checks), so they do nothing here.
-template <typename F>
-inline void WithBits(int64_t bits, F&& f) {
-  switch (bits) {
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    case 3: f(std::integral_constant<int, 3>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    case 8: f(std::integral_constant<int, 8>{}); break;
-  }
-}
-
-template <typename T>
-inline float ToFloat(T v) {
-  if constexpr (std::is_same_v<T, float>) return v; else return HalfToFloat(v);
-}
-
-template <typename T>
-inline T FromFloat(float v) {
-  if constexpr (std::is_same_v<T, float>) return v; else return FloatToHalf(v);
 }
 
 // A as float [M, K]: the input itself for float32, converted into `storage` for float16.

@@ -21,6 +21,7 @@
 
 #include "../quant_linear.h"
 #include "cpu_ops.h"
+#include "float16.h"
 
 namespace edgeq {
 namespace cpu {
@@ -30,54 +31,6 @@ constexpr int64_t kTileN = 4;      // weight rows of one register tile
 constexpr int64_t kBlockN = 16;    // weight rows of one task
 constexpr int64_t kChunkK = 512;   // int16 elements: 16 weight rows + 2 activation rows = 18 KiB
 constexpr int64_t kAlignK = 16;    // one 256-bit vector of int16
-
-inline float HalfToFloat(uint16_t h) {
-#if defined(__F16C__)
-  return _cvtsh_ss(h);
-#else
-  const uint32_t sign = uint32_t(h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ffu;
-  float magnitude;
-  if (exp == 0) magnitude = std::ldexp(float(mant), -24);
-  else if (exp == 31) magnitude = mant ? NAN : INFINITY;
-  else magnitude = std::ldexp(float(mant | 0x400u), int(exp) - 25);
-  uint32_t bits;
-  std::memcpy(&bits, &magnitude, 4);
-  bits |= sign;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-#endif
-}
-
-inline uint16_t FloatToHalf(float f) {
-#if defined(__F16C__)
-  return _cvtss_sh(f, 0);  // round to nearest even
-#else
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000u, absx = x & 0x7fffffffu;
-  if (absx >= 0x7f800000u) return uint16_t(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0));
-  if (absx >= 0x477ff000u) return uint16_t(sign | 0x7c00u);
-  if (absx < 0x38800000u) {  // subnormal or zero: scale so that the rounding is float's own
-    const float scaled = std::fabs(f) * 16777216.0f;  // 2^24: one half-subnormal step becomes 1.0
-    return uint16_t(sign | uint32_t(std::nearbyint(scaled)));
-  }
-  uint32_t h = (absx >> 13) - (112u << 10);
-  const uint32_t rem = absx & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) ++h;
-  return uint16_t(sign | h);
-#endif
-}
-
-template <typename T>
-inline float ToFloat(T v) {
-  if constexpr (std::is_same_v<T, float>) return v; else return HalfToFloat(v);
-}
-
-template <typename T>
-inline T FromFloat(float v) {
-  if constexpr (std::is_same_v<T, float>) return v; else return FloatToHalf(v);
-}
 
 // The exporter computes each step in T: a float16 result is rounded to float16 before the next step.
 template <typename T>
