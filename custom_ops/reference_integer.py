@@ -1,5 +1,6 @@
 """Integer-only NumPy references of the I-LLM ops (``DIMatMul``, ``DIExp``, ``DIClippedSoftmax``, ``DINorm``,
-``DISwiGLU``, ``DIRotary``, ``DIAdd``): the ground truth the C++ (and later CUDA) kernels must reproduce bit for bit.
+``DISwiGLU``, ``DIRotary``, ``DIAdd``, ``DIBatchMatMul``, ``DIRequant``): the ground truth the C++ (and later
+CUDA) kernels must reproduce bit for bit.
 
 There is no float anywhere in this module: element-wise math is int64 NumPy, per-row scalars (one maximum, one
 scale, one square root per row) are Python ints. Every intermediate is bounded so that int64 never overflows;
@@ -381,3 +382,101 @@ def di_add(A, a_m, a_e, B, b_m, b_e, obits: int):
         v = shift_each(qa * ma, E - ea) + shift_each(qb * mb, E - eb)
         rows.append(dyn_quant(v, 1, E, qmax))
     return _outputs(rows, np.shape(A))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Attention between two integer activations, and merging rows (the integer-only graph's attention)
+
+MAX_BATCH_K = (1 << 16) - 1        # DIBatchMatMul: 255 * 128 * K < 2**31 and 2**23 * 2**16 * 2**7 * K < 2**62
+WIDE_BITS = 30                     # DIBatchMatMul's int32 outputs have |y| <= 2**30
+
+
+def wide_quant(v: np.ndarray, mult: int, E: int) -> tuple[np.ndarray, int, int]:
+    """A row of int64 values ``v * mult * 2**-E`` (|v| < 2**62, mult in [1, 2**15)) as int32 values of at most
+    ``WIDE_BITS`` bits (``y = rshr(v, sh)``, ``sh = max(0, bitlen(max|v|) - 30)``) and a normalized dyadic scale
+    (``mult`` shifted into [2**14, 2**15), exact); an all-zero row gets ``ZERO_SCALE``."""
+    A = int(np.abs(v).max()) if v.size else 0
+    if A == 0:
+        return np.zeros(v.shape, np.int64), *ZERO_SCALE
+    sh = max(0, A.bit_length() - WIDE_BITS)
+    m, k = ratio(mult, 1)
+    return finish(rshr(v, sh), m, k + E - sh)
+
+
+def _batch_offsets(a_lead: tuple, b_lead: tuple) -> np.ndarray:
+    """For each batch index of A (row-major over ``a_lead``), the flat batch index of B (dims equal or 1)."""
+    if len(a_lead) != len(b_lead) or any(b not in (a, 1) for a, b in zip(a_lead, b_lead)):
+        raise ValueError(f"B's batch dims {b_lead} must match A's {a_lead} or be 1")
+    return np.broadcast_to(np.arange(int(np.prod(b_lead, dtype=np.int64))).reshape(b_lead), a_lead).reshape(-1)
+
+
+def di_batch_matmul(A, a_m, a_e, B, b_m, b_e, mask=None, *, trans_b: int, is_causal: int = 0):
+    """Matmul of two integer activations with per-row scales on both sides, wide (int32) output.
+
+    A ``[..., M, K]`` (int8, or uint8 probabilities) with scales ``[..., M, 1]``; B holds per-row scales
+    ``[..., R, 1]`` (a KV cache: one scale per token) and batch dims equal to A's or 1.
+    trans_b=1 (Q.K^T): B ``[..., N, K]``, ``Y = A @ B^T``: exact int32 dot products, ``acc[n] * b_m[n]``
+    aligned over the visible keys (``mask`` broadcast to ``[..., M, N]``, and the causal rule
+    ``n <= m + N - M``; hidden ones give 0 and take no part) by ``align_exponents``.
+    trans_b=0 (P.V): B ``[..., K, N]``, ``Y = A @ B``: the contraction axis carries B's scales, so per row
+    ``u[k] = A[m, k] * b_m[k]`` aligned over the k with ``A[m, k] != 0`` (< 2**39), then ``sum_k u[k] * B[k, n]``
+    (< 2**62). Either way ``wide_quant`` with the row's ``a_m`` and exponent ``a_e + Ea``."""
+    A = np.asarray(A).astype(np.int64)
+    B = np.asarray(B).astype(np.int64)
+    M, K = A.shape[-2:]
+    N = B.shape[-2] if trans_b else B.shape[-1]
+    if (B.shape[-1] if trans_b else B.shape[-2]) != K:
+        raise ValueError(f"A {A.shape} and B {B.shape} do not share K (trans_b={trans_b})")
+    if K > MAX_BATCH_K:
+        raise ValueError(f"K={K} exceeds {MAX_BATCH_K}")
+    if not trans_b and (mask is not None or is_causal):
+        raise ValueError("mask and is_causal apply to trans_b=1 (scores) only")
+    lead = A.shape[:-2]
+    offsets = _batch_offsets(lead, B.shape[:-2])
+    Ar, am, ae = _rows(A, a_m, a_e, "A")
+    Bq = B.reshape(-1, *B.shape[-2:])
+    bm = _check_mantissas(b_m, "b_m", 1).reshape(len(Bq), -1)
+    be = np.asarray(b_e, np.int64).reshape(len(Bq), -1)
+    allowed = np.ones((*lead, M, N), bool)
+    if mask is not None:
+        allowed &= np.broadcast_to(np.asarray(mask, bool), allowed.shape)
+    if is_causal:
+        allowed &= causal_allowed(allowed.shape)
+    allowed = allowed.reshape(-1, N)
+    rows = []
+    for r in range(len(Ar)):
+        bq, m_b, e_b = Bq[offsets[r // M]], bm[offsets[r // M]], be[offsets[r // M]]
+        if trans_b:
+            keep = allowed[r]
+            acc = bq @ Ar[r]                                     # exact: |acc| < 2**31
+        else:
+            keep = Ar[r] != 0
+        if not keep.any():
+            rows.append((np.zeros(N, np.int64), *ZERO_SCALE))
+            continue
+        Ea = int(min(e_b[keep].max(), e_b[keep].min() + ALIGN_WINDOW))
+        if trans_b:
+            v = np.where(keep, shift_each(acc * m_b, Ea - e_b), 0)
+        else:
+            v = np.where(keep, shift_each(Ar[r] * m_b, Ea - e_b), 0) @ bq
+        rows.append(wide_quant(v, int(am[r]), int(ae[r]) + Ea))
+    return _outputs(rows, (*lead, M, N), np.int32)
+
+
+def di_requant(X, x_m, x_e, obits: int):
+    """Merge the last two axes of ``X [..., G, D]`` (int8 or int32, per-row scales ``[..., G, 1]``) into rows of
+    ``G * D`` int8 codes with one scale each (e.g. attention heads into a token): ``q * m`` (< 2**46) aligned over
+    the G exponents (``align_exponents``), then ``dyn_quant``."""
+    qmax = qmax_of(obits)
+    X = np.asarray(X).astype(np.int64)
+    if X.ndim < 2:
+        raise ValueError("X must have rank >= 2 ([..., G, D])")
+    *lead, G, D = X.shape
+    m = _check_mantissas(x_m, "x_m", 1).reshape(-1, G)
+    e = np.asarray(x_e, np.int64).reshape(-1, G)
+    Xr = X.reshape(-1, G, D)
+    rows = []
+    for q, mm, ee in zip(Xr, m, e):
+        Ea, shifts = align_exponents(ee)
+        rows.append(dyn_quant(shift_each(q * mm[:, None], shifts[:, None]).reshape(-1), 1, Ea, qmax))
+    return _outputs(rows, (*lead, G * D))

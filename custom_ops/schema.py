@@ -618,7 +618,94 @@ DI_ADD = _two_input_op(
     "requantized per row with exponent E.",
     ("A", "a", "first operand"), ("B", "b", "second operand"))
 
-INTEGER_OPS = (DI_MATMUL, DI_EXP, DI_CLIPPED_SOFTMAX, DI_NORM, DI_SWIGLU, DI_ROTARY, DI_ADD)
+DI_MAX_BATCH_K = (1 << 16) - 1  # DIBatchMatMul: 255 * 128 * K < 2^31, and P.V's int64 sums stay below 2^62
+
+
+def _infer_batch_matmul(ctx) -> None:
+    op = f"{DOMAIN}::DIBatchMatMul"
+    attrs = _read_attrs(ctx, DI_BATCH_MATMUL)
+    a, b = _input_dims(ctx, 0), _input_dims(ctx, 3)
+    out = None
+    if a is not None:
+        if len(a) < 2:
+            raise onnx.shape_inference.InferenceError(f"{op}: A must have rank >= 2 ([..., M, K])")
+        _check_dims(ctx, op, {i: (DI_BATCH_MATMUL.inputs[i].name, [*a[:-1], 1]) for i in (1, 2)})
+    if a is not None and b is not None:
+        if len(b) != len(a):
+            raise onnx.shape_inference.InferenceError(f"{op}: B has rank {len(b)}, A has rank {len(a)}")
+        k_b, n = (b[-1], b[-2]) if attrs["trans_b"] else (b[-2], b[-1])
+        if isinstance(a[-1], int) and isinstance(k_b, int) and a[-1] != k_b:
+            raise onnx.shape_inference.InferenceError(f"{op}: A's K is {a[-1]}, B's is {k_b} (trans_b={attrs['trans_b']})")
+        for x, y in zip(a[:-2], b[:-2]):
+            if isinstance(x, int) and isinstance(y, int) and y not in (x, 1):
+                raise onnx.shape_inference.InferenceError(f"{op}: B's batch dims {b[:-2]} are not A's {a[:-2]} or 1")
+        _check_dims(ctx, op, {i: (DI_BATCH_MATMUL.inputs[i].name, [*b[:-1], 1]) for i in (4, 5)})
+        out = [*a[:-1], n]
+    for index, elem in enumerate((TensorProto.INT32, TensorProto.INT32, TensorProto.INT8)):
+        shape = None if out is None else (out if index == 0 else [*out[:-1], 1])
+        ctx.set_output_type(index, helper.make_tensor_type_proto(elem, shape))
+
+
+DI_BATCH_MATMUL = OpDef(
+    name="DIBatchMatMul",
+    doc=(
+        "Integer matmul of two activations with per-row scales on both sides (attention in the integer-only "
+        "graph); batch dims of B equal A's or 1. trans_b=1 (Q.K^T): B [..., N, K], Y = A @ B^T, exact int32 dot "
+        "products times B's row mantissas, aligned (as DIMatMul's channels) over the keys visible through mask "
+        "(bool, broadcast to Y) and, with is_causal, the causal rule (key n visible to row m when n <= m + N - M); "
+        "hidden keys give 0. trans_b=0 (P.V): B [..., K, N] with its scales along the contraction axis: per row "
+        "u[k] = A[m, k] * b_m[k] aligned over the k with A[m, k] != 0, then sum_k u[k] * B[k, n] in int64. The "
+        "row is then rounded to at most 30 bits (int32 Y, |Y| <= 2^30) with scale a_m * 2^-(a_e + Ea - shift) "
+        "normalized to a 15-bit mantissa: a wide output for DIClippedSoftmax (scores) or DIRequant (contexts)."
+    ),
+    inputs=(Input("A", "T", "codes [..., M, K] (int8, or uint8 probabilities)"),
+            *_int_activation("A", "a", "left operand")[1:],
+            *_int_activation("B", "b", "right operand [..., N, K] (trans_b=1) or [..., K, N], scales per row"),
+            Input("mask", "tensor(bool)", "visible keys (trans_b=1), broadcast to Y's shape", optional=True)),
+    outputs=_int_activation("Y", "y", "wide output [..., M, N]", code_type="tensor(int32)"),
+    attributes=(
+        Attribute("trans_b", onnx.AttributeProto.INT, "1: Y = A @ B^T (B's scales per output column); 0: Y = A @ B "
+                  "(B's scales along K)", check=_flag),
+        Attribute("is_causal", onnx.AttributeProto.INT, "trans_b=1 only: also hide keys after the row's position",
+                  required=False, check=_flag),
+    ),
+    type_constraints={"T": ("tensor(int8)", "tensor(uint8)")},
+    infer=_infer_batch_matmul,
+)
+
+
+def _infer_requant(ctx) -> None:
+    op = f"{DOMAIN}::DIRequant"
+    _read_attrs(ctx, DI_REQUANT)
+    dims = _input_dims(ctx, 0)
+    out = None
+    if dims is not None:
+        if len(dims) < 2:
+            raise onnx.shape_inference.InferenceError(f"{op}: X must have rank >= 2 ([..., G, D])")
+        _check_dims(ctx, op, {i: (DI_REQUANT.inputs[i].name, [*dims[:-1], 1]) for i in (1, 2)})
+        g, d = dims[-2:]
+        out = [*dims[:-2], g * d if isinstance(g, int) and isinstance(d, int) else None]
+    for index, elem in enumerate((TensorProto.INT8, TensorProto.INT32, TensorProto.INT8)):
+        shape = None if out is None else (out if index == 0 else [*out[:-1], 1])
+        ctx.set_output_type(index, helper.make_tensor_type_proto(elem, shape))
+
+
+DI_REQUANT = OpDef(
+    name="DIRequant",
+    doc=(
+        "Merge rows into one requantized row: X [..., G, D] (int8 or int32, per-row scales [..., G, 1]) becomes "
+        "Y [..., G * D] int8 with one scale per row (e.g. attention heads into a token for o_proj). q * m of each "
+        "row (< 2^46) is aligned over the G exponents as DIMatMul's channels, then requantized per output row."
+    ),
+    inputs=(Input("X", "T", "codes [..., G, D]"), *_int_activation("X", "x", "rows to merge")[1:]),
+    outputs=DI_OUTPUTS,
+    attributes=(_OBITS,),
+    type_constraints={"T": ("tensor(int8)", "tensor(int32)")},
+    infer=_infer_requant,
+)
+
+INTEGER_OPS = (DI_MATMUL, DI_EXP, DI_CLIPPED_SOFTMAX, DI_NORM, DI_SWIGLU, DI_ROTARY, DI_ADD, DI_BATCH_MATMUL,
+               DI_REQUANT)
 
 
 OPS: dict[str, OpDef] = {op.name: op for op in (GROUP_QUANT_MATMUL, QUANT_LINEAR, SPQR_MATMUL, SPQR_DEQUANTIZE,

@@ -28,6 +28,8 @@ constexpr int64_t kExp2C1 = -742586372, kExp2C2 = 248204643, kExp2C3 = -42537209
 constexpr int kRopeFrac = 14;                       // rotary tables in Q14
 constexpr int64_t kAlignWindow = 16, kAddWindow = 39;
 constexpr int64_t kMaxK = (int64_t(1) << 17) - 1;   // DIMatMul: K * 128 * 128 < 2^31
+constexpr int64_t kMaxBatchK = (int64_t(1) << 16) - 1;  // DIBatchMatMul: 255 * 128 * K < 2^31, P.V sums < 2^62
+constexpr int kWideBits = 30;                       // DIBatchMatMul's int32 outputs: |y| <= 2^30
 
 EDGEQ_HD inline int BitLen(uint64_t x) {
 #if defined(__CUDA_ARCH__)
@@ -125,6 +127,35 @@ EDGEQ_HD inline Scale DynQuantRow(int64_t* v, int64_t n, int64_t mult, int64_t E
   if (s.zero)
     for (int64_t i = 0; i < n; ++i) q[i] = 0;
   return s;
+}
+
+// A row of v * mult * 2^-E (|v| < 2^62, mult in [1, 2^15)) as int32 values of at most kWideBits bits and a
+// normalized scale (mult shifted into [2^14, 2^15), exact); see reference_integer.wide_quant.
+EDGEQ_HD inline Scale WideQuantRow(const int64_t* v, int64_t n, int64_t mult, int64_t E, int32_t* y) {
+  int64_t A = 0;
+  for (int64_t i = 0; i < n; ++i) A = Max(A, Abs(v[i]));
+  Scale s{kZeroM, kZeroE, true};
+  if (A != 0) {
+    const int64_t sh = Max(0, BitLen(uint64_t(A)) - kWideBits);
+    const Dyadic r = Ratio(uint64_t(mult), 1);
+    s = Finish(r.m, r.e + E - sh);
+    for (int64_t i = 0; i < n; ++i) y[i] = s.zero ? 0 : int32_t(RShr(v[i], sh));
+  } else {
+    for (int64_t i = 0; i < n; ++i) y[i] = 0;
+  }
+  return s;
+}
+
+// The common exponent of the exponents e[i] with keep(i) (at least one): as AlignExponents.
+template <typename Keep>
+EDGEQ_HD inline int64_t AlignExponentsWhere(const int8_t* e, int64_t n, Keep keep) {
+  int64_t lo = kEMax + 1, hi = kEMin - 1;
+  for (int64_t i = 0; i < n; ++i)
+    if (keep(i)) {
+      lo = Min(lo, e[i]);
+      hi = Max(hi, e[i]);
+    }
+  return Min(hi, lo + kAlignWindow);
 }
 
 // 2^-(t / 2^24) in Q30 for 0 <= t <= kExpCap: cubic in the fraction (Horner, rounded shifts), then the integer

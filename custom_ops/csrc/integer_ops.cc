@@ -98,16 +98,17 @@ IntOutput AllocateOutput(Ort::KernelContext& ctx, const std::vector<int64_t>& co
   return o;
 }
 
-void PrepareMask(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p) {
-  if (ctx.GetInputCount() <= 3) return;
-  TensorView mask = Input(ctx, 3, "mask", a.where);
+// The optional bool mask at input ``index``, broadcast against ``xs``, the shape of the scores ``of``.
+void PrepareMask(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p, size_t index,
+                 const std::vector<int64_t>& xs, const std::string& of) {
+  if (ctx.GetInputCount() <= index) return;
+  TensorView mask = Input(ctx, index, "mask", a.where);
   if (mask.value == nullptr) return;
-  const std::vector<int64_t>& xs = p.x.shape;
   bool ok = mask.shape.size() == xs.size();
   for (size_t i = 0; ok && i < xs.size(); ++i) ok = mask.shape[i] == xs[i] || mask.shape[i] == 1;
   if (!ok)
-    Fail(a.where, "mask has shape " + ShapeText(mask.shape) + ", expected X's rank with each dim equal to X's " +
-                      ShapeText(xs) + " or 1");
+    Fail(a.where, "mask has shape " + ShapeText(mask.shape) + ", expected " + of + "'s rank with each dim equal to " +
+                      of + "'s " + ShapeText(xs) + " or 1");
   p.mask = static_cast<const bool*>(mask.value.GetTensorRawData());
   p.mask_strides.assign(xs.size(), 0);
   int64_t stride = 1;
@@ -146,6 +147,48 @@ void PrepareRotary(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p) {
                       " is outside the tables' [0, " + std::to_string(P) + ")");
 }
 
+std::vector<int64_t> PrepareBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p) {
+  const std::string& where = a.where;
+  p.x = ReadActivation(ctx, 0, "A", "a_m", "a_e", where);
+  p.x2 = ReadActivation(ctx, 3, "B", "b_m", "b_e", where);
+  const std::vector<int64_t>&as = p.x.shape, &bs = p.x2.shape;
+  if (p.x.type != kI8 && p.x.type != kU8) Fail(where, std::string("A must be int8 or uint8, got ") + TypeName(p.x.type));
+  if (as.size() < 2) Fail(where, "A has shape " + ShapeText(as) + ", expected [..., M, K]");
+  if (bs.size() != as.size())
+    Fail(where, "B has shape " + ShapeText(bs) + ", expected A's rank " + std::to_string(as.size()));
+  const size_t r = as.size();
+  p.M = as[r - 2];
+  p.K = as[r - 1];
+  p.N = a.trans_b ? bs[r - 2] : bs[r - 1];
+  const int64_t kb = a.trans_b ? bs[r - 1] : bs[r - 2];
+  if (kb != p.K)
+    Fail(where, "B has shape " + ShapeText(bs) + ": its " + (a.trans_b ? "last" : "second-to-last") +
+                    " dim must equal A's K=" + std::to_string(p.K));
+  if (p.K > integer::kMaxBatchK)
+    Fail(where, "K=" + std::to_string(p.K) + " exceeds " + std::to_string(integer::kMaxBatchK));
+  int64_t batches = 1, b_stride = 1;
+  std::vector<int64_t> strides(r - 2, 0);
+  for (size_t i = r - 2; i-- > 0;) {
+    if (bs[i] != as[i] && bs[i] != 1)
+      Fail(where, "B has shape " + ShapeText(bs) + ": batch dims must equal A's " + ShapeText(as) + " or be 1");
+    if (bs[i] != 1) strides[i] = b_stride;
+    b_stride *= bs[i];
+    batches *= as[i];
+  }
+  p.b_batch.assign(size_t(batches), 0);
+  for (int64_t b = 0; b < batches; ++b)
+    for (int64_t i = int64_t(r) - 3, rest = b; i >= 0; --i) {
+      p.b_batch[size_t(b)] += (rest % as[size_t(i)]) * strides[size_t(i)];
+      rest /= as[size_t(i)];
+    }
+  std::vector<int64_t> out(as);
+  out.back() = p.N;
+  if (!a.trans_b && (a.is_causal || (ctx.GetInputCount() > 6 && Input(ctx, 6, "mask", where).value != nullptr)))
+    Fail(where, "mask and is_causal apply to trans_b=1 (scores) only");
+  PrepareMask(ctx, a, p, 6, out, "Y");
+  return out;
+}
+
 }  // namespace
 
 const DiSignature& Signature(DiOp op) {
@@ -157,6 +200,8 @@ const DiSignature& Signature(DiOp op) {
       {"DISwiGLU", {kI8, kI32, kI8, kI8, kI32, kI8}, {kI8, kI32, kI8}, 6},
       {"DIRotary", {kI8, kI32, kI8, kI64, kI16, kI16}, {kI8, kI32, kI8}, 6},
       {"DIAdd", {kI8, kI32, kI8, kI8, kI32, kI8}, {kI8, kI32, kI8}, 6},
+      {"DIBatchMatMul", {kAny, kI32, kI8, kI8, kI32, kI8, kBool}, {kI32, kI32, kI8}, 6},
+      {"DIRequant", {kAny, kI32, kI8}, {kI8, kI32, kI8}, 3},
   };
   return kSignatures[static_cast<int>(op)];
 }
@@ -166,9 +211,11 @@ DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op) {
   DiAttrs a;
   a.op = op;
   a.where = std::string("edgeq::") + Signature(op).name + " node '" + info.GetNodeName() + "'";
-  a.obits = ReadInt(info, "obits", a.where);
-  ExpectRange(a.obits, 2, 8, "obits", a.where);
-  a.qmax = (int64_t(1) << (a.obits - 1)) - 1;
+  if (op != DiOp::kBatchMatMul) {  // its output is wide int32, not requantized
+    a.obits = ReadInt(info, "obits", a.where);
+    ExpectRange(a.obits, 2, 8, "obits", a.where);
+    a.qmax = (int64_t(1) << (a.obits - 1)) - 1;
+  }
   switch (op) {
     case DiOp::kMatMul:
       a.K = ReadInt(info, "K", a.where);
@@ -191,6 +238,15 @@ DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op) {
       a.eps_q60 = ReadInt(info, "eps_q60", a.where);
       if (a.eps_q60 < 0 || a.eps_q60 >= (int64_t(1) << 61))
         Fail(a.where, "attribute eps_q60=" + std::to_string(a.eps_q60) + " must be in [0, 2^61)");
+      break;
+    case DiOp::kBatchMatMul:
+      a.trans_b = ReadInt(info, "trans_b", a.where);
+      ExpectRange(a.trans_b, 0, 1, "trans_b", a.where);
+      if (OrtStatus* missing = Ort::GetApi().KernelInfoGetAttribute_int64(info, "is_causal", &a.is_causal)) {
+        Ort::GetApi().ReleaseStatus(missing);  // optional, default 0
+        a.is_causal = 0;
+      }
+      ExpectRange(a.is_causal, 0, 1, "is_causal", a.where);
       break;
     case DiOp::kRotary:
       a.interleaved = ReadInt(info, "interleaved", a.where);
@@ -224,7 +280,7 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
         Fail(where, std::string("X must be int8 or int32, got ") + TypeName(p.x.type));
       if (p.x.C >= (int64_t(1) << 24))  // the sum of 2^30-scaled exps times qmax stays below 2^63
         Fail(where, "X has " + std::to_string(p.x.C) + " keys, more than 2^24 - 1");
-      PrepareMask(ctx, a, p);
+      PrepareMask(ctx, a, p, 3, p.x.shape, "X");
       if (a.is_causal && p.x.shape.size() < 2) Fail(where, "is_causal needs X of rank >= 2 ([..., Sq, Skv])");
       out_shape = p.x.shape;
       break;
@@ -253,6 +309,16 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
     case DiOp::kExp:
       p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", where);
       out_shape = p.x.shape;
+      break;
+    case DiOp::kBatchMatMul:
+      out_shape = PrepareBatchMatMul(ctx, a, p);
+      break;
+    case DiOp::kRequant:
+      p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", where);
+      if (p.x.type != kI8 && p.x.type != kI32) Fail(where, std::string("X must be int8 or int32, got ") + TypeName(p.x.type));
+      if (p.x.shape.size() < 2) Fail(where, "X has shape " + ShapeText(p.x.shape) + ", expected [..., G, D]");
+      out_shape.assign(p.x.shape.begin(), p.x.shape.end() - 1);
+      out_shape.back() *= p.x.C;
       break;
   }
   p.out = AllocateOutput(ctx, out_shape);

@@ -1,4 +1,5 @@
-// The integer-only ops of I-LLM (edgeq::DIMatMul, DIExp, DIClippedSoftmax, DINorm, DISwiGLU, DIRotary, DIAdd):
+// The integer-only ops of I-LLM (edgeq::DIMatMul, DIExp, DIClippedSoftmax, DINorm, DISwiGLU, DIRotary, DIAdd,
+// DIBatchMatMul, DIRequant):
 // signatures, attributes and input checks shared by the CPU and CUDA ops. The contract (representation,
 // rounding, each algorithm) is custom_ops/schema.py and custom_ops/README.md; the math is integer_math.h.
 #pragma once
@@ -13,7 +14,7 @@
 
 namespace edgeq {
 
-enum class DiOp { kMatMul, kExp, kClippedSoftmax, kNorm, kSwiGLU, kRotary, kAdd };
+enum class DiOp { kMatMul, kExp, kClippedSoftmax, kNorm, kSwiGLU, kRotary, kAdd, kBatchMatMul, kRequant };
 
 // An op's name and the element types of its inputs and outputs as schema.py declares them (ORT refuses other
 // types, naming the node; UNDEFINED: checked in PrepareIntegerOp). Inputs from optional_from on are optional.
@@ -27,7 +28,8 @@ const DiSignature& Signature(DiOp op);
 struct DiAttrs {
   DiOp op = DiOp::kMatMul;
   std::string where;  // "edgeq::DIMatMul node 'name'", the prefix of every message
-  int64_t K = 0, N = 0, abits = 8, wbits = 8, obits = 8, clip_q8 = 0, is_causal = 0, eps_q60 = 0, interleaved = 0;
+  int64_t K = 0, N = 0, abits = 8, wbits = 8, obits = 8, clip_q8 = 0, is_causal = 0, eps_q60 = 0, interleaved = 0,
+          trans_b = 0;
   int64_t qmax = 0;  // largest output code: 2^(obits-1) - 1, or 2^obits - 1 for DIClippedSoftmax
   static DiAttrs FromKernelInfo(const OrtKernelInfo* info, DiOp op);
 };
@@ -50,7 +52,7 @@ struct IntOutput {
 
 // One call's tensors after every check passed; what an op does not use stays empty.
 struct DiProblem {
-  IntInput x, x2;                    // x2: DISwiGLU's up, DIAdd's B
+  IntInput x, x2;                    // x2: DISwiGLU's up, DIAdd's B, DIBatchMatMul's B
   const int8_t* W = nullptr;         // DIMatMul's weight codes [N, K]
   const int32_t* ch_m = nullptr;     // per-channel scales: DIMatMul's w, DINorm's gamma
   const int8_t* ch_e = nullptr;
@@ -60,6 +62,8 @@ struct DiProblem {
   const int16_t* cos = nullptr;
   const int16_t* sin = nullptr;
   bool per_head_scales = false;      // DIRotary: x's scales are [B, S, H, 1] (else [B, S, 1, 1])
+  int64_t M = 0, K = 0, N = 0;       // DIBatchMatMul: A [batch, M, K], B [batch of B, N, K] or [.., K, N]
+  std::vector<int64_t> b_batch;      // DIBatchMatMul: B's flat batch index for each of A's; DIRequant: G
   IntOutput out;
 };
 

@@ -1,5 +1,5 @@
 """Random problems and one-node models for the integer-only ops (DIMatMul, DIExp, DIClippedSoftmax, DINorm,
-DISwiGLU, DIRotary, DIAdd), shared by their CPU, reference and bad-input tests."""
+DISwiGLU, DIRotary, DIAdd, DIBatchMatMul, DIRequant), shared by their CPU, reference and bad-input tests."""
 
 from __future__ import annotations
 
@@ -68,6 +68,8 @@ REFERENCE = {
     "DISwiGLU": lambda a, obits: ri.di_swiglu(*a, obits),
     "DIRotary": lambda a, **kw: ri.di_rotary(*a, **kw),
     "DIAdd": lambda a, obits: ri.di_add(*a, obits),
+    "DIBatchMatMul": lambda a, **kw: ri.di_batch_matmul(*a, **kw),
+    "DIRequant": lambda a, obits: ri.di_requant(*a, obits),
 }
 
 

@@ -156,3 +156,24 @@ def test_rotary_table_of_another_type(cpu_library):
     args = rotary_args()
     args[4] = args[4].astype(np.int32)
     fails(cpu_library, "DIRotary", args, r"\(cos\) of operator \(DIRotary\) in node \(n0\)", interleaved=0, obits=8)
+
+
+def batch_args(a_shape=(2, 3, 16), b_shape=(2, 5, 16)):
+    r = rng()
+    return [*activation(r, a_shape), *activation(r, b_shape), None]
+
+
+@pytest.mark.parametrize("args, attrs, match", [
+    (batch_args(b_shape=(2, 5, 15)), dict(trans_b=1), r"B has shape \[2, 5, 15\]: its last dim must equal A's K=16"),
+    (batch_args(b_shape=(3, 5, 16)), dict(trans_b=1), r"batch dims must equal A's \[2, 3, 16\] or be 1"),
+    (batch_args(b_shape=(5, 16)), dict(trans_b=1), r"expected A's rank 3"),
+    (batch_args(b_shape=(2, 16, 4)), dict(trans_b=0, is_causal=1), r"mask and is_causal apply to trans_b=1"),
+    (batch_args(a_shape=(2, 3, 65536), b_shape=(1, 2, 65536)), dict(trans_b=1), r"K=65536 exceeds 65535"),
+])
+def test_batch_matmul_bad_inputs(cpu_library, args, attrs, match):
+    fails(cpu_library, "DIBatchMatMul", args, rf"DIBatchMatMul node 'n0': .*{match}", **attrs)
+
+
+def test_requant_refuses_int16(cpu_library):
+    q, m, e = activation(rng(), (3, 2, 8))
+    fails(cpu_library, "DIRequant", [q.astype(np.int16), m, e], r"(int16|X)", obits=8)

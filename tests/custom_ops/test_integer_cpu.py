@@ -194,3 +194,73 @@ def test_thread_count_does_not_change_results(cpu_library):
     two = run(cpu_library, "DIMatMul", args, threads=2, K=129, N=70, abits=8, wbits=8, obits=8)
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)
+
+
+def attention_shapes(rng: np.random.Generator, seed: int):
+    """(A's lead dims, B's lead dims (each equal or 1), M, K, N) for DIBatchMatMul."""
+    rank = seed % 3
+    lead = tuple(int(rng.integers(1, 4)) for _ in range(rank))
+    b_lead = tuple(d if rng.random() < 0.6 else 1 for d in lead)
+    return lead, b_lead, int(rng.integers(1, 12)), odd_size(rng, 130), odd_size(rng, 90)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_batch_matmul_scores(cpu_library, seed):
+    """trans_b=1 (Q.K^T): keys with their own scales (exponents spread past the alignment window), causal and
+    broadcast masks, rows with no visible key."""
+    rng = np.random.default_rng(6000 + seed)
+    lead, b_lead, M, K, N = attention_shapes(rng, seed)
+    N = max(N, M) if seed % 2 else N
+    A = activation(rng, (*lead, M, K), saturate=seed % 2 == 0, full_mantissas=seed % 4 == 1)
+    B = activation(rng, (*b_lead, N, K), e_range=(-4, 40) if seed % 3 else (-128, 127), saturate=seed % 3 == 0,
+                   full_mantissas=seed % 4 == 2)
+    mask = rng.random(tuple(d if rng.random() < 0.5 else 1 for d in (*lead, M, N))) < 0.7 if seed % 4 == 3 else None
+    assert_bit_exact(cpu_library, "DIBatchMatMul", [*A, *B, mask], trans_b=1, is_causal=seed % 2)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_batch_matmul_context(cpu_library, seed):
+    """trans_b=0 (P.V): uint8 probabilities (zeros where keys were hidden) or int8 codes against values whose
+    scales run along the contraction axis."""
+    rng = np.random.default_rng(7000 + seed)
+    lead, b_lead, M, K, N = attention_shapes(rng, seed)
+    if seed % 2:
+        P = rng.integers(0, 256, (*lead, M, K))
+        P[rng.random(P.shape) < 0.3] = 0
+        _, m, e = activation(rng, (*lead, M, 1), full_mantissas=seed % 4 == 1)
+        A = (P.astype(np.uint8), m, e)
+    else:
+        A = activation(rng, (*lead, M, K), saturate=True)
+    B = activation(rng, (*b_lead, K, N), e_range=(-4, 40) if seed % 3 else (-128, 127), saturate=seed % 3 == 0)
+    assert_bit_exact(cpu_library, "DIBatchMatMul", [*A, *B, None], trans_b=0)
+
+
+def test_batch_matmul_largest_sums(cpu_library):
+    """K = 65535 at the int8/uint8 limits with the widest exponent gap the window shifts exactly: the int32 dot
+    products and P.V's int64 sums are at their bounds and must come out exact."""
+    K = ri.MAX_BATCH_K
+    B = np.full((1, 2, K), -128, np.int8)
+    b_m, b_e = np.full((1, 2, 1), ri.M_MAX, np.int32), np.array([[[0], [16]]], np.int8)
+    A = np.full((1, 1, K), 127, np.int8)
+    a_m, a_e = np.full((1, 1, 1), ri.M_MAX, np.int32), np.zeros((1, 1, 1), np.int8)
+    assert_bit_exact(cpu_library, "DIBatchMatMul", [A, a_m, a_e, B, b_m, b_e, None], trans_b=1)
+    P = np.full((1, 1, K), 255, np.uint8)
+    V = np.full((1, K, 3), -128, np.int8)
+    v_m = np.full((1, K, 1), ri.M_MAX, np.int32)
+    v_e = np.where(np.arange(K) % 2, 0, 16).astype(np.int8).reshape(1, K, 1)
+    assert_bit_exact(cpu_library, "DIBatchMatMul", [P, a_m, a_e, V, v_m, v_e, None], trans_b=0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_requant(cpu_library, seed):
+    rng = np.random.default_rng(8000 + seed)
+    lead = lead_shape(rng, 60)
+    G, D = int(rng.integers(1, 9)), odd_size(rng, 70)
+    if seed % 2:
+        X = activation(rng, (*lead, G, D), e_range=(-4, 40) if seed % 3 else (-128, 127), saturate=True)
+    else:
+        q = rng.integers(-(2**30), 2**30 + 1, (*lead, G, D))
+        q[..., 0] = 2**31 - 1
+        _, m, e = activation(rng, (*lead, G, D), e_range=(20, 60), full_mantissas=True)
+        X = (q.astype(np.int32), m, e)
+    assert_bit_exact(cpu_library, "DIRequant", list(X), obits=[8, 6, 4][seed % 3])

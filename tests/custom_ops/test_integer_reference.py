@@ -167,3 +167,25 @@ def test_reference_has_no_float_math():
             assert node.attr not in forbidden_names, ast.unparse(node)
         if isinstance(node, ast.Name):
             assert node.id not in forbidden_names, node.id
+
+
+def test_batch_matmul_is_the_float_attention_of_the_dequantized_inputs():
+    """Scores (trans_b=1, causal) and contexts (trans_b=0) within half a step of the float products: the wide
+    int32 output rounds once, at 2^-30 of the row's largest value; exponents within the alignment window."""
+    rng = np.random.default_rng(11)
+    Q, K, V = (activation(rng, s, e_range=(8, 24), full_mantissas=True) for s in ((2, 6, 32), (2, 9, 32), (2, 9, 20)))
+    y, m, e = ri.di_batch_matmul(*Q, *K, trans_b=1, is_causal=1)
+    exact = dequantize(*Q) @ np.swapaxes(dequantize(*K), -1, -2)
+    visible = ri.causal_allowed(exact.shape)
+    assert steps_off(y, m, e, np.where(visible, exact, 0)) <= 0.5
+    P = np.where(visible, rng.integers(0, 256, exact.shape), 0).astype(np.uint8)
+    p_m, p_e = activation(rng, (2, 6, 1), e_range=(20, 30))[1:]
+    y, m, e = ri.di_batch_matmul(P, p_m, p_e, *V, trans_b=0)
+    assert steps_off(y, m, e, dequantize(P, p_m, p_e) @ dequantize(*V)) <= 0.5
+
+
+def test_requant_merges_rows_like_a_float_requantization(bits):
+    rng = np.random.default_rng(12)
+    X = activation(rng, (5, 4, 16), e_range=(8, 24), full_mantissas=True)
+    y, m, e = ri.di_requant(*X, bits)
+    assert steps_off(y, m, e, dequantize(*X).reshape(5, 64)) <= STEP_TOLERANCE["DIMatMul"]

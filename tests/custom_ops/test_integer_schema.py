@@ -94,3 +94,31 @@ def test_make_node_checks_attributes(op, attrs, match):
     opdef = OPS[op]
     with pytest.raises(ValueError, match=rf"edgeq::{op}: {match}"):
         opdef.make_node([i.name for i in opdef.inputs if not i.optional], ["Y", "y_m", "y_e"], **attrs)
+
+
+@pytest.mark.parametrize("trans_b, b_shape, a_code", [(1, [2, 1, "t", 16], I8), (0, [2, 1, "t", 16], U8)])
+def test_batch_matmul_outputs_wide_int32(trans_b, b_shape, a_code):
+    a_shape = [2, 3, 5, 16] if trans_b else [2, 3, 5, "t"]
+    inputs = [*activation("A", "a", a_shape, a_code), *activation("B", "b", b_shape), ("mask", BOOL, [2, 1, 1, "t"])]
+    n = "t" if trans_b else 16
+    assert infer("DIBatchMatMul", inputs if trans_b else inputs[:6], trans_b=trans_b, is_causal=trans_b) == [
+        (I32, [2, 3, 5, n]), (I32, [2, 3, 5, 1]), (I8, [2, 3, 5, 1])]
+
+
+def test_requant_merges_the_last_two_axes():
+    assert infer("DIRequant", activation("X", "x", ["b", "s", 4, 16], I32), obits=6) == [
+        (I8, ["b", "s", 64]), (I32, ["b", "s", 1]), (I8, ["b", "s", 1])]
+
+
+@pytest.mark.parametrize("op, inputs, attrs, match", [
+    ("DIBatchMatMul", [*activation("A", "a", [2, 5, 16]), *activation("B", "b", [2, 7, 15])], dict(trans_b=1),
+     r"A's K is 16, B's is 15"),
+    ("DIBatchMatMul", [*activation("A", "a", [2, 5, 16]), *activation("B", "b", [3, 7, 16])], dict(trans_b=1),
+     r"B's batch dims \[3\] are not A's \[2\] or 1"),
+    ("DIBatchMatMul", [*activation("A", "a", [2, 5, 16]), *activation("B", "b", [7, 16])], dict(trans_b=0),
+     r"B has rank 2, A has rank 3"),
+    ("DIRequant", activation("X", "x", [7]), dict(obits=8), r"X must have rank >= 2"),
+])
+def test_attention_inference_refuses_inconsistent_shapes(op, inputs, attrs, match):
+    with pytest.raises(Exception, match=rf"edgeq::{op}: {match}"):
+        infer(op, inputs, **attrs)

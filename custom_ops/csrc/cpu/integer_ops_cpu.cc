@@ -366,6 +366,97 @@ void DIAdd(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// DIBatchMatMul and DIRequant (attention), one output row per task
+
+// Row r's mask row (nullptr without a mask) and its step along the keys, for scores of shape ``shape``.
+const bool* MaskRow(const DiProblem& p, const std::vector<int64_t>& shape, int64_t r, int64_t& step) {
+  step = 0;
+  if (p.mask == nullptr) return nullptr;
+  const int64_t rank = int64_t(shape.size());
+  const bool* mask = p.mask;
+  for (int64_t d = rank - 2, rest = r; d >= 0; --d) {
+    mask += (rest % shape[d]) * p.mask_strides[d];
+    rest /= shape[d];
+  }
+  step = p.mask_strides[rank - 1];
+  return mask;
+}
+
+template <typename A>
+void DIBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
+  const int64_t M = p.M, K = p.K, N = p.N;
+  const int64_t b_rows = a.trans_b ? N : K;  // rows of one batch of B, each with its own scale
+  std::vector<int64_t> out_shape(p.x.shape);
+  out_shape.back() = N;
+  auto row = [&](int64_t r) {
+    const A* x = static_cast<const A*>(p.x.q) + r * K;
+    const int64_t batch = p.b_batch[size_t(r / M)];
+    const int8_t* B = static_cast<const int8_t*>(p.x2.q) + batch * b_rows * (a.trans_b ? K : N);
+    const int32_t* bm = p.x2.m + batch * b_rows;
+    const int8_t* be = p.x2.e + batch * b_rows;
+    int32_t* y = static_cast<int32_t*>(p.out.q) + r * N;
+    int64_t* v = RowBuffer(N);
+    bool any = false;
+    int64_t Ea = 0;
+    if (a.trans_b) {
+      int64_t step;
+      const bool* mask = MaskRow(p, out_shape, r, step);
+      const int64_t last_visible = a.is_causal ? r % M + N - M : N - 1;
+      auto visible = [&](int64_t n) { return n <= last_visible && (mask == nullptr || mask[n * step]); };
+      for (int64_t n = 0; n < N && !any; ++n) any = visible(n);
+      if (any) {
+        Ea = AlignExponentsWhere(be, N, visible);
+        for (int64_t n = 0; n < N; ++n) {
+          if (!visible(n)) {
+            v[n] = 0;
+            continue;
+          }
+          const int8_t* w = B + n * K;
+          int32_t acc = 0;
+          for (int64_t k = 0; k < K; ++k) acc += int32_t(x[k]) * int32_t(w[k]);
+          v[n] = ShiftBy(int64_t(acc) * bm[n], Ea - be[n]);
+        }
+      }
+    } else {
+      auto nonzero = [&](int64_t k) { return x[k] != 0; };
+      for (int64_t k = 0; k < K && !any; ++k) any = nonzero(k);
+      if (any) {
+        Ea = AlignExponentsWhere(be, K, nonzero);
+        std::fill(v, v + N, int64_t(0));
+        for (int64_t k = 0; k < K; ++k) {
+          if (x[k] == 0) continue;
+          const int64_t uk = ShiftBy(int64_t(x[k]) * bm[k], Ea - be[k]);
+          const int8_t* b = B + k * N;
+          for (int64_t n = 0; n < N; ++n) v[n] += uk * b[n];
+        }
+      }
+    }
+    Scale s{kZeroM, kZeroE, true};
+    if (any) s = WideQuantRow(v, N, p.x.m[r], p.x.e[r] + Ea, y);
+    else std::fill(y, y + N, int32_t(0));
+    p.out.m[r] = int32_t(s.m);
+    p.out.e[r] = int8_t(s.e);
+  };
+  ParallelFor(ctx, p.x.rows, row);
+}
+
+template <typename T>
+void DIRequant(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
+  const int64_t D = p.x.C, G = p.x.shape[p.x.shape.size() - 2];
+  auto row = [&](int64_t r) {  // output row r merges input rows r * G .. r * G + G - 1
+    const T* q = static_cast<const T*>(p.x.q) + r * G * D;
+    const int32_t* m = p.x.m + r * G;
+    const int8_t* e = p.x.e + r * G;
+    const int64_t Ea = AlignExponents(e, G);
+    int64_t* v = RowBuffer(G * D);
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t d = 0; d < D; ++d) v[g * D + d] = ShiftBy(int64_t(q[g * D + d]) * m[g], Ea - e[g]);
+    StoreRow(p.out, r, v, G * D, 1, Ea, a.qmax);
+  };
+  ParallelFor(ctx, p.x.rows / G, row);
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // ORT glue: one kernel and one op type per DiOp
 
 template <DiOp kOp>
@@ -388,6 +479,12 @@ struct Kernel {
         case DiOp::kSwiGLU: return DISwiGLU(ctx, attrs, p);
         case DiOp::kRotary: return DIRotary(ctx, attrs, p);
         case DiOp::kAdd: return DIAdd(ctx, attrs, p);
+        case DiOp::kBatchMatMul:
+          if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIBatchMatMul<int8_t>(ctx, attrs, p);
+          return DIBatchMatMul<uint8_t>(ctx, attrs, p);
+        case DiOp::kRequant:
+          if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIRequant<int8_t>(ctx, attrs, p);
+          return DIRequant<int32_t>(ctx, attrs, p);
       }
     });
   }
@@ -422,7 +519,10 @@ void RegisterIntegerOps(Ort::CustomOpDomain& domain) {
   static Op<DiOp::kSwiGLU> swiglu;
   static Op<DiOp::kRotary> rotary;
   static Op<DiOp::kAdd> add;
-  for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&matmul, &exp, &softmax, &norm, &swiglu, &rotary, &add})
+  static Op<DiOp::kBatchMatMul> batch_matmul;
+  static Op<DiOp::kRequant> requant;
+  for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&matmul, &exp, &softmax, &norm, &swiglu, &rotary, &add,
+                                                             &batch_matmul, &requant})
     domain.Add(op);
 }
 
