@@ -35,9 +35,15 @@ inline uint32_t StatCode(const uint8_t* row, int64_t bits, int64_t j) {
 
 #if defined(EDGEQ_CPU_GEMV)
 // Codes 8c..8c+7 of a row bitstream, as floats; `readable` bytes from the row's start belong to the tensor.
-// 8 codes fill `bits` bytes, so chunk c starts at byte c*bits; codes 0-3 lie in its low 32 bits, 4-7 in the 32
-// bits from bit 4*bits on. The rows of a tensor are contiguous, so only the tensor's last row ends on bytes
-// loaded one by one; lanes past the row's codes are junk (the next row's bits, or 0 at the tensor's end).
+// 8 codes fill `bits` bytes, so chunk c starts at byte c*bits. Up to 4 bits the 8 codes lie in its low 32 bits
+// (shifts 0, b, ..., 7b); wider, codes 0-3 lie there and 4-7 in the 32 bits from bit 4b on (shifts 0, b, 2b,
+// 3b twice): StatShifts. The rows of a tensor are contiguous, so only the tensor's last row ends on bytes loaded
+// one by one; lanes past the row's codes are junk (the next row's bits, or 0 at the tensor's end).
+inline __m256i StatShifts(int64_t bits) {
+  const int b = int(bits), h = bits <= 4 ? 4 * b : 0;
+  return _mm256_setr_epi32(0, b, 2 * b, 3 * b, h, h + b, h + 2 * b, h + 3 * b);
+}
+
 inline __m256 StatCodes8(const uint8_t* row, int64_t readable, int64_t bits, int64_t c, __m256i shifts,
                          __m256i mask) {
   const int64_t off = c * bits;
@@ -47,7 +53,9 @@ inline __m256 StatCodes8(const uint8_t* row, int64_t readable, int64_t bits, int
   } else {
     for (int64_t i = off; i < readable; ++i) v |= uint64_t(row[i]) << (8 * (i - off));
   }
-  const __m256i words = _mm256_setr_m128i(_mm_set1_epi32(int(uint32_t(v))), _mm_set1_epi32(int(uint32_t(v >> (4 * bits)))));
+  const __m256i words = bits <= 4 ? _mm256_set1_epi32(int(uint32_t(v)))
+                                  : _mm256_setr_m128i(_mm_set1_epi32(int(uint32_t(v))),
+                                                      _mm_set1_epi32(int(uint32_t(v >> (4 * bits)))));
   return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(words, shifts), mask));
 }
 #endif
@@ -163,9 +171,10 @@ class RowStats {
     const float* __restrict sz = v_[2].data();
     const float* __restrict zz = v_[3].data();
     const int b = int(bits);
-    const __m256i shifts = _mm256_setr_epi32(0, b, 2 * b, 3 * b, 0, b, 2 * b, 3 * b);
+    const __m256i shifts = StatShifts(bits);
     const __m256i mask = _mm256_set1_epi32((1 << b) - 1);
-    for (int64_t c = 0; 8 * c < a_.n_groups; ++c) {
+    const int64_t ng = a_.n_groups;
+    for (int64_t c = 0; 8 * c < ng; ++c) {
       const int64_t j = 8 * c;
       const __m256 sc = StatCodes8(scale_row, readable, bits, c, shifts, mask);
       const __m256 zc = StatCodes8(zero_row, readable, bits, c, shifts, mask);
