@@ -75,6 +75,12 @@ def spqr_node(model):
     return next(n for n in model.graph if n.op_type == "SpQRMatMul")
 
 
+def before_and_after(proto, model, dtype=np.float32, seed=0):
+    """The outputs of the graph before and after the pass for one random x, and that x in float64."""
+    x = np.random.default_rng(seed).standard_normal((2, 3, K)).astype(dtype)
+    return run(proto, {"x": x}), run(model, {"x": x}), x.astype(np.float64)
+
+
 def rel(y, ref):
     return float(np.linalg.norm(np.asarray(y, np.float64) - ref) / np.linalg.norm(ref))
 
@@ -89,9 +95,8 @@ def test_float32_linear_becomes_one_spqr_matmul_on_the_same_initializers():
     assert [v.name for v in node.inputs] == ["x", *WEIGHTS]
     assert {k: a.value for k, a in node.attributes.items()} == p.attrs
     assert sorted(model.graph.initializers) == sorted(WEIGHTS)  # shared, not copied
-    x = np.random.default_rng(1).standard_normal((2, 3, K)).astype(np.float32)
-    (before,), (after,) = run(proto, {"x": x}), run(model, {"x": x})
-    ref = x.astype(np.float64) @ W.T
+    (before,), (after,), x = before_and_after(proto, model, seed=1)
+    ref = x @ W.T
     assert after.dtype == np.float32
     assert rel(before, ref) <= 1e-6 and rel(after, ref) <= 1e-6 and rel(after, before) <= 2e-6
 
@@ -101,9 +106,8 @@ def test_float16_linear_takes_the_cast_along():
     model, result = lowered(proto)
     assert result.modified
     assert ops(model) == Counter({"SpQRMatMul": 1})
-    x = np.random.default_rng(2).standard_normal((2, 3, K)).astype(np.float16)
-    (before,), (after,) = run(proto, {"x": x}), run(model, {"x": x})
-    ref = x.astype(np.float64) @ W.T
+    (before,), (after,), x = before_and_after(proto, model, np.float16, seed=2)
+    ref = x @ W.T
     assert after.dtype == np.float16
     # The lowered op rounds once (float32 inside); the graph rounded W to half first.
     assert rel(after, ref) <= 1e-3 and rel(before, ref) <= 2e-3 and rel(after, before) <= 2e-3
@@ -113,9 +117,8 @@ def test_keeps_the_act_order_gather():
     proto, _, W = spqr_linear(perm=True)
     model, result = lowered(proto)
     assert ops(model) == Counter({"Gather": 1, "SpQRMatMul": 1})
-    x = np.random.default_rng(3).standard_normal((2, 3, K)).astype(np.float32)
-    (after,) = run(model, {"x": x})
-    assert rel(after, x.astype(np.float64) @ W.T) <= 1e-6
+    _, (after,), x = before_and_after(proto, model, seed=3)
+    assert rel(after, x @ W.T) <= 1e-6
 
 
 def test_a_weight_used_twice_becomes_two_ops_on_one_set_of_initializers():
@@ -123,10 +126,9 @@ def test_a_weight_used_twice_becomes_two_ops_on_one_set_of_initializers():
     model, result = lowered(proto)
     assert ops(model) == Counter({"SpQRMatMul": 2})
     assert sorted(model.graph.initializers) == sorted(WEIGHTS)
-    x = np.random.default_rng(4).standard_normal((2, 3, K)).astype(np.float16)
-    y, y2 = run(model, {"x": x})
+    _, (y, y2), x = before_and_after(proto, model, np.float16, seed=4)
     np.testing.assert_array_equal(y, y2)
-    assert rel(y, x.astype(np.float64) @ W.T) <= 1e-3
+    assert rel(y, x @ W.T) <= 1e-3
 
 
 def test_the_dequantizer_stays_while_something_else_reads_the_weight():
@@ -134,8 +136,7 @@ def test_the_dequantizer_stays_while_something_else_reads_the_weight():
     model, result = lowered(proto)
     assert result.modified
     assert ops(model) == Counter({"SpQRMatMul": 1, "SpQRDequantize": 1, "Add": 1})
-    x = np.random.default_rng(5).standard_normal((2, 3, K)).astype(np.float32)
-    before, after = run(proto, {"x": x}), run(model, {"x": x})
+    before, after, _ = before_and_after(proto, model, seed=5)
     np.testing.assert_array_equal(before[1], after[1])
     assert rel(after[0], before[0]) <= 2e-6
 
