@@ -56,9 +56,14 @@ def quantize_weights(w, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def rotary_tables(max_positions: int, head_dim: int, base: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
     """``(cos, sin)`` int16 ``[max_positions, head_dim/2]`` in Q14 (1.0 = 16384) for the angles
     ``pos * base**(-2i/head_dim)`` (LLaMA's rotary embedding)."""
-    inv_freq = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    angles = np.arange(max_positions, dtype=np.float64)[:, None] * inv_freq[None, :]
-    one = 1 << ROPE_FRAC
+    return rotary_tables_for(base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim), max_positions)
+
+
+def rotary_tables_for(inv_freq, max_positions: int, scaling: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``(cos, sin)`` int16 ``[max_positions, len(inv_freq)]`` in Q14 of the angles ``pos * inv_freq``, times
+    ``scaling`` (a rope type's attention scaling; |scaling| < 2)."""
+    angles = np.arange(max_positions, dtype=np.float64)[:, None] * np.asarray(inv_freq, np.float64)[None, :]
+    one = (1 << ROPE_FRAC) * float(scaling)
     return (np.rint(np.cos(angles) * one).astype(np.int16), np.rint(np.sin(angles) * one).astype(np.int16))
 
 

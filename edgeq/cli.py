@@ -103,10 +103,21 @@ def lowering_passes(proto):
     return result.to_proto()
 
 
-def run_export(model, tokenizer, out: Path, dtype: str, lower: bool, external: bool | None = None):
+def integer_only_passes(proto):
+    """The lowering, the fusions and the integer-only conversion (I-LLM): no float between ids and logits."""
+    from edgeq.passes.pipeline import INTEGER_ONLY_PASSES, run_pipeline
+
+    result = run_pipeline(proto, INTEGER_ONLY_PASSES)
+    logging.getLogger("edgeq").info("%s", result.format())
+    return result.to_proto()
+
+
+def run_export(model, tokenizer, out: Path, dtype: str, lower: bool, external: bool | None = None,
+               integer_only: bool = False):
     from edgeq.exporter.export import export
 
-    return export(model, tokenizer, out, dtype=dtype, external=external, transform=lowering_passes if lower else None)
+    transform = integer_only_passes if integer_only else lowering_passes if lower else None
+    return export(model, tokenizer, out, dtype=dtype, external=external, transform=transform)
 
 
 def eval_tokens(tokenizer, args, text: str | None = None):
@@ -171,7 +182,10 @@ def load_possibly_quantized(args):
 
 def cmd_export(args):
     lm = load_possibly_quantized(args)
-    path = run_export(lm.model, lm.tokenizer, Path(args.output), args.dtype, not args.no_passes, args.external or None)
+    if args.integer_only and (args.no_passes or args.dtype != "float32"):
+        raise EdgeqError("--integer-only runs its own passes on a float32 export (no --no-passes, no --dtype)")
+    path = run_export(lm.model, lm.tokenizer, Path(args.output), args.dtype, not args.no_passes, args.external or None,
+                      integer_only=args.integer_only)
     print(f"exported -> {path}")
 
 
@@ -247,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="weights and KV-cache dtype (default: float32)")
     p.add_argument("--external", action="store_true", help="always store weights in OUTPUT.data (automatic past 2 GB)")
     p.add_argument("--no-passes", action="store_true", help="keep the plain DequantizeLinear+MatMul graph (no lowering passes)")
+    p.add_argument("--integer-only", action="store_true", help="I-LLM integer-only graph of a weight-activation "
+                   "quantized model (W8A8/W6A6/W4A4): edgeq DI* ops, int8 KV cache with per-token scales")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("run", help="generate text from a prompt with an exported .onnx",

@@ -308,6 +308,7 @@ class LlamaExporter:
             "edgeq.head_dim": str(self.head_dim),
             "edgeq.dtype": "float16" if g.dtype == TensorProto.FLOAT16 else "float32",
             "edgeq.eos_token_id": str(eos[0] if isinstance(eos, list) else eos),
+            "edgeq.max_positions": str(getattr(cfg, "max_position_embeddings", 0) or 0),
         })
         return model
 

@@ -93,6 +93,12 @@ def _swiglu(o: PipelineOptions):
     return FuseSwiGluPass()
 
 
+def _integer_only(o: PipelineOptions):
+    from edgeq.passes.integer_only import IntegerOnlyPass
+
+    return IntegerOnlyPass()
+
+
 def _fp16(o: PipelineOptions):
     from edgeq.passes.to_fp16 import ConvertFloat16Pass
 
@@ -114,8 +120,12 @@ PASSES: dict[str, PassSpec] = {
         PassSpec("rotary", "rotate_half rotary embedding -> RotaryEmbedding (opset 23)", _rotary),
         PassSpec("swiglu", "x*Sigmoid(x)*up -> edgeq.fusion::SwiGLU (model-local function)", _swiglu),
         PassSpec("fp16", "float32 -> float16 except norm accumulations and rotary tables", _fp16),
+        PassSpec("integer-only", "fused W-A quantized decoder -> edgeq DI* integer ops, integer KV cache (opt-in; "
+                 "after quant-linear and the fusions)", _integer_only),
     )
 }
 # quant-linear first: matmul-nbits would otherwise take the DQ+MatMul of weight-activation linears.
 DEFAULT_PASSES = ("quant-linear", "matmul-nbits", "group-quant", "spqr-matmul", "fold", "dead")
 FUSION_PASSES = ("opset", "rms-norm", "rotary", "swiglu")
+# The integer-only decoder (opt-in): the lowering and fusions it reads, then the conversion.
+INTEGER_ONLY_PASSES = (*DEFAULT_PASSES, *FUSION_PASSES, "integer-only", "dead")

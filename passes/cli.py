@@ -33,6 +33,9 @@ def register(subparsers) -> None:
     p.add_argument("model", help="the .onnx file")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="providers to check against (default cpu)")
     p.add_argument("--no-session", action="store_true", help="skip creating an ONNX Runtime session at the end")
+    p.add_argument("--integer-only", action="store_true",
+                   help="also fail, listing the offenders, if any node between the inputs and the logits' "
+                        "dequantization has a float input or output (the I-LLM integer-only graph)")
     p.set_defaults(func=cmd_verify)
 
     p = subparsers.add_parser(
@@ -78,7 +81,8 @@ def register(subparsers) -> None:
 def cmd_verify(args) -> int:
     from edgeq.passes.verify import verify_model
 
-    report = verify_model(args.model, device=args.device, session=not args.no_session)
+    report = verify_model(args.model, device=args.device, session=not args.no_session,
+                          integer_only=args.integer_only)
     print(report.format())
     if not report.ok:
         raise EdgeqError(f"{args.model}: {len(report.problems)} problem(s), first: {report.problems[0]}")

@@ -23,9 +23,9 @@ import onnx_ir.passes.common as common_passes
 
 import edgeq.custom_ops  # noqa: F401  (registers the edgeq op schemas with onnx: checker and shape inference)
 from edgeq.errors import EdgeqError
-from edgeq.passes.catalog import DEFAULT_PASSES, FUSION_PASSES, PASSES, PassSpec, PipelineOptions
+from edgeq.passes.catalog import DEFAULT_PASSES, FUSION_PASSES, INTEGER_ONLY_PASSES, PASSES, PassSpec, PipelineOptions
 
-__all__ = ["DEFAULT_PASSES", "FUSION_PASSES", "PASSES", "PassSpec", "PipelineOptions", "PassReport",
+__all__ = ["DEFAULT_PASSES", "FUSION_PASSES", "INTEGER_ONLY_PASSES", "PASSES", "PassSpec", "PipelineOptions", "PassReport",
            "PipelineResult", "run_pipeline", "default_pipeline", "infer_shapes", "check"]
 
 log = logging.getLogger(__name__)

@@ -121,8 +121,58 @@ def _library_status(device: str) -> str | None:
     return None if Path(path).is_file() else f"{path} does not exist"
 
 
-def verify_model(path: str | Path, device: str = "cpu", session: bool = True) -> VerifyReport:
-    """Inspect ``path`` (refused with EdgeqError if it is not a readable ONNX model with safe external data)."""
+# The logits' dequantization an integer-only graph may end with (codes * m * 2^-e); nothing else computes in float.
+OUTPUT_DEQUANT = frozenset(("Cast", "Mul", "Pow", "Neg", "Identity"))
+
+
+def integer_only_offenders(model: ir.Model) -> list[str]:
+    """Why ``model`` is not integer-only between its inputs and its logits: every node on which a graph output
+    depends that has a float input or output, except the logits' dequantization (``OUTPUT_DEQUANT`` nodes from
+    the output ``logits`` back to Casts of integer values), plus any float graph input or output but ``logits``.
+    Empty when the graph is integer-only; with no integer op at all, that is said first."""
+    graph = model.graph
+    is_float = lambda v: v is not None and v.dtype in FLOAT_TYPES  # noqa: E731
+    tail: set[ir.Node] = set()
+    logits = next((v for v in graph.outputs if v.name == "logits"), None)
+    frontier = [logits.producer()] if logits is not None and logits.producer() is not None else []
+    while frontier:
+        node = frontier.pop()
+        if node in tail or node.op_type not in OUTPUT_DEQUANT or node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Cast" and not is_float(node.inputs[0]):
+            tail.add(node)  # integer codes or scales into float: where the dequantization starts
+            continue
+        tail.add(node)
+        frontier += [v.producer() for v in node.inputs if is_float(v) and v.producer() is not None]
+    # nodes some graph output depends on
+    needed: set[ir.Node] = set()
+    frontier = [v.producer() for v in graph.outputs if v.producer() is not None]
+    while frontier:
+        node = frontier.pop()
+        if node in needed:
+            continue
+        needed.add(node)
+        frontier += [v.producer() for v in node.inputs if v is not None and v.producer() is not None]
+    problems = []
+    if not any(n.domain == EDGEQ_DOMAIN and n.op_type.startswith("DI") for n in graph):
+        problems.append("no edgeq integer op (DI*) in the graph")
+    problems += [f"graph input {v.name} is {v.dtype}" for v in graph.inputs if is_float(v)]
+    problems += [f"graph output {v.name} is {v.dtype}" for v in graph.outputs if is_float(v) and v is not logits]
+    for node in graph:
+        if node not in needed or node in tail:
+            continue
+        floats = [f"{kind} {v.name} ({v.dtype})" for kind, values in (("input", node.inputs), ("output", node.outputs))
+                  for v in values if is_float(v)]
+        if floats:
+            problems.append(f"{node.name} ({node.op_type}) has float " + ", ".join(floats))
+    return problems
+
+
+def verify_model(path: str | Path, device: str = "cpu", session: bool = True,
+                 integer_only: bool = False) -> VerifyReport:
+    """Inspect ``path`` (refused with EdgeqError if it is not a readable ONNX model with safe external data).
+
+    integer_only: also fail on anything ``integer_only_offenders`` names (``edgeq verify --integer-only``)."""
     if device not in PROVIDERS:
         raise EdgeqError(f"device must be one of {list(PROVIDERS)}, got {device}")
     path = check_model_file(path)
@@ -187,6 +237,11 @@ def verify_model(path: str | Path, device: str = "cpu", session: bool = True) ->
     for node in model.graph:
         domain = "" if node.domain == "ai.onnx" else node.domain
         groups[(domain, node.op_type)].append((place(node, dict(model.opset_imports), ""), _computes_float(node)))
+    if integer_only:
+        offenders = integer_only_offenders(model)
+        report.problems += [f"not integer-only: {o}" for o in offenders]
+        if not offenders:
+            report.notes.append("integer-only: no float between the inputs and the logits' dequantization")
     for (domain, op), placed in sorted(groups.items()):
         providers = Counter(p for p, _ in placed)
         report.rows.append(OpRow(domain, op, len(placed), "; ".join(sorted(providers)), sum(f for _, f in placed)))

@@ -9,7 +9,10 @@ import numpy as np
 from edgeq.errors import EdgeqError
 from edgeq.runtime.session import make_session
 
-NP_DTYPES = {"float32": np.float32, "float16": np.float16}
+PAST, PRESENT = "past_key_values.", "present."
+# ORT's type strings of the cache inputs: float caches, or integer-only ones (int8 codes + int32/int8 scales)
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8,
+              "tensor(int32)": np.int32, "tensor(uint8)": np.uint8}
 
 
 class OnnxDecoder:
@@ -23,13 +26,24 @@ class OnnxDecoder:
             self.head_dim = int(props["edgeq.head_dim"])
         except KeyError as e:
             raise EdgeqError(f"{self.path}: not an edgeq decoder export (metadata {e.args[0]} missing)") from e
-        self.dtype = NP_DTYPES[props.get("edgeq.dtype", "float32")]
+        # The cache is every past_key_values.* input, in the session's order (key and value per layer; an
+        # integer-only graph adds their scales), each fed back from the present.* output of the same suffix, with
+        # the dtype and last dim the session declares.
+        self.cache_inputs = [i for i in self.session.get_inputs() if i.name.startswith(PAST)]
+        self.cache_outputs = [PRESENT + i.name[len(PAST):] for i in self.cache_inputs]
+        missing = sorted(set(self.cache_outputs) - {o.name for o in self.session.get_outputs()})
+        if missing or len(self.cache_inputs) < 2 * self.num_layers:
+            raise EdgeqError(f"{self.path}: cache inputs and outputs do not pair up (missing {missing})")
+        unknown = [i.type for i in self.cache_inputs if i.type not in ORT_DTYPES]
+        if unknown:
+            raise EdgeqError(f"{self.path}: cache input type {unknown[0]} is not one of {list(ORT_DTYPES)}")
         eos = props.get("edgeq.eos_token_id", "None")
         self.eos_token_id = None if eos == "None" else int(eos)
 
     def empty_cache(self, batch: int) -> list[np.ndarray]:
-        shape = (batch, self.num_kv_heads, 0, self.head_dim)
-        return [np.zeros(shape, self.dtype) for _ in range(2 * self.num_layers)]
+        def last(i):
+            return i.shape[-1] if isinstance(i.shape[-1], int) else self.head_dim
+        return [np.zeros((batch, self.num_kv_heads, 0, last(i)), ORT_DTYPES[i.type]) for i in self.cache_inputs]
 
     def step(self, input_ids: np.ndarray, cache: list[np.ndarray], attention_mask: np.ndarray | None = None):
         """Run new tokens [B, S] after ``cache``; returns (logits [B, S, V] float32, new cache)."""
@@ -41,10 +55,8 @@ class OnnxDecoder:
         position_ids = np.maximum(position_ids, 0).astype(np.int64)
         feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64),
                  "position_ids": position_ids}
-        for i in range(self.num_layers):
-            feeds[f"past_key_values.{i}.key"] = cache[2 * i]
-            feeds[f"past_key_values.{i}.value"] = cache[2 * i + 1]
-        logits, *present = self.session.run(None, feeds)
+        feeds.update((i.name, c) for i, c in zip(self.cache_inputs, cache))
+        logits, *present = self.session.run(["logits", *self.cache_outputs], feeds)
         return logits, present
 
     def logits(self, ids: np.ndarray) -> np.ndarray:

@@ -1,0 +1,389 @@
+"""The integer-only decoder (I-LLM, issue 6): the exported, fused decoder of a weight-activation quantized model
+(W8A8 / W6A6 / W4A4: per-channel symmetric weights, per-token activation bits, lowered to ``edgeq::QuantLinear``)
+rebuilt from the edgeq integer ops, with no floating point between the token ids and the logits' codes.
+
+Input: the graph after ``quant-linear`` and the fusions (``opset``, ``rms-norm``, ``rotary``, ``swiglu``), in the
+exporter's layout (``exporter/llama_graph.py``). The pass reads its parameters by walking the dataflow from the
+embedding Gather along the residual stream (norm -> q/k/v -> rotary -> attention -> o_proj -> add -> norm ->
+gate/up -> SwiGLU -> down -> add, per layer; final norm -> lm_head MatMul -> logits); anything else is refused
+with the node where the walk stopped. Every activation becomes three tensors (int8 codes, per-row int32 mantissa
+and int8 exponent, ``custom_ops/README.md`` "Integer-only ops"):
+
+  embedding      Gather of an int8 table and of its per-row scales (the table quantized per row at 8 bits)
+  norms          DINorm (gamma as per-channel dyadic scales), codes at the next linears' abits
+  q/k/v/o/gate/up/down   DIMatMul (the QuantLinear's integer weights; scales as dyadics), outputs at 8 bits;
+                 the attention's 1/sqrt(head_dim) is folded into q_proj's scales
+  rotary         DIRotary with Q14 cos/sin tables [max_positions, head_dim/2]
+  Q.K^T, P.V     DIBatchMatMul (trans_b=1 causal and padding-masked; trans_b=0), wide int32 outputs
+  softmax        DIClippedSoftmax (causal, no clipping), uint8 probabilities
+  heads -> token DIRequant at o_proj's abits;  SiLU(gate)*up  DISwiGLU at down_proj's abits
+  residual adds  DIAdd (8 bits);  lm_head  DIBatchMatMul against the int8 table (tied) or lm_head's rows
+  logits         the only float: int32 codes * m * 2^-e (Cast, Neg, Pow, Mul)
+
+The KV cache is integer: ``past_key_values.{i}.key`` int8 ``[B, kv, P, D]`` plus ``past_key_values.{i}.key.m``
+int32 and ``.key.e`` int8 ``[B, kv, P, 1]`` (one scale per token and head; likewise ``.value``), returned as
+``present.{i}.key`` / ``.key.m`` / ``.key.e``. ``runtime/decoder.py`` reads these from the session.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from edgeq.custom_ops import schema
+from edgeq.custom_ops.integer_codec import eps_q60, quantize, rotary_tables_for, to_dyadic
+from edgeq.custom_ops.quant_linear_packing import unpack_weights
+from edgeq.errors import EdgeqError
+
+INNER_BITS = 8        # codes of activations that feed no linear: projections, rotary, residual, KV cache, softmax
+HEAD_BITS = 8         # the embedding table / lm_head rows and the final norm's output
+DEFAULT_MAX_POSITIONS = 8192  # rotary table rows when the model does not say (metadata edgeq.max_positions)
+SCALES = (".m", ".e")  # suffixes of a cached tensor's scale inputs/outputs
+PAST, PRESENT = "past_key_values.", "present."
+INT8, INT32, INT64 = ir.DataType.INT8, ir.DataType.INT32, ir.DataType.INT64
+
+
+def _fail(problem: str):
+    raise EdgeqError(f"integer-only: {problem}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading the fused float decoder
+
+
+@dataclass
+class Linear:
+    W: np.ndarray        # int8 [N, K], signed weight codes
+    scales: np.ndarray   # float [N]
+    wbits: int
+    abits: int
+
+    def dyadic(self, factor: float = 1.0):
+        return to_dyadic(self.scales.astype(np.float64) * factor)
+
+
+@dataclass
+class Layer:
+    index: int
+    input_norm: np.ndarray
+    post_norm: np.ndarray
+    q: Linear
+    k: Linear
+    v: Linear
+    o: Linear
+    gate: Linear
+    up: Linear
+    down: Linear
+    score_scale: float
+
+
+@dataclass
+class Decoder:
+    embed: np.ndarray           # float [V, H]
+    lm_head: np.ndarray | None  # float [V, H]; None when tied to the embedding
+    final_norm: np.ndarray
+    eps: float
+    inv_freq: np.ndarray
+    rope_scaling: float
+    layers: list[Layer] = field(default_factory=list)
+
+
+def _const(value: ir.Value | None, what: str) -> np.ndarray:
+    tensor = None if value is None or value.is_graph_input() else ir.convenience.get_const_tensor(value)
+    if tensor is None:
+        _fail(f"{what} ({value.name if value is not None else 'missing'}) is not a constant")
+    return tensor.numpy()
+
+
+def _readers(value: ir.Value, op_type: str) -> list[ir.Node]:
+    return [use.node for use in value.uses() if use.node.op_type == op_type]
+
+
+def _one(value: ir.Value, op_type: str, what: str) -> ir.Node:
+    nodes = _readers(value, op_type)
+    if len(nodes) != 1:
+        readers = sorted(f"{u.node.op_type} {u.node.name}" for u in value.uses())
+        _fail(f"expected one {op_type} reading {value.name} ({what}), found {len(nodes)} among {readers}")
+    return nodes[0]
+
+
+def _linear(node: ir.Node) -> Linear:
+    if node.op_type != schema.QUANT_LINEAR.name or node.domain != schema.DOMAIN:
+        _fail(f"{node.name} is {node.op_type}, expected edgeq::QuantLinear (run the 'quant-linear' pass first)")
+    a = {k: v.value for k, v in node.attributes.items()}
+    W = unpack_weights(_const(node.inputs[1], f"{node.name} weights"), a["K"], a["wbits"])
+    return Linear(W, _const(node.inputs[2], f"{node.name} scales").reshape(-1), a["wbits"], a["abits"])
+
+
+def _norm(node: ir.Node) -> tuple[np.ndarray, float]:
+    return _const(node.inputs[1], f"{node.name} gamma"), node.attributes.get_float("epsilon", 1e-5)
+
+
+def _heads(linear_out: ir.Value, what: str) -> ir.Value:
+    """The [B, heads, S, D] value after a projection's Reshape + Transpose."""
+    reshape = _one(linear_out, "Reshape", what)
+    return _one(reshape.outputs[0], "Transpose", what).outputs[0]
+
+
+def _rope(node: ir.Node) -> tuple[np.ndarray, float]:
+    """inv_freq and attention scaling from a RotaryEmbedding's cos input: Cast?(Mul?(Cos(pos * inv_freq)))."""
+    if node.attributes.get_int("interleaved", 0) != 0:
+        _fail(f"{node.name}: interleaved rotary is not converted")
+    value, scaling = node.inputs[1], 1.0
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Cast":
+        producer = producer.inputs[0].producer()
+    if producer is not None and producer.op_type == "Mul":
+        scaling = float(_const(producer.inputs[1], "rope scaling").reshape(()))
+        producer = producer.inputs[0].producer()
+    if producer is None or producer.op_type != "Cos":
+        _fail(f"{node.name}: the cos table is not Cos(positions * inv_freq)")
+    freqs = producer.inputs[0].producer()
+    if freqs is None or freqs.op_type != "Mul":
+        _fail(f"{node.name}: rotary frequencies are not positions * inv_freq")
+    return _const(freqs.inputs[1], "rope inv_freq").reshape(-1), scaling
+
+
+def _layer(h: ir.Value, index: int) -> tuple[Layer, ir.Value, tuple]:
+    norm1 = _one(h, "RMSNormalization", "input norm")
+    x = norm1.outputs[0]
+    projections = _readers(x, schema.QUANT_LINEAR.name)
+    if len(projections) != 3 or len(x.uses()) != 3:
+        _fail(f"{x.name} should feed exactly q/k/v QuantLinears, feeds {sorted(u.node.op_type for u in x.uses())}")
+    q = k = v = None
+    for node in projections:
+        t = _heads(node.outputs[0], "attention heads")
+        if _readers(t, "Concat"):
+            v = node
+        elif _readers(_one(t, "RotaryEmbedding", "rotary").outputs[0], "Concat"):
+            k = node
+        else:
+            q = node
+    if None in (q, k, v):
+        _fail(f"layer {index}: cannot tell q, k and v apart")
+    rotary = _one(_heads(q.outputs[0], "q"), "RotaryEmbedding", "q rotary")
+    scores = _one(_one(rotary.outputs[0], "Reshape", "q groups").outputs[0], "MatMul", "Q.K^T")
+    scale = _one(scores.outputs[0], "Mul", "score scale")
+    masked = _one(scale.outputs[0], "Add", "attention mask")
+    probs = _one(masked.outputs[0], "Softmax", "softmax")
+    ctx = _one(probs.outputs[0], "MatMul", "P.V")
+    ctx = _one(ctx.outputs[0], "Reshape", "context heads")
+    ctx = _one(ctx.outputs[0], "Transpose", "context heads")
+    ctx = _one(ctx.outputs[0], "Reshape", "context")
+    o = _one(ctx.outputs[0], schema.QUANT_LINEAR.name, "o_proj")
+    residual = [n for n in _readers(h, "Add") if o.outputs[0] in n.inputs]
+    if len(residual) != 1:
+        _fail(f"layer {index}: no residual Add of {h.name} and o_proj")
+    h1 = residual[0].outputs[0]
+    norm2 = _one(h1, "RMSNormalization", "post-attention norm")
+    mlp = _readers(norm2.outputs[0], schema.QUANT_LINEAR.name)
+    if len(mlp) != 2:
+        _fail(f"layer {index}: the post-attention norm feeds {len(mlp)} QuantLinears, expected gate and up")
+    glu = _one(mlp[0].outputs[0], "SwiGLU", "SwiGLU (run the 'swiglu' fusion first)")
+    gate, up = (value.producer() for value in glu.inputs)
+    down = _one(glu.outputs[0], schema.QUANT_LINEAR.name, "down_proj")
+    residual = [n for n in _readers(h1, "Add") if down.outputs[0] in n.inputs]
+    if len(residual) != 1:
+        _fail(f"layer {index}: no residual Add of {h1.name} and down_proj")
+    layer = Layer(index, _norm(norm1)[0], _norm(norm2)[0], *(_linear(n) for n in (q, k, v, o, gate, up, down)),
+                  score_scale=float(_const(scale.inputs[1], "score scale").reshape(())))
+    return layer, residual[0].outputs[0], (_norm(norm1)[1], _rope(rotary))
+
+
+def read_decoder(model: ir.Model) -> Decoder:
+    """The parameters of the fused decoder, walked from the embedding; EdgeqError where the graph differs."""
+    graph = model.graph
+    inputs = {v.name: v for v in graph.inputs}
+    if "input_ids" not in inputs:
+        _fail("the model has no input_ids (not an edgeq decoder export)")
+    embed = _one(inputs["input_ids"], "Gather", "embedding")
+    table = _const(embed.inputs[0], "embedding table")
+    h, layers, rope, eps = embed.outputs[0], [], None, None
+    while _readers(h, "Add"):
+        layer, h, (eps, rope) = _layer(h, len(layers))
+        layers.append(layer)
+    if not layers:
+        _fail("no decoder layer found after the embedding")
+    final = _one(h, "RMSNormalization", "final norm")
+    head = _one(final.outputs[0], "MatMul", "lm_head")
+    if head.outputs[0].name != "logits" or head.outputs[0] not in list(graph.outputs):
+        _fail(f"lm_head {head.name} does not produce the graph output 'logits'")
+    w = head.inputs[1]
+    producer = w.producer()
+    if producer is not None and producer.op_type == "Transpose" and producer.inputs[0] is embed.inputs[0]:
+        lm_head = None
+    else:
+        lm_head = _const(w, "lm_head weight").T
+    return Decoder(table, lm_head, _norm(final)[0], eps, rope[0], rope[1], layers)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Writing the integer graph
+
+Act = tuple  # (codes, mantissas, exponents) ir.Values
+
+
+class _Builder:
+    def __init__(self, graph: ir.Graph):
+        self.graph = graph
+        self._ids = itertools.count()
+
+    def init(self, name: str, array: np.ndarray) -> ir.Value:
+        tensor = ir.tensor(np.ascontiguousarray(array).reshape(np.shape(array)), name=name)  # keeps 0-d arrays
+        value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+        self.graph.register_initializer(value)
+        return value
+
+    def ints(self, name: str, values) -> ir.Value:
+        return self.init(name, np.asarray(values, np.int64))
+
+    def op(self, op_type: str, inputs, name: str, outputs: int = 1, domain: str = "", **attrs):
+        node = ir.node(op_type, inputs, attributes=attrs, domain=domain, num_outputs=outputs,
+                       name=f"{name}/{op_type}#{next(self._ids)}")
+        for i, value in enumerate(node.outputs):
+            value.name = f"{name}/{op_type}" + (f"_{i}" if outputs > 1 else "")
+        self.graph.append(node)
+        return list(node.outputs) if outputs > 1 else node.outputs[0]
+
+    def di(self, op_type: str, inputs, name: str, **attrs) -> Act:
+        return tuple(self.op(op_type, list(inputs), name, outputs=3, domain=schema.DOMAIN, **attrs))
+
+    def each(self, op_type: str, act: Act, name: str, second: list, **attrs) -> Act:
+        """The same data-movement op on codes and scales; ``second`` gives each one's extra inputs."""
+        return tuple(self.op(op_type, [v, *extra], f"{name}{suffix}", **attrs)
+                     for v, extra, suffix in zip(act, second, ("", ".m", ".e")))
+
+    def matmul(self, x: Act, lin: Linear, name: str, obits: int = INNER_BITS, factor: float = 1.0) -> Act:
+        w_m, w_e = lin.dyadic(factor)
+        N, K = lin.W.shape
+        return self.di("DIMatMul", [*x, self.init(f"{name}.W", lin.W), self.init(f"{name}.w_m", w_m),
+                                    self.init(f"{name}.w_e", w_e)], name, K=K, N=N, abits=lin.abits,
+                       wbits=lin.wbits, obits=obits)
+
+    def norm(self, x: Act, gamma: np.ndarray, eps: float, name: str, obits: int) -> Act:
+        g_m, g_e = to_dyadic(gamma.astype(np.float64))
+        return self.di("DINorm", [*x, self.init(f"{name}.g_m", g_m), self.init(f"{name}.g_e", g_e)], name,
+                       eps_q60=eps_q60(eps), obits=obits)
+
+
+def _cache_values(name: str, kv: int, head_dim: int, seq: str) -> list[ir.Value]:
+    shapes = (["batch", kv, seq, head_dim], ["batch", kv, seq, 1], ["batch", kv, seq, 1])
+    return [ir.Value(name=name + suffix, type=ir.TensorType(t), shape=ir.Shape(s))
+            for suffix, t, s in zip(("", *SCALES), (INT8, INT32, INT8), shapes)]
+
+
+def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
+    """Replace ``model``'s graph by the integer-only decoder of ``d`` (same inputs, integer cache)."""
+    graph, props = model.graph, model.metadata_props
+    kv, head_dim = int(props["edgeq.num_kv_heads"]), int(props["edgeq.head_dim"])
+    heads = d.layers[0].q.W.shape[0] // head_dim
+    rep = heads // kv
+    keep = {v.name: v for v in graph.inputs if v.name in ("input_ids", "attention_mask", "position_ids")}
+    graph.remove(list(graph), safe=False)
+    graph.initializers.clear()
+    graph.inputs.clear()
+    graph.outputs.clear()
+    graph.inputs.extend(keep[n] for n in ("input_ids", "attention_mask", "position_ids"))
+    b = _Builder(graph)
+
+    # embedding: the per-row int8 table and its scales, gathered per token
+    table = quantize(d.embed, HEAD_BITS)
+    table_v = [b.init(f"model.embed_tokens{s}", t) for s, t in zip(("", *SCALES), table)]
+    h = tuple(b.op("Gather", [t, keep["input_ids"]], f"model.embed_tokens{s}") for t, s in zip(table_v, ("", *SCALES)))
+
+    cos, sin = rotary_tables_for(d.inv_freq, max_positions, d.rope_scaling)
+    cos, sin = b.init("rope.cos_q14", cos), b.init("rope.sin_q14", sin)
+    pad = b.op("Cast", [keep["attention_mask"]], "mask/pad", to=ir.DataType.BOOL)
+    mask = b.op("Unsqueeze", [pad, b.ints("mask.axes", [1, 2, 3])], "mask")  # [B, 1, 1, 1, T]
+    shape = {key: b.ints(f"shape.{key}", dims) for key, dims in (
+        ("q", [0, 0, heads, head_dim]), ("kv", [0, 0, kv, head_dim]), ("token", [0, 0, 1, 1]),
+        ("q5", [0, kv, rep, -1, head_dim]), ("q5s", [0, kv, rep, -1, 1]), ("ctx4", [0, heads, -1, head_dim]),
+        ("ctx4s", [0, heads, -1, 1]), ("v_heads", [1, 1, kv, 1]))}
+    axis2 = b.ints("const.axis2", [2])
+    past_names, present = [], []
+
+    for layer in d.layers:
+        i, p = layer.index, f"model.layers.{layer.index}.self_attn"
+        x = b.norm(h, layer.input_norm, d.eps, f"model.layers.{i}.input_layernorm", layer.q.abits)
+        q = b.matmul(x, layer.q, p + ".q_proj", factor=layer.score_scale)
+        k = b.matmul(x, layer.k, p + ".k_proj")
+        v = b.matmul(x, layer.v, p + ".v_proj")
+        per_token = [[shape["token"]]] * 2
+        q = b.di("DIRotary", [*b.each("Reshape", q, p + "/q", [[shape["q"]], *per_token]), keep["position_ids"],
+                              cos, sin], p + "/q_rope", interleaved=0, obits=INNER_BITS)
+        k = b.di("DIRotary", [*b.each("Reshape", k, p + "/k", [[shape["kv"]], *per_token]), keep["position_ids"],
+                              cos, sin], p + "/k_rope", interleaved=0, obits=INNER_BITS)
+        v = b.each("Reshape", v, p + "/v", [[shape["kv"]], *per_token])
+        v = (v[0], *(b.op("Expand", [s, shape["v_heads"]], f"{p}/v{n}") for s, n in zip(v[1:], SCALES)))
+        cached = {}
+        for kind, act in (("key", k), ("value", v)):
+            act = b.each("Transpose", act, f"{p}/{kind}_t", [[]] * 3, perm=[0, 2, 1, 3])
+            past = _cache_values(f"{PAST}{i}.{kind}", kv, head_dim, "past_sequence")
+            graph.inputs.extend(past)
+            past_names += [x.name for x in past]
+            cat = tuple(b.op("Concat", [old, new], f"{p}/cache_{kind}{s}", axis=2)
+                        for old, new, s in zip(past, act, ("", *SCALES)))
+            for value, want in zip(cat, _cache_values(f"{PRESENT}{i}.{kind}", kv, head_dim, "total_sequence")):
+                value.name, value.shape, value.type = want.name, want.shape, want.type
+            present += cat
+            cached[kind] = b.each("Unsqueeze", cat, f"{p}/{kind}5", [[axis2]] * 3)
+        q5 = b.each("Transpose", q, p + "/q_t", [[]] * 3, perm=[0, 2, 1, 3])
+        q5 = b.each("Reshape", q5, p + "/q5", [[shape["q5"]], [shape["q5s"]], [shape["q5s"]]])
+        scores = b.di("DIBatchMatMul", [*q5, *cached["key"], mask], p + "/scores", trans_b=1, is_causal=1)
+        probs = b.di("DIClippedSoftmax", [*scores, mask], p + "/softmax", clip_q8=0, is_causal=1, obits=INNER_BITS)
+        ctx = b.di("DIBatchMatMul", [*probs, *cached["value"]], p + "/ctx", trans_b=0)
+        ctx = b.each("Reshape", ctx, p + "/ctx4", [[shape["ctx4"]], [shape["ctx4s"]], [shape["ctx4s"]]])
+        ctx = b.each("Transpose", ctx, p + "/ctx_t", [[]] * 3, perm=[0, 2, 1, 3])
+        ctx = b.di("DIRequant", ctx, p + "/ctx", obits=layer.o.abits)
+        h = b.di("DIAdd", [*h, *b.matmul(ctx, layer.o, p + ".o_proj")], f"model.layers.{i}/residual_attn",
+                 obits=INNER_BITS)
+        m = f"model.layers.{i}.mlp"
+        x = b.norm(h, layer.post_norm, d.eps, f"model.layers.{i}.post_attention_layernorm", layer.gate.abits)
+        glu = b.di("DISwiGLU", [*b.matmul(x, layer.gate, m + ".gate_proj"), *b.matmul(x, layer.up, m + ".up_proj")],
+                   m + "/glu", obits=layer.down.abits)
+        h = b.di("DIAdd", [*h, *b.matmul(glu, layer.down, m + ".down_proj")], f"model.layers.{i}/residual_mlp",
+                 obits=INNER_BITS)
+
+    h = b.norm(h, d.final_norm, d.eps, "model.norm", HEAD_BITS)
+    if d.lm_head is None:  # tied: the embedding's int8 rows, seen as [1, V, H]
+        rows = tuple(b.op("Unsqueeze", [t, b.ints(f"lm_head.axis{s}", [0])], f"lm_head/tied{s}")
+                     for t, s in zip(table_v, ("", *SCALES)))
+    else:
+        rows = tuple(b.init(f"lm_head.weight{s}", t[None]) for t, s in zip(quantize(d.lm_head, HEAD_BITS),
+                                                                              ("", *SCALES)))
+    y, y_m, y_e = b.di("DIBatchMatMul", [*h, *rows], "lm_head", trans_b=1)
+    # The only float arithmetic: logits = y * y_m * 2^-y_e.
+    f32 = ir.DataType.FLOAT
+    two = b.init("logits.two", np.array(2.0, np.float32))
+    step = b.op("Pow", [two, b.op("Neg", [b.op("Cast", [y_e], "logits/e", to=f32)], "logits/e")], "logits/step")
+    scale = b.op("Mul", [b.op("Cast", [y_m], "logits/m", to=f32), step], "logits/scale")
+    logits = b.op("Mul", [b.op("Cast", [y], "logits/codes", to=f32), scale], "logits")
+    logits.name, logits.dtype = "logits", f32
+    logits.shape = ir.Shape(["batch", "sequence", d.embed.shape[0]])
+    graph.outputs.extend([logits, *present])
+
+    for key in [k for k in model.functions if k[0] == "edgeq.fusion"]:
+        del model.functions[key]
+    model.opset_imports.pop("edgeq.fusion", None)
+    model.opset_imports[schema.DOMAIN] = schema.DOMAIN_VERSION
+    props["edgeq.integer_only"] = "1"
+    props["edgeq.cache_scales"] = ",".join(SCALES)
+
+
+class IntegerOnlyPass(ir.passes.InPlacePass):
+    """Fused W-A quantized decoder -> integer-only decoder (edgeq DI* ops, integer KV cache)."""
+
+    def __init__(self, max_positions: int | None = None):
+        super().__init__()
+        self.max_positions = max_positions
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if any(n.domain == schema.DOMAIN and n.op_type.startswith("DI") for n in model.graph):
+            return ir.passes.PassResult(model, modified=False)  # already integer-only
+        decoder = read_decoder(model)
+        positions = self.max_positions or int(model.metadata_props.get("edgeq.max_positions", 0)) or DEFAULT_MAX_POSITIONS
+        build(model, decoder, positions)
+        return ir.passes.PassResult(model, modified=True)
