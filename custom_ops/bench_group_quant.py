@@ -171,46 +171,66 @@ def time_model(model: onnx.ModelProto, device: str, library: Path, M: int, K: in
     raise AssertionError("unreachable")
 
 
-def run(device: str, out: Path | None, total_mb: int, repeats: int, threads: int | None, prefill: bool) -> list[Row]:
-    from edgeq.custom_ops.library import get_library
+KERNEL_VARIABLES = ("EDGEQ_GQMM_KERNEL", "EDGEQ_SPQR_KERNEL")
 
-    library = get_library(device)
-    bandwidth = device_copy_bandwidth() if device == "cuda" else None
-    shapes = GPU_SHAPES if device == "cuda" else CPU_SHAPES
+# One measurement: (M, (K, N), kind for the model builder, name in the table, kernel pins {variable: kernel}).
+Plan = list[tuple[int, tuple[int, int], str, str, dict[str, str]]]
+
+
+def measure(plan: Plan, device: str, library: Path, bandwidth: float | None, total_mb: int, repeats: int,
+            threads: int | None, build=build_model) -> list[Row]:
+    """Times every entry of ``plan``; ``build(kind, K, N, M, copies, dtype, seed)`` returns (model, bytes per op)."""
     dtype = np.float16 if device == "cuda" else np.float32
-    dense = "fp16 MatMul" if device == "cuda" else "fp32 MatMul"
-    kinds = [("matmul", dense), ("nbits4", "MatMulNBits 4b g128"), ("gqmm4", "GroupQuantMatMul 4b g128"),
-             ("gqmm3", "GroupQuantMatMul 3b g128")]
-    plan = [(1, shape, kind, name, None) for shape in shapes for kind, name in kinds]
-    if device == "cuda":  # the row-group decode kernel at batch 1, for comparison with the streaming one
-        plan += [(1, shape, "gqmm4", "GroupQuantMatMul 4b g128 (decode-rows)", "decode-rows") for shape in shapes]
-    if prefill and device == "cuda":
-        plan += [(512, (4096, 4096), kind, name, None) for kind, name in kinds]
-        plan += [(512, (4096, 4096), "gqmm4", "GroupQuantMatMul 4b g128 (tiled)", "tiled")]
     rows = []
-    for M, (K, N), kind, name, kernel in plan:
-        # EDGEQ_GQMM_KERNEL is read when a session is created: it pins one CUDA kernel for this model.
-        if kernel:
-            os.environ["EDGEQ_GQMM_KERNEL"] = kernel
-        else:
-            os.environ.pop("EDGEQ_GQMM_KERNEL", None)
-        _, per_op = build_model(kind, K, N, M, 1, dtype, seed=0)
+    for M, (K, N), kind, name, pins in plan:
+        # The kernel variables are read when a session is created: they pin one CUDA kernel for this model.
+        for variable in KERNEL_VARIABLES:
+            os.environ.pop(variable, None)
+        os.environ.update(pins)
+        _, per_op = build(kind, K, N, M, 1, dtype, seed=0)
         copies = max(2, min(64, math.ceil(total_mb * 2**20 / per_op)))
-        model, per_op = build_model(kind, K, N, M, copies, dtype, seed=1)
+        model, per_op = build(kind, K, N, M, copies, dtype, seed=1)
         seconds, mode = time_model(model, device, library, M, K, dtype, repeats, threads)
         per_call = seconds / copies
         gbps = per_op / per_call / 1e9
         row = Row(f"{K}x{N}", M, name, copies, per_call * 1e6, per_op, gbps,
                   100 * gbps / bandwidth if bandwidth else None, mode)
         rows.append(row)
-        print(f"  {row.shape:>11} M={M:<4} {name:<26} {row.us_per_call:9.2f} us  {gbps:8.1f} GB/s"
+        print(f"  {row.shape:>11} M={M:<4} {name:<40} {row.us_per_call:9.2f} us  {gbps:8.1f} GB/s"
               + (f"  {row.pct_bandwidth:5.1f}%" if bandwidth else "") + f"  [{copies} copies, {mode}]", flush=True)
+    for variable in KERNEL_VARIABLES:
+        os.environ.pop(variable, None)
+    return rows
+
+
+def report(rows: list[Row], device: str, bandwidth: float | None, out: Path | None) -> str:
+    """Prints the markdown table and writes it (and a .json beside it) to ``out``."""
     table = format_table(rows, device, bandwidth)
     print(table)
     if out is not None:
         out.write_text(table)
         out.with_suffix(".json").write_text(json.dumps({"device": device, "bandwidth_gbps": bandwidth,
                                                         "rows": [asdict(r) for r in rows]}, indent=1))
+    return table
+
+
+def run(device: str, out: Path | None, total_mb: int, repeats: int, threads: int | None, prefill: bool) -> list[Row]:
+    from edgeq.custom_ops.library import get_library
+
+    library = get_library(device)
+    bandwidth = device_copy_bandwidth() if device == "cuda" else None
+    shapes = GPU_SHAPES if device == "cuda" else CPU_SHAPES
+    dense = "fp16 MatMul" if device == "cuda" else "fp32 MatMul"
+    kinds = [("matmul", dense), ("nbits4", "MatMulNBits 4b g128"), ("gqmm4", "GroupQuantMatMul 4b g128"),
+             ("gqmm3", "GroupQuantMatMul 3b g128")]
+    plan: Plan = [(1, shape, kind, name, {}) for shape in shapes for kind, name in kinds]
+    if device == "cuda":  # the FMA decode kernel (the float32 path, fp16 default before decode-mma), for comparison
+        plan += [(1, shape, kind, f"{name} (decode, FMA)", {"EDGEQ_GQMM_KERNEL": "decode"})
+                 for shape in shapes for kind, name in kinds[2:]]
+    if prefill and device == "cuda":
+        plan += [(512, (4096, 4096), kind, name, {}) for kind, name in kinds]
+    rows = measure(plan, device, library, bandwidth, total_mb, repeats, threads)
+    report(rows, device, bandwidth, out)
     return rows
 
 
@@ -228,16 +248,21 @@ def machine_description(device: str) -> str:
 
 
 def format_table(rows: list[Row], device: str, bandwidth: float | None) -> str:
+    """Markdown table; "x dense" is the dense MatMul's time (same shape and M, same run) over the row's."""
     import onnxruntime as ort
 
+    dense = {(r.shape, r.M): r.us_per_call for r in rows if r.op.endswith(" MatMul")}
     lines = [f"device: {machine_description(device)}; onnxruntime {ort.__version__}"]
     if bandwidth:
         lines.append(f"measured device-to-device copy bandwidth: {bandwidth:.0f} GB/s (read + write)")
-    lines += ["", "| K x N | M | op | us/call | weight GB/s | % of copy bw | copies | mode |",
-              "|---|---|---|---:|---:|---:|---:|---|"]
+    lines += ["", "| K x N | M | op | us/call | weight GB/s | % of copy bw | x dense | copies | mode |",
+              "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         pct = f"{r.pct_bandwidth:.1f}" if r.pct_bandwidth is not None else "-"
-        lines.append(f"| {r.shape} | {r.M} | {r.op} | {r.us_per_call:.2f} | {r.gbps:.1f} | {pct} | {r.copies} | {r.mode} |")
+        base = dense.get((r.shape, r.M))
+        speedup = f"{base / r.us_per_call:.2f}" if base else "-"
+        lines.append(f"| {r.shape} | {r.M} | {r.op} | {r.us_per_call:.2f} | {r.gbps:.1f} | {pct} | {speedup} | "
+                     f"{r.copies} | {r.mode} |")
     return "\n".join(lines) + "\n"
 
 

@@ -2,9 +2,9 @@
 
     python -m edgeq.custom_ops.device.prepare [--force]
 
-Writes .opsbuild/libedgeq_ops_cuda.so.xz (sm_90 only, stripped and xz-compressed, to fit the 64 MiB a device call
-carries beside the 58 MiB ORT-GPU bundle; check.sh unpacks it) and .opsbuild/COMMIT (the commit and whether the
-tree was dirty, for the results table).
+Writes .opsbuild/libedgeq_ops_cuda.so.xz (sm_90 only, stripped, its embedded PTX zeroed, xz-compressed, to fit the
+64 MiB a device call carries beside the 58 MiB ORT-GPU bundle; check.sh unpacks it) and .opsbuild/COMMIT (the commit
+and whether the tree was dirty, for the results table).
 """
 
 from __future__ import annotations
@@ -12,12 +12,50 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
 from edgeq.custom_ops import library
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+FATBIN_MAGIC = 0xBA55ED50
+FATBIN_PTX = 1
+
+
+def zero_ptx(path: Path) -> int:
+    """Zero the payload of every PTX entry in the ELF's .nv_fatbin section, in place; returns the bytes zeroed.
+
+    The carried build holds sm_90 machine code, which the driver loads on the H100/H200 without looking at the
+    PTX; zeroed, the PTX (a sixth of the library) compresses to nothing. Entry headers stay, so the containers
+    still parse.
+    """
+    data = bytearray(path.read_bytes())
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names = headers[shstrndx][4]
+    fatbin = next((h for h in headers if data[names + h[0]:data.index(b"\0", names + h[0])] == b".nv_fatbin"), None)
+    if fatbin is None:
+        return 0
+    p, end, zeroed = fatbin[4], fatbin[4] + fatbin[5], 0
+    while p + 16 <= end:
+        magic, _, header_size, body_size = struct.unpack_from("<IHHQ", data, p)
+        if magic != FATBIN_MAGIC:
+            p += 8
+            continue
+        q, body_end = p + header_size, p + header_size + body_size
+        while q < body_end:
+            kind, _, entry_header, payload = struct.unpack_from("<HHIQ", data, q)
+            if kind == FATBIN_PTX:
+                data[q + entry_header:q + entry_header + payload] = bytes(payload)
+                zeroed += payload
+            q += entry_header + payload
+        p = (body_end + 7) & ~7
+    path.write_bytes(data)
+    return zeroed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["strip", "--strip-unneeded", "-o", str(target), str(built)], check=True)
     else:
         shutil.copy2(built, target)
+    zero_ptx(target)
     packed = target.with_name(target.name + ".xz")
     with open(packed, "wb") as out:
         subprocess.run(["xz", "-9e", "-c", str(target)], stdout=out, check=True)

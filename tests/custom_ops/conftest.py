@@ -111,3 +111,13 @@ def cuda_available() -> bool:
     except ImportError:
         return False
     return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+CUDA = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+@pytest.fixture(scope="session")
+def cuda_library():
+    from edgeq.custom_ops.library import get_library
+
+    return get_library("cuda")

@@ -8,18 +8,9 @@ import pytest
 
 from edgeq.custom_ops.reference import group_quant_matmul
 
-from .conftest import TOLERANCE, cuda_available, feeds, gqmm_model, random_problem, rel_error, session
+from .conftest import CUDA, TOLERANCE, cuda_available, feeds, gqmm_model, random_problem, rel_error, session
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs onnxruntime-gpu with CUDA")]
-
-CUDA = ("CUDAExecutionProvider", "CPUExecutionProvider")
-
-
-@pytest.fixture(scope="module")
-def cuda_library():
-    from edgeq.custom_ops.library import get_library
-
-    return get_library("cuda")
 
 
 def cases(kernel: str, count: int, seed: int):
@@ -28,7 +19,7 @@ def cases(kernel: str, count: int, seed: int):
     for i in range(count):
         bits = (2, 3, 4, 8)[i % 4]
         group_size = (16, 32, 64, 128)[(i // 4) % 4]
-        if kernel == "decode":  # its domain: M <= 8, K on the 128-code grid
+        if kernel in ("decode", "decode-mma"):  # their domain: M <= 8, K on the 128-code grid
             lead = [(1,), (3,), (2, 4), (8,), (1, 1)][int(rng.integers(5))]
             K = 128 * int(rng.integers(1, 40))
         else:
@@ -53,6 +44,18 @@ def check(library, monkeypatch, kernel, seed, lead, K, N, bits, group_size, with
 @pytest.mark.parametrize("seed, lead, K, N, bits, group_size, with_zp", cases("decode", 32, 1))
 def test_decode_kernel(cuda_library, monkeypatch, dtype, seed, lead, K, N, bits, group_size, with_zp):
     check(cuda_library, monkeypatch, "decode", seed, lead, K, N, bits, group_size, with_zp, dtype)
+
+
+@pytest.mark.parametrize("seed, lead, K, N, bits, group_size, with_zp", cases("decode-mma", 48, 11))
+def test_tensor_core_decode_kernel(cuda_library, monkeypatch, seed, lead, K, N, bits, group_size, with_zp):
+    check(cuda_library, monkeypatch, "decode-mma", seed, lead, K, N, bits, group_size, with_zp, np.float16)
+
+
+def test_tensor_core_decode_refuses_float32(cuda_library, monkeypatch):
+    monkeypatch.setenv("EDGEQ_GQMM_KERNEL", "decode-mma")
+    p = random_problem(np.random.default_rng(12), (1,), 256, 16, 4, 128, np.float32)
+    with pytest.raises(Exception, match=r"EDGEQ_GQMM_KERNEL=decode-mma needs float16"):
+        session(gqmm_model(p), cuda_library, CUDA).run(None, feeds(p))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])

@@ -8,5 +8,7 @@ namespace cuda {
 void RegisterOps(Ort::CustomOpDomain& domain);
 // Adds edgeq::QuantLinear (quant_linear_cuda.cc); called by RegisterOps.
 void RegisterQuantLinear(Ort::CustomOpDomain& domain);
+// Adds edgeq::SpQRMatMul and edgeq::SpQRDequantize (spqr_matmul_cuda.cc); called by RegisterOps.
+void RegisterSpQR(Ort::CustomOpDomain& domain);
 }  // namespace cuda
 }  // namespace edgeq

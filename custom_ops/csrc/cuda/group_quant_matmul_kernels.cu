@@ -15,52 +15,24 @@
 //         (fp32 accumulation). libcublas is found at run time with dlopen (it is already loaded by ORT's
 //         CUDA provider), so the library neither links it nor needs its headers at build time.
 // generic (anything else): one block per row, per-code bit extraction; correct for every layout.
+// decode-mma (float16, M <= 8, K % 128 == 0; the default there): the tensor-core decode shared with SpQRMatMul
+//         (group_kernels.cuh, MmaDecodeKernel): codes dequantized two per instruction into half2, mma.sync with
+//         fp32 accumulation, the zero points applied once per group through staged group sums of A.
+// generic, the dequantize kernel of gemm and decode-mma are the group-quantized linears' shared kernels
+// (group_kernels.cuh) with GqmmWeights as the policy; cuBLAS is reached through cublas_gemm.h.
 #include <cuda_fp16.h>
 #include <mma.h>
 
-#include <dlfcn.h>
-
 #include <algorithm>
-#include <cstdlib>
-#include <mutex>
-#include <string>
-#include <tuple>
 #include <cstdint>
-#include <type_traits>
 
+#include "cublas_gemm.h"
+#include "group_kernels.cuh"
 #include "group_quant_matmul_kernels.h"
 
 namespace edgeq {
 namespace cuda {
 namespace {
-
-__device__ __forceinline__ float ToFloat(float v) { return v; }
-__device__ __forceinline__ float ToFloat(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v);
-template <>
-__device__ __forceinline__ float FromFloat<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half_rn(v); }
-
-// Bits [pos, pos + BITS) of the little-endian stream held in w[]. pos must fold to a constant after unrolling,
-// or w[] leaves registers.
-template <int BITS>
-__device__ __forceinline__ uint32_t CodeAt(const uint32_t* w, int pos) {
-  const int word = pos >> 5, offset = pos & 31;
-  uint32_t v = w[word] >> offset;
-  if (offset + BITS > 32) v |= w[word + 1] << (32 - offset);
-  return v & ((1u << BITS) - 1u);
-}
-
-__device__ __forceinline__ uint4 LoadStreaming(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
 
 // Eight consecutive activations as floats; p is 16-byte aligned.
 __device__ __forceinline__ void Load8(const float* p, float* out) {
@@ -302,49 +274,6 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 2)
   }
 }
 
-constexpr int kGenericThreads = 128;
-constexpr int kGenericRows = 4;  // rows of A per block
-
-template <typename T>
-__global__ void __launch_bounds__(kGenericThreads)
-    GenericKernel(const T* __restrict__ A, const uint8_t* __restrict__ B, const T* __restrict__ scales,
-                  const uint8_t* __restrict__ zero_points, T* __restrict__ Y, int M, int N, int K, int bits,
-                  int group_size, int n_groups, int group_bytes) {
-  const int n = blockIdx.x;
-  const int m0 = blockIdx.y * kGenericRows;
-  const uint8_t* row = B + static_cast<size_t>(n) * n_groups * group_bytes;
-  const uint32_t mask = (1u << bits) - 1u;
-  const float default_zp = float(1 << (bits - 1));
-  float acc[kGenericRows] = {0.f, 0.f, 0.f, 0.f};
-  for (int k = threadIdx.x; k < K; k += kGenericThreads) {
-    const int group = k / group_size;
-    const int64_t bit = static_cast<int64_t>(k) * bits;
-    const int byte = static_cast<int>(bit >> 3), shift = static_cast<int>(bit & 7);
-    uint32_t v = row[byte];
-    if (shift + bits > 8) v |= uint32_t(row[byte + 1]) << 8;  // a 3-bit code crossing a byte; same group
-    const float zp = zero_points ? float(zero_points[static_cast<size_t>(n) * n_groups + group]) : default_zp;
-    const float w = ToFloat(scales[static_cast<size_t>(n) * n_groups + group]) * (float((v >> shift) & mask) - zp);
-#pragma unroll
-    for (int j = 0; j < kGenericRows; ++j)
-      if (m0 + j < M) acc[j] = fmaf(ToFloat(A[static_cast<size_t>(m0 + j) * K + k]), w, acc[j]);
-  }
-  __shared__ float partial[kGenericRows][kGenericThreads / 32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-  for (int j = 0; j < kGenericRows; ++j) {
-    float v = acc[j];
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    if (lane == 0) partial[j][warp] = v;
-  }
-  __syncthreads();
-  if (threadIdx.x < kGenericRows && m0 + static_cast<int>(threadIdx.x) < M) {
-    float v = 0.f;
-    for (int i = 0; i < kGenericThreads / 32; ++i) v += partial[threadIdx.x][i];
-    Y[static_cast<size_t>(m0 + threadIdx.x) * N + n] = FromFloat<T>(v);
-  }
-}
-
 constexpr int kTileM = 64, kTileN = 64, kTileK = 32, kTileThreads = 128;
 
 template <typename T>
@@ -487,109 +416,27 @@ __global__ void __launch_bounds__(kTileThreads)
   }
 }
 
-// W[n, k] = scale * (code - zp) for k < K, as T, into a dense [N, K] matrix. One thread per 16 codes.
-template <typename T, int BITS>
-__global__ void DequantizeKernel(const uint8_t* __restrict__ B, const T* __restrict__ scales,
-                                 const uint8_t* __restrict__ zero_points, T* __restrict__ W, int N, int K,
-                                 int group_size, int n_groups) {
-  const int chunks_per_row = (K + 15) / 16;
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= static_cast<int64_t>(N) * chunks_per_row) return;
-  const int n = static_cast<int>(idx / chunks_per_row);
-  const int k = static_cast<int>(idx % chunks_per_row) * 16;  // 16 codes start on a byte and share one group
-  const size_t row_bytes = static_cast<size_t>(n_groups) * group_size * BITS / 8;
-  const uint8_t* src = B + n * row_bytes + static_cast<size_t>(k) * BITS / 8;
-  uint32_t w[4] = {0u, 0u, 0u, 0u};
-#pragma unroll
-  for (int b = 0; b < 2 * BITS; ++b) w[b >> 2] |= uint32_t(src[b]) << (8 * (b & 3));
-  const size_t at = static_cast<size_t>(n) * n_groups + k / group_size;
-  const float scale = ToFloat(scales[at]);
-  const float zp = zero_points ? float(zero_points[at]) : float(1 << (BITS - 1));
-  T* dst = W + static_cast<size_t>(n) * K + k;
-  T values[16];
-#pragma unroll
-  for (int i = 0; i < 16; ++i) values[i] = FromFloat<T>(scale * (float(CodeAt<BITS>(w, i * BITS)) - zp));
-  if (K % 16 == 0) {
-    // Rows start 16-byte aligned: whole 16-byte stores, which the write stream needs to run at bandwidth.
-    constexpr int kVectors = 16 * sizeof(T) / 16;
-#pragma unroll
-    for (int v = 0; v < kVectors; ++v) {
-      uint4 packed;
-      memcpy(&packed, reinterpret_cast<const unsigned char*>(values) + 16 * v, 16);
-      reinterpret_cast<uint4*>(dst)[v] = packed;
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < 16; ++i)
-      if (k + i < K) dst[i] = values[i];
-  }
+template <typename T>
+GqmmWeights<T> Weights(const GqmmArgs& a) {
+  GqmmWeights<T> w;
+  w.codes = a.B;
+  w.row_bytes = a.n_groups * a.group_bytes;
+  w.scales = static_cast<const T*>(a.scales);
+  w.zero_points = a.zero_points;
+  w.n_groups = static_cast<int>(a.n_groups);
+  w.group_size = static_cast<int>(a.group_size);
+  w.bits = static_cast<int>(a.bits);
+  return w;
 }
 
-// The four cuBLAS entry points the gemm path uses, resolved once with dlopen. The enum values passed below are
-// cuBLAS's stable ABI (cublasOperation_t, cudaDataType, cublasComputeType_t, cublasGemmAlgo_t).
-struct Cublas {
-  using Create = int (*)(void**);
-  using SetStream = int (*)(void*, cudaStream_t);
-  using GemmEx = int (*)(void*, int, int, int, int, int, const void*, const void*, int, int, const void*, int, int,
-                         const void*, void*, int, int, int, int);
-  Create create = nullptr;
-  SetStream set_stream = nullptr;
-  GemmEx gemm_ex = nullptr;
-  std::mutex mutex;                  // one handle, and SetStream + GemmEx must not interleave across threads
-  void* handle = nullptr;
-  int handle_device = -1;
-
-  static Cublas& Get() {
-    static Cublas instance;
-    return instance;
-  }
-
-  bool Loaded() const { return create && set_stream && gemm_ex; }
-
- private:
-  Cublas() {
-    const char* names[] = {"libcublas.so.13", "libcublas.so.12", "libcublas.so"};
-    void* lib = nullptr;
-    for (const char* name : names) {
-      lib = dlopen(name, RTLD_NOW | RTLD_NOLOAD);  // prefer the copy ORT's provider already loaded
-      if (!lib) lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-      if (lib) break;
-    }
-    if (!lib) return;
-    create = reinterpret_cast<Create>(dlsym(lib, "cublasCreate_v2"));
-    set_stream = reinterpret_cast<SetStream>(dlsym(lib, "cublasSetStream_v2"));
-    gemm_ex = reinterpret_cast<GemmEx>(dlsym(lib, "cublasGemmEx"));
-  }
-};
-
-bool CublasAvailable() { return Cublas::Get().Loaded(); }
-
-// Y[M, N] = A[M, K] @ W[N, K]^T in row-major terms, i.e. column-major Y^T = W^T' * A^T: op(W) = T, op(A) = N.
-const char* Gemm(bool half, const void* A, const void* W, void* Y, int M, int N, int K, cudaStream_t stream) {
-  Cublas& cublas = Cublas::Get();
-  if (!cublas.Loaded()) return "libcublas could not be loaded for the gemm kernel";
-  std::lock_guard<std::mutex> lock(cublas.mutex);
-  int device = 0;
-  cudaGetDevice(&device);
-  if (cublas.handle == nullptr || cublas.handle_device != device) {
-    if (cublas.create(&cublas.handle) != 0) return "cublasCreate failed";
-    cublas.handle_device = device;
-  }
-  if (cublas.set_stream(cublas.handle, stream) != 0) return "cublasSetStream failed";
-  constexpr int kOpN = 0, kOpT = 1, kR32F = 0, kR16F = 2, kCompute32F = 68, kAlgoDefault = -1;
-  const float alpha = 1.f, beta = 0.f;
-  const int type = half ? kR16F : kR32F;
-  const int status = cublas.gemm_ex(cublas.handle, kOpT, kOpN, N, M, K, &alpha, W, type, K, A, type, K, &beta, Y,
-                                    type, N, kCompute32F, kAlgoDefault);
-  return status == 0 ? nullptr : "cublasGemmEx failed";
+bool DecodeFits(const GqmmArgs& a) {
+  return a.M <= kDecodeMaxM && a.K % kUnitCodes == 0 && Aligned16(a.A) && Aligned16(a.B);
 }
-
-bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 GqmmKernel Pick(const GqmmArgs& a, GqmmKernel requested) {
   if (requested != GqmmKernel::kAuto) return requested;
-  const bool decode_layout = a.K % kUnitCodes == 0 && Aligned16(a.A) && Aligned16(a.B);
-  if (a.M <= kDecodeMaxM && decode_layout) return GqmmKernel::kDecode;
+  if (MmaDecodeFits(a.half, a.M, a.K, a.A, a.B)) return GqmmKernel::kDecodeMma;
+  if (DecodeFits(a)) return GqmmKernel::kDecode;
   if (a.M > kDecodeMaxM) return CublasAvailable() ? GqmmKernel::kGemm : GqmmKernel::kTiled;
   return GqmmKernel::kGeneric;
 }
@@ -605,15 +452,6 @@ void LaunchDecodeRows(const GqmmArgs& a, cudaStream_t stream) {
   DecodeKernel<T, BITS, GS, MAXM><<<grid, kDecodeWarps * 32, 0, stream>>>(
       static_cast<const T*>(a.A), a.B, static_cast<const T*>(a.scales), a.zero_points, static_cast<T*>(a.Y),
       static_cast<int>(a.M), static_cast<int>(a.N), static_cast<int>(a.K), static_cast<int>(a.n_groups), ksplit);
-}
-
-int MultiprocessorCount() {
-  static int counts[64] = {0};
-  int device = 0;
-  cudaGetDevice(&device);
-  if (device < 0 || device >= 64) device = 0;
-  if (counts[device] == 0) cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device);
-  return counts[device] > 0 ? counts[device] : 1;
 }
 
 template <typename T, int BITS, int GS>
@@ -674,10 +512,6 @@ void LaunchTyped(const GqmmArgs& a, GqmmKernel kernel, cudaStream_t stream) {
         default: return LaunchDecodeGroups<T, 8>(a, stream, rows_only);
       }
     }
-    case GqmmKernel::kGemm: {
-      // Handled in LaunchGroupQuantMatMul (needs scratch); unreachable here.
-      return;
-    }
     case GqmmKernel::kTiled:
       switch (a.bits) {
         case 2: return LaunchTiled<T, 2>(a, stream);
@@ -685,13 +519,8 @@ void LaunchTyped(const GqmmArgs& a, GqmmKernel kernel, cudaStream_t stream) {
         case 4: return LaunchTiled<T, 4>(a, stream);
         default: return LaunchTiled<T, 8>(a, stream);
       }
-    default: {
-      const dim3 grid(static_cast<unsigned>(a.N), static_cast<unsigned>((a.M + kGenericRows - 1) / kGenericRows));
-      GenericKernel<T><<<grid, kGenericThreads, 0, stream>>>(
-          static_cast<const T*>(a.A), a.B, static_cast<const T*>(a.scales), a.zero_points, static_cast<T*>(a.Y),
-          static_cast<int>(a.M), static_cast<int>(a.N), static_cast<int>(a.K), static_cast<int>(a.bits),
-          static_cast<int>(a.group_size), static_cast<int>(a.n_groups), static_cast<int>(a.group_bytes));
-    }
+    default:  // kGemm and kDecodeMma are launched by LaunchGroupQuantMatMul
+      return LaunchGeneric(static_cast<const T*>(a.A), Weights<T>(a), static_cast<T*>(a.Y), a.M, a.N, a.K, stream);
   }
 }
 
@@ -701,10 +530,21 @@ const char* GroupQuantMatMulKernelName(const GqmmArgs& args, GqmmKernel kernel) 
   switch (Pick(args, kernel)) {
     case GqmmKernel::kDecode: return "decode";
     case GqmmKernel::kDecodeRows: return "decode-rows";
+    case GqmmKernel::kDecodeMma: return "decode-mma";
     case GqmmKernel::kTiled: return "tiled";
     case GqmmKernel::kGemm: return "gemm";
     default: return "generic";
   }
+}
+
+const char* GroupQuantMatMulRefusal(const GqmmArgs& args, GqmmKernel kernel) {
+  const GqmmKernel chosen = Pick(args, kernel);
+  if ((chosen == GqmmKernel::kDecode || chosen == GqmmKernel::kDecodeRows) && !DecodeFits(args))
+    return "needs M <= 8, K % 128 == 0 and 16-byte aligned A and B";
+  if (chosen == GqmmKernel::kDecodeMma && !MmaDecodeFits(args.half, args.M, args.K, args.A, args.B))
+    return "needs float16, M <= 8, K % 128 == 0 and 16-byte aligned A and B";
+  if (chosen == GqmmKernel::kGemm && !CublasAvailable()) return "needs libcublas, which could not be loaded";
+  return nullptr;
 }
 
 size_t GroupQuantMatMulScratchBytes(const GqmmArgs& args, GqmmKernel kernel) {
@@ -712,39 +552,28 @@ size_t GroupQuantMatMulScratchBytes(const GqmmArgs& args, GqmmKernel kernel) {
   return static_cast<size_t>(args.N) * args.K * (args.half ? 2 : 4);
 }
 
-template <typename T>
-void LaunchDequantize(const GqmmArgs& a, void* W, cudaStream_t stream) {
-  const int64_t threads = a.N * ((a.K + 15) / 16);
-  const unsigned blocks = static_cast<unsigned>((threads + 255) / 256);
-  auto args = std::make_tuple(a.B, static_cast<const T*>(a.scales), a.zero_points, static_cast<T*>(W),
-                              static_cast<int>(a.N), static_cast<int>(a.K), static_cast<int>(a.group_size),
-                              static_cast<int>(a.n_groups));
-  switch (a.bits) {
-    case 2: std::apply([&](auto... x) { DequantizeKernel<T, 2><<<blocks, 256, 0, stream>>>(x...); }, args); break;
-    case 3: std::apply([&](auto... x) { DequantizeKernel<T, 3><<<blocks, 256, 0, stream>>>(x...); }, args); break;
-    case 4: std::apply([&](auto... x) { DequantizeKernel<T, 4><<<blocks, 256, 0, stream>>>(x...); }, args); break;
-    default: std::apply([&](auto... x) { DequantizeKernel<T, 8><<<blocks, 256, 0, stream>>>(x...); }, args); break;
-  }
-}
-
 const char* LaunchGroupQuantMatMul(const GqmmArgs& args, GqmmKernel kernel, void* stream, void* scratch) {
   if (args.M == 0 || args.N == 0) return nullptr;
+  if (const char* refusal = GroupQuantMatMulRefusal(args, kernel)) return refusal;
   const GqmmKernel chosen = Pick(args, kernel);
-  if ((chosen == GqmmKernel::kDecode || chosen == GqmmKernel::kDecodeRows) &&
-      (args.M > kDecodeMaxM || args.K % kUnitCodes != 0 || !Aligned16(args.A) || !Aligned16(args.B)))
-    return "the decode kernel needs M <= 8, K % 128 == 0 and 16-byte aligned A and B";
   auto s = static_cast<cudaStream_t>(stream);
   if (chosen == GqmmKernel::kGemm) {
     if (scratch == nullptr) return "the gemm kernel needs scratch memory";
-    if (args.half) LaunchDequantize<__half>(args, scratch, s);
-    else LaunchDequantize<float>(args, scratch, s);
-    cudaError_t status = cudaGetLastError();
+    if (args.half) LaunchDequantize(Weights<__half>(args), static_cast<__half*>(scratch), args.N, args.K, false, s);
+    else LaunchDequantize(Weights<float>(args), static_cast<float*>(scratch), args.N, args.K, false, s);
+    const cudaError_t status = cudaGetLastError();
     if (status != cudaSuccess) return cudaGetErrorString(status);
-    return Gemm(args.half, args.A, scratch, args.Y, static_cast<int>(args.M), static_cast<int>(args.N),
-                static_cast<int>(args.K), s);
+    return CublasGemm(args.half, args.A, scratch, args.Y, static_cast<int>(args.M), static_cast<int>(args.N),
+                      static_cast<int>(args.K), stream);
   }
-  if (args.half) LaunchTyped<__half>(args, chosen, s);
-  else LaunchTyped<float>(args, chosen, s);
+  if (chosen == GqmmKernel::kDecodeMma) {
+    LaunchMmaDecode(static_cast<const __half*>(args.A), Weights<__half>(args), static_cast<__half*>(args.Y), args.M,
+                    args.N, args.K, s);
+  } else if (args.half) {
+    LaunchTyped<__half>(args, chosen, s);
+  } else {
+    LaunchTyped<float>(args, chosen, s);
+  }
   const cudaError_t status = cudaGetLastError();
   return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
 }

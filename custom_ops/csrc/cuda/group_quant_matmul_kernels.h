@@ -7,11 +7,13 @@
 namespace edgeq {
 namespace cuda {
 
-// Which kernel runs. kAuto: decode GEMV for M <= 8 when K % 128 == 0 and A/B are 16-byte aligned; for larger
+// Which kernel runs. kAuto: for float16, the tensor-core decode (kDecodeMma) for M <= 8 when K % 128 == 0 and
+// A/B are 16-byte aligned; for float32 the FMA decode GEMV (kDecode) under the same conditions; for larger
 // M, dequantize W into a scratch buffer and multiply with cuBLAS (kGemm) when libcublas can be loaded, else the
 // tiled kernel; the generic kernel otherwise. The others force one (tests and benchmarks).
-// kDecodeRows: the decode family without the batch-1 streaming kernel (comparisons).
-enum class GqmmKernel { kAuto, kDecode, kTiled, kGeneric, kGemm, kDecodeRows };
+// kDecodeRows: the decode family without the batch-1 streaming kernel (comparisons). kDecodeMma: the tensor-core
+// decode (float16 only), which kAuto prefers for float16 where it fits.
+enum class GqmmKernel { kAuto, kDecode, kTiled, kGeneric, kGemm, kDecodeRows, kDecodeMma };
 
 struct GqmmArgs {
   bool half = false;  // T is float16 (else float32)
@@ -30,8 +32,12 @@ size_t GroupQuantMatMulScratchBytes(const GqmmArgs& args, GqmmKernel kernel);
 // memory. Returns nullptr, or a static error text.
 const char* LaunchGroupQuantMatMul(const GqmmArgs& args, GqmmKernel kernel, void* stream, void* scratch);
 
-// The kernel kAuto picks for these arguments ("decode", "gemm", "tiled" or "generic"), for logs and tests.
+// The kernel kAuto picks for these arguments ("decode-mma", "decode", "gemm", "tiled" or "generic"), for logs and
+// tests.
 const char* GroupQuantMatMulKernelName(const GqmmArgs& args, GqmmKernel kernel);
+
+// Why the chosen kernel cannot run these arguments ("needs ...", a static text), or nullptr.
+const char* GroupQuantMatMulRefusal(const GqmmArgs& args, GqmmKernel kernel);
 
 }  // namespace cuda
 }  // namespace edgeq

@@ -1,0 +1,16 @@
+// Y = A @ W^T through cuBLAS, resolved at run time (dlopen) so that the library neither links libcublas nor
+// needs its headers at build time: the "dequantize, then GEMM" path of the group-quantized linears. Plain C++.
+#pragma once
+
+namespace edgeq {
+namespace cuda {
+
+// Whether libcublas could be loaded (ORT's CUDA provider has normally loaded it already).
+bool CublasAvailable();
+
+// Row-major Y[M, N] = A[M, K] @ W[N, K]^T, all float16 (`half`) or all float32, fp32 accumulation, enqueued on
+// `stream` (a cudaStream_t). Returns nullptr, or a static error text.
+const char* CublasGemm(bool half, const void* A, const void* W, void* Y, int M, int N, int K, void* stream);
+
+}  // namespace cuda
+}  // namespace edgeq
