@@ -437,6 +437,14 @@ def _check_dims(ctx, op: str, expected: dict) -> None:
             raise onnx.shape_inference.InferenceError(f"{op}: {name} has shape {dims}, expected {shape}")
 
 
+def _set_activation_outputs(ctx, code_type: int, shape: list | None) -> None:
+    """Outputs 0..2 as an integer activation: codes ``code_type`` of ``shape`` and scales of ``shape[:-1] + [1]``
+    (unknown shapes when None)."""
+    for index, elem in enumerate((code_type, TensorProto.INT32, TensorProto.INT8)):
+        dims = None if shape is None else (shape if index == 0 else [*shape[:-1], 1])
+        ctx.set_output_type(index, helper.make_tensor_type_proto(elem, dims))
+
+
 def _infer_integer(op_name: str, out_last=None, same_shape: tuple[int, ...] = (), expected=None,
                    check_scales: bool = True):
     """Inference for an op whose outputs are an integer activation: codes of the type declared for output 0
@@ -459,11 +467,8 @@ def _infer_integer(op_name: str, out_last=None, same_shape: tuple[int, ...] = ()
         if expected is not None:
             _check_dims(ctx, op, expected(ctx, attrs, dims))
         last = out_last(attrs) if out_last is not None else (dims[-1] if dims is not None else None)
-        types = [TensorProto.UINT8 if opdef.outputs[0].type == "tensor(uint8)" else TensorProto.INT8,
-                 TensorProto.INT32, TensorProto.INT8]
-        for index, elem in enumerate(types):
-            shape = None if dims is None else [*dims[:-1], last if index == 0 else 1]
-            ctx.set_output_type(index, helper.make_tensor_type_proto(elem, shape))
+        code = TensorProto.UINT8 if opdef.outputs[0].type == "tensor(uint8)" else TensorProto.INT8
+        _set_activation_outputs(ctx, code, None if dims is None else [*dims[:-1], last])
 
     return infer
 
@@ -641,9 +646,7 @@ def _infer_batch_matmul(ctx) -> None:
                 raise onnx.shape_inference.InferenceError(f"{op}: B's batch dims {b[:-2]} are not A's {a[:-2]} or 1")
         _check_dims(ctx, op, {i: (DI_BATCH_MATMUL.inputs[i].name, [*b[:-1], 1]) for i in (4, 5)})
         out = [*a[:-1], n]
-    for index, elem in enumerate((TensorProto.INT32, TensorProto.INT32, TensorProto.INT8)):
-        shape = None if out is None else (out if index == 0 else [*out[:-1], 1])
-        ctx.set_output_type(index, helper.make_tensor_type_proto(elem, shape))
+    _set_activation_outputs(ctx, TensorProto.INT32, out)
 
 
 DI_BATCH_MATMUL = OpDef(
@@ -685,9 +688,7 @@ def _infer_requant(ctx) -> None:
         _check_dims(ctx, op, {i: (DI_REQUANT.inputs[i].name, [*dims[:-1], 1]) for i in (1, 2)})
         g, d = dims[-2:]
         out = [*dims[:-2], g * d if isinstance(g, int) and isinstance(d, int) else None]
-    for index, elem in enumerate((TensorProto.INT8, TensorProto.INT32, TensorProto.INT8)):
-        shape = None if out is None else (out if index == 0 else [*out[:-1], 1])
-        ctx.set_output_type(index, helper.make_tensor_type_proto(elem, shape))
+    _set_activation_outputs(ctx, TensorProto.INT8, out)
 
 
 DI_REQUANT = OpDef(
