@@ -8,7 +8,9 @@ indices, permutations) over its K·N weights — the same count for edgeq's meth
 Config specs: ``fp32``, ``METHOD:key=value,...`` with METHOD one of edgeq's (rtn, gptq, spqr, omniquant; keys are
 the config's fields, e.g. ``gptq:bits=3,group_size=128``), or a peer from onnxruntime's
 ``matmul_nbits_quantizer`` run on the FP32 ``.onnx``: ``ort-rtn:bits=4,block_size=128``, ``ort-hqq:bits=4,block_size=64``,
-``ort-gptq:bits=4,block_size=128,nsamples=128,seqlen=512`` (on our calibration plays), ``ort-kquant``.
+``ort-gptq:bits=4,block_size=128,nsamples=128,seqlen=512`` (on our calibration plays), ``ort-kquant``. A
+weight-activation config (rtn/omniquant with abits < 16, illm) with ``integer_only=1`` is scored as the
+integer-only graph (``edgeq export --integer-only``), e.g. ``illm:wbits=8,abits=8,integer_only=1``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import onnx
 from edgeq.errors import EdgeqError
 from edgeq.quantize.config import METHODS, config_from_spec, parse_spec_args
 
+INTEGER_ONLY = "integer_only"  # spec key: =1 builds the I-LLM integer-only graph (weight-activation configs)
 PEERS = ("ort-rtn", "ort-hqq", "ort-gptq", "ort-kquant")
 # op type -> index of its activation input (every other initializer input is weight storage)
 LINEAR_OPS = {"MatMulNBits": 0, "GroupQuantMatMul": 0, "SpQRMatMul": 0, "QuantLinear": 0, "MatMul": 0}
@@ -47,6 +50,15 @@ class Result:
 def parse_spec(spec: str) -> tuple[str, dict]:
     method, _, rest = spec.partition(":")
     return method, parse_spec_args(spec, rest)
+
+
+def split_integer_only(spec: str) -> tuple[str, bool]:
+    """(the spec without its ``integer_only`` key, whether it asked for the integer-only graph)."""
+    method, _, rest = spec.partition(":")
+    items = [item for item in rest.split(",") if item]
+    keep = [item for item in items if item.partition("=")[0].strip() != INTEGER_ONLY]
+    flag = [item.partition("=")[2].strip() for item in items if item.partition("=")[0].strip() == INTEGER_ONLY]
+    return method + (":" + ",".join(keep) if keep else ""), bool(flag) and flag[-1].lower() not in ("0", "false")
 
 
 def slug(spec: str) -> str:
@@ -144,7 +156,7 @@ class QualityBench:
         return path
 
     def build(self, spec: str, folder: Path) -> tuple[Path, float]:
-        from edgeq.cli import lowering_passes
+        from edgeq.cli import integer_only_passes, lowering_passes
         from edgeq.exporter.export import export
         from edgeq.quantize.api import quantize_, save_quantized
         from edgeq.text import calibration_batch
@@ -156,6 +168,7 @@ class QualityBench:
             return self.build_peer(method, kwargs, folder)
         if method not in METHODS:
             raise EdgeqError(f"unknown config '{method}' (edgeq: {', '.join(METHODS)}; peers: {', '.join(PEERS)})")
+        spec, integer_only = split_integer_only(spec)
         config = config_from_spec(spec)
         lm = self.fresh_model()
         calib = None
@@ -169,7 +182,8 @@ class QualityBench:
         seconds = before + time.perf_counter() - start
         timing.write_text(json.dumps({"seconds": seconds}))
         save_quantized(folder / "quantized", qweights, config, lm.source)
-        return export(lm.model, lm.tokenizer, folder / "model.onnx", transform=lowering_passes), seconds
+        passes = integer_only_passes if integer_only else lowering_passes
+        return export(lm.model, lm.tokenizer, folder / "model.onnx", transform=passes), seconds
 
     def build_peer(self, method: str, kwargs: dict, folder: Path) -> tuple[Path, float]:
         from onnxruntime.quantization import matmul_nbits_quantizer as mnq

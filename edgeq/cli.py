@@ -22,7 +22,7 @@ PLUGIN_COMMANDS = ("edgeq.custom_ops.cli", "edgeq.passes.cli", "edgeq.bench")
 # ---- shared argument groups ------------------------------------------------------------------------------
 def add_quant_args(p: argparse.ArgumentParser) -> None:
     q = p.add_argument_group("quantization")
-    q.add_argument("--method", choices=["rtn", "gptq", "spqr", "omniquant"], default="gptq", help="quantization algorithm (default: gptq)")
+    q.add_argument("--method", choices=["rtn", "gptq", "spqr", "omniquant", "illm"], default="gptq", help="quantization algorithm (default: gptq; illm = I-LLM's FSBR, with --bits/--abits, for the integer-only graph)")
     q.add_argument("--bits", type=int, default=4, help="bits per weight code, 2..8 (default: 4)")
     q.add_argument("--group-size", type=int, default=128, help="weights sharing one scale/zero along the input dim; -1 = per output channel (default: 128; SpQR's beta1, use 16)")
     q.add_argument("--sym", action="store_true", help="symmetric grid (zero point fixed at 2^(bits-1)) instead of asymmetric min-max")
@@ -47,15 +47,16 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
 
 
 def quant_config(args):
-    from edgeq.quantize.config import GPTQConfig, OmniQuantConfig, RTNConfig, SpQRConfig
+    from edgeq.quantize.config import GPTQConfig, ILLMConfig, OmniQuantConfig, RTNConfig, SpQRConfig
 
     if args.method == "rtn":
         return RTNConfig(bits=args.bits, group_size=args.group_size, sym=args.sym, abits=args.abits)
-    if args.method == "omniquant":
-        return OmniQuantConfig(wbits=args.bits, abits=args.abits, group_size=args.group_size,
-                               let={"auto": None, "on": True, "off": False}[args.let], epochs=args.epochs,
-                               lwc_lr=args.lwc_lr, let_lr=args.let_lr, batch_size=args.batch_size,
-                               nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
+    if args.method in ("omniquant", "illm"):
+        common = dict(wbits=args.bits, abits=args.abits, epochs=args.epochs, lwc_lr=args.lwc_lr, let_lr=args.let_lr,
+                      batch_size=args.batch_size, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
+        if args.method == "illm":  # weight-activation only: per-channel weights, LET on
+            return ILLMConfig(**common)
+        return OmniQuantConfig(**common, group_size=args.group_size, let={"auto": None, "on": True, "off": False}[args.let])
     if args.method == "spqr":
         return SpQRConfig(bits=args.bits, group_size=args.group_size, stat_bits=args.stat_bits,
                           stat_group_size=args.stat_group_size, outlier_threshold=args.outlier_threshold,

@@ -35,6 +35,7 @@ OPSET = 21
 EDGEQ_DOMAIN = "edgeq"
 BITS_KEY = "edgeq.bits"
 ACT_BITS_KEY = "edgeq.act_bits"
+SOFTMAX_CLIP_KEY = "edgeq.softmax_clip"  # per layer, comma-separated: c of softmax over [max - c, max]
 # SpQRDequantize / SpQRMatMul weight inputs, in order (the SpQRWeight on-disk tensors)
 SPQR_INPUTS = ("codes", "scale_codes", "zero_codes", "stats", "row_ptr", "cols", "values")
 STATIC_ROPE_TYPES = ("default", "llama3", "linear", "yarn")
@@ -302,14 +303,18 @@ class LlamaExporter:
         model = helper.make_model(graph, opset_imports=opsets, producer_name="edgeq")
         model.ir_version = 10
         eos = getattr(cfg, "eos_token_id", None)
-        helper.set_model_props(model, {
+        props = {
             "edgeq.num_layers": str(cfg.num_hidden_layers),
             "edgeq.num_kv_heads": str(self.num_kv),
             "edgeq.head_dim": str(self.head_dim),
             "edgeq.dtype": "float16" if g.dtype == TensorProto.FLOAT16 else "float32",
             "edgeq.eos_token_id": str(eos[0] if isinstance(eos, list) else eos),
             "edgeq.max_positions": str(getattr(cfg, "max_position_embeddings", 0) or 0),
-        })
+        }
+        clips = [getattr(layer.self_attn, "softmax_clip", None) for layer in self.model.model.layers]
+        if any(c is not None for c in clips):  # I-LLM's learned softmax ranges (0: none), for the integer-only pass
+            props[SOFTMAX_CLIP_KEY] = ",".join("0" if c is None else repr(float(c.reshape(()))) for c in clips)
+        helper.set_model_props(model, props)
         return model
 
 

@@ -15,7 +15,8 @@ and int8 exponent, ``custom_ops/README.md`` "Integer-only ops"):
                  the attention's 1/sqrt(head_dim) is folded into q_proj's scales
   rotary         DIRotary with Q14 cos/sin tables [max_positions, head_dim/2]
   Q.K^T, P.V     DIBatchMatMul (trans_b=1 causal and padding-masked; trans_b=0), wide int32 outputs
-  softmax        DIClippedSoftmax (causal, no clipping), uint8 probabilities
+  softmax        DIClippedSoftmax (causal; clipped to [max - c, max] with each layer's c from the model property
+                 ``edgeq.softmax_clip`` that I-LLM's FSBR learns, else no clipping), uint8 probabilities
   heads -> token DIRequant at o_proj's abits;  SiLU(gate)*up  DISwiGLU at down_proj's abits
   residual adds  DIAdd (8 bits);  lm_head  DIBatchMatMul against the int8 table (tied) or lm_head's rows
   logits         the only float: int32 codes * m * 2^-e (Cast, Neg, Pow, Mul)
@@ -34,9 +35,10 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeq.custom_ops import schema
-from edgeq.custom_ops.integer_codec import eps_q60, quantize, rotary_tables_for, to_dyadic
+from edgeq.custom_ops.integer_codec import clip_q8, eps_q60, quantize, rotary_tables_for, to_dyadic
 from edgeq.custom_ops.quant_linear_packing import unpack_weights
 from edgeq.errors import EdgeqError
+from edgeq.exporter.llama_graph import SOFTMAX_CLIP_KEY
 
 INNER_BITS = 8        # codes of activations that feed no linear: projections, rotary, residual, KV cache, softmax
 HEAD_BITS = 8         # the embedding table / lm_head rows and the final norm's output
@@ -275,6 +277,17 @@ def _cache_values(name: str, kv: int, head_dim: int, seq: str) -> list[ir.Value]
             for suffix, t, s in zip(("", *SCALES), (INT8, INT32, INT8), shapes)]
 
 
+def _softmax_clips(props, layers: int) -> list[int]:
+    """Each layer's ``clip_q8`` from the model property ``edgeq.softmax_clip`` (I-LLM's learned ranges), else 0."""
+    text = props.get(SOFTMAX_CLIP_KEY)
+    if text is None:
+        return [0] * layers
+    values = text.split(",")
+    if len(values) != layers:
+        _fail(f"{SOFTMAX_CLIP_KEY} has {len(values)} values for {layers} layers")
+    return [clip_q8(float(v)) for v in values]
+
+
 def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
     """Replace ``model``'s graph by the integer-only decoder of ``d`` (same inputs, integer cache)."""
     graph, props = model.graph, model.metadata_props
@@ -304,6 +317,7 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
         ("ctx4s", [0, heads, -1, 1]), ("v_heads", [1, 1, kv, 1]))}
     axis2 = b.ints("const.axis2", [2])
     past_names, present = [], []
+    clips = _softmax_clips(props, len(d.layers))
 
     for layer in d.layers:
         i, p = layer.index, f"model.layers.{layer.index}.self_attn"
@@ -333,7 +347,8 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
         q5 = b.each("Transpose", q, p + "/q_t", [[]] * 3, perm=[0, 2, 1, 3])
         q5 = b.each("Reshape", q5, p + "/q5", [[shape["q5"]], [shape["q5s"]], [shape["q5s"]]])
         scores = b.di("DIBatchMatMul", [*q5, *cached["key"], mask], p + "/scores", trans_b=1, is_causal=1)
-        probs = b.di("DIClippedSoftmax", [*scores, mask], p + "/softmax", clip_q8=0, is_causal=1, obits=INNER_BITS)
+        probs = b.di("DIClippedSoftmax", [*scores, mask], p + "/softmax", clip_q8=clips[i], is_causal=1,
+                     obits=INNER_BITS)
         ctx = b.di("DIBatchMatMul", [*probs, *cached["value"]], p + "/ctx", trans_b=0)
         ctx = b.each("Reshape", ctx, p + "/ctx4", [[shape["ctx4"]], [shape["ctx4s"]], [shape["ctx4s"]]])
         ctx = b.each("Transpose", ctx, p + "/ctx_t", [[]] * 3, perm=[0, 2, 1, 3])

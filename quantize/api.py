@@ -14,9 +14,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from edgeq.errors import EdgeqError
-from edgeq.quantize.config import GPTQConfig, OmniQuantConfig, RTNConfig, SpQRConfig, config_from_dict, config_to_dict
+from edgeq.quantize.config import GPTQConfig, ILLMConfig, OmniQuantConfig, RTNConfig, SpQRConfig, config_from_dict, config_to_dict
 from edgeq.quantize.formats import FORMATS
 from edgeq.quantize.gptq import GPTQ
+from edgeq.quantize.illm import fsbr_block
 from edgeq.quantize.modules import QuantizedLinear, apply_to_layer, decoder_linears, set_submodule
 from edgeq.quantize.omniquant import train_block
 from edgeq.quantize.rtn import rtn_quantize
@@ -116,12 +117,17 @@ def _quantize_spqr(model, config: SpQRConfig, calib_ids, checkpoints, device):
 
 
 @register(OmniQuantConfig)
+@register(ILLMConfig)
 def _quantize_omniquant(model, config: OmniQuantConfig, calib_ids, checkpoints, device):
+    """OmniQuant, or I-LLM's FSBR (the same block trainer with ``FSBRBlock``)."""
+    illm = isinstance(config, ILLMConfig)
+    name = "I-LLM" if illm else "OmniQuant"
     if calib_ids is None:
-        raise EdgeqError("OmniQuant needs calibration data")
-    return quantize_sequential(model, torch.as_tensor(calib_ids), lambda layer, runner: train_block(layer, runner, config),
-                               checkpoints, batch_size=config.batch_size, desc="omniquant", track_fp=True,
-                               device=device)
+        raise EdgeqError(f"{name} needs calibration data")
+    train = fsbr_block if illm else train_block
+    return quantize_sequential(model, torch.as_tensor(calib_ids), lambda layer, runner: train(layer, runner, config),
+                               checkpoints, batch_size=config.batch_size, desc=name.lower().replace("-", ""),
+                               track_fp=True, device=device)
 
 
 def save_quantized(folder: str | Path, qweights: dict, config, source: str) -> None:

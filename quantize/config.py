@@ -177,11 +177,40 @@ class OmniQuantConfig(Calibration):
         return self.abits < 16 if self.let is None else self.let
 
 
-METHODS = {"rtn": RTNConfig, "gptq": GPTQConfig, "spqr": SpQRConfig, "omniquant": OmniQuantConfig}
+@dataclass(frozen=True)
+class ILLMConfig(OmniQuantConfig):
+    """I-LLM (Hu et al. 2024) Fully-Smooth Block Reconstruction: OmniQuant's block trainer with smoothing of every
+    activation-weight and activation-activation pair (norm -> q/k/v, norm -> gate/up, v -> o (P.V), q -> k
+    (Q.K^T), up -> down (the SwiGLU product)) and a learned clipped-softmax range per layer, trained against a
+    forward that simulates the integer-only graph (``passes/integer_only.py``): abits codes on every linear
+    input, 8-bit projections, rotary, KV cache, probabilities and residual stream.
+
+    wbits, abits: W8A8 / W6A6 / W4A4 (weights per-channel symmetric, LWC).  softmax_clip: initial clipping range
+    c of the softmax input ([max - c, max]); learned with clip_lr unless clip_lr = 0; 0 disables clipping.
+    Other fields: ``OmniQuantConfig`` (group_size must stay -1, LET is always on).
+    Format: ``GroupQuantWeight`` (+ rewritten norms, + each layer's ``self_attn.softmax_clip``); lowers to
+    ``edgeq::QuantLinear`` and, with the ``integer-only`` pass, to the DI* ops.
+    """
+
+    wbits: int = 8
+    abits: int = 8
+    group_size: int = -1
+    softmax_clip: float = 12.0
+    clip_lr: float = 1e-2
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.abits == 16 or self.group_size != -1 or self.let is False:
+            raise EdgeqError("I-LLM quantizes weights and activations: abits < 16, group_size=-1, let on")
+        if self.softmax_clip < 0 or self.clip_lr < 0:
+            raise EdgeqError("softmax_clip and clip_lr must be >= 0")
+
+
+METHODS = {"rtn": RTNConfig, "gptq": GPTQConfig, "spqr": SpQRConfig, "omniquant": OmniQuantConfig, "illm": ILLMConfig}
 
 
 def config_to_dict(config) -> dict:
-    name = next(k for k, v in METHODS.items() if isinstance(config, v))
+    name = next(k for k, v in METHODS.items() if type(config) is v)
     return {"method": name, **asdict(config)}
 
 

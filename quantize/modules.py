@@ -38,6 +38,11 @@ def decoder_linears(layer: nn.Module) -> dict[str, nn.Module]:
 def apply_to_layer(root: nn.Module, qweights: dict) -> None:
     """Install packed weights under ``root``: linears become ``QuantizedLinear``; FP tensors are copied in."""
     for name, qw in qweights.items():
+        parent, _, attr = name.rpartition(".")
+        if qw.FORMAT == "fp" and not isinstance(getattr(root.get_submodule(parent), attr, None), nn.Module):
+            # a tensor the method adds to a module (I-LLM's self_attn.softmax_clip): a buffer of that module
+            root.get_submodule(parent).register_buffer(attr, qw.tensor.detach().clone(), persistent=False)
+            continue
         target = root.get_submodule(name)
         if qw.FORMAT == "fp":
             with torch.no_grad():

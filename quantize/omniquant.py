@@ -111,7 +111,13 @@ class TransformedBlock(nn.Module):
     so its own tensors never change until ``fold``.
     """
 
-    def __init__(self, layer: nn.Module, config, input_absmax: dict[str, torch.Tensor], use_let: bool):
+    # True where ``forward`` quantizes the linears' inputs itself (no activation hooks needed)
+    simulates_activations = False
+
+    def __init__(self, layer: nn.Module, config, input_absmax: dict[str, torch.Tensor], use_let: bool,
+                 smooth_down: bool = False):
+        """smooth_down: also learn a scale between up_proj's rows and down_proj's columns (SiLU(g) * u is linear
+        in u, so the SwiGLU product moves into down_proj exactly); needs ``use_let``."""
         super().__init__()
         attn = layer.self_attn
         self.layer = layer
@@ -136,6 +142,8 @@ class TransformedBlock(nn.Module):
             self.s_vo = nn.Parameter(smooth_scale(self.expand_kv(input_absmax["self_attn.o_proj"], reduce=True),
                                                   self.expand_kv(w("self_attn.o_proj"), reduce=True, dim=1), config.alpha))
             self.s_qk = nn.Parameter(torch.ones(self.num_kv, self.head_dim // 2))
+            if smooth_down:
+                self.s_ud = nn.Parameter(smooth_scale(input_absmax["mlp.down_proj"], w("mlp.down_proj"), config.alpha))
 
     # ---- channel bookkeeping for grouped-query attention -------------------------------------------------
     def expand_kv(self, t: torch.Tensor, reduce: bool = False, dim: int = 0) -> torch.Tensor:
@@ -175,6 +183,9 @@ class TransformedBlock(nn.Module):
         q_scale, k_scale = self.qk_scales()
         p["self_attn.q_proj.weight"] = p["self_attn.q_proj.weight"] * q_scale[:, None]
         p["self_attn.k_proj.weight"] = p["self_attn.k_proj.weight"] / k_scale[:, None]
+        if hasattr(self, "s_ud"):
+            p["mlp.up_proj.weight"] = p["mlp.up_proj.weight"] / self.s_ud[:, None]
+            p["mlp.down_proj.weight"] = p["mlp.down_proj.weight"] * self.s_ud[None, :]
         return p
 
     def quantized(self) -> dict[str, torch.Tensor]:
@@ -229,17 +240,24 @@ def activation_quant_hooks(layer: nn.Module, bits: int) -> list:
     ]
 
 
-def train_block(layer: nn.Module, runner, config) -> dict:
-    """Learn LWC (and LET) for one block against the FP block's outputs; return the folded, packed weights."""
-    block = TransformedBlock(layer, config, linear_input_absmax(layer, runner) if config.use_let else {}, config.use_let)
+def train_block(layer: nn.Module, runner, config, make_block=TransformedBlock) -> dict:
+    """Learn LWC (and LET) for one block against the FP block's outputs; return the folded, packed weights.
+
+    make_block(layer, config, input_absmax, use_let) builds the trained block (``TransformedBlock`` or a
+    subclass); parameters named ``s_*`` train at ``let_lr``, ``clip*`` at ``config.clip_lr``.
+    """
+    block = make_block(layer, config, linear_input_absmax(layer, runner) if config.use_let else {}, config.use_let)
     block.to(next(layer.parameters()).device)  # the learned parameters live where the block runs
     for p in layer.parameters():
         p.requires_grad_(False)
     lwc = list(block.clipping.parameters())
-    let = [p for n, p in block.named_parameters() if n.startswith("s_")]
+    named = [(n, p) for n, p in block.named_parameters() if p.requires_grad]
+    let = [p for n, p in named if n.startswith("s_")]
+    clip = [p for n, p in named if n.startswith("clip_")]
     groups = [{"params": lwc, "lr": config.lwc_lr}] + ([{"params": let, "lr": config.let_lr}] if let else [])
+    groups += [{"params": clip, "lr": config.clip_lr}] if clip else []
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    hooks = activation_quant_hooks(layer, config.abits) if config.abits < 16 else []
+    hooks = activation_quant_hooks(layer, config.abits) if config.abits < 16 and not block.simulates_activations else []
     batches = [(x, kw, y) for x, kw, y in zip(runner.inputs, runner.layer_kwargs, runner.targets)]
     generator = torch.Generator().manual_seed(config.seed)
     try:
@@ -253,14 +271,14 @@ def train_block(layer: nn.Module, runner, config) -> dict:
                     optimizer.zero_grad()
                     loss.backward()
                 optimizer.step()
-                with torch.no_grad():  # LET scales must stay positive to be folded
-                    for p in let:
+                with torch.no_grad():  # LET scales must stay positive to be folded, clipping ranges too
+                    for p in let + clip:
                         p.clamp_(min=SCALE_FLOOR)
                 total += loss.item()
             last = total / len(batches)
             first = last if first is None else first
         if config.epochs:
-            log.info("omniquant block: loss %.3e -> %.3e over %d epochs", first, last, config.epochs)
+            log.info("%s block: loss %.3e -> %.3e over %d epochs", type(block).__name__, first, last, config.epochs)
     finally:
         for h in hooks:
             h.remove()
