@@ -125,3 +125,19 @@ def test_illm_w8a8_integer_graph_verifies_and_tracks_pytorch(illm_w8a8):
     # the integer graph also rounds the residual, q/k/v, the KV cache, probabilities and lm_head to 8 bits
     assert cos.min() > 0.998
     assert (y_int.argmax(-1) == y_torch.argmax(-1)).mean() >= 0.9
+
+
+def test_simulated_forward_is_the_fp_block_when_nothing_rounds(monkeypatch):
+    """With 24-bit codes everywhere and a plain softmax, FSBRBlock's integer-graph forward is the HF block's."""
+    import types
+
+    import edgeq.quantize.illm as illm
+
+    model = make_tiny_llama()
+    block, runner = fsbr_block(model, ILLMConfig(epochs=0, softmax_clip=0))
+    monkeypatch.setattr(illm, "INNER_BITS", 24)
+    monkeypatch.setattr(illm, "clipped_softmax_q8", lambda s, c: torch.softmax(s, -1))
+    block.config = types.SimpleNamespace(abits=24)
+    x, kwargs = runner.inputs[0], runner.layer_kwargs[0]
+    ref = torch.func.functional_call(block.layer, block.quantized(), (x,), kwargs)
+    torch.testing.assert_close(block(x, **kwargs), ref[0] if isinstance(ref, tuple) else ref, rtol=1e-3, atol=1e-4)
