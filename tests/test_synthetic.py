@@ -20,7 +20,8 @@ def test_random_spqr_is_a_valid_weight_with_the_asked_outlier_share():
     assert torch.all(rows[1:] >= rows[:-1])
 
 
-@pytest.mark.parametrize("fmt, op", [("fp16", "MatMul"), ("nbits4", "MatMulNBits"), ("gqmm3", "GroupQuantMatMul")])
+@pytest.mark.parametrize("fmt, op", [("fp16", "MatMul"), ("nbits4", "MatMulNBits"), ("gqmm3", "GroupQuantMatMul"),
+                                     ("spqr3", "SpQRMatMul")])
 def test_build_lowers_every_linear_to_its_format(tmp_path, fmt, op):
     path = build("tiny", 2, fmt, tmp_path)
     ops = collections.Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
