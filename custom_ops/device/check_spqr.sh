@@ -7,7 +7,8 @@
 #   python -m edgeq.custom_ops.device.prepare --dest .opsbuild_spqr
 #   run(carry=[".device/onnxruntime-gpu-1.31.1-cp312-sm90.tar.xz", ".device/ort-gpu.sh", ".opsbuild_spqr"],
 #       command="bash custom_ops/device/check_spqr.sh")
-# BENCH_ARGS overrides the benchmark's arguments (default: --prefill --fma --total-mb 256); TESTS="" skips tests.
+# BENCH_ARGS overrides the benchmark's arguments (default: --prefill --fma --total-mb 256); TESTS="" skips tests,
+# PYTEST_K selects tests by keyword; NCU=1 adds Nsight Compute on the decode kernels.
 set -uo pipefail
 OUT=${OUT:-/tmp/edgeq-gpu-check}
 OPSBUILD=${OPSBUILD:-.opsbuild_spqr}
@@ -29,7 +30,8 @@ export EDGEQ_OPS_LIBRARY_CUDA=/tmp/edgeq-ops/libedgeq_ops_cuda.so
 tests_rc=0
 : >"$OUT/pytest.log"
 for file in ${TESTS-tests/custom_ops/test_spqr_gpu.py tests/custom_ops/test_group_quant_matmul_gpu.py}; do
-  timeout ${TEST_TIMEOUT:-200} python3 -m pytest -m gpu "$file" -q -p no:cacheprovider -rf >>"$OUT/pytest.log" 2>&1
+  timeout ${TEST_TIMEOUT:-200} python3 -m pytest -m gpu "$file" -q -p no:cacheprovider -rf ${PYTEST_K:+-k "$PYTEST_K"} \
+    >>"$OUT/pytest.log" 2>&1
   rc=$?
   echo "$file: exit $rc" | tee -a "$OUT/tests.txt"
   tail -n 3 "$OUT/pytest.log"

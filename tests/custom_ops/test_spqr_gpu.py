@@ -15,7 +15,7 @@ from .spqr_problems import feeds, random_problem, spqr_model
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs onnxruntime-gpu with CUDA")]
 
 DENSITIES = (0.0, 0.005, 0.01, 0.05)
-STAT_GROUPS = (16, 1, 32, 5, 16, 48)  # β2: multiples of 16 let a 16-row tile share statistics, the others not
+STAT_GROUPS = (16, 1, 32, 5, 16, 48)  # β2: the decode kernel takes multiples of 16 (a 16-row tile shares them)
 
 
 def cases(kernel: str, count: int, seed: int):
@@ -39,6 +39,8 @@ def cases(kernel: str, count: int, seed: int):
         N = int(rng.integers(1, 300)) | 1
         stat_bits = 1 + i % 8
         stat_group = STAT_GROUPS[i % len(STAT_GROUPS)]
+        if kernel == "decode":
+            stat_group = (16, 32, 48)[i % 3]
         density = DENSITIES[i % len(DENSITIES)]
         duplicates = i % 5 == 2
         out.append(pytest.param((i, lead, K, N, bits, group_size, stat_bits, stat_group, density, duplicates),
@@ -124,6 +126,9 @@ def test_forced_decode_outside_its_domain_is_an_error(cuda_library, monkeypatch)
         session(spqr_model(p), cuda_library, CUDA).run(None, feeds(p))
     p = problem(7, (1,), 256, 16, 3, 16, 3, 16, 0.01, False, np.float32)
     with pytest.raises(Exception, match=r"EDGEQ_SPQR_KERNEL=decode needs float16"):
+        session(spqr_model(p), cuda_library, CUDA).run(None, feeds(p))
+    p = problem(7, (1,), 256, 16, 3, 16, 3, 8, 0.01, False, np.float16)
+    with pytest.raises(Exception, match=r"EDGEQ_SPQR_KERNEL=decode needs .*stat_group_size % 16 == 0"):
         session(spqr_model(p), cuda_library, CUDA).run(None, feeds(p))
 
 

@@ -20,20 +20,23 @@ namespace cuda {
 // ------------------------------------------------------------------------------------------------ policies
 //
 // A weights policy W provides (n a row of W, group < n_groups):
-//   Row RowOf(n)                                  per-row pointers, computed once per row
-//   float2 ScaleZero(row, group)                  (s, z) as float
-//   Unit<G>; LoadUnit<G>(row, unit, data, with_stats)  the raw per-group data of a 128-code unit (G groups),
-//                                                 loaded up front by the decode kernel; without with_stats the
-//                                                 row-block statistics are left out, for ShareStats(from, to)
-//                                                 to copy from a row of the same block
-//   float2 UnitScaleZero<G>(data, g)              (s, z) of the unit's group g from that data
-//   bool TileSharesStats()                        whether rows r and r + 8 of a 16-row tile share statistics
+//   Row RowOf(n)                          per-row pointers, computed once per row
+//   float2 ScaleZero(row, group)          (s, z) as float
 //   OutlierRange(n, lo, hi), Outlier(i, K, col, value)   row n's outliers [lo, hi); false for a column >= K
+//   RowPointers(n), Clamp(p, lo, hi)      OutlierRange in two halves (load now, use later)
+//   kOutliers                             whether there are outliers at all
+// and, for the decode kernel, the per-group data of one 128-code unit (G groups) of two rows of a 16-row tile,
+// loaded into registers up front:
+//   Unit<G>, Tile<G>; LoadUnit<G>(row0, row1, unit, d0, d1, tile)   per-row data of rows 0 and 1, and the data
+//                                         all 16 rows of the tile share
+//   float4 GroupStats<G>(tile, g); float2 UnitScaleZero<G>(d, g, stats)   (s, z) of the unit's group g
+//   bool DecodeFits()                     whether the decode kernel takes these weights
 // plus the fields codes, row_bytes, group_size, bits.
 
 // GroupQuantMatMul: s from scales (T), z from zero_points (uint8; absent means 2^(bits-1)). No outliers.
 template <typename T>
 struct GqmmWeights {
+  static constexpr bool kOutliers = false;
   const uint8_t* __restrict__ codes = nullptr;
   int64_t row_bytes = 0;
   const T* __restrict__ scales = nullptr;
@@ -44,10 +47,6 @@ struct GqmmWeights {
     const T* scales;
     const uint8_t* zero_points;
   };
-  template <int G>
-  struct Unit {
-    float2 sz[G];
-  };
 
   __device__ __forceinline__ Row RowOf(int n) const {
     const int64_t at = static_cast<int64_t>(n) * n_groups;
@@ -57,18 +56,31 @@ struct GqmmWeights {
     const float zp = row.zero_points ? float(__ldg(row.zero_points + group)) : float(1 << (bits - 1));
     return make_float2(ToFloat(row.scales[group]), zp);
   }
+
   template <int G>
-  __device__ __forceinline__ void LoadUnit(const Row& row, int unit, Unit<G>& data, bool) const {
+  struct Unit {
+    float2 sz[G];
+  };
+  template <int G>
+  struct Tile {};
+  template <int G>
+  __device__ __forceinline__ void LoadUnit(const Row& row0, const Row& row1, int unit, Unit<G>& d0, Unit<G>& d1,
+                                           Tile<G>&) const {
 #pragma unroll
-    for (int g = 0; g < G; ++g) data.sz[g] = ScaleZero(row, unit * G + g);
+    for (int e = 0; e < G; ++e) {
+      d0.sz[e] = ScaleZero(row0, unit * G + e);
+      d1.sz[e] = ScaleZero(row1, unit * G + e);
+    }
   }
   template <int G>
-  __device__ __forceinline__ void ShareStats(const Unit<G>&, Unit<G>&) const {}
+  __device__ __forceinline__ float4 GroupStats(const Tile<G>&, int) const { return make_float4(0.f, 0.f, 0.f, 0.f); }
   template <int G>
-  __device__ __forceinline__ float2 UnitScaleZero(const Unit<G>& data, int g) const { return data.sz[g]; }
-  __host__ __device__ bool TileSharesStats() const { return false; }
+  __device__ __forceinline__ float2 UnitScaleZero(const Unit<G>& data, int g, float4) const { return data.sz[g]; }
+  __host__ bool DecodeFits() const { return true; }
   __device__ __forceinline__ void OutlierRange(int, int64_t& lo, int64_t& hi) const { lo = hi = 0; }
   __device__ __forceinline__ bool Outlier(int64_t, int, int&, float&) const { return false; }
+  __device__ __forceinline__ int2 RowPointers(int) const { return make_int2(0, 0); }
+  __device__ __forceinline__ void Clamp(int2, int64_t& lo, int64_t& hi) const { lo = hi = 0; }
 };
 
 // Bits [bit0, bit0 + nbits) (nbits <= 64) of the little-endian bitstream at `stream`, from at most three aligned
@@ -88,6 +100,7 @@ __device__ __forceinline__ uint64_t BitWindow(const uint8_t* stream, int64_t bit
 // read outside the inputs: a row's range is clamped to [0, nnz] and a column >= K is skipped (the CPU kernel
 // checks and reports them; the GPU one cannot without a device-to-host copy).
 struct SpqrWeights {
+  static constexpr bool kOutliers = true;
   const uint8_t* __restrict__ codes = nullptr;
   int64_t row_bytes = 0;
   const uint8_t* __restrict__ scale_codes = nullptr;
@@ -98,21 +111,30 @@ struct SpqrWeights {
   const uint16_t* __restrict__ values = nullptr;  // float16 bits
   int64_t nnz = 0;
   int n_groups = 0, group_size = 0, bits = 0, stat_bits = 0, stat_row_bytes = 0, stat_group_size = 1;
+  uint32_t block_magic = 0;  // n / stat_group_size = umulhi(n, magic) >> shift (n >> shift for a power of two)
+  int block_shift = 0;
+
+  __host__ void SetStatGroupSize(int size) {
+    stat_group_size = size;
+    block_shift = 0;
+    while ((2 << block_shift) <= size) ++block_shift;  // floor(log2(size))
+    // ceil(2^(32+s) / size) < 2^32 when size is not a power of two; exact for n < 2^31.
+    block_magic = (size & (size - 1)) ? static_cast<uint32_t>(((uint64_t(1) << (32 + block_shift)) + size - 1) / size) : 0u;
+  }
+  __device__ __forceinline__ int BlockOf(int n) const {
+    return block_magic ? static_cast<int>(__umulhi(static_cast<uint32_t>(n), block_magic) >> block_shift)
+                       : n >> block_shift;
+  }
 
   struct Row {
     const uint2* stats;
     const uint8_t* scale_codes;
     const uint8_t* zero_codes;
   };
-  template <int G>
-  struct Unit {
-    uint2 stats[G];
-    uint64_t scale_codes, zero_codes;  // the unit's G stat codes, stat_bits each, from bit 0
-  };
 
   __device__ __forceinline__ Row RowOf(int n) const {
     const int64_t at = static_cast<int64_t>(n) * stat_row_bytes;
-    return {stats + static_cast<int64_t>(n / stat_group_size) * n_groups, scale_codes + at, zero_codes + at};
+    return {stats + static_cast<int64_t>(BlockOf(n)) * n_groups, scale_codes + at, zero_codes + at};
   }
   __device__ __forceinline__ float2 FromStats(uint2 st, uint32_t scale_code, uint32_t zero_code) const {
     const float2 s_stats = __half22float2(*reinterpret_cast<const __half2*>(&st.x));  // (ss, zs)
@@ -123,33 +145,52 @@ struct SpqrWeights {
     return FromStats(__ldg(row.stats + group), StreamCode(row.scale_codes, group, stat_bits),
                      StreamCode(row.zero_codes, group, stat_bits));
   }
+
+  // Decode kernel: the 16 rows of a tile must lie in one statistics block (stat_group_size % 16 == 0), so row 0's
+  // statistics serve both rows (and the compiler converts them once); each row's scale and zero codes of the
+  // unit come as one 64-bit window (G * stat_bits <= 64 bits).
   template <int G>
-  __device__ __forceinline__ void LoadUnit(const Row& row, int unit, Unit<G>& data, bool with_stats) const {
+  struct Unit {
+    uint64_t scale_codes, zero_codes;  // the unit's G stat codes, stat_bits each, from bit 0
+  };
+  template <int G>
+  struct Tile {
+    uint2 stats[G];
+  };
+  __host__ bool DecodeFits() const { return stat_group_size % 16 == 0; }
+  template <int G>
+  __device__ __forceinline__ void LoadUnit(const Row& row0, const Row& row1, int unit, Unit<G>& d0, Unit<G>& d1,
+                                           Tile<G>& tile) const {
     const int64_t bit0 = static_cast<int64_t>(unit) * G * stat_bits;
-    data.scale_codes = BitWindow(row.scale_codes, bit0, G * stat_bits);
-    data.zero_codes = BitWindow(row.zero_codes, bit0, G * stat_bits);
-    if (with_stats) {
+    d0.scale_codes = BitWindow(row0.scale_codes, bit0, G * stat_bits);
+    d0.zero_codes = BitWindow(row0.zero_codes, bit0, G * stat_bits);
+    d1.scale_codes = BitWindow(row1.scale_codes, bit0, G * stat_bits);
+    d1.zero_codes = BitWindow(row1.zero_codes, bit0, G * stat_bits);
 #pragma unroll
-      for (int g = 0; g < G; ++g) data.stats[g] = __ldg(row.stats + unit * G + g);
-    }
+    for (int e = 0; e < G; ++e) tile.stats[e] = __ldg(row0.stats + unit * G + e);
+  }
+  // (ss, -ss * zs, sz, -sz * zz) of group g: then s = ss * code + (-ss * zs) is one FFMA per row.
+  template <int G>
+  __device__ __forceinline__ float4 GroupStats(const Tile<G>& tile, int g) const {
+    const float2 s_stats = __half22float2(*reinterpret_cast<const __half2*>(&tile.stats[g].x));  // (ss, zs)
+    const float2 z_stats = __half22float2(*reinterpret_cast<const __half2*>(&tile.stats[g].y));  // (sz, zz)
+    return make_float4(s_stats.x, -s_stats.x * s_stats.y, z_stats.x, -z_stats.x * z_stats.y);
   }
   template <int G>
-  __device__ __forceinline__ void ShareStats(const Unit<G>& from, Unit<G>& to) const {
-#pragma unroll
-    for (int g = 0; g < G; ++g) to.stats[g] = from.stats[g];
-  }
-  template <int G>
-  __device__ __forceinline__ float2 UnitScaleZero(const Unit<G>& data, int g) const {
+  __device__ __forceinline__ float2 UnitScaleZero(const Unit<G>& data, int g, float4 st) const {
     const uint32_t mask = (1u << stat_bits) - 1u;
     const int shift = g * stat_bits;
-    return FromStats(data.stats[g], static_cast<uint32_t>(data.scale_codes >> shift) & mask,
-                     static_cast<uint32_t>(data.zero_codes >> shift) & mask);
+    const float sc = float(static_cast<uint32_t>(data.scale_codes >> shift) & mask);
+    const float zc = float(static_cast<uint32_t>(data.zero_codes >> shift) & mask);
+    return make_float2(fmaf(st.x, sc, st.y), fmaf(st.z, zc, st.w));
   }
-  __host__ __device__ bool TileSharesStats() const { return stat_group_size % 16 == 0; }
-  __device__ __forceinline__ void OutlierRange(int n, int64_t& lo, int64_t& hi) const {
-    lo = min(max(static_cast<int64_t>(__ldg(row_ptr + n)), int64_t(0)), nnz);
-    hi = min(max(static_cast<int64_t>(__ldg(row_ptr + n + 1)), lo), nnz);
+  // row_ptr[n], row_ptr[n + 1] as loaded (Clamp makes them a range inside [0, nnz]).
+  __device__ __forceinline__ int2 RowPointers(int n) const { return make_int2(__ldg(row_ptr + n), __ldg(row_ptr + n + 1)); }
+  __device__ __forceinline__ void Clamp(int2 p, int64_t& lo, int64_t& hi) const {
+    lo = min(max(static_cast<int64_t>(p.x), int64_t(0)), nnz);
+    hi = min(max(static_cast<int64_t>(p.y), lo), nnz);
   }
+  __device__ __forceinline__ void OutlierRange(int n, int64_t& lo, int64_t& hi) const { Clamp(RowPointers(n), lo, hi); }
   __device__ __forceinline__ bool Outlier(int64_t i, int K, int& col, float& value) const {
     col = __ldg(cols + i);
     value = HalfBitsToFloat(__ldg(values + i));
@@ -307,7 +348,9 @@ void LaunchDequantize(const W& w, T* out, int64_t N, int64_t K, bool outliers, c
 // s * c * 2^t exactly rounded; the 2^-t are folded into the staged activations (exact power-of-two scaling). The
 // zero point leaves the inner loop: sum_k a_k s (c_k - z) = sum_k a_k (s c_k) - s z sum_k a_k, and the group
 // sums of A are staged too, so each (row, group) costs M fp32 FMAs instead of a subtraction per code.
-// SpQR's outliers of the block's rows are added by the same kernel at the end, one warp per two rows.
+// SpQR's outliers of the block's rows (warp w takes rows w and w + 8) are added by the same kernel, right after A
+// is staged: their dependent loads (row_ptr, then cols and values) overlap the first step's weight loads, which
+// are issued before the staging, and A comes from the staged copy.
 
 constexpr int kMmaWarps = 8;
 constexpr int kMmaThreads = kMmaWarps * 32;
@@ -345,6 +388,13 @@ __device__ __forceinline__ uint32_t MmaPairBits(const uint32_t* w, int b, int q)
   return x;
 }
 
+// (x & mask) | magic in one LOP3 (the compiler would emit two for two immediates).
+__device__ __forceinline__ uint32_t AndOr(uint32_t x, uint32_t mask, uint32_t magic) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(x), "r"(mask), "r"(magic));
+  return d;
+}
+
 __device__ __forceinline__ void Mma16816(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                                          uint32_t b1) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
@@ -364,14 +414,20 @@ __device__ __forceinline__ __half2 BitsToHalf2(uint32_t v) {
   return h;
 }
 
-// Shared memory of one block: staged A (per token chunk_steps * kMmaStepBytes + pad), the group sums of A, the
-// per-warp partial outputs and the outlier sums.
+// Shared memory of one block, in this order: staged A (per token chunk_steps * kMmaStepBytes + pad), the 16-code
+// block sums of A, per-warp partial outputs [warp][row][kMmaMaxM], outlier sums [row][kMmaMaxM], and zeros (the
+// B fragments of lanes past M or past K).
+constexpr int kMmaZeroBytes = 32 * kMmaStepUnits * 8;
+
 __host__ __device__ constexpr int64_t MmaTokenBytes(int chunk_steps) {
   return static_cast<int64_t>(chunk_steps) * kMmaStepBytes + kMmaTokenPad;
 }
+__host__ __device__ constexpr int64_t MmaSumsOffset(int M, int chunk_steps) { return M * MmaTokenBytes(chunk_steps); }
+__host__ __device__ constexpr int64_t MmaPartialOffset(int M, int chunk_steps) {
+  return MmaSumsOffset(M, chunk_steps) + 4 * M * chunk_steps * kMmaStepUnits * 8;
+}
 __host__ __device__ constexpr int64_t MmaSharedBytes(int M, int chunk_steps) {
-  return M * MmaTokenBytes(chunk_steps) + 4 * M * chunk_steps * kMmaStepUnits * 8 +
-         4 * (kMmaWarps + 1) * kMmaTileRows * kMmaMaxM;
+  return MmaPartialOffset(M, chunk_steps) + 4 * (kMmaWarps + 1) * kMmaTileRows * kMmaMaxM + kMmaZeroBytes;
 }
 
 // Stages steps [s0, s0 + cs) of A: for token m, unit u, block b, pair q, the half2 (a_i 2^-tl, a_j 2^-th) goes to
@@ -414,8 +470,20 @@ __device__ __forceinline__ void MmaStageA(const __half* __restrict__ A, int M, i
   }
 }
 
+// A[m, k] back from the staged copy (k in the staged chunk s0 = 0): the inverse of MmaStageA's placement.
 template <int BITS>
-__device__ __forceinline__ void MmaLoadUnit(const uint8_t* __restrict__ row, int unit, bool valid, uint32_t* w) {
+__device__ __forceinline__ float MmaStagedA(const unsigned char* staged, int cs, int m, int k) {
+  using P = MmaPairs<BITS>;
+  const int u = k / kMmaUnitCodes, i = k % kMmaUnitCodes, b = i / 16, r = i % (2 * P::kD);
+  const bool low = r < P::kD;
+  const int q = ((i % 16) / (2 * P::kD)) * P::kD + r % P::kD;
+  const int slot = ((u / kMmaStepUnits) * 32 + 4 * b + q / 2) * kMmaStepUnits + u % kMmaStepUnits;
+  const __half2 h = *reinterpret_cast<const __half2*>(staged + m * MmaTokenBytes(cs) + slot * 8 + (q & 1) * 4);
+  return low ? __low2float(h) * float(1 << P::Low(q)) : __high2float(h) * float(1 << P::High(q));
+}
+
+template <int BITS>
+__device__ __forceinline__ void MmaLoadCodes(const uint8_t* __restrict__ row, int unit, bool valid, uint32_t* w) {
   const uint4* src = reinterpret_cast<const uint4*>(row) + unit * BITS;
 #pragma unroll
   for (int j = 0; j < BITS; ++j) {
@@ -429,32 +497,24 @@ __device__ __forceinline__ void MmaLoadUnit(const uint8_t* __restrict__ row, int
   }
 }
 
-// (x & mask) | magic in one LOP3 (the compiler would emit two for two immediates).
-__device__ __forceinline__ uint32_t AndOr(uint32_t x, uint32_t mask, uint32_t magic) {
-  uint32_t d;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(x), "r"(mask), "r"(magic));
-  return d;
-}
-
 // Everything one lane loads for one step: the codes of its unit in rows g and g + 8, and their groups' data.
 template <int BITS, int GS, typename W>
 struct MmaStepData {
   static constexpr int kGroups = kMmaUnitCodes / GS;
   uint32_t codes[2][4 * BITS];
   typename W::template Unit<kGroups> groups[2];
+  typename W::template Tile<kGroups> tile;
 
   __device__ __forceinline__ void Load(const W& w, const uint8_t* codes0, const uint8_t* codes1,
-                                       const typename W::Row& row0, const typename W::Row& row1, int unit, bool valid,
-                                       bool share) {
-    MmaLoadUnit<BITS>(codes0, unit, valid, codes[0]);
-    MmaLoadUnit<BITS>(codes1, unit, valid, codes[1]);
+                                       const typename W::Row& row0, const typename W::Row& row1, int unit, bool valid) {
+    MmaLoadCodes<BITS>(codes0, unit, valid, codes[0]);
+    MmaLoadCodes<BITS>(codes1, unit, valid, codes[1]);
     if (valid) {
-      w.template LoadUnit<kGroups>(row0, unit, groups[0], true);
-      w.template LoadUnit<kGroups>(row1, unit, groups[1], !share);
-      if (share) w.ShareStats(groups[0], groups[1]);
+      w.template LoadUnit<kGroups>(row0, row1, unit, groups[0], groups[1], tile);
     } else {  // past K: all-zero data gives s = z = 0, so the lane adds exact zeros without a branch later
       groups[0] = {};
       groups[1] = {};
+      tile = {};
     }
   }
 };
@@ -472,48 +532,88 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   const uint8_t* codes0 = w.codes + n0 * w.row_bytes;
   const uint8_t* codes1 = w.codes + n1 * w.row_bytes;
   const typename W::Row row0 = w.RowOf(n0), row1 = w.RowOf(n1);
-  const bool share = w.TileSharesStats();
   const uint32_t magic = 0x64006400u;
 
   unsigned char* staged = smem;
-  float* sums = reinterpret_cast<float*>(smem + M * MmaTokenBytes(chunk_steps));
-  float* partial = sums + M * chunk_steps * kMmaStepUnits * 8;          // [warp][row][kMmaMaxM]
-  float* outlier_sums = partial + kMmaWarps * kMmaTileRows * kMmaMaxM;  // [row][kMmaMaxM]
+  float* sums = reinterpret_cast<float*>(smem + MmaSumsOffset(M, chunk_steps));
+  float* partial = reinterpret_cast<float*>(smem + MmaPartialOffset(M, chunk_steps));  // [warp][row][kMmaMaxM]
+  float* outlier_sums = partial + kMmaWarps * kMmaTileRows * kMmaMaxM;                  // [row][kMmaMaxM]
+  unsigned char* zeros = reinterpret_cast<unsigned char*>(outlier_sums + kMmaTileRows * kMmaMaxM);
+  for (int i = threadIdx.x; i < kMmaZeroBytes / 4; i += kMmaThreads) reinterpret_cast<uint32_t*>(zeros)[i] = 0u;
+
+  // The outlier rows' row_ptr first, then the first step's weights: both are in flight while A is staged.
+  int2 pointers[2] = {make_int2(0, 0), make_int2(0, 0)};
+  if constexpr (W::kOutliers) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      if (r0 + warp + 8 * r < N) pointers[r] = w.RowPointers(r0 + warp + 8 * r);
+  }
+  MmaStepData<BITS, GS, W> data;
+  bool preloaded = false;
+  if (warp < min(chunk_steps, steps)) {
+    const int u = warp * kMmaStepUnits + t;
+    data.Load(w, codes0, codes1, row0, row1, u, u < units);
+    preloaded = true;
+  }
 
   float c[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
   float corr[2][MAXM];
 #pragma unroll
   for (int m = 0; m < MAXM; ++m) corr[0][m] = corr[1][m] = 0.f;
 
-  // The first step's weights are requested before A is staged, so their latency overlaps the staging.
-  MmaStepData<BITS, GS, W> data;
-  bool preloaded = false;
-  if (warp < min(chunk_steps, steps)) {
-    const int u = warp * kMmaStepUnits + t;
-    data.Load(w, codes0, codes1, row0, row1, u, u < units, share);
-    preloaded = true;
-  }
-
   for (int s0 = 0; s0 < steps; s0 += chunk_steps) {
     const int cs = min(chunk_steps, steps - s0);
     __syncthreads();  // the previous chunk's readers are done
     MmaStageA<BITS>(A, M, K, s0, cs, units, staged, sums);
     __syncthreads();
+    if constexpr (W::kOutliers) {
+      if (s0 == 0) {  // warp w: rows w and w + 8; A from the staged copy when it holds all of K
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float o[MAXM];
+#pragma unroll
+          for (int m = 0; m < MAXM; ++m) o[m] = 0.f;
+          int64_t lo, hi;
+          w.Clamp(pointers[r], lo, hi);
+          for (int64_t i = lo + lane; i < hi; i += 32) {
+            int col;
+            float value;
+            if (!w.Outlier(i, K, col, value)) continue;
+#pragma unroll
+            for (int m = 0; m < MAXM; ++m)
+              if (MAXM == 1 || m < M)
+                o[m] = fmaf(cs == steps ? MmaStagedA<BITS>(staged, cs, m, col)
+                                        : __half2float(A[static_cast<int64_t>(m) * K + col]),
+                            value, o[m]);
+          }
+#pragma unroll
+          for (int m = 0; m < MAXM; ++m) {
+            if (MAXM == 1 || m < M) {
+              const float v = WarpSum(o[m]);
+              if (lane == 0) outlier_sums[(warp + 8 * r) * kMmaMaxM + m] = v;
+            }
+          }
+        }
+      }
+    }
     for (int sl = warp; sl < cs; sl += kMmaWarps) {
       const int u = (s0 + sl) * kMmaStepUnits + t;
       const bool valid = u < units;
-      if (!preloaded) data.Load(w, codes0, codes1, row0, row1, u, valid, share);
+      if (!preloaded) data.Load(w, codes0, codes1, row0, row1, u, valid);
       preloaded = false;
       const float* unit_sums = sums + (sl * kMmaStepUnits + t) * 8;
-      const unsigned char* b_base = staged + g * MmaTokenBytes(cs) + (sl * 32 * kMmaStepUnits + t) * 8;
+      // Lanes past M (or past K) read zeros for their B fragments, with the same offsets.
+      const unsigned char* b_base =
+          g < M && valid ? staged + g * MmaTokenBytes(cs) + (sl * 32 * kMmaStepUnits + t) * 8 : zeros;
       __half2 hs[2], hb[2];
       float sz[2];
 #pragma unroll
       for (int b = 0; b < 8; ++b) {
         if (b % kBlocksPerGroup == 0) {  // a group's first 16-code block: its coefficients
+          const float4 stats = w.GroupStats(data.tile, b / kBlocksPerGroup);
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
-            const float2 s_z = w.UnitScaleZero(data.groups[r], b / kBlocksPerGroup);
+            const float2 s_z = w.UnitScaleZero(data.groups[r], b / kBlocksPerGroup, stats);
             hs[r] = __float2half2_rn(s_z.x);
             hb[r] = __hmul2(hs[r], __float2half2_rn(-1024.f));
             sz[r] = __low2float(hs[r]) * s_z.y;
@@ -521,7 +621,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
         }
 #pragma unroll
         for (int m = 0; m < MAXM; ++m) {
-          if (m < M) {
+          if (MAXM == 1 || m < M) {  // M >= 1
             const float a_sum = unit_sums[m * cs * kMmaStepUnits * 8 + b];
             corr[0][m] = fmaf(sz[0], a_sum, corr[0][m]);
             corr[1][m] = fmaf(sz[1], a_sum, corr[1][m]);
@@ -537,8 +637,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
           }
 #pragma unroll
         for (int qq = 0; qq < 4; ++qq) {
-          uint2 bfrag = make_uint2(0u, 0u);
-          if (g < M && valid) bfrag = *reinterpret_cast<const uint2*>(b_base + (4 * b + qq) * kMmaStepUnits * 8);
+          const uint2 bfrag = *reinterpret_cast<const uint2*>(b_base + (4 * b + qq) * kMmaStepUnits * 8);
           Mma16816(c[qq & 1], wv[0][2 * qq], wv[1][2 * qq], wv[0][2 * qq + 1], wv[1][2 * qq + 1], bfrag.x, bfrag.y);
         }
       }
@@ -567,39 +666,11 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
 #pragma unroll
     for (int h = 0; h < 2; ++h)
       if (2 * t + h < MAXM) mine[(g + 8 * r) * kMmaMaxM + 2 * t + h] = out[2 * r + h];
-
-  // Outliers: warp w takes rows w and w + 8 of the tile.
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int tile_row = warp + 8 * r, n = r0 + tile_row;
-    float o[MAXM];
-#pragma unroll
-    for (int m = 0; m < MAXM; ++m) o[m] = 0.f;
-    if (n < N) {
-      int64_t lo, hi;
-      w.OutlierRange(n, lo, hi);
-      for (int64_t i = lo + lane; i < hi; i += 32) {
-        int col;
-        float value;
-        if (!w.Outlier(i, K, col, value)) continue;
-#pragma unroll
-        for (int m = 0; m < MAXM; ++m)
-          if (m < M) o[m] = fmaf(__half2float(A[static_cast<int64_t>(m) * K + col]), value, o[m]);
-      }
-    }
-#pragma unroll
-    for (int m = 0; m < MAXM; ++m) {
-      if (m < M) {
-        const float v = WarpSum(o[m]);
-        if (lane == 0) outlier_sums[tile_row * kMmaMaxM + m] = v;
-      }
-    }
-  }
   __syncthreads();
   for (int idx = threadIdx.x; idx < kMmaTileRows * M; idx += kMmaThreads) {
     const int tile_row = idx / M, m = idx % M, n = r0 + tile_row;
     if (n >= N) continue;
-    float v = outlier_sums[tile_row * kMmaMaxM + m];
+    float v = W::kOutliers ? outlier_sums[tile_row * kMmaMaxM + m] : 0.f;
 #pragma unroll
     for (int i = 0; i < kMmaWarps; ++i) v += partial[(i * kMmaTileRows + tile_row) * kMmaMaxM + m];
     Y[static_cast<int64_t>(m) * N + n] = __float2half_rn(v);
@@ -607,9 +678,11 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
 }
 
 // Whether MmaDecodeKernel takes this problem: float16, M <= 8, K on the 128-code grid, codes and A 16-byte
-// aligned (rows of codes then are too: K * bits / 8 is a multiple of 16).
-inline bool MmaDecodeFits(bool half, int64_t M, int64_t K, const void* A, const void* codes) {
-  return half && M >= 1 && M <= kMmaMaxM && K % kMmaUnitCodes == 0 && Aligned16(A) && Aligned16(codes);
+// aligned (rows of codes then are too: K * bits / 8 is a multiple of 16), and weights the policy accepts.
+template <typename W>
+bool MmaDecodeFits(bool half, int64_t M, int64_t K, const void* A, const W& w) {
+  return half && M >= 1 && M <= kMmaMaxM && K % kMmaUnitCodes == 0 && Aligned16(A) && Aligned16(w.codes) &&
+         w.DecodeFits();
 }
 
 template <int BITS, int GS, typename W>

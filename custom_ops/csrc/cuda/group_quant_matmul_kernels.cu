@@ -435,7 +435,7 @@ bool DecodeFits(const GqmmArgs& a) {
 
 GqmmKernel Pick(const GqmmArgs& a, GqmmKernel requested) {
   if (requested != GqmmKernel::kAuto) return requested;
-  if (MmaDecodeFits(a.half, a.M, a.K, a.A, a.B)) return GqmmKernel::kDecodeMma;
+  if (MmaDecodeFits(a.half, a.M, a.K, a.A, Weights<__half>(a))) return GqmmKernel::kDecodeMma;
   if (DecodeFits(a)) return GqmmKernel::kDecode;
   if (a.M > kDecodeMaxM) return CublasAvailable() ? GqmmKernel::kGemm : GqmmKernel::kTiled;
   return GqmmKernel::kGeneric;
@@ -541,7 +541,7 @@ const char* GroupQuantMatMulRefusal(const GqmmArgs& args, GqmmKernel kernel) {
   const GqmmKernel chosen = Pick(args, kernel);
   if ((chosen == GqmmKernel::kDecode || chosen == GqmmKernel::kDecodeRows) && !DecodeFits(args))
     return "needs M <= 8, K % 128 == 0 and 16-byte aligned A and B";
-  if (chosen == GqmmKernel::kDecodeMma && !MmaDecodeFits(args.half, args.M, args.K, args.A, args.B))
+  if (chosen == GqmmKernel::kDecodeMma && !MmaDecodeFits(args.half, args.M, args.K, args.A, Weights<__half>(args)))
     return "needs float16, M <= 8, K % 128 == 0 and 16-byte aligned A and B";
   if (chosen == GqmmKernel::kGemm && !CublasAvailable()) return "needs libcublas, which could not be loaded";
   return nullptr;

@@ -1,6 +1,6 @@
 // CUDA kernels of edgeq::SpQRMatMul and edgeq::SpQRDequantize (layout: custom_ops/schema.py SPQR_MATMUL). The
 // kernels themselves are the group-quantized linears' (group_kernels.cuh) with SpqrWeights as the policy:
-//   decode  (float16, M <= 8, K % 128 == 0): MmaDecodeKernel, tensor cores; codes, first-level stat codes and
+//   decode  (float16, M <= 8, K % 128 == 0, β2 % 16 == 0): MmaDecodeKernel, tensor cores; codes, stat codes and
 //           second-level statistics decoded in registers, the rows' outliers added in the same kernel.
 //   gemm    (M > 8): DequantizeKernel + ScatterOutliersKernel into a scratch W [N, K] of T, then cuBLAS.
 //   generic (anything else, float32 decode included): GenericKernel, one block per row of W.
@@ -31,11 +31,11 @@ SpqrWeights Weights(const SpqrArgs& a) {
   w.bits = static_cast<int>(a.bits);
   w.stat_bits = static_cast<int>(a.stat_bits);
   w.stat_row_bytes = static_cast<int>(a.stat_row_bytes);
-  w.stat_group_size = static_cast<int>(a.stat_group_size);
+  w.SetStatGroupSize(static_cast<int>(a.stat_group_size));
   return w;
 }
 
-bool DecodeFits(const SpqrArgs& a) { return MmaDecodeFits(a.half, a.M, a.K, a.A, a.codes); }
+bool DecodeFits(const SpqrArgs& a) { return MmaDecodeFits(a.half, a.M, a.K, a.A, Weights(a)); }
 
 const char* LastError() {
   const cudaError_t status = cudaGetLastError();
@@ -62,7 +62,7 @@ const char* SpqrKernelName(SpqrKernel kernel) {
 
 const char* SpqrKernelRefusal(const SpqrArgs& a, SpqrKernel kernel) {
   if (kernel == SpqrKernel::kDecode && !DecodeFits(a))
-    return "needs float16, M <= 8, K % 128 == 0 and 16-byte aligned A and codes";
+    return "needs float16, M <= 8, K % 128 == 0, stat_group_size % 16 == 0 and 16-byte aligned A and codes";
   if (kernel == SpqrKernel::kGemm && !CublasAvailable()) return "needs libcublas, which could not be loaded";
   return nullptr;
 }

@@ -8,9 +8,10 @@
 namespace edgeq {
 namespace cuda {
 
-// Which kernel runs. kAuto: the tensor-core decode (kDecode) for float16 with M <= 8, K % 128 == 0 and 16-byte
-// aligned A and codes; for M > 8, dequantize W into a scratch buffer and multiply with cuBLAS (kGemm) when
-// libcublas can be loaded; the generic kernel otherwise. The others force one (tests and benchmarks).
+// Which kernel runs. kAuto: the tensor-core decode (kDecode) for float16 with M <= 8, K % 128 == 0,
+// stat_group_size % 16 == 0 and 16-byte aligned A and codes; for M > 8, dequantize W into a scratch buffer and
+// multiply with cuBLAS (kGemm) when libcublas can be loaded; the generic kernel otherwise. The others force one
+// (tests and benchmarks).
 enum class SpqrKernel { kAuto, kDecode, kGemm, kGeneric };
 
 struct SpqrArgs {
