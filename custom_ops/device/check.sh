@@ -9,24 +9,8 @@
 #       command="bash custom_ops/device/check.sh")
 set -uo pipefail
 OUT=${OUT:-/tmp/edgeq-gpu-check}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-
-eval "$(bash .device/ort-gpu.sh)" || { echo "ORT-GPU bundle missing: carry .device (see README)"; exit 2; }
-python3 -m pip install --no-deps --no-build-isolation -e . -q >"$OUT/pip.log" 2>&1 || { cat "$OUT/pip.log"; exit 2; }
-if [ -f .opsbuild/libedgeq_ops_cuda.so.xz ]; then
-  mkdir -p /tmp/edgeq-ops && xz -dc .opsbuild/libedgeq_ops_cuda.so.xz >/tmp/edgeq-ops/libedgeq_ops_cuda.so
-  export EDGEQ_OPS_LIBRARY_CUDA=/tmp/edgeq-ops/libedgeq_ops_cuda.so
-else
-  export EDGEQ_OPS_LIBRARY_CUDA=$PWD/.opsbuild/libedgeq_ops_cuda.so
-fi
-[ -f "$EDGEQ_OPS_LIBRARY_CUDA" ] || { echo "no prebuilt library in .opsbuild: run prepare and carry .opsbuild"; exit 2; }
-
-{
-  echo "commit: $(cat .opsbuild/COMMIT 2>/dev/null || echo unknown)"
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader
-  python3 -c "import onnxruntime as o, sys; print('python', sys.version.split()[0], 'onnxruntime', o.__version__, o.get_available_providers())"
-} 2>&1 | tee "$OUT/env.txt"
+OPSBUILD=${OPSBUILD:-.opsbuild}
+source custom_ops/device/setup.sh
 
 # Tests first; the benchmark runs even when some fail, so one call gives both.
 python3 -m pytest -m gpu tests/custom_ops -q -p no:cacheprovider --junitxml="$OUT/pytest.xml" >"$OUT/pytest.log" 2>&1

@@ -12,20 +12,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/edgeq-gpu-check}
 OPSBUILD=${OPSBUILD:-.opsbuild_spqr}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-
-eval "$(bash .device/ort-gpu.sh)" || { echo "ORT-GPU bundle missing: carry .device (see README)"; exit 2; }
-python3 -m pip install --no-deps --no-build-isolation -e . -q >/tmp/pip.log 2>&1 || { cat /tmp/pip.log; exit 2; }
-mkdir -p /tmp/edgeq-ops && xz -dc "$OPSBUILD/libedgeq_ops_cuda.so.xz" >/tmp/edgeq-ops/libedgeq_ops_cuda.so \
-  || { echo "no prebuilt library in $OPSBUILD: run prepare --dest $OPSBUILD and carry it"; exit 2; }
-export EDGEQ_OPS_LIBRARY_CUDA=/tmp/edgeq-ops/libedgeq_ops_cuda.so
-
-{
-  echo "commit: $(cat "$OPSBUILD/COMMIT" 2>/dev/null || echo unknown)"
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader
-  python3 -c "import onnxruntime as o, sys; print('python', sys.version.split()[0], 'onnxruntime', o.__version__, o.get_available_providers())"
-} 2>&1 | tee "$OUT/env.txt"
+source custom_ops/device/setup.sh
 
 tests_rc=0
 : >"$OUT/pytest.log"

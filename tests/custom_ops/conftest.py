@@ -121,3 +121,44 @@ def cuda_library():
     from edgeq.custom_ops.library import get_library
 
     return get_library("cuda")
+
+
+def providers_that_ran(model: onnx.ModelProto, library, feeds: dict, node: str, tmp_path) -> set:
+    """The execution providers ORT's profile names for the events of `node` after one run on CUDA (+ CPU). The
+    CPU kernels are registered too, so a GPU test must check that the CUDA one is what ran."""
+    import json
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.register_custom_ops_library(os.fspath(library))
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(tmp_path / "profile")
+    s = ort.InferenceSession(model.SerializeToString(), opts, providers=list(CUDA))
+    s.run(None, feeds)
+    with open(s.end_profiling()) as f:
+        events = json.load(f)
+    return {e["args"].get("provider") for e in events if e.get("name", "").startswith(node)}
+
+
+def check_cuda_graph_replay(model: onnx.ModelProto, library, A: np.ndarray, ref: np.ndarray, tolerance: float) -> None:
+    """The op enqueues on ORT's stream only, so ORT can capture it in a CUDA graph (as the benchmarks do): with
+    device-resident input A and output Y bound, the capture and two replays give `ref`, and a replay after A's
+    contents change to -A gives -ref."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.register_custom_ops_library(os.fspath(library))
+    s = ort.InferenceSession(model.SerializeToString(), opts,
+                             providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"])
+    a = ort.OrtValue.ortvalue_from_numpy(A, "cuda", 0)
+    y = ort.OrtValue.ortvalue_from_shape_and_type(list(ref.shape), A.dtype, "cuda", 0)
+    binding = s.io_binding()
+    binding.bind_ortvalue_input("A", a)
+    binding.bind_ortvalue_output("Y", y)
+    for _ in range(3):  # first run captures, later ones replay
+        s.run_with_iobinding(binding)
+        assert rel_error(y.numpy(), ref) <= tolerance
+    a.update_inplace(np.ascontiguousarray(-A))  # a replay must read the new contents of the bound input
+    s.run_with_iobinding(binding)
+    assert rel_error(y.numpy(), -ref) <= tolerance

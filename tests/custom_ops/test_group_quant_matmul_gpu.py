@@ -1,14 +1,12 @@
 """edgeq::GroupQuantMatMul on ORT's CUDA execution provider (run on the GPU machine: custom_ops/device/check.sh)."""
 
-import json
-import os
-
 import numpy as np
 import pytest
 
 from edgeq.custom_ops.reference import group_quant_matmul
 
-from .conftest import CUDA, TOLERANCE, cuda_available, feeds, gqmm_model, random_problem, rel_error, session
+from .conftest import (CUDA, TOLERANCE, check_cuda_graph_replay, cuda_available, feeds, gqmm_model,
+                       providers_that_ran, random_problem, rel_error, session)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs onnxruntime-gpu with CUDA")]
 
@@ -98,18 +96,8 @@ def test_llama_shape(cuda_library, monkeypatch, bits, M, K, N, dtype):
 
 def test_the_node_runs_on_the_cuda_provider(cuda_library, tmp_path):
     """The CPU kernel is registered too; make sure the CUDA one is what ran (else these tests prove nothing)."""
-    import onnxruntime as ort
-
     p = random_problem(np.random.default_rng(5), (1,), 256, 64, 4, 128, np.float16)
-    opts = ort.SessionOptions()
-    opts.register_custom_ops_library(os.fspath(cuda_library))
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(tmp_path / "profile")
-    s = ort.InferenceSession(gqmm_model(p).SerializeToString(), opts, providers=list(CUDA))
-    s.run(None, feeds(p))
-    events = json.load(open(s.end_profiling()))
-    providers = {e["args"].get("provider") for e in events if e.get("name", "").startswith("gqmm0")}
-    assert providers == {"CUDAExecutionProvider"}, providers
+    assert providers_that_ran(gqmm_model(p), cuda_library, feeds(p), "gqmm0", tmp_path) == {"CUDAExecutionProvider"}
 
 
 def test_forced_decode_outside_its_domain_is_an_error(cuda_library, monkeypatch):
@@ -131,23 +119,6 @@ def test_bad_input_on_gpu_is_an_error(cuda_library):
 
 
 def test_cuda_graph_capture_and_device_io(cuda_library):
-    """The op enqueues on ORT's stream only, so ORT can capture it in a CUDA graph (as the benchmark does)."""
-    import onnxruntime as ort
-
     p = random_problem(np.random.default_rng(8), (1,), 4096, 512, 4, 128, np.float16)
-    opts = ort.SessionOptions()
-    opts.register_custom_ops_library(os.fspath(cuda_library))
-    s = ort.InferenceSession(gqmm_model(p).SerializeToString(), opts,
-                             providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"])
-    a = ort.OrtValue.ortvalue_from_numpy(p.A, "cuda", 0)
-    y = ort.OrtValue.ortvalue_from_shape_and_type([1, 512], np.float16, "cuda", 0)
-    binding = s.io_binding()
-    binding.bind_ortvalue_input("A", a)
-    binding.bind_ortvalue_output("Y", y)
     ref = group_quant_matmul(p.A, p.B, p.scales, p.zero_points, 4096, 512, 4, 128)
-    for _ in range(3):  # first run captures, later ones replay
-        s.run_with_iobinding(binding)
-        assert rel_error(y.numpy(), ref) <= 2e-3
-    a.update_inplace(np.ascontiguousarray(-p.A))  # a replay must read the new contents of the bound input
-    s.run_with_iobinding(binding)
-    assert rel_error(y.numpy(), -ref) <= 2e-3
+    check_cuda_graph_replay(gqmm_model(p), cuda_library, p.A, ref, 2e-3)

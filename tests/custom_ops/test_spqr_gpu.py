@@ -1,15 +1,13 @@
 """edgeq::SpQRMatMul and SpQRDequantize on ORT's CUDA execution provider (run on the GPU machine:
 custom_ops/device/check_spqr.sh). Every kernel against the float64 reference on random problems."""
 
-import json
-import os
-
 import numpy as np
 import pytest
 
 from edgeq.custom_ops.reference import spqr_dequantize, spqr_matmul
 
-from .conftest import CUDA, TOLERANCE, cuda_available, rel_error, session
+from .conftest import (CUDA, TOLERANCE, check_cuda_graph_replay, cuda_available, providers_that_ran, rel_error,
+                       session)
 from .spqr_problems import feeds, random_problem, spqr_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs onnxruntime-gpu with CUDA")]
@@ -95,18 +93,8 @@ def test_llama_shape(cuda_library, monkeypatch, M, K, N, dtype):
 
 def test_the_node_runs_on_the_cuda_provider(cuda_library, tmp_path):
     """The CPU kernel is registered too; make sure the CUDA one is what ran (else these tests prove nothing)."""
-    import onnxruntime as ort
-
     p = problem(5, (1,), 256, 64, 3, 16, 3, 16, 0.01, False, np.float16)
-    opts = ort.SessionOptions()
-    opts.register_custom_ops_library(os.fspath(cuda_library))
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(tmp_path / "profile")
-    s = ort.InferenceSession(spqr_model(p).SerializeToString(), opts, providers=list(CUDA))
-    s.run(None, feeds(p))
-    events = json.load(open(s.end_profiling()))
-    providers = {e["args"].get("provider") for e in events if e.get("name", "").startswith("spqr0")}
-    assert providers == {"CUDAExecutionProvider"}, providers
+    assert providers_that_ran(spqr_model(p), cuda_library, feeds(p), "spqr0", tmp_path) == {"CUDAExecutionProvider"}
 
 
 @pytest.mark.parametrize("args", cases("auto", 6, 6))
@@ -171,23 +159,6 @@ def test_malformed_sparse_indices_stay_inside_the_inputs(cuda_library, monkeypat
 
 
 def test_cuda_graph_capture_and_device_io(cuda_library):
-    """The op enqueues on ORT's stream only, so ORT can capture it in a CUDA graph (as the benchmark does)."""
-    import onnxruntime as ort
-
     p = problem(10, (1,), 4096, 512, 3, 16, 3, 16, 0.01, False, np.float16)
-    opts = ort.SessionOptions()
-    opts.register_custom_ops_library(os.fspath(cuda_library))
-    s = ort.InferenceSession(spqr_model(p).SerializeToString(), opts,
-                             providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"}), "CPUExecutionProvider"])
-    a = ort.OrtValue.ortvalue_from_numpy(p.A, "cuda", 0)
-    y = ort.OrtValue.ortvalue_from_shape_and_type([1, 512], np.float16, "cuda", 0)
-    binding = s.io_binding()
-    binding.bind_ortvalue_input("A", a)
-    binding.bind_ortvalue_output("Y", y)
-    ref = spqr_matmul(p.A, *p.weights, **p.attrs)
-    for _ in range(3):  # first run captures, later ones replay
-        s.run_with_iobinding(binding)
-        assert rel_error(y.numpy(), ref) <= TOLERANCE[np.dtype(np.float16)]
-    a.update_inplace(np.ascontiguousarray(-p.A))  # a replay must read the new contents of the bound input
-    s.run_with_iobinding(binding)
-    assert rel_error(y.numpy(), -ref) <= TOLERANCE[np.dtype(np.float16)]
+    check_cuda_graph_replay(spqr_model(p), cuda_library, p.A, spqr_matmul(p.A, *p.weights, **p.attrs),
+                            TOLERANCE[np.dtype(np.float16)])

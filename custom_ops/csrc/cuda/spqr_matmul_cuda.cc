@@ -76,32 +76,9 @@ struct Kernel {
   SpqrKernel choice;
 };
 
-template <bool Dequantize>
-struct Op : Ort::CustomOpBase<Op<Dequantize>, Kernel<Dequantize>, /*WithStatus=*/true> {
-  Op() { this->InferOutputShapeFn = Dequantize ? InferSpQRDequantize : InferSpQRMatMul; }
-  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
-    return StatusFrom([&] { *kernel = new Kernel<Dequantize>(info); });
-  }
-  const char* GetName() const { return Dequantize ? kSpQRDequantize : kSpQRMatMul; }
-  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
-  size_t GetInputTypeCount() const { return kSpqrWeightInputs + (Dequantize ? 0 : 1); }
-  ONNXTensorElementDataType GetInputType(size_t index) const {
-    return Dequantize ? SpqrDequantizeInputType(index) : SpqrMatMulInputType(index);
-  }
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const {
-    return Dequantize ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-  }
-};
-
 }  // namespace
 
-void RegisterSpQR(Ort::CustomOpDomain& domain) {
-  static Op<false> matmul;
-  static Op<true> dequantize;
-  domain.Add(&matmul);
-  domain.Add(&dequantize);
-}
+void RegisterSpQR(Ort::CustomOpDomain& domain) { AddSpqrOps<Kernel>(domain, "CUDAExecutionProvider"); }
 
 }  // namespace cuda
 }  // namespace edgeq
