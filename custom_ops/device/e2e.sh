@@ -10,19 +10,8 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/edgeq-e2e}
 OPSBUILD=${OPSBUILD:-.opsbuild_e2e}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-
-eval "$(bash .device/ort-gpu.sh)" || { echo "ORT-GPU bundle missing: carry .device (see README)"; exit 2; }
-python3 -m pip install --no-deps --no-build-isolation -e . -q >/tmp/pip.log 2>&1 || { cat /tmp/pip.log; exit 2; }
-mkdir -p /tmp/edgeq-ops && xz -dc "$OPSBUILD/libedgeq_ops_cuda.so.xz" >/tmp/edgeq-ops/libedgeq_ops_cuda.so \
-  || { echo "no prebuilt library in $OPSBUILD: run prepare --dest $OPSBUILD and carry it"; exit 2; }
-export EDGEQ_OPS_LIBRARY_CUDA=/tmp/edgeq-ops/libedgeq_ops_cuda.so
-{
-  echo "commit: $(cat "$OPSBUILD/COMMIT" 2>/dev/null || echo unknown)"
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  python3 -c "import onnxruntime as o, torch, transformers, sys; print('python', sys.version.split()[0], 'onnxruntime', o.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
-} 2>&1 | tee "$OUT/env.txt"
+source custom_ops/device/setup.sh
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/env.txt"
 
 timeout ${TEST_TIMEOUT:-120} python3 -m pytest -m gpu tests/test_quantize_device.py -q -p no:cacheprovider -rf \
   >"$OUT/pytest.log" 2>&1
