@@ -75,7 +75,7 @@ class SpQR(GPTQ):
         s = z = None
         for i1 in range(0, k, block_size):
             i2 = min(i1 + block_size, k)
-            Err1 = torch.zeros(n, i2 - i1)
+            Err1 = torch.zeros(n, i2 - i1, device=W.device)
             for col in range(i1, i2):
                 if col % group_size == 0:
                     group = W[:, col : col + group_size]

@@ -15,10 +15,18 @@ ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
               "tensor(int32)": np.int32, "tensor(uint8)": np.uint8}
 
 
+def cache_shape(entry) -> list[int]:
+    """Shape of a cache entry: a NumPy array, or an ORT OrtValue kept on the device."""
+    return list(entry.shape) if isinstance(entry, np.ndarray) else list(entry.shape())
+
+
 class OnnxDecoder:
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None, fast_int8_activations: bool = False):
         self.path = Path(path)
         self.session = make_session(self.path, device, threads, fast_int8_activations)
+        # On a GPU the cache stays in device memory between steps (IO binding): copying it to the host and back
+        # every token would cost more than the decode itself.
+        self.cache_device = "cuda" if device == "cuda" else None
         props = self.session.get_modelmeta().custom_metadata_map
         try:
             self.num_layers = int(props["edgeq.num_layers"])
@@ -48,16 +56,35 @@ class OnnxDecoder:
     def step(self, input_ids: np.ndarray, cache: list[np.ndarray], attention_mask: np.ndarray | None = None):
         """Run new tokens [B, S] after ``cache``; returns (logits [B, S, V] float32, new cache)."""
         b, s = input_ids.shape
-        past = cache[0].shape[2]
+        past = cache_shape(cache[0])[2]
         if attention_mask is None:
             attention_mask = np.ones((b, past + s), np.int64)
         position_ids = np.cumsum(attention_mask, axis=1)[:, past:] - 1
         position_ids = np.maximum(position_ids, 0).astype(np.int64)
         feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64),
                  "position_ids": position_ids}
+        if self.cache_device:
+            return self._step_bound(feeds, cache)
         feeds.update((i.name, c) for i, c in zip(self.cache_inputs, cache))
         logits, *present = self.session.run(["logits", *self.cache_outputs], feeds)
         return logits, present
+
+    def _step_bound(self, feeds: dict, cache: list):
+        """``step`` with the cache as OrtValues on ``cache_device``: bound in place, presents allocated there."""
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for i, c in zip(self.cache_inputs, cache):
+            if isinstance(c, np.ndarray):
+                binding.bind_cpu_input(i.name, c)
+            else:
+                binding.bind_ortvalue_input(i.name, c)
+        binding.bind_output("logits", "cpu")
+        for name in self.cache_outputs:
+            binding.bind_output(name, self.cache_device)
+        self.session.run_with_iobinding(binding)
+        logits, *present = binding.get_outputs()
+        return logits.numpy(), present
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """Logits [L, V] of one token sequence with an empty cache (what perplexity needs)."""

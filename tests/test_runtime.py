@@ -24,6 +24,17 @@ def test_generation_with_cache_equals_without(decoder):
     assert len(with_cache.tokens) == 24 and with_cache.decode_tokens_per_second > 0
 
 
+def test_device_bound_cache_gives_the_same_tokens(decoder):
+    # the IO-binding path a CUDA session uses, run with the cache bound on the CPU
+    cfg = SamplingConfig(max_new_tokens=16, stop_at_eos=False)
+    plain = generate(decoder, [5, 17, 33, 2], cfg)
+    decoder.cache_device = "cpu"
+    bound = generate(decoder, [5, 17, 33, 2], cfg)
+    assert bound.tokens == plain.tokens
+    logits, cache = decoder.step(np.array([[5, 17]]), decoder.empty_cache(1))
+    assert not isinstance(cache[0], np.ndarray) and cache[0].shape()[2] == 2
+
+
 def test_greedy_generation_matches_pytorch(decoder, tiny_llama):
     ref = tiny_llama.generate(torch.tensor([[5, 17, 33]]), max_new_tokens=12, do_sample=False, eos_token_id=None)
     out = generate(decoder, [5, 17, 33], SamplingConfig(max_new_tokens=12, stop_at_eos=False))
