@@ -32,7 +32,8 @@ from edgeq.quantize.config import METHODS, config_from_spec, parse_spec_args
 INTEGER_ONLY = "integer_only"  # spec key: =1 builds the I-LLM integer-only graph (weight-activation configs)
 PEERS = ("ort-rtn", "ort-hqq", "ort-gptq", "ort-kquant")
 # op type -> index of its activation input (every other initializer input is weight storage)
-LINEAR_OPS = {"MatMulNBits": 0, "GroupQuantMatMul": 0, "SpQRMatMul": 0, "QuantLinear": 0, "MatMul": 0}
+LINEAR_OPS = {"MatMulNBits": 0, "GroupQuantMatMul": 0, "SpQRMatMul": 0, "QuantLinear": 0, "MatMul": 0,
+              "DIMatMul": 0}  # DIMatMul: (X, x_m, x_e) computed; W and its dyadic scales w_m, w_e stored
 
 
 @dataclasses.dataclass

@@ -116,6 +116,11 @@ def test_illm_w8a8_integer_graph_verifies_and_tracks_pytorch(illm_w8a8):
     clips = [a.i for n in proto.graph.node if n.op_type == "DIClippedSoftmax" for a in n.attribute if a.name == "clip_q8"]
     learned = [round(float(layer.self_attn.softmax_clip) * 256) for layer in model.model.layers]
     assert clips == learned and all(c > 0 for c in clips)
+    from edgeq.bench import linear_storage
+
+    shapes = [tuple(m.weight.shape) for layer in model.model.layers for n, m in layer.named_modules() if n.endswith("_proj")]
+    # int8 codes plus an int32 mantissa and an int8 exponent per output channel
+    assert linear_storage(proto) == (sum(8 * n * k + 40 * n for n, k in shapes), sum(n * k for n, k in shapes))
     ids = np.random.default_rng(0).integers(0, 300, (2, 32))
     dec = OnnxDecoder(path)
     y_int = dec.step(ids, dec.empty_cache(2))[0]
