@@ -160,6 +160,8 @@ class QualityBench:
         from edgeq.cli import integer_only_passes, lowering_passes
         from edgeq.exporter.export import export
         from edgeq.quantize.api import quantize_, save_quantized
+        from edgeq.quantize.config import config_to_dict
+        from edgeq.quantize.sequential import LayerCheckpoints
         from edgeq.text import calibration_batch
 
         method, kwargs = parse_spec(spec)
@@ -175,12 +177,17 @@ class QualityBench:
         calib = None
         if hasattr(config, "nsamples"):
             calib = calibration_batch(lm.tokenizer, self.args.calib, config.nsamples, config.seqlen, config.seed)
-        # a rerun resumes from the per-layer checkpoints in seconds: the time reported stays the first run's
+        # a rerun resumes from the per-layer checkpoints in seconds: report the time the layers took when they
+        # were quantized (each checkpoint records its own), or the first run's total
         timing = folder / "quant_seconds.json"
-        before = json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0
         start = time.perf_counter()
         qweights = quantize_(lm.model, config, calib, checkpoint_dir=folder / "checkpoints", device=self.args.calib_device)
-        seconds = before + time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        recorded = LayerCheckpoints(folder / "checkpoints", config_to_dict(config)).seconds()
+        if recorded is not None:
+            seconds = recorded
+        elif timing.exists():
+            seconds += json.loads(timing.read_text())["seconds"]
         timing.write_text(json.dumps({"seconds": seconds}))
         save_quantized(folder / "quantized", qweights, config, lm.source)
         passes = integer_only_passes if integer_only else lowering_passes

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -165,7 +166,15 @@ class LayerCheckpoints:
         formats = json.loads(load_file_metadata(self._path(index))["formats"])
         return {name: FORMATS[fmt].from_tensors(tensors, name) for name, fmt in formats.items()}
 
-    def save(self, index: int, qweights: dict) -> None:
+    def seconds(self) -> float | None:
+        """Quantization time summed over the checkpointed layers (each records its own), None if any lacks it."""
+        if self.folder is None:
+            return None
+        paths = sorted(self.folder.glob("layer_*.safetensors"))
+        times = [load_file_metadata(p).get("seconds") for p in paths]
+        return sum(float(t) for t in times) if paths and None not in times else None
+
+    def save(self, index: int, qweights: dict, seconds: float | None = None) -> None:
         if self.folder is None:
             return
         tensors = {}
@@ -173,7 +182,8 @@ class LayerCheckpoints:
             tensors.update(qw.to_tensors(name))
         formats = json.dumps({name: qw.FORMAT for name, qw in qweights.items()})
         tmp = self._path(index).with_suffix(".tmp")
-        save_file(tensors, tmp, metadata={"formats": formats})
+        metadata = {"formats": formats} | ({"seconds": f"{seconds:.3f}"} if seconds is not None else {})
+        save_file(tensors, tmp, metadata=metadata)
         tmp.replace(self._path(index))
 
 
@@ -207,9 +217,10 @@ def quantize_sequential(
             runner.targets = runner.run(layer, runner.fp_inputs)
         qweights = checkpoints.load(index)
         if qweights is None:
+            start = time.perf_counter()
             found = quantize_layer(layer, runner)
             qweights = {prefix + n: weight_to_cpu(qw) for n, qw in found.items()}
-            checkpoints.save(index, qweights)
+            checkpoints.save(index, qweights, time.perf_counter() - start)
         else:
             log.info("layer %d: resumed from checkpoint", index)
         apply_to_layer(layer, {name.removeprefix(prefix): qw for name, qw in qweights.items()})

@@ -131,3 +131,14 @@ def test_weight_activation_rtn_baseline():
         RTNConfig(4, 128, abits=4)
     qw = rtn_quantize(torch.randn(8, 64), RTNConfig(4, -1, sym=True, abits=4))
     assert qw.act_bits == 4 and qw.group_size == 64 and torch.all(qw.zeros == 8)
+
+
+def test_checkpoints_record_each_layers_time(tmp_path):
+    from edgeq.quantize.config import config_to_dict
+    from edgeq.quantize.sequential import LayerCheckpoints
+
+    cfg = GPTQConfig(bits=4, group_size=16, nsamples=8, seqlen=32)
+    quantize_(make_tiny_llama(), cfg, torch.randint(0, 300, (8, 32)), checkpoint_dir=tmp_path)
+    seconds = LayerCheckpoints(tmp_path, config_to_dict(cfg)).seconds()
+    assert seconds is not None and seconds > 0
+    assert LayerCheckpoints(None, {}).seconds() is None
