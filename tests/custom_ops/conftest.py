@@ -89,6 +89,28 @@ def session(model: onnx.ModelProto, library, providers=("CPUExecutionProvider",)
     return ort.InferenceSession(model.SerializeToString(), opts, providers=list(providers))
 
 
+def run_dynamic_model(build_model, make_feeds, library, p, a=None, **attrs):
+    """Run problem ``p`` with everything fed at run time and every dim dynamic, so the checks inside Compute
+    (not session-time inference) must catch what is wrong. ``a`` replaces A; ``attrs`` override the node's.
+    ``build_model(p, a_shape=, weights_as_inputs=, **attrs)`` and ``make_feeds(p, weights_as_inputs=)`` are the
+    op's one-node model and feeds (``gqmm_model``/``feeds`` here, their like in the other ops' problem modules)."""
+    rank = p.A.ndim if a is None else a.ndim
+    model = build_model(p, a_shape=[None] * rank, weights_as_inputs=True, **attrs)
+    f = make_feeds(p, weights_as_inputs=True)
+    if a is not None:
+        f["A"] = a
+    return session(model, library).run(None, f)
+
+
+def drop_attribute(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """``model`` with attribute ``name`` removed from its first node (the others kept)."""
+    node = model.graph.node[0]
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    return model
+
+
 def rel_error(y: np.ndarray, ref: np.ndarray) -> float:
     y = y.astype(np.float64)
     assert np.isfinite(y).all(), "non-finite output"

@@ -1,10 +1,12 @@
 """Wrong inputs into edgeq::GroupQuantMatMul inside an ORT session: an error naming the op and the problem."""
 
+import functools
+
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
-from .conftest import feeds, gqmm_model, random_problem, session
+from .conftest import drop_attribute, feeds, gqmm_model, random_problem, run_dynamic_model, session
 
 OP = r"edgeq::GroupQuantMatMul"
 
@@ -15,13 +17,7 @@ def problem(**kw):
     return random_problem(np.random.default_rng(0), **args)
 
 
-def run_dynamic(library, p, a=None, **attrs):
-    """Everything fed at run time, so the checks inside Compute (not session-time inference) must catch it."""
-    model = gqmm_model(p, a_shape=[None] * p.A.ndim if a is None else [None] * a.ndim, weights_as_inputs=True, **attrs)
-    f = feeds(p, True)
-    if a is not None:
-        f["A"] = a
-    return session(model, library).run(None, f)
+run_dynamic = functools.partial(run_dynamic_model, gqmm_model, feeds)
 
 
 def test_scales_of_another_dtype(cpu_library):
@@ -127,10 +123,7 @@ def test_bad_attributes_at_session_creation(cpu_library, attrs, match):
 
 def test_missing_attribute(cpu_library):
     p = problem()
-    model = gqmm_model(p, a_shape=[None, None], weights_as_inputs=True)
-    del model.graph.node[0].attribute[:]
-    model.graph.node[0].attribute.extend([helper.make_attribute("K", 100), helper.make_attribute("N", 7),
-                                          helper.make_attribute("bits", 3)])
+    model = drop_attribute(gqmm_model(p, a_shape=[None, None], weights_as_inputs=True), "group_size")
     with pytest.raises(Exception, match=r"group_size"):
         session(model, cpu_library)
 

@@ -1,10 +1,12 @@
 """Wrong inputs into edgeq::QuantLinear inside an ORT session: an error naming the op and the problem."""
 
+import functools
+
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
-from .conftest import session
+from .conftest import drop_attribute, run_dynamic_model, session
 from .quant_linear_problems import feeds, ql_model, random_problem
 
 OP = r"edgeq::QuantLinear"
@@ -16,13 +18,7 @@ def problem(**kw):
     return random_problem(np.random.default_rng(0), **args)
 
 
-def run_dynamic(library, p, a=None, **attrs):
-    """Everything fed at run time, so the checks inside Compute (not session-time inference) must catch it."""
-    model = ql_model(p, a_shape=[None] * (p.A.ndim if a is None else a.ndim), weights_as_inputs=True, **attrs)
-    f = feeds(p, True)
-    if a is not None:
-        f["A"] = a
-    return session(model, library).run(None, f)
+run_dynamic = functools.partial(run_dynamic_model, ql_model, feeds)
 
 
 def test_a_of_unsupported_type(cpu_library):
@@ -120,9 +116,6 @@ def test_bad_attributes_at_session_creation(cpu_library, attrs, match):
 
 def test_missing_attribute(cpu_library):
     p = problem()
-    model = ql_model(p, a_shape=[None, None], weights_as_inputs=True)
-    del model.graph.node[0].attribute[:]
-    model.graph.node[0].attribute.extend([helper.make_attribute("K", 100), helper.make_attribute("N", 7),
-                                          helper.make_attribute("wbits", 4)])
+    model = drop_attribute(ql_model(p, a_shape=[None, None], weights_as_inputs=True), "abits")
     with pytest.raises(Exception, match=r"abits"):
         session(model, cpu_library)

@@ -1,11 +1,13 @@
 """Wrong inputs into edgeq::SpQRMatMul / SpQRDequantize inside an ORT session: an error naming the op, the node
 and the problem, never a crash or a read outside the inputs."""
 
+import functools
+
 import numpy as np
 import pytest
 from onnx import TensorProto
 
-from .conftest import session
+from .conftest import drop_attribute, run_dynamic_model, session
 from .spqr_problems import feeds, random_problem, spqr_model
 
 MATMUL = r"edgeq::SpQRMatMul node 'spqr0'"
@@ -19,13 +21,8 @@ def problem(**kw):
 
 
 def run_dynamic(library, p, a=None, dequantize=False, **attrs):
-    """Everything fed at run time, so the checks inside Compute (not session-time inference) must catch it."""
-    rank = p.A.ndim if a is None else a.ndim
-    model = spqr_model(p, dequantize=dequantize, a_shape=[None] * rank, weights_as_inputs=True, **attrs)
-    f = feeds(p, dequantize=dequantize, weights_as_inputs=True)
-    if a is not None:
-        f["A"] = a
-    return session(model, library).run(None, f)
+    return run_dynamic_model(functools.partial(spqr_model, dequantize=dequantize),
+                             functools.partial(feeds, dequantize=dequantize), library, p, a, **attrs)
 
 
 def test_a_of_unsupported_type(cpu_library):
@@ -166,9 +163,6 @@ def test_bad_attributes_at_session_creation(cpu_library, attrs, match, dequantiz
 
 def test_missing_attribute(cpu_library):
     p = problem()
-    model = spqr_model(p, a_shape=[None, None], weights_as_inputs=True)
-    kept = [a for a in model.graph.node[0].attribute if a.name != "stat_group_size"]
-    del model.graph.node[0].attribute[:]
-    model.graph.node[0].attribute.extend(kept)
+    model = drop_attribute(spqr_model(p, a_shape=[None, None], weights_as_inputs=True), "stat_group_size")
     with pytest.raises(Exception, match=rf"{MATMUL}: int attribute 'stat_group_size' is missing"):
         session(model, cpu_library)
