@@ -4,7 +4,8 @@ This is the exporter's form of a quantized linear's weight (``exporter/llama_gra
 for 4-bit, UINT8 with node metadata ``edgeq.bits`` otherwise), scales and zero points [ceil(K/g), N]. Both
 lowerings (MatMulNBits and GroupQuantMatMul) start from the same ``QuantSpec`` (decided from types, shapes
 and attributes alone, cheap enough for a rule's ``check``) and ``QuantArrays`` (the data, read only in
-``rewrite``).
+``rewrite``), and match through the same ``DQMatMulLowering``; QuantLinear's lowering shares the checks on
+the product (``use_problem``) and the naming of the new initializers and node.
 
 Re-blocking: a group of g codes sharing (scale, zero) can be cut into blocks of any b dividing g with the
 (scale, zero) repeated per block; the dequantized weight is bit-identical. That is how per-channel weights
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
+from onnxscript.rewriter import pattern
 
 BITS_KEY = "edgeq.bits"  # written by the exporter on DQ nodes whose codes are stored wider than their width
 MIN_BLOCK, MAX_BLOCK = 16, 128  # what both kernels accept (powers of two in between)
@@ -139,3 +141,64 @@ def matmul_input_ok(x: ir.Value, spec: QuantSpec) -> str | None:
     if x.shape is not None and len(x.shape) < 2:
         return f"activations {x.name} have rank {len(x.shape)}; the kernels take [..., M, K]"
     return None
+
+
+def use_problem(x: ir.Value, w: ir.Value, spec: QuantSpec) -> tuple[str, ir.Value] | None:
+    """Why ``MatMul(x, w)``, w the DQ weight of ``spec``, cannot become one op with packed initializers, and the
+    value to blame; None when it can."""
+    if len(w.uses()) != 1:
+        return "the dequantized weight feeds several nodes; packing it per use would copy it", w
+    problem = matmul_input_ok(x, spec)
+    if problem:
+        return problem, x
+    return None
+
+
+def unique_name(graph: ir.Graph, base: str) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... : the first that names no initializer of ``graph``."""
+    name, i = base, 1
+    while name in graph.initializers:
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def weight_name(dq: ir.Node) -> str:
+    """The exported weight's name (its codes' without ``.codes``): the stem of what a lowering names after it."""
+    return (dq.inputs[0].name or dq.name).removesuffix(".codes")
+
+
+def initializer(op, dq: ir.Node, array: np.ndarray, suffix: str) -> ir.Value:
+    """A new initializer holding ``array``, named ``<weight>.<suffix>`` (made unique in the DQ's graph)."""
+    return op.initializer(ir.tensor(array), unique_name(dq.graph, f"{weight_name(dq)}.{suffix}"))
+
+
+def lowered_node_name(y: ir.Value, dq: ir.Node, op_type: str) -> str:
+    """The MatMul's name (producer of ``y``) with ``op_type`` for "MatMul"; the weight's name if it has none."""
+    return (y.producer().name or weight_name(dq)).replace("MatMul", op_type, 1)
+
+
+class DQMatMulLowering(pattern.RewriteRuleClassBase):
+    """``MatMul(x, DequantizeLinear(codes, scales[, zeros]))`` with a weight ``describe`` understands, read by
+    this MatMul alone: the match of the MatMulNBits and GroupQuantMatMul lowerings. A subclass says which weights
+    it does not take (``refuse``) and writes its op (``rewrite``)."""
+
+    def pattern(self, op, x, codes, scales):
+        w = op.DequantizeLinear(codes, scales, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["w"])
+        return op.MatMul(x, w, _outputs=["y"])
+
+    def refuse(self, spec: QuantSpec) -> str | None:
+        """Why this lowering does not take a weight of ``spec`` (its width, its groups); None when it does."""
+        return None
+
+    def check(self, context, x, w, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        spec = describe(w.producer())
+        if isinstance(spec, str):
+            return result.fail(spec, w)
+        problem = self.refuse(spec)
+        if problem:
+            return result.fail(problem, w)
+        refused = use_problem(x, w, spec)
+        if refused:
+            return result.fail(*refused)
+        return result

@@ -15,8 +15,6 @@ exact) and is only used when asked for.
 from __future__ import annotations
 
 import numpy as np
-import onnx_ir as ir
-from onnxscript.rewriter import pattern
 
 from edgeq.passes import _quant_weight as qw
 from edgeq.passes._rules import RulePass
@@ -41,14 +39,7 @@ def pack_nbits(arrays: qw.QuantArrays, bits: int) -> tuple[np.ndarray, np.ndarra
     return B, (zpad[:, 0::2] | (zpad[:, 1::2] << 4)).reshape(-1)
 
 
-def unique_name(graph: ir.Graph, base: str) -> str:
-    name, i = base, 1
-    while name in graph.initializers:
-        name, i = f"{base}_{i}", i + 1
-    return name
-
-
-class MatMulNBitsLowering(pattern.RewriteRuleClassBase):
+class MatMulNBitsLowering(qw.DQMatMulLowering):
     """DQ(codes UINT4 | UINT8) -> MatMul  ==>  MatMulNBits(bits=4 | 8)."""
 
     def __init__(self, accuracy_level: int = 0):
@@ -57,25 +48,12 @@ class MatMulNBitsLowering(pattern.RewriteRuleClassBase):
             raise ValueError(f"MatMulNBits accuracy_level must be one of {ACCURACY_LEVELS}, got {accuracy_level}")
         self.accuracy_level = accuracy_level
 
-    def pattern(self, op, x, codes, scales):
-        w = op.DequantizeLinear(codes, scales, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["w"])
-        return op.MatMul(x, w, _outputs=["y"])
-
-    def check(self, context, x, w, **_) -> pattern.MatchResult:
-        result = pattern.MatchResult()
-        spec = qw.describe(w.producer())
-        if isinstance(spec, str):
-            return result.fail(spec, w)
+    def refuse(self, spec: qw.QuantSpec) -> str | None:
         if spec.bits < 4:
-            return result.fail(f"{spec.bits}-bit codes are GroupQuantMatMul's (MatMulNBits takes 4 and 8)", w)
+            return f"{spec.bits}-bit codes are GroupQuantMatMul's (MatMulNBits takes 4 and 8)"
         if spec.block_size() is None:
-            return result.fail(f"group size {spec.group_size} cannot be cut into blocks of 16..128", w)
-        if len(w.uses()) != 1:
-            return result.fail("the dequantized weight feeds several nodes; packing it per use would copy it", w)
-        problem = qw.matmul_input_ok(x, spec)
-        if problem:
-            return result.fail(problem, x)
-        return result
+            return f"group size {spec.group_size} cannot be cut into blocks of 16..128"
+        return None
 
     def rewrite(self, op, x, w, y, **_):
         dq = w.producer()
@@ -83,20 +61,18 @@ class MatMulNBitsLowering(pattern.RewriteRuleClassBase):
         bits = 4 if spec.bits == 4 else 8  # 5..7-bit codes are exact as 8-bit codes
         arrays = qw.load(dq, spec, spec.block_size())
         B, zero_points = pack_nbits(arrays, bits)
-        graph = dq.graph
-        base = (dq.inputs[0].name or dq.name).removesuffix(".codes")
         return op.MatMulNBits(
             x,
-            op.initializer(ir.tensor(B), unique_name(graph, f"{base}.nbits_B")),
-            op.initializer(ir.tensor(arrays.scales.reshape(-1)), unique_name(graph, f"{base}.nbits_scales")),
-            op.initializer(ir.tensor(zero_points), unique_name(graph, f"{base}.nbits_zeros")),
+            qw.initializer(op, dq, B, "nbits_B"),
+            qw.initializer(op, dq, arrays.scales.reshape(-1), "nbits_scales"),
+            qw.initializer(op, dq, zero_points, "nbits_zeros"),
             K=spec.K,
             N=spec.N,
             bits=bits,
             block_size=arrays.block_size,
             accuracy_level=self.accuracy_level,
             _domain=MS_DOMAIN,
-            _name=(y.producer().name or base).replace("MatMul", "MatMulNBits", 1),
+            _name=qw.lowered_node_name(y, dq, "MatMulNBits"),
         )
 
 

@@ -25,7 +25,6 @@ from edgeq.custom_ops import schema
 from edgeq.custom_ops.quant_linear_packing import from_codes
 from edgeq.passes import _quant_weight as qw
 from edgeq.passes._rules import RulePass
-from edgeq.passes.lower_matmul_nbits import unique_name
 
 OP = schema.QUANT_LINEAR
 ACT_BITS_KEY = "edgeq.act_bits"  # written by the exporter on the Clip of the activation chain
@@ -113,11 +112,9 @@ class QuantLinearLowering(pattern.RewriteRuleClassBase):
             return result.fail(f"weight zero points are not all {symmetric} (asymmetric {spec.bits}-bit grid)", w)
         if ir.convenience.get_const_tensor(dq.inputs[1]).dtype != x.dtype:
             return result.fail(f"weight scales are not of the activations' type {x.dtype}", w)
-        if len(w.uses()) != 1:
-            return result.fail("the dequantized weight feeds several nodes; packing it per use would copy it", w)
-        problem = qw.matmul_input_ok(x, spec)
-        if problem:
-            return result.fail(problem, x)
+        refused = qw.use_problem(x, w, spec)
+        if refused:
+            return result.fail(*refused)
         return result
 
     def rewrite(self, op, x, q, w, y, **_):
@@ -128,20 +125,18 @@ class QuantLinearLowering(pattern.RewriteRuleClassBase):
         B = from_codes(codes, zeros, spec.bits)
         w_scales = np.ascontiguousarray(ir.convenience.get_const_tensor(dq.inputs[1]).numpy().reshape(spec.N))
         abits = _act_bits(q.producer(), float(_scalar(q.producer().inputs[2])))
-        graph = dq.graph
-        base = (dq.inputs[0].name or dq.name).removesuffix(".codes")
         return op.op(
             OP.name,
             x,
-            op.initializer(ir.tensor(B), unique_name(graph, f"{base}.ql_B")),
-            op.initializer(ir.tensor(w_scales), unique_name(graph, f"{base}.ql_scales")),
+            qw.initializer(op, dq, B, "ql_B"),
+            qw.initializer(op, dq, w_scales, "ql_scales"),
             K=spec.K,
             N=spec.N,
             wbits=spec.bits,
             abits=abits,
             _domain=schema.DOMAIN,
             _version=schema.DOMAIN_VERSION,
-            _name=(y.producer().name or base).replace("MatMul", OP.name, 1),
+            _name=qw.lowered_node_name(y, dq, OP.name),
         )
 
 
