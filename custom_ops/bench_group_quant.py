@@ -203,14 +203,18 @@ def measure(plan: Plan, device: str, library: Path, bandwidth: float | None, tot
     return rows
 
 
-def report(rows: list[Row], device: str, bandwidth: float | None, out: Path | None) -> str:
-    """Prints the markdown table and writes it (and a .json beside it) to ``out``."""
-    table = format_table(rows, device, bandwidth)
+def emit(table: str, out: Path | None, record: dict) -> None:
+    """Prints the markdown ``table``; with ``out``, writes it there and ``record`` as JSON beside it (.json)."""
     print(table)
     if out is not None:
         out.write_text(table)
-        out.with_suffix(".json").write_text(json.dumps({"device": device, "bandwidth_gbps": bandwidth,
-                                                        "rows": [asdict(r) for r in rows]}, indent=1))
+        out.with_suffix(".json").write_text(json.dumps(record, indent=1))
+
+
+def report(rows: list[Row], device: str, bandwidth: float | None, out: Path | None) -> str:
+    """Prints the markdown table and writes it (and a .json beside it) to ``out``."""
+    table = format_table(rows, device, bandwidth)
+    emit(table, out, {"device": device, "bandwidth_gbps": bandwidth, "rows": [asdict(r) for r in rows]})
     return table
 
 
@@ -266,14 +270,24 @@ def format_table(rows: list[Row], device: str, bandwidth: float | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
+def argument_parser(doc: str, *, total_mb: int | None, total_mb_help: str, repeats: int,
+                    with_cpu: bool = True) -> argparse.ArgumentParser:
+    """The options the op benchmarks share, in this order: --device (only ``with_cpu``; else CUDA only), --out,
+    --total-mb, --repeats, --threads (only ``with_cpu``)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if with_cpu:
+        parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
     parser.add_argument("--out", type=Path, help="write the markdown table here (and a .json beside it)")
-    parser.add_argument("--total-mb", type=int, default=None,
-                        help="weight MiB per model, copies of the op filling it (default: 512 cuda, 64 cpu)")
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (cpu)")
+    parser.add_argument("--total-mb", type=int, default=total_mb, help=total_mb_help)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    if with_cpu:
+        parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (cpu)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argument_parser(__doc__, total_mb=None, repeats=30, total_mb_help="weight MiB per model, copies of "
+                             "the op filling it (default: 512 cuda, 64 cpu)")
     parser.add_argument("--prefill", action="store_true", help="also M=512 at 4096x4096 (cuda)")
     args = parser.parse_args(argv)
     total = args.total_mb or (512 if args.device == "cuda" else 64)

@@ -14,8 +14,6 @@ EDGEQ_QL_KERNEL pins one CUDA kernel (``--kernel``) to compare tiles.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -25,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeq.custom_ops.bench_group_quant import machine_description, time_model
+from edgeq.custom_ops.bench_group_quant import argument_parser, emit, machine_description, time_model
 from edgeq.custom_ops.schema import QUANT_LINEAR, opset_import
 
 GPU_SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]
@@ -114,11 +112,7 @@ def run(device: str, out: Path | None, total_mb: int, repeats: int, threads: int
                 rows.append(row)
                 print(f"  {row.shape:>11} M={M:<5} {name:<24} {row.us_per_call:10.2f} us {row.tops:8.3g} TOPS"
                       + (f"  x{row.speedup:.2f}" if row.speedup else "") + f"  [{copies} copies, {mode}]", flush=True)
-    table = format_table(rows, device, threads)
-    print(table)
-    if out is not None:
-        out.write_text(table)
-        out.with_suffix(".json").write_text(json.dumps({"device": device, "rows": [asdict(r) for r in rows]}, indent=1))
+    emit(format_table(rows, device, threads), out, {"device": device, "rows": [asdict(r) for r in rows]})
     return rows
 
 
@@ -147,13 +141,8 @@ def format_table(rows: list[Row], device: str, threads: int | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
-    parser.add_argument("--out", type=Path, help="write the markdown table here (and a .json beside it)")
-    parser.add_argument("--total-mb", type=int, default=None,
-                        help="weight MiB per model at M < 512 (default: 160 cuda, 48 cpu)")
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (cpu)")
+    parser = argument_parser(__doc__, total_mb=None, repeats=20,
+                             total_mb_help="weight MiB per model at M < 512 (default: 160 cuda, 48 cpu)")
     parser.add_argument("--kernel", default=None, help="EDGEQ_QL_KERNEL for the QuantLinear models (cuda)")
     parser.add_argument("--m", type=int, nargs="*", default=None, help="token counts (default: 1 8 64 512 2048 / 1 128)")
     parser.add_argument("--ops", nargs="*", choices=list(KINDS), default=list(KINDS),

@@ -13,7 +13,6 @@ codes, scale and zero codes, second-level statistics, row_ptr, cols and values.
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -93,10 +92,8 @@ def run(out: Path | None, total_mb: int, repeats: int, prefill: bool, fma: bool)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, help="write the markdown table here (and a .json beside it)")
-    parser.add_argument("--total-mb", type=int, default=512, help="weight MiB per model (default 512)")
-    parser.add_argument("--repeats", type=int, default=30)
+    parser = bench.argument_parser(__doc__, total_mb=512, total_mb_help="weight MiB per model (default 512)",
+                                   repeats=30, with_cpu=False)
     parser.add_argument("--prefill", action="store_true", help="also M=512 at 4096x4096")
     parser.add_argument("--fma", action="store_true", help="also GroupQuantMatMul 4b pinned to the FMA decode kernel")
     args = parser.parse_args(argv)
