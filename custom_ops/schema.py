@@ -179,6 +179,21 @@ def _set_linear_output(ctx, a_type, a_dims, N: int) -> None:
     ctx.set_output_type(0, out)
 
 
+def _float_linear(name: str, doc: str, weights: tuple[Input, ...], attributes: tuple[Attribute, ...], infer,
+                  a_doc: str = "activations [..., K]") -> OpDef:
+    """A linear on float activations: inputs A [..., K] then ``weights``, output Y [..., N], both of type T
+    (float or float16)."""
+    return OpDef(name=name, doc=doc, inputs=(Input("A", "T", a_doc), *weights), outputs=(Input("Y", "T", "[..., N]"),),
+                 attributes=attributes, type_constraints={"T": ("tensor(float)", "tensor(float16)")}, infer=infer)
+
+
+# K and N of the GroupQuantMatMul and QuantLinear weights (SpQR's K names W's columns, as its weight is stored).
+_LINEAR_K_N = (
+    Attribute("K", onnx.AttributeProto.INT, "reduction size (A's last dim)", check=_positive),
+    Attribute("N", onnx.AttributeProto.INT, "output features (rows of W)", check=_positive),
+)
+
+
 def _infer_group_quant_matmul(ctx) -> None:
     op = f"{DOMAIN}::GroupQuantMatMul"
     attrs = _read_attrs(ctx, GROUP_QUANT_MATMUL)
@@ -193,7 +208,7 @@ def _infer_group_quant_matmul(ctx) -> None:
     _set_linear_output(ctx, a_type, a_dims, N)
 
 
-GROUP_QUANT_MATMUL = OpDef(
+GROUP_QUANT_MATMUL = _float_linear(
     name="GroupQuantMatMul",
     doc=(
         "Y = A @ W^T for k-bit group-quantized W [N, K]: W[n, k] = scales[n, k // g] * (code[n, k] - zp[n, k // g]). "
@@ -202,20 +217,16 @@ GROUP_QUANT_MATMUL = OpDef(
         "com.microsoft.MatMulNBits). n_groups = ceil(K / group_size); the last group is zero-padded to a full "
         "group in B and its padded codes are ignored. zero_points absent means 2^(bits-1)."
     ),
-    inputs=(
-        Input("A", "T", "activations [..., K]"),
+    weights=(
         Input("B", "tensor(uint8)", "packed codes [N, n_groups, group_size*bits/8]"),
         Input("scales", "T", "per-group scales [N, n_groups]"),
         Input("zero_points", "tensor(uint8)", "unpacked integer zero points [N, n_groups]", optional=True),
     ),
-    outputs=(Input("Y", "T", "[..., N]"),),
     attributes=(
-        Attribute("K", onnx.AttributeProto.INT, "reduction size (A's last dim)", check=_positive),
-        Attribute("N", onnx.AttributeProto.INT, "output features (rows of W)", check=_positive),
+        *_LINEAR_K_N,
         Attribute("bits", onnx.AttributeProto.INT, "code width, one of 2, 3, 4, 8", check=_bits),
         Attribute("group_size", onnx.AttributeProto.INT, "codes per scale along K, power of two 16..128", check=_group_size),
     ),
-    type_constraints={"T": ("tensor(float)", "tensor(float16)")},
     infer=_infer_group_quant_matmul,
 )
 
@@ -250,7 +261,7 @@ def _infer_quant_linear(ctx) -> None:
     _set_linear_output(ctx, a_type, a_dims, N)
 
 
-QUANT_LINEAR = OpDef(
+QUANT_LINEAR = _float_linear(
     name="QuantLinear",
     doc=(
         "Y = A @ W^T with per-token dynamic symmetric activation quantization and per-output-channel symmetric "
@@ -262,19 +273,15 @@ QUANT_LINEAR = OpDef(
         "byte, value 2j in the low nibble and 2j+1 in the high nibble of byte j (an odd K leaves the last high "
         "nibble unused), shape [N, ceil(K/2)]; for wbits > 4 one int8 per value, shape [N, K]."
     ),
-    inputs=(
-        Input("A", "T", "activations [..., K]"),
+    weights=(
         Input("B", "tensor(int8)", "signed weights [N, ceil(K/2)] (wbits <= 4, nibble-packed) or [N, K]"),
         Input("w_scales", "T", "per-output-channel weight scales [N]"),
     ),
-    outputs=(Input("Y", "T", "[..., N]"),),
     attributes=(
-        Attribute("K", onnx.AttributeProto.INT, "reduction size (A's last dim)", check=_positive),
-        Attribute("N", onnx.AttributeProto.INT, "output features (rows of W)", check=_positive),
+        *_LINEAR_K_N,
         Attribute("wbits", onnx.AttributeProto.INT, "weight width 2..8; <= 4 selects the nibble-packed B", check=_ql_bits),
         Attribute("abits", onnx.AttributeProto.INT, "activation width 2..8 (qmax = 2^(abits-1)-1)", check=_ql_bits),
     ),
-    type_constraints={"T": ("tensor(float)", "tensor(float16)")},
     infer=_infer_quant_linear,
 )
 
@@ -359,13 +366,12 @@ def _spqr_infer(op_name: str, first_weight: int):
     return infer
 
 
-SPQR_MATMUL = OpDef(
+SPQR_MATMUL = _float_linear(
     name="SpQRMatMul",
     doc="Y = A @ W^T for a SpQR weight (Dettmers et al. 2023). " + _SPQR_MATH + " Computed in float32.",
-    inputs=(Input("A", "T", "activations [..., K], in W's column order"), *SPQR_WEIGHT_INPUTS),
-    outputs=(Input("Y", "T", "[..., N]"),),
+    a_doc="activations [..., K], in W's column order",
+    weights=SPQR_WEIGHT_INPUTS,
     attributes=SPQR_ATTRIBUTES,
-    type_constraints={"T": ("tensor(float)", "tensor(float16)")},
     infer=_spqr_infer("SpQRMatMul", 1),
 )
 
