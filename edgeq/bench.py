@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import subprocess
@@ -91,7 +92,11 @@ def linear_storage(model: onnx.ModelProto) -> tuple[int, int]:
 
 
 def _tensor_bytes(t: onnx.TensorProto) -> int:
-    return len(onnx.numpy_helper.to_array(t).tobytes()) if not t.raw_data else len(t.raw_data)
+    """Stored bytes of an initializer, from its shape and type: needs no weights loaded (external data stays on disk)."""
+    n = math.prod(t.dims)
+    if t.data_type in (onnx.TensorProto.UINT4, onnx.TensorProto.INT4):
+        return (n + 1) // 2
+    return n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
 
 
 def machine() -> dict:
@@ -257,7 +262,7 @@ class QualityBench:
         start = time.perf_counter()
         ppl = eval_onnx(path, self.tokens, self.args, spec)
         eval_seconds = time.perf_counter() - start
-        bits, params = linear_storage(onnx.load(str(path)))
+        bits, params = linear_storage(onnx.load(str(path), load_external_data=False))
         size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
         result = Result(spec, ppl.perplexity, bits / params if params else float("nan"), params, size / 2**20,
                         quant_seconds, eval_seconds, ppl.tokens_scored)
@@ -419,6 +424,16 @@ def cmd_bench_quality(args) -> None:
     print(f"\nwritten: {Path(args.output) / 'quality.md'}, quality.json, quality.png ({len(results)} configs)")
 
 
+def add_timing_args(p) -> None:
+    """The generation-timing options ``measure_speed`` reads, shared by ``bench speed`` and ``bench synthetic``."""
+    from edgeq.cli import add_device_args
+
+    p.add_argument("--prompt-tokens", type=int, default=128, help="prompt length for prefill (default: 128)")
+    p.add_argument("--new-tokens", type=int, default=64, help="tokens decoded per round (default: 64)")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds per model (default: 5)")
+    add_device_args(p)
+
+
 def register(sub) -> None:
     from edgeq.cli import CALIB_TEXT, DEFAULT_MODEL, add_device_args, add_eval_args
 
@@ -441,10 +456,7 @@ def register(sub) -> None:
                                     "by default every OUTPUT/*/model.onnx a quality run left.")
     p.add_argument("--onnx", nargs="*", default=None, help="models to time (default: OUTPUT/*/model.onnx)")
     p.add_argument("-o", "--output", default="out/bench", help="folder with the models; speed.md/json/png go here (default: out/bench)")
-    p.add_argument("--prompt-tokens", type=int, default=128, help="prompt length for prefill (default: 128)")
-    p.add_argument("--new-tokens", type=int, default=64, help="tokens decoded per round (default: 64)")
-    p.add_argument("--rounds", type=int, default=5, help="timed rounds per model (default: 5)")
-    add_device_args(p)
+    add_timing_args(p)
     p.set_defaults(func=cmd_bench_speed)
 
     from edgeq.synthetic import register as register_synthetic

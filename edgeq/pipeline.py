@@ -36,7 +36,7 @@ def average_bits(path: Path) -> float:
 
     from edgeq.bench import linear_storage
 
-    bits, params = linear_storage(onnx.load(str(path)))
+    bits, params = linear_storage(onnx.load(str(path), load_external_data=False))
     return bits / params
 
 def logits_check(lm, onnx_path: Path):

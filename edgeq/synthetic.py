@@ -123,7 +123,7 @@ def linear_bytes(path: Path) -> int:
 
     from edgeq.bench import linear_storage
 
-    bits, _ = linear_storage(onnx.load(str(path)))
+    bits, _ = linear_storage(onnx.load(str(path), load_external_data=False))
     return bits // 8
 
 
@@ -148,7 +148,7 @@ def cmd_bench_synthetic(args) -> None:
 
 
 def register(bsub) -> None:
-    from edgeq.cli import add_device_args
+    from edgeq.bench import add_timing_args
 
     p = bsub.add_parser("synthetic", help="decode/prefill tokens/s of random-weight models of real shapes, per format",
                         description=__doc__)
@@ -157,8 +157,5 @@ def register(bsub) -> None:
     p.add_argument("--formats", nargs="+", default=["fp16", "nbits4", "spqr3"], choices=list(FORMATS),
                    help="weight formats to compare (default: fp16 nbits4 spqr3)")
     p.add_argument("-o", "--output", default="out/synthetic", help="models and synthetic.md go here")
-    p.add_argument("--prompt-tokens", type=int, default=128, help="prompt length for prefill (default: 128)")
-    p.add_argument("--new-tokens", type=int, default=64, help="tokens decoded per round (default: 64)")
-    p.add_argument("--rounds", type=int, default=5, help="timed rounds per model (default: 5)")
-    add_device_args(p)
+    add_timing_args(p)
     p.set_defaults(func=cmd_bench_synthetic)
