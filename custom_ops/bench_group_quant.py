@@ -218,7 +218,8 @@ def report(rows: list[Row], device: str, bandwidth: float | None, out: Path | No
     return table
 
 
-def run(device: str, out: Path | None, total_mb: int, repeats: int, threads: int | None, prefill: bool) -> list[Row]:
+def run(device: str, out: Path | None, total_mb: int, repeats: int, threads: int | None, prefill: bool,
+        kernels: tuple[str, ...] = ("decode",)) -> list[Row]:
     from edgeq.custom_ops.library import get_library
 
     library = get_library(device)
@@ -228,9 +229,9 @@ def run(device: str, out: Path | None, total_mb: int, repeats: int, threads: int
     kinds = [("matmul", dense), ("nbits4", "MatMulNBits 4b g128"), ("gqmm4", "GroupQuantMatMul 4b g128"),
              ("gqmm3", "GroupQuantMatMul 3b g128")]
     plan: Plan = [(1, shape, kind, name, {}) for shape in shapes for kind, name in kinds]
-    if device == "cuda":  # the FMA decode kernel (the float32 path, fp16 default before decode-mma), for comparison
-        plan += [(1, shape, kind, f"{name} (decode, FMA)", {"EDGEQ_GQMM_KERNEL": "decode"})
-                 for shape in shapes for kind, name in kinds[2:]]
+    if device == "cuda":  # GroupQuantMatMul pinned to each of `kernels` (EDGEQ_GQMM_KERNEL), beside the automatic choice
+        plan += [(1, shape, kind, f"{name} ({kernel})", {"EDGEQ_GQMM_KERNEL": kernel})
+                 for shape in shapes for kernel in kernels for kind, name in kinds[2:]]
     if prefill and device == "cuda":
         plan += [(512, (4096, 4096), kind, name, {}) for kind, name in kinds]
     rows = measure(plan, device, library, bandwidth, total_mb, repeats, threads)
@@ -289,9 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argument_parser(__doc__, total_mb=None, repeats=30, total_mb_help="weight MiB per model, copies of "
                              "the op filling it (default: 512 cuda, 64 cpu)")
     parser.add_argument("--prefill", action="store_true", help="also M=512 at 4096x4096 (cuda)")
+    parser.add_argument("--kernels", nargs="*", default=["decode"],
+                        help="cuda: also time GroupQuantMatMul pinned to these kernels (EDGEQ_GQMM_KERNEL names)")
     args = parser.parse_args(argv)
     total = args.total_mb or (512 if args.device == "cuda" else 64)
-    run(args.device, args.out, total, args.repeats, args.threads, args.prefill)
+    run(args.device, args.out, total, args.repeats, args.threads, args.prefill, tuple(args.kernels))
     return 0
 
 

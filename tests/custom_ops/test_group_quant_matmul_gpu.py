@@ -17,7 +17,7 @@ def cases(kernel: str, count: int, seed: int):
     for i in range(count):
         bits = (2, 3, 4, 8)[i % 4]
         group_size = (16, 32, 64, 128)[(i // 4) % 4]
-        if kernel in ("decode", "decode-mma"):  # their domain: M <= 8, K on the 128-code grid
+        if kernel in ("decode", "decode-mma", "decode-h2"):  # their domain: M <= 8, K on the 128-code grid
             lead = [(1,), (3,), (2, 4), (8,), (1, 1)][int(rng.integers(5))]
             K = 128 * int(rng.integers(1, 40))
         else:
@@ -47,6 +47,25 @@ def test_decode_kernel(cuda_library, monkeypatch, dtype, seed, lead, K, N, bits,
 @pytest.mark.parametrize("seed, lead, K, N, bits, group_size, with_zp", cases("decode-mma", 48, 11))
 def test_tensor_core_decode_kernel(cuda_library, monkeypatch, seed, lead, K, N, bits, group_size, with_zp):
     check(cuda_library, monkeypatch, "decode-mma", seed, lead, K, N, bits, group_size, with_zp, np.float16)
+
+
+@pytest.mark.parametrize("kernel", ["decode-h2"])
+@pytest.mark.parametrize("seed, lead, K, N, bits, group_size, with_zp", cases("decode-h2", 48, 13))
+def test_half2_decode_kernel(cuda_library, monkeypatch, kernel, seed, lead, K, N, bits, group_size, with_zp):
+    check(cuda_library, monkeypatch, kernel, seed, lead, K, N, bits, group_size, with_zp, np.float16)
+
+
+@pytest.mark.parametrize("kernel", ["decode-h2"])
+def test_half2_decode_holds_large_activations(cuda_library, monkeypatch, kernel):
+    """Activations of a few hundred (LLM outlier channels) times 8-bit codes must not overflow the fp16 sums."""
+    monkeypatch.setenv("EDGEQ_GQMM_KERNEL", kernel)
+    rng = np.random.default_rng(14)
+    p = random_problem(rng, (1,), 1024, 64, 8, 128, np.float16)
+    p.A[..., ::7] *= 400  # |x| up to ~1600: (c - z) x alone would overflow fp16 (255 x 1600)
+    p.scales[...] *= 0.01  # weights of LLM size (|w| < 0.3), so Y itself fits in fp16
+    y = session(gqmm_model(p), cuda_library, CUDA).run(None, feeds(p))[0]
+    ref = group_quant_matmul(p.A, p.B, p.scales, p.zero_points, p.K, p.N, 8, 128)
+    assert rel_error(y, ref) <= TOLERANCE[np.dtype(np.float16)]
 
 
 def test_tensor_core_decode_refuses_float32(cuda_library, monkeypatch):

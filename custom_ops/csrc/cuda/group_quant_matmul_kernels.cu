@@ -274,6 +274,179 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 2)
   }
 }
 
+// decode-h2 (float16, M <= 8, K % 128 == 0): batch-1 GEMV with every global load coalesced. A lane owns pieces
+// of 16 codes (3 bits: 32 codes, three whole words), pieces lane, lane + 32, ... of a step, so the 32 lanes of a
+// warp read consecutive words of a row (and consecutive activations): a warp instruction touches 256-512
+// contiguous bytes instead of one line per lane. All the step's code loads are issued before any compute (32-64
+// bytes per row and lane in flight), R = 2 rows share the activation loads and pairings, and ksplit warps share
+// long rows. Dequantization in registers: per pair of codes one shift (or funnel shift) and one lop3 into a half2
+// with the 0x6400 exponent, one HFMA2 that leaves c - z exactly, one HMUL2 with the group's scale (the rounding
+// of a dequantized fp16 weight, as a dense fp16 GEMM has), one HFMA2 with the activations; a piece's half2 sum
+// (at most 8 products per half) goes to fp32. A batch of M runs M grid rows (blockIdx.y = token), each reading W
+// again (mostly from L2).
+constexpr int kHalf2Rows = 2;
+
+template <int BITS>
+struct Half2Layout {
+  static constexpr bool kTriple = BITS == 3;                   // 3 bits: pieces of 32 codes in 3 words
+  static constexpr int kPieceCodes = kTriple ? 32 : 16;
+  static constexpr int kPieceWords = kPieceCodes * BITS / 32;
+  static constexpr int kWordsHeld = kPieceWords + (kTriple ? 1 : 0);  // a zero word past the piece for funnel shifts
+  static constexpr int kPieces = kPieceWords <= 2 ? 8 : 4;  // per lane and step: 32-64 bytes of each row
+};
+
+// Code pair q (0..7) of 16-code block b of a piece, as (1024 + c_i 2^tl, 1024 + c_j 2^th) (MmaPairs' order).
+template <int BITS>
+__device__ __forceinline__ uint32_t PiecePair(const uint32_t* w, int b, int q) {
+  using P = MmaPairs<BITS>;
+  if constexpr (BITS == 3) {
+    return AndOr(MmaPairBits<3>(w, b, q), P::Mask(q), 0x64006400u);
+  } else {
+    const int bit = BITS * (16 * b + P::First(q));  // both codes of the pair sit in this bit's word
+    return AndOr(w[bit >> 5] >> (bit & 31), P::Mask(q), 0x64006400u);
+  }
+}
+
+// The half2 of activations (x[i], x[i + kD]) that meets code pair q of a 16-code block (MmaPairs' order), from
+// the block's 16 activations as 8 words of half2.
+template <int BITS>
+__device__ __forceinline__ uint32_t ActivationPair(const uint32_t* x, int q) {
+  using P = MmaPairs<BITS>;
+  const int i = P::First(q), j = i + P::kD;
+  const uint32_t select = (i & 1 ? 0x32u : 0x10u) | (j & 1 ? 0x7600u : 0x5400u);
+  return __byte_perm(x[i >> 1], x[j >> 1], select);
+}
+
+// The codes of one step of rows n0..n0+R-1 for this lane: pieces s * 32 kPieces + 32 v + lane (zero past the row
+// or past N).
+template <int BITS>
+struct Half2Step {
+  using L = Half2Layout<BITS>;
+  static constexpr int kBlocks = L::kPieceCodes / 16;
+  uint32_t w[kHalf2Rows][L::kPieces][L::kWordsHeld];
+  __half scale[kHalf2Rows][L::kPieces][kBlocks];  // of each 16-code block's group, loaded with the codes so that
+  uint8_t zero[kHalf2Rows][L::kPieces][kBlocks];  // their latency overlaps (they were the compute's main stall)
+
+  __device__ __forceinline__ void Load(const uint8_t* __restrict__ B, const __half* __restrict__ scales,
+                                       const uint8_t* __restrict__ zero_points, int n0, int N, int s, int lane,
+                                       int row_pieces, int n_groups, int group_shift) {
+    const int row_words = row_pieces * L::kPieceWords;
+#pragma unroll
+    for (int r = 0; r < kHalf2Rows; ++r) {
+      const bool row_ok = n0 + r < N;
+      const uint32_t* row = reinterpret_cast<const uint32_t*>(B) + static_cast<size_t>(row_ok ? n0 + r : 0) * row_words;
+#pragma unroll
+      for (int v = 0; v < L::kPieces; ++v) {
+        const int j = s * 32 * L::kPieces + 32 * v + lane;
+        const bool ok = row_ok && j < row_pieces;
+        const uint32_t* src = row + static_cast<size_t>(j) * L::kPieceWords;
+        if constexpr (L::kPieceWords == 4) {
+          const uint4 x = ok ? LoadStreaming(reinterpret_cast<const uint4*>(src)) : make_uint4(0u, 0u, 0u, 0u);
+          w[r][v][0] = x.x; w[r][v][1] = x.y; w[r][v][2] = x.z; w[r][v][3] = x.w;
+        } else if constexpr (L::kPieceWords == 2) {
+          const uint2 x = ok ? LoadStreaming2(reinterpret_cast<const uint2*>(src)) : make_uint2(0u, 0u);
+          w[r][v][0] = x.x; w[r][v][1] = x.y;
+        } else {
+#pragma unroll
+          for (int t = 0; t < L::kPieceWords; ++t) w[r][v][t] = ok ? LoadStreaming1(src + t) : 0u;
+        }
+#pragma unroll
+        for (int t = L::kPieceWords; t < L::kWordsHeld; ++t) w[r][v][t] = 0u;
+#pragma unroll
+        for (int b = 0; b < kBlocks; ++b) {
+          const int group = (ok ? j * L::kPieceCodes + 16 * b : 0) >> group_shift;
+          const size_t at = static_cast<size_t>(row_ok ? n0 + r : 0) * n_groups + group;
+          scale[r][v][b] = scales[at];
+          zero[r][v][b] = zero_points ? zero_points[at] : uint8_t(1u << (BITS - 1));
+        }
+      }
+    }
+  }
+
+  // acc[r] += the step's dot products of rows n0 + r with A.
+  __device__ __forceinline__ void Compute(const __half* __restrict__ A, int s, int lane, int row_pieces,
+                                          float* acc) const {
+    using P = MmaPairs<BITS>;
+#pragma unroll
+    for (int v = 0; v < L::kPieces; ++v) {
+      const int j = s * 32 * L::kPieces + 32 * v + lane;
+      if (j >= row_pieces) continue;
+#pragma unroll
+      for (int b = 0; b < kBlocks; ++b) {
+        const int k = j * L::kPieceCodes + 16 * b;
+        const uint4* xs = reinterpret_cast<const uint4*>(A + k);
+        const uint4 lo = __ldg(xs), hi = __ldg(xs + 1);
+        const uint32_t x[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+        uint32_t xp[8];
+#pragma unroll
+        for (int q = 0; q < 8; ++q) xp[q] = ActivationPair<BITS>(x, q);
+#pragma unroll
+        for (int r = 0; r < kHalf2Rows; ++r) {
+          const __half2 scale2 = __half2half2(scale[r][v][b]);
+          const float zp = float(zero[r][v][b]);
+          // (1024 + c 2^t) 2^-t - 1024 2^-t - z = c - z, t per half of pair q: exact in fp16 up to 8 bits.
+          __half2 unit_mul[2], offset[2];
+#pragma unroll
+          for (int t = 0; t < 2; ++t) {
+            unit_mul[t] = __floats2half2_rn(1.f / float(1 << P::Low(t)), 1.f / float(1 << P::High(t)));
+            offset[t] = __floats2half2_rn(-1024.f / float(1 << P::Low(t)) - zp, -1024.f / float(1 << P::High(t)) - zp);
+          }
+          __half2 sums = __float2half2_rn(0.f);
+#pragma unroll
+          for (int q = 0; q < 8; ++q) {
+            const __half2 c_minus_z = __hfma2(BitsToHalf2(PiecePair<BITS>(w[r][v], b, q)), unit_mul[q & 1], offset[q & 1]);
+            sums = __hfma2(__hmul2(c_minus_z, scale2), BitsToHalf2(xp[q]), sums);
+          }
+          const float2 f = __half22float2(sums);
+          acc[r] += f.x + f.y;
+        }
+      }
+    }
+  }
+};
+
+// group_shift: log2 of the group size (16..128; a 16-code block lies in one group). Block: 8 warps = (8 / ksplit)
+// row pairs, each served by ksplit warps taking interleaved steps, meeting in shared memory.
+template <int BITS>
+__global__ void __launch_bounds__(kDecodeWarps * 32, 2)
+    DecodeHalf2Kernel(const __half* __restrict__ A, const uint8_t* __restrict__ B, const __half* __restrict__ scales,
+                      const uint8_t* __restrict__ zero_points, __half* __restrict__ Y, int N, int K, int n_groups,
+                      int group_shift, int ksplit) {
+  using L = Half2Layout<BITS>;
+  constexpr int R = kHalf2Rows;
+  A += static_cast<size_t>(blockIdx.y) * K;
+  Y += static_cast<size_t>(blockIdx.y) * N;
+  __shared__ float partial[kDecodeMaxSplit][kDecodeWarps][R];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int row_group = warp / ksplit, split = warp % ksplit;
+  const int row_groups = kDecodeWarps / ksplit;
+  const int n0 = (blockIdx.x * row_groups + row_group) * R;
+  const int row_pieces = K / L::kPieceCodes;
+  const int steps = (row_pieces + 32 * L::kPieces - 1) / (32 * L::kPieces);
+
+  float acc[R] = {};
+  for (int s = split; s < steps; s += ksplit) {
+    Half2Step<BITS> step;
+    step.Load(B, scales, zero_points, n0, N, s, lane, row_pieces, n_groups, group_shift);
+    step.Compute(A, s, lane, row_pieces, acc);
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const float v = WarpSum(acc[r]);
+    if (lane == 0) partial[split][row_group][r] = v;
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < row_groups * R; idx += blockDim.x) {
+    const int r = idx % R, rg = idx / R;
+    const int n = (blockIdx.x * row_groups + rg) * R + r;
+    if (n >= N) continue;
+    float v = 0.f;
+    for (int s = 0; s < ksplit; ++s) v += partial[s][rg][r];
+    Y[n] = __float2half_rn(v);
+  }
+}
+
 constexpr int kTileM = 64, kTileN = 64, kTileK = 32, kTileThreads = 128;
 
 template <typename T>
@@ -454,6 +627,31 @@ void LaunchDecodeRows(const GqmmArgs& a, cudaStream_t stream) {
       static_cast<int>(a.M), static_cast<int>(a.N), static_cast<int>(a.K), static_cast<int>(a.n_groups), ksplit);
 }
 
+template <int BITS>
+void LaunchDecodeHalf2(const GqmmArgs& a, cudaStream_t stream) {
+  using L = Half2Layout<BITS>;
+  const int64_t steps = (a.K / L::kPieceCodes + 32 * L::kPieces - 1) / (32 * L::kPieces);
+  int ksplit = 1;
+  while (ksplit < kDecodeMaxSplit && ksplit < steps) ksplit *= 2;
+  int group_shift = 0;
+  while ((int64_t{1} << group_shift) < a.group_size) ++group_shift;
+  const int rows_per_block = (kDecodeWarps / ksplit) * kHalf2Rows;
+  const dim3 grid(static_cast<unsigned>((a.N + rows_per_block - 1) / rows_per_block), static_cast<unsigned>(a.M));
+  DecodeHalf2Kernel<BITS><<<grid, kDecodeWarps * 32, 0, stream>>>(
+      static_cast<const __half*>(a.A), a.B, static_cast<const __half*>(a.scales), a.zero_points,
+      static_cast<__half*>(a.Y), static_cast<int>(a.N), static_cast<int>(a.K), static_cast<int>(a.n_groups),
+      group_shift, ksplit);
+}
+
+void LaunchDecodeHalf2Bits(const GqmmArgs& a, cudaStream_t stream) {
+  switch (a.bits) {
+    case 2: return LaunchDecodeHalf2<2>(a, stream);
+    case 3: return LaunchDecodeHalf2<3>(a, stream);
+    case 4: return LaunchDecodeHalf2<4>(a, stream);
+    default: return LaunchDecodeHalf2<8>(a, stream);
+  }
+}
+
 template <typename T, int BITS, int GS>
 bool LaunchDecodeStream(const GqmmArgs& a, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(a.K) * sizeof(float);
@@ -531,6 +729,7 @@ const char* GroupQuantMatMulKernelName(const GqmmArgs& args, GqmmKernel kernel) 
     case GqmmKernel::kDecode: return "decode";
     case GqmmKernel::kDecodeRows: return "decode-rows";
     case GqmmKernel::kDecodeMma: return "decode-mma";
+    case GqmmKernel::kDecodeHalf2: return "decode-h2";
     case GqmmKernel::kTiled: return "tiled";
     case GqmmKernel::kGemm: return "gemm";
     default: return "generic";
@@ -542,6 +741,8 @@ const char* GroupQuantMatMulRefusal(const GqmmArgs& args, GqmmKernel kernel) {
   if ((chosen == GqmmKernel::kDecode || chosen == GqmmKernel::kDecodeRows) && !DecodeFits(args))
     return "needs M <= 8, K % 128 == 0 and 16-byte aligned A and B";
   if (chosen == GqmmKernel::kDecodeMma && !MmaDecodeFits(args.half, args.M, args.K, args.A, Weights<__half>(args)))
+    return "needs float16, M <= 8, K % 128 == 0 and 16-byte aligned A and B";
+  if (chosen == GqmmKernel::kDecodeHalf2 && !(args.half && DecodeFits(args)))
     return "needs float16, M <= 8, K % 128 == 0 and 16-byte aligned A and B";
   if (chosen == GqmmKernel::kGemm && !CublasAvailable()) return "needs libcublas, which could not be loaded";
   return nullptr;
@@ -569,6 +770,8 @@ const char* LaunchGroupQuantMatMul(const GqmmArgs& args, GqmmKernel kernel, void
   if (chosen == GqmmKernel::kDecodeMma) {
     LaunchMmaDecode(static_cast<const __half*>(args.A), Weights<__half>(args), static_cast<__half*>(args.Y), args.M,
                     args.N, args.K, s);
+  } else if (chosen == GqmmKernel::kDecodeHalf2) {
+    LaunchDecodeHalf2Bits(args, s);
   } else if (args.half) {
     LaunchTyped<__half>(args, chosen, s);
   } else {

@@ -13,7 +13,8 @@ namespace cuda {
 // tiled kernel; the generic kernel otherwise. The others force one (tests and benchmarks).
 // kDecodeRows: the decode family without the batch-1 streaming kernel (comparisons). kDecodeMma: the tensor-core
 // decode (float16 only), which kAuto prefers for float16 where it fits.
-enum class GqmmKernel { kAuto, kDecode, kTiled, kGeneric, kGemm, kDecodeRows, kDecodeMma };
+// kDecodeHalf2: the decode with half2 dequantization on the CUDA cores (float16 only).
+enum class GqmmKernel { kAuto, kDecode, kTiled, kGeneric, kGemm, kDecodeRows, kDecodeMma, kDecodeHalf2 };
 
 struct GqmmArgs {
   bool half = false;  // T is float16 (else float32)
