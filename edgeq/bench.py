@@ -37,6 +37,17 @@ LINEAR_OPS = {"MatMulNBits": 0, "GroupQuantMatMul": 0, "SpQRMatMul": 0, "QuantLi
               "DIMatMul": 0}  # DIMatMul: (X, x_m, x_e) computed; W and its dyadic scales w_m, w_e stored
 
 
+def check_peer_blocks(model: onnx.ModelProto, method: str, block: int) -> None:
+    """onnxruntime's GPTQ and k-quant reshape each weight into whole blocks along K (RTN and HQQ pad): refuse a
+    block size that does not divide every MatMul weight's K before any work, naming the ones that would fail."""
+    weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    bad = sorted({dims[0] for node in model.graph.node if node.op_type == "MatMul"
+                  for dims in [weights.get(node.input[1])] if dims and len(dims) == 2 and dims[0] % block})
+    if bad:
+        raise EdgeqError(f"{method}: block_size={block} must divide every MatMul's K (onnxruntime's {method[4:]} does "
+                         f"not pad); these K do not: {bad}, e.g. use block_size=32")
+
+
 @dataclasses.dataclass
 class Result:
     config: str
@@ -203,6 +214,8 @@ class QualityBench:
 
         fp = onnx.load(str(self.fp32_onnx()))
         bits, block = kwargs.get("bits", 4), kwargs.get("block_size", 128)
+        if method in ("ort-gptq", "ort-kquant"):
+            check_peer_blocks(fp, method, block)
         if method == "ort-rtn":
             algo = mnq.DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=kwargs.get("sym", False), bits=bits)
         elif method == "ort-hqq":

@@ -67,3 +67,14 @@ def test_bench_speed_times_every_model(tmp_path, capsys):
     assert all(r["decode_tokens_per_second"] > 0 for r in saved["results"])
     assert "| a |" in capsys.readouterr().out and (tmp_path / "speed.png").exists()
     assert main(["bench", "speed", "-o", str(tmp_path / "empty")]) == 2
+
+
+def test_peer_block_size_that_does_not_divide_k_is_refused_before_work(tmp_path):
+    import onnx
+
+    from edgeq.bench import check_peer_blocks
+
+    model = onnx.load(str(export(make_tiny_llama(), None, tmp_path / "fp" / "model.onnx")))  # K = 64 and 96
+    check_peer_blocks(model, "ort-gptq", 32)
+    with pytest.raises(EdgeqError, match=r"ort-kquant: block_size=64 must divide every MatMul's K .* \[96\]"):
+        check_peer_blocks(model, "ort-kquant", 64)
