@@ -33,15 +33,22 @@ EXP2_POLY = (-742586372, 248204643, -42537209)
 ROPE_FRAC = 14                     # rotary tables hold cos and sin in Q14 (int16, 1.0 = 16384)
 ALIGN_WINDOW = 16                  # per-channel exponents within this of the smallest one are aligned exactly
 ADD_WINDOW = 39                    # DIAdd aligns two row exponents exactly when they differ by at most this
+ADD_WINDOW16 = 31                  # ... when either side holds int16 codes (|q m| < 2**30, shifted < 2**61)
 CODE_BITS = tuple(range(2, 9))
+WIDE_CODE_BITS = tuple(range(2, 17))  # DIAdd's output codes: int8 up to 8 bits, int16 above
 MAX_K = (1 << 17) - 1              # DIMatMul: K * 128 * 128 < 2**31, so the int32 accumulator is exact
 
 
-def qmax_of(bits: int) -> int:
+def qmax_of(bits: int, allowed: tuple[int, ...] = CODE_BITS) -> int:
     """Largest signed code of a ``bits``-wide activation: codes lie in [-qmax, qmax]."""
-    if bits not in CODE_BITS:
-        raise ValueError(f"bits must be in 2..8, got {bits}")
+    if bits not in allowed:
+        raise ValueError(f"bits must be in {allowed[0]}..{allowed[-1]}, got {bits}")
     return (1 << (bits - 1)) - 1
+
+
+def code_type(bits: int):
+    """The element type of ``bits``-wide signed codes: int8 up to 8 bits, int16 above."""
+    return np.int8 if bits <= 8 else np.int16
 
 
 def rshr(v, s: int):
@@ -104,20 +111,23 @@ def finish(q: np.ndarray, m: int, e: int) -> tuple[np.ndarray, int, int]:
 
 def dyn_quant(v: np.ndarray, mult: int, E: int, qmax: int) -> tuple[np.ndarray, int, int]:
     """Per-row dynamic quantization of ``v * mult * 2**-E`` (v int64 ``[C]``, ``|v| <= 2**62``, mult in
-    [1, 2**32)): int8 codes in [-qmax, qmax] and a dyadic scale ``(m, e)`` with max |v| mapped to qmax.
+    [1, 2**32)): codes in [-qmax, qmax] (int8, or int16 for qmax > 127, qmax < 2**15) and a dyadic scale
+    ``(m, e)`` with max |v| mapped to qmax.
 
     v is first rounded to at most 31 bits (``sh``); codes are ``round(v' * qmax / A')`` computed as a
-    multiply by the reciprocal ``R = round(qmax * 2**S / A')`` and a rounding shift by S; the scale is
-    ``ratio(A' * mult, qmax) * 2**-(E - sh)``."""
+    multiply by the reciprocal ``R = round(qmax * 2**S / A')`` and a rounding shift by S,
+    ``S = bitlen(A') + 23 - max(0, bitlen(qmax) - 7)``; the scale is ``ratio(A' * mult, qmax) * 2**-(E - sh)``."""
+    codes = np.int8 if qmax < 1 << 7 else np.int16
     A = int(np.abs(v).max()) if v.size else 0
     if A == 0:
-        return np.zeros(v.shape, np.int8), *ZERO_SCALE
+        return np.zeros(v.shape, codes), *ZERO_SCALE
     sh = max(0, A.bit_length() - 31)
     v = rshr(v, sh)
     A = int(np.abs(v).max())                      # in [1, 2**31]
-    S = A.bit_length() + 23
-    R = ((qmax << S) + (A >> 1)) // A            # < 2**31: qmax * 2**S / A <= 127 * 2**24
-    q = np.clip((v * R + (1 << (S - 1))) >> S, -qmax, qmax).astype(np.int8)  # |v * R| < 2**62
+    # S loses a bit per code bit above 7, so R < qmax * 2**(S + 1 - bitlen(A)) <= 2**31 for any qmax < 2**15
+    S = A.bit_length() + 23 - max(0, qmax.bit_length() - 7)
+    R = ((qmax << S) + (A >> 1)) // A
+    q = np.clip((v * R + (1 << (S - 1))) >> S, -qmax, qmax).astype(codes)  # |v * R| <= 2**31 * 2**31
     m, k = ratio(A * mult, qmax)
     return finish(q, m, k + E - sh)
 
@@ -175,6 +185,14 @@ def _rows(q: np.ndarray, m: np.ndarray, e: np.ndarray, what: str):
         raise ValueError(f"{what}: scales must have shape {(*lead, 1)}, got {np.shape(m)} and {np.shape(e)}")
     m = _check_mantissas(m, what, 1).reshape(-1)
     return q.reshape(-1, q.shape[-1]).astype(np.int64), m, np.asarray(e, np.int64).reshape(-1)
+
+
+def _check_codes(q, what: str):
+    """The code type of ``q`` (int8 or int16; anything else is refused)."""
+    dtype = np.asarray(q).dtype
+    if dtype not in (np.int8, np.int16):
+        raise ValueError(f"{what} must hold int8 or int16 codes, got {dtype}")
+    return dtype.type
 
 
 def _outputs(rows, shape, code_type=np.int8):
@@ -284,12 +302,13 @@ def add_positive(a: int, ea: int, b: int, eb: int) -> tuple[int, int]:
 def rms_scale(q: np.ndarray, m: int, e: int, eps_q60: int) -> tuple[int, int] | None:
     """``(r, er)`` with ``r * 2**-er ~ sqrt(mean((q m 2**-e)**2) + eps_q60 * 2**-60)``, r in [2**30, 2**31);
     None for an all-zero row."""
-    ss = int((q * q).sum())                       # < 2**14 * C <= 2**31
+    ss = int((q * q).sum())                       # int8: <= 2**14 * C <= 2**31; int16: <= 2**30 * C < 2**47
     if ss == 0:
         return None
-    T = ss * m * m                                # < 2**61
+    p = max(0, ss.bit_length() - 31)              # int16 sums rounded to 31 bits (int8 ones are never shifted)
+    T = int(rshr(ss, p)) * m * m                  # <= 2**31 * (2**15 - 1)**2 < 2**61
     s1 = 61 - T.bit_length()
-    V, ev = add_positive((T << s1) // q.size, 2 * e + s1, eps_q60, 60)
+    V, ev = add_positive((T << s1) // q.size, 2 * e + s1 - p, eps_q60, 60)
     s2 = 62 - V.bit_length()
     if (ev + s2) % 2:
         s2 -= 1
@@ -300,12 +319,14 @@ def rms_scale(q: np.ndarray, m: int, e: int, eps_q60: int) -> tuple[int, int] | 
 def di_norm(X, x_m, x_e, g_m, g_e, *, eps_q60: int, obits: int):
     """RMSNorm ``x / sqrt(mean(x**2) + eps) * gamma`` with gamma ``g_m * 2**-g_e`` per channel: the mean square
     normalized to 61 bits, divided by C, plus eps (``add_positive``), an exact integer square root (``isqrt``
-    of a 60..62-bit value), ``ratio(m, r)`` for the row factor, then ``dyn_quant`` of the aligned ``q * g_m``."""
+    of a 60..62-bit value), ``ratio(m, r)`` for the row factor, then ``dyn_quant`` of the aligned ``q * g_m``
+    (< 2**15 * 2**15 * 2**16 for int16 codes). X holds int8 or int16 codes; the output is int8."""
     qmax = qmax_of(obits)
     if not 0 <= eps_q60 < 1 << 61:
         raise ValueError(f"eps_q60 must be in [0, 2**61), got {eps_q60}")
     g_m = _check_mantissas(g_m, "g_m", -M_MAX)
     Ea, shifts = align_exponents(g_e)
+    _check_codes(X, "X")
     Xr, xm, xe = _rows(X, x_m, x_e, "X")
     if Xr.shape[1] > MAX_K:
         raise ValueError(f"X has {Xr.shape[1]} channels, more than {MAX_K} (the sum of squares)")
@@ -368,20 +389,23 @@ def di_rotary(X, x_m, x_e, position_ids, cos, sin, *, interleaved: int, obits: i
 
 
 def di_add(A, a_m, a_e, B, b_m, b_e, obits: int):
-    """``a + b`` per row: ``q * m`` of each side (< 2**22) brought to the exponent
-    ``E = min(max(ea, eb), min(ea, eb) + ADD_WINDOW)`` (left shifts of at most 39 bits, so each term < 2**61;
-    a finer side beyond the window is shifted right, rounded), summed, then ``dyn_quant`` with exponent E."""
-    qmax = qmax_of(obits)
+    """``a + b`` per row: ``q * m`` of each side (< 2**22 for int8 codes, < 2**30 for int16) brought to the
+    exponent ``E = min(max(ea, eb), min(ea, eb) + W)``, W = ADD_WINDOW (39) when both sides are int8 and
+    ADD_WINDOW16 (31) when either is int16 (left shifts of at most W bits, so each term < 2**61 and the sum
+    < 2**62; a finer side beyond the window is shifted right, rounded), summed, then ``dyn_quant`` with exponent
+    E. A and B hold int8 or int16 codes each; obits 2..16, int8 output codes up to 8 bits, int16 above."""
+    qmax = qmax_of(obits, WIDE_CODE_BITS)
+    window = ADD_WINDOW if _check_codes(A, "A") == _check_codes(B, "B") == np.int8 else ADD_WINDOW16
     Ar, am, ae = _rows(A, a_m, a_e, "A")
     Br, bm, be = _rows(B, b_m, b_e, "B")
     if Ar.shape != Br.shape:
         raise ValueError(f"A and B differ in shape: {np.shape(A)} vs {np.shape(B)}")
     rows = []
     for qa, ma, ea, qb, mb, eb in zip(Ar, am.tolist(), ae.tolist(), Br, bm.tolist(), be.tolist()):
-        E = min(max(ea, eb), min(ea, eb) + ADD_WINDOW)
+        E = min(max(ea, eb), min(ea, eb) + window)
         v = shift_each(qa * ma, E - ea) + shift_each(qb * mb, E - eb)
         rows.append(dyn_quant(v, 1, E, qmax))
-    return _outputs(rows, np.shape(A))
+    return _outputs(rows, np.shape(A), code_type(obits))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -443,6 +443,10 @@ def _check_dims(ctx, op: str, expected: dict) -> None:
             raise onnx.shape_inference.InferenceError(f"{op}: {name} has shape {dims}, expected {shape}")
 
 
+def _wide_obits(v) -> str | None:
+    return None if isinstance(v, int) and 2 <= v <= 16 else "must be in 2..16"
+
+
 def _set_activation_outputs(ctx, code_type: int, shape: list | None) -> None:
     """Outputs 0..2 as an integer activation: codes ``code_type`` of ``shape`` and scales of ``shape[:-1] + [1]``
     (unknown shapes when None)."""
@@ -452,9 +456,10 @@ def _set_activation_outputs(ctx, code_type: int, shape: list | None) -> None:
 
 
 def _infer_integer(op_name: str, out_last=None, same_shape: tuple[int, ...] = (), expected=None,
-                   check_scales: bool = True):
+                   check_scales: bool = True, code_of=None):
     """Inference for an op whose outputs are an integer activation: codes of the type declared for output 0
-    with input 0's leading dims and last dim ``out_last(attrs)`` (input 0's own when None), scales [..., 1].
+    with input 0's leading dims and last dim ``out_last(attrs)`` (input 0's own when None), scales [..., 1]; the
+    codes' type is ``code_of(attrs)`` where given.
     Inputs 1 and 2 must be [..., 1] (unless not ``check_scales``), those in ``same_shape`` must have input 0's
     shape, and ``expected(ctx, attrs, dims)`` gives {index: (name, shape)} for the others."""
 
@@ -474,6 +479,8 @@ def _infer_integer(op_name: str, out_last=None, same_shape: tuple[int, ...] = ()
             _check_dims(ctx, op, expected(ctx, attrs, dims))
         last = out_last(attrs) if out_last is not None else (dims[-1] if dims is not None else None)
         code = TensorProto.UINT8 if opdef.outputs[0].type == "tensor(uint8)" else TensorProto.INT8
+        if code_of is not None:
+            code = code_of(attrs)
         _set_activation_outputs(ctx, code, None if dims is None else [*dims[:-1], last])
 
     return infer
@@ -559,11 +566,13 @@ DI_NORM = OpDef(
         "eps = eps_q60 * 2^-60. Per row: sum q^2 * m^2 normalized to 61 bits and divided by C, eps added at a "
         "common exponent, an exact integer square root (floor) of the 60..62-bit result, the row factor m / rms as "
         "a 15-bit dyadic; then q * g_m (channels aligned as DIMatMul's) is requantized per row. An all-zero row "
-        "gives zeros."
+        "gives zeros. X may hold int8 or int16 codes (a 16-bit residual stream): an int16 row's sum of squares "
+        "(< 2^47) is rounded to 31 bits before the multiply by m^2; the output is int8."
     ),
-    inputs=(*_int_activation("X", "x", "input activation"), *_channel_scales("g", "gamma [C]")),
+    inputs=(*_int_activation("X", "x", "input activation", code_type="T"), *_channel_scales("g", "gamma [C]")),
     outputs=DI_OUTPUTS,
     attributes=(Attribute("eps_q60", onnx.AttributeProto.INT, "epsilon * 2^60", check=_eps_q60), _OBITS),
+    type_constraints={"T": ("tensor(int8)", "tensor(int16)")},
     infer=_infer_integer("DINorm", expected=lambda ctx, a, d: {} if d is None or not isinstance(d[-1], int) else
                          {3: ("g_m", [d[-1]]), 4: ("g_e", [d[-1]])}),
 )
@@ -621,13 +630,28 @@ DI_ROTARY = OpDef(
     infer=_infer_integer("DIRotary", check_scales=False, expected=_rotary_expected),
 )
 
-DI_ADD = _two_input_op(
-    "DIAdd",
-    "Integer residual add: y = a + b for two activations of the same shape with their own per-row scales. "
-    "q * m of each side is brought to the exponent E = min(max(e_a, e_b), min(e_a, e_b) + 39) (left shifts "
-    "of at most 39 bits, exact; a side finer than the window is shifted right, rounded), summed, and "
-    "requantized per row with exponent E.",
-    ("A", "a", "first operand"), ("B", "b", "second operand"))
+DI_ADD = OpDef(
+    name="DIAdd",
+    doc=(
+        "Integer residual add: y = a + b for two activations of the same shape with their own per-row scales, "
+        "each of int8 or int16 codes (a 16-bit residual stream plus an 8-bit projection). q * m of each side "
+        "(< 2^22 for int8, < 2^30 for int16) is brought to the exponent E = min(max(e_a, e_b), min(e_a, e_b) + W), "
+        "W = 39 when both sides are int8 and 31 otherwise (left shifts of at most W bits, exact, below 2^61; a "
+        "side finer than the window is shifted right, rounded), summed, and requantized per row with exponent E. "
+        "obits 2..16: Y holds int8 codes up to 8 bits and int16 codes above."
+    ),
+    inputs=(*_int_activation("A", "a", "first operand", code_type="TA"),
+            *_int_activation("B", "b", "second operand", code_type="TB")),
+    outputs=_int_activation("Y", "y", "output", code_type="TY"),
+    attributes=(Attribute("obits", onnx.AttributeProto.INT, "output code width 2..16: codes in [-qmax, qmax], "
+                          "qmax = 2^(obits-1) - 1; int8 codes up to 8 bits, int16 above", check=_wide_obits),),
+    type_constraints={"TA": ("tensor(int8)", "tensor(int16)"), "TB": ("tensor(int8)", "tensor(int16)"),
+                      "TY": ("tensor(int8)", "tensor(int16)")},
+    infer=_infer_integer("DIAdd", same_shape=(3,), code_of=lambda a: TensorProto.INT8 if a["obits"] <= 8 else
+                         TensorProto.INT16,
+                         expected=lambda ctx, a, d: {} if d is None else {4: ("b_m", [*d[:-1], 1]),
+                                                                         5: ("b_e", [*d[:-1], 1])}),
+)
 
 DI_MAX_BATCH_K = (1 << 16) - 1  # DIBatchMatMul: 255 * 128 * K < 2^31, and P.V's int64 sums stay below 2^62
 

@@ -26,7 +26,9 @@ constexpr int64_t kExpCap = int64_t(1) << 30;       // 64.0 in Q24: 2^-64 is 0 i
 constexpr int64_t kOneQ30 = int64_t(1) << 30;
 constexpr int64_t kExp2C1 = -742586372, kExp2C2 = 248204643, kExp2C3 = -42537209;  // 2^-f, Q30
 constexpr int kRopeFrac = 14;                       // rotary tables in Q14
-constexpr int64_t kAlignWindow = 16, kAddWindow = 39;
+// DIAdd's exact alignment: |q m| < 2^22 for int8 codes (2^30 for int16), shifted left by at most the window,
+// stays below 2^61, so the sum of both sides stays below 2^62.
+constexpr int64_t kAlignWindow = 16, kAddWindow = 39, kAddWindow16 = 31;
 constexpr int64_t kMaxK = (int64_t(1) << 17) - 1;   // DIMatMul: K * 128 * 128 < 2^31
 constexpr int64_t kMaxBatchK = (int64_t(1) << 16) - 1;  // DIBatchMatMul: 255 * 128 * K < 2^31, P.V sums < 2^62
 constexpr int kWideBits = 30;                       // DIBatchMatMul's int32 outputs: |y| <= 2^30
@@ -118,7 +120,9 @@ EDGEQ_HD inline Scale DynQuantRow(int64_t* v, int64_t n, int64_t mult, int64_t E
       A = Max(A, Abs(v[i]));
     }
   }
-  const int S = BitLen(uint64_t(A)) + 23;
+  // R <= qmax * 2^S / 2^(bitlen(A)-1) < 2^31 for every qmax < 2^15 (S shrinks by a bit per code bit above 8),
+  // so |v * R| <= 2^31 * 2^31 = 2^62.
+  const int S = BitLen(uint64_t(A)) + 23 - int(Max(0, BitLen(uint64_t(qmax)) - 7));
   const int64_t R = ((qmax << S) + (A >> 1)) / A;
   const int64_t half = int64_t(1) << (S - 1);
   for (int64_t i = 0; i < n; ++i) q[i] = Code(Max(-qmax, Min(qmax, (v[i] * R + half) >> S)));
@@ -235,10 +239,13 @@ EDGEQ_HD inline int64_t ISqrt(uint64_t n) {
 
 // (r, er): r * 2^-er ~ sqrt(mean((q m 2^-e)^2) + eps_q60 * 2^-60), r in [2^30, 2^31), for a row whose
 // sum of squares ss is not 0; see reference_integer.rms_scale.
+// ss < 2^31 for int8 codes (used as is); int16 codes give up to 2^30 * C < 2^47, rounded to 31 bits first (p)
+// so that T = ss * m^2 < 2^61 either way.
 EDGEQ_HD inline Dyadic RmsScale(int64_t ss, int64_t C, int64_t m, int64_t e, int64_t eps_q60) {
-  const int64_t T = ss * m * m;
+  const int64_t p = Max(0, BitLen(uint64_t(ss)) - 31);
+  const int64_t T = RShr(ss, p) * m * m;
   const int64_t s1 = 61 - BitLen(uint64_t(T));
-  const Dyadic V = AddPositive((T << s1) / C, 2 * e + s1, eps_q60, 60);
+  const Dyadic V = AddPositive((T << s1) / C, 2 * e + s1 - p, eps_q60, 60);
   int64_t s2 = 62 - BitLen(uint64_t(V.m));
   if ((V.e + s2) & 1) --s2;
   const int64_t v2 = s2 >= 0 ? V.m << s2 : RShr(V.m, -s2);

@@ -196,10 +196,11 @@ const DiSignature& Signature(DiOp op) {
       {"DIMatMul", {kI8, kI32, kI8, kI8, kI32, kI8}, {kI8, kI32, kI8}, 6},
       {"DIExp", {kI8, kI32, kI8}, {kI8, kI32, kI8}, 3},
       {"DIClippedSoftmax", {kAny, kI32, kI8, kBool}, {kU8, kI32, kI8}, 3},
-      {"DINorm", {kI8, kI32, kI8, kI32, kI8}, {kI8, kI32, kI8}, 5},
+      {"DINorm", {kAny, kI32, kI8, kI32, kI8}, {kI8, kI32, kI8}, 5},
       {"DISwiGLU", {kI8, kI32, kI8, kI8, kI32, kI8}, {kI8, kI32, kI8}, 6},
       {"DIRotary", {kI8, kI32, kI8, kI64, kI16, kI16}, {kI8, kI32, kI8}, 6},
-      {"DIAdd", {kI8, kI32, kI8, kI8, kI32, kI8}, {kI8, kI32, kI8}, 6},
+      // A, B: int8 or int16 each, Y: int8 or int16 by obits (the CPU op registers one overload per input pair)
+      {"DIAdd", {kAny, kI32, kI8, kAny, kI32, kI8}, {kAny, kI32, kI8}, 6},
       {"DIBatchMatMul", {kAny, kI32, kI8, kI8, kI32, kI8, kBool}, {kI32, kI32, kI8}, 6},
       {"DIRequant", {kAny, kI32, kI8}, {kI8, kI32, kI8}, 3},
   };
@@ -213,8 +214,15 @@ DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op) {
   a.where = std::string("edgeq::") + Signature(op).name + " node '" + info.GetNodeName() + "'";
   if (op != DiOp::kBatchMatMul) {  // its output is wide int32, not requantized
     a.obits = ReadInt(info, "obits", a.where);
-    ExpectRange(a.obits, 2, 8, "obits", a.where);
+    ExpectRange(a.obits, 2, op == DiOp::kAdd ? 16 : 8, "obits", a.where);
     a.qmax = (int64_t(1) << (a.obits - 1)) - 1;
+  }
+  if (op == DiOp::kAdd) {  // ORT takes Y's element type from the graph: it must be the one obits implies
+    const ONNXTensorElementDataType want = a.obits > 8 ? kI16 : kI8;
+    const ONNXTensorElementDataType got = info.GetOutputTypeInfo(0).GetTensorTypeAndShapeInfo().GetElementType();
+    if (got != want)
+      Fail(a.where, std::string("Y is ") + TypeName(got) + ", but obits=" + std::to_string(a.obits) + " gives " +
+                        TypeName(want) + " codes");
   }
   switch (op) {
     case DiOp::kMatMul:
@@ -286,6 +294,7 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
       break;
     case DiOp::kNorm:
       p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", where);
+      if (p.x.type != kI8 && p.x.type != kI16) Fail(where, std::string("X must be int8 or int16, got ") + TypeName(p.x.type));
       if (p.x.C > integer::kMaxK)  // the sum of squares stays below 2^31
         Fail(where, "X has " + std::to_string(p.x.C) + " channels, more than " + std::to_string(integer::kMaxK));
       ReadChannelScales(ctx, 3, "g_m", "g_e", p.x.C, "(C, X's last dim)", where, p);
@@ -299,6 +308,10 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
       p.x2 = add ? ReadActivation(ctx, 3, "B", "b_m", "b_e", where)
                  : ReadActivation(ctx, 3, "up", "up_m", "up_e", where);
       ExpectSameShape(p.x, p.x2, add ? "A" : "gate", add ? "B" : "up", where);
+      if (add && p.x.type != kI8 && p.x.type != kI16)
+        Fail(where, std::string("A must be int8 or int16, got ") + TypeName(p.x.type));
+      if (add && p.x2.type != kI8 && p.x2.type != kI16)
+        Fail(where, std::string("B must be int8 or int16, got ") + TypeName(p.x2.type));
       out_shape = p.x.shape;
       break;
     }

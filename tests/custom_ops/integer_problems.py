@@ -31,6 +31,16 @@ def activation(rng: np.random.Generator, shape, bits: int = 8, *, e_range=(-4, 4
     return q.astype(np.int8), m.astype(np.int32), e.astype(np.int8)
 
 
+def activation16(rng: np.random.Generator, shape, *, e_range=(-4, 40), saturate: bool = False,
+                 full_mantissas: bool = False):
+    """An integer activation of int16 codes over [-32767, 32767] (with ``saturate``, each row holds both ends)."""
+    q, m, e = activation(rng, shape, e_range=e_range, full_mantissas=full_mantissas)
+    q = rng.integers(-32767, 32768, np.shape(q))
+    if saturate and q.shape[-1] >= 2:
+        q[..., 0], q[..., -1] = -32767, 32767
+    return q.astype(np.int16), m, e
+
+
 def channel_scales(rng: np.random.Generator, n: int, *, spread: int = 6, signed: bool = False):
     """Per-channel dyadic scales (m int32 [n], e int8 [n]) with exponents spread over ``spread`` + 1 values."""
     m = rng.integers(1 << 14, 1 << 15, n)
@@ -40,9 +50,10 @@ def channel_scales(rng: np.random.Generator, n: int, *, spread: int = 6, signed:
     return m.astype(np.int32), e.astype(np.int8)
 
 
-def model(op: str, arrays: list, name: str = "n0", **attrs) -> onnx.ModelProto:
+def model(op: str, arrays: list, name: str = "n0", y_type: int | None = None, **attrs) -> onnx.ModelProto:
     """A one-node model of edgeq ``op`` with every input a graph input of dynamic shape (so wrong shapes reach
-    the kernel's own checks); ``arrays`` follows the op's inputs, None for an omitted optional one."""
+    the kernel's own checks); ``arrays`` follows the op's inputs, None for an omitted optional one. DIAdd's Y is
+    declared with the element type obits gives (ORT takes it from the graph), or ``y_type``."""
     opdef = OPS[op]
     names = [i.name if a is not None else "" for i, a in zip(opdef.inputs, arrays)]
     while names and not names[-1]:
@@ -51,13 +62,17 @@ def model(op: str, arrays: list, name: str = "n0", **attrs) -> onnx.ModelProto:
     inputs = [helper.make_tensor_value_info(i.name, helper.np_dtype_to_tensor_dtype(a.dtype), [None] * a.ndim)
               for i, a in zip(opdef.inputs, arrays) if a is not None]
     outputs = [helper.make_empty_tensor_value_info(o.name) for o in opdef.outputs]
+    if op == "DIAdd":
+        if y_type is None:
+            y_type = onnx.TensorProto.INT8 if attrs.get("obits", 8) <= 8 else onnx.TensorProto.INT16
+        outputs[0] = helper.make_tensor_value_info(opdef.outputs[0].name, y_type, None)
     graph = helper.make_graph([node], op, inputs, outputs)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), opset_import()], ir_version=9)
 
 
-def run(library, op: str, arrays: list, threads: int = 2, **attrs) -> list[np.ndarray]:
+def run(library, op: str, arrays: list, threads: int = 2, y_type: int | None = None, **attrs) -> list[np.ndarray]:
     feeds = {i.name: a for i, a in zip(OPS[op].inputs, arrays) if a is not None}
-    return session(model(op, arrays, **attrs), library, threads=threads).run(None, feeds)
+    return session(model(op, arrays, y_type=y_type, **attrs), library, threads=threads).run(None, feeds)
 
 
 REFERENCE = {

@@ -39,9 +39,10 @@ int64_t* RowBuffer(int64_t n) {
   return buffer.data();
 }
 
-// Requantizes v (one row) into row r of the output.
+// Requantizes v (one row) into row r of the output (Code: int8, or DIAdd's int16 codes).
+template <typename Code = int8_t>
 void StoreRow(const IntOutput& out, int64_t r, int64_t* v, int64_t n, int64_t mult, int64_t E, int64_t qmax) {
-  const Scale s = DynQuantRow(v, n, mult, E, qmax, static_cast<int8_t*>(out.q) + r * n);
+  const Scale s = DynQuantRow(v, n, mult, E, qmax, static_cast<Code*>(out.q) + r * n);
   out.m[r] = int32_t(s.m);
   out.e[r] = int8_t(s.e);
 }
@@ -295,11 +296,13 @@ void DIClippedSoftmax(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem
   ParallelFor(ctx, p.x.rows, row);
 }
 
+// X of int8 or int16 codes: ss < 2^47 either way (C < 2^17), RmsScale brings it to 31 bits.
+template <typename X>
 void DINorm(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
   const int64_t C = p.x.C;
   const int64_t Ea = AlignExponents(p.ch_e, C);
   auto row = [&](int64_t r) {
-    const int8_t* q = static_cast<const int8_t*>(p.x.q) + r * C;
+    const X* q = static_cast<const X*>(p.x.q) + r * C;
     const int64_t m = p.x.m[r], e = p.x.e[r];
     int64_t ss = 0;
     for (int64_t c = 0; c < C; ++c) ss += int64_t(q[c]) * q[c];
@@ -317,7 +320,7 @@ void DINorm(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
   ParallelFor(ctx, p.x.rows, row);
 }
 
-// Rows of two activations of the same shape (DISwiGLU, DIAdd): fill(r, first codes, second codes, v) writes
+// Rows of two activations of the same shape (DISwiGLU): fill(r, first codes, second codes, v) writes
 // the row's values to v and returns their (multiplier, exponent) for the requantization.
 template <typename Fill>
 void TwoInputRows(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p, Fill fill) {
@@ -356,13 +359,36 @@ void DIRotary(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
   ParallelFor(ctx, p.x.rows, row);
 }
 
+// A and B of int8 or int16 codes each, Y int8 (obits <= 8) or int16: |q m| < 2^30, shifted left by at most
+// the window (31 with any int16 side, 39 for int8 only) stays below 2^61.
+template <typename TA, typename TB, typename TY>
 void DIAdd(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
-  TwoInputRows(ctx, a, p, [&](int64_t r, const int8_t* qa, const int8_t* qb, int64_t* v) {
+  const int64_t C = p.x.C;
+  const int64_t window = std::is_same<TA, int8_t>::value && std::is_same<TB, int8_t>::value ? kAddWindow : kAddWindow16;
+  auto row = [&](int64_t r) {
+    const TA* qa = static_cast<const TA*>(p.x.q) + r * C;
+    const TB* qb = static_cast<const TB*>(p.x2.q) + r * C;
     const int64_t ma = p.x.m[r], ea = p.x.e[r], mb = p.x2.m[r], eb = p.x2.e[r];
-    const int64_t E = Min(Max(ea, eb), Min(ea, eb) + kAddWindow);
-    for (int64_t c = 0; c < p.x.C; ++c) v[c] = ShiftBy(qa[c] * ma, E - ea) + ShiftBy(qb[c] * mb, E - eb);
-    return Dyadic{1, E};
-  });
+    const int64_t E = Min(Max(ea, eb), Min(ea, eb) + window);
+    int64_t* v = RowBuffer(C);
+    for (int64_t c = 0; c < C; ++c) v[c] = ShiftBy(qa[c] * ma, E - ea) + ShiftBy(qb[c] * mb, E - eb);
+    StoreRow<TY>(p.out, r, v, C, 1, E, a.qmax);
+  };
+  ParallelFor(ctx, p.x.rows, row);
+}
+
+template <typename TA, typename TB>
+void DIAddOut(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
+  if (a.obits > 8) return DIAdd<TA, TB, int16_t>(ctx, a, p);
+  return DIAdd<TA, TB, int8_t>(ctx, a, p);
+}
+
+void DIAddAny(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
+  const bool a8 = p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8, b8 = p.x2.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
+  if (a8 && b8) return DIAddOut<int8_t, int8_t>(ctx, a, p);
+  if (a8) return DIAddOut<int8_t, int16_t>(ctx, a, p);
+  if (b8) return DIAddOut<int16_t, int8_t>(ctx, a, p);
+  return DIAddOut<int16_t, int16_t>(ctx, a, p);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -475,10 +501,12 @@ struct Kernel {
         case DiOp::kClippedSoftmax:
           if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIClippedSoftmax<int8_t>(ctx, attrs, p);
           return DIClippedSoftmax<int32_t>(ctx, attrs, p);
-        case DiOp::kNorm: return DINorm(ctx, attrs, p);
+        case DiOp::kNorm:
+          if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DINorm<int8_t>(ctx, attrs, p);
+          return DINorm<int16_t>(ctx, attrs, p);
         case DiOp::kSwiGLU: return DISwiGLU(ctx, attrs, p);
         case DiOp::kRotary: return DIRotary(ctx, attrs, p);
-        case DiOp::kAdd: return DIAdd(ctx, attrs, p);
+        case DiOp::kAdd: return DIAddAny(ctx, attrs, p);
         case DiOp::kBatchMatMul:
           if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIBatchMatMul<int8_t>(ctx, attrs, p);
           return DIBatchMatMul<uint8_t>(ctx, attrs, p);
@@ -493,20 +521,34 @@ struct Kernel {
   Gemm gemm;
 };
 
-template <DiOp kOp>
-struct Op : Ort::CustomOpBase<Op<kOp>, Kernel<kOp>, /*WithStatus=*/true> {
+// kI8 or kI16 for DIAdd's overloads (its codes inputs A and B), UNDEFINED for every other op.
+constexpr auto kNone = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+
+// One OrtCustomOp of kOp; DIAdd registers one per (A, B) code type pair. ORT derives an UNDEFINED output's type
+// from the only UNDEFINED input, so with concrete input types and Y declared UNDEFINED and optional (ORT insists
+// on the one-dynamic-input rule for required ones) Y keeps the type the graph declares for it, which
+// DiAttrs::FromKernelInfo checks against obits.
+template <DiOp kOp, ONNXTensorElementDataType kA = kNone, ONNXTensorElementDataType kB = kNone>
+struct Op : Ort::CustomOpBase<Op<kOp, kA, kB>, Kernel<kOp>, /*WithStatus=*/true> {
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
     return StatusFrom([&] { *kernel = new Kernel<kOp>(info); });
   }
   const char* GetName() const { return Signature(kOp).name; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
   size_t GetInputTypeCount() const { return Signature(kOp).inputs.size(); }
-  ONNXTensorElementDataType GetInputType(size_t i) const { return Signature(kOp).inputs[i]; }
+  ONNXTensorElementDataType GetInputType(size_t i) const {
+    if (kOp == DiOp::kAdd && i == 0) return kA;
+    if (kOp == DiOp::kAdd && i == 3) return kB;
+    return Signature(kOp).inputs[i];
+  }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
     return i < Signature(kOp).optional_from ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
   }
   size_t GetOutputTypeCount() const { return Signature(kOp).outputs.size(); }
   ONNXTensorElementDataType GetOutputType(size_t i) const { return Signature(kOp).outputs[i]; }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const {
+    return kOp == DiOp::kAdd && i == 0 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  }
 };
 
 }  // namespace
@@ -518,11 +560,15 @@ void RegisterIntegerOps(Ort::CustomOpDomain& domain) {
   static Op<DiOp::kNorm> norm;
   static Op<DiOp::kSwiGLU> swiglu;
   static Op<DiOp::kRotary> rotary;
-  static Op<DiOp::kAdd> add;
+  constexpr auto kI8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8, kI16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16;
+  static Op<DiOp::kAdd, kI8, kI8> add;
+  static Op<DiOp::kAdd, kI8, kI16> add_8_16;
+  static Op<DiOp::kAdd, kI16, kI8> add_16_8;
+  static Op<DiOp::kAdd, kI16, kI16> add_16_16;
   static Op<DiOp::kBatchMatMul> batch_matmul;
   static Op<DiOp::kRequant> requant;
   for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&matmul, &exp, &softmax, &norm, &swiglu, &rotary, &add,
-                                                             &batch_matmul, &requant})
+                                                             &add_8_16, &add_16_8, &add_16_16, &batch_matmul, &requant})
     domain.Add(op);
 }
 

@@ -1,0 +1,216 @@
+"""The 16-bit residual stream at the op level: DIAdd with int8 or int16 codes on either side and int8 (obits
+<= 8) or int16 (obits 9..16) output codes, DINorm of int16 codes. References against float, the CPU kernels
+bit-exact against the references, and the errors for what the ops refuse."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper
+
+from edgeq.custom_ops import reference_integer as ri
+from edgeq.custom_ops.integer_codec import dequantize, eps_q60
+from edgeq.custom_ops.schema import OPS, opset_import
+
+from .integer_problems import activation, activation16, assert_bit_exact, channel_scales, run
+
+SEEDS = range(12)
+
+
+def operand(rng, shape, wide: bool, **kw):
+    return activation16(rng, shape, **kw) if wide else activation(rng, shape, **kw)
+
+
+def lead_and_size(rng):
+    lead = tuple(int(d) for d in rng.integers(1, 6, rng.integers(1, 3)))
+    return (*lead, int(rng.choice([1, 3, 7, 63, 577, 1001])))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# References against float (errors in output steps, as test_integer_reference.py)
+
+
+def steps_off(y, m, e, exact) -> float:
+    return float((np.abs(dequantize(y, m, e) - exact) / dequantize(1, m, e)).max())
+
+
+@pytest.mark.parametrize("wa, wb", [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("obits", [8, 12, 16])
+def test_add_of_int16_codes_is_the_float_sum(wa, wb, obits):
+    rng = np.random.default_rng(obits * 4 + 2 * wa + wb)
+    a = operand(rng, (64, 301), wa, full_mantissas=True)
+    b = operand(rng, (64, 301), wb, e_range=(0, 35))  # within the 31-bit window of int16 sides
+    y = ri.di_add(*a, *b, obits)
+    assert y[0].dtype == (np.int16 if obits > 8 else np.int8)
+    assert np.abs(y[0].astype(np.int64)).max() == (1 << (obits - 1)) - 1
+    assert ((y[1] >= 1 << 14) & (y[1] < 1 << 15)).all()
+    # 0.5 + qmax * 2^-15 (the 15-bit output mantissa) + the reciprocal's rounding
+    tolerance = 0.5 + ((1 << (obits - 1)) - 1) * 2.0**-15 + 1e-3
+    assert steps_off(*y, dequantize(*a) + dequantize(*b)) <= tolerance
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-5, 1.5])
+def test_norm_of_int16_codes_is_float_rmsnorm(eps):
+    rng = np.random.default_rng(77)
+    x = activation16(rng, (64, 577), e_range=(16, 28), full_mantissas=True)
+    x[0][0, 5] = 32767 * 50 // 50  # a few channels far larger than the rest, as SmolLM2's residual
+    g_m, g_e = channel_scales(rng, 577, spread=8, signed=True)
+    xf = dequantize(*x)
+    exact = xf / np.sqrt((xf**2).mean(-1, keepdims=True) + eps) * dequantize(g_m, 1, g_e)
+    y = ri.di_norm(*x, g_m, g_e, eps_q60=eps_q60(eps), obits=8)
+    assert y[0].dtype == np.int8
+    assert steps_off(*y, exact) <= 0.51
+
+
+def test_norm_int16_codes_that_fit_int8_give_the_int8_result():
+    """Sums of squares below 2^31 are not rounded: int16 codes in the int8 range reproduce the int8 op."""
+    rng = np.random.default_rng(3)
+    x = activation(rng, (9, 333), saturate=True)
+    g = channel_scales(rng, 333)
+    wide = (x[0].astype(np.int16), x[1], x[2])
+    for want, got in zip(ri.di_norm(*x, *g, eps_q60=7, obits=8), ri.di_norm(*wide, *g, eps_q60=7, obits=8)):
+        np.testing.assert_array_equal(want, got)
+
+
+def test_add_refuses_other_codes_and_widths():
+    rng = np.random.default_rng(0)
+    a = activation(rng, (2, 5))
+    with pytest.raises(ValueError, match="A must hold int8 or int16 codes, got int32"):
+        ri.di_add(a[0].astype(np.int32), *a[1:], *a, 8)
+    with pytest.raises(ValueError, match="bits must be in 2..16, got 17"):
+        ri.di_add(*a, *a, 17)
+    with pytest.raises(ValueError, match="X must hold int8 or int16 codes, got int32"):
+        ri.di_norm(a[0].astype(np.int32), *a[1:], *channel_scales(rng, 5), eps_q60=0, obits=8)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CPU kernels, bit-exact
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_add_cpu(cpu_library, seed):
+    """Every (A, B) code type pair, output widths 2..16, exponents over the whole int8 range every third case
+    (saturation, flush and gaps beyond both windows), both int16 ends."""
+    rng = np.random.default_rng(9000 + seed)
+    wa, wb = bool(seed & 1), bool(seed & 2)
+    obits = int(rng.choice([2, 4, 8, 9, 12, 15, 16]))
+    shape = lead_and_size(rng)
+    wide_e = seed % 3 == 0
+    a = operand(rng, shape, wa, e_range=(-128, 127) if wide_e else (0, 12), saturate=seed % 2 == 0,
+                full_mantissas=seed % 4 < 2)
+    b = operand(rng, shape, wb, e_range=(-128, 127) if wide_e else (0, 50), saturate=True)
+    assert_bit_exact(cpu_library, "DIAdd", [*a, *b], obits=obits)
+
+
+@pytest.mark.parametrize("wa, wb", [(True, False), (False, True), (True, True)])
+def test_add_cpu_int16_limits_and_windows(cpu_library, wa, wb):
+    """Codes at +-32767 with the largest mantissa, exponent gaps at and past the 31-bit window, extreme exponents,
+    and b = -a at equal scales (an all-zero row)."""
+    q = np.tile(np.array([[-32767, 32767, 1, -1, 16384]], np.int64), (7, 1))
+    m = np.full((7, 1), ri.M_MAX, np.int32)
+    ea = np.array([[0], [0], [-128], [127], [10], [-128], [0]], np.int8)
+    eb = np.array([[31], [32], [127], [-128], [10], [-128], [39]], np.int8)
+    qa = q.astype(np.int16) if wa else np.clip(q, -128, 127).astype(np.int8)
+    qb = (-q).astype(np.int16) if wb else np.clip(-q, -128, 127).astype(np.int8)
+    for obits in (8, 16):
+        y = assert_bit_exact(cpu_library, "DIAdd", [qa, m, ea, qb, m, eb], obits=obits)
+        if wa == wb:
+            assert (y[0][4] == 0).all() and y[1][4, 0] == ri.ZERO_SCALE[0]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_norm_cpu_int16(cpu_library, seed):
+    rng = np.random.default_rng(9100 + seed)
+    shape = lead_and_size(rng)
+    e_range = (-128, 127) if seed % 3 == 0 else (8, 30)
+    x = activation16(rng, shape, e_range=e_range, saturate=seed % 2 == 0, full_mantissas=seed % 2 == 1)
+    if seed == 5:
+        x[0][...] = 32767  # the largest sum of squares per channel
+    g_m, g_e = channel_scales(rng, shape[-1], spread=int(rng.integers(0, 20)), signed=seed % 2 == 0)
+    eps = int(rng.choice([0, eps_q60(1e-5), (1 << 61) - 1]))
+    assert_bit_exact(cpu_library, "DINorm", [*x, g_m, g_e], eps_q60=eps, obits=int(rng.choice([4, 6, 8])))
+
+
+def test_norm_cpu_int16_largest_sum_of_squares(cpu_library):
+    C = ri.MAX_K
+    x = (np.full((2, C), -32767, np.int16), np.full((2, 1), ri.M_MAX, np.int32), np.array([[-128], [127]], np.int8))
+    g = channel_scales(np.random.default_rng(1), C)
+    assert_bit_exact(cpu_library, "DINorm", [*x, *g], eps_q60=0, obits=8)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Schema and bad inputs
+
+
+def infer(op, inputs, **attrs):
+    opdef = OPS[op]
+    node = helper.make_node(op, [i[0] for i in inputs], [o.name for o in opdef.outputs], domain="edgeq", **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(*i) for i in inputs],
+                              [helper.make_empty_tensor_value_info(o.name) for o in opdef.outputs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), opset_import()], ir_version=9)
+    out = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True).graph.output
+    return [(o.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim])
+            for o in out]
+
+
+def act(name, scale, code, shape=("t", 7)):
+    return [(name, code, list(shape)), (f"{scale}_m", TP.INT32, [*shape[:-1], 1]),
+            (f"{scale}_e", TP.INT8, [*shape[:-1], 1])]
+
+
+@pytest.mark.parametrize("a, b", [(TP.INT8, TP.INT16), (TP.INT16, TP.INT8), (TP.INT16, TP.INT16)])
+@pytest.mark.parametrize("obits, code", [(8, TP.INT8), (4, TP.INT8), (9, TP.INT16), (16, TP.INT16)])
+def test_add_schema_output_type_follows_obits(a, b, obits, code):
+    assert infer("DIAdd", [*act("A", "a", a), *act("B", "b", b)], obits=obits) == [
+        (code, ["t", 7]), (TP.INT32, ["t", 1]), (TP.INT8, ["t", 1])]
+
+
+def test_norm_schema_takes_int16():
+    inputs = [*act("X", "x", TP.INT16), ("g_m", TP.INT32, [7]), ("g_e", TP.INT8, [7])]
+    assert infer("DINorm", inputs, eps_q60=0, obits=8)[0] == (TP.INT8, ["t", 7])
+
+
+@pytest.mark.parametrize("op, inputs, attrs, match", [
+    ("DIAdd", [*act("A", "a", TP.INT32), *act("B", "b", TP.INT8)], dict(obits=8), "int32"),
+    ("DIAdd", [*act("A", "a", TP.INT8), *act("B", "b", TP.INT8)], dict(obits=17), "obits"),
+    ("DINorm", [*act("X", "x", TP.INT32), ("g_m", TP.INT32, [7]), ("g_e", TP.INT8, [7])], dict(eps_q60=0, obits=8),
+     "int32"),
+])
+def test_schema_refuses(op, inputs, attrs, match):
+    with pytest.raises(Exception, match=match):
+        infer(op, inputs, **attrs)
+
+
+def fails(library, op, args, match, **attrs):
+    with pytest.raises(Exception, match=match):
+        run(library, op, args, **attrs)
+
+
+@pytest.mark.parametrize("index, name", [(0, "A"), (3, "B")])
+def test_add_refuses_int32_codes(cpu_library, index, name):
+    r = np.random.default_rng(0)
+    args = [*activation(r, (2, 5)), *activation16(r, (2, 5))]
+    args[index] = args[index].astype(np.int32)
+    fails(cpu_library, "DIAdd", args, rf"input parameter \({name}\) of operator \(DIAdd\) in node \(n0\)", obits=8)
+
+
+@pytest.mark.parametrize("obits", [1, 17])
+def test_add_refuses_obits_outside_2_16(cpu_library, obits):
+    r = np.random.default_rng(0)
+    fails(cpu_library, "DIAdd", [*activation(r, (2, 5)), *activation(r, (2, 5))],
+          rf"edgeq::DIAdd node 'n0': attribute obits={obits} must be in 2..16", obits=obits, y_type=TP.INT16)
+
+
+@pytest.mark.parametrize("obits, y_type, match", [(16, TP.INT8, "Y is int8, but obits=16 gives int16 codes"),
+                                                  (8, TP.INT16, "Y is int16, but obits=8 gives int8 codes")])
+def test_add_refuses_an_output_type_obits_does_not_give(cpu_library, obits, y_type, match):
+    r = np.random.default_rng(0)
+    fails(cpu_library, "DIAdd", [*activation16(r, (2, 5)), *activation(r, (2, 5))],
+          rf"edgeq::DIAdd node 'n0': {match}", obits=obits, y_type=y_type)
+
+
+def test_norm_refuses_int32_codes(cpu_library):
+    r = np.random.default_rng(0)
+    x = activation(r, (2, 5))
+    fails(cpu_library, "DINorm", [x[0].astype(np.int32), *x[1:], *channel_scales(r, 5)],
+          r"edgeq::DINorm node 'n0': X must be int8 or int16, got an unsupported type|int32", eps_q60=0, obits=8)
