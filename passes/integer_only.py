@@ -18,7 +18,7 @@ and int8 exponent, ``custom_ops/README.md`` "Integer-only ops"):
   softmax        DIClippedSoftmax (causal; clipped to [max - c, max] with each layer's c from the model property
                  ``edgeq.softmax_clip`` that I-LLM's FSBR learns, else no clipping), uint8 probabilities
   heads -> token DIRequant at o_proj's abits;  SiLU(gate)*up  DISwiGLU at down_proj's abits
-  residual adds  DIAdd (8 bits);  lm_head  DIBatchMatMul against the int8 table (tied) or lm_head's rows
+  residual adds  DIAdd (16-bit codes);  lm_head  DIBatchMatMul against the int8 table (tied) or lm_head's rows
   logits         the only float: int32 codes * m * 2^-e (Cast, Neg, Pow, Mul)
 
 The KV cache is integer: ``past_key_values.{i}.key`` int8 ``[B, kv, P, D]`` plus ``past_key_values.{i}.key.m``
@@ -40,7 +40,8 @@ from edgeq.custom_ops.quant_linear_packing import unpack_weights
 from edgeq.errors import EdgeqError
 from edgeq.exporter.llama_graph import SOFTMAX_CLIP_KEY
 
-INNER_BITS = 8        # codes of activations that feed no linear: projections, rotary, residual, KV cache, softmax
+INNER_BITS = 8        # codes of activations that feed no linear: projections, rotary, KV cache, softmax
+RESIDUAL_BITS = 16    # the residual stream (int16 codes): a few of its channels are hundreds of times the rest
 HEAD_BITS = 8         # the embedding table / lm_head rows and the final norm's output
 DEFAULT_MAX_POSITIONS = 8192  # rotary table rows when the model does not say (metadata edgeq.max_positions)
 SCALES = (".m", ".e")  # suffixes of a cached tensor's scale inputs/outputs
@@ -354,13 +355,13 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
         ctx = b.each("Transpose", ctx, p + "/ctx_t", [[]] * 3, perm=[0, 2, 1, 3])
         ctx = b.di("DIRequant", ctx, p + "/ctx", obits=layer.o.abits)
         h = b.di("DIAdd", [*h, *b.matmul(ctx, layer.o, p + ".o_proj")], f"model.layers.{i}/residual_attn",
-                 obits=INNER_BITS)
+                 obits=RESIDUAL_BITS)
         m = f"model.layers.{i}.mlp"
         x = b.norm(h, layer.post_norm, d.eps, f"model.layers.{i}.post_attention_layernorm", layer.gate.abits)
         glu = b.di("DISwiGLU", [*b.matmul(x, layer.gate, m + ".gate_proj"), *b.matmul(x, layer.up, m + ".up_proj")],
                    m + "/glu", obits=layer.down.abits)
         h = b.di("DIAdd", [*h, *b.matmul(glu, layer.down, m + ".down_proj")], f"model.layers.{i}/residual_mlp",
-                 obits=INNER_BITS)
+                 obits=RESIDUAL_BITS)
 
     h = b.norm(h, d.final_norm, d.eps, "model.norm", HEAD_BITS)
     if d.lm_head is None:  # tied: the embedding's int8 rows, seen as [1, V, H]

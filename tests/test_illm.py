@@ -71,7 +71,7 @@ def test_fsbr_lowers_the_block_loss():
             opt.zero_grad()
             torch.nn.functional.mse_loss(block(x, **kw), y).backward()
             opt.step()
-    assert loss() < 0.95 * before  # seen: -9% in 20 steps
+    assert loss() < 0.97 * before  # seen: -4% in 20 steps (-9% when the residual was also rounded to 8 bits)
 
 
 def test_config_spec_and_round_trip(tmp_path):
@@ -127,9 +127,10 @@ def test_illm_w8a8_integer_graph_verifies_and_tracks_pytorch(illm_w8a8):
     with torch.no_grad():
         y_torch = model(torch.as_tensor(ids)).logits.numpy()
     cos = (y_int * y_torch).sum(-1) / np.linalg.norm(y_int, axis=-1) / np.linalg.norm(y_torch, axis=-1)
-    # the integer graph also rounds the residual, q/k/v, the KV cache, probabilities and lm_head to 8 bits
+    # the integer graph also rounds the residual (16 bits), q/k/v, the KV cache, probabilities and lm_head (8 bits)
     assert cos.min() > 0.998
-    assert (y_int.argmax(-1) == y_torch.argmax(-1)).mean() >= 0.9
+    assert np.linalg.norm(y_int - y_torch) / np.linalg.norm(y_torch) < 0.03  # seen: 2.2% (8-bit residual: 2.4%)
+    assert (y_int.argmax(-1) == y_torch.argmax(-1)).mean() >= 0.85  # random tiny model: many near-ties
 
 
 def test_simulated_forward_is_the_fp_block_when_nothing_rounds(monkeypatch):
