@@ -284,7 +284,6 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 2)
 // of a dequantized fp16 weight, as a dense fp16 GEMM has), one HFMA2 with the activations; a piece's half2 sum
 // (at most 8 products per half) goes to fp32. A batch of M runs M grid rows (blockIdx.y = token), each reading W
 // again (mostly from L2).
-constexpr int kHalf2Rows = 2;
 
 template <int BITS>
 struct Half2Layout {
@@ -319,25 +318,25 @@ __device__ __forceinline__ uint32_t ActivationPair(const uint32_t* x, int q) {
 
 // The codes of one step of rows n0..n0+R-1 for this lane: pieces s * 32 kPieces + 32 v + lane (zero past the row
 // or past N).
-template <int BITS>
+template <int BITS, int R, int V>
 struct Half2Step {
   using L = Half2Layout<BITS>;
   static constexpr int kBlocks = L::kPieceCodes / 16;
-  uint32_t w[kHalf2Rows][L::kPieces][L::kWordsHeld];
-  __half scale[kHalf2Rows][L::kPieces][kBlocks];  // of each 16-code block's group, loaded with the codes so that
-  uint8_t zero[kHalf2Rows][L::kPieces][kBlocks];  // their latency overlaps (they were the compute's main stall)
+  uint32_t w[R][V][L::kWordsHeld];
+  __half scale[R][V][kBlocks];  // of each 16-code block's group, loaded with the codes so that
+  uint8_t zero[R][V][kBlocks];  // their latency overlaps (they were the compute's main stall)
 
   __device__ __forceinline__ void Load(const uint8_t* __restrict__ B, const __half* __restrict__ scales,
                                        const uint8_t* __restrict__ zero_points, int n0, int N, int s, int lane,
                                        int row_pieces, int n_groups, int group_shift) {
     const int row_words = row_pieces * L::kPieceWords;
 #pragma unroll
-    for (int r = 0; r < kHalf2Rows; ++r) {
+    for (int r = 0; r < R; ++r) {
       const bool row_ok = n0 + r < N;
       const uint32_t* row = reinterpret_cast<const uint32_t*>(B) + static_cast<size_t>(row_ok ? n0 + r : 0) * row_words;
 #pragma unroll
-      for (int v = 0; v < L::kPieces; ++v) {
-        const int j = s * 32 * L::kPieces + 32 * v + lane;
+      for (int v = 0; v < V; ++v) {
+        const int j = s * 32 * V + 32 * v + lane;
         const bool ok = row_ok && j < row_pieces;
         const uint32_t* src = row + static_cast<size_t>(j) * L::kPieceWords;
         if constexpr (L::kPieceWords == 4) {
@@ -368,8 +367,8 @@ struct Half2Step {
                                           float* acc) const {
     using P = MmaPairs<BITS>;
 #pragma unroll
-    for (int v = 0; v < L::kPieces; ++v) {
-      const int j = s * 32 * L::kPieces + 32 * v + lane;
+    for (int v = 0; v < V; ++v) {
+      const int j = s * 32 * V + 32 * v + lane;
       if (j >= row_pieces) continue;
 #pragma unroll
       for (int b = 0; b < kBlocks; ++b) {
@@ -381,7 +380,7 @@ struct Half2Step {
 #pragma unroll
         for (int q = 0; q < 8; ++q) xp[q] = ActivationPair<BITS>(x, q);
 #pragma unroll
-        for (int r = 0; r < kHalf2Rows; ++r) {
+        for (int r = 0; r < R; ++r) {
           const __half2 scale2 = __half2half2(scale[r][v][b]);
           const float zp = float(zero[r][v][b]);
           // (1024 + c 2^t) 2^-t - 1024 2^-t - z = c - z, t per half of pair q: exact in fp16 up to 8 bits.
@@ -391,13 +390,13 @@ struct Half2Step {
             unit_mul[t] = __floats2half2_rn(1.f / float(1 << P::Low(t)), 1.f / float(1 << P::High(t)));
             offset[t] = __floats2half2_rn(-1024.f / float(1 << P::Low(t)) - zp, -1024.f / float(1 << P::High(t)) - zp);
           }
-          __half2 sums = __float2half2_rn(0.f);
+          __half2 sums[2] = {__float2half2_rn(0.f), __float2half2_rn(0.f)};  // two chains: half the latency
 #pragma unroll
           for (int q = 0; q < 8; ++q) {
             const __half2 c_minus_z = __hfma2(BitsToHalf2(PiecePair<BITS>(w[r][v], b, q)), unit_mul[q & 1], offset[q & 1]);
-            sums = __hfma2(__hmul2(c_minus_z, scale2), BitsToHalf2(xp[q]), sums);
+            sums[q & 1] = __hfma2(__hmul2(c_minus_z, scale2), BitsToHalf2(xp[q]), sums[q & 1]);
           }
-          const float2 f = __half22float2(sums);
+          const float2 f = __half22float2(__hadd2(sums[0], sums[1]));
           acc[r] += f.x + f.y;
         }
       }
@@ -407,13 +406,12 @@ struct Half2Step {
 
 // group_shift: log2 of the group size (16..128; a 16-code block lies in one group). Block: 8 warps = (8 / ksplit)
 // row pairs, each served by ksplit warps taking interleaved steps, meeting in shared memory.
-template <int BITS>
-__global__ void __launch_bounds__(kDecodeWarps * 32, 2)
+template <int BITS, int R, int V, int MINB>
+__global__ void __launch_bounds__(kDecodeWarps * 32, MINB)
     DecodeHalf2Kernel(const __half* __restrict__ A, const uint8_t* __restrict__ B, const __half* __restrict__ scales,
                       const uint8_t* __restrict__ zero_points, __half* __restrict__ Y, int N, int K, int n_groups,
                       int group_shift, int ksplit) {
   using L = Half2Layout<BITS>;
-  constexpr int R = kHalf2Rows;
   A += static_cast<size_t>(blockIdx.y) * K;
   Y += static_cast<size_t>(blockIdx.y) * N;
   __shared__ float partial[kDecodeMaxSplit][kDecodeWarps][R];
@@ -423,11 +421,11 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, 2)
   const int row_groups = kDecodeWarps / ksplit;
   const int n0 = (blockIdx.x * row_groups + row_group) * R;
   const int row_pieces = K / L::kPieceCodes;
-  const int steps = (row_pieces + 32 * L::kPieces - 1) / (32 * L::kPieces);
+  const int steps = (row_pieces + 32 * V - 1) / (32 * V);
 
   float acc[R] = {};
   for (int s = split; s < steps; s += ksplit) {
-    Half2Step<BITS> step;
+    Half2Step<BITS, R, V> step;
     step.Load(B, scales, zero_points, n0, N, s, lane, row_pieces, n_groups, group_shift);
     step.Compute(A, s, lane, row_pieces, acc);
   }
@@ -608,6 +606,9 @@ bool DecodeFits(const GqmmArgs& a) {
 
 GqmmKernel Pick(const GqmmArgs& a, GqmmKernel requested) {
   if (requested != GqmmKernel::kAuto) return requested;
+  // Measured on the H200 (BENCHMARKS.md): the coalesced half2 decode beats decode-mma at batch 1, 4 bits, for
+  // K <= 4096 (4096x4096 6.3 vs 7.8 us, 4096x11008 14.5 vs 18.0 us) but not at K = 11008 (17.2 vs 15.8 us).
+  if (a.half && a.M == 1 && a.bits == 4 && a.K <= 4096 && DecodeFits(a)) return GqmmKernel::kDecodeHalf2;
   if (MmaDecodeFits(a.half, a.M, a.K, a.A, Weights<__half>(a))) return GqmmKernel::kDecodeMma;
   if (DecodeFits(a)) return GqmmKernel::kDecode;
   if (a.M > kDecodeMaxM) return CublasAvailable() ? GqmmKernel::kGemm : GqmmKernel::kTiled;
@@ -627,17 +628,17 @@ void LaunchDecodeRows(const GqmmArgs& a, cudaStream_t stream) {
       static_cast<int>(a.M), static_cast<int>(a.N), static_cast<int>(a.K), static_cast<int>(a.n_groups), ksplit);
 }
 
-template <int BITS>
+template <int BITS, int R, int V, int MINB>
 void LaunchDecodeHalf2(const GqmmArgs& a, cudaStream_t stream) {
   using L = Half2Layout<BITS>;
-  const int64_t steps = (a.K / L::kPieceCodes + 32 * L::kPieces - 1) / (32 * L::kPieces);
+  const int64_t steps = (a.K / L::kPieceCodes + 32 * V - 1) / (32 * V);
   int ksplit = 1;
   while (ksplit < kDecodeMaxSplit && ksplit < steps) ksplit *= 2;
   int group_shift = 0;
   while ((int64_t{1} << group_shift) < a.group_size) ++group_shift;
-  const int rows_per_block = (kDecodeWarps / ksplit) * kHalf2Rows;
+  const int rows_per_block = (kDecodeWarps / ksplit) * R;
   const dim3 grid(static_cast<unsigned>((a.N + rows_per_block - 1) / rows_per_block), static_cast<unsigned>(a.M));
-  DecodeHalf2Kernel<BITS><<<grid, kDecodeWarps * 32, 0, stream>>>(
+  DecodeHalf2Kernel<BITS, R, V, MINB><<<grid, kDecodeWarps * 32, 0, stream>>>(
       static_cast<const __half*>(a.A), a.B, static_cast<const __half*>(a.scales), a.zero_points,
       static_cast<__half*>(a.Y), static_cast<int>(a.N), static_cast<int>(a.K), static_cast<int>(a.n_groups),
       group_shift, ksplit);
@@ -645,10 +646,12 @@ void LaunchDecodeHalf2(const GqmmArgs& a, cudaStream_t stream) {
 
 void LaunchDecodeHalf2Bits(const GqmmArgs& a, cudaStream_t stream) {
   switch (a.bits) {
-    case 2: return LaunchDecodeHalf2<2>(a, stream);
-    case 3: return LaunchDecodeHalf2<3>(a, stream);
-    case 4: return LaunchDecodeHalf2<4>(a, stream);
-    default: return LaunchDecodeHalf2<8>(a, stream);
+    // 3 and 4 bits: 4 rows per warp sharing each activation load, half the pieces per step (the fastest of five
+    // (rows, pieces, blocks per SM) variants timed on the H200; BENCHMARKS.md); 2 and 8 bits keep 2 rows.
+    case 2: return LaunchDecodeHalf2<2, 2, Half2Layout<2>::kPieces, 2>(a, stream);
+    case 3: return LaunchDecodeHalf2<3, 4, Half2Layout<3>::kPieces / 2, 2>(a, stream);
+    case 4: return LaunchDecodeHalf2<4, 4, Half2Layout<4>::kPieces / 2, 2>(a, stream);
+    default: return LaunchDecodeHalf2<8, 2, Half2Layout<8>::kPieces, 2>(a, stream);
   }
 }
 

@@ -7,8 +7,8 @@
 namespace edgeq {
 namespace cuda {
 
-// Which kernel runs. kAuto: for float16, the tensor-core decode (kDecodeMma) for M <= 8 when K % 128 == 0 and
-// A/B are 16-byte aligned; for float32 the FMA decode GEMV (kDecode) under the same conditions; for larger
+// Which kernel runs. kAuto: for float16, the coalesced half2 decode (kDecodeHalf2) at M = 1, 4 bits, K <= 4096,
+// else the tensor-core decode (kDecodeMma) for M <= 8 when K % 128 == 0 and A/B are 16-byte aligned; for float32 the FMA decode GEMV (kDecode) under the same conditions; for larger
 // M, dequantize W into a scratch buffer and multiply with cuBLAS (kGemm) when libcublas can be loaded, else the
 // tiled kernel; the generic kernel otherwise. The others force one (tests and benchmarks).
 // kDecodeRows: the decode family without the batch-1 streaming kernel (comparisons). kDecodeMma: the tensor-core
