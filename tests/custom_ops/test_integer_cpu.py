@@ -27,9 +27,10 @@ def odd_size(rng: np.random.Generator, hi: int) -> int:
 SEEDS = range(20)
 
 
-@pytest.fixture(params=["vnni", "avx2", "scalar"])
+@pytest.fixture(params=["vnni", "avx512", "avx2", "scalar"])
 def matmul_kernel(request, cpu_library, monkeypatch):
-    """Pins DIMatMul's GEMM kernel (EDGEQ_DIMATMUL_KERNEL, read at session creation); skips one the build lacks."""
+    """Pins the DIMatMul/DIBatchMatMul GEMM kernel (EDGEQ_DIMATMUL_KERNEL, read at session creation); skips one the
+    build lacks."""
     monkeypatch.setenv("EDGEQ_DIMATMUL_KERNEL", request.param)
     x = activation(np.random.default_rng(0), (1, 3))
     try:
@@ -205,7 +206,7 @@ def attention_shapes(rng: np.random.Generator, seed: int):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_batch_matmul_scores(cpu_library, seed):
+def test_batch_matmul_scores(cpu_library, matmul_kernel, seed):
     """trans_b=1 (Q.K^T): keys with their own scales (exponents spread past the alignment window), causal and
     broadcast masks, rows with no visible key."""
     rng = np.random.default_rng(6000 + seed)
@@ -235,7 +236,16 @@ def test_batch_matmul_context(cpu_library, seed):
     assert_bit_exact(cpu_library, "DIBatchMatMul", [*A, *B, None], trans_b=0)
 
 
-def test_batch_matmul_largest_sums(cpu_library):
+def test_batch_matmul_lm_head_shape(cpu_library, matmul_kernel):
+    """One query row against many rows of B (the tied lm_head at decode): the GEMM runs over blocks of B's rows
+    in parallel, with a K tail off every SIMD width."""
+    rng = np.random.default_rng(6500)
+    A = activation(rng, (1, 1, 577), saturate=True)
+    B = activation(rng, (1, 1003, 577), e_range=(-4, 40))
+    assert_bit_exact(cpu_library, "DIBatchMatMul", [*A, *B, None], trans_b=1)
+
+
+def test_batch_matmul_largest_sums(cpu_library, matmul_kernel):
     """K = 65535 at the int8/uint8 limits with the widest exponent gap the window shifts exactly: the int32 dot
     products and P.V's int64 sums are at their bounds and must come out exact."""
     K = ri.MAX_BATCH_K

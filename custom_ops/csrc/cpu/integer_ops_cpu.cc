@@ -1,8 +1,9 @@
 // The integer-only I-LLM ops on the CPU execution provider. Every op is a loop over rows (ORT's intra-op pool)
 // around the integer primitives of integer_math.h; DIMatMul first takes its int32 dot products as a blocked
 // GEMM: tasks of kBlockN weight rows, register tiles of two activation rows x four weight rows, with AVX-512
-// VNNI (vpdpbusd, 64 products per instruction) or AVX2 (vpmaddwd on int16) where the build has them. Every
-// kernel is exact: the true sums are bounded by the op's K * 2^14 < 2^31.
+// VNNI (vpdpbusd, 64 products per instruction), AVX-512 BW or AVX2 (vpmaddwd on int16, 32 or 16 lanes) where the
+// build has them; DIBatchMatMul's Q.K^T and lm_head use the same GEMM. Every kernel is exact: the true sums are
+// bounded by the op's K * 2^14 < 2^31.
 #include <algorithm>
 #include <cstdlib>
 #include <numeric>
@@ -53,11 +54,11 @@ void StoreRow(const IntOutput& out, int64_t r, int64_t* v, int64_t n, int64_t mu
 // The GEMM kernels: acc[i * acc_stride + j] = sum_k x[i * K + k] * w[j * K + k] for a tile of MR activation
 // rows and NR weight rows, each exact in int32. EDGEQ_DIMATMUL_KERNEL=auto|vnni|avx2|scalar (read at session
 // creation) pins one; auto takes the widest this build has.
-enum class Gemm { kScalar, kAvx2, kVnni };
+enum class Gemm { kScalar, kAvx2, kAvx512, kVnni };
 
 struct GemmInput {
   const int8_t* x;       // activation codes [M, K]
-  const int16_t* x16;    // the same widened to int16 (kAvx2 only)
+  const int16_t* x16;    // the same widened to int16 (kAvx2, kAvx512)
   const int32_t* x_sum;  // sum_k x[m, k] per row (kVnni only)
   const int8_t* w;       // weight codes [N, K]
   int64_t K;
@@ -114,6 +115,35 @@ void TileAvx2(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t ac
 constexpr bool kHaveAvx2 = false;
 #endif
 
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+constexpr bool kHaveAvx512 = true;
+
+// TileAvx2 at twice the width (vpmaddwd on 32 int16 lanes), for AVX-512 machines without VNNI. K tails are
+// masked loads (zeros).
+template <int MR, int NR>
+void TileAvx512(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t acc_stride) {
+  const int64_t K = g.K;
+  const int16_t* x = g.x16 + m * K;
+  const int8_t* w = g.w + n * K;
+  __m512i s[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) s[i][j] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < K; k += 32) {
+    const __mmask32 mask = K - k >= 32 ? ~__mmask32(0) : (__mmask32(1) << (K - k)) - 1;
+    __m512i wv[NR];
+    for (int j = 0; j < NR; ++j) wv[j] = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, w + j * K + k));
+    for (int i = 0; i < MR; ++i) {
+      const __m512i xv = _mm512_maskz_loadu_epi16(mask, x + i * K + k);
+      for (int j = 0; j < NR; ++j) s[i][j] = _mm512_add_epi32(s[i][j], _mm512_madd_epi16(xv, wv[j]));
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i * acc_stride + j] = _mm512_reduce_add_epi32(s[i][j]);
+}
+#else
+constexpr bool kHaveAvx512 = false;
+#endif
+
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 constexpr bool kHaveVnni = true;
 
@@ -154,14 +184,16 @@ constexpr bool kHaveVnni = false;
 Gemm ChooseGemm(const std::string& where) {
   const char* pinned = std::getenv("EDGEQ_DIMATMUL_KERNEL");
   const std::string choice = pinned != nullptr ? pinned : "auto";
-  if (choice == "auto") return kHaveVnni ? Gemm::kVnni : kHaveAvx2 ? Gemm::kAvx2 : Gemm::kScalar;
+  if (choice == "auto")
+    return kHaveVnni ? Gemm::kVnni : kHaveAvx512 ? Gemm::kAvx512 : kHaveAvx2 ? Gemm::kAvx2 : Gemm::kScalar;
   if (choice == "scalar") return Gemm::kScalar;
   if (choice == "avx2" && kHaveAvx2) return Gemm::kAvx2;
+  if (choice == "avx512" && kHaveAvx512) return Gemm::kAvx512;
   if (choice == "vnni" && kHaveVnni) return Gemm::kVnni;
-  if (choice == "avx2" || choice == "vnni")
+  if (choice == "avx2" || choice == "avx512" || choice == "vnni")
     checks::Fail(where, "EDGEQ_DIMATMUL_KERNEL=" + choice + ": this build has no " +
-                            (choice == "vnni" ? "AVX-512 VNNI" : "AVX2"));
-  checks::Fail(where, "EDGEQ_DIMATMUL_KERNEL=" + choice + " is not one of auto, vnni, avx2, scalar");
+                            (choice == "vnni" ? "AVX-512 VNNI" : choice == "avx512" ? "AVX-512 BW" : "AVX2"));
+  checks::Fail(where, "EDGEQ_DIMATMUL_KERNEL=" + choice + " is not one of auto, vnni, avx512, avx2, scalar");
 }
 
 // acc rows m.. of the weight rows [n0, n0 + rows): tiles of kTileN weight rows, then single rows.
@@ -173,6 +205,9 @@ void GemmRows(const GemmInput& g, int64_t m, int64_t n0, int64_t rows, int32_t* 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
     if constexpr (kGemm == Gemm::kVnni) return TileVnni<MR, NR>(g, m, n, out, N);
 #endif
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+    if constexpr (kGemm == Gemm::kAvx512) return TileAvx512<MR, NR>(g, m, n, out, N);
+#endif
 #if defined(__AVX2__)
     if constexpr (kGemm == Gemm::kAvx2) return TileAvx2<MR, NR>(g, m, n, out, N);
 #endif
@@ -183,31 +218,51 @@ void GemmRows(const GemmInput& g, int64_t m, int64_t n0, int64_t rows, int32_t* 
   for (; n < n0 + rows; ++n) tile(std::integral_constant<int, 1>{}, n);
 }
 
+// acc [M, N] (row stride N) = x [M, K] . w[n0 .. n0 + rows)^T.
 template <Gemm kGemm>
-void GemmAll(Ort::KernelContext& ctx, const GemmInput& g, int64_t M, int64_t N, int32_t* acc) {
-  auto block = [&](int64_t b) {
-    const int64_t n0 = b * kBlockN, rows = std::min(kBlockN, N - n0);
-    int64_t m = 0;
-    for (; m + kTileM <= M; m += kTileM) GemmRows<kGemm, kTileM>(g, m, n0, rows, acc, N);
-    for (; m < M; ++m) GemmRows<kGemm, 1>(g, m, n0, rows, acc, N);
-  };
-  ParallelFor(ctx, (N + kBlockN - 1) / kBlockN, block);
+void GemmBlock(const GemmInput& g, int64_t M, int64_t n0, int64_t rows, int32_t* acc, int64_t N) {
+  int64_t m = 0;
+  for (; m + kTileM <= M; m += kTileM) GemmRows<kGemm, kTileM>(g, m, n0, rows, acc, N);
+  for (; m < M; ++m) GemmRows<kGemm, 1>(g, m, n0, rows, acc, N);
 }
+
+void GemmBlockAny(Gemm gemm, const GemmInput& g, int64_t M, int64_t n0, int64_t rows, int32_t* acc, int64_t N) {
+  switch (gemm) {
+    case Gemm::kVnni: return GemmBlock<Gemm::kVnni>(g, M, n0, rows, acc, N);
+    case Gemm::kAvx512: return GemmBlock<Gemm::kAvx512>(g, M, n0, rows, acc, N);
+    case Gemm::kAvx2: return GemmBlock<Gemm::kAvx2>(g, M, n0, rows, acc, N);
+    default: return GemmBlock<Gemm::kScalar>(g, M, n0, rows, acc, N);
+  }
+}
+
+// What the chosen kernel needs besides the codes: int16 copies (vpmaddwd) or row sums (vpdpbusd's correction).
+struct GemmOperands {
+  std::vector<int16_t> x16;
+  std::vector<int32_t> x_sum;
+  GemmOperands(Gemm gemm, const int8_t* X, int64_t rows, int64_t K) {
+    if (gemm == Gemm::kAvx2 || gemm == Gemm::kAvx512) x16.assign(X, X + rows * K);
+    if (gemm == Gemm::kVnni) {
+      x_sum.resize(size_t(rows));
+      for (int64_t m = 0; m < rows; ++m) x_sum[m] = std::accumulate(X + m * K, X + (m + 1) * K, int32_t(0));
+    }
+  }
+  GemmInput For(const int8_t* X, int64_t row0, const int8_t* W, int64_t K) const {
+    return {X + row0 * K, x16.empty() ? nullptr : x16.data() + row0 * K, x_sum.empty() ? nullptr : x_sum.data() + row0,
+            W, K};
+  }
+};
 
 void DIMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProblem& p) {
   const int64_t M = p.x.rows, K = a.K, N = a.N;
   const int8_t* X = static_cast<const int8_t*>(p.x.q);
-  std::vector<int16_t> x16;
-  std::vector<int32_t> x_sum, acc(size_t(M * N));
-  if (gemm == Gemm::kAvx2) x16.assign(X, X + M * K);
-  if (gemm == Gemm::kVnni) {
-    x_sum.resize(size_t(M));
-    for (int64_t m = 0; m < M; ++m) x_sum[m] = std::accumulate(X + m * K, X + (m + 1) * K, int32_t(0));
-  }
-  const GemmInput g{X, x16.data(), x_sum.data(), p.W, K};
-  if (gemm == Gemm::kVnni) GemmAll<Gemm::kVnni>(ctx, g, M, N, acc.data());
-  else if (gemm == Gemm::kAvx2) GemmAll<Gemm::kAvx2>(ctx, g, M, N, acc.data());
-  else GemmAll<Gemm::kScalar>(ctx, g, M, N, acc.data());
+  std::vector<int32_t> acc(size_t(M * N));
+  const GemmOperands ops(gemm, X, M, K);
+  const GemmInput g = ops.For(X, 0, p.W, K);
+  auto block = [&](int64_t b) {
+    const int64_t n0 = b * kBlockN;
+    GemmBlockAny(gemm, g, M, n0, std::min(kBlockN, N - n0), acc.data(), N);
+  };
+  ParallelFor(ctx, (N + kBlockN - 1) / kBlockN, block);
   const int64_t Ea = AlignExponents(p.ch_e, N);
   auto requantize = [&](int64_t r) {
     int64_t* v = RowBuffer(N);
@@ -408,12 +463,33 @@ const bool* MaskRow(const DiProblem& p, const std::vector<int64_t>& shape, int64
   return mask;
 }
 
+// Q.K^T and lm_head (trans_b, int8 A): every row's int32 dot products with the rows of its batch of B, as
+// DIMatMul's blocked SIMD GEMM, parallel over (group of M rows sharing a batch of B, block of B rows), so a single
+// query row (decode's lm_head: 1 x 49152 x 576) still uses every thread. Masked positions are computed too and
+// ignored afterwards.
+std::vector<int32_t> BatchDots(Ort::KernelContext& ctx, Gemm gemm, const DiProblem& p) {
+  const int64_t M = p.M, K = p.K, N = p.N, groups = p.x.rows / M, blocks = (N + kBlockN - 1) / kBlockN;
+  const int8_t* X = static_cast<const int8_t*>(p.x.q);
+  std::vector<int32_t> dots(size_t(p.x.rows * N));
+  const GemmOperands ops(gemm, X, p.x.rows, K);
+  auto task = [&](int64_t t) {
+    const int64_t group = t / blocks, n0 = (t % blocks) * kBlockN;
+    const int8_t* B = static_cast<const int8_t*>(p.x2.q) + p.b_batch[size_t(group)] * N * K;
+    GemmBlockAny(gemm, ops.For(X, group * M, B, K), M, n0, std::min(kBlockN, N - n0), dots.data() + group * M * N, N);
+  };
+  ParallelFor(ctx, groups * blocks, task);
+  return dots;
+}
+
 template <typename A>
-void DIBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
+void DIBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProblem& p) {
   const int64_t M = p.M, K = p.K, N = p.N;
   const int64_t b_rows = a.trans_b ? N : K;  // rows of one batch of B, each with its own scale
   std::vector<int64_t> out_shape(p.x.shape);
   out_shape.back() = N;
+  std::vector<int32_t> dots;
+  if constexpr (std::is_same_v<A, int8_t>)
+    if (a.trans_b) dots = BatchDots(ctx, gemm, p);
   auto row = [&](int64_t r) {
     const A* x = static_cast<const A*>(p.x.q) + r * K;
     const int64_t batch = p.b_batch[size_t(r / M)];
@@ -437,9 +513,13 @@ void DIBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p
             v[n] = 0;
             continue;
           }
-          const int8_t* w = B + n * K;
           int32_t acc = 0;
-          for (int64_t k = 0; k < K; ++k) acc += int32_t(x[k]) * int32_t(w[k]);
+          if (!dots.empty()) {
+            acc = dots[size_t(r * N + n)];
+          } else {
+            const int8_t* w = B + n * K;
+            for (int64_t k = 0; k < K; ++k) acc += int32_t(x[k]) * int32_t(w[k]);
+          }
           v[n] = ShiftBy(int64_t(acc) * bm[n], Ea - be[n]);
         }
       }
@@ -489,7 +569,7 @@ template <DiOp kOp>
 struct Kernel {
   explicit Kernel(const OrtKernelInfo* info)
       : attrs(DiAttrs::FromKernelInfo(info, kOp)),
-        gemm(kOp == DiOp::kMatMul ? ChooseGemm(attrs.where) : Gemm::kScalar) {}
+        gemm(kOp == DiOp::kMatMul || kOp == DiOp::kBatchMatMul ? ChooseGemm(attrs.where) : Gemm::kScalar) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return StatusFrom([&] {
@@ -508,8 +588,8 @@ struct Kernel {
         case DiOp::kRotary: return DIRotary(ctx, attrs, p);
         case DiOp::kAdd: return DIAddAny(ctx, attrs, p);
         case DiOp::kBatchMatMul:
-          if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIBatchMatMul<int8_t>(ctx, attrs, p);
-          return DIBatchMatMul<uint8_t>(ctx, attrs, p);
+          if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIBatchMatMul<int8_t>(ctx, attrs, gemm, p);
+          return DIBatchMatMul<uint8_t>(ctx, attrs, gemm, p);
         case DiOp::kRequant:
           if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIRequant<int8_t>(ctx, attrs, p);
           return DIRequant<int32_t>(ctx, attrs, p);
