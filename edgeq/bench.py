@@ -395,13 +395,16 @@ def plot_speed(rows: list[Speed], names: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.5))
-    ax.barh(names, [r.decode_tokens_per_second for r in rows], color="tab:blue")
+    values = [r.decode_tokens_per_second for r in rows]
+    fig, ax = plt.subplots(figsize=(5 + 0.07 * max(map(len, names)), 0.35 * len(rows) + 1.5))
+    bars = ax.barh(names, values, color=["tab:gray" if n == "fp32" else "tab:blue" for n in names])
+    ax.bar_label(bars, fmt="%.1f", padding=2, fontsize=8)
     ax.set_xlabel(f"decode tokens/s ({rows[0].device}, threads={rows[0].threads or 'default'})")
+    ax.set_xlim(0, max(values) * 1.15)
     ax.invert_yaxis()
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
