@@ -116,6 +116,9 @@ def machine() -> dict:
     import transformers
 
     def commit():
+        stamped = Path(__file__).resolve().parent / "COMMIT"  # written by scripts/snapshot.sh into the install
+        if stamped.is_file():
+            return stamped.read_text().strip()
         try:
             return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                   cwd=Path(__file__).resolve().parent, check=True).stdout.strip()

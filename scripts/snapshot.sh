@@ -7,4 +7,5 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 rm -rf "$dest" && mkdir -p "$dest"
 git -C "$repo" archive HEAD | tar -x -C "$dest" --one-top-level=src
 python3 -m pip install -q --no-deps --no-build-isolation --target "$dest/site" "$dest/src" >/dev/null 2>&1
+git -C "$repo" rev-parse --short HEAD >"$dest/site/edgeq/COMMIT"  # benchmarks record it even without EDGEQ_COMMIT
 echo "export PYTHONPATH=$dest/site; export EDGEQ_COMMIT=$(git -C "$repo" rev-parse --short HEAD)"
