@@ -18,6 +18,8 @@
 // decode-mma (float16, M <= 8, K % 128 == 0; the default there): the tensor-core decode shared with SpQRMatMul
 //         (group_kernels.cuh, MmaDecodeKernel): codes dequantized two per instruction into half2, mma.sync with
 //         fp32 accumulation, the zero points applied once per group through staged group sums of A.
+// decode-h2 (float16, M <= 8, K % 128 == 0; the default at M = 1, 4 bits, K <= 4096): coalesced 16-code pieces,
+//         codes and group statistics loaded before compute, half2 dequantization on the CUDA cores (below).
 // generic, the dequantize kernel of gemm and decode-mma are the group-quantized linears' shared kernels
 // (group_kernels.cuh) with GqmmWeights as the policy; cuBLAS is reached through cublas_gemm.h.
 #include <cuda_fp16.h>
@@ -277,12 +279,12 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 2)
 // decode-h2 (float16, M <= 8, K % 128 == 0): batch-1 GEMV with every global load coalesced. A lane owns pieces
 // of 16 codes (3 bits: 32 codes, three whole words), pieces lane, lane + 32, ... of a step, so the 32 lanes of a
 // warp read consecutive words of a row (and consecutive activations): a warp instruction touches 256-512
-// contiguous bytes instead of one line per lane. All the step's code loads are issued before any compute (32-64
-// bytes per row and lane in flight), R = 2 rows share the activation loads and pairings, and ksplit warps share
+// contiguous bytes instead of one line per lane. All the step's code loads and group statistics are issued
+// before any compute, R rows (4 at 3/4 bits) share the activation loads and pairings, and ksplit warps share
 // long rows. Dequantization in registers: per pair of codes one shift (or funnel shift) and one lop3 into a half2
 // with the 0x6400 exponent, one HFMA2 that leaves c - z exactly, one HMUL2 with the group's scale (the rounding
-// of a dequantized fp16 weight, as a dense fp16 GEMM has), one HFMA2 with the activations; a piece's half2 sum
-// (at most 8 products per half) goes to fp32. A batch of M runs M grid rows (blockIdx.y = token), each reading W
+// of a dequantized fp16 weight, as a dense fp16 GEMM has), one HFMA2 with the activations into two chains; a
+// 16-code block's half2 sums (at most 8 products per half) go to fp32. A batch of M runs M grid rows (blockIdx.y = token), each reading W
 // again (mostly from L2).
 
 template <int BITS>
