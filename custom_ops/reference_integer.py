@@ -35,7 +35,7 @@ ALIGN_WINDOW = 16                  # per-channel exponents within this of the sm
 ADD_WINDOW = 39                    # DIAdd aligns two row exponents exactly when they differ by at most this
 ADD_WINDOW16 = 31                  # ... when either side holds int16 codes (|q m| < 2**30, shifted < 2**61)
 CODE_BITS = tuple(range(2, 9))
-WIDE_CODE_BITS = tuple(range(2, 17))  # DIAdd's output codes: int8 up to 8 bits, int16 above
+WIDE_CODE_BITS = tuple(range(2, 17))  # DIMatMul's and DIAdd's output codes: int8 up to 8 bits, int16 above
 MAX_K = (1 << 17) - 1              # DIMatMul: K * 128 * 128 < 2**31, so the int32 accumulator is exact
 
 
@@ -209,8 +209,13 @@ def _outputs(rows, shape, code_type=np.int8):
 def di_matmul(X, x_m, x_e, W, w_m, w_e, obits: int):
     """``Y = X @ W^T`` requantized per row. ``acc`` int32 exact (K <= 131071); channel n's ``acc * w_m[n]``
     (< 2**46) is aligned to the common exponent of ``align_exponents(w_e)``; then ``dyn_quant`` with the row's
-    ``x_m`` as multiplier and ``x_e + Ea`` as exponent."""
-    qmax = qmax_of(obits)
+    ``x_m`` as multiplier and ``x_e + Ea`` as exponent. X and W hold int8 codes; obits 2..16, int8 output codes
+    up to 8 bits, int16 above.
+
+    int64 bounds for 16-bit codes: the aligned P < 2**46 * 2**16 = 2**62 whatever obits; dyn_quant rounds P to
+    31 bits, its reciprocal ``R < 2**31`` for every qmax < 2**15 (S loses a bit per code bit above 7), so
+    ``|P' * R| <= 2**62``; the scale's ``ratio(A * x_m, qmax)`` has ``A * x_m < 2**46``."""
+    qmax = qmax_of(obits, WIDE_CODE_BITS)
     W = np.asarray(W).astype(np.int64)
     if W.shape[1] > MAX_K:
         raise ValueError(f"K={W.shape[1]} exceeds {MAX_K} (the int32 accumulator)")
@@ -219,7 +224,7 @@ def di_matmul(X, x_m, x_e, W, w_m, w_e, obits: int):
     Xr, xm, xe = _rows(X, x_m, x_e, "X")
     P = shift_each((Xr @ W.T) * w_m, shifts)
     rows = [dyn_quant(P[r], int(xm[r]), int(xe[r]) + Ea, qmax) for r in range(len(Xr))]
-    return _outputs(rows, (*np.shape(X)[:-1], W.shape[0]))
+    return _outputs(rows, (*np.shape(X)[:-1], W.shape[0]), code_type(obits))
 
 
 def di_exp(X, x_m, x_e, obits: int):

@@ -447,6 +447,16 @@ def _wide_obits(v) -> str | None:
     return None if isinstance(v, int) and 2 <= v <= 16 else "must be in 2..16"
 
 
+# obits of the ops that may emit 16-bit codes (DIMatMul, DIAdd): Y int8 up to 8 bits, int16 above
+_WIDE_OBITS = Attribute("obits", onnx.AttributeProto.INT, "output code width 2..16: codes in [-qmax, qmax], "
+                        "qmax = 2^(obits-1) - 1; int8 codes up to 8 bits, int16 above", check=_wide_obits)
+_WIDE_CODES = ("tensor(int8)", "tensor(int16)")
+
+
+def _wide_code(attrs) -> int:
+    return TensorProto.INT8 if attrs["obits"] <= 8 else TensorProto.INT16
+
+
 def _set_activation_outputs(ctx, code_type: int, shape: list | None) -> None:
     """Outputs 0..2 as an integer activation: codes ``code_type`` of ``shape`` and scales of ``shape[:-1] + [1]``
     (unknown shapes when None)."""
@@ -502,19 +512,21 @@ DI_MATMUL = OpDef(
         "rounding right shift beyond); then per row: P is rounded to 31 bits, codes round(P * qmax / max|P|) by "
         "one reciprocal multiply and a rounding shift, scale (max|P| * x_m / qmax) * 2^-(x_e + Ea) normalized to a "
         "15-bit mantissa. abits and wbits declare the code ranges of X and W (not checked; the result is exact "
-        "for any int8 codes)."
+        "for any int8 codes). obits 2..16: Y holds int8 codes up to 8 bits and int16 codes above (the requantization "
+        "is the same: P rounded to 31 bits, a reciprocal below 2^31, products below 2^62)."
     ),
     inputs=(*_int_activation("X", "x", "input activation [..., K]"),
             Input("W", "tensor(int8)", "weight codes [N, K]"), *_channel_scales("w", "weight scales [N]")),
-    outputs=DI_OUTPUTS,
+    outputs=_int_activation("Y", "y", "output", code_type="TY"),
     attributes=(
         Attribute("K", onnx.AttributeProto.INT, "reduction size (X's last dim), at most 131071", check=_di_k),
         Attribute("N", onnx.AttributeProto.INT, "output features (rows of W)", check=_positive),
         Attribute("abits", onnx.AttributeProto.INT, "declared width of X's codes, 2..8", check=_ql_bits),
         Attribute("wbits", onnx.AttributeProto.INT, "declared width of W's codes, 2..8", check=_ql_bits),
-        _OBITS,
+        _WIDE_OBITS,
     ),
-    infer=_infer_integer("DIMatMul", out_last=lambda a: a["N"], expected=_matmul_expected),
+    type_constraints={"TY": _WIDE_CODES},
+    infer=_infer_integer("DIMatMul", out_last=lambda a: a["N"], expected=_matmul_expected, code_of=_wide_code),
 )
 
 DI_EXP = OpDef(
@@ -643,12 +655,9 @@ DI_ADD = OpDef(
     inputs=(*_int_activation("A", "a", "first operand", code_type="TA"),
             *_int_activation("B", "b", "second operand", code_type="TB")),
     outputs=_int_activation("Y", "y", "output", code_type="TY"),
-    attributes=(Attribute("obits", onnx.AttributeProto.INT, "output code width 2..16: codes in [-qmax, qmax], "
-                          "qmax = 2^(obits-1) - 1; int8 codes up to 8 bits, int16 above", check=_wide_obits),),
-    type_constraints={"TA": ("tensor(int8)", "tensor(int16)"), "TB": ("tensor(int8)", "tensor(int16)"),
-                      "TY": ("tensor(int8)", "tensor(int16)")},
-    infer=_infer_integer("DIAdd", same_shape=(3,), code_of=lambda a: TensorProto.INT8 if a["obits"] <= 8 else
-                         TensorProto.INT16,
+    attributes=(_WIDE_OBITS,),
+    type_constraints={"TA": _WIDE_CODES, "TB": _WIDE_CODES, "TY": _WIDE_CODES},
+    infer=_infer_integer("DIAdd", same_shape=(3,), code_of=_wide_code,
                          expected=lambda ctx, a, d: {} if d is None else {4: ("b_m", [*d[:-1], 1]),
                                                                          5: ("b_e", [*d[:-1], 1])}),
 )

@@ -193,7 +193,8 @@ std::vector<int64_t> PrepareBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& 
 
 const DiSignature& Signature(DiOp op) {
   static const DiSignature kSignatures[] = {
-      {"DIMatMul", {kI8, kI32, kI8, kI8, kI32, kI8}, {kI8, kI32, kI8}, 6},
+      // Y: int8 or int16 by obits (registered untyped and optional, as DIAdd's)
+      {"DIMatMul", {kI8, kI32, kI8, kI8, kI32, kI8}, {kAny, kI32, kI8}, 6},
       {"DIExp", {kI8, kI32, kI8}, {kI8, kI32, kI8}, 3},
       {"DIClippedSoftmax", {kAny, kI32, kI8, kBool}, {kU8, kI32, kI8}, 3},
       {"DINorm", {kAny, kI32, kI8, kI32, kI8}, {kI8, kI32, kI8}, 5},
@@ -214,10 +215,10 @@ DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op) {
   a.where = std::string("edgeq::") + Signature(op).name + " node '" + info.GetNodeName() + "'";
   if (op != DiOp::kBatchMatMul) {  // its output is wide int32, not requantized
     a.obits = ReadInt(info, "obits", a.where);
-    ExpectRange(a.obits, 2, op == DiOp::kAdd ? 16 : 8, "obits", a.where);
+    ExpectRange(a.obits, 2, WideCodes(op) ? 16 : 8, "obits", a.where);
     a.qmax = (int64_t(1) << (a.obits - 1)) - 1;
   }
-  if (op == DiOp::kAdd) {  // ORT takes Y's element type from the graph: it must be the one obits implies
+  if (WideCodes(op)) {  // ORT takes Y's element type from the graph: it must be the one obits implies
     const ONNXTensorElementDataType want = a.obits > 8 ? kI16 : kI8;
     const ONNXTensorElementDataType got = info.GetOutputTypeInfo(0).GetTensorTypeAndShapeInfo().GetElementType();
     if (got != want)

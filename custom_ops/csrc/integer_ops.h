@@ -25,6 +25,10 @@ struct DiSignature {
 };
 const DiSignature& Signature(DiOp op);
 
+// Ops with obits 2..16 (Y int8 up to 8 bits, int16 above): Y is registered untyped and optional, so ORT takes its
+// element type from the graph, and DiAttrs::FromKernelInfo checks it against obits.
+constexpr bool WideCodes(DiOp op) { return op == DiOp::kMatMul || op == DiOp::kAdd; }
+
 struct DiAttrs {
   DiOp op = DiOp::kMatMul;
   std::string where;  // "edgeq::DIMatMul node 'name'", the prefix of every message

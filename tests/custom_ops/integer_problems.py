@@ -13,6 +13,7 @@ from edgeq.custom_ops.schema import OPS, opset_import
 from .conftest import session
 
 WIDTHS = [(8, 8), (6, 6), (4, 4)]  # W8A8, W6A6, W4A4
+WIDE_OUTPUT_OPS = ("DIMatMul", "DIAdd")  # obits 2..16: Y int8 up to 8 bits, int16 above, typed by the graph
 
 
 def activation(rng: np.random.Generator, shape, bits: int = 8, *, e_range=(-4, 40), saturate: bool = False,
@@ -52,8 +53,8 @@ def channel_scales(rng: np.random.Generator, n: int, *, spread: int = 6, signed:
 
 def model(op: str, arrays: list, name: str = "n0", y_type: int | None = None, **attrs) -> onnx.ModelProto:
     """A one-node model of edgeq ``op`` with every input a graph input of dynamic shape (so wrong shapes reach
-    the kernel's own checks); ``arrays`` follows the op's inputs, None for an omitted optional one. DIAdd's Y is
-    declared with the element type obits gives (ORT takes it from the graph), or ``y_type``."""
+    the kernel's own checks); ``arrays`` follows the op's inputs, None for an omitted optional one. DIMatMul's and
+    DIAdd's Y is declared with the element type obits gives (ORT takes it from the graph), or ``y_type``."""
     opdef = OPS[op]
     names = [i.name if a is not None else "" for i, a in zip(opdef.inputs, arrays)]
     while names and not names[-1]:
@@ -62,7 +63,7 @@ def model(op: str, arrays: list, name: str = "n0", y_type: int | None = None, **
     inputs = [helper.make_tensor_value_info(i.name, helper.np_dtype_to_tensor_dtype(a.dtype), [None] * a.ndim)
               for i, a in zip(opdef.inputs, arrays) if a is not None]
     outputs = [helper.make_empty_tensor_value_info(o.name) for o in opdef.outputs]
-    if op == "DIAdd":
+    if op in WIDE_OUTPUT_OPS:
         if y_type is None:
             y_type = onnx.TensorProto.INT8 if attrs.get("obits", 8) <= 8 else onnx.TensorProto.INT16
         outputs[0] = helper.make_tensor_value_info(opdef.outputs[0].name, y_type, None)

@@ -59,7 +59,7 @@ def test_matmul_bad_shapes_and_values(cpu_library, change, match):
 
 
 @pytest.mark.parametrize("op, attrs, match", [
-    ("DIMatMul", dict(MATMUL, obits=9), r"attribute obits=9 must be in 2..8"),
+    ("DIMatMul", dict(MATMUL, obits=17), r"attribute obits=17 must be in 2..16"),
     ("DIMatMul", dict(MATMUL, K=1 << 17), r"attribute K=131072 must be in 1..131071"),
     ("DIMatMul", dict(MATMUL, wbits=1), r"attribute wbits=1 must be in 2..8"),
     ("DIClippedSoftmax", dict(clip_q8=-1, is_causal=0, obits=8), r"attribute clip_q8=-1 must be in 0..65535"),

@@ -1,6 +1,7 @@
 """The 16-bit residual stream at the op level: DIAdd with int8 or int16 codes on either side and int8 (obits
-<= 8) or int16 (obits 9..16) output codes, DINorm of int16 codes. References against float, the CPU kernels
-bit-exact against the references, and the errors for what the ops refuse."""
+<= 8) or int16 (obits 9..16) output codes, DINorm of int16 codes, DIMatMul's int16 output codes (obits 9..16, for
+the projections that feed the residual). References against float, the CPU kernels bit-exact against the
+references, and the errors for what the ops refuse."""
 
 import numpy as np
 import onnx
@@ -12,7 +13,9 @@ from edgeq.custom_ops import reference_integer as ri
 from edgeq.custom_ops.integer_codec import dequantize, eps_q60
 from edgeq.custom_ops.schema import OPS, opset_import
 
-from .integer_problems import activation, activation16, assert_bit_exact, channel_scales, run
+from .conftest import session
+from .integer_problems import activation, activation16, assert_bit_exact, channel_scales, model, reference, run
+from .test_integer_cpu import lead_shape, matmul_kernel, odd_size  # noqa: F401 (matmul_kernel: a fixture)
 
 SEEDS = range(12)
 
@@ -72,6 +75,43 @@ def test_norm_int16_codes_that_fit_int8_give_the_int8_result():
         np.testing.assert_array_equal(want, got)
 
 
+def matmul_problem(rng, lead, K, N, *, saturate=False, spread=16, **kw):
+    x = activation(rng, (*lead, K), saturate=saturate, **kw)
+    W = rng.integers(-127, 128, (N, K)).astype(np.int8)
+    if saturate:
+        W[:, 0], W[:, -1] = -128, 127
+    return [*x, W, *channel_scales(rng, N, spread=spread, signed=True)]
+
+
+def matmul_attrs(args, obits):
+    return dict(K=args[3].shape[1], N=args[3].shape[0], abits=8, wbits=8, obits=obits)
+
+
+@pytest.mark.parametrize("obits", [8, 12, 16])
+def test_matmul_with_int16_codes_is_the_float_matmul(obits):
+    """Channels within the exact alignment window: the only errors are the output rounding, the 15-bit output
+    mantissa (qmax * 2^-15 steps: about one step at 16 bits) and the reciprocal's rounding."""
+    rng = np.random.default_rng(400 + obits)
+    x_q, x_m, x_e, W, w_m, w_e = matmul_problem(rng, (64,), 333, 45, full_mantissas=True)
+    exact = dequantize(x_q, x_m, x_e) @ dequantize(W, w_m[:, None], w_e[:, None]).T
+    y = ri.di_matmul(x_q, x_m, x_e, W, w_m, w_e, obits)
+    qmax = (1 << (obits - 1)) - 1
+    assert y[0].dtype == (np.int16 if obits > 8 else np.int8) and y[0].shape == (64, 45)
+    assert (np.abs(y[0].astype(np.int64)).max(-1) == qmax).all()  # each row's largest value maps to qmax
+    assert ((y[1] >= 1 << 14) & (y[1] < 1 << 15)).all()
+    assert steps_off(*y, exact) <= 0.5 + qmax * 2.0**-15 + 1e-3
+
+
+def test_matmul_int16_codes_refine_the_int8_ones():
+    """The same problem at 8 and 16 bits: the 16-bit codes, brought to the 8-bit step, round to the 8-bit codes
+    within one step (both quantize the same P, a 2^8 finer grid)."""
+    rng = np.random.default_rng(5)
+    args = matmul_problem(rng, (31,), 200, 77, saturate=True)
+    y8, y16 = ri.di_matmul(*args, 8), ri.di_matmul(*args, 16)
+    assert y8[0].dtype == np.int8 and y16[0].dtype == np.int16
+    np.testing.assert_allclose(dequantize(*y16), dequantize(*y8), rtol=0, atol=float(dequantize(1, *y8[1:]).max()))
+
+
 def test_add_refuses_other_codes_and_widths():
     rng = np.random.default_rng(0)
     a = activation(rng, (2, 5))
@@ -81,6 +121,13 @@ def test_add_refuses_other_codes_and_widths():
         ri.di_add(*a, *a, 17)
     with pytest.raises(ValueError, match="X must hold int8 or int16 codes, got int32"):
         ri.di_norm(a[0].astype(np.int32), *a[1:], *channel_scales(rng, 5), eps_q60=0, obits=8)
+
+
+@pytest.mark.parametrize("obits", [1, 17])
+def test_matmul_reference_refuses_obits_outside_2_16(obits):
+    args = matmul_problem(np.random.default_rng(0), (2,), 5, 3)
+    with pytest.raises(ValueError, match=f"bits must be in 2..16, got {obits}"):
+        ri.di_matmul(*args, obits)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -138,6 +185,70 @@ def test_norm_cpu_int16_largest_sum_of_squares(cpu_library):
     assert_bit_exact(cpu_library, "DINorm", [*x, *g], eps_q60=0, obits=8)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_matmul_cpu_int16_codes(cpu_library, matmul_kernel, seed):
+    """Every GEMM kernel, random odd shapes, output widths 9..16 (and 8: the int8 path beside them), channel
+    exponents within and past the alignment window, scales at the int8 exponent's ends every fourth case."""
+    rng = np.random.default_rng(9200 + seed)
+    obits = int(rng.choice([8, 9, 12, 15, 16]))
+    lead, K, N = lead_shape(rng, 129), odd_size(rng, 577), odd_size(rng, 150)
+    e_range = (-128, 127) if seed % 4 == 3 else (-4, 40)
+    args = matmul_problem(rng, lead, K, N, saturate=seed % 2 == 0, spread=[0, 6, 16, 40][seed % 4],
+                          full_mantissas=seed % 3 == 1, e_range=e_range)
+    y = assert_bit_exact(cpu_library, "DIMatMul", args, **matmul_attrs(args, obits))
+    assert y[0].dtype == (np.int16 if obits > 8 else np.int8)
+
+
+@pytest.mark.parametrize("obits", [12, 16])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_matmul_cpu_int16_saturated_codes(cpu_library, matmul_kernel, obits, sign):
+    """Codes at +-127 (and -128) with K at the op's limit: the largest accumulators (|acc| up to 2^31 - 2^14),
+    the largest mantissas; the top channel maps to +-qmax and the half-size channel to half of it."""
+    K = ri.MAX_K
+    X = np.full((3, K), 127 * sign, np.int8)
+    X[2] = -128
+    W = np.full((4, K), 127, np.int8)
+    W[1] = -128
+    W[2, : K // 2] = 0
+    W[3, ::2] = -127
+    m = np.full((3, 1), ri.M_MAX, np.int32)
+    e = np.array([[0], [40], [-20]], np.int8)
+    w_m = np.array([ri.M_MAX, ri.M_MAX, ri.M_MAX, 1 << 14], np.int32)
+    w_e = np.array([10, 10, 10, 26], np.int8)
+    args = [X, m, e, W, w_m, w_e]
+    y = assert_bit_exact(cpu_library, "DIMatMul", args, **matmul_attrs(args, obits))
+    qmax = (1 << (obits - 1)) - 1
+    assert np.abs(y[0].astype(np.int64)).max() == qmax
+    assert y[0][0, 1] == -sign * qmax
+
+
+@pytest.mark.parametrize("e", [-128, 127])
+def test_matmul_cpu_int16_extreme_scales(cpu_library, matmul_kernel, e):
+    """Exponents at both int8 ends at 16 bits: the output exponent saturates (-128) or the rows flush (127)."""
+    rng = np.random.default_rng(8)
+    args = matmul_problem(rng, (5,), 33, 9, saturate=True, full_mantissas=True)
+    args[2] = np.full((5, 1), e, np.int8)
+    args[5] = np.full(9, e, np.int8)
+    y = assert_bit_exact(cpu_library, "DIMatMul", args, **matmul_attrs(args, 16))
+    assert (y[2] == e).all()
+
+
+def test_matmul_cpu_output_typed_by_shape_inference(cpu_library):
+    """A graph whose Y is not declared (as the pass writes it) gets Y's type from the schema's inference, which
+    ORT then takes: int16 codes at obits=16 without a hand-written declaration."""
+    args = matmul_problem(np.random.default_rng(2), (3, 4), 50, 21)
+    attrs = matmul_attrs(args, 16)
+    proto = model("DIMatMul", args, **attrs)
+    proto.graph.output[0].CopyFrom(helper.make_empty_tensor_value_info("Y"))
+    proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    assert proto.graph.output[0].type.tensor_type.elem_type == TP.INT16
+    feeds = {i.name: a for i, a in zip(OPS["DIMatMul"].inputs, args)}
+    got = session(proto, cpu_library).run(None, feeds)
+    for g, w in zip(got, reference("DIMatMul", args, **attrs)):
+        assert g.dtype == w.dtype
+        np.testing.assert_array_equal(g, w)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Schema and bad inputs
 
@@ -165,6 +276,16 @@ def test_add_schema_output_type_follows_obits(a, b, obits, code):
         (code, ["t", 7]), (TP.INT32, ["t", 1]), (TP.INT8, ["t", 1])]
 
 
+def matmul_inputs(K=64, N=24):
+    return [*act("X", "x", TP.INT8, ("t", K)), ("W", TP.INT8, [N, K]), ("w_m", TP.INT32, [N]), ("w_e", TP.INT8, [N])]
+
+
+@pytest.mark.parametrize("obits, code", [(2, TP.INT8), (8, TP.INT8), (9, TP.INT16), (12, TP.INT16), (16, TP.INT16)])
+def test_matmul_schema_output_type_follows_obits(obits, code):
+    assert infer("DIMatMul", matmul_inputs(), K=64, N=24, abits=8, wbits=8, obits=obits) == [
+        (code, ["t", 24]), (TP.INT32, ["t", 1]), (TP.INT8, ["t", 1])]
+
+
 def test_norm_schema_takes_int16():
     inputs = [*act("X", "x", TP.INT16), ("g_m", TP.INT32, [7]), ("g_e", TP.INT8, [7])]
     assert infer("DINorm", inputs, eps_q60=0, obits=8)[0] == (TP.INT8, ["t", 7])
@@ -175,6 +296,12 @@ def test_norm_schema_takes_int16():
     ("DIAdd", [*act("A", "a", TP.INT8), *act("B", "b", TP.INT8)], dict(obits=17), "obits"),
     ("DINorm", [*act("X", "x", TP.INT32), ("g_m", TP.INT32, [7]), ("g_e", TP.INT8, [7])], dict(eps_q60=0, obits=8),
      "int32"),
+    ("DIMatMul", matmul_inputs(), dict(K=64, N=24, abits=8, wbits=8, obits=17),
+     r"edgeq::DIMatMul: attribute obits=17: must be in 2..16"),
+    ("DIMatMul", matmul_inputs(), dict(K=64, N=24, abits=8, wbits=8, obits=1),
+     r"edgeq::DIMatMul: attribute obits=1: must be in 2..16"),
+    ("DIMatMul", [*act("X", "x", TP.INT16, ("t", 64)), *matmul_inputs()[3:]], dict(K=64, N=24, abits=8, wbits=8,
+     obits=16), "int16"),
 ])
 def test_schema_refuses(op, inputs, attrs, match):
     with pytest.raises(Exception, match=match):
@@ -214,3 +341,28 @@ def test_norm_refuses_int32_codes(cpu_library):
     x = activation(r, (2, 5))
     fails(cpu_library, "DINorm", [x[0].astype(np.int32), *x[1:], *channel_scales(r, 5)],
           r"edgeq::DINorm node 'n0': X must be int8 or int16, got an unsupported type|int32", eps_q60=0, obits=8)
+
+
+@pytest.mark.parametrize("obits", [1, 17])
+def test_matmul_refuses_obits_outside_2_16(cpu_library, obits):
+    args = matmul_problem(np.random.default_rng(0), (2,), 5, 3)
+    fails(cpu_library, "DIMatMul", args, rf"edgeq::DIMatMul node 'n0': attribute obits={obits} must be in 2..16",
+          **matmul_attrs(args, obits))
+
+
+@pytest.mark.parametrize("obits, y_type, match", [(16, TP.INT8, "Y is int8, but obits=16 gives int16 codes"),
+                                                  (9, TP.INT8, "Y is int8, but obits=9 gives int16 codes"),
+                                                  (8, TP.INT16, "Y is int16, but obits=8 gives int8 codes"),
+                                                  (12, TP.INT32, "Y is int32, but obits=12 gives int16 codes")])
+def test_matmul_refuses_an_output_type_obits_does_not_give(cpu_library, obits, y_type, match):
+    args = matmul_problem(np.random.default_rng(0), (2,), 5, 3)
+    fails(cpu_library, "DIMatMul", args, rf"edgeq::DIMatMul node 'n0': {match}", y_type=y_type,
+          **matmul_attrs(args, obits))
+
+
+def test_matmul_refuses_int16_activations(cpu_library):
+    """Inputs are unchanged: X holds int8 codes (ORT refuses int16 ones, naming op, node and input)."""
+    args = matmul_problem(np.random.default_rng(0), (2,), 5, 3)
+    args[0] = args[0].astype(np.int16)
+    fails(cpu_library, "DIMatMul", args, r"input parameter \(X\) of operator \(DIMatMul\) in node \(n0\)",
+          **matmul_attrs(args, 16))

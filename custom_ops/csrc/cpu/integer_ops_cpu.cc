@@ -40,7 +40,7 @@ int64_t* RowBuffer(int64_t n) {
   return buffer.data();
 }
 
-// Requantizes v (one row) into row r of the output (Code: int8, or DIAdd's int16 codes).
+// Requantizes v (one row) into row r of the output (Code: int8, or DIMatMul's and DIAdd's int16 codes).
 template <typename Code = int8_t>
 void StoreRow(const IntOutput& out, int64_t r, int64_t* v, int64_t n, int64_t mult, int64_t E, int64_t qmax) {
   const Scale s = DynQuantRow(v, n, mult, E, qmax, static_cast<Code*>(out.q) + r * n);
@@ -252,6 +252,9 @@ struct GemmOperands {
   }
 };
 
+// Y int8 (obits <= 8) or int16 (Code): the same requantization of P (< 2^62), whose reciprocal stays below 2^31
+// for any qmax < 2^15 (DynQuantRow).
+template <typename Code>
 void DIMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProblem& p) {
   const int64_t M = p.x.rows, K = a.K, N = a.N;
   const int8_t* X = static_cast<const int8_t*>(p.x.q);
@@ -267,7 +270,7 @@ void DIMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProb
   auto requantize = [&](int64_t r) {
     int64_t* v = RowBuffer(N);
     for (int64_t n = 0; n < N; ++n) v[n] = ShiftBy(int64_t(acc[r * N + n]) * p.ch_m[n], Ea - p.ch_e[n]);
-    StoreRow(p.out, r, v, N, p.x.m[r], p.x.e[r] + Ea, a.qmax);
+    StoreRow<Code>(p.out, r, v, N, p.x.m[r], p.x.e[r] + Ea, a.qmax);
   };
   ParallelFor(ctx, M, requantize);
 }
@@ -576,7 +579,9 @@ struct Kernel {
       Ort::KernelContext ctx(raw);
       const DiProblem p = PrepareIntegerOp(ctx, attrs);
       switch (kOp) {
-        case DiOp::kMatMul: return DIMatMul(ctx, attrs, gemm, p);
+        case DiOp::kMatMul:
+          if (attrs.obits > 8) return DIMatMul<int16_t>(ctx, attrs, gemm, p);
+          return DIMatMul<int8_t>(ctx, attrs, gemm, p);
         case DiOp::kExp: return DIExp(ctx, attrs, p);
         case DiOp::kClippedSoftmax:
           if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIClippedSoftmax<int8_t>(ctx, attrs, p);
@@ -607,7 +612,7 @@ constexpr auto kNone = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
 // One OrtCustomOp of kOp; DIAdd registers one per (A, B) code type pair. ORT derives an UNDEFINED output's type
 // from the only UNDEFINED input, so with concrete input types and Y declared UNDEFINED and optional (ORT insists
 // on the one-dynamic-input rule for required ones) Y keeps the type the graph declares for it, which
-// DiAttrs::FromKernelInfo checks against obits.
+// DiAttrs::FromKernelInfo checks against obits: DIAdd and DIMatMul (WideCodes), whose obits > 8 give int16 codes.
 template <DiOp kOp, ONNXTensorElementDataType kA = kNone, ONNXTensorElementDataType kB = kNone>
 struct Op : Ort::CustomOpBase<Op<kOp, kA, kB>, Kernel<kOp>, /*WithStatus=*/true> {
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
@@ -627,7 +632,7 @@ struct Op : Ort::CustomOpBase<Op<kOp, kA, kB>, Kernel<kOp>, /*WithStatus=*/true>
   size_t GetOutputTypeCount() const { return Signature(kOp).outputs.size(); }
   ONNXTensorElementDataType GetOutputType(size_t i) const { return Signature(kOp).outputs[i]; }
   OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const {
-    return kOp == DiOp::kAdd && i == 0 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    return WideCodes(kOp) && i == 0 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   }
 };
 
