@@ -11,7 +11,8 @@ and int8 exponent, ``custom_ops/README.md`` "Integer-only ops"):
 
   embedding      Gather of an int8 table and of its per-row scales (the table quantized per row at 8 bits)
   norms          DINorm (gamma as per-channel dyadic scales), codes at the next linears' abits
-  q/k/v/o/gate/up/down   DIMatMul (the QuantLinear's integer weights; scales as dyadics), outputs at 8 bits;
+  q/k/v/o/gate/up/down   DIMatMul (the QuantLinear's integer weights; scales as dyadics), outputs at 8 bits
+                         (o/down, which feed the residual: 16);
                  the attention's 1/sqrt(head_dim) is folded into q_proj's scales
   rotary         DIRotary with Q14 cos/sin tables [max_positions, head_dim/2]
   Q.K^T, P.V     DIBatchMatMul (trans_b=1 causal and padding-masked; trans_b=0), wide int32 outputs
@@ -41,7 +42,8 @@ from edgeq.errors import EdgeqError
 from edgeq.exporter.llama_graph import SOFTMAX_CLIP_KEY
 
 INNER_BITS = 8        # codes of activations that feed no linear: projections, rotary, KV cache, softmax
-RESIDUAL_BITS = 16    # the residual stream (int16 codes): a few of its channels are hundreds of times the rest
+RESIDUAL_BITS = 16    # the residual stream and the o/down projections that feed it (int16 codes): a few of its
+                      # channels are hundreds of times the rest
 HEAD_BITS = 8         # the embedding table / lm_head rows and the final norm's output
 DEFAULT_MAX_POSITIONS = 8192  # rotary table rows when the model does not say (metadata edgeq.max_positions)
 SCALES = (".m", ".e")  # suffixes of a cached tensor's scale inputs/outputs
@@ -354,13 +356,15 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
         ctx = b.each("Reshape", ctx, p + "/ctx4", [[shape["ctx4"]], [shape["ctx4s"]], [shape["ctx4s"]]])
         ctx = b.each("Transpose", ctx, p + "/ctx_t", [[]] * 3, perm=[0, 2, 1, 3])
         ctx = b.di("DIRequant", ctx, p + "/ctx", obits=layer.o.abits)
-        h = b.di("DIAdd", [*h, *b.matmul(ctx, layer.o, p + ".o_proj")], f"model.layers.{i}/residual_attn",
+        h = b.di("DIAdd", [*h, *b.matmul(ctx, layer.o, p + ".o_proj", obits=RESIDUAL_BITS)],
+                 f"model.layers.{i}/residual_attn",
                  obits=RESIDUAL_BITS)
         m = f"model.layers.{i}.mlp"
         x = b.norm(h, layer.post_norm, d.eps, f"model.layers.{i}.post_attention_layernorm", layer.gate.abits)
         glu = b.di("DISwiGLU", [*b.matmul(x, layer.gate, m + ".gate_proj"), *b.matmul(x, layer.up, m + ".up_proj")],
                    m + "/glu", obits=layer.down.abits)
-        h = b.di("DIAdd", [*h, *b.matmul(glu, layer.down, m + ".down_proj")], f"model.layers.{i}/residual_mlp",
+        h = b.di("DIAdd", [*h, *b.matmul(glu, layer.down, m + ".down_proj", obits=RESIDUAL_BITS)],
+                 f"model.layers.{i}/residual_mlp",
                  obits=RESIDUAL_BITS)
 
     h = b.norm(h, d.final_norm, d.eps, "model.norm", HEAD_BITS)

@@ -12,8 +12,8 @@ What FSBR adds to OmniQuant's LET/LWC:
   ``self_attn.softmax_clip`` beside the packed weights, exported as the model property ``edgeq.softmax_clip``
   and read by the ``integer-only`` pass into ``DIClippedSoftmax``'s ``clip_q8``;
 * a training forward that simulates the integer-only graph (``passes/integer_only.py``) instead of the float
-  one: the block input and each residual add as 16-bit per-token codes (DIAdd), the norms' outputs at the
-  linears' abits (DINorm), q/k/v/o/gate/up/down outputs at 8 bits (DIMatMul), q and k again per (token, head)
+  one: the block input, each residual add (DIAdd) and the o/down projections feeding it as 16-bit per-token
+  codes, the norms' outputs at the linears' abits (DINorm), q/k/v/gate/up outputs at 8 bits (DIMatMul), q and k again per (token, head)
   after the rotary (DIRotary), v per token as the cache holds it, unrounded scores, probabilities as 8-bit codes
   of exp(x - max) over the unrounded sum (DIClippedSoftmax), the heads requantized at o_proj's abits
   (DIRequant), the SwiGLU output at down_proj's abits (DISwiGLU). Every rounding passes the gradient straight
@@ -32,7 +32,7 @@ from edgeq.quantize.formats.float_weight import FloatWeight
 from edgeq.quantize.omniquant import TransformedBlock, fake_quant_tokens, round_ste, train_block
 
 INNER_BITS = 8  # passes.integer_only.INNER_BITS: projections, rotary, KV cache, probabilities
-RESIDUAL_BITS = 16  # passes.integer_only.RESIDUAL_BITS: the residual stream
+RESIDUAL_BITS = 16  # passes.integer_only.RESIDUAL_BITS: the residual stream and the o/down outputs added to it
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -90,10 +90,10 @@ class FSBRBlock(TransformedBlock):
             scores = scores.masked_fill(causal, float("-inf"))
         probs = clipped_softmax_q8(scores, self.clip_softmax if self.learn_clip else None)
         ctx = fake_quant_tokens((probs @ v).transpose(1, 2).reshape(b, s, -1), bits)
-        h = r16(h + q8(lin(ctx, "self_attn.o_proj")))
+        h = r16(h + r16(lin(ctx, "self_attn.o_proj")))
         a = fake_quant_tokens(self.rms_norm(h, p["post_attention_layernorm.weight"]), bits)
         glu = nn.functional.silu(q8(lin(a, "mlp.gate_proj"))) * q8(lin(a, "mlp.up_proj"))
-        return r16(h + q8(lin(fake_quant_tokens(glu, bits), "mlp.down_proj")))
+        return r16(h + r16(lin(fake_quant_tokens(glu, bits), "mlp.down_proj")))
 
     def rms_norm(self, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * gamma
