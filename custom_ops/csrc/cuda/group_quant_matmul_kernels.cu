@@ -284,8 +284,8 @@ __global__ void __launch_bounds__(kStreamWarps * 32, 2)
 // long rows. Dequantization in registers: per pair of codes one shift (or funnel shift) and one lop3 into a half2
 // with the 0x6400 exponent, one HFMA2 that leaves c - z exactly, one HMUL2 with the group's scale (the rounding
 // of a dequantized fp16 weight, as a dense fp16 GEMM has), one HFMA2 with the activations into two chains; a
-// 16-code block's half2 sums (at most 8 products per half) go to fp32. A batch of M runs M grid rows (blockIdx.y = token), each reading W
-// again (mostly from L2).
+// 16-code block's half2 sums (at most 8 products per half) go to fp32. A batch of M runs M grid rows
+// (blockIdx.y = token), each reading W again (mostly from L2).
 
 template <int BITS>
 struct Half2Layout {
@@ -293,7 +293,6 @@ struct Half2Layout {
   static constexpr int kPieceCodes = kTriple ? 32 : 16;
   static constexpr int kPieceWords = kPieceCodes * BITS / 32;
   static constexpr int kWordsHeld = kPieceWords + (kTriple ? 1 : 0);  // a zero word past the piece for funnel shifts
-  static constexpr int kPieces = kPieceWords <= 2 ? 8 : 4;  // per lane and step: 32-64 bytes of each row
 };
 
 // Code pair q (0..7) of 16-code block b of a piece, as (1024 + c_i 2^tl, 1024 + c_j 2^th) (MmaPairs' order).
@@ -318,7 +317,7 @@ __device__ __forceinline__ uint32_t ActivationPair(const uint32_t* x, int q) {
   return __byte_perm(x[i >> 1], x[j >> 1], select);
 }
 
-// The codes of one step of rows n0..n0+R-1 for this lane: pieces s * 32 kPieces + 32 v + lane (zero past the row
+// The codes of one step of rows n0..n0+R-1 for this lane: pieces s * 32 V + 32 v + lane (zero past the row
 // or past N).
 template <int BITS, int R, int V>
 struct Half2Step {
@@ -648,12 +647,13 @@ void LaunchDecodeHalf2(const GqmmArgs& a, cudaStream_t stream) {
 
 void LaunchDecodeHalf2Bits(const GqmmArgs& a, cudaStream_t stream) {
   switch (a.bits) {
-    // 3 and 4 bits: 4 rows per warp sharing each activation load, half the pieces per step (the fastest of five
-    // (rows, pieces, blocks per SM) variants timed on the H200; BENCHMARKS.md); 2 and 8 bits keep 2 rows.
-    case 2: return LaunchDecodeHalf2<2, 2, Half2Layout<2>::kPieces, 2>(a, stream);
-    case 3: return LaunchDecodeHalf2<3, 4, Half2Layout<3>::kPieces / 2, 2>(a, stream);
-    case 4: return LaunchDecodeHalf2<4, 4, Half2Layout<4>::kPieces / 2, 2>(a, stream);
-    default: return LaunchDecodeHalf2<8, 2, Half2Layout<8>::kPieces, 2>(a, stream);
+    // <BITS, rows per warp R, pieces per lane and step V, blocks per SM>: 3 and 4 bits take 4 rows sharing each
+    // activation load and 24-32 bytes of each row per lane and step (the fastest of five (R, V, blocks) variants
+    // timed on the H200; BENCHMARKS.md); 2 and 8 bits keep 2 rows with 32-64 bytes.
+    case 2: return LaunchDecodeHalf2<2, 2, 8, 2>(a, stream);
+    case 3: return LaunchDecodeHalf2<3, 4, 2, 2>(a, stream);
+    case 4: return LaunchDecodeHalf2<4, 4, 4, 2>(a, stream);
+    default: return LaunchDecodeHalf2<8, 2, 4, 2>(a, stream);
   }
 }
 
