@@ -252,20 +252,31 @@ struct GemmOperands {
   }
 };
 
+// The int32 products of `groups` groups of M rows of X [groups * M, K], each group against its own B
+// (b_of(group): [N, K]), into [groups * M, N]; parallel over (group, block of kBlockN rows of B), so one row
+// against many (decode) still uses every thread.
+template <typename BOf>
+std::vector<int32_t> GroupedGemm(Ort::KernelContext& ctx, Gemm gemm, const int8_t* X, int64_t groups, int64_t M,
+                                 int64_t N, int64_t K, BOf b_of) {
+  const int64_t blocks = (N + kBlockN - 1) / kBlockN;
+  std::vector<int32_t> acc(size_t(groups * M * N));
+  const GemmOperands ops(gemm, X, groups * M, K);
+  auto task = [&](int64_t t) {
+    const int64_t group = t / blocks, n0 = (t % blocks) * kBlockN;
+    GemmBlockAny(gemm, ops.For(X, group * M, b_of(group), K), M, n0, std::min(kBlockN, N - n0),
+                 acc.data() + group * M * N, N);
+  };
+  ParallelFor(ctx, groups * blocks, task);
+  return acc;
+}
+
 // Y int8 (obits <= 8) or int16 (Code): the same requantization of P (< 2^62), whose reciprocal stays below 2^31
 // for any qmax < 2^15 (DynQuantRow).
 template <typename Code>
 void DIMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProblem& p) {
   const int64_t M = p.x.rows, K = a.K, N = a.N;
-  const int8_t* X = static_cast<const int8_t*>(p.x.q);
-  std::vector<int32_t> acc(size_t(M * N));
-  const GemmOperands ops(gemm, X, M, K);
-  const GemmInput g = ops.For(X, 0, p.W, K);
-  auto block = [&](int64_t b) {
-    const int64_t n0 = b * kBlockN;
-    GemmBlockAny(gemm, g, M, n0, std::min(kBlockN, N - n0), acc.data(), N);
-  };
-  ParallelFor(ctx, (N + kBlockN - 1) / kBlockN, block);
+  const std::vector<int32_t> acc =
+      GroupedGemm(ctx, gemm, static_cast<const int8_t*>(p.x.q), 1, M, N, K, [&](int64_t) { return p.W; });
   const int64_t Ea = AlignExponents(p.ch_e, N);
   auto requantize = [&](int64_t r) {
     int64_t* v = RowBuffer(N);
@@ -466,33 +477,21 @@ const bool* MaskRow(const DiProblem& p, const std::vector<int64_t>& shape, int64
   return mask;
 }
 
-// Q.K^T and lm_head (trans_b, int8 A): every row's int32 dot products with the rows of its batch of B, as
-// DIMatMul's blocked SIMD GEMM, parallel over (group of M rows sharing a batch of B, block of B rows), so a single
-// query row (decode's lm_head: 1 x 49152 x 576) still uses every thread. Masked positions are computed too and
-// ignored afterwards.
-std::vector<int32_t> BatchDots(Ort::KernelContext& ctx, Gemm gemm, const DiProblem& p) {
-  const int64_t M = p.M, K = p.K, N = p.N, groups = p.x.rows / M, blocks = (N + kBlockN - 1) / kBlockN;
-  const int8_t* X = static_cast<const int8_t*>(p.x.q);
-  std::vector<int32_t> dots(size_t(p.x.rows * N));
-  const GemmOperands ops(gemm, X, p.x.rows, K);
-  auto task = [&](int64_t t) {
-    const int64_t group = t / blocks, n0 = (t % blocks) * kBlockN;
-    const int8_t* B = static_cast<const int8_t*>(p.x2.q) + p.b_batch[size_t(group)] * N * K;
-    GemmBlockAny(gemm, ops.For(X, group * M, B, K), M, n0, std::min(kBlockN, N - n0), dots.data() + group * M * N, N);
-  };
-  ParallelFor(ctx, groups * blocks, task);
-  return dots;
-}
-
 template <typename A>
 void DIBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProblem& p) {
   const int64_t M = p.M, K = p.K, N = p.N;
   const int64_t b_rows = a.trans_b ? N : K;  // rows of one batch of B, each with its own scale
   std::vector<int64_t> out_shape(p.x.shape);
   out_shape.back() = N;
+  // Q.K^T and lm_head (trans_b, int8 A): the dot products first, as DIMatMul's blocked SIMD GEMM per group of M
+  // rows sharing a batch of B (decode's lm_head: 1 x 49152 x 576 over every thread); masked positions are
+  // computed too and ignored below.
   std::vector<int32_t> dots;
   if constexpr (std::is_same_v<A, int8_t>)
-    if (a.trans_b) dots = BatchDots(ctx, gemm, p);
+    if (a.trans_b)
+      dots = GroupedGemm(ctx, gemm, static_cast<const int8_t*>(p.x.q), p.x.rows / M, M, N, K, [&](int64_t group) {
+        return static_cast<const int8_t*>(p.x2.q) + p.b_batch[size_t(group)] * N * K;
+      });
   auto row = [&](int64_t r) {
     const A* x = static_cast<const A*>(p.x.q) + r * K;
     const int64_t batch = p.b_batch[size_t(r / M)];
