@@ -49,16 +49,14 @@ def test_tensor_core_decode_kernel(cuda_library, monkeypatch, seed, lead, K, N, 
     check(cuda_library, monkeypatch, "decode-mma", seed, lead, K, N, bits, group_size, with_zp, np.float16)
 
 
-@pytest.mark.parametrize("kernel", ["decode-h2"])
 @pytest.mark.parametrize("seed, lead, K, N, bits, group_size, with_zp", cases("decode-h2", 48, 13))
-def test_half2_decode_kernel(cuda_library, monkeypatch, kernel, seed, lead, K, N, bits, group_size, with_zp):
-    check(cuda_library, monkeypatch, kernel, seed, lead, K, N, bits, group_size, with_zp, np.float16)
+def test_half2_decode_kernel(cuda_library, monkeypatch, seed, lead, K, N, bits, group_size, with_zp):
+    check(cuda_library, monkeypatch, "decode-h2", seed, lead, K, N, bits, group_size, with_zp, np.float16)
 
 
-@pytest.mark.parametrize("kernel", ["decode-h2"])
-def test_half2_decode_holds_large_activations(cuda_library, monkeypatch, kernel):
+def test_half2_decode_holds_large_activations(cuda_library, monkeypatch):
     """Activations of a few hundred (LLM outlier channels) times 8-bit codes must not overflow the fp16 sums."""
-    monkeypatch.setenv("EDGEQ_GQMM_KERNEL", kernel)
+    monkeypatch.setenv("EDGEQ_GQMM_KERNEL", "decode-h2")
     rng = np.random.default_rng(14)
     p = random_problem(rng, (1,), 1024, 64, 8, 128, np.float16)
     p.A[..., ::7] *= 400  # |x| up to ~1600: (c - z) x alone would overflow fp16 (255 x 1600)
