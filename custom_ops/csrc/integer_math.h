@@ -1,5 +1,5 @@
 // The integer primitives of the I-LLM ops (DIMatMul, DIExp, DIClippedSoftmax, DINorm, DISwiGLU, DIRotary,
-// DIAdd), shared by the CPU kernels and (later) the CUDA ones: plain C++ without ORT, every function usable on
+// DIAdd), shared by the CPU kernels and the CUDA ones: plain C++ without ORT, every function usable on
 // the device. Each one is the C++ twin of the function of the same name in custom_ops/reference_integer.py
 // (the ground truth; its docstrings state the math and the bounds that keep int64 from overflowing). Rounding
 // is round half up, floor(x + 1/2), everywhere. No floating point.
@@ -102,6 +102,33 @@ EDGEQ_HD inline Scale Finish(int64_t m, int64_t e) {
   return Scale{m, e, false};
 }
 
+// DynQuantRow in pieces, so that a row spread over many threads (the CUDA kernels) computes the same bits:
+// DynQuantShift(A) of the row's max |v| (A > 0), PlanDynQuant of the max |RShr(v, sh)| (RShr is monotone, so that
+// max is also max(RShr(max v), -RShr(min v))), then DynQuantCode of each RShr(v, sh).
+struct QuantPlan {
+  int64_t S = 0, R = 0, half = 0, qmax = 0;
+  Scale scale;
+};
+
+EDGEQ_HD inline int64_t DynQuantShift(int64_t A) { return Max(0, BitLen(uint64_t(A)) - 31); }
+
+// R <= qmax * 2^S / 2^(bitlen(A)-1) < 2^31 for every qmax < 2^15 (S shrinks by a bit per code bit above 8),
+// so |v * R| <= 2^31 * 2^31 = 2^62.
+EDGEQ_HD inline QuantPlan PlanDynQuant(int64_t A, int64_t sh, int64_t mult, int64_t E, int64_t qmax) {
+  QuantPlan p;
+  p.qmax = qmax;
+  p.S = BitLen(uint64_t(A)) + 23 - Max(0, BitLen(uint64_t(qmax)) - 7);
+  p.R = ((qmax << p.S) + (A >> 1)) / A;
+  p.half = int64_t(1) << (p.S - 1);
+  const Dyadic r = Ratio(uint64_t(A) * uint64_t(mult), uint64_t(qmax));
+  p.scale = Finish(r.m, r.e + E - sh);
+  return p;
+}
+
+EDGEQ_HD inline int64_t DynQuantCode(int64_t shifted, const QuantPlan& p) {
+  return p.scale.zero ? 0 : Max(-p.qmax, Min(p.qmax, (shifted * p.R + p.half) >> p.S));
+}
+
 // Per-row dynamic quantization of v * mult * 2^-E (|v| <= 2^62, mult in [1, 2^32)) into codes in
 // [-qmax, qmax] (written to q) and the returned scale; see reference_integer.dyn_quant.
 template <typename Code>
@@ -112,7 +139,7 @@ EDGEQ_HD inline Scale DynQuantRow(int64_t* v, int64_t n, int64_t mult, int64_t E
     for (int64_t i = 0; i < n; ++i) q[i] = 0;
     return Scale{kZeroM, kZeroE, true};
   }
-  const int64_t sh = Max(0, BitLen(uint64_t(A)) - 31);
+  const int64_t sh = DynQuantShift(A);
   if (sh > 0) {
     A = 0;
     for (int64_t i = 0; i < n; ++i) {
@@ -120,17 +147,17 @@ EDGEQ_HD inline Scale DynQuantRow(int64_t* v, int64_t n, int64_t mult, int64_t E
       A = Max(A, Abs(v[i]));
     }
   }
-  // R <= qmax * 2^S / 2^(bitlen(A)-1) < 2^31 for every qmax < 2^15 (S shrinks by a bit per code bit above 8),
-  // so |v * R| <= 2^31 * 2^31 = 2^62.
-  const int S = BitLen(uint64_t(A)) + 23 - int(Max(0, BitLen(uint64_t(qmax)) - 7));
-  const int64_t R = ((qmax << S) + (A >> 1)) / A;
-  const int64_t half = int64_t(1) << (S - 1);
-  for (int64_t i = 0; i < n; ++i) q[i] = Code(Max(-qmax, Min(qmax, (v[i] * R + half) >> S)));
-  const Dyadic r = Ratio(uint64_t(A) * uint64_t(mult), uint64_t(qmax));
-  const Scale s = Finish(r.m, r.e + E - sh);
-  if (s.zero)
-    for (int64_t i = 0; i < n; ++i) q[i] = 0;
-  return s;
+  const QuantPlan p = PlanDynQuant(A, sh, mult, E, qmax);
+  for (int64_t i = 0; i < n; ++i) q[i] = Code(DynQuantCode(v[i], p));
+  return p.scale;
+}
+
+// WideQuantRow in pieces (as DynQuantRow's): the shift for a row of max |v| = A > 0, and the row's scale.
+EDGEQ_HD inline int64_t WideQuantShift(int64_t A) { return Max(0, BitLen(uint64_t(A)) - kWideBits); }
+
+EDGEQ_HD inline Scale WideQuantScale(int64_t sh, int64_t mult, int64_t E) {
+  const Dyadic r = Ratio(uint64_t(mult), 1);
+  return Finish(r.m, r.e + E - sh);
 }
 
 // A row of v * mult * 2^-E (|v| < 2^62, mult in [1, 2^15)) as int32 values of at most kWideBits bits and a
@@ -140,9 +167,8 @@ EDGEQ_HD inline Scale WideQuantRow(const int64_t* v, int64_t n, int64_t mult, in
   for (int64_t i = 0; i < n; ++i) A = Max(A, Abs(v[i]));
   Scale s{kZeroM, kZeroE, true};
   if (A != 0) {
-    const int64_t sh = Max(0, BitLen(uint64_t(A)) - kWideBits);
-    const Dyadic r = Ratio(uint64_t(mult), 1);
-    s = Finish(r.m, r.e + E - sh);
+    const int64_t sh = WideQuantShift(A);
+    s = WideQuantScale(sh, mult, E);
     for (int64_t i = 0; i < n; ++i) y[i] = s.zero ? 0 : int32_t(RShr(v[i], sh));
   } else {
     for (int64_t i = 0; i < n; ++i) y[i] = 0;

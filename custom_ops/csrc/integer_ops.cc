@@ -41,7 +41,8 @@ void ExpectMantissas(const int32_t* m, int64_t n, int64_t lo, const char* name, 
 // Inputs index..index+2: codes [..., C] (at least one row, C >= 1) and scales [..., 1] (DIRotary, which
 // accepts two scale layouts, checks them itself: check_scale_shape = false).
 IntInput ReadActivation(Ort::KernelContext& ctx, size_t index, const char* q_name, const char* m_name,
-                        const char* e_name, const std::string& where, bool check_scale_shape = true) {
+                        const char* e_name, const DiAttrs& attrs, bool check_scale_shape = true) {
+  const std::string& where = attrs.where;
   TensorView q = RequiredInput(ctx, index, q_name, where);
   TensorView m = RequiredInput(ctx, index + 1, m_name, where);
   TensorView e = RequiredInput(ctx, index + 2, e_name, where);
@@ -66,20 +67,21 @@ IntInput ReadActivation(Ort::KernelContext& ctx, size_t index, const char* q_nam
   a.e = static_cast<const int8_t*>(e.value.GetTensorRawData());
   int64_t n = 1;
   for (int64_t d : m.shape) n *= d;
-  ExpectMantissas(a.m, n, 1, m_name, where);
+  if (!attrs.device_inputs) ExpectMantissas(a.m, n, 1, m_name, where);
   return a;
 }
 
 // Per-channel scales (m int32 [n], e int8 [n], |m| < 2^15) at inputs index, index+1.
 void ReadChannelScales(Ort::KernelContext& ctx, size_t index, const char* m_name, const char* e_name, int64_t n,
-                       const char* meaning, const std::string& where, DiProblem& p) {
+                       const char* meaning, const DiAttrs& attrs, DiProblem& p) {
+  const std::string& where = attrs.where;
   TensorView m = RequiredInput(ctx, index, m_name, where);
   TensorView e = RequiredInput(ctx, index + 1, e_name, where);
   ExpectShape(m, m_name, {n}, meaning, where);
   ExpectShape(e, e_name, {n}, meaning, where);
   p.ch_m = static_cast<const int32_t*>(m.value.GetTensorRawData());
   p.ch_e = static_cast<const int8_t*>(e.value.GetTensorRawData());
-  ExpectMantissas(p.ch_m, n, -integer::kMMax, m_name, where);
+  if (!attrs.device_inputs) ExpectMantissas(p.ch_m, n, -integer::kMMax, m_name, where);
 }
 
 void ExpectSameShape(const IntInput& a, const IntInput& b, const char* a_name, const char* b_name,
@@ -120,7 +122,7 @@ void PrepareMask(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p, size_t
 
 void PrepareRotary(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p) {
   const std::string& where = a.where;
-  p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", where, false);
+  p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", a, false);
   const std::vector<int64_t>& xs = p.x.shape;
   if (xs.size() != 4) Fail(where, "X has shape " + ShapeText(xs) + ", expected [B, S, H, D]");
   if (xs[3] % 2) Fail(where, "X has shape " + ShapeText(xs) + ": the head dim D must be even");
@@ -141,7 +143,8 @@ void PrepareRotary(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p) {
   p.cos = static_cast<const int16_t*>(cos.value.GetTensorRawData());
   p.sin = static_cast<const int16_t*>(sin.value.GetTensorRawData());
   const int64_t P = cos.shape[0];
-  for (int64_t i = 0; i < xs[0] * xs[1]; ++i)
+  p.cos_rows = P;
+  for (int64_t i = 0; i < xs[0] * xs[1] && !a.device_inputs; ++i)
     if (p.positions[i] < 0 || p.positions[i] >= P)
       Fail(where, "position_ids[" + std::to_string(i) + "] = " + std::to_string(p.positions[i]) +
                       " is outside the tables' [0, " + std::to_string(P) + ")");
@@ -149,8 +152,8 @@ void PrepareRotary(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p) {
 
 std::vector<int64_t> PrepareBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p) {
   const std::string& where = a.where;
-  p.x = ReadActivation(ctx, 0, "A", "a_m", "a_e", where);
-  p.x2 = ReadActivation(ctx, 3, "B", "b_m", "b_e", where);
+  p.x = ReadActivation(ctx, 0, "A", "a_m", "a_e", a);
+  p.x2 = ReadActivation(ctx, 3, "B", "b_m", "b_e", a);
   const std::vector<int64_t>&as = p.x.shape, &bs = p.x2.shape;
   if (p.x.type != kI8 && p.x.type != kU8) Fail(where, std::string("A must be int8 or uint8, got ") + TypeName(p.x.type));
   if (as.size() < 2) Fail(where, "A has shape " + ShapeText(as) + ", expected [..., M, K]");
@@ -273,18 +276,18 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
   std::vector<int64_t> out_shape;
   switch (a.op) {
     case DiOp::kMatMul: {
-      p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", where);
+      p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", a);
       if (p.x.C != a.K)
         Fail(where, "X has shape " + ShapeText(p.x.shape) + ": last dim must equal attribute K=" + std::to_string(a.K));
       TensorView W = RequiredInput(ctx, 3, "W", where);
       ExpectShape(W, "W", {a.N, a.K}, "(N, K)", where);
       p.W = static_cast<const int8_t*>(W.value.GetTensorRawData());
-      ReadChannelScales(ctx, 4, "w_m", "w_e", a.N, "(N)", where, p);
+      ReadChannelScales(ctx, 4, "w_m", "w_e", a.N, "(N)", a, p);
       out_shape = WithLast(p.x.shape, a.N);
       break;
     }
     case DiOp::kClippedSoftmax:
-      p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", where);
+      p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", a);
       if (p.x.type != kI8 && p.x.type != kI32)
         Fail(where, std::string("X must be int8 or int32, got ") + TypeName(p.x.type));
       if (p.x.C >= (int64_t(1) << 24))  // the sum of 2^30-scaled exps times qmax stays below 2^63
@@ -294,20 +297,20 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
       out_shape = p.x.shape;
       break;
     case DiOp::kNorm:
-      p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", where);
+      p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", a);
       if (p.x.type != kI8 && p.x.type != kI16) Fail(where, std::string("X must be int8 or int16, got ") + TypeName(p.x.type));
       if (p.x.C > integer::kMaxK)  // the sum of squares stays below 2^31
         Fail(where, "X has " + std::to_string(p.x.C) + " channels, more than " + std::to_string(integer::kMaxK));
-      ReadChannelScales(ctx, 3, "g_m", "g_e", p.x.C, "(C, X's last dim)", where, p);
+      ReadChannelScales(ctx, 3, "g_m", "g_e", p.x.C, "(C, X's last dim)", a, p);
       out_shape = p.x.shape;
       break;
     case DiOp::kSwiGLU:
     case DiOp::kAdd: {
       const bool add = a.op == DiOp::kAdd;
-      p.x = add ? ReadActivation(ctx, 0, "A", "a_m", "a_e", where)
-                : ReadActivation(ctx, 0, "gate", "gate_m", "gate_e", where);
-      p.x2 = add ? ReadActivation(ctx, 3, "B", "b_m", "b_e", where)
-                 : ReadActivation(ctx, 3, "up", "up_m", "up_e", where);
+      p.x = add ? ReadActivation(ctx, 0, "A", "a_m", "a_e", a)
+                : ReadActivation(ctx, 0, "gate", "gate_m", "gate_e", a);
+      p.x2 = add ? ReadActivation(ctx, 3, "B", "b_m", "b_e", a)
+                 : ReadActivation(ctx, 3, "up", "up_m", "up_e", a);
       ExpectSameShape(p.x, p.x2, add ? "A" : "gate", add ? "B" : "up", where);
       if (add && p.x.type != kI8 && p.x.type != kI16)
         Fail(where, std::string("A must be int8 or int16, got ") + TypeName(p.x.type));
@@ -321,14 +324,14 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
       out_shape = p.x.shape;
       break;
     case DiOp::kExp:
-      p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", where);
+      p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", a);
       out_shape = p.x.shape;
       break;
     case DiOp::kBatchMatMul:
       out_shape = PrepareBatchMatMul(ctx, a, p);
       break;
     case DiOp::kRequant:
-      p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", where);
+      p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", a);
       if (p.x.type != kI8 && p.x.type != kI32) Fail(where, std::string("X must be int8 or int32, got ") + TypeName(p.x.type));
       if (p.x.shape.size() < 2) Fail(where, "X has shape " + ShapeText(p.x.shape) + ", expected [..., G, D]");
       out_shape.assign(p.x.shape.begin(), p.x.shape.end() - 1);

@@ -5,16 +5,16 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
 #include "group_quant_matmul.h"  // InvalidArgument, StatusFrom, checks
 #include "integer_math.h"
+#include "integer_op_kind.h"
 #include "ort_api.h"
 
 namespace edgeq {
-
-enum class DiOp { kMatMul, kExp, kClippedSoftmax, kNorm, kSwiGLU, kRotary, kAdd, kBatchMatMul, kRequant };
 
 // An op's name and the element types of its inputs and outputs as schema.py declares them (ORT refuses other
 // types, naming the node; UNDEFINED: checked in PrepareIntegerOp). Inputs from optional_from on are optional.
@@ -35,6 +35,9 @@ struct DiAttrs {
   int64_t K = 0, N = 0, abits = 8, wbits = 8, obits = 8, clip_q8 = 0, is_causal = 0, eps_q60 = 0, interleaved = 0,
           trans_b = 0;
   int64_t qmax = 0;  // largest output code: 2^(obits-1) - 1, or 2^obits - 1 for DIClippedSoftmax
+  // The CUDA ops' inputs live on the device: PrepareIntegerOp checks their types and shapes but cannot read the
+  // values (mantissa ranges, positions), which the CPU ops refuse with a message.
+  bool device_inputs = false;
   static DiAttrs FromKernelInfo(const OrtKernelInfo* info, DiOp op);
 };
 
@@ -65,6 +68,7 @@ struct DiProblem {
   const int64_t* positions = nullptr;  // DIRotary: position_ids [B, S], cos/sin [P, D/2]
   const int16_t* cos = nullptr;
   const int16_t* sin = nullptr;
+  int64_t cos_rows = 0;              // P
   bool per_head_scales = false;      // DIRotary: x's scales are [B, S, H, 1] (else [B, S, 1, 1])
   int64_t M = 0, K = 0, N = 0;       // DIBatchMatMul: A [batch, M, K], B [batch of B, N, K] or [.., K, N]
   std::vector<int64_t> b_batch;      // DIBatchMatMul: B's flat batch index for each of A's; DIRequant: G
@@ -73,5 +77,57 @@ struct DiProblem {
 
 // Checks types, shapes and the values the math relies on (mantissa ranges, positions), allocates the outputs.
 DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& attrs);
+
+// The OrtCustomOp of kOp on one execution provider, around Kernel<kOp> (a class of the CPU or the CUDA ops);
+// DIAdd registers one per (A, B) code type pair. ORT derives an UNDEFINED output's type from the only UNDEFINED
+// input, so with concrete input types and Y declared UNDEFINED and optional (ORT insists on the one-dynamic-input
+// rule for required ones) Y keeps the type the graph declares for it, which DiAttrs::FromKernelInfo checks against
+// obits: DIAdd and DIMatMul (WideCodes), whose obits > 8 give int16 codes.
+template <template <DiOp> class Kernel, DiOp kOp, ONNXTensorElementDataType kA = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED,
+          ONNXTensorElementDataType kB = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED>
+struct DiCustomOp : Ort::CustomOpBase<DiCustomOp<Kernel, kOp, kA, kB>, Kernel<kOp>, /*WithStatus=*/true> {
+  explicit DiCustomOp(const char* provider) : provider(provider) {}
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    return StatusFrom([&] { *kernel = new Kernel<kOp>(info); });
+  }
+  const char* GetName() const { return Signature(kOp).name; }
+  const char* GetExecutionProviderType() const { return provider; }
+  size_t GetInputTypeCount() const { return Signature(kOp).inputs.size(); }
+  ONNXTensorElementDataType GetInputType(size_t i) const {
+    if (kOp == DiOp::kAdd && i == 0) return kA;
+    if (kOp == DiOp::kAdd && i == 3) return kB;
+    return Signature(kOp).inputs[i];
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+    return i < Signature(kOp).optional_from ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+  size_t GetOutputTypeCount() const { return Signature(kOp).outputs.size(); }
+  ONNXTensorElementDataType GetOutputType(size_t i) const { return Signature(kOp).outputs[i]; }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const {
+    return WideCodes(kOp) && i == 0 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  }
+  const char* provider;
+};
+
+// Adds every integer op of Kernel's provider to `domain`.
+template <template <DiOp> class Kernel>
+void AddIntegerOps(Ort::CustomOpDomain& domain, const char* provider) {
+  constexpr auto kI8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8, kI16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16;
+  static DiCustomOp<Kernel, DiOp::kMatMul> matmul(provider);
+  static DiCustomOp<Kernel, DiOp::kExp> exp(provider);
+  static DiCustomOp<Kernel, DiOp::kClippedSoftmax> softmax(provider);
+  static DiCustomOp<Kernel, DiOp::kNorm> norm(provider);
+  static DiCustomOp<Kernel, DiOp::kSwiGLU> swiglu(provider);
+  static DiCustomOp<Kernel, DiOp::kRotary> rotary(provider);
+  static DiCustomOp<Kernel, DiOp::kAdd, kI8, kI8> add(provider);
+  static DiCustomOp<Kernel, DiOp::kAdd, kI8, kI16> add_8_16(provider);
+  static DiCustomOp<Kernel, DiOp::kAdd, kI16, kI8> add_16_8(provider);
+  static DiCustomOp<Kernel, DiOp::kAdd, kI16, kI16> add_16_16(provider);
+  static DiCustomOp<Kernel, DiOp::kBatchMatMul> batch_matmul(provider);
+  static DiCustomOp<Kernel, DiOp::kRequant> requant(provider);
+  for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&matmul, &exp, &softmax, &norm, &swiglu, &rotary, &add,
+                                                             &add_8_16, &add_16_8, &add_16_16, &batch_matmul, &requant})
+    domain.Add(op);
+}
 
 }  // namespace edgeq

@@ -3,14 +3,17 @@ DISwiGLU, DIRotary, DIAdd, DIBatchMatMul, DIRequant), shared by their CPU, refer
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
+import pytest
 from onnx import helper
 
 from edgeq.custom_ops import reference_integer as ri
 from edgeq.custom_ops.schema import OPS, opset_import
 
-from .conftest import session
+from .conftest import CUDA, cuda_available, session
 
 WIDTHS = [(8, 8), (6, 6), (4, 4)]  # W8A8, W6A6, W4A4
 WIDE_OUTPUT_OPS = ("DIMatMul", "DIAdd")  # obits 2..16: Y int8 up to 8 bits, int16 above, typed by the graph
@@ -71,9 +74,58 @@ def model(op: str, arrays: list, name: str = "n0", y_type: int | None = None, **
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), opset_import()], ir_version=9)
 
 
-def run(library, op: str, arrays: list, threads: int = 2, y_type: int | None = None, **attrs) -> list[np.ndarray]:
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where the ops run: the op library and ORT's execution providers (the CPU ops, or the CUDA ops with the CPU
+    ones beside them as ORT requires)."""
+
+    library: object
+    providers: tuple = ("CPUExecutionProvider",)
+
+
+def _library(device: str):
+    from edgeq.custom_ops.library import get_library
+
+    return get_library(device)
+
+
+GPU = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs onnxruntime-gpu with CUDA")]
+
+
+@pytest.fixture(scope="module", params=["cpu", pytest.param("cuda", marks=GPU)])
+def target(request) -> Target:
+    """Every test taking it runs on the CPU ops and (on a GPU machine) on the CUDA ops: same problems, same bits."""
+    return Target(_library(request.param), CUDA if request.param == "cuda" else ("CPUExecutionProvider",))
+
+
+# The dot-product kernels each target can pin: EDGEQ_DIMATMUL_KERNEL on the CPU, EDGEQ_DI_GEMM on CUDA.
+GEMM_KERNELS = [("cpu", k) for k in ("vnni", "avx512", "avx2", "scalar")] + \
+    [pytest.param(("cuda", k), marks=GPU, id=f"cuda-{k}") for k in ("cublas", "rows", "tiled")]
+
+
+@pytest.fixture(params=GEMM_KERNELS, ids=lambda p: p if isinstance(p, str) else "-".join(p))
+def matmul_kernel(request, monkeypatch) -> Target:
+    """A target with its DIMatMul/DIBatchMatMul GEMM kernel pinned (read at session creation); skips a CPU kernel
+    the build lacks."""
+    device, kernel = request.param
+    monkeypatch.setenv("EDGEQ_DIMATMUL_KERNEL" if device == "cpu" else "EDGEQ_DI_GEMM", kernel)
+    t = Target(_library(device), ("CPUExecutionProvider",) if device == "cpu" else CUDA)
+    x = activation(np.random.default_rng(0), (1, 3))
+    try:
+        run(t, "DIMatMul", [*x, np.ones((1, 3), np.int8), np.ones(1, np.int32), np.zeros(1, np.int8)],
+            K=3, N=1, abits=8, wbits=8, obits=8)
+    except Exception as e:  # noqa: BLE001
+        if "this build has no" not in str(e):
+            raise
+        pytest.skip(f"this build has no {kernel} kernel")
+    return t
+
+
+def run(target, op: str, arrays: list, threads: int = 2, y_type: int | None = None, **attrs) -> list[np.ndarray]:
+    """The op in ORT on ``target`` (a Target, or an op library for the CPU ops)."""
+    t = target if isinstance(target, Target) else Target(target)
     feeds = {i.name: a for i, a in zip(OPS[op].inputs, arrays) if a is not None}
-    return session(model(op, arrays, y_type=y_type, **attrs), library, threads=threads).run(None, feeds)
+    return session(model(op, arrays, y_type=y_type, **attrs), t.library, t.providers, threads=threads).run(None, feeds)
 
 
 REFERENCE = {

@@ -1,7 +1,7 @@
 """The 16-bit residual stream at the op level: DIAdd with int8 or int16 codes on either side and int8 (obits
 <= 8) or int16 (obits 9..16) output codes, DINorm of int16 codes, DIMatMul's int16 output codes (obits 9..16, for
-the projections that feed the residual). References against float, the CPU kernels bit-exact against the
-references, and the errors for what the ops refuse."""
+the projections that feed the residual). References against float, the CPU and CUDA kernels bit-exact against
+the references, and the errors for what the ops refuse."""
 
 import numpy as np
 import onnx
@@ -15,7 +15,8 @@ from edgeq.custom_ops.schema import OPS, opset_import
 
 from .conftest import session
 from .integer_problems import activation, activation16, assert_bit_exact, channel_scales, model, reference, run
-from .test_integer_cpu import lead_shape, matmul_kernel, odd_size  # noqa: F401 (matmul_kernel: a fixture)
+from .integer_problems import matmul_kernel, target  # noqa: F401 (fixtures)
+from .test_integer_ops import lead_shape, odd_size
 
 SEEDS = range(12)
 
@@ -131,11 +132,11 @@ def test_matmul_reference_refuses_obits_outside_2_16(obits):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# CPU kernels, bit-exact
+# CPU and CUDA kernels, bit-exact
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_add_cpu(cpu_library, seed):
+def test_add_bit_exact(target, seed):
     """Every (A, B) code type pair, output widths 2..16, exponents over the whole int8 range every third case
     (saturation, flush and gaps beyond both windows), both int16 ends."""
     rng = np.random.default_rng(9000 + seed)
@@ -146,11 +147,11 @@ def test_add_cpu(cpu_library, seed):
     a = operand(rng, shape, wa, e_range=(-128, 127) if wide_e else (0, 12), saturate=seed % 2 == 0,
                 full_mantissas=seed % 4 < 2)
     b = operand(rng, shape, wb, e_range=(-128, 127) if wide_e else (0, 50), saturate=True)
-    assert_bit_exact(cpu_library, "DIAdd", [*a, *b], obits=obits)
+    assert_bit_exact(target, "DIAdd", [*a, *b], obits=obits)
 
 
 @pytest.mark.parametrize("wa, wb", [(True, False), (False, True), (True, True)])
-def test_add_cpu_int16_limits_and_windows(cpu_library, wa, wb):
+def test_add_int16_limits_and_windows(target, wa, wb):
     """Codes at +-32767 with the largest mantissa, exponent gaps at and past the 31-bit window, extreme exponents,
     and b = -a at equal scales (an all-zero row)."""
     q = np.tile(np.array([[-32767, 32767, 1, -1, 16384]], np.int64), (7, 1))
@@ -160,13 +161,13 @@ def test_add_cpu_int16_limits_and_windows(cpu_library, wa, wb):
     qa = q.astype(np.int16) if wa else np.clip(q, -128, 127).astype(np.int8)
     qb = (-q).astype(np.int16) if wb else np.clip(-q, -128, 127).astype(np.int8)
     for obits in (8, 16):
-        y = assert_bit_exact(cpu_library, "DIAdd", [qa, m, ea, qb, m, eb], obits=obits)
+        y = assert_bit_exact(target, "DIAdd", [qa, m, ea, qb, m, eb], obits=obits)
         if wa == wb:
             assert (y[0][4] == 0).all() and y[1][4, 0] == ri.ZERO_SCALE[0]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_norm_cpu_int16(cpu_library, seed):
+def test_norm_int16_bit_exact(target, seed):
     rng = np.random.default_rng(9100 + seed)
     shape = lead_and_size(rng)
     e_range = (-128, 127) if seed % 3 == 0 else (8, 30)
@@ -175,18 +176,18 @@ def test_norm_cpu_int16(cpu_library, seed):
         x[0][...] = 32767  # the largest sum of squares per channel
     g_m, g_e = channel_scales(rng, shape[-1], spread=int(rng.integers(0, 20)), signed=seed % 2 == 0)
     eps = int(rng.choice([0, eps_q60(1e-5), (1 << 61) - 1]))
-    assert_bit_exact(cpu_library, "DINorm", [*x, g_m, g_e], eps_q60=eps, obits=int(rng.choice([4, 6, 8])))
+    assert_bit_exact(target, "DINorm", [*x, g_m, g_e], eps_q60=eps, obits=int(rng.choice([4, 6, 8])))
 
 
-def test_norm_cpu_int16_largest_sum_of_squares(cpu_library):
+def test_norm_int16_largest_sum_of_squares(target):
     C = ri.MAX_K
     x = (np.full((2, C), -32767, np.int16), np.full((2, 1), ri.M_MAX, np.int32), np.array([[-128], [127]], np.int8))
     g = channel_scales(np.random.default_rng(1), C)
-    assert_bit_exact(cpu_library, "DINorm", [*x, *g], eps_q60=0, obits=8)
+    assert_bit_exact(target, "DINorm", [*x, *g], eps_q60=0, obits=8)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_matmul_cpu_int16_codes(cpu_library, matmul_kernel, seed):
+def test_matmul_int16_codes(matmul_kernel, seed):
     """Every GEMM kernel, random odd shapes, output widths 9..16 (and 8: the int8 path beside them), channel
     exponents within and past the alignment window, scales at the int8 exponent's ends every fourth case."""
     rng = np.random.default_rng(9200 + seed)
@@ -195,13 +196,13 @@ def test_matmul_cpu_int16_codes(cpu_library, matmul_kernel, seed):
     e_range = (-128, 127) if seed % 4 == 3 else (-4, 40)
     args = matmul_problem(rng, lead, K, N, saturate=seed % 2 == 0, spread=[0, 6, 16, 40][seed % 4],
                           full_mantissas=seed % 3 == 1, e_range=e_range)
-    y = assert_bit_exact(cpu_library, "DIMatMul", args, **matmul_attrs(args, obits))
+    y = assert_bit_exact(matmul_kernel, "DIMatMul", args, **matmul_attrs(args, obits))
     assert y[0].dtype == (np.int16 if obits > 8 else np.int8)
 
 
 @pytest.mark.parametrize("obits", [12, 16])
 @pytest.mark.parametrize("sign", [1, -1])
-def test_matmul_cpu_int16_saturated_codes(cpu_library, matmul_kernel, obits, sign):
+def test_matmul_int16_saturated_codes(matmul_kernel, obits, sign):
     """Codes at +-127 (and -128) with K at the op's limit: the largest accumulators (|acc| up to 2^31 - 2^14),
     the largest mantissas; the top channel maps to +-qmax and the half-size channel to half of it."""
     K = ri.MAX_K
@@ -216,20 +217,20 @@ def test_matmul_cpu_int16_saturated_codes(cpu_library, matmul_kernel, obits, sig
     w_m = np.array([ri.M_MAX, ri.M_MAX, ri.M_MAX, 1 << 14], np.int32)
     w_e = np.array([10, 10, 10, 26], np.int8)
     args = [X, m, e, W, w_m, w_e]
-    y = assert_bit_exact(cpu_library, "DIMatMul", args, **matmul_attrs(args, obits))
+    y = assert_bit_exact(matmul_kernel, "DIMatMul", args, **matmul_attrs(args, obits))
     qmax = (1 << (obits - 1)) - 1
     assert np.abs(y[0].astype(np.int64)).max() == qmax
     assert y[0][0, 1] == -sign * qmax
 
 
 @pytest.mark.parametrize("e", [-128, 127])
-def test_matmul_cpu_int16_extreme_scales(cpu_library, matmul_kernel, e):
+def test_matmul_int16_extreme_scales(matmul_kernel, e):
     """Exponents at both int8 ends at 16 bits: the output exponent saturates (-128) or the rows flush (127)."""
     rng = np.random.default_rng(8)
     args = matmul_problem(rng, (5,), 33, 9, saturate=True, full_mantissas=True)
     args[2] = np.full((5, 1), e, np.int8)
     args[5] = np.full(9, e, np.int8)
-    y = assert_bit_exact(cpu_library, "DIMatMul", args, **matmul_attrs(args, 16))
+    y = assert_bit_exact(matmul_kernel, "DIMatMul", args, **matmul_attrs(args, 16))
     assert (y[2] == e).all()
 
 

@@ -565,7 +565,7 @@ void DIRequant(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// ORT glue: one kernel and one op type per DiOp
+// ORT glue: one kernel per DiOp (the op types: DiCustomOp, integer_ops.h)
 
 template <DiOp kOp>
 struct Kernel {
@@ -605,56 +605,9 @@ struct Kernel {
   Gemm gemm;
 };
 
-// kI8 or kI16 for DIAdd's overloads (its codes inputs A and B), UNDEFINED for every other op.
-constexpr auto kNone = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-
-// One OrtCustomOp of kOp; DIAdd registers one per (A, B) code type pair. ORT derives an UNDEFINED output's type
-// from the only UNDEFINED input, so with concrete input types and Y declared UNDEFINED and optional (ORT insists
-// on the one-dynamic-input rule for required ones) Y keeps the type the graph declares for it, which
-// DiAttrs::FromKernelInfo checks against obits: DIAdd and DIMatMul (WideCodes), whose obits > 8 give int16 codes.
-template <DiOp kOp, ONNXTensorElementDataType kA = kNone, ONNXTensorElementDataType kB = kNone>
-struct Op : Ort::CustomOpBase<Op<kOp, kA, kB>, Kernel<kOp>, /*WithStatus=*/true> {
-  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
-    return StatusFrom([&] { *kernel = new Kernel<kOp>(info); });
-  }
-  const char* GetName() const { return Signature(kOp).name; }
-  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetInputTypeCount() const { return Signature(kOp).inputs.size(); }
-  ONNXTensorElementDataType GetInputType(size_t i) const {
-    if (kOp == DiOp::kAdd && i == 0) return kA;
-    if (kOp == DiOp::kAdd && i == 3) return kB;
-    return Signature(kOp).inputs[i];
-  }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
-    return i < Signature(kOp).optional_from ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  }
-  size_t GetOutputTypeCount() const { return Signature(kOp).outputs.size(); }
-  ONNXTensorElementDataType GetOutputType(size_t i) const { return Signature(kOp).outputs[i]; }
-  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const {
-    return WideCodes(kOp) && i == 0 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
-  }
-};
-
 }  // namespace
 
-void RegisterIntegerOps(Ort::CustomOpDomain& domain) {
-  static Op<DiOp::kMatMul> matmul;
-  static Op<DiOp::kExp> exp;
-  static Op<DiOp::kClippedSoftmax> softmax;
-  static Op<DiOp::kNorm> norm;
-  static Op<DiOp::kSwiGLU> swiglu;
-  static Op<DiOp::kRotary> rotary;
-  constexpr auto kI8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8, kI16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16;
-  static Op<DiOp::kAdd, kI8, kI8> add;
-  static Op<DiOp::kAdd, kI8, kI16> add_8_16;
-  static Op<DiOp::kAdd, kI16, kI8> add_16_8;
-  static Op<DiOp::kAdd, kI16, kI16> add_16_16;
-  static Op<DiOp::kBatchMatMul> batch_matmul;
-  static Op<DiOp::kRequant> requant;
-  for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&matmul, &exp, &softmax, &norm, &swiglu, &rotary, &add,
-                                                             &add_8_16, &add_16_8, &add_16_16, &batch_matmul, &requant})
-    domain.Add(op);
-}
+void RegisterIntegerOps(Ort::CustomOpDomain& domain) { AddIntegerOps<Kernel>(domain, "CPUExecutionProvider"); }
 
 }  // namespace cpu
 }  // namespace edgeq

@@ -45,6 +45,30 @@ struct Cublas {
   }
 };
 
+// The calling device's handle, bound to `stream`; nullptr and `error` set when cuBLAS cannot give one. The
+// caller holds the mutex until its GemmEx is enqueued.
+void* HandleFor(Cublas& cublas, void* stream, const char*& error) {
+  int device = 0;
+  cudaGetDevice(&device);
+  if (device < 0 || device >= 64) {
+    error = "device index out of range for the cuBLAS handle table";
+    return nullptr;
+  }
+  void*& handle = cublas.handles[device];
+  if (handle == nullptr && cublas.create(&handle) != 0) {
+    handle = nullptr;
+    error = "cublasCreate failed";
+    return nullptr;
+  }
+  if (cublas.set_stream(handle, static_cast<cudaStream_t>(stream)) != 0) {
+    error = "cublasSetStream failed";
+    return nullptr;
+  }
+  return handle;
+}
+
+constexpr int kOpN = 0, kOpT = 1, kAlgoDefault = -1;
+
 }  // namespace
 
 bool CublasAvailable() { return Cublas::Get().Loaded(); }
@@ -54,21 +78,30 @@ const char* CublasGemm(bool half, const void* A, const void* W, void* Y, int M, 
   Cublas& cublas = Cublas::Get();
   if (!cublas.Loaded()) return "libcublas could not be loaded for the gemm kernel";
   std::lock_guard<std::mutex> lock(cublas.mutex);
-  int device = 0;
-  cudaGetDevice(&device);
-  if (device < 0 || device >= 64) return "device index out of range for the cuBLAS handle table";
-  void*& handle = cublas.handles[device];
-  if (handle == nullptr && cublas.create(&handle) != 0) {
-    handle = nullptr;
-    return "cublasCreate failed";
-  }
-  if (cublas.set_stream(handle, static_cast<cudaStream_t>(stream)) != 0) return "cublasSetStream failed";
-  constexpr int kOpN = 0, kOpT = 1, kR32F = 0, kR16F = 2, kCompute32F = 68, kAlgoDefault = -1;
+  const char* error = nullptr;
+  void* handle = HandleFor(cublas, stream, error);
+  if (handle == nullptr) return error;
+  constexpr int kR32F = 0, kR16F = 2, kCompute32F = 68;
   const float alpha = 1.f, beta = 0.f;
   const int type = half ? kR16F : kR32F;
   const int status = cublas.gemm_ex(handle, kOpT, kOpN, N, M, K, &alpha, W, type, K, A, type, K, &beta, Y, type, N,
                                     kCompute32F, kAlgoDefault);
   return status == 0 ? nullptr : "cublasGemmEx failed";
+}
+
+// The same layout with int8 operands, int32 output and CUBLAS_COMPUTE_32I (integer alpha and beta).
+const char* CublasGemmInt8(const int8_t* A, const int8_t* W, int32_t* Y, int M, int N, int K, void* stream) {
+  Cublas& cublas = Cublas::Get();
+  if (!cublas.Loaded()) return "libcublas could not be loaded for the int8 gemm";
+  std::lock_guard<std::mutex> lock(cublas.mutex);
+  const char* error = nullptr;
+  void* handle = HandleFor(cublas, stream, error);
+  if (handle == nullptr) return error;
+  constexpr int kR8I = 3, kR32I = 10, kCompute32I = 72;
+  const int32_t alpha = 1, beta = 0;
+  const int status = cublas.gemm_ex(handle, kOpT, kOpN, N, M, K, &alpha, W, kR8I, K, A, kR8I, K, &beta, Y, kR32I, N,
+                                    kCompute32I, kAlgoDefault);
+  return status == 0 ? nullptr : "cublasGemmEx (int8) refused the shape";
 }
 
 }  // namespace cuda

@@ -2,6 +2,8 @@
 // needs its headers at build time: the "dequantize, then GEMM" path of the group-quantized linears. Plain C++.
 #pragma once
 
+#include <cstdint>
+
 namespace edgeq {
 namespace cuda {
 
@@ -11,6 +13,10 @@ bool CublasAvailable();
 // Row-major Y[M, N] = A[M, K] @ W[N, K]^T, all float16 (`half`) or all float32, fp32 accumulation, enqueued on
 // `stream` (a cudaStream_t). Returns nullptr, or a static error text.
 const char* CublasGemm(bool half, const void* A, const void* W, void* Y, int M, int N, int K, void* stream);
+
+// Row-major int32 Y[M, N] = int8 A[M, K] @ int8 W[N, K]^T, exact int32 accumulation (the integer ops' dot
+// products), enqueued on `stream`. Returns nullptr, or a static error text (cuBLAS refuses some shapes).
+const char* CublasGemmInt8(const int8_t* A, const int8_t* W, int32_t* Y, int M, int N, int K, void* stream);
 
 }  // namespace cuda
 }  // namespace edgeq

@@ -10,5 +10,7 @@ void RegisterOps(Ort::CustomOpDomain& domain);
 void RegisterQuantLinear(Ort::CustomOpDomain& domain);
 // Adds edgeq::SpQRMatMul and edgeq::SpQRDequantize (spqr_matmul_cuda.cc); called by RegisterOps.
 void RegisterSpQR(Ort::CustomOpDomain& domain);
+// Adds the I-LLM integer ops (integer_ops_cuda.cc); called by RegisterOps.
+void RegisterIntegerOps(Ort::CustomOpDomain& domain);
 }  // namespace cuda
 }  // namespace edgeq

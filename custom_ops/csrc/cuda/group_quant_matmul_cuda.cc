@@ -78,6 +78,7 @@ void RegisterOps(Ort::CustomOpDomain& domain) {
   domain.Add(&group_quant_matmul);
   RegisterQuantLinear(domain);
   RegisterSpQR(domain);
+  RegisterIntegerOps(domain);
 }
 
 }  // namespace cuda

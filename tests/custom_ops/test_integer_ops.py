@@ -1,6 +1,6 @@
-"""The integer-only ops on ORT's CPU execution provider against the integer NumPy reference, bit for bit:
-codes, scale mantissas and scale exponents must be identical (integer math has no rounding excuse). Random
-shapes (odd sizes, 1..300 rows), random values, saturated codes at the int8 limits, int32 limits, and scales at
+"""The integer-only ops on ORT's CPU and (on a GPU machine) CUDA execution providers against the integer NumPy
+reference, bit for bit: codes, scale mantissas and scale exponents must be identical (integer math has no
+rounding excuse). Random shapes (odd sizes, 1..300 rows), random values, saturated codes at the int8 limits, int32 limits, and scales at
 the ends of their ranges (where the int8 exponent saturates or a row flushes to zero)."""
 
 import numpy as np
@@ -9,7 +9,14 @@ import pytest
 from edgeq.custom_ops import reference_integer as ri
 from edgeq.custom_ops.integer_codec import eps_q60, rotary_tables
 
-from .integer_problems import WIDTHS, activation, assert_bit_exact, channel_scales, run
+from edgeq.custom_ops.schema import OPS
+
+from .conftest import CUDA, cuda_available, providers_that_ran
+from .integer_problems import (WIDTHS, Target, activation, assert_bit_exact, channel_scales, matmul_kernel,  # noqa: F401
+                               model, run, target)
+
+INTEGER_OPS = ["DIMatMul", "DIExp", "DIClippedSoftmax", "DINorm", "DISwiGLU", "DIRotary", "DIAdd", "DIBatchMatMul",
+               "DIRequant"]
 
 
 def lead_shape(rng: np.random.Generator, max_rows: int = 300) -> tuple[int, ...]:
@@ -27,24 +34,8 @@ def odd_size(rng: np.random.Generator, hi: int) -> int:
 SEEDS = range(20)
 
 
-@pytest.fixture(params=["vnni", "avx512", "avx2", "scalar"])
-def matmul_kernel(request, cpu_library, monkeypatch):
-    """Pins the DIMatMul/DIBatchMatMul GEMM kernel (EDGEQ_DIMATMUL_KERNEL, read at session creation); skips one the
-    build lacks."""
-    monkeypatch.setenv("EDGEQ_DIMATMUL_KERNEL", request.param)
-    x = activation(np.random.default_rng(0), (1, 3))
-    try:
-        run(cpu_library, "DIMatMul", [*x, np.ones((1, 3), np.int8), np.ones(1, np.int32), np.zeros(1, np.int8)],
-            K=3, N=1, abits=8, wbits=8, obits=8)
-    except Exception as e:  # noqa: BLE001
-        if "this build has no" not in str(e):
-            raise
-        pytest.skip(f"this build has no {request.param} kernel")
-    return request.param
-
-
 @pytest.mark.parametrize("seed", SEEDS)
-def test_matmul(cpu_library, matmul_kernel, seed):
+def test_matmul(matmul_kernel, seed):
     rng = np.random.default_rng(1000 + seed)
     wbits, abits = WIDTHS[seed % 3]
     lead, K, N = lead_shape(rng), odd_size(rng, 577), odd_size(rng, 150)
@@ -53,10 +44,10 @@ def test_matmul(cpu_library, matmul_kernel, seed):
     if seed % 2 == 0:
         W[:, 0], W[:, -1] = -128, 127
     w_m, w_e = channel_scales(rng, N, spread=[0, 6, 16, 40][seed % 4], signed=seed % 3 == 0)
-    assert_bit_exact(cpu_library, "DIMatMul", [*x, W, w_m, w_e], K=K, N=N, abits=abits, wbits=wbits, obits=abits)
+    assert_bit_exact(matmul_kernel, "DIMatMul", [*x, W, w_m, w_e], K=K, N=N, abits=abits, wbits=wbits, obits=abits)
 
 
-def test_matmul_largest_accumulator(cpu_library, matmul_kernel):
+def test_matmul_largest_accumulator(matmul_kernel):
     """K = 131071 products of -128 * -128: acc = 2^31 - 2^14, the largest the op can meet, must come out exact
     (any lost carry changes the codes of the other channel, whose value is half of it)."""
     K = ri.MAX_K
@@ -67,29 +58,29 @@ def test_matmul_largest_accumulator(cpu_library, matmul_kernel):
     m = np.full((2, 1), ri.M_MAX, np.int32)
     e = np.array([[0], [127]], np.int8)
     w_m, w_e = np.array([ri.M_MAX, 1, 1 << 14], np.int32), np.array([-128, 127, 0], np.int8)
-    assert_bit_exact(cpu_library, "DIMatMul", [X, m, e, W, w_m, w_e], K=K, N=3, abits=8, wbits=8, obits=8)
+    assert_bit_exact(matmul_kernel, "DIMatMul", [X, m, e, W, w_m, w_e], K=K, N=3, abits=8, wbits=8, obits=8)
 
 
 @pytest.mark.parametrize("e", [-128, 127])
-def test_matmul_extreme_scales(cpu_library, e):
+def test_matmul_extreme_scales(target, e):
     """Exponents at both int8 ends: the output exponent saturates (-128) or the rows flush to zero (127)."""
     rng = np.random.default_rng(7)
     q, m, _ = activation(rng, (5, 33), saturate=True, full_mantissas=True)
     W = rng.integers(-128, 128, (9, 33)).astype(np.int8)
     w_m, w_e = channel_scales(rng, 9)
     x_e = np.full((5, 1), e, np.int8)
-    y = assert_bit_exact(cpu_library, "DIMatMul", [q, m, x_e, W, w_m, np.full(9, e, np.int8)], K=33, N=9, abits=8,
+    y = assert_bit_exact(target, "DIMatMul", [q, m, x_e, W, w_m, np.full(9, e, np.int8)], K=33, N=9, abits=8,
                          wbits=8, obits=8)
     assert (y[2] == e).all()
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_exp(cpu_library, seed):
+def test_exp(target, seed):
     rng = np.random.default_rng(2000 + seed)
     bits = WIDTHS[seed % 3][1]
     x = activation(rng, (*lead_shape(rng), odd_size(rng, 300)), bits, e_range=(-128, 127) if seed % 3 == 0 else (0, 30),
                    saturate=seed % 2 == 0, full_mantissas=seed % 2 == 1)
-    assert_bit_exact(cpu_library, "DIExp", list(x), obits=bits)
+    assert_bit_exact(target, "DIExp", list(x), obits=bits)
 
 
 def softmax_inputs(rng: np.random.Generator, seed: int):
@@ -112,25 +103,25 @@ def softmax_inputs(rng: np.random.Generator, seed: int):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_clipped_softmax(cpu_library, seed):
+def test_clipped_softmax(target, seed):
     rng = np.random.default_rng(3000 + seed)
     x, mask, _ = softmax_inputs(rng, seed)
-    assert_bit_exact(cpu_library, "DIClippedSoftmax", [*x, mask], clip_q8=[0, 3840, 1, 65535][seed % 4],
+    assert_bit_exact(target, "DIClippedSoftmax", [*x, mask], clip_q8=[0, 3840, 1, 65535][seed % 4],
                      is_causal=seed % 2, obits=[8, 6, 4][seed % 3])
 
 
-def test_clipped_softmax_fully_masked_rows(cpu_library):
+def test_clipped_softmax_fully_masked_rows(target):
     """Rows with no visible key give zeros and the zero-row scale; the others are untouched by them."""
     rng = np.random.default_rng(5)
     x = activation(rng, (3, 4, 10))
     mask = np.ones((3, 1, 10), bool)
     mask[1] = False
-    p = assert_bit_exact(cpu_library, "DIClippedSoftmax", [*x, mask], clip_q8=3840, is_causal=1, obits=8)
+    p = assert_bit_exact(target, "DIClippedSoftmax", [*x, mask], clip_q8=3840, is_causal=1, obits=8)
     assert (p[0][1] == 0).all() and (p[1][1] == ri.ZERO_SCALE[0]).all() and (p[0][0].sum(-1) > 0).all()
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_norm(cpu_library, seed):
+def test_norm(target, seed):
     rng = np.random.default_rng(4000 + seed)
     bits = WIDTHS[seed % 3][1]
     shape = (*lead_shape(rng), odd_size(rng, 576))
@@ -140,11 +131,11 @@ def test_norm(cpu_library, seed):
         x[0][0] = 0  # an all-zero row
     g_m, g_e = channel_scales(rng, shape[-1], spread=[0, 4, 16, 30][seed % 4], signed=True)
     eps = [0, eps_q60(1e-5), eps_q60(1e-6), (1 << 61) - 1][seed % 4]
-    assert_bit_exact(cpu_library, "DINorm", [*x, g_m, g_e], eps_q60=eps, obits=bits)
+    assert_bit_exact(target, "DINorm", [*x, g_m, g_e], eps_q60=eps, obits=bits)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_rotary(cpu_library, seed):
+def test_rotary(target, seed):
     rng = np.random.default_rng(6000 + seed)
     bits = WIDTHS[seed % 3][1]
     B, S, H = int(rng.integers(1, 3)), int(rng.integers(1, 40)), int(rng.integers(1, 5))
@@ -157,12 +148,12 @@ def test_rotary(cpu_library, seed):
         m, e = m[:, :, :1], e[:, :, :1]
     pos = rng.integers(0, P, (B, S))
     pos[0, 0], pos[-1, -1] = 0, P - 1
-    assert_bit_exact(cpu_library, "DIRotary", [q, m, e, pos, cos, sin], interleaved=seed % 2, obits=bits)
+    assert_bit_exact(target, "DIRotary", [q, m, e, pos, cos, sin], interleaved=seed % 2, obits=bits)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("op", ["DISwiGLU", "DIAdd"])
-def test_two_input_ops(cpu_library, op, seed):
+def test_two_input_ops(target, op, seed):
     """DISwiGLU (gates up to 1536 wide) and DIAdd (operand exponents up to 60 apart)."""
     rng = np.random.default_rng(5000 + seed)
     bits = WIDTHS[seed % 3][1]
@@ -171,28 +162,28 @@ def test_two_input_ops(cpu_library, op, seed):
     first = activation(rng, shape, bits, e_range=(-128, 127) if wide else (0, 12), saturate=seed % 2 == 0,
                        full_mantissas=seed % 2 == 1)
     second = activation(rng, shape, bits, e_range=(-128, 127) if wide else (0, 60), saturate=seed % 4 == 1)
-    assert_bit_exact(cpu_library, op, [*first, *second], obits=bits)
+    assert_bit_exact(target, op, [*first, *second], obits=bits)
 
 
-def test_add_scales_far_apart(cpu_library):
+def test_add_scales_far_apart(target):
     """Exponent gaps inside (exact) and beyond (the finer side shifted away) the 39-bit window, both int8 ends,
     and b = -a at equal scales, which cancels to an all-zero row."""
     q = np.tile(np.array([[-127, 127, 1, -1, 64]], np.int8), (5, 1))
     m = np.full((5, 1), ri.M_MAX, np.int32)
     ea = np.array([[0], [0], [-128], [127], [10]], np.int8)
     eb = np.array([[39], [40], [127], [-128], [10]], np.int8)
-    y = assert_bit_exact(cpu_library, "DIAdd", [q, m, ea, -q, m, eb], obits=8)
+    y = assert_bit_exact(target, "DIAdd", [q, m, ea, -q, m, eb], obits=8)
     assert (y[0][4] == 0).all() and y[1][4, 0] == ri.ZERO_SCALE[0] and y[2][4, 0] == ri.ZERO_SCALE[1]
 
 
-def test_thread_count_does_not_change_results(cpu_library):
+def test_thread_count_does_not_change_results(target):
     rng = np.random.default_rng(11)
     x = activation(rng, (37, 129), saturate=True)
     W = rng.integers(-128, 128, (70, 129)).astype(np.int8)
     w_m, w_e = channel_scales(rng, 70)
     args = [*x, W, w_m, w_e]
-    one = run(cpu_library, "DIMatMul", args, threads=1, K=129, N=70, abits=8, wbits=8, obits=8)
-    two = run(cpu_library, "DIMatMul", args, threads=2, K=129, N=70, abits=8, wbits=8, obits=8)
+    one = run(target, "DIMatMul", args, threads=1, K=129, N=70, abits=8, wbits=8, obits=8)
+    two = run(target, "DIMatMul", args, threads=2, K=129, N=70, abits=8, wbits=8, obits=8)
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)
 
@@ -206,7 +197,7 @@ def attention_shapes(rng: np.random.Generator, seed: int):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_batch_matmul_scores(cpu_library, matmul_kernel, seed):
+def test_batch_matmul_scores(matmul_kernel, seed):
     """trans_b=1 (Q.K^T): keys with their own scales (exponents spread past the alignment window), causal and
     broadcast masks, rows with no visible key."""
     rng = np.random.default_rng(6000 + seed)
@@ -216,11 +207,11 @@ def test_batch_matmul_scores(cpu_library, matmul_kernel, seed):
     B = activation(rng, (*b_lead, N, K), e_range=(-4, 40) if seed % 3 else (-128, 127), saturate=seed % 3 == 0,
                    full_mantissas=seed % 4 == 2)
     mask = rng.random(tuple(d if rng.random() < 0.5 else 1 for d in (*lead, M, N))) < 0.7 if seed % 4 == 3 else None
-    assert_bit_exact(cpu_library, "DIBatchMatMul", [*A, *B, mask], trans_b=1, is_causal=seed % 2)
+    assert_bit_exact(matmul_kernel, "DIBatchMatMul", [*A, *B, mask], trans_b=1, is_causal=seed % 2)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_batch_matmul_context(cpu_library, seed):
+def test_batch_matmul_context(target, seed):
     """trans_b=0 (P.V): uint8 probabilities (zeros where keys were hidden) or int8 codes against values whose
     scales run along the contraction axis."""
     rng = np.random.default_rng(7000 + seed)
@@ -233,19 +224,19 @@ def test_batch_matmul_context(cpu_library, seed):
     else:
         A = activation(rng, (*lead, M, K), saturate=True)
     B = activation(rng, (*b_lead, K, N), e_range=(-4, 40) if seed % 3 else (-128, 127), saturate=seed % 3 == 0)
-    assert_bit_exact(cpu_library, "DIBatchMatMul", [*A, *B, None], trans_b=0)
+    assert_bit_exact(target, "DIBatchMatMul", [*A, *B, None], trans_b=0)
 
 
-def test_batch_matmul_lm_head_shape(cpu_library, matmul_kernel):
+def test_batch_matmul_lm_head_shape(matmul_kernel):
     """One query row against many rows of B (the tied lm_head at decode): the GEMM runs over blocks of B's rows
     in parallel, with a K tail off every SIMD width."""
     rng = np.random.default_rng(6500)
     A = activation(rng, (1, 1, 577), saturate=True)
     B = activation(rng, (1, 1003, 577), e_range=(-4, 40))
-    assert_bit_exact(cpu_library, "DIBatchMatMul", [*A, *B, None], trans_b=1)
+    assert_bit_exact(matmul_kernel, "DIBatchMatMul", [*A, *B, None], trans_b=1)
 
 
-def test_batch_matmul_largest_sums(cpu_library, matmul_kernel):
+def test_batch_matmul_largest_sums(matmul_kernel):
     """K = 65535 at the int8/uint8 limits with the widest exponent gap the window shifts exactly: the int32 dot
     products and P.V's int64 sums are at their bounds and must come out exact."""
     K = ri.MAX_BATCH_K
@@ -253,16 +244,16 @@ def test_batch_matmul_largest_sums(cpu_library, matmul_kernel):
     b_m, b_e = np.full((1, 2, 1), ri.M_MAX, np.int32), np.array([[[0], [16]]], np.int8)
     A = np.full((1, 1, K), 127, np.int8)
     a_m, a_e = np.full((1, 1, 1), ri.M_MAX, np.int32), np.zeros((1, 1, 1), np.int8)
-    assert_bit_exact(cpu_library, "DIBatchMatMul", [A, a_m, a_e, B, b_m, b_e, None], trans_b=1)
+    assert_bit_exact(matmul_kernel, "DIBatchMatMul", [A, a_m, a_e, B, b_m, b_e, None], trans_b=1)
     P = np.full((1, 1, K), 255, np.uint8)
     V = np.full((1, K, 3), -128, np.int8)
     v_m = np.full((1, K, 1), ri.M_MAX, np.int32)
     v_e = np.where(np.arange(K) % 2, 0, 16).astype(np.int8).reshape(1, K, 1)
-    assert_bit_exact(cpu_library, "DIBatchMatMul", [P, a_m, a_e, V, v_m, v_e, None], trans_b=0)
+    assert_bit_exact(matmul_kernel, "DIBatchMatMul", [P, a_m, a_e, V, v_m, v_e, None], trans_b=0)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_requant(cpu_library, seed):
+def test_requant(target, seed):
     rng = np.random.default_rng(8000 + seed)
     lead = lead_shape(rng, 60)
     G, D = int(rng.integers(1, 9)), odd_size(rng, 70)
@@ -273,4 +264,41 @@ def test_requant(cpu_library, seed):
         q[..., 0] = 2**31 - 1
         _, m, e = activation(rng, (*lead, G, D), e_range=(20, 60), full_mantissas=True)
         X = (q.astype(np.int32), m, e)
-    assert_bit_exact(cpu_library, "DIRequant", list(X), obits=[8, 6, 4][seed % 3])
+    assert_bit_exact(target, "DIRequant", list(X), obits=[8, 6, 4][seed % 3])
+
+
+def one_call(op: str, rng: np.random.Generator):
+    """A small valid call of ``op``: (inputs, attributes)."""
+    x, x2 = activation(rng, (3, 16)), activation(rng, (3, 16))
+    if op == "DIMatMul":
+        return [*x, rng.integers(-128, 128, (5, 16)).astype(np.int8), *channel_scales(rng, 5)], \
+            dict(K=16, N=5, abits=8, wbits=8, obits=8)
+    if op == "DIExp":
+        return list(x), dict(obits=8)
+    if op == "DIClippedSoftmax":
+        return [*activation(rng, (2, 3, 8)), None], dict(clip_q8=3840, is_causal=1, obits=8)
+    if op == "DINorm":
+        return [*x, *channel_scales(rng, 16)], dict(eps_q60=0, obits=8)
+    if op in ("DISwiGLU", "DIAdd"):
+        return [*x, *x2], dict(obits=8)
+    if op == "DIRotary":
+        q, m, e = activation(rng, (1, 3, 2, 8))
+        return [q, m, e, np.array([[0, 1, 2]]), *rotary_tables(4, 8)], dict(interleaved=0, obits=8)
+    if op == "DIBatchMatMul":
+        return [*activation(rng, (2, 3, 16)), *activation(rng, (2, 5, 16)), None], dict(trans_b=1)
+    return list(activation(rng, (3, 2, 8))), dict(obits=8)  # DIRequant
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_available(), reason="needs onnxruntime-gpu with CUDA")
+@pytest.mark.parametrize("op", INTEGER_OPS)
+def test_cuda_ep_runs_the_cuda_kernel(op, tmp_path):
+    """ORT has both the CPU and the CUDA kernel of each op: on the CUDA EP the node must run the CUDA one, and give
+    the reference's bits."""
+    from edgeq.custom_ops.library import get_library
+
+    arrays, attrs = one_call(op, np.random.default_rng(12))
+    library = get_library("cuda")
+    feeds = {i.name: a for i, a in zip(OPS[op].inputs, arrays) if a is not None}
+    assert providers_that_ran(model(op, arrays, **attrs), library, feeds, "n0", tmp_path) == {"CUDAExecutionProvider"}
+    assert_bit_exact(Target(library, CUDA), op, arrays, **attrs)

@@ -1,0 +1,556 @@
+// The I-LLM integer ops on the GPU. Every row-wise op runs a block per row in the CPU op's order of steps: the
+// row's reductions (max, min, sums: exact in integers, so their order does not matter) over the block, then
+// each element computed again from the row's plan. All math is integer_math.h's, shared with the CPU kernels, so
+// the bits are the reference's. The int32 dot products of DIMatMul and DIBatchMatMul come first, from cuBLAS's
+// int8 GEMM or from the dp4a kernels here (exact either way: the sums fit int32 by the ops' bounds on K).
+#include "integer_ops_kernels.h"
+
+#include <cuda_runtime.h>
+
+#include <climits>
+
+#include "../integer_math.h"
+#include "cublas_gemm.h"
+
+namespace edgeq {
+namespace cuda {
+namespace {
+
+using namespace integer;
+
+constexpr int kThreads = 256;
+
+struct MaxOp {
+  __device__ int64_t operator()(int64_t a, int64_t b) const { return a > b ? a : b; }
+};
+struct MinOp {
+  __device__ int64_t operator()(int64_t a, int64_t b) const { return a < b ? a : b; }
+};
+struct SumOp {
+  __device__ int64_t operator()(int64_t a, int64_t b) const { return a + b; }
+};
+
+// The reduction of every thread's v over the block, returned to every thread.
+template <typename Op>
+__device__ int64_t BlockReduce(int64_t v, Op op) {
+  __shared__ int64_t partial[kThreads / 32];
+  for (int o = 16; o > 0; o >>= 1) v = op(v, static_cast<int64_t>(__shfl_xor_sync(0xffffffffu, static_cast<long long>(v), o)));
+  __syncthreads();  // the previous reduction's readers are done with `partial`
+  if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = v;
+  __syncthreads();
+  v = partial[0];
+  for (int w = 1; w < kThreads / 32; ++w) v = op(v, partial[w]);
+  return v;
+}
+
+template <typename Code>
+__device__ void ZeroRow(Code* q, int64_t n, int32_t* m, int8_t* e) {
+  for (int64_t c = threadIdx.x; c < n; c += blockDim.x) q[c] = 0;
+  if (threadIdx.x == 0) {
+    *m = int32_t(kZeroM);
+    *e = int8_t(kZeroE);
+  }
+}
+
+// DynQuantRow of the row value(0..n-1) * mult * 2^-E, spread over the block.
+template <typename Code, typename Value>
+__device__ void QuantizeRow(const Value& value, int64_t n, int64_t mult, int64_t E, int64_t qmax, Code* q, int32_t* m,
+                            int8_t* e) {
+  int64_t lo = LLONG_MAX, hi = LLONG_MIN;
+  for (int64_t c = threadIdx.x; c < n; c += blockDim.x) {
+    const int64_t v = value(c);
+    lo = Min(lo, v);
+    hi = Max(hi, v);
+  }
+  lo = BlockReduce(lo, MinOp());
+  hi = BlockReduce(hi, MaxOp());
+  const int64_t A = Max(Abs(lo), Abs(hi));
+  if (A == 0) return ZeroRow(q, n, m, e);
+  const int64_t sh = DynQuantShift(A);
+  const QuantPlan plan = PlanDynQuant(Max(RShr(hi, sh), -RShr(lo, sh)), sh, mult, E, qmax);
+  for (int64_t c = threadIdx.x; c < n; c += blockDim.x) q[c] = Code(DynQuantCode(RShr(value(c), sh), plan));
+  if (threadIdx.x == 0) {
+    *m = int32_t(plan.scale.m);
+    *e = int8_t(plan.scale.e);
+  }
+}
+
+// WideQuantRow of the row value(0..n-1) * mult * 2^-E, spread over the block.
+template <typename Value>
+__device__ void WideRow(const Value& value, int64_t n, int64_t mult, int64_t E, int32_t* y, int32_t* m, int8_t* e) {
+  int64_t lo = LLONG_MAX, hi = LLONG_MIN;
+  for (int64_t c = threadIdx.x; c < n; c += blockDim.x) {
+    const int64_t v = value(c);
+    lo = Min(lo, v);
+    hi = Max(hi, v);
+  }
+  lo = BlockReduce(lo, MinOp());
+  hi = BlockReduce(hi, MaxOp());
+  const int64_t A = Max(Abs(lo), Abs(hi));
+  if (A == 0) return ZeroRow(y, n, m, e);
+  const int64_t sh = WideQuantShift(A);
+  const Scale s = WideQuantScale(sh, mult, E);
+  for (int64_t c = threadIdx.x; c < n; c += blockDim.x) y[c] = s.zero ? 0 : int32_t(RShr(value(c), sh));
+  if (threadIdx.x == 0) {
+    *m = int32_t(s.m);
+    *e = int8_t(s.e);
+  }
+}
+
+// The common exponent of e[i] over i in [0, n) with keep(i) (AlignExponentsWhere); any = false when none is kept.
+template <typename Keep>
+__device__ int64_t BlockAlign(const int8_t* e, int64_t n, const Keep& keep, bool& any) {
+  int64_t lo = LLONG_MAX, hi = LLONG_MIN;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+    if (keep(i)) {
+      lo = Min(lo, e[i]);
+      hi = Max(hi, e[i]);
+    }
+  lo = BlockReduce(lo, MinOp());
+  hi = BlockReduce(hi, MaxOp());
+  any = hi != LLONG_MIN;
+  return any ? Min(hi, lo + kAlignWindow) : 0;
+}
+
+__device__ int64_t BlockAlignAll(const int8_t* e, int64_t n) {
+  bool any;
+  return BlockAlign(e, n, [](int64_t) { return true; }, any);
+}
+
+// Row r's mask row and its step along the last dim (MaskRow of the CPU op), for scores of args.shape.
+__device__ const bool* MaskRow(const DiArgs& a, int64_t r, int64_t& step) {
+  step = 0;
+  if (a.mask == nullptr) return nullptr;
+  const bool* mask = a.mask;
+  for (int d = a.rank - 2; d >= 0; --d) {
+    mask += (r % a.shape[d]) * a.mask_strides[d];
+    r /= a.shape[d];
+  }
+  step = a.mask_strides[a.rank - 1];
+  return mask;
+}
+
+// B's flat batch index for A's batch (group) g.
+__device__ int64_t BatchOf(const DiArgs& a, int64_t g) {
+  int64_t b = 0;
+  for (int i = a.batch_rank - 1; i >= 0; --i) {
+    b += (g % a.batch_dims[i]) * a.b_strides[i];
+    g /= a.batch_dims[i];
+  }
+  return b;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// int32 dot products: acc[g][m][n] = sum_k X[g][m][k] * W[batch(g)][n][k]
+
+struct Dots {
+  const void* X;  // int8 (or uint8: NaiveDots only) [groups, M, K]
+  const int8_t* W;  // [batches, N, K]
+  int32_t* acc;   // [groups, M, N]
+  int64_t groups, M, N, K;
+};
+
+// Up to 8 activation rows: a warp per weight row, 16-byte loads when K is a multiple of 16.
+constexpr int kRowsPerPass = 8;
+
+__global__ void __launch_bounds__(kThreads) RowsDots(Dots d, DiArgs a) {
+  const int64_t g = blockIdx.y;
+  const int lane = threadIdx.x & 31;
+  const int64_t n = int64_t(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5);
+  if (n >= d.N) return;
+  const int8_t* x_group = static_cast<const int8_t*>(d.X) + g * d.M * d.K;
+  const int8_t* w = d.W + (BatchOf(a, g) * d.N + n) * d.K;
+  const bool vec = d.K % 16 == 0;
+  for (int64_t m0 = 0; m0 < d.M; m0 += kRowsPerPass) {
+    const int rows = int(Min(kRowsPerPass, d.M - m0));
+    int sum[kRowsPerPass] = {};
+    if (vec) {
+      for (int64_t k = int64_t(lane) * 16; k < d.K; k += 32 * 16) {
+        const int4 wv = *reinterpret_cast<const int4*>(w + k);
+#pragma unroll
+        for (int i = 0; i < kRowsPerPass; ++i) {
+          if (i >= rows) break;
+          const int4 xv = *reinterpret_cast<const int4*>(x_group + (m0 + i) * d.K + k);
+          sum[i] = __dp4a(xv.x, wv.x, sum[i]);
+          sum[i] = __dp4a(xv.y, wv.y, sum[i]);
+          sum[i] = __dp4a(xv.z, wv.z, sum[i]);
+          sum[i] = __dp4a(xv.w, wv.w, sum[i]);
+        }
+      }
+    } else {
+      for (int64_t k = lane; k < d.K; k += 32) {
+        const int wk = w[k];
+#pragma unroll
+        for (int i = 0; i < kRowsPerPass; ++i)
+          if (i < rows) sum[i] += int(x_group[(m0 + i) * d.K + k]) * wk;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kRowsPerPass; ++i) {
+      if (i >= rows) break;
+      int s = sum[i];
+      for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+      if (lane == 0) d.acc[(g * d.M + m0 + i) * d.N + n] = s;
+    }
+  }
+}
+
+// Any M: 64 x 64 tiles of 16 x 16 threads, 4 x 4 outputs each, K in steps of 32 bytes through shared memory.
+constexpr int kTile = 64, kTileK = 32, kTileWords = kTileK / 4;
+
+__device__ int PackBytes(const int8_t* row, int64_t k, int64_t K) {
+  uint32_t word = 0;
+#pragma unroll
+  for (int b = 0; b < 4; ++b)
+    if (k + b < K) word |= uint32_t(uint8_t(row[k + b])) << (8 * b);
+  return int(word);
+}
+
+__global__ void __launch_bounds__(kThreads) TiledDots(Dots d, DiArgs a) {
+  __shared__ int xs[kTile][kTileWords + 1], ws[kTile][kTileWords + 1];
+  const int64_t g = blockIdx.z;
+  const int64_t m_base = int64_t(blockIdx.y) * kTile, n_base = int64_t(blockIdx.x) * kTile;
+  const int8_t* X = static_cast<const int8_t*>(d.X) + g * d.M * d.K;
+  const int8_t* W = d.W + BatchOf(a, g) * d.N * d.K;
+  const int t = threadIdx.x, ty = t / 16, tx = t % 16;
+  const int load_row = t / 4, load_word = (t % 4) * 2;  // each thread loads two words of X and of W
+  int acc[4][4] = {};
+  for (int64_t k0 = 0; k0 < d.K; k0 += kTileK) {
+    const int64_t m = m_base + load_row, n = n_base + load_row;
+    for (int w = 0; w < 2; ++w) {
+      const int64_t k = k0 + int64_t(load_word + w) * 4;
+      xs[load_row][load_word + w] = m < d.M ? PackBytes(X + m * d.K, k, d.K) : 0;
+      ws[load_row][load_word + w] = n < d.N ? PackBytes(W + n * d.K, k, d.K) : 0;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kw = 0; kw < kTileWords; ++kw) {
+      int xv[4], wv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        xv[i] = xs[ty * 4 + i][kw];
+        wv[i] = ws[tx * 4 + i][kw];
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = __dp4a(xv[i], wv[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) {
+      const int64_t m = m_base + ty * 4 + i, n = n_base + tx * 4 + j;
+      if (m < d.M && n < d.N) d.acc[(g * d.M + m) * d.N + n] = acc[i][j];
+    }
+}
+
+// Scores of uint8 A (probabilities against keys: not met in our graphs, allowed by the op): a thread per dot.
+__global__ void NaiveDots(Dots d, DiArgs a) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= d.groups * d.M * d.N) return;
+  const int64_t n = i % d.N, row = i / d.N, g = row / d.M;
+  const uint8_t* x = static_cast<const uint8_t*>(d.X) + row * d.K;
+  const int8_t* w = d.W + (BatchOf(a, g) * d.N + n) * d.K;
+  int32_t sum = 0;
+  for (int64_t k = 0; k < d.K; ++k) sum += int32_t(x[k]) * int32_t(w[k]);
+  d.acc[i] = sum;
+}
+
+const char* LaunchDots(const Dots& d, const DiArgs& a, DiCode x_code, DiGemm gemm, cudaStream_t stream) {
+  if (x_code == DiCode::kUInt8) {
+    const int64_t total = d.groups * d.M * d.N;
+    NaiveDots<<<unsigned((total + kThreads - 1) / kThreads), kThreads, 0, stream>>>(d, a);
+    return nullptr;
+  }
+  const bool cublas_fits = d.groups == 1 && d.K % 4 == 0 && d.N % 4 == 0 && d.K <= INT_MAX && d.N <= INT_MAX &&
+                           d.M <= INT_MAX;
+  if (gemm == DiGemm::kCublas && !cublas_fits)
+    return "EDGEQ_DI_GEMM=cublas needs one B and K, N multiples of 4";
+  if (gemm == DiGemm::kCublas || (gemm == DiGemm::kAuto && cublas_fits && d.M > kRowsPerPass && CublasAvailable())) {
+    const char* error = CublasGemmInt8(static_cast<const int8_t*>(d.X), d.W, d.acc, int(d.M), int(d.N), int(d.K), stream);
+    if (error == nullptr || gemm == DiGemm::kCublas) return error;
+  }
+  if (gemm == DiGemm::kRows || (gemm != DiGemm::kTiled && d.M <= kRowsPerPass)) {
+    const dim3 grid(unsigned((d.N + kThreads / 32 - 1) / (kThreads / 32)), unsigned(d.groups));
+    RowsDots<<<grid, kThreads, 0, stream>>>(d, a);
+  } else {
+    const dim3 grid(unsigned((d.N + kTile - 1) / kTile), unsigned((d.M + kTile - 1) / kTile), unsigned(d.groups));
+    TiledDots<<<grid, kThreads, 0, stream>>>(d, a);
+  }
+  return nullptr;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The row ops
+
+template <typename Code>
+__global__ void __launch_bounds__(kThreads) MatMulRows(DiArgs a, const int32_t* acc) {
+  const int64_t r = blockIdx.x, N = a.N;
+  const int64_t Ea = BlockAlignAll(a.ch_e, N);
+  const int32_t* row = acc + r * N;
+  auto value = [&](int64_t n) { return ShiftBy(int64_t(row[n]) * a.ch_m[n], Ea - a.ch_e[n]); };
+  QuantizeRow(value, N, a.x.m[r], a.x.e[r] + Ea, a.qmax, static_cast<Code*>(a.y) + r * N, a.y_m + r, a.y_e + r);
+}
+
+__global__ void __launch_bounds__(kThreads) ExpRows(DiArgs a) {
+  const int64_t r = blockIdx.x, C = a.x.C;
+  const int8_t* q = static_cast<const int8_t*>(a.x.q) + r * C;
+  int8_t* y = static_cast<int8_t*>(a.y) + r * C;
+  int64_t top = LLONG_MIN;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) top = Max(top, q[c]);
+  top = BlockReduce(top, MaxOp());
+  const int64_t m = a.x.m[r], e = a.x.e[r];
+  const Scale s = ExpScale(top, m, e, a.qmax);
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
+    y[c] = s.zero ? 0 : int8_t(RShr(Exp2Neg(ExpArg((top - q[c]) * m, e)) * a.qmax, 30));
+  if (threadIdx.x == 0) {
+    a.y_m[r] = int32_t(s.m);
+    a.y_e[r] = int8_t(s.e);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) SoftmaxRows(DiArgs a) {
+  const int64_t r = blockIdx.x, C = a.x.C;
+  const int64_t Sq = a.rank >= 2 ? a.shape[a.rank - 2] : 1;
+  const T* q = static_cast<const T*>(a.x.q) + r * C;
+  uint8_t* y = static_cast<uint8_t*>(a.y) + r * C;
+  int64_t step;
+  const bool* mask = MaskRow(a, r, step);
+  const int64_t last_visible = a.is_causal ? r % Sq + C - Sq : C - 1;
+  auto visible = [&](int64_t j) { return j <= last_visible && (mask == nullptr || mask[j * step]); };
+  int64_t top = LLONG_MIN;
+  for (int64_t j = threadIdx.x; j < C; j += blockDim.x)
+    if (visible(j)) top = Max(top, q[j]);
+  top = BlockReduce(top, MaxOp());
+  if (top == LLONG_MIN) return ZeroRow(y, C, a.y_m + r, a.y_e + r);
+  const int64_t m = a.x.m[r], e = a.x.e[r];
+  int64_t amax = 0;
+  for (int64_t j = threadIdx.x; j < C; j += blockDim.x)
+    if (visible(j)) amax = Max(amax, (top - q[j]) * m);
+  amax = BlockReduce(amax, MaxOp());
+  const int64_t pre = Max(0, BitLen(uint64_t(amax)) - 31);
+  const int64_t tc = a.clip_q8 ? RShr(a.clip_q8 * kLog2eQ30, 30 + 8 - kExpFrac) : kExpCap;
+  int64_t S = 0;
+  for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
+    int64_t p = 0;
+    if (visible(j)) {
+      const int64_t t = ShiftCapped(RShr((top - q[j]) * m, pre) * kLog2eQ30, 30 + e - kExpFrac - pre, kExpCap);
+      p = Exp2Neg(Min(t, tc));
+    }
+    S += p;
+    y[j] = uint8_t(RShr(p * a.qmax, 30));
+  }
+  S = BlockReduce(S, SumOp());
+  const Dyadic d = Ratio(uint64_t(kOneQ30), uint64_t(S) * uint64_t(a.qmax));
+  const Scale s = Finish(d.m, d.e);
+  if (s.zero)
+    for (int64_t j = threadIdx.x; j < C; j += blockDim.x) y[j] = 0;
+  if (threadIdx.x == 0) {
+    a.y_m[r] = int32_t(s.m);
+    a.y_e[r] = int8_t(s.e);
+  }
+}
+
+template <typename X>
+__global__ void __launch_bounds__(kThreads) NormRows(DiArgs a) {
+  const int64_t r = blockIdx.x, C = a.x.C;
+  const X* q = static_cast<const X*>(a.x.q) + r * C;
+  int8_t* y = static_cast<int8_t*>(a.y) + r * C;
+  int64_t ss = 0;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += int64_t(q[c]) * q[c];
+  ss = BlockReduce(ss, SumOp());
+  const int64_t Ea = BlockAlignAll(a.ch_e, C);
+  if (ss == 0) return ZeroRow(y, C, a.y_m + r, a.y_e + r);  // zeros in, zeros out
+  const int64_t m = a.x.m[r], e = a.x.e[r];
+  const Dyadic rms = RmsScale(ss, C, m, e, a.eps_q60);
+  const Dyadic factor = Ratio(uint64_t(m), uint64_t(rms.m));
+  auto value = [&](int64_t c) { return ShiftBy(int64_t(q[c]) * a.ch_m[c], Ea - a.ch_e[c]); };
+  QuantizeRow(value, C, factor.m, Ea + factor.e + e - rms.e, a.qmax, y, a.y_m + r, a.y_e + r);
+}
+
+__global__ void __launch_bounds__(kThreads) SwiGLURows(DiArgs a) {
+  const int64_t r = blockIdx.x, C = a.x.C;
+  const int8_t* g = static_cast<const int8_t*>(a.x.q) + r * C;
+  const int8_t* u = static_cast<const int8_t*>(a.x2.q) + r * C;
+  const int64_t gm = a.x.m[r], ge = a.x.e[r];
+  auto value = [&](int64_t c) { return g[c] * SigmoidQ30(g[c], gm, ge) * u[c]; };
+  QuantizeRow(value, C, gm * a.x2.m[r], ge + a.x2.e[r] + 30, a.qmax, static_cast<int8_t*>(a.y) + r * C, a.y_m + r,
+              a.y_e + r);
+}
+
+__global__ void __launch_bounds__(kThreads) RotaryRows(DiArgs a) {
+  const int64_t r = blockIdx.x, D = a.D, half = D / 2;  // r = (b * S + s) * H + h
+  const int8_t* q = static_cast<const int8_t*>(a.x.q) + r * D;
+  const int64_t token = r / a.H, scale = a.per_head_scales ? r : token;
+  // The host cannot read device positions: one outside the tables reads the nearest row (the CPU op refuses it).
+  const int64_t pos = Min(Max(a.positions[token], 0), a.P - 1);
+  const int16_t* cs = a.cos + pos * half;
+  const int16_t* sn = a.sin + pos * half;
+  auto value = [&](int64_t c) {
+    const bool second = a.interleaved ? (c & 1) : c >= half;
+    const int64_t i = a.interleaved ? c / 2 : (second ? c - half : c);
+    const int64_t ia = a.interleaved ? 2 * i : i, ib = a.interleaved ? 2 * i + 1 : i + half;
+    return second ? int64_t(q[ib]) * cs[i] + int64_t(q[ia]) * sn[i] : int64_t(q[ia]) * cs[i] - int64_t(q[ib]) * sn[i];
+  };
+  QuantizeRow(value, D, a.x.m[scale], a.x.e[scale] + kRopeFrac, a.qmax, static_cast<int8_t*>(a.y) + r * D, a.y_m + r,
+              a.y_e + r);
+}
+
+template <typename TA, typename TB, typename TY>
+__global__ void __launch_bounds__(kThreads) AddRows(DiArgs a) {
+  const int64_t r = blockIdx.x, C = a.x.C;
+  constexpr int64_t window = sizeof(TA) == 1 && sizeof(TB) == 1 ? kAddWindow : kAddWindow16;
+  const TA* qa = static_cast<const TA*>(a.x.q) + r * C;
+  const TB* qb = static_cast<const TB*>(a.x2.q) + r * C;
+  const int64_t ma = a.x.m[r], ea = a.x.e[r], mb = a.x2.m[r], eb = a.x2.e[r];
+  const int64_t E = Min(Max(ea, eb), Min(ea, eb) + window);
+  auto value = [&](int64_t c) { return ShiftBy(qa[c] * ma, E - ea) + ShiftBy(qb[c] * mb, E - eb); };
+  QuantizeRow(value, C, 1, E, a.qmax, static_cast<TY*>(a.y) + r * C, a.y_m + r, a.y_e + r);
+}
+
+// DIBatchMatMul trans_b=1 after the dots: aligned over the visible keys, then the wide requantization.
+__global__ void __launch_bounds__(kThreads) ScoresRows(DiArgs a, const int32_t* acc) {
+  const int64_t r = blockIdx.x, N = a.N;
+  const int64_t batch = BatchOf(a, r / a.M);
+  const int32_t* bm = a.x2.m + batch * N;
+  const int8_t* be = a.x2.e + batch * N;
+  int64_t step;
+  const bool* mask = MaskRow(a, r, step);
+  const int64_t last_visible = a.is_causal ? r % a.M + N - a.M : N - 1;
+  auto visible = [&](int64_t n) { return n <= last_visible && (mask == nullptr || mask[n * step]); };
+  bool any;
+  const int64_t Ea = BlockAlign(be, N, visible, any);
+  int32_t* y = static_cast<int32_t*>(a.y) + r * N;
+  if (!any) return ZeroRow(y, N, a.y_m + r, a.y_e + r);
+  const int32_t* row = acc + r * N;
+  auto value = [&](int64_t n) { return visible(n) ? ShiftBy(int64_t(row[n]) * bm[n], Ea - be[n]) : int64_t(0); };
+  WideRow(value, N, a.x.m[r], a.x.e[r] + Ea, y, a.y_m + r, a.y_e + r);
+}
+
+// DIBatchMatMul trans_b=0 (P.V): u[k] = x[k] * b_m[k] aligned over the k with x[k] != 0, v[n] = sum_k u[k] B[k, n]
+// in int64 (into `v`, a row per block: threads split the columns, and the keys when there are fewer columns than
+// threads), then the wide requantization of v.
+template <typename A>
+__global__ void __launch_bounds__(kThreads) ContextRows(DiArgs a, int64_t* v) {
+  __shared__ int64_t partial[kThreads];
+  const int64_t r = blockIdx.x, K = a.K, N = a.N;
+  const A* x = static_cast<const A*>(a.x.q) + r * K;
+  const int64_t batch = BatchOf(a, r / a.M);
+  const int8_t* B = static_cast<const int8_t*>(a.x2.q) + batch * K * N;
+  const int32_t* bm = a.x2.m + batch * K;
+  const int8_t* be = a.x2.e + batch * K;
+  bool any;
+  const int64_t Ea = BlockAlign(be, K, [&](int64_t k) { return x[k] != 0; }, any);
+  int32_t* y = static_cast<int32_t*>(a.y) + r * N;
+  if (!any) return ZeroRow(y, N, a.y_m + r, a.y_e + r);
+  int64_t* row = v + r * N;
+  const int cols = int(Min(N, kThreads)), slices = kThreads / cols;
+  const int col = threadIdx.x % cols, slice = threadIdx.x / cols;
+  for (int64_t n0 = 0; n0 < N; n0 += cols) {
+    const int64_t n = n0 + col;
+    int64_t sum = 0;
+    if (slice < slices && n < N)
+      for (int64_t k = slice; k < K; k += slices)
+        if (x[k] != 0) sum += ShiftBy(int64_t(x[k]) * bm[k], Ea - be[k]) * B[k * N + n];
+    partial[threadIdx.x] = sum;
+    __syncthreads();
+    if (slice == 0 && n < N) {
+      for (int s = 1; s < slices; ++s) sum += partial[s * cols + col];
+      row[n] = sum;
+    }
+    __syncthreads();
+  }
+  WideRow([&](int64_t n) { return row[n]; }, N, a.x.m[r], a.x.e[r] + Ea, y, a.y_m + r, a.y_e + r);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) RequantRows(DiArgs a) {
+  const int64_t r = blockIdx.x, G = a.G, D = a.x.C;  // output row r merges input rows r * G .. r * G + G - 1
+  const T* q = static_cast<const T*>(a.x.q) + r * G * D;
+  const int32_t* m = a.x.m + r * G;
+  const int8_t* e = a.x.e + r * G;
+  const int64_t Ea = BlockAlignAll(e, G);
+  auto value = [&](int64_t i) { return ShiftBy(int64_t(q[i]) * m[i / D], Ea - e[i / D]); };
+  QuantizeRow(value, G * D, 1, Ea, a.qmax, static_cast<int8_t*>(a.y) + r * G * D, a.y_m + r, a.y_e + r);
+}
+
+template <typename TA, typename TB>
+void LaunchAdd(const DiArgs& a, unsigned rows, cudaStream_t stream) {
+  if (a.y_code == DiCode::kInt16) AddRows<TA, TB, int16_t><<<rows, kThreads, 0, stream>>>(a);
+  else AddRows<TA, TB, int8_t><<<rows, kThreads, 0, stream>>>(a);
+}
+
+size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+}  // namespace
+
+size_t IntegerOpScratchBytes(const DiArgs& a) {
+  switch (a.op) {
+    case DiOp::kMatMul: return Align256(size_t(a.x.rows) * size_t(a.N) * sizeof(int32_t));
+    case DiOp::kBatchMatMul:
+      return Align256(size_t(a.x.rows) * size_t(a.N) * (a.trans_b ? sizeof(int32_t) : sizeof(int64_t)));
+    default: return 0;
+  }
+}
+
+const char* LaunchIntegerOp(const DiArgs& a, DiGemm gemm, void* raw_stream, void* scratch) {
+  cudaStream_t stream = static_cast<cudaStream_t>(raw_stream);
+  if (a.x.rows > INT_MAX) return "more than 2^31 - 1 rows";
+  const unsigned rows = unsigned(a.x.rows);
+  const char* error = nullptr;
+  switch (a.op) {
+    case DiOp::kMatMul: {
+      int32_t* acc = static_cast<int32_t*>(scratch);
+      error = LaunchDots(Dots{a.x.q, a.W, acc, 1, a.x.rows, a.N, a.K}, a, a.x.code, gemm, stream);
+      if (error) return error;
+      if (a.y_code == DiCode::kInt16) MatMulRows<int16_t><<<rows, kThreads, 0, stream>>>(a, acc);
+      else MatMulRows<int8_t><<<rows, kThreads, 0, stream>>>(a, acc);
+      break;
+    }
+    case DiOp::kExp: ExpRows<<<rows, kThreads, 0, stream>>>(a); break;
+    case DiOp::kClippedSoftmax:
+      if (a.x.code == DiCode::kInt8) SoftmaxRows<int8_t><<<rows, kThreads, 0, stream>>>(a);
+      else SoftmaxRows<int32_t><<<rows, kThreads, 0, stream>>>(a);
+      break;
+    case DiOp::kNorm:
+      if (a.x.code == DiCode::kInt8) NormRows<int8_t><<<rows, kThreads, 0, stream>>>(a);
+      else NormRows<int16_t><<<rows, kThreads, 0, stream>>>(a);
+      break;
+    case DiOp::kSwiGLU: SwiGLURows<<<rows, kThreads, 0, stream>>>(a); break;
+    case DiOp::kRotary: RotaryRows<<<rows, kThreads, 0, stream>>>(a); break;
+    case DiOp::kAdd: {
+      const bool a8 = a.x.code == DiCode::kInt8, b8 = a.x2.code == DiCode::kInt8;
+      if (a8 && b8) LaunchAdd<int8_t, int8_t>(a, rows, stream);
+      else if (a8) LaunchAdd<int8_t, int16_t>(a, rows, stream);
+      else if (b8) LaunchAdd<int16_t, int8_t>(a, rows, stream);
+      else LaunchAdd<int16_t, int16_t>(a, rows, stream);
+      break;
+    }
+    case DiOp::kBatchMatMul:
+      if (a.trans_b) {
+        int32_t* acc = static_cast<int32_t*>(scratch);
+        error = LaunchDots(Dots{a.x.q, static_cast<const int8_t*>(a.x2.q), acc, a.groups, a.M, a.N, a.K}, a, a.x.code,
+                           gemm, stream);
+        if (error) return error;
+        ScoresRows<<<rows, kThreads, 0, stream>>>(a, acc);
+      } else if (a.x.code == DiCode::kInt8) {
+        ContextRows<int8_t><<<rows, kThreads, 0, stream>>>(a, static_cast<int64_t*>(scratch));
+      } else {
+        ContextRows<uint8_t><<<rows, kThreads, 0, stream>>>(a, static_cast<int64_t*>(scratch));
+      }
+      break;
+    case DiOp::kRequant: {
+      const unsigned out_rows = unsigned(a.x.rows / a.G);
+      if (a.x.code == DiCode::kInt8) RequantRows<int8_t><<<out_rows, kThreads, 0, stream>>>(a);
+      else RequantRows<int32_t><<<out_rows, kThreads, 0, stream>>>(a);
+      break;
+    }
+  }
+  const cudaError_t status = cudaGetLastError();
+  return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
+}
+
+}  // namespace cuda
+}  // namespace edgeq

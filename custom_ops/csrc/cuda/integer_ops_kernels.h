@@ -1,0 +1,71 @@
+// Launchers of the I-LLM integer ops on the GPU (integer_ops_kernels.cu). Plain C++ on purpose: shared by nvcc
+// and by the op registration (integer_ops_cuda.cc), and nvcc cannot compile ORT's headers. The kernels call the
+// same integer_math.h functions as the CPU ops, so both give the reference's bits.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "../integer_op_kind.h"
+
+namespace edgeq {
+namespace cuda {
+
+enum class DiCode { kInt8, kUInt8, kInt16, kInt32 };
+
+// The int32 dot products of DIMatMul and of DIBatchMatMul's trans_b=1: kAuto takes cuBLAS's int8 GEMM for
+// more than 8 rows against one B when K and N are multiples of 4 (falling back to ours if cuBLAS refuses),
+// else ours: a warp per weight row for up to 8 rows, a tiled kernel above. EDGEQ_DI_GEMM pins one.
+enum class DiGemm { kAuto, kCublas, kRows, kTiled };
+
+constexpr int kDiMaxRank = 8;
+
+// An integer activation viewed as [rows, C]: codes and per-row mantissa/exponent.
+struct DiTensor {
+  const void* q = nullptr;
+  DiCode code = DiCode::kInt8;
+  const int32_t* m = nullptr;
+  const int8_t* e = nullptr;
+  int64_t rows = 0, C = 0;
+};
+
+// One call after the host checks: what an op does not use stays empty. Shapes are passed by value so the
+// kernels can be captured in a CUDA graph (nothing is copied from the host per call).
+struct DiArgs {
+  DiOp op = DiOp::kMatMul;
+  int64_t qmax = 0, clip_q8 = 0, is_causal = 0, eps_q60 = 0, interleaved = 0, trans_b = 0;
+  DiTensor x, x2;                  // x2: DISwiGLU's up, DIAdd's B, DIBatchMatMul's B
+  DiCode y_code = DiCode::kInt8;   // Y's codes: int8/int16 (DIMatMul, DIAdd), uint8 (softmax), int32 (batch matmul)
+  void* y = nullptr;
+  int32_t* y_m = nullptr;
+  int8_t* y_e = nullptr;
+  const int8_t* W = nullptr;       // DIMatMul [N, K]
+  const int32_t* ch_m = nullptr;   // DIMatMul's w, DINorm's gamma
+  const int8_t* ch_e = nullptr;
+  // The scores' (DIClippedSoftmax: X's, DIBatchMatMul: Y's) shape, for the mask and the causal rule.
+  int rank = 0;
+  int64_t shape[kDiMaxRank] = {};
+  const bool* mask = nullptr;
+  int64_t mask_strides[kDiMaxRank] = {};
+  // DIRotary: X [B, S, H, D], tables [P, D/2]
+  const int64_t* positions = nullptr;
+  const int16_t* cos = nullptr;
+  const int16_t* sin = nullptr;
+  int64_t P = 0, H = 0, D = 0;
+  bool per_head_scales = false;
+  // DIBatchMatMul: A [groups, M, K]; group g uses B's batch sum_i digit_i(g) * b_strides[i] over A's batch dims
+  int64_t M = 0, K = 0, N = 0, groups = 0;
+  int batch_rank = 0;
+  int64_t batch_dims[kDiMaxRank] = {}, b_strides[kDiMaxRank] = {};
+  // DIRequant: rows of G merged into one
+  int64_t G = 0;
+};
+
+// Device scratch one call needs (the int32 dot products, DIBatchMatMul's int64 context rows).
+size_t IntegerOpScratchBytes(const DiArgs& args);
+
+// Enqueues the op on `stream` (a cudaStream_t). Returns nullptr, or a static error text.
+const char* LaunchIntegerOp(const DiArgs& args, DiGemm gemm, void* stream, void* scratch);
+
+}  // namespace cuda
+}  // namespace edgeq
