@@ -290,7 +290,9 @@ def _flags(device: str, headers: Path) -> dict[str, list[str]]:
     for arch in archs:
         gencode += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
     gencode += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
-    nvcc = ["-std=c++17", "-O3", "-lineinfo", "--expt-relaxed-constexpr", *gencode,
+    # Line tables let Nsight Compute map stalls to source; the carried build (device/prepare.py) drops them to fit.
+    lineinfo = ["-lineinfo"] if os.environ.get("EDGEQ_CUDA_LINEINFO", "1") != "0" else []
+    nvcc = ["-std=c++17", "-O3", *lineinfo, "--expt-relaxed-constexpr", *gencode,
             "-Xcompiler", "-fPIC,-fvisibility=hidden", "-Xptxas", "-warn-spills"]
     link += ["-shared", "-Wl,--no-undefined", f"-Wl,--version-script={CSRC / 'exports.map'}"]
     return {"cxx": cxx, "nvcc": nvcc, "link": link}
