@@ -29,6 +29,7 @@ FORMATS = {
     "nbits4": "4-bit g128 asymmetric, com.microsoft.MatMulNBits",
     "gqmm3": "3-bit g128 asymmetric, edgeq::GroupQuantMatMul",
     "spqr3": "SpQR 3-bit β1=β2=16, 3-bit stats, 1% outliers, act-order permutation, edgeq::SpQRMatMul",
+    "illm8": "I-LLM integer-only W8A8 (per-channel RTN weights, per-token activations), edgeq DI ops",
 }
 
 
@@ -85,12 +86,19 @@ def random_spqr(n: int, k: int, gen: torch.Generator, bits: int = 3, group_size:
 
 
 def fill_linears(model, fmt: str, seed: int = 0) -> None:
-    """Replace every decoder linear of ``model`` by a random weight of format ``fmt`` (``fp16`` leaves them)."""
+    """Replace every decoder linear of ``model`` by a random weight of format ``fmt`` (``fp16`` leaves them;
+    ``illm8`` quantizes the random float weights W8A8, which is as fast and gives the integer pass what it reads)."""
     from edgeq.quantize.modules import apply_to_layer, decoder_linears
 
     if fmt not in FORMATS:
         raise EdgeqError(f"unknown format '{fmt}' (known: {', '.join(FORMATS)})")
     if fmt == "fp16":
+        return
+    if fmt == "illm8":
+        from edgeq.quantize.api import quantize_
+        from edgeq.quantize.config import RTNConfig
+
+        quantize_(model, RTNConfig(bits=8, group_size=-1, sym=True, abits=8), None)
         return
     gen = torch.Generator().manual_seed(seed)
     for layer in model.model.layers:
@@ -105,8 +113,9 @@ def fill_linears(model, fmt: str, seed: int = 0) -> None:
 
 
 def build(preset: str, layers: int, fmt: str, out: Path, seed: int = 0) -> Path:
-    """Export a random ``preset`` model in format ``fmt`` to ``out/<fmt>/model.onnx`` (fp16 graph, default passes)."""
-    from edgeq.cli import lowering_passes
+    """Export a random ``preset`` model in format ``fmt`` to ``out/<fmt>/model.onnx`` (fp16 graph, default passes;
+    ``illm8``: the integer-only graph, whose export is float32 before the pass)."""
+    from edgeq.cli import integer_only_passes, lowering_passes
     from edgeq.exporter.export import export
 
     path = out / fmt / "model.onnx"
@@ -114,6 +123,8 @@ def build(preset: str, layers: int, fmt: str, out: Path, seed: int = 0) -> Path:
         return path
     model = random_llama(preset, layers, torch.float32, seed)
     fill_linears(model, fmt, seed)
+    if fmt == "illm8":
+        return export(model, None, path, dtype="float32", external=True, transform=integer_only_passes)
     return export(model, None, path, dtype="float16", external=True, transform=lowering_passes)
 
 
@@ -134,7 +145,7 @@ def cmd_bench_synthetic(args) -> None:
     paths = [build(args.preset, args.layers, fmt, out) for fmt in args.formats]
     rows = measure_speed(paths, args)
     fp = next((r.decode_tokens_per_second for r, f in zip(rows, args.formats) if f == "fp16"), None)
-    lines = [f"Random-weight {args.preset}, {args.layers} layers, fp16 activations, device {args.device}, "
+    lines = [f"Random-weight {args.preset}, {args.layers} layers, fp16 activations (illm8: integer codes), device {args.device}, "
              f"prompt {args.prompt_tokens}, {args.new_tokens} new tokens, median of {args.rounds} rounds", "",
              "| format | linear weights MB | prefill tok/s | decode tok/s | decode vs fp16 |", "|---|---|---|---|---|"]
     for fmt, r, p in zip(args.formats, rows, paths):

@@ -21,9 +21,18 @@ def test_random_spqr_is_a_valid_weight_with_the_asked_outlier_share():
 
 
 @pytest.mark.parametrize("fmt, op", [("fp16", "MatMul"), ("nbits4", "MatMulNBits"), ("gqmm3", "GroupQuantMatMul"),
-                                     ("spqr3", "SpQRMatMul")])
+                                     ("spqr3", "SpQRMatMul"), ("illm8", "DIMatMul")])
 def test_build_lowers_every_linear_to_its_format(tmp_path, fmt, op):
     path = build("tiny", 2, fmt, tmp_path)
     ops = collections.Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
     assert ops[op] >= 14  # 2 layers x 7 projections (fp16 also has the lm_head MatMul)
     assert path.with_name(path.name + ".data").exists() or any(path.parent.glob("*.data"))
+
+
+def test_illm8_is_integer_only(tmp_path):
+    from edgeq.passes.verify import integer_only_offenders
+
+    import onnx_ir as ir
+
+    path = build("tiny", 2, "illm8", tmp_path)
+    assert integer_only_offenders(ir.load(str(path))) == []

@@ -265,9 +265,7 @@ const char* LaunchDots(const Dots& d, const DiArgs& a, DiCode x_code, DiGemm gem
   }
   const bool cublas_fits = d.groups == 1 && d.K % 4 == 0 && d.N % 4 == 0 && d.K <= INT_MAX && d.N <= INT_MAX &&
                            d.M <= INT_MAX;
-  if (gemm == DiGemm::kCublas && !cublas_fits)
-    return "EDGEQ_DI_GEMM=cublas needs one B and K, N multiples of 4";
-  if (gemm == DiGemm::kCublas || (gemm == DiGemm::kAuto && cublas_fits && d.M > kRowsPerPass && CublasAvailable())) {
+  if (cublas_fits && (gemm == DiGemm::kCublas || (gemm == DiGemm::kAuto && d.M > kRowsPerPass && CublasAvailable()))) {
     const char* error = CublasGemmInt8(static_cast<const int8_t*>(d.X), d.W, d.acc, int(d.M), int(d.N), int(d.K), stream);
     if (error == nullptr || gemm == DiGemm::kCublas) return error;
   }

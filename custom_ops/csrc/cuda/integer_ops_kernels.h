@@ -15,7 +15,8 @@ enum class DiCode { kInt8, kUInt8, kInt16, kInt32 };
 
 // The int32 dot products of DIMatMul and of DIBatchMatMul's trans_b=1: kAuto takes cuBLAS's int8 GEMM for
 // more than 8 rows against one B when K and N are multiples of 4 (falling back to ours if cuBLAS refuses),
-// else ours: a warp per weight row for up to 8 rows, a tiled kernel above. EDGEQ_DI_GEMM pins one.
+// else ours: a warp per weight row for up to 8 rows, a tiled kernel above. EDGEQ_DI_GEMM pins one (cublas: for
+// any M where it fits, ours elsewhere).
 enum class DiGemm { kAuto, kCublas, kRows, kTiled };
 
 constexpr int kDiMaxRank = 8;
