@@ -412,6 +412,7 @@ def plot_speed(rows: list[Speed], names: list[str], path: Path) -> None:
 
 
 def cmd_bench_speed(args) -> None:
+    from edgeq.op_profile import write_profiles
     from edgeq.runtime.session import check_model_file
 
     out = Path(args.output)
@@ -433,6 +434,7 @@ def cmd_bench_speed(args) -> None:
     (out / "speed.json").write_text(json.dumps({**machine(), "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
                                                 "rounds": args.rounds, "results": [dataclasses.asdict(r) for r in rows]}, indent=2))
     plot_speed(rows, names, out / "speed.png")
+    write_profiles(paths, names, args, out)
 
 
 def cmd_bench_quality(args) -> None:
@@ -450,6 +452,9 @@ def add_timing_args(p) -> None:
     p.add_argument("--prompt-tokens", type=int, default=128, help="prompt length for prefill (default: 128)")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens decoded per round (default: 64)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per model (default: 5)")
+    p.add_argument("--profile-steps", type=int, default=0,
+                   help="then profile this many decode steps per model with ORT's profiler: kernel time per op type "
+                        "(op-profile.md; default: 0, off)")
     add_device_args(p)
 
 

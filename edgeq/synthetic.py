@@ -140,6 +140,7 @@ def linear_bytes(path: Path) -> int:
 
 def cmd_bench_synthetic(args) -> None:
     from edgeq.bench import measure_speed
+    from edgeq.op_profile import write_profiles
 
     out = Path(args.output)
     paths = [build(args.preset, args.layers, fmt, out) for fmt in args.formats]
@@ -156,6 +157,7 @@ def cmd_bench_synthetic(args) -> None:
     print(report)
     out.mkdir(parents=True, exist_ok=True)
     (out / "synthetic.md").write_text(report + "\n")
+    write_profiles(paths, args.formats, args, out)
 
 
 def register(bsub) -> None:

@@ -21,9 +21,10 @@ def cache_shape(entry) -> list[int]:
 
 
 class OnnxDecoder:
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None, fast_int8_activations: bool = False):
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None, fast_int8_activations: bool = False,
+                 profile_prefix: str | None = None):
         self.path = Path(path)
-        self.session = make_session(self.path, device, threads, fast_int8_activations)
+        self.session = make_session(self.path, device, threads, fast_int8_activations, profile_prefix)
         # On a GPU the cache stays in device memory between steps (IO binding): copying it to the host and back
         # every token would cost more than the decode itself.
         self.cache_device = "cuda" if device == "cuda" else None

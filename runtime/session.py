@@ -52,11 +52,13 @@ def uses_edgeq_ops(model: onnx.ModelProto) -> bool:
     return any(n.domain == EDGEQ_DOMAIN for n in model.graph.node)
 
 
-def make_session(path: str | Path, device: str = "cpu", threads: int | None = None, fast_int8_activations: bool = False):
+def make_session(path: str | Path, device: str = "cpu", threads: int | None = None, fast_int8_activations: bool = False,
+                 profile_prefix: str | None = None):
     """An ``InferenceSession`` for ``path``; the edgeq op library is registered when the graph uses edgeq ops.
 
     fast_int8_activations: let ORT fuse DequantizeLinear+MatMul into MatMulNBits with int8 activations
     (accuracy level 4). Off by default so ORT computes what PyTorch computes.
+    profile_prefix: turn ORT's profiler on, its JSON going to ``<prefix>_<date>.json`` (``end_profiling``).
     """
     import onnxruntime as ort
 
@@ -70,6 +72,9 @@ def make_session(path: str | Path, device: str = "cpu", threads: int | None = No
     opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "4" if fast_int8_activations else "0")
     if threads:
         opts.intra_op_num_threads = threads
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     if uses_edgeq_ops(model):
         from edgeq.custom_ops.library import get_library
 
