@@ -302,3 +302,29 @@ def test_cuda_ep_runs_the_cuda_kernel(op, tmp_path):
     feeds = {i.name: a for i, a in zip(OPS[op].inputs, arrays) if a is not None}
     assert providers_that_ran(model(op, arrays, **attrs), library, feeds, "n0", tmp_path) == {"CUDAExecutionProvider"}
     assert_bit_exact(Target(library, CUDA), op, arrays, **attrs)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("op", ["DIMatMul", "DINorm", "DISwiGLU", "DIAdd", "DIBatchMatMul", "DIRequant"])
+def test_long_rows_of_few_tokens(target, op, rows):
+    """Decode's shape: a row or three thousands of values long, which the CUDA ops spread over many blocks (each
+    block a chunk of the row's min/max, then the codes from every chunk's): the same bits as one block per row.
+    Saturated codes and wide channel exponents so the chunks differ."""
+    rng = np.random.default_rng(13 + rows)
+    n = 4099
+    if op == "DIMatMul":
+        x = activation(rng, (rows, 64), saturate=True)
+        W = rng.integers(-128, 128, (n, 64)).astype(np.int8)
+        arrays, attrs = [*x, W, *channel_scales(rng, n, spread=30, signed=True)], dict(K=64, N=n, abits=8, wbits=8,
+                                                                                        obits=16)
+    elif op == "DINorm":
+        arrays, attrs = [*activation(rng, (rows, n), saturate=True), *channel_scales(rng, n, spread=20)], \
+            dict(eps_q60=0, obits=8)
+    elif op in ("DISwiGLU", "DIAdd"):
+        arrays, attrs = [*activation(rng, (rows, n), saturate=True), *activation(rng, (rows, n))], dict(obits=8)
+    elif op == "DIBatchMatMul":
+        keys = activation(rng, (1, n, 32), e_range=(-4, 40))
+        arrays, attrs = [*activation(rng, (1, rows, 32)), *keys, None], dict(trans_b=1, is_causal=1)
+    else:  # DIRequant: 33 heads of 125 merged per token
+        arrays, attrs = list(activation(rng, (rows, 33, 125), e_range=(-4, 40))), dict(obits=8)
+    assert_bit_exact(target, op, arrays, **attrs)

@@ -43,55 +43,100 @@ __device__ int64_t BlockReduce(int64_t v, Op op) {
   return v;
 }
 
+// How a row is spread over the blocks of blockIdx.y (gridDim.y of them). A few long rows (decode: one token
+// against 11008 channels) would leave the GPU idle at a block per row, so they take two launches: kPartials, each
+// block the min and max of its chunk of the row's values; kFinish, each block the row's plan from every chunk's
+// (the same in each block) and its chunk's codes. kWhole: one block per row, one launch.
+enum class SplitMode { kWhole, kPartials, kFinish };
+
+struct Split {
+  SplitMode mode = SplitMode::kWhole;
+  int64_t* partial = nullptr;  // [rows, gridDim.y, 2]: each chunk's min and max
+};
+
+// This block's chunk [c0, c1) of a row of n values.
+__device__ void Chunk(int64_t n, int64_t& c0, int64_t& c1) {
+  const int64_t per = (n + gridDim.y - 1) / gridDim.y;
+  c0 = Min(n, int64_t(blockIdx.y) * per);
+  c1 = Min(n, c0 + per);
+}
+
 template <typename Code>
-__device__ void ZeroRow(Code* q, int64_t n, int32_t* m, int8_t* e) {
-  for (int64_t c = threadIdx.x; c < n; c += blockDim.x) q[c] = 0;
-  if (threadIdx.x == 0) {
+__device__ void ZeroRow(Code* q, int64_t n, int32_t* m, int8_t* e, const Split& split = Split()) {
+  if (split.mode == SplitMode::kPartials) return;
+  int64_t c0, c1;
+  Chunk(n, c0, c1);
+  for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) q[c] = 0;
+  if (threadIdx.x == 0 && blockIdx.y == 0) {
     *m = int32_t(kZeroM);
     *e = int8_t(kZeroE);
   }
 }
 
-// DynQuantRow of the row value(0..n-1) * mult * 2^-E, spread over the block.
-template <typename Code, typename Value>
-__device__ void QuantizeRow(const Value& value, int64_t n, int64_t mult, int64_t E, int64_t qmax, Code* q, int32_t* m,
-                            int8_t* e) {
-  int64_t lo = LLONG_MAX, hi = LLONG_MIN;
-  for (int64_t c = threadIdx.x; c < n; c += blockDim.x) {
-    const int64_t v = value(c);
-    lo = Min(lo, v);
-    hi = Max(hi, v);
+// The row's min and max value (kWhole), or this chunk's written to the partials (kPartials: returns false, the
+// block is done), or every chunk's from the partials (kFinish).
+template <typename Value>
+__device__ bool RowRange(const Value& value, int64_t n, int64_t r, const Split& split, int64_t& lo, int64_t& hi) {
+  lo = LLONG_MAX, hi = LLONG_MIN;
+  if (split.mode == SplitMode::kFinish) {
+    const int64_t* partial = split.partial + int64_t(r) * gridDim.y * 2;
+    for (int64_t i = threadIdx.x; i < gridDim.y; i += blockDim.x) {
+      lo = Min(lo, partial[2 * i]);
+      hi = Max(hi, partial[2 * i + 1]);
+    }
+  } else {
+    int64_t c0, c1;
+    Chunk(n, c0, c1);
+    for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
+      const int64_t v = value(c);
+      lo = Min(lo, v);
+      hi = Max(hi, v);
+    }
   }
   lo = BlockReduce(lo, MinOp());
   hi = BlockReduce(hi, MaxOp());
+  if (split.mode != SplitMode::kPartials) return true;
+  if (threadIdx.x == 0) {
+    int64_t* partial = split.partial + (int64_t(r) * gridDim.y + blockIdx.y) * 2;
+    partial[0] = lo;
+    partial[1] = hi;
+  }
+  return false;
+}
+
+// DynQuantRow of row r's values value(0..n-1) * mult * 2^-E, spread over the block (or the blocks of `split`).
+template <typename Code, typename Value>
+__device__ void QuantizeRow(const Value& value, int64_t n, int64_t mult, int64_t E, int64_t qmax, Code* q, int32_t* m,
+                            int8_t* e, int64_t r, const Split& split) {
+  int64_t lo, hi;
+  if (!RowRange(value, n, r, split, lo, hi)) return;
   const int64_t A = Max(Abs(lo), Abs(hi));
-  if (A == 0) return ZeroRow(q, n, m, e);
+  if (A == 0) return ZeroRow(q, n, m, e, split);
   const int64_t sh = DynQuantShift(A);
   const QuantPlan plan = PlanDynQuant(Max(RShr(hi, sh), -RShr(lo, sh)), sh, mult, E, qmax);
-  for (int64_t c = threadIdx.x; c < n; c += blockDim.x) q[c] = Code(DynQuantCode(RShr(value(c), sh), plan));
-  if (threadIdx.x == 0) {
+  int64_t c0, c1;
+  Chunk(n, c0, c1);
+  for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) q[c] = Code(DynQuantCode(RShr(value(c), sh), plan));
+  if (threadIdx.x == 0 && blockIdx.y == 0) {
     *m = int32_t(plan.scale.m);
     *e = int8_t(plan.scale.e);
   }
 }
 
-// WideQuantRow of the row value(0..n-1) * mult * 2^-E, spread over the block.
+// WideQuantRow of row r's values value(0..n-1) * mult * 2^-E, as QuantizeRow.
 template <typename Value>
-__device__ void WideRow(const Value& value, int64_t n, int64_t mult, int64_t E, int32_t* y, int32_t* m, int8_t* e) {
-  int64_t lo = LLONG_MAX, hi = LLONG_MIN;
-  for (int64_t c = threadIdx.x; c < n; c += blockDim.x) {
-    const int64_t v = value(c);
-    lo = Min(lo, v);
-    hi = Max(hi, v);
-  }
-  lo = BlockReduce(lo, MinOp());
-  hi = BlockReduce(hi, MaxOp());
+__device__ void WideRow(const Value& value, int64_t n, int64_t mult, int64_t E, int32_t* y, int32_t* m, int8_t* e,
+                        int64_t r, const Split& split) {
+  int64_t lo, hi;
+  if (!RowRange(value, n, r, split, lo, hi)) return;
   const int64_t A = Max(Abs(lo), Abs(hi));
-  if (A == 0) return ZeroRow(y, n, m, e);
+  if (A == 0) return ZeroRow(y, n, m, e, split);
   const int64_t sh = WideQuantShift(A);
   const Scale s = WideQuantScale(sh, mult, E);
-  for (int64_t c = threadIdx.x; c < n; c += blockDim.x) y[c] = s.zero ? 0 : int32_t(RShr(value(c), sh));
-  if (threadIdx.x == 0) {
+  int64_t c0, c1;
+  Chunk(n, c0, c1);
+  for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) y[c] = s.zero ? 0 : int32_t(RShr(value(c), sh));
+  if (threadIdx.x == 0 && blockIdx.y == 0) {
     *m = int32_t(s.m);
     *e = int8_t(s.e);
   }
@@ -283,12 +328,13 @@ const char* LaunchDots(const Dots& d, const DiArgs& a, DiCode x_code, DiGemm gem
 // The row ops
 
 template <typename Code>
-__global__ void __launch_bounds__(kThreads) MatMulRows(DiArgs a, const int32_t* acc) {
+__global__ void __launch_bounds__(kThreads) MatMulRows(DiArgs a, const int32_t* acc, Split split) {
   const int64_t r = blockIdx.x, N = a.N;
   const int64_t Ea = BlockAlignAll(a.ch_e, N);
   const int32_t* row = acc + r * N;
   auto value = [&](int64_t n) { return ShiftBy(int64_t(row[n]) * a.ch_m[n], Ea - a.ch_e[n]); };
-  QuantizeRow(value, N, a.x.m[r], a.x.e[r] + Ea, a.qmax, static_cast<Code*>(a.y) + r * N, a.y_m + r, a.y_e + r);
+  QuantizeRow(value, N, a.x.m[r], a.x.e[r] + Ea, a.qmax, static_cast<Code*>(a.y) + r * N, a.y_m + r, a.y_e + r, r,
+              split);
 }
 
 __global__ void __launch_bounds__(kThreads) ExpRows(DiArgs a) {
@@ -352,7 +398,7 @@ __global__ void __launch_bounds__(kThreads) SoftmaxRows(DiArgs a) {
 }
 
 template <typename X>
-__global__ void __launch_bounds__(kThreads) NormRows(DiArgs a) {
+__global__ void __launch_bounds__(kThreads) NormRows(DiArgs a, Split split) {
   const int64_t r = blockIdx.x, C = a.x.C;
   const X* q = static_cast<const X*>(a.x.q) + r * C;
   int8_t* y = static_cast<int8_t*>(a.y) + r * C;
@@ -360,22 +406,22 @@ __global__ void __launch_bounds__(kThreads) NormRows(DiArgs a) {
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += int64_t(q[c]) * q[c];
   ss = BlockReduce(ss, SumOp());
   const int64_t Ea = BlockAlignAll(a.ch_e, C);
-  if (ss == 0) return ZeroRow(y, C, a.y_m + r, a.y_e + r);  // zeros in, zeros out
+  if (ss == 0) return ZeroRow(y, C, a.y_m + r, a.y_e + r, split);  // zeros in, zeros out
   const int64_t m = a.x.m[r], e = a.x.e[r];
   const Dyadic rms = RmsScale(ss, C, m, e, a.eps_q60);
   const Dyadic factor = Ratio(uint64_t(m), uint64_t(rms.m));
   auto value = [&](int64_t c) { return ShiftBy(int64_t(q[c]) * a.ch_m[c], Ea - a.ch_e[c]); };
-  QuantizeRow(value, C, factor.m, Ea + factor.e + e - rms.e, a.qmax, y, a.y_m + r, a.y_e + r);
+  QuantizeRow(value, C, factor.m, Ea + factor.e + e - rms.e, a.qmax, y, a.y_m + r, a.y_e + r, r, split);
 }
 
-__global__ void __launch_bounds__(kThreads) SwiGLURows(DiArgs a) {
+__global__ void __launch_bounds__(kThreads) SwiGLURows(DiArgs a, Split split) {
   const int64_t r = blockIdx.x, C = a.x.C;
   const int8_t* g = static_cast<const int8_t*>(a.x.q) + r * C;
   const int8_t* u = static_cast<const int8_t*>(a.x2.q) + r * C;
   const int64_t gm = a.x.m[r], ge = a.x.e[r];
   auto value = [&](int64_t c) { return g[c] * SigmoidQ30(g[c], gm, ge) * u[c]; };
   QuantizeRow(value, C, gm * a.x2.m[r], ge + a.x2.e[r] + 30, a.qmax, static_cast<int8_t*>(a.y) + r * C, a.y_m + r,
-              a.y_e + r);
+              a.y_e + r, r, split);
 }
 
 __global__ void __launch_bounds__(kThreads) RotaryRows(DiArgs a) {
@@ -393,11 +439,11 @@ __global__ void __launch_bounds__(kThreads) RotaryRows(DiArgs a) {
     return second ? int64_t(q[ib]) * cs[i] + int64_t(q[ia]) * sn[i] : int64_t(q[ia]) * cs[i] - int64_t(q[ib]) * sn[i];
   };
   QuantizeRow(value, D, a.x.m[scale], a.x.e[scale] + kRopeFrac, a.qmax, static_cast<int8_t*>(a.y) + r * D, a.y_m + r,
-              a.y_e + r);
+              a.y_e + r, r, Split());
 }
 
 template <typename TA, typename TB, typename TY>
-__global__ void __launch_bounds__(kThreads) AddRows(DiArgs a) {
+__global__ void __launch_bounds__(kThreads) AddRows(DiArgs a, Split split) {
   const int64_t r = blockIdx.x, C = a.x.C;
   constexpr int64_t window = sizeof(TA) == 1 && sizeof(TB) == 1 ? kAddWindow : kAddWindow16;
   const TA* qa = static_cast<const TA*>(a.x.q) + r * C;
@@ -405,11 +451,11 @@ __global__ void __launch_bounds__(kThreads) AddRows(DiArgs a) {
   const int64_t ma = a.x.m[r], ea = a.x.e[r], mb = a.x2.m[r], eb = a.x2.e[r];
   const int64_t E = Min(Max(ea, eb), Min(ea, eb) + window);
   auto value = [&](int64_t c) { return ShiftBy(qa[c] * ma, E - ea) + ShiftBy(qb[c] * mb, E - eb); };
-  QuantizeRow(value, C, 1, E, a.qmax, static_cast<TY*>(a.y) + r * C, a.y_m + r, a.y_e + r);
+  QuantizeRow(value, C, 1, E, a.qmax, static_cast<TY*>(a.y) + r * C, a.y_m + r, a.y_e + r, r, split);
 }
 
 // DIBatchMatMul trans_b=1 after the dots: aligned over the visible keys, then the wide requantization.
-__global__ void __launch_bounds__(kThreads) ScoresRows(DiArgs a, const int32_t* acc) {
+__global__ void __launch_bounds__(kThreads) ScoresRows(DiArgs a, const int32_t* acc, Split split) {
   const int64_t r = blockIdx.x, N = a.N;
   const int64_t batch = BatchOf(a, r / a.M);
   const int32_t* bm = a.x2.m + batch * N;
@@ -421,10 +467,10 @@ __global__ void __launch_bounds__(kThreads) ScoresRows(DiArgs a, const int32_t* 
   bool any;
   const int64_t Ea = BlockAlign(be, N, visible, any);
   int32_t* y = static_cast<int32_t*>(a.y) + r * N;
-  if (!any) return ZeroRow(y, N, a.y_m + r, a.y_e + r);
+  if (!any) return ZeroRow(y, N, a.y_m + r, a.y_e + r, split);
   const int32_t* row = acc + r * N;
   auto value = [&](int64_t n) { return visible(n) ? ShiftBy(int64_t(row[n]) * bm[n], Ea - be[n]) : int64_t(0); };
-  WideRow(value, N, a.x.m[r], a.x.e[r] + Ea, y, a.y_m + r, a.y_e + r);
+  WideRow(value, N, a.x.m[r], a.x.e[r] + Ea, y, a.y_m + r, a.y_e + r, r, split);
 }
 
 // DIBatchMatMul trans_b=0 (P.V): u[k] = x[k] * b_m[k] aligned over the k with x[k] != 0, v[n] = sum_k u[k] B[k, n]
@@ -460,51 +506,93 @@ __global__ void __launch_bounds__(kThreads) ContextRows(DiArgs a, int64_t* v) {
     }
     __syncthreads();
   }
-  WideRow([&](int64_t n) { return row[n]; }, N, a.x.m[r], a.x.e[r] + Ea, y, a.y_m + r, a.y_e + r);
+  WideRow([&](int64_t n) { return row[n]; }, N, a.x.m[r], a.x.e[r] + Ea, y, a.y_m + r, a.y_e + r, r, Split());
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) RequantRows(DiArgs a) {
+__global__ void __launch_bounds__(kThreads) RequantRows(DiArgs a, Split split) {
   const int64_t r = blockIdx.x, G = a.G, D = a.x.C;  // output row r merges input rows r * G .. r * G + G - 1
   const T* q = static_cast<const T*>(a.x.q) + r * G * D;
   const int32_t* m = a.x.m + r * G;
   const int8_t* e = a.x.e + r * G;
   const int64_t Ea = BlockAlignAll(e, G);
   auto value = [&](int64_t i) { return ShiftBy(int64_t(q[i]) * m[i / D], Ea - e[i / D]); };
-  QuantizeRow(value, G * D, 1, Ea, a.qmax, static_cast<int8_t*>(a.y) + r * G * D, a.y_m + r, a.y_e + r);
-}
-
-template <typename TA, typename TB>
-void LaunchAdd(const DiArgs& a, unsigned rows, cudaStream_t stream) {
-  if (a.y_code == DiCode::kInt16) AddRows<TA, TB, int16_t><<<rows, kThreads, 0, stream>>>(a);
-  else AddRows<TA, TB, int8_t><<<rows, kThreads, 0, stream>>>(a);
+  QuantizeRow(value, G * D, 1, Ea, a.qmax, static_cast<int8_t*>(a.y) + r * G * D, a.y_m + r, a.y_e + r, r, split);
 }
 
 size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
+// The rows and row length of an op's requantization, for SplitsFor (n = 1: never split).
+struct RowShape {
+  int64_t rows, n;
+};
+
+RowShape RowShapeOf(const DiArgs& a) {
+  switch (a.op) {
+    case DiOp::kMatMul: return {a.x.rows, a.N};
+    case DiOp::kNorm:
+    case DiOp::kSwiGLU:
+    case DiOp::kAdd: return {a.x.rows, a.x.C};
+    case DiOp::kBatchMatMul: return {a.x.rows, a.trans_b ? a.N : 1};
+    case DiOp::kRequant: return {a.x.rows / a.G, a.G * a.x.C};
+    default: return {a.x.rows, 1};
+  }
+}
+
+// Blocks per row: 1 once the rows alone are enough blocks, else chunks of about 1024 values, up to 256 blocks.
+int64_t SplitsFor(RowShape s) {
+  if (s.rows >= 128) return 1;
+  return Max(1, Min((s.n + 1023) / 1024, (256 + s.rows - 1) / s.rows));
+}
+
+size_t DotsBytes(const DiArgs& a) {
+  if (a.op == DiOp::kMatMul) return size_t(a.x.rows) * size_t(a.N) * sizeof(int32_t);
+  if (a.op == DiOp::kBatchMatMul) return size_t(a.x.rows) * size_t(a.N) * (a.trans_b ? sizeof(int32_t) : sizeof(int64_t));
+  return 0;
+}
+
+// Runs launch(grid, split) once over rows x 1 blocks, or over rows x splits twice (partials, then finish).
+template <typename Launch>
+void LaunchRows(const DiArgs& a, int64_t* partial, const Launch& launch) {
+  const RowShape s = RowShapeOf(a);
+  const int64_t splits = SplitsFor(s);
+  if (splits == 1) return launch(dim3(unsigned(s.rows)), Split());
+  const dim3 grid(unsigned(s.rows), unsigned(splits));
+  launch(grid, Split{SplitMode::kPartials, partial});
+  launch(grid, Split{SplitMode::kFinish, partial});
+}
+
+template <typename TA, typename TB>
+void LaunchAdd(const DiArgs& a, int64_t* partial, cudaStream_t stream) {
+  LaunchRows(a, partial, [&](dim3 grid, Split split) {
+    if (a.y_code == DiCode::kInt16) AddRows<TA, TB, int16_t><<<grid, kThreads, 0, stream>>>(a, split);
+    else AddRows<TA, TB, int8_t><<<grid, kThreads, 0, stream>>>(a, split);
+  });
+}
+
 }  // namespace
 
 size_t IntegerOpScratchBytes(const DiArgs& a) {
-  switch (a.op) {
-    case DiOp::kMatMul: return Align256(size_t(a.x.rows) * size_t(a.N) * sizeof(int32_t));
-    case DiOp::kBatchMatMul:
-      return Align256(size_t(a.x.rows) * size_t(a.N) * (a.trans_b ? sizeof(int32_t) : sizeof(int64_t)));
-    default: return 0;
-  }
+  const RowShape s = RowShapeOf(a);
+  const int64_t splits = SplitsFor(s);
+  return Align256(DotsBytes(a)) + (splits > 1 ? Align256(size_t(s.rows * splits) * 2 * sizeof(int64_t)) : 0);
 }
 
 const char* LaunchIntegerOp(const DiArgs& a, DiGemm gemm, void* raw_stream, void* scratch) {
   cudaStream_t stream = static_cast<cudaStream_t>(raw_stream);
   if (a.x.rows > INT_MAX) return "more than 2^31 - 1 rows";
   const unsigned rows = unsigned(a.x.rows);
+  int64_t* partial = reinterpret_cast<int64_t*>(static_cast<char*>(scratch) + Align256(DotsBytes(a)));
   const char* error = nullptr;
   switch (a.op) {
     case DiOp::kMatMul: {
       int32_t* acc = static_cast<int32_t*>(scratch);
       error = LaunchDots(Dots{a.x.q, a.W, acc, 1, a.x.rows, a.N, a.K}, a, a.x.code, gemm, stream);
       if (error) return error;
-      if (a.y_code == DiCode::kInt16) MatMulRows<int16_t><<<rows, kThreads, 0, stream>>>(a, acc);
-      else MatMulRows<int8_t><<<rows, kThreads, 0, stream>>>(a, acc);
+      LaunchRows(a, partial, [&](dim3 grid, Split split) {
+        if (a.y_code == DiCode::kInt16) MatMulRows<int16_t><<<grid, kThreads, 0, stream>>>(a, acc, split);
+        else MatMulRows<int8_t><<<grid, kThreads, 0, stream>>>(a, acc, split);
+      });
       break;
     }
     case DiOp::kExp: ExpRows<<<rows, kThreads, 0, stream>>>(a); break;
@@ -513,17 +601,21 @@ const char* LaunchIntegerOp(const DiArgs& a, DiGemm gemm, void* raw_stream, void
       else SoftmaxRows<int32_t><<<rows, kThreads, 0, stream>>>(a);
       break;
     case DiOp::kNorm:
-      if (a.x.code == DiCode::kInt8) NormRows<int8_t><<<rows, kThreads, 0, stream>>>(a);
-      else NormRows<int16_t><<<rows, kThreads, 0, stream>>>(a);
+      LaunchRows(a, partial, [&](dim3 grid, Split split) {
+        if (a.x.code == DiCode::kInt8) NormRows<int8_t><<<grid, kThreads, 0, stream>>>(a, split);
+        else NormRows<int16_t><<<grid, kThreads, 0, stream>>>(a, split);
+      });
       break;
-    case DiOp::kSwiGLU: SwiGLURows<<<rows, kThreads, 0, stream>>>(a); break;
+    case DiOp::kSwiGLU:
+      LaunchRows(a, partial, [&](dim3 grid, Split split) { SwiGLURows<<<grid, kThreads, 0, stream>>>(a, split); });
+      break;
     case DiOp::kRotary: RotaryRows<<<rows, kThreads, 0, stream>>>(a); break;
     case DiOp::kAdd: {
       const bool a8 = a.x.code == DiCode::kInt8, b8 = a.x2.code == DiCode::kInt8;
-      if (a8 && b8) LaunchAdd<int8_t, int8_t>(a, rows, stream);
-      else if (a8) LaunchAdd<int8_t, int16_t>(a, rows, stream);
-      else if (b8) LaunchAdd<int16_t, int8_t>(a, rows, stream);
-      else LaunchAdd<int16_t, int16_t>(a, rows, stream);
+      if (a8 && b8) LaunchAdd<int8_t, int8_t>(a, partial, stream);
+      else if (a8) LaunchAdd<int8_t, int16_t>(a, partial, stream);
+      else if (b8) LaunchAdd<int16_t, int8_t>(a, partial, stream);
+      else LaunchAdd<int16_t, int16_t>(a, partial, stream);
       break;
     }
     case DiOp::kBatchMatMul:
@@ -532,19 +624,19 @@ const char* LaunchIntegerOp(const DiArgs& a, DiGemm gemm, void* raw_stream, void
         error = LaunchDots(Dots{a.x.q, static_cast<const int8_t*>(a.x2.q), acc, a.groups, a.M, a.N, a.K}, a, a.x.code,
                            gemm, stream);
         if (error) return error;
-        ScoresRows<<<rows, kThreads, 0, stream>>>(a, acc);
+        LaunchRows(a, partial, [&](dim3 grid, Split split) { ScoresRows<<<grid, kThreads, 0, stream>>>(a, acc, split); });
       } else if (a.x.code == DiCode::kInt8) {
         ContextRows<int8_t><<<rows, kThreads, 0, stream>>>(a, static_cast<int64_t*>(scratch));
       } else {
         ContextRows<uint8_t><<<rows, kThreads, 0, stream>>>(a, static_cast<int64_t*>(scratch));
       }
       break;
-    case DiOp::kRequant: {
-      const unsigned out_rows = unsigned(a.x.rows / a.G);
-      if (a.x.code == DiCode::kInt8) RequantRows<int8_t><<<out_rows, kThreads, 0, stream>>>(a);
-      else RequantRows<int32_t><<<out_rows, kThreads, 0, stream>>>(a);
+    case DiOp::kRequant:
+      LaunchRows(a, partial, [&](dim3 grid, Split split) {
+        if (a.x.code == DiCode::kInt8) RequantRows<int8_t><<<grid, kThreads, 0, stream>>>(a, split);
+        else RequantRows<int32_t><<<grid, kThreads, 0, stream>>>(a, split);
+      });
       break;
-    }
   }
   const cudaError_t status = cudaGetLastError();
   return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
