@@ -368,10 +368,12 @@ def di_swiglu(G, g_m, g_e, U, u_m, u_e, obits: int):
     return _outputs(rows, np.shape(G))
 
 
-def di_rotary(X, x_m, x_e, position_ids, cos, sin, *, interleaved: int, obits: int):
+def di_rotary(X, x_m, x_e, position_ids, cos, sin, *, interleaved: int, obits: int, heads_first: int = 0):
     """Rotary embedding of ``x [B, S, H, D]`` with Q14 tables ``cos, sin [P, D/2]`` at ``position_ids [B, S]``:
     pairs (i, i + D/2) (or (2i, 2i+1) when interleaved) become ``(a c - b s, b c + a s)`` (< 2**23), then
-    ``dyn_quant`` per (token, head) with exponent ``e + 14``. Scales ``[B, S, H, 1]`` or ``[B, S, 1, 1]``."""
+    ``dyn_quant`` per (token, head) with exponent ``e + 14``. Scales ``[B, S, H, 1]`` or ``[B, S, 1, 1]``.
+    heads_first=1: the outputs in attention's layout, codes ``[B, H, S, D]`` and scales ``[B, H, S, 1]`` (the same
+    rows, transposed)."""
     qmax = qmax_of(obits)
     X = np.asarray(X).astype(np.int64)
     B, S, H, D = X.shape
@@ -390,7 +392,8 @@ def di_rotary(X, x_m, x_e, position_ids, cos, sin, *, interleaved: int, obits: i
         v = np.concatenate([first, second], -1)
     v = v.reshape(-1, D)
     rows = [dyn_quant(v[r], int(m[r]), int(e[r]) + ROPE_FRAC, qmax) for r in range(len(v))]
-    return _outputs(rows, (B, S, H, D))
+    out = _outputs(rows, (B, S, H, D))
+    return tuple(np.ascontiguousarray(t.transpose(0, 2, 1, 3)) for t in out) if heads_first else out
 
 
 def di_add(A, a_m, a_e, B, b_m, b_e, obits: int):
@@ -433,17 +436,21 @@ def wide_quant(v: np.ndarray, mult: int, E: int) -> tuple[np.ndarray, int, int]:
 
 
 def _batch_offsets(a_lead: tuple, b_lead: tuple) -> np.ndarray:
-    """For each batch index of A (row-major over ``a_lead``), the flat batch index of B (dims equal or 1)."""
-    if len(a_lead) != len(b_lead) or any(b not in (a, 1) for a, b in zip(a_lead, b_lead)):
-        raise ValueError(f"B's batch dims {b_lead} must match A's {a_lead} or be 1")
-    return np.broadcast_to(np.arange(int(np.prod(b_lead, dtype=np.int64))).reshape(b_lead), a_lead).reshape(-1)
+    """For each batch index of A (row-major over ``a_lead``), the flat batch index of B. Each B dim equals A's, is
+    1, or divides it (grouped-query attention: A's index i takes B's i // (A's dim / B's dim))."""
+    if len(a_lead) != len(b_lead) or any(b < 1 or a % b for a, b in zip(a_lead, b_lead)):
+        raise ValueError(f"B's batch dims {b_lead} must equal A's {a_lead}, be 1 or divide them")
+    index = np.indices(a_lead).reshape(len(a_lead), -1) if a_lead else np.zeros((0, 1), np.int64)
+    b_index = [i // (a // b) for i, a, b in zip(index, a_lead, b_lead)]
+    return np.ravel_multi_index(b_index, b_lead) if a_lead else np.zeros(1, np.int64)
 
 
 def di_batch_matmul(A, a_m, a_e, B, b_m, b_e, mask=None, *, trans_b: int, is_causal: int = 0):
     """Matmul of two integer activations with per-row scales on both sides, wide (int32) output.
 
     A ``[..., M, K]`` (int8, or uint8 probabilities) with scales ``[..., M, 1]``; B holds per-row scales
-    ``[..., R, 1]`` (a KV cache: one scale per token) and batch dims equal to A's or 1.
+    ``[..., R, 1]`` (a KV cache: one scale per token) and batch dims equal to A's, 1, or a divisor of A's
+    (grouped-query attention: A's head h reads B's head h // (A's heads / B's)).
     trans_b=1 (Q.K^T): B ``[..., N, K]``, ``Y = A @ B^T``: exact int32 dot products, ``acc[n] * b_m[n]``
     aligned over the visible keys (``mask`` broadcast to ``[..., M, N]``, and the causal rule
     ``n <= m + N - M``; hidden ones give 0 and take no part) by ``align_exponents``.

@@ -466,10 +466,10 @@ def _set_activation_outputs(ctx, code_type: int, shape: list | None) -> None:
 
 
 def _infer_integer(op_name: str, out_last=None, same_shape: tuple[int, ...] = (), expected=None,
-                   check_scales: bool = True, code_of=None):
+                   check_scales: bool = True, code_of=None, out_dims=None):
     """Inference for an op whose outputs are an integer activation: codes of the type declared for output 0
-    with input 0's leading dims and last dim ``out_last(attrs)`` (input 0's own when None), scales [..., 1]; the
-    codes' type is ``code_of(attrs)`` where given.
+    with input 0's leading dims and last dim ``out_last(attrs)`` (input 0's own when None), or the dims
+    ``out_dims(attrs, dims)``, scales [..., 1]; the codes' type is ``code_of(attrs)`` where given.
     Inputs 1 and 2 must be [..., 1] (unless not ``check_scales``), those in ``same_shape`` must have input 0's
     shape, and ``expected(ctx, attrs, dims)`` gives {index: (name, shape)} for the others."""
 
@@ -491,7 +491,8 @@ def _infer_integer(op_name: str, out_last=None, same_shape: tuple[int, ...] = ()
         code = TensorProto.UINT8 if opdef.outputs[0].type == "tensor(uint8)" else TensorProto.INT8
         if code_of is not None:
             code = code_of(attrs)
-        _set_activation_outputs(ctx, code, None if dims is None else [*dims[:-1], last])
+        out = None if dims is None else out_dims(attrs, dims) if out_dims is not None else [*dims[:-1], last]
+        _set_activation_outputs(ctx, code, out)
 
     return infer
 
@@ -627,7 +628,8 @@ DI_ROTARY = OpDef(
         "Integer rotary embedding of X [B, S, H, D] at position_ids [B, S] with fixed-point tables cos, sin "
         "int16 [P, D/2] in Q14 (1.0 = 16384): pairs (i, i + D/2) (interleaved=1: (2i, 2i+1)) use column i and "
         "become (a cos - b sin, b cos + a sin) in integers (< 2^23), requantized per (token, head). Scales of X "
-        "are [B, S, H, 1] or [B, S, 1, 1] (one per token); the output's are [B, S, H, 1]. Positions outside "
+        "are [B, S, H, 1] or [B, S, 1, 1] (one per token); the output's are [B, S, H, 1]. heads_first=1 writes "
+        "the output in attention's layout instead: codes [B, H, S, D], scales [B, H, S, 1]. Positions outside "
         "[0, P) are an error."
     ),
     inputs=(Input("X", "tensor(int8)", "queries or keys: codes [B, S, H, D]"),
@@ -638,8 +640,11 @@ DI_ROTARY = OpDef(
             Input("sin", "tensor(int16)", "sin table [P, D/2], Q14")),
     outputs=DI_OUTPUTS,
     attributes=(Attribute("interleaved", onnx.AttributeProto.INT, "0: rotate halves (LLaMA); 1: adjacent pairs",
-                          check=_flag), _OBITS),
-    infer=_infer_integer("DIRotary", check_scales=False, expected=_rotary_expected),
+                          check=_flag), _OBITS,
+                Attribute("heads_first", onnx.AttributeProto.INT, "1: output [B, H, S, D] (default 0: [B, S, H, D])",
+                          required=False, check=_flag)),
+    infer=_infer_integer("DIRotary", check_scales=False, expected=_rotary_expected,
+                         out_dims=lambda a, d: [d[0], d[2], d[1], d[3]] if a.get("heads_first") and len(d) == 4 else d),
 )
 
 DI_ADD = OpDef(
@@ -681,8 +686,9 @@ def _infer_batch_matmul(ctx) -> None:
         if isinstance(a[-1], int) and isinstance(k_b, int) and a[-1] != k_b:
             raise onnx.shape_inference.InferenceError(f"{op}: A's K is {a[-1]}, B's is {k_b} (trans_b={attrs['trans_b']})")
         for x, y in zip(a[:-2], b[:-2]):
-            if isinstance(x, int) and isinstance(y, int) and y not in (x, 1):
-                raise onnx.shape_inference.InferenceError(f"{op}: B's batch dims {b[:-2]} are not A's {a[:-2]} or 1")
+            if isinstance(x, int) and isinstance(y, int) and (y < 1 or x % y):
+                raise onnx.shape_inference.InferenceError(
+                    f"{op}: B's batch dims {b[:-2]} are not A's {a[:-2]}, 1 or divisors of them")
         _check_dims(ctx, op, {i: (DI_BATCH_MATMUL.inputs[i].name, [*b[:-1], 1]) for i in (4, 5)})
         out = [*a[:-1], n]
     _set_activation_outputs(ctx, TensorProto.INT32, out)
@@ -692,7 +698,8 @@ DI_BATCH_MATMUL = OpDef(
     name="DIBatchMatMul",
     doc=(
         "Integer matmul of two activations with per-row scales on both sides (attention in the integer-only "
-        "graph); batch dims of B equal A's or 1. trans_b=1 (Q.K^T): B [..., N, K], Y = A @ B^T, exact int32 dot "
+        "graph); batch dims of B equal A's, 1, or divide them (grouped-query attention: A's index i takes B's "
+        "i / (A's dim / B's dim)). trans_b=1 (Q.K^T): B [..., N, K], Y = A @ B^T, exact int32 dot "
         "products times B's row mantissas, aligned (as DIMatMul's channels) over the keys visible through mask "
         "(bool, broadcast to Y) and, with is_causal, the causal rule (key n visible to row m when n <= m + N - M); "
         "hidden keys give 0. trans_b=0 (P.V): B [..., K, N] with its scales along the contraction axis: per row "

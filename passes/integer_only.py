@@ -296,7 +296,6 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
     graph, props = model.graph, model.metadata_props
     kv, head_dim = int(props["edgeq.num_kv_heads"]), int(props["edgeq.head_dim"])
     heads = d.layers[0].q.W.shape[0] // head_dim
-    rep = heads // kv
     keep = {v.name: v for v in graph.inputs if v.name in ("input_ids", "attention_mask", "position_ids")}
     graph.remove(list(graph), safe=False)
     graph.initializers.clear()
@@ -313,12 +312,10 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
     cos, sin = rotary_tables_for(d.inv_freq, max_positions, d.rope_scaling)
     cos, sin = b.init("rope.cos_q14", cos), b.init("rope.sin_q14", sin)
     pad = b.op("Cast", [keep["attention_mask"]], "mask/pad", to=ir.DataType.BOOL)
-    mask = b.op("Unsqueeze", [pad, b.ints("mask.axes", [1, 2, 3])], "mask")  # [B, 1, 1, 1, T]
+    mask = b.op("Unsqueeze", [pad, b.ints("mask.axes", [1, 2])], "mask")  # [B, 1, 1, T]
     shape = {key: b.ints(f"shape.{key}", dims) for key, dims in (
         ("q", [0, 0, heads, head_dim]), ("kv", [0, 0, kv, head_dim]), ("token", [0, 0, 1, 1]),
-        ("q5", [0, kv, rep, -1, head_dim]), ("q5s", [0, kv, rep, -1, 1]), ("ctx4", [0, heads, -1, head_dim]),
-        ("ctx4s", [0, heads, -1, 1]), ("v_heads", [1, 1, kv, 1]))}
-    axis2 = b.ints("const.axis2", [2])
+        ("v_heads", [1, 1, kv, 1]))}
     past_names, present = [], []
     clips = _softmax_clips(props, len(d.layers))
 
@@ -329,15 +326,17 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
         k = b.matmul(x, layer.k, p + ".k_proj")
         v = b.matmul(x, layer.v, p + ".v_proj")
         per_token = [[shape["token"]]] * 2
+        # q and k leave the rotary as [B, heads, S, D] (heads_first), the layout of the cache and of attention;
+        # DIBatchMatMul reads a kv head for each group of rep query heads (its batch-dim divisor rule).
         q = b.di("DIRotary", [*b.each("Reshape", q, p + "/q", [[shape["q"]], *per_token]), keep["position_ids"],
-                              cos, sin], p + "/q_rope", interleaved=0, obits=INNER_BITS)
+                              cos, sin], p + "/q_rope", interleaved=0, obits=INNER_BITS, heads_first=1)
         k = b.di("DIRotary", [*b.each("Reshape", k, p + "/k", [[shape["kv"]], *per_token]), keep["position_ids"],
-                              cos, sin], p + "/k_rope", interleaved=0, obits=INNER_BITS)
+                              cos, sin], p + "/k_rope", interleaved=0, obits=INNER_BITS, heads_first=1)
         v = b.each("Reshape", v, p + "/v", [[shape["kv"]], *per_token])
         v = (v[0], *(b.op("Expand", [s, shape["v_heads"]], f"{p}/v{n}") for s, n in zip(v[1:], SCALES)))
+        v = b.each("Transpose", v, f"{p}/value_t", [[]] * 3, perm=[0, 2, 1, 3])
         cached = {}
         for kind, act in (("key", k), ("value", v)):
-            act = b.each("Transpose", act, f"{p}/{kind}_t", [[]] * 3, perm=[0, 2, 1, 3])
             past = _cache_values(f"{PAST}{i}.{kind}", kv, head_dim, "past_sequence")
             graph.inputs.extend(past)
             past_names += [x.name for x in past]
@@ -346,14 +345,11 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
             for value, want in zip(cat, _cache_values(f"{PRESENT}{i}.{kind}", kv, head_dim, "total_sequence")):
                 value.name, value.shape, value.type = want.name, want.shape, want.type
             present += cat
-            cached[kind] = b.each("Unsqueeze", cat, f"{p}/{kind}5", [[axis2]] * 3)
-        q5 = b.each("Transpose", q, p + "/q_t", [[]] * 3, perm=[0, 2, 1, 3])
-        q5 = b.each("Reshape", q5, p + "/q5", [[shape["q5"]], [shape["q5s"]], [shape["q5s"]]])
-        scores = b.di("DIBatchMatMul", [*q5, *cached["key"], mask], p + "/scores", trans_b=1, is_causal=1)
+            cached[kind] = cat
+        scores = b.di("DIBatchMatMul", [*q, *cached["key"], mask], p + "/scores", trans_b=1, is_causal=1)
         probs = b.di("DIClippedSoftmax", [*scores, mask], p + "/softmax", clip_q8=clips[i], is_causal=1,
                      obits=INNER_BITS)
-        ctx = b.di("DIBatchMatMul", [*probs, *cached["value"]], p + "/ctx", trans_b=0)
-        ctx = b.each("Reshape", ctx, p + "/ctx4", [[shape["ctx4"]], [shape["ctx4s"]], [shape["ctx4s"]]])
+        ctx = b.di("DIBatchMatMul", [*probs, *cached["value"]], p + "/ctx", trans_b=0)  # [B, heads, S, D]
         ctx = b.each("Transpose", ctx, p + "/ctx_t", [[]] * 3, perm=[0, 2, 1, 3])
         ctx = b.di("DIRequant", ctx, p + "/ctx", obits=layer.o.abits)
         h = b.di("DIAdd", [*h, *b.matmul(ctx, layer.o, p + ".o_proj", obits=RESIDUAL_BITS)],

@@ -1,5 +1,7 @@
 #include "integer_ops.h"
 
+#include <utility>
+
 namespace edgeq {
 using namespace checks;
 
@@ -28,6 +30,16 @@ int64_t Rows(const std::vector<int64_t>& shape) {
 std::vector<int64_t> WithLast(std::vector<int64_t> shape, int64_t last) {
   shape.back() = last;
   return shape;
+}
+
+// An optional int attribute, `fallback` when the node does not set it.
+int64_t OptionalInt(const OrtKernelInfo* info, const char* name, int64_t fallback) {
+  int64_t value = fallback;
+  if (OrtStatus* missing = Ort::GetApi().KernelInfoGetAttribute_int64(info, name, &value)) {
+    Ort::GetApi().ReleaseStatus(missing);
+    return fallback;
+  }
+  return value;
 }
 
 // Mantissas the math relies on: m in [lo, 2^15 - 1].
@@ -171,18 +183,20 @@ std::vector<int64_t> PrepareBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& 
     Fail(where, "K=" + std::to_string(p.K) + " exceeds " + std::to_string(integer::kMaxBatchK));
   int64_t batches = 1, b_stride = 1;
   std::vector<int64_t> strides(r - 2, 0);
-  for (size_t i = r - 2; i-- > 0;) {
-    if (bs[i] != as[i] && bs[i] != 1)
-      Fail(where, "B has shape " + ShapeText(bs) + ": batch dims must equal A's " + ShapeText(as) + " or be 1");
-    if (bs[i] != 1) strides[i] = b_stride;
+  for (size_t i = r - 2; i-- > 0;) {  // B's dim equal to A's, 1, or a divisor (grouped-query attention)
+    if (bs[i] < 1 || as[i] % bs[i] != 0)
+      Fail(where, "B has shape " + ShapeText(bs) + ": batch dims must equal A's " + ShapeText(as) +
+                      ", be 1 or divide them");
+    strides[i] = b_stride;
     b_stride *= bs[i];
     batches *= as[i];
   }
   p.b_batch.assign(size_t(batches), 0);
   for (int64_t b = 0; b < batches; ++b)
     for (int64_t i = int64_t(r) - 3, rest = b; i >= 0; --i) {
-      p.b_batch[size_t(b)] += (rest % as[size_t(i)]) * strides[size_t(i)];
-      rest /= as[size_t(i)];
+      const size_t d = size_t(i);
+      p.b_batch[size_t(b)] += (rest % as[d]) / (as[d] / bs[d]) * strides[d];
+      rest /= as[d];
     }
   std::vector<int64_t> out(as);
   out.back() = p.N;
@@ -254,15 +268,14 @@ DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op) {
     case DiOp::kBatchMatMul:
       a.trans_b = ReadInt(info, "trans_b", a.where);
       ExpectRange(a.trans_b, 0, 1, "trans_b", a.where);
-      if (OrtStatus* missing = Ort::GetApi().KernelInfoGetAttribute_int64(info, "is_causal", &a.is_causal)) {
-        Ort::GetApi().ReleaseStatus(missing);  // optional, default 0
-        a.is_causal = 0;
-      }
+      a.is_causal = OptionalInt(raw, "is_causal", 0);
       ExpectRange(a.is_causal, 0, 1, "is_causal", a.where);
       break;
     case DiOp::kRotary:
       a.interleaved = ReadInt(info, "interleaved", a.where);
       ExpectRange(a.interleaved, 0, 1, "interleaved", a.where);
+      a.heads_first = OptionalInt(raw, "heads_first", 0);
+      ExpectRange(a.heads_first, 0, 1, "heads_first", a.where);
       break;
     default:
       break;
@@ -322,6 +335,7 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
     case DiOp::kRotary:
       PrepareRotary(ctx, a, p);
       out_shape = p.x.shape;
+      if (a.heads_first) std::swap(out_shape[1], out_shape[2]);  // [B, H, S, D]
       break;
     case DiOp::kExp:
       p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", a);

@@ -33,7 +33,7 @@ struct DiAttrs {
   DiOp op = DiOp::kMatMul;
   std::string where;  // "edgeq::DIMatMul node 'name'", the prefix of every message
   int64_t K = 0, N = 0, abits = 8, wbits = 8, obits = 8, clip_q8 = 0, is_causal = 0, eps_q60 = 0, interleaved = 0,
-          trans_b = 0;
+          trans_b = 0, heads_first = 0;
   int64_t qmax = 0;  // largest output code: 2^(obits-1) - 1, or 2^obits - 1 for DIClippedSoftmax
   // The CUDA ops' inputs live on the device: PrepareIntegerOp checks their types and shapes but cannot read the
   // values (mantissa ranges, positions), which the CPU ops refuse with a message.
@@ -71,7 +71,7 @@ struct DiProblem {
   int64_t cos_rows = 0;              // P
   bool per_head_scales = false;      // DIRotary: x's scales are [B, S, H, 1] (else [B, S, 1, 1])
   int64_t M = 0, K = 0, N = 0;       // DIBatchMatMul: A [batch, M, K], B [batch of B, N, K] or [.., K, N]
-  std::vector<int64_t> b_batch;      // DIBatchMatMul: B's flat batch index for each of A's; DIRequant: G
+  std::vector<int64_t> b_batch;      // DIBatchMatMul: B's flat batch index for each of A's
   IntOutput out;
 };
 

@@ -165,7 +165,7 @@ def batch_args(a_shape=(2, 3, 16), b_shape=(2, 5, 16)):
 
 @pytest.mark.parametrize("args, attrs, match", [
     (batch_args(b_shape=(2, 5, 15)), dict(trans_b=1), r"B has shape \[2, 5, 15\]: its last dim must equal A's K=16"),
-    (batch_args(b_shape=(3, 5, 16)), dict(trans_b=1), r"batch dims must equal A's \[2, 3, 16\] or be 1"),
+    (batch_args(b_shape=(3, 5, 16)), dict(trans_b=1), r"batch dims must equal A's \[2, 3, 16\], be 1 or divide them"),
     (batch_args(b_shape=(5, 16)), dict(trans_b=1), r"expected A's rank 3"),
     (batch_args(b_shape=(2, 16, 4)), dict(trans_b=0, is_causal=1), r"mask and is_causal apply to trans_b=1"),
     (batch_args(a_shape=(2, 3, 65536), b_shape=(1, 2, 65536)), dict(trans_b=1), r"K=65536 exceeds 65535"),

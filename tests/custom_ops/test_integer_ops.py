@@ -148,7 +148,9 @@ def test_rotary(target, seed):
         m, e = m[:, :, :1], e[:, :, :1]
     pos = rng.integers(0, P, (B, S))
     pos[0, 0], pos[-1, -1] = 0, P - 1
-    assert_bit_exact(target, "DIRotary", [q, m, e, pos, cos, sin], interleaved=seed % 2, obits=bits)
+    y = assert_bit_exact(target, "DIRotary", [q, m, e, pos, cos, sin], interleaved=seed % 2, obits=bits,
+                         heads_first=seed % 3 % 2)
+    assert y[0].shape == ((B, H, S, D) if seed % 3 % 2 else (B, S, H, D))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -189,10 +191,11 @@ def test_thread_count_does_not_change_results(target):
 
 
 def attention_shapes(rng: np.random.Generator, seed: int):
-    """(A's lead dims, B's lead dims (each equal or 1), M, K, N) for DIBatchMatMul."""
+    """(A's lead dims, B's lead dims (each equal, 1 or a divisor), M, K, N) for DIBatchMatMul."""
     rank = seed % 3
-    lead = tuple(int(rng.integers(1, 4)) for _ in range(rank))
-    b_lead = tuple(d if rng.random() < 0.6 else 1 for d in lead)
+    lead = tuple(int(rng.choice([1, 2, 3, 6])) for _ in range(rank))
+    # each B dim A's, 1, or (grouped-query heads) a proper divisor of A's
+    b_lead = tuple(d if rng.random() < 0.5 else 1 if rng.random() < 0.5 else {6: 3, 2: 1}.get(d, 1) for d in lead)
     return lead, b_lead, int(rng.integers(1, 12)), odd_size(rng, 130), odd_size(rng, 90)
 
 

@@ -84,6 +84,28 @@ def test_rotary_is_the_exact_rotation(bits, interleaved):
     assert steps_off(*y, exact) <= STEP_TOLERANCE["DIRotary"]
 
 
+def test_rotary_heads_first_is_the_transposed_output():
+    rng = np.random.default_rng(41)
+    cos, sin = rotary_tables(64, 8)
+    x = activation(rng, (2, 5, 3, 8))
+    pos = rng.integers(0, 64, (2, 5))
+    plain = ri.di_rotary(*x, pos, cos, sin, interleaved=0, obits=8)
+    first = ri.di_rotary(*x, pos, cos, sin, interleaved=0, obits=8, heads_first=1)
+    for a, b in zip(plain, first):
+        np.testing.assert_array_equal(a.transpose(0, 2, 1, 3), b)
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_batch_matmul_grouped_heads_equal_repeated_heads(trans_b):
+    """B with 2 heads against A's 6: head h reads B's head h // 3, exactly as if B's heads were repeated."""
+    rng = np.random.default_rng(42)
+    A = activation(rng, (1, 6, 4, 16))
+    B = activation(rng, (1, 2, 9, 16) if trans_b else (1, 2, 16, 9))
+    repeated = [np.repeat(t, 3, axis=1) for t in B]
+    for a, b in zip(ri.di_batch_matmul(*A, *B, trans_b=trans_b), ri.di_batch_matmul(*A, *repeated, trans_b=trans_b)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_exp_is_float_exp(bits):
     rng = np.random.default_rng(50 + bits)
     x = activation(rng, (64, 300), bits, e_range=(bits + 8, bits + 16), full_mantissas=True)

@@ -114,7 +114,7 @@ def test_requant_merges_the_last_two_axes():
     ("DIBatchMatMul", [*activation("A", "a", [2, 5, 16]), *activation("B", "b", [2, 7, 15])], dict(trans_b=1),
      r"A's K is 16, B's is 15"),
     ("DIBatchMatMul", [*activation("A", "a", [2, 5, 16]), *activation("B", "b", [3, 7, 16])], dict(trans_b=1),
-     r"B's batch dims \[3\] are not A's \[2\] or 1"),
+     r"B's batch dims \[3\] are not A's \[2\], 1 or divisors of them"),
     ("DIBatchMatMul", [*activation("A", "a", [2, 5, 16]), *activation("B", "b", [7, 16])], dict(trans_b=0),
      r"B has rank 2, A has rank 3"),
     ("DIRequant", activation("X", "x", [7]), dict(obits=8), r"X must have rank >= 2"),

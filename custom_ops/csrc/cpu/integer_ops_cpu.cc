@@ -411,8 +411,8 @@ void DISwiGLU(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
 }
 
 void DIRotary(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
-  const int64_t H = p.x.shape[2], D = p.x.shape[3], half = D / 2;
-  auto row = [&](int64_t r) {  // r = (b * S + s) * H + h
+  const int64_t S = p.x.shape[1], H = p.x.shape[2], D = p.x.shape[3], half = D / 2;
+  auto row = [&](int64_t r) {  // r = (b * S + s) * H + h; heads_first writes row (b * H + h) * S + s
     const int8_t* q = static_cast<const int8_t*>(p.x.q) + r * D;
     const int64_t token = r / H, scale = p.per_head_scales ? r : token;
     const int16_t* cs = p.cos + p.positions[token] * half;
@@ -423,7 +423,8 @@ void DIRotary(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
       v[ia] = int64_t(q[ia]) * cs[i] - int64_t(q[ib]) * sn[i];
       v[ib] = int64_t(q[ib]) * cs[i] + int64_t(q[ia]) * sn[i];
     }
-    StoreRow(p.out, r, v, D, p.x.m[scale], p.x.e[scale] + kRopeFrac, a.qmax);
+    const int64_t out = a.heads_first ? (token / S * H + r % H) * S + token % S : r;
+    StoreRow(p.out, out, v, D, p.x.m[scale], p.x.e[scale] + kRopeFrac, a.qmax);
   };
   ParallelFor(ctx, p.x.rows, row);
 }

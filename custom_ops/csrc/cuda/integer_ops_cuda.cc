@@ -80,10 +80,12 @@ DiArgs ArgsOf(const DiAttrs& a, const DiProblem& p) {
       args.positions = p.positions;
       args.cos = p.cos;
       args.sin = p.sin;
+      args.S = p.x.shape[1];
       args.H = p.x.shape[2];
       args.D = p.x.shape[3];
       args.P = p.cos_rows;
       args.per_head_scales = p.per_head_scales;
+      args.heads_first = a.heads_first != 0;
       break;
     case DiOp::kBatchMatMul: {
       std::vector<int64_t> out(p.x.shape);
@@ -93,13 +95,14 @@ DiArgs ArgsOf(const DiAttrs& a, const DiProblem& p) {
       args.K = p.K;
       args.N = p.N;
       args.groups = p.x.rows / p.M;
-      // group g of A takes B's batch sum_i digit_i(g) * stride_i (stride 0 where B broadcasts), as b_batch
+      // group g of A takes B's batch as PrepareIntegerOp's b_batch does, computed on the device
       const std::vector<int64_t>&as = p.x.shape, &bs = p.x2.shape;
       args.batch_rank = int(as.size()) - 2;
       int64_t stride = 1;
       for (int i = args.batch_rank - 1; i >= 0; --i) {
         args.batch_dims[i] = as[size_t(i)];
-        args.b_strides[i] = bs[size_t(i)] != 1 ? stride : 0;
+        args.batch_group[i] = as[size_t(i)] / bs[size_t(i)];
+        args.b_strides[i] = stride;
         stride *= bs[size_t(i)];
       }
       break;

@@ -179,7 +179,7 @@ __device__ const bool* MaskRow(const DiArgs& a, int64_t r, int64_t& step) {
 __device__ int64_t BatchOf(const DiArgs& a, int64_t g) {
   int64_t b = 0;
   for (int i = a.batch_rank - 1; i >= 0; --i) {
-    b += (g % a.batch_dims[i]) * a.b_strides[i];
+    b += (g % a.batch_dims[i]) / a.batch_group[i] * a.b_strides[i];
     g /= a.batch_dims[i];
   }
   return b;
@@ -438,8 +438,9 @@ __global__ void __launch_bounds__(kThreads) RotaryRows(DiArgs a) {
     const int64_t ia = a.interleaved ? 2 * i : i, ib = a.interleaved ? 2 * i + 1 : i + half;
     return second ? int64_t(q[ib]) * cs[i] + int64_t(q[ia]) * sn[i] : int64_t(q[ia]) * cs[i] - int64_t(q[ib]) * sn[i];
   };
-  QuantizeRow(value, D, a.x.m[scale], a.x.e[scale] + kRopeFrac, a.qmax, static_cast<int8_t*>(a.y) + r * D, a.y_m + r,
-              a.y_e + r, r, Split());
+  const int64_t out = a.heads_first ? (token / a.S * a.H + r % a.H) * a.S + token % a.S : r;
+  QuantizeRow(value, D, a.x.m[scale], a.x.e[scale] + kRopeFrac, a.qmax, static_cast<int8_t*>(a.y) + out * D,
+              a.y_m + out, a.y_e + out, r, Split());
 }
 
 template <typename TA, typename TB, typename TY>

@@ -48,16 +48,17 @@ struct DiArgs {
   int64_t shape[kDiMaxRank] = {};
   const bool* mask = nullptr;
   int64_t mask_strides[kDiMaxRank] = {};
-  // DIRotary: X [B, S, H, D], tables [P, D/2]
+  // DIRotary: X [B, S, H, D], tables [P, D/2]; heads_first: Y [B, H, S, D]
   const int64_t* positions = nullptr;
   const int16_t* cos = nullptr;
   const int16_t* sin = nullptr;
-  int64_t P = 0, H = 0, D = 0;
-  bool per_head_scales = false;
-  // DIBatchMatMul: A [groups, M, K]; group g uses B's batch sum_i digit_i(g) * b_strides[i] over A's batch dims
+  int64_t P = 0, S = 0, H = 0, D = 0;
+  bool per_head_scales = false, heads_first = false;
+  // DIBatchMatMul: A [groups, M, K]; group g uses B's batch sum_i (digit_i(g) / batch_group[i]) * b_strides[i] over
+  // A's batch dims (batch_group: A's dim / B's, so B's dims of 1 and grouped-query heads map alike)
   int64_t M = 0, K = 0, N = 0, groups = 0;
   int batch_rank = 0;
-  int64_t batch_dims[kDiMaxRank] = {}, b_strides[kDiMaxRank] = {};
+  int64_t batch_dims[kDiMaxRank] = {}, batch_group[kDiMaxRank] = {}, b_strides[kDiMaxRank] = {};
   // DIRequant: rows of G merged into one
   int64_t G = 0;
 };
