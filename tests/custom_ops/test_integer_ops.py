@@ -241,7 +241,8 @@ def test_batch_matmul_lm_head_shape(matmul_kernel):
 
 def test_batch_matmul_largest_sums(matmul_kernel):
     """K = 65535 at the int8/uint8 limits with the widest exponent gap the window shifts exactly: the int32 dot
-    products and P.V's int64 sums are at their bounds and must come out exact."""
+    products and P.V's int64 sums are at their bounds and must come out exact (in the CPU's 64-column SIMD block
+    and in its scalar tail)."""
     K = ri.MAX_BATCH_K
     B = np.full((1, 2, K), -128, np.int8)
     b_m, b_e = np.full((1, 2, 1), ri.M_MAX, np.int32), np.array([[[0], [16]]], np.int8)
@@ -249,7 +250,7 @@ def test_batch_matmul_largest_sums(matmul_kernel):
     a_m, a_e = np.full((1, 1, 1), ri.M_MAX, np.int32), np.zeros((1, 1, 1), np.int8)
     assert_bit_exact(matmul_kernel, "DIBatchMatMul", [A, a_m, a_e, B, b_m, b_e, None], trans_b=1)
     P = np.full((1, 1, K), 255, np.uint8)
-    V = np.full((1, K, 3), -128, np.int8)
+    V = np.full((1, K, 67), -128, np.int8)  # 64 columns of the SIMD path and 3 after
     v_m = np.full((1, K, 1), ri.M_MAX, np.int32)
     v_e = np.where(np.arange(K) % 2, 0, 16).astype(np.int8).reshape(1, K, 1)
     assert_bit_exact(matmul_kernel, "DIBatchMatMul", [P, a_m, a_e, V, v_m, v_e, None], trans_b=0)

@@ -24,12 +24,13 @@ namespace {
 
 using namespace integer;
 
-constexpr int64_t kBlockN = 16;  // weight rows of one GEMM task
+constexpr int64_t kBlockN = 64;  // weight rows of one GEMM task
 constexpr int kTileM = 2, kTileN = 4;
 
-// Runs f(i) for i in [0, n) on ORT's intra-op thread pool.
+// Runs f(i) for i in [0, n) on ORT's intra-op thread pool (one task: inline, without the pool's hand-off).
 template <typename F>
 void ParallelFor(Ort::KernelContext& ctx, int64_t n, F& f) {
+  if (n == 1) return f(0);
   ctx.ParallelFor([](void* data, size_t i) { (*static_cast<F*>(data))(int64_t(i)); }, size_t(n), 0, &f);
 }
 
@@ -46,6 +47,133 @@ void StoreRow(const IntOutput& out, int64_t r, int64_t* v, int64_t n, int64_t mu
   const Scale s = DynQuantRow(v, n, mult, E, qmax, static_cast<Code*>(out.q) + r * n);
   out.m[r] = int32_t(s.m);
   out.e[r] = int8_t(s.e);
+}
+
+// Requantization of rows of values value(r, c) with scale(r) = (multiplier, exponent): many rows, a row per task
+// (DynQuantRow / WideQuantRow whole); fewer than kFewRows (decode: one token against 49,152 lm_head rows), as the
+// CUDA ops do it: values and each chunk's min/max in parallel over (row, chunk), each row's plan from its chunks
+// (integer_math.h's pieces of the same functions, so the bits are the same), then the codes in parallel.
+constexpr int64_t kChunk = 4096, kFewRows = 8;  // rows of a decode step's linears stay whole
+
+struct Chunks {
+  int64_t rows, n, per, count;
+  Chunks(int64_t rows, int64_t n) : rows(rows), n(n) {
+    const int64_t per_row = (n + kChunk - 1) / kChunk;
+    per = (n + per_row - 1) / per_row;
+    count = per_row;
+  }
+};
+
+// Values into v [rows, n] and each (row, chunk)'s min and max; returns each row's (min, max).
+template <typename Value>
+std::vector<std::pair<int64_t, int64_t>> RowValues(Ort::KernelContext& ctx, const Chunks& ch, const Value& value,
+                                                   std::vector<int64_t>& v) {
+  v.resize(size_t(ch.rows * ch.n));
+  std::vector<std::pair<int64_t, int64_t>> part(size_t(ch.rows * ch.count));
+  auto fill = [&](int64_t t) {
+    const int64_t r = t / ch.count, c0 = (t % ch.count) * ch.per, c1 = std::min(ch.n, c0 + ch.per);
+    int64_t lo = INT64_MAX, hi = INT64_MIN, *row = v.data() + r * ch.n;
+    for (int64_t c = c0; c < c1; ++c) {
+      row[c] = value(r, c);
+      lo = std::min(lo, row[c]);
+      hi = std::max(hi, row[c]);
+    }
+    part[size_t(t)] = {lo, hi};
+  };
+  ParallelFor(ctx, ch.rows * ch.count, fill);
+  std::vector<std::pair<int64_t, int64_t>> range(size_t(ch.rows), {INT64_MAX, INT64_MIN});
+  for (int64_t t = 0; t < ch.rows * ch.count; ++t) {
+    auto& [lo, hi] = range[size_t(t / ch.count)];
+    lo = std::min(lo, part[size_t(t)].first);
+    hi = std::max(hi, part[size_t(t)].second);
+  }
+  return range;
+}
+
+// write(r, c, value at (r, c)) over every chunk in parallel.
+template <typename Write>
+void EachChunk(Ort::KernelContext& ctx, const Chunks& ch, const std::vector<int64_t>& v, const Write& write) {
+  auto task = [&](int64_t t) {
+    const int64_t r = t / ch.count, c0 = (t % ch.count) * ch.per, c1 = std::min(ch.n, c0 + ch.per);
+    for (int64_t c = c0; c < c1; ++c) write(r, c, v[size_t(r * ch.n + c)]);
+  };
+  ParallelFor(ctx, ch.rows * ch.count, task);
+}
+
+template <typename Code, typename Value, typename RowScale>
+void QuantizeRows(Ort::KernelContext& ctx, const IntOutput& out, int64_t rows, int64_t n, int64_t qmax,
+                  const Value& value, const RowScale& scale) {
+  if (rows >= kFewRows) {  // a row per task, its values in a per-thread buffer (DynQuantRow whole)
+    auto row = [&](int64_t r) {
+      int64_t* v = RowBuffer(n);
+      for (int64_t c = 0; c < n; ++c) v[c] = value(r, c);
+      const Dyadic s = scale(r);
+      StoreRow<Code>(out, r, v, n, s.m, s.e, qmax);
+    };
+    return ParallelFor(ctx, rows, row);
+  }
+  const Chunks ch(rows, n);
+  std::vector<int64_t> v;
+  const auto range = RowValues(ctx, ch, value, v);
+  std::vector<QuantPlan> plans(static_cast<size_t>(rows));
+  std::vector<int64_t> shifts(size_t(rows), 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const auto [lo, hi] = range[size_t(r)];
+    const int64_t A = std::max(Abs(lo), Abs(hi));
+    QuantPlan& plan = plans[size_t(r)];
+    if (A == 0) {
+      plan.scale = Scale{kZeroM, kZeroE, true};
+    } else {
+      const Dyadic s = scale(r);
+      shifts[size_t(r)] = DynQuantShift(A);
+      plan = PlanDynQuant(std::max(RShr(hi, shifts[size_t(r)]), -RShr(lo, shifts[size_t(r)])), shifts[size_t(r)], s.m,
+                          s.e, qmax);
+    }
+    out.m[r] = int32_t(plan.scale.m);
+    out.e[r] = int8_t(plan.scale.e);
+  }
+  Code* q = static_cast<Code*>(out.q);
+  EachChunk(ctx, ch, v, [&](int64_t r, int64_t c, int64_t x) {
+    q[r * n + c] = Code(DynQuantCode(RShr(x, shifts[size_t(r)]), plans[size_t(r)]));
+  });
+}
+
+template <typename Value, typename RowScale>
+void WideRows(Ort::KernelContext& ctx, const IntOutput& out, int64_t rows, int64_t n, const Value& value,
+              const RowScale& scale) {
+  if (rows >= kFewRows) {
+    auto row = [&](int64_t r) {
+      int64_t* v = RowBuffer(n);
+      for (int64_t c = 0; c < n; ++c) v[c] = value(r, c);
+      const Dyadic d = scale(r);
+      const Scale s = WideQuantRow(v, n, d.m, d.e, static_cast<int32_t*>(out.q) + r * n);
+      out.m[r] = int32_t(s.m);
+      out.e[r] = int8_t(s.e);
+    };
+    return ParallelFor(ctx, rows, row);
+  }
+  const Chunks ch(rows, n);
+  std::vector<int64_t> v;
+  const auto range = RowValues(ctx, ch, value, v);
+  std::vector<Scale> scales(static_cast<size_t>(rows));
+  std::vector<int64_t> shifts(size_t(rows), 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t A = std::max(Abs(range[size_t(r)].first), Abs(range[size_t(r)].second));
+    Scale& s = scales[size_t(r)];
+    if (A == 0) {
+      s = Scale{kZeroM, kZeroE, true};
+    } else {
+      const Dyadic d = scale(r);
+      shifts[size_t(r)] = WideQuantShift(A);
+      s = WideQuantScale(shifts[size_t(r)], d.m, d.e);
+    }
+    out.m[r] = int32_t(s.m);
+    out.e[r] = int8_t(s.e);
+  }
+  int32_t* y = static_cast<int32_t*>(out.q);
+  EachChunk(ctx, ch, v, [&](int64_t r, int64_t c, int64_t x) {
+    y[r * n + c] = scales[size_t(r)].zero ? 0 : int32_t(RShr(x, shifts[size_t(r)]));
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -278,12 +406,10 @@ void DIMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProb
   const std::vector<int32_t> acc =
       GroupedGemm(ctx, gemm, static_cast<const int8_t*>(p.x.q), 1, M, N, K, [&](int64_t) { return p.W; });
   const int64_t Ea = AlignExponents(p.ch_e, N);
-  auto requantize = [&](int64_t r) {
-    int64_t* v = RowBuffer(N);
-    for (int64_t n = 0; n < N; ++n) v[n] = ShiftBy(int64_t(acc[r * N + n]) * p.ch_m[n], Ea - p.ch_e[n]);
-    StoreRow<Code>(p.out, r, v, N, p.x.m[r], p.x.e[r] + Ea, a.qmax);
-  };
-  ParallelFor(ctx, M, requantize);
+  QuantizeRows<Code>(
+      ctx, p.out, M, N, a.qmax,
+      [&](int64_t r, int64_t n) { return ShiftBy(int64_t(acc[r * N + n]) * p.ch_m[n], Ea - p.ch_e[n]); },
+      [&](int64_t r) { return Dyadic{p.x.m[r], p.x.e[r] + Ea}; });
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -389,25 +515,13 @@ void DINorm(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
   ParallelFor(ctx, p.x.rows, row);
 }
 
-// Rows of two activations of the same shape (DISwiGLU): fill(r, first codes, second codes, v) writes
-// the row's values to v and returns their (multiplier, exponent) for the requantization.
-template <typename Fill>
-void TwoInputRows(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p, Fill fill) {
-  const int64_t C = p.x.C;
-  auto row = [&](int64_t r) {
-    int64_t* v = RowBuffer(C);
-    const Dyadic s = fill(r, static_cast<const int8_t*>(p.x.q) + r * C, static_cast<const int8_t*>(p.x2.q) + r * C, v);
-    StoreRow(p.out, r, v, C, s.m, s.e, a.qmax);
-  };
-  ParallelFor(ctx, p.x.rows, row);
-}
-
 void DISwiGLU(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
-  TwoInputRows(ctx, a, p, [&](int64_t r, const int8_t* g, const int8_t* u, int64_t* v) {
-    const int64_t gm = p.x.m[r], ge = p.x.e[r];
-    for (int64_t c = 0; c < p.x.C; ++c) v[c] = g[c] * SigmoidQ30(g[c], gm, ge) * u[c];
-    return Dyadic{gm * p.x2.m[r], ge + p.x2.e[r] + 30};
-  });
+  const int64_t C = p.x.C;
+  const int8_t *g = static_cast<const int8_t*>(p.x.q), *u = static_cast<const int8_t*>(p.x2.q);
+  QuantizeRows<int8_t>(
+      ctx, p.out, p.x.rows, C, a.qmax,
+      [&](int64_t r, int64_t c) { return g[r * C + c] * SigmoidQ30(g[r * C + c], p.x.m[r], p.x.e[r]) * u[r * C + c]; },
+      [&](int64_t r) { return Dyadic{int64_t(p.x.m[r]) * p.x2.m[r], p.x.e[r] + p.x2.e[r] + 30}; });
 }
 
 void DIRotary(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
@@ -478,6 +592,73 @@ const bool* MaskRow(const DiProblem& p, const std::vector<int64_t>& shape, int64
   return mask;
 }
 
+// P.V's v[n] = sum_k u[k] * B[k, n], u[k] = x[k] * b_m[k] aligned to Ea (< 2^39; the sums < 2^62), over the k
+// with x[k] != 0. With AVX-512 DQ, 64 columns at a time in eight registers of int64 lanes (vpmullq): the keys
+// stream through once per 64 columns.
+template <typename A>
+void ContextSums(const A* x, int64_t K, int64_t N, const int8_t* B, const int32_t* bm, const int8_t* be, int64_t Ea,
+                 int64_t* v) {
+  int64_t n0 = 0;
+#if defined(__AVX512DQ__)
+  for (; n0 + 64 <= N; n0 += 64) {
+    __m512i acc[8];
+    for (__m512i& a : acc) a = _mm512_setzero_si512();
+    for (int64_t k = 0; k < K; ++k) {
+      if (x[k] == 0) continue;
+      const __m512i u = _mm512_set1_epi64(ShiftBy(int64_t(x[k]) * bm[k], Ea - be[k]));
+      const int8_t* b = B + k * N + n0;
+      for (int j = 0; j < 8; ++j) {
+        const __m512i bv = _mm512_cvtepi8_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 8 * j)));
+        acc[j] = _mm512_add_epi64(acc[j], _mm512_mullo_epi64(u, bv));
+      }
+    }
+    for (int j = 0; j < 8; ++j) _mm512_storeu_si512(v + n0 + 8 * j, acc[j]);
+  }
+#endif
+  std::fill(v + n0, v + N, int64_t(0));
+  for (int64_t k = 0; k < K && n0 < N; ++k) {
+    if (x[k] == 0) continue;
+    const int64_t uk = ShiftBy(int64_t(x[k]) * bm[k], Ea - be[k]);
+    const int8_t* b = B + k * N;
+    for (int64_t n = n0; n < N; ++n) v[n] += uk * b[n];
+  }
+}
+
+// Q.K^T and lm_head after the dot products: each row's visible keys and their common exponent, then the wide
+// requantization over the thread pool (WideRows: decode's single lm_head row of 49,152 is split in chunks). A row
+// with no visible key is all zeros, as every value is 0.
+void ScoresFromDots(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p, const std::vector<int64_t>& shape,
+                    const std::vector<int32_t>& dots) {
+  const int64_t M = p.M, N = p.N, rows = p.x.rows;
+  struct Row {
+    const bool* mask;
+    int64_t step, last_visible, Ea;
+    const int32_t* bm;
+    const int8_t* be;
+    bool visible(int64_t n) const { return n <= last_visible && (mask == nullptr || mask[n * step]); }
+  };
+  std::vector<Row> info(static_cast<size_t>(rows));
+  auto prepare = [&](int64_t r) {
+    Row& row = info[size_t(r)];
+    const int64_t batch = p.b_batch[size_t(r / M)];
+    row.mask = MaskRow(p, shape, r, row.step);
+    row.last_visible = a.is_causal ? r % M + N - M : N - 1;
+    row.bm = p.x2.m + batch * N;
+    row.be = p.x2.e + batch * N;
+    bool any = false;
+    for (int64_t n = 0; n < N && !any; ++n) any = row.visible(n);
+    row.Ea = any ? AlignExponentsWhere(row.be, N, [&](int64_t n) { return row.visible(n); }) : 0;
+  };
+  ParallelFor(ctx, rows, prepare);
+  WideRows(
+      ctx, p.out, rows, N,
+      [&](int64_t r, int64_t n) {
+        const Row& row = info[size_t(r)];
+        return row.visible(n) ? ShiftBy(int64_t(dots[size_t(r * N + n)]) * row.bm[n], row.Ea - row.be[n]) : int64_t(0);
+      },
+      [&](int64_t r) { return Dyadic{p.x.m[r], p.x.e[r] + info[size_t(r)].Ea}; });
+}
+
 template <typename A>
 void DIBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProblem& p) {
   const int64_t M = p.M, K = p.K, N = p.N;
@@ -487,12 +668,14 @@ void DIBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const D
   // Q.K^T and lm_head (trans_b, int8 A): the dot products first, as DIMatMul's blocked SIMD GEMM per group of M
   // rows sharing a batch of B (decode's lm_head: 1 x 49152 x 576 over every thread); masked positions are
   // computed too and ignored below.
-  std::vector<int32_t> dots;
   if constexpr (std::is_same_v<A, int8_t>)
-    if (a.trans_b)
-      dots = GroupedGemm(ctx, gemm, static_cast<const int8_t*>(p.x.q), p.x.rows / M, M, N, K, [&](int64_t group) {
-        return static_cast<const int8_t*>(p.x2.q) + p.b_batch[size_t(group)] * N * K;
-      });
+    if (a.trans_b) {
+      const std::vector<int32_t> dots =
+          GroupedGemm(ctx, gemm, static_cast<const int8_t*>(p.x.q), p.x.rows / M, M, N, K, [&](int64_t group) {
+            return static_cast<const int8_t*>(p.x2.q) + p.b_batch[size_t(group)] * N * K;
+          });
+      return ScoresFromDots(ctx, a, p, out_shape, dots);
+    }
   auto row = [&](int64_t r) {
     const A* x = static_cast<const A*>(p.x.q) + r * K;
     const int64_t batch = p.b_batch[size_t(r / M)];
@@ -517,12 +700,8 @@ void DIBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const D
             continue;
           }
           int32_t acc = 0;
-          if (!dots.empty()) {
-            acc = dots[size_t(r * N + n)];
-          } else {
-            const int8_t* w = B + n * K;
-            for (int64_t k = 0; k < K; ++k) acc += int32_t(x[k]) * int32_t(w[k]);
-          }
+          const int8_t* w = B + n * K;
+          for (int64_t k = 0; k < K; ++k) acc += int32_t(x[k]) * int32_t(w[k]);
           v[n] = ShiftBy(int64_t(acc) * bm[n], Ea - be[n]);
         }
       }
@@ -531,13 +710,7 @@ void DIBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const D
       for (int64_t k = 0; k < K && !any; ++k) any = nonzero(k);
       if (any) {
         Ea = AlignExponentsWhere(be, K, nonzero);
-        std::fill(v, v + N, int64_t(0));
-        for (int64_t k = 0; k < K; ++k) {
-          if (x[k] == 0) continue;
-          const int64_t uk = ShiftBy(int64_t(x[k]) * bm[k], Ea - be[k]);
-          const int8_t* b = B + k * N;
-          for (int64_t n = 0; n < N; ++n) v[n] += uk * b[n];
-        }
+        ContextSums(x, K, N, B, bm, be, Ea, v);
       }
     }
     Scale s{kZeroM, kZeroE, true};
