@@ -12,6 +12,8 @@ else
   export EDGEQ_OPS_LIBRARY_CUDA=$PWD/$OPSBUILD/libedgeq_ops_cuda.so
 fi
 [ -f "$EDGEQ_OPS_LIBRARY_CUDA" ] || { echo "no prebuilt library in $OPSBUILD: run prepare --dest $OPSBUILD and carry it"; exit 2; }
+# The machine's copy of the tree may carry a stale .git: results name the commit prepare stamped instead.
+export EDGEQ_COMMIT=$(cut -d' ' -f1 "$OPSBUILD/COMMIT" 2>/dev/null || echo unknown)
 {
   echo "commit: $(cat "$OPSBUILD/COMMIT" 2>/dev/null || echo unknown)"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader
