@@ -31,6 +31,7 @@ ONE_Q30 = 1 << 30
 # (8.9e-5) with the constant term pinned to 1, so that the row maximum maps to exactly 2**30.
 EXP2_POLY = (-742586372, 248204643, -42537209)
 ROPE_FRAC = 14                     # rotary tables hold cos and sin in Q14 (int16, 1.0 = 16384)
+CLIP_ONE = 1 << 15                 # clip_q15 of no clipping: a row's range is max|v| * clip_q15 / 2**15
 ALIGN_WINDOW = 16                  # per-channel exponents within this of the smallest one are aligned exactly
 ADD_WINDOW = 39                    # DIAdd aligns two row exponents exactly when they differ by at most this
 ADD_WINDOW16 = 31                  # ... when either side holds int16 codes (|q m| < 2**30, shifted < 2**61)
@@ -109,14 +110,16 @@ def finish(q: np.ndarray, m: int, e: int) -> tuple[np.ndarray, int, int]:
     return q, m, e
 
 
-def dyn_quant(v: np.ndarray, mult: int, E: int, qmax: int) -> tuple[np.ndarray, int, int]:
+def dyn_quant(v: np.ndarray, mult: int, E: int, qmax: int, clip_q15: int = CLIP_ONE) -> tuple[np.ndarray, int, int]:
     """Per-row dynamic quantization of ``v * mult * 2**-E`` (v int64 ``[C]``, ``|v| <= 2**62``, mult in
     [1, 2**32)): codes in [-qmax, qmax] (int8, or int16 for qmax > 127, qmax < 2**15) and a dyadic scale
     ``(m, e)`` with max |v| mapped to qmax.
 
     v is first rounded to at most 31 bits (``sh``); codes are ``round(v' * qmax / A')`` computed as a
     multiply by the reciprocal ``R = round(qmax * 2**S / A')`` and a rounding shift by S,
-    ``S = bitlen(A') + 23 - max(0, bitlen(qmax) - 7)``; the scale is ``ratio(A' * mult, qmax) * 2**-(E - sh)``."""
+    ``S = bitlen(A') + 23 - max(0, bitlen(qmax) - 7)``; the scale is ``ratio(A' * mult, qmax) * 2**-(E - sh)``.
+    ``clip_q15`` < 2**15 (DINorm, DISwiGLU, DIRequant: the activations a linear reads): A' becomes
+    ``max(1, rshr(A' * clip_q15, 15))`` and codes beyond it saturate at +-qmax (|v'| stays below 2**31)."""
     codes = np.int8 if qmax < 1 << 7 else np.int16
     A = int(np.abs(v).max()) if v.size else 0
     if A == 0:
@@ -124,6 +127,8 @@ def dyn_quant(v: np.ndarray, mult: int, E: int, qmax: int) -> tuple[np.ndarray, 
     sh = max(0, A.bit_length() - 31)
     v = rshr(v, sh)
     A = int(np.abs(v).max())                      # in [1, 2**31]
+    if clip_q15 < CLIP_ONE:  # a learned clip: the range shrinks to A * clip (>= 1), the codes beyond saturate
+        A = max(1, rshr(A * clip_q15, 15))
     # S loses a bit per code bit above 7, so R < qmax * 2**(S + 1 - bitlen(A)) <= 2**31 for any qmax < 2**15
     S = A.bit_length() + 23 - max(0, qmax.bit_length() - 7)
     R = ((qmax << S) + (A >> 1)) // A
@@ -321,7 +326,7 @@ def rms_scale(q: np.ndarray, m: int, e: int, eps_q60: int) -> tuple[int, int] | 
     return math.isqrt(V), (ev + s2) // 2
 
 
-def di_norm(X, x_m, x_e, g_m, g_e, *, eps_q60: int, obits: int):
+def di_norm(X, x_m, x_e, g_m, g_e, *, eps_q60: int, obits: int, clip_q15: int = CLIP_ONE):
     """RMSNorm ``x / sqrt(mean(x**2) + eps) * gamma`` with gamma ``g_m * 2**-g_e`` per channel: the mean square
     normalized to 61 bits, divided by C, plus eps (``add_positive``), an exact integer square root (``isqrt``
     of a 60..62-bit value), ``ratio(m, r)`` for the row factor, then ``dyn_quant`` of the aligned ``q * g_m``
@@ -342,7 +347,7 @@ def di_norm(X, x_m, x_e, g_m, g_e, *, eps_q60: int, obits: int):
             rows.append((np.zeros(q.shape, np.int64), *ZERO_SCALE))
             continue
         mr, k = ratio(m, rms[0])
-        rows.append(dyn_quant(shift_each(q * g_m, shifts), mr, Ea + k + e - rms[1], qmax))
+        rows.append(dyn_quant(shift_each(q * g_m, shifts), mr, Ea + k + e - rms[1], qmax, clip_q15))
     return _outputs(rows, np.shape(X))
 
 
@@ -355,7 +360,7 @@ def sigmoid_q30(q: np.ndarray, m: int, e: int) -> np.ndarray:
     return np.where(q >= 0, R, ONE_Q30 - R)
 
 
-def di_swiglu(G, g_m, g_e, U, u_m, u_e, obits: int):
+def di_swiglu(G, g_m, g_e, U, u_m, u_e, obits: int, clip_q15: int = CLIP_ONE):
     """``silu(gate) * up`` per row: ``v = q_g * sigmoid_q30(q_g) * q_u`` (< 2**44), ``dyn_quant`` with multiplier
     ``m_g * m_u`` and exponent ``e_g + e_u + 30``."""
     qmax = qmax_of(obits)
@@ -363,7 +368,7 @@ def di_swiglu(G, g_m, g_e, U, u_m, u_e, obits: int):
     Ur, um, ue = _rows(U, u_m, u_e, "up")
     if Gr.shape != Ur.shape:
         raise ValueError(f"gate and up differ in shape: {np.shape(G)} vs {np.shape(U)}")
-    rows = [dyn_quant(g * sigmoid_q30(g, a, b) * u, a * c, b + d + 30, qmax)
+    rows = [dyn_quant(g * sigmoid_q30(g, a, b) * u, a * c, b + d + 30, qmax, clip_q15)
             for g, a, b, u, c, d in zip(Gr, gm.tolist(), ge.tolist(), Ur, um.tolist(), ue.tolist())]
     return _outputs(rows, np.shape(G))
 
@@ -499,7 +504,7 @@ def di_batch_matmul(A, a_m, a_e, B, b_m, b_e, mask=None, *, trans_b: int, is_cau
     return _outputs(rows, (*lead, M, N), np.int32)
 
 
-def di_requant(X, x_m, x_e, obits: int):
+def di_requant(X, x_m, x_e, obits: int, clip_q15: int = CLIP_ONE):
     """Merge the last two axes of ``X [..., G, D]`` (int8 or int32, per-row scales ``[..., G, 1]``) into rows of
     ``G * D`` int8 codes with one scale each (e.g. attention heads into a token): ``q * m`` (< 2**46) aligned over
     the G exponents (``align_exponents``), then ``dyn_quant``."""
@@ -514,5 +519,5 @@ def di_requant(X, x_m, x_e, obits: int):
     rows = []
     for q, mm, ee in zip(Xr, m, e):
         Ea, shifts = align_exponents(ee)
-        rows.append(dyn_quant(shift_each(q * mm[:, None], shifts[:, None]).reshape(-1), 1, Ea, qmax))
+        rows.append(dyn_quant(shift_each(q * mm[:, None], shifts[:, None]).reshape(-1), 1, Ea, qmax, clip_q15))
     return _outputs(rows, (*lead, G * D))

@@ -431,6 +431,16 @@ _OBITS = Attribute("obits", onnx.AttributeProto.INT, "output code width 2..8: co
                    "qmax = 2^(obits-1) - 1", check=_ql_bits)
 
 
+def _clip_q15(v) -> str | None:
+    return None if isinstance(v, int) and 1 <= v <= 1 << 15 else "must be in 1..32768 (c * 2^15; 32768: no clipping)"
+
+
+# The ops whose output a linear reads (DINorm, DISwiGLU, DIRequant) take a learned clip of their row range.
+_CLIP_Q15 = Attribute("clip_q15", onnx.AttributeProto.INT, "activation clip c * 2^15 (default 32768, none): each row "
+                      "is quantized over [-c max|v|, c max|v|], values beyond saturating at +-qmax",
+                      required=False, check=_clip_q15)
+
+
 def _check_dims(ctx, op: str, expected: dict) -> None:
     """Refuse an input whose known rank or static dims differ from ``expected`` (index -> (name, shape), where a
     None dim matches anything)."""
@@ -584,7 +594,7 @@ DI_NORM = OpDef(
     ),
     inputs=(*_int_activation("X", "x", "input activation", code_type="T"), *_channel_scales("g", "gamma [C]")),
     outputs=DI_OUTPUTS,
-    attributes=(Attribute("eps_q60", onnx.AttributeProto.INT, "epsilon * 2^60", check=_eps_q60), _OBITS),
+    attributes=(Attribute("eps_q60", onnx.AttributeProto.INT, "epsilon * 2^60", check=_eps_q60), _OBITS, _CLIP_Q15),
     type_constraints={"T": ("tensor(int8)", "tensor(int16)")},
     infer=_infer_integer("DINorm", expected=lambda ctx, a, d: {} if d is None or not isinstance(d[-1], int) else
                          {3: ("g_m", [d[-1]]), 4: ("g_e", [d[-1]])}),
@@ -595,7 +605,7 @@ def _two_input_op(name: str, doc: str, first: tuple[str, str, str], second: tupl
     prefix = second[1]
     return OpDef(
         name=name, doc=doc, inputs=(*_int_activation(*first), *_int_activation(*second)), outputs=DI_OUTPUTS,
-        attributes=(_OBITS,),
+        attributes=(_OBITS, _CLIP_Q15),
         infer=_infer_integer(name, same_shape=(3,), expected=lambda ctx, a, d: {} if d is None else
                              {4: (f"{prefix}_m", [*d[:-1], 1]), 5: (f"{prefix}_e", [*d[:-1], 1])}),
     )
@@ -746,7 +756,7 @@ DI_REQUANT = OpDef(
     ),
     inputs=(Input("X", "T", "codes [..., G, D]"), *_int_activation("X", "x", "rows to merge")[1:]),
     outputs=DI_OUTPUTS,
-    attributes=(_OBITS,),
+    attributes=(_OBITS, _CLIP_Q15),
     type_constraints={"T": ("tensor(int8)", "tensor(int32)")},
     infer=_infer_requant,
 )

@@ -26,6 +26,7 @@ constexpr int64_t kExpCap = int64_t(1) << 30;       // 64.0 in Q24: 2^-64 is 0 i
 constexpr int64_t kOneQ30 = int64_t(1) << 30;
 constexpr int64_t kExp2C1 = -742586372, kExp2C2 = 248204643, kExp2C3 = -42537209;  // 2^-f, Q30
 constexpr int kRopeFrac = 14;                       // rotary tables in Q14
+constexpr int64_t kClipOne = int64_t(1) << 15;      // clip_q15 of no clipping (1.0 in Q15)
 // DIAdd's exact alignment: |q m| < 2^22 for int8 codes (2^30 for int16), shifted left by at most the window,
 // stays below 2^61, so the sum of both sides stays below 2^62.
 constexpr int64_t kAlignWindow = 16, kAddWindow = 39, kAddWindow16 = 31;
@@ -113,8 +114,11 @@ struct QuantPlan {
 EDGEQ_HD inline int64_t DynQuantShift(int64_t A) { return Max(0, BitLen(uint64_t(A)) - 31); }
 
 // R <= qmax * 2^S / 2^(bitlen(A)-1) < 2^31 for every qmax < 2^15 (S shrinks by a bit per code bit above 8),
-// so |v * R| <= 2^31 * 2^31 = 2^62.
-EDGEQ_HD inline QuantPlan PlanDynQuant(int64_t A, int64_t sh, int64_t mult, int64_t E, int64_t qmax) {
+// so |v * R| <= 2^31 * 2^31 = 2^62. clip_q15 < 2^15: the range is A * clip (at least 1) instead of A, and the
+// values beyond it saturate at +-qmax (a learned activation clip; v stays below 2^31, so the bound holds).
+EDGEQ_HD inline QuantPlan PlanDynQuant(int64_t A, int64_t sh, int64_t mult, int64_t E, int64_t qmax,
+                                       int64_t clip_q15 = kClipOne) {
+  if (clip_q15 < kClipOne) A = Max(1, RShr(A * clip_q15, 15));
   QuantPlan p;
   p.qmax = qmax;
   p.S = BitLen(uint64_t(A)) + 23 - Max(0, BitLen(uint64_t(qmax)) - 7);
@@ -132,7 +136,8 @@ EDGEQ_HD inline int64_t DynQuantCode(int64_t shifted, const QuantPlan& p) {
 // Per-row dynamic quantization of v * mult * 2^-E (|v| <= 2^62, mult in [1, 2^32)) into codes in
 // [-qmax, qmax] (written to q) and the returned scale; see reference_integer.dyn_quant.
 template <typename Code>
-EDGEQ_HD inline Scale DynQuantRow(int64_t* v, int64_t n, int64_t mult, int64_t E, int64_t qmax, Code* q) {
+EDGEQ_HD inline Scale DynQuantRow(int64_t* v, int64_t n, int64_t mult, int64_t E, int64_t qmax, Code* q,
+                                  int64_t clip_q15 = kClipOne) {
   int64_t A = 0;
   for (int64_t i = 0; i < n; ++i) A = Max(A, Abs(v[i]));
   if (A == 0) {
@@ -147,7 +152,7 @@ EDGEQ_HD inline Scale DynQuantRow(int64_t* v, int64_t n, int64_t mult, int64_t E
       A = Max(A, Abs(v[i]));
     }
   }
-  const QuantPlan p = PlanDynQuant(A, sh, mult, E, qmax);
+  const QuantPlan p = PlanDynQuant(A, sh, mult, E, qmax, clip_q15);
   for (int64_t i = 0; i < n; ++i) q[i] = Code(DynQuantCode(v[i], p));
   return p.scale;
 }

@@ -242,6 +242,10 @@ DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op) {
       Fail(a.where, std::string("Y is ") + TypeName(got) + ", but obits=" + std::to_string(a.obits) + " gives " +
                         TypeName(want) + " codes");
   }
+  if (op == DiOp::kNorm || op == DiOp::kSwiGLU || op == DiOp::kRequant) {
+    a.clip_q15 = OptionalInt(raw, "clip_q15", integer::kClipOne);
+    ExpectRange(a.clip_q15, 1, integer::kClipOne, "clip_q15", a.where);
+  }
   switch (op) {
     case DiOp::kMatMul:
       a.K = ReadInt(info, "K", a.where);

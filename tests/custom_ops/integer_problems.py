@@ -133,11 +133,11 @@ REFERENCE = {
     "DIExp": lambda a, obits: ri.di_exp(*a, obits),
     "DIClippedSoftmax": lambda a, **kw: ri.di_clipped_softmax(*a, **kw),
     "DINorm": lambda a, **kw: ri.di_norm(*a, **kw),
-    "DISwiGLU": lambda a, obits: ri.di_swiglu(*a, obits),
+    "DISwiGLU": lambda a, obits, clip_q15=ri.CLIP_ONE: ri.di_swiglu(*a, obits, clip_q15),
     "DIRotary": lambda a, **kw: ri.di_rotary(*a, **kw),
     "DIAdd": lambda a, obits: ri.di_add(*a, obits),
     "DIBatchMatMul": lambda a, **kw: ri.di_batch_matmul(*a, **kw),
-    "DIRequant": lambda a, obits: ri.di_requant(*a, obits),
+    "DIRequant": lambda a, obits, clip_q15=ri.CLIP_ONE: ri.di_requant(*a, obits, clip_q15),
 }
 
 

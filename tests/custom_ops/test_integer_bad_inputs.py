@@ -66,6 +66,7 @@ def test_matmul_bad_shapes_and_values(cpu_library, change, match):
     ("DIClippedSoftmax", dict(clip_q8=0, is_causal=2, obits=8), r"attribute is_causal=2 must be in 0..1"),
     ("DINorm", dict(eps_q60=-5, obits=8), r"attribute eps_q60=-5 must be in \[0, 2\^61\)"),
     ("DIRotary", dict(interleaved=3, obits=8), r"attribute interleaved=3 must be in 0..1"),
+    ("DINorm", dict(eps_q60=0, obits=8, clip_q15=32769), r"attribute clip_q15=32769 must be in 1..32768"),
 ])
 def test_bad_attributes_fail_session_creation(cpu_library, op, attrs, match):
     r = rng()

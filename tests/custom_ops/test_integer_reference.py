@@ -84,6 +84,23 @@ def test_rotary_is_the_exact_rotation(bits, interleaved):
     assert steps_off(*y, exact) <= STEP_TOLERANCE["DIRotary"]
 
 
+@pytest.mark.parametrize("clip", [1 << 14, 30000, 1])
+def test_clipped_dyn_quant_saturates_beyond_the_clipped_range(clip):
+    """clip_q15 shrinks the row range to A * clip / 2^15: codes are round(v * qmax / A') inside it (within half a
+    step of the exact value) and +-qmax beyond; the scale is A' / qmax."""
+    rng = np.random.default_rng(60)
+    v = rng.integers(-(10**9), 10**9, 4001)
+    q, m, e = ri.dyn_quant(v, 1, 0, 127, clip)
+    A = ri.rshr(int(np.abs(v).max()), 0)
+    Ac = max(1, ri.rshr(A * clip, 15))
+    step = m * 2.0 ** -e
+    assert abs(step * 127 / Ac - 1) < 2**-13
+    inside = np.abs(v) <= Ac * (1 - 1 / 127)
+    if inside.any():  # (clip 1: the range is A / 2^15, nearly every value saturates)
+        assert np.abs(q[inside] * step - v[inside]).max() <= 0.5 * step * (1 + 1e-3)
+    assert (np.abs(q[~inside]) >= 126).all() and np.abs(q.astype(int)).max() == 127
+
+
 def test_rotary_heads_first_is_the_transposed_output():
     rng = np.random.default_rng(41)
     cos, sin = rotary_tables(64, 8)

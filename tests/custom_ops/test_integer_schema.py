@@ -89,6 +89,8 @@ def test_inference_refuses_inconsistent_shapes(op, inputs, attrs, match):
     ("DIClippedSoftmax", dict(clip_q8=70000, is_causal=0, obits=8), r"attribute clip_q8=70000"),
     ("DINorm", dict(eps_q60=1 << 61, obits=8), r"attribute eps_q60=2305843009213693952"),
     ("DIRotary", dict(interleaved=2, obits=8), r"attribute interleaved=2: must be 0 or 1"),
+    ("DINorm", dict(eps_q60=0, obits=8, clip_q15=0), r"attribute clip_q15=0: must be in 1..32768"),
+    ("DISwiGLU", dict(obits=8, clip_q15=40000), r"attribute clip_q15=40000: must be in 1..32768"),
 ])
 def test_make_node_checks_attributes(op, attrs, match):
     opdef = OPS[op]

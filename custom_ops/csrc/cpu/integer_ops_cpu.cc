@@ -43,8 +43,9 @@ int64_t* RowBuffer(int64_t n) {
 
 // Requantizes v (one row) into row r of the output (Code: int8, or DIMatMul's and DIAdd's int16 codes).
 template <typename Code = int8_t>
-void StoreRow(const IntOutput& out, int64_t r, int64_t* v, int64_t n, int64_t mult, int64_t E, int64_t qmax) {
-  const Scale s = DynQuantRow(v, n, mult, E, qmax, static_cast<Code*>(out.q) + r * n);
+void StoreRow(const IntOutput& out, int64_t r, int64_t* v, int64_t n, int64_t mult, int64_t E, int64_t qmax,
+              int64_t clip_q15 = kClipOne) {
+  const Scale s = DynQuantRow(v, n, mult, E, qmax, static_cast<Code*>(out.q) + r * n, clip_q15);
   out.m[r] = int32_t(s.m);
   out.e[r] = int8_t(s.e);
 }
@@ -102,13 +103,13 @@ void EachChunk(Ort::KernelContext& ctx, const Chunks& ch, const std::vector<int6
 
 template <typename Code, typename Value, typename RowScale>
 void QuantizeRows(Ort::KernelContext& ctx, const IntOutput& out, int64_t rows, int64_t n, int64_t qmax,
-                  const Value& value, const RowScale& scale) {
+                  const Value& value, const RowScale& scale, int64_t clip_q15 = kClipOne) {
   if (rows >= kFewRows) {  // a row per task, its values in a per-thread buffer (DynQuantRow whole)
     auto row = [&](int64_t r) {
       int64_t* v = RowBuffer(n);
       for (int64_t c = 0; c < n; ++c) v[c] = value(r, c);
       const Dyadic s = scale(r);
-      StoreRow<Code>(out, r, v, n, s.m, s.e, qmax);
+      StoreRow<Code>(out, r, v, n, s.m, s.e, qmax, clip_q15);
     };
     return ParallelFor(ctx, rows, row);
   }
@@ -127,7 +128,7 @@ void QuantizeRows(Ort::KernelContext& ctx, const IntOutput& out, int64_t rows, i
       const Dyadic s = scale(r);
       shifts[size_t(r)] = DynQuantShift(A);
       plan = PlanDynQuant(std::max(RShr(hi, shifts[size_t(r)]), -RShr(lo, shifts[size_t(r)])), shifts[size_t(r)], s.m,
-                          s.e, qmax);
+                          s.e, qmax, clip_q15);
     }
     out.m[r] = int32_t(plan.scale.m);
     out.e[r] = int8_t(plan.scale.e);
@@ -510,7 +511,7 @@ void DINorm(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
     const Dyadic rms = RmsScale(ss, C, m, e, a.eps_q60);
     const Dyadic factor = Ratio(uint64_t(m), uint64_t(rms.m));
     for (int64_t c = 0; c < C; ++c) v[c] = ShiftBy(int64_t(q[c]) * p.ch_m[c], Ea - p.ch_e[c]);
-    StoreRow(p.out, r, v, C, factor.m, Ea + factor.e + e - rms.e, a.qmax);
+    StoreRow(p.out, r, v, C, factor.m, Ea + factor.e + e - rms.e, a.qmax, a.clip_q15);
   };
   ParallelFor(ctx, p.x.rows, row);
 }
@@ -521,7 +522,7 @@ void DISwiGLU(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
   QuantizeRows<int8_t>(
       ctx, p.out, p.x.rows, C, a.qmax,
       [&](int64_t r, int64_t c) { return g[r * C + c] * SigmoidQ30(g[r * C + c], p.x.m[r], p.x.e[r]) * u[r * C + c]; },
-      [&](int64_t r) { return Dyadic{int64_t(p.x.m[r]) * p.x2.m[r], p.x.e[r] + p.x2.e[r] + 30}; });
+      [&](int64_t r) { return Dyadic{int64_t(p.x.m[r]) * p.x2.m[r], p.x.e[r] + p.x2.e[r] + 30}; }, a.clip_q15);
 }
 
 void DIRotary(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
@@ -733,7 +734,7 @@ void DIRequant(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
     int64_t* v = RowBuffer(G * D);
     for (int64_t g = 0; g < G; ++g)
       for (int64_t d = 0; d < D; ++d) v[g * D + d] = ShiftBy(int64_t(q[g * D + d]) * m[g], Ea - e[g]);
-    StoreRow(p.out, r, v, G * D, 1, Ea, a.qmax);
+    StoreRow(p.out, r, v, G * D, 1, Ea, a.qmax, a.clip_q15);
   };
   ParallelFor(ctx, p.x.rows / G, row);
 }

@@ -107,13 +107,13 @@ __device__ bool RowRange(const Value& value, int64_t n, int64_t r, const Split& 
 // DynQuantRow of row r's values value(0..n-1) * mult * 2^-E, spread over the block (or the blocks of `split`).
 template <typename Code, typename Value>
 __device__ void QuantizeRow(const Value& value, int64_t n, int64_t mult, int64_t E, int64_t qmax, Code* q, int32_t* m,
-                            int8_t* e, int64_t r, const Split& split) {
+                            int8_t* e, int64_t r, const Split& split, int64_t clip_q15 = kClipOne) {
   int64_t lo, hi;
   if (!RowRange(value, n, r, split, lo, hi)) return;
   const int64_t A = Max(Abs(lo), Abs(hi));
   if (A == 0) return ZeroRow(q, n, m, e, split);
   const int64_t sh = DynQuantShift(A);
-  const QuantPlan plan = PlanDynQuant(Max(RShr(hi, sh), -RShr(lo, sh)), sh, mult, E, qmax);
+  const QuantPlan plan = PlanDynQuant(Max(RShr(hi, sh), -RShr(lo, sh)), sh, mult, E, qmax, clip_q15);
   int64_t c0, c1;
   Chunk(n, c0, c1);
   for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) q[c] = Code(DynQuantCode(RShr(value(c), sh), plan));
@@ -411,7 +411,7 @@ __global__ void __launch_bounds__(kThreads) NormRows(DiArgs a, Split split) {
   const Dyadic rms = RmsScale(ss, C, m, e, a.eps_q60);
   const Dyadic factor = Ratio(uint64_t(m), uint64_t(rms.m));
   auto value = [&](int64_t c) { return ShiftBy(int64_t(q[c]) * a.ch_m[c], Ea - a.ch_e[c]); };
-  QuantizeRow(value, C, factor.m, Ea + factor.e + e - rms.e, a.qmax, y, a.y_m + r, a.y_e + r, r, split);
+  QuantizeRow(value, C, factor.m, Ea + factor.e + e - rms.e, a.qmax, y, a.y_m + r, a.y_e + r, r, split, a.clip_q15);
 }
 
 __global__ void __launch_bounds__(kThreads) SwiGLURows(DiArgs a, Split split) {
@@ -421,7 +421,7 @@ __global__ void __launch_bounds__(kThreads) SwiGLURows(DiArgs a, Split split) {
   const int64_t gm = a.x.m[r], ge = a.x.e[r];
   auto value = [&](int64_t c) { return g[c] * SigmoidQ30(g[c], gm, ge) * u[c]; };
   QuantizeRow(value, C, gm * a.x2.m[r], ge + a.x2.e[r] + 30, a.qmax, static_cast<int8_t*>(a.y) + r * C, a.y_m + r,
-              a.y_e + r, r, split);
+              a.y_e + r, r, split, a.clip_q15);
 }
 
 __global__ void __launch_bounds__(kThreads) RotaryRows(DiArgs a) {
@@ -518,7 +518,8 @@ __global__ void __launch_bounds__(kThreads) RequantRows(DiArgs a, Split split) {
   const int8_t* e = a.x.e + r * G;
   const int64_t Ea = BlockAlignAll(e, G);
   auto value = [&](int64_t i) { return ShiftBy(int64_t(q[i]) * m[i / D], Ea - e[i / D]); };
-  QuantizeRow(value, G * D, 1, Ea, a.qmax, static_cast<int8_t*>(a.y) + r * G * D, a.y_m + r, a.y_e + r, r, split);
+  QuantizeRow(value, G * D, 1, Ea, a.qmax, static_cast<int8_t*>(a.y) + r * G * D, a.y_m + r, a.y_e + r, r, split,
+              a.clip_q15);
 }
 
 size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
