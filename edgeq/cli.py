@@ -38,6 +38,7 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     q.add_argument("--lwc-lr", type=float, default=1e-2, help="OmniQuant: learning rate of the clipping strengths (default: 1e-2)")
     q.add_argument("--let-lr", type=float, default=5e-3, help="OmniQuant: learning rate of the channel scales (default: 5e-3)")
     q.add_argument("--let", choices=["auto", "on", "off"], default="auto", help="OmniQuant: learn channel scales; auto = on for weight-activation only (the paper's choice)")
+    q.add_argument("--act-clip", action="store_true", help="I-LLM: also learn a clip of the per-token range of each activation a linear reads (the ops' clip_q15)")
     q.add_argument("--batch-size", type=int, default=4, help="OmniQuant: calibration sequences per training step (default: 4)")
     q.add_argument("--nsamples", type=int, default=128, help="calibration sequences (default: 128)")
     q.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sequence (default: 512)")
@@ -55,7 +56,7 @@ def quant_config(args):
         common = dict(wbits=args.bits, abits=args.abits, epochs=args.epochs, lwc_lr=args.lwc_lr, let_lr=args.let_lr,
                       batch_size=args.batch_size, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
         if args.method == "illm":  # weight-activation only: per-channel weights, LET on
-            return ILLMConfig(**common)
+            return ILLMConfig(**common, act_clip=args.act_clip)
         return OmniQuantConfig(**common, group_size=args.group_size, let={"auto": None, "on": True, "off": False}[args.let])
     if args.method == "spqr":
         return SpQRConfig(bits=args.bits, group_size=args.group_size, stat_bits=args.stat_bits,

@@ -36,6 +36,7 @@ EDGEQ_DOMAIN = "edgeq"
 BITS_KEY = "edgeq.bits"
 ACT_BITS_KEY = "edgeq.act_bits"
 SOFTMAX_CLIP_KEY = "edgeq.softmax_clip"  # per layer, comma-separated: c of softmax over [max - c, max]
+ACT_CLIP_KEY = "edgeq.act_clip"  # per layer (";"-separated), its clips of the activations linears read (",")
 # SpQRDequantize / SpQRMatMul weight inputs, in order (the SpQRWeight on-disk tensors)
 SPQR_INPUTS = ("codes", "scale_codes", "zero_codes", "stats", "row_ptr", "cols", "values")
 STATIC_ROPE_TYPES = ("default", "llama3", "linear", "yarn")
@@ -314,6 +315,11 @@ class LlamaExporter:
         clips = [getattr(layer.self_attn, "softmax_clip", None) for layer in self.model.model.layers]
         if any(c is not None for c in clips):  # I-LLM's learned softmax ranges (0: none), for the integer-only pass
             props[SOFTMAX_CLIP_KEY] = ",".join("0" if c is None else repr(float(c.reshape(()))) for c in clips)
+        act = [getattr(layer.self_attn, "act_clip", None) for layer in self.model.model.layers]
+        if any(c is not None for c in act):  # I-LLM's learned activation clips (1: none), for the integer-only pass
+            sites = next(c.numel() for c in act if c is not None)
+            props[ACT_CLIP_KEY] = ";".join(",".join(repr(float(v)) for v in (c.reshape(-1).tolist() if c is not None
+                                                                               else [1.0] * sites)) for c in act)
         helper.set_model_props(model, props)
         return model
 

@@ -37,9 +37,10 @@ import onnx_ir as ir
 
 from edgeq.custom_ops import schema
 from edgeq.custom_ops.integer_codec import clip_q8, eps_q60, quantize, rotary_tables_for, to_dyadic
+from edgeq.custom_ops.reference_integer import CLIP_ONE
 from edgeq.custom_ops.quant_linear_packing import unpack_weights
 from edgeq.errors import EdgeqError
-from edgeq.exporter.llama_graph import SOFTMAX_CLIP_KEY
+from edgeq.exporter.llama_graph import ACT_CLIP_KEY, SOFTMAX_CLIP_KEY
 
 INNER_BITS = 8        # codes of activations that feed no linear: projections, rotary, KV cache, softmax
 RESIDUAL_BITS = 16    # the residual stream and the o/down projections that feed it (int16 codes): a few of its
@@ -268,16 +269,32 @@ class _Builder:
                                     self.init(f"{name}.w_e", w_e)], name, K=K, N=N, abits=lin.abits,
                        wbits=lin.wbits, obits=obits)
 
-    def norm(self, x: Act, gamma: np.ndarray, eps: float, name: str, obits: int) -> Act:
+    def norm(self, x: Act, gamma: np.ndarray, eps: float, name: str, obits: int, clip: int = CLIP_ONE) -> Act:
         g_m, g_e = to_dyadic(gamma.astype(np.float64))
         return self.di("DINorm", [*x, self.init(f"{name}.g_m", g_m), self.init(f"{name}.g_e", g_e)], name,
-                       eps_q60=eps_q60(eps), obits=obits)
+                       eps_q60=eps_q60(eps), obits=obits, **_clip_attr(clip))
 
 
 def _cache_values(name: str, kv: int, head_dim: int, seq: str) -> list[ir.Value]:
     shapes = (["batch", kv, seq, head_dim], ["batch", kv, seq, 1], ["batch", kv, seq, 1])
     return [ir.Value(name=name + suffix, type=ir.TensorType(t), shape=ir.Shape(s))
             for suffix, t, s in zip(("", *SCALES), (INT8, INT32, INT8), shapes)]
+
+
+def _clip_attr(clip: int) -> dict:
+    return {} if clip == CLIP_ONE else {"clip_q15": clip}
+
+
+def _act_clips(props, layers: int) -> list[list[int]]:
+    """Each layer's four ``clip_q15`` (input norm, heads, post norm, SwiGLU) from the model property
+    ``edgeq.act_clip`` (I-LLM's learned activation clips), else no clipping."""
+    text = props.get(ACT_CLIP_KEY)
+    if text is None:
+        return [[CLIP_ONE] * 4 for _ in range(layers)]
+    rows = [row.split(",") for row in text.split(";")]
+    if len(rows) != layers or any(len(r) != 4 for r in rows):
+        _fail(f"{ACT_CLIP_KEY} must hold 4 values for each of {layers} layers")
+    return [[int(min(CLIP_ONE, max(1, round(float(v) * CLIP_ONE)))) for v in r] for r in rows]
 
 
 def _softmax_clips(props, layers: int) -> list[int]:
@@ -318,10 +335,11 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
         ("v_heads", [1, 1, kv, 1]))}
     past_names, present = [], []
     clips = _softmax_clips(props, len(d.layers))
+    act_clips = _act_clips(props, len(d.layers))
 
     for layer in d.layers:
         i, p = layer.index, f"model.layers.{layer.index}.self_attn"
-        x = b.norm(h, layer.input_norm, d.eps, f"model.layers.{i}.input_layernorm", layer.q.abits)
+        x = b.norm(h, layer.input_norm, d.eps, f"model.layers.{i}.input_layernorm", layer.q.abits, act_clips[i][0])
         q = b.matmul(x, layer.q, p + ".q_proj", factor=layer.score_scale)
         k = b.matmul(x, layer.k, p + ".k_proj")
         v = b.matmul(x, layer.v, p + ".v_proj")
@@ -351,14 +369,15 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
                      obits=INNER_BITS)
         ctx = b.di("DIBatchMatMul", [*probs, *cached["value"]], p + "/ctx", trans_b=0)  # [B, heads, S, D]
         ctx = b.each("Transpose", ctx, p + "/ctx_t", [[]] * 3, perm=[0, 2, 1, 3])
-        ctx = b.di("DIRequant", ctx, p + "/ctx", obits=layer.o.abits)
+        ctx = b.di("DIRequant", ctx, p + "/ctx", obits=layer.o.abits, **_clip_attr(act_clips[i][1]))
         h = b.di("DIAdd", [*h, *b.matmul(ctx, layer.o, p + ".o_proj", obits=RESIDUAL_BITS)],
                  f"model.layers.{i}/residual_attn",
                  obits=RESIDUAL_BITS)
         m = f"model.layers.{i}.mlp"
-        x = b.norm(h, layer.post_norm, d.eps, f"model.layers.{i}.post_attention_layernorm", layer.gate.abits)
+        x = b.norm(h, layer.post_norm, d.eps, f"model.layers.{i}.post_attention_layernorm", layer.gate.abits,
+                   act_clips[i][2])
         glu = b.di("DISwiGLU", [*b.matmul(x, layer.gate, m + ".gate_proj"), *b.matmul(x, layer.up, m + ".up_proj")],
-                   m + "/glu", obits=layer.down.abits)
+                   m + "/glu", obits=layer.down.abits, **_clip_attr(act_clips[i][3]))
         h = b.di("DIAdd", [*h, *b.matmul(glu, layer.down, m + ".down_proj", obits=RESIDUAL_BITS)],
                  f"model.layers.{i}/residual_mlp",
                  obits=RESIDUAL_BITS)

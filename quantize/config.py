@@ -187,8 +187,11 @@ class ILLMConfig(OmniQuantConfig):
 
     wbits, abits: W8A8 / W6A6 / W4A4 (weights per-channel symmetric, LWC).  softmax_clip: initial clipping range
     c of the softmax input ([max - c, max]); learned with clip_lr unless clip_lr = 0; 0 disables clipping.
+    act_clip: also learn (at clip_lr, from 1.0) a clip of the per-token range of each activation a linear reads
+    (the two norms' outputs, the heads into o_proj, the SwiGLU output), exported as the ops' ``clip_q15``.
     Other fields: ``OmniQuantConfig`` (group_size must stay -1, LET is always on).
-    Format: ``GroupQuantWeight`` (+ rewritten norms, + each layer's ``self_attn.softmax_clip``); lowers to
+    Format: ``GroupQuantWeight`` (+ rewritten norms, + each layer's ``self_attn.softmax_clip`` and, with
+    act_clip, ``self_attn.act_clip``: the four clips in the order of ``illm.ACT_CLIP_SITES``); lowers to
     ``edgeq::QuantLinear`` and, with the ``integer-only`` pass, to the DI* ops.
     """
 
@@ -197,6 +200,7 @@ class ILLMConfig(OmniQuantConfig):
     group_size: int = -1
     softmax_clip: float = 12.0
     clip_lr: float = 1e-2
+    act_clip: bool = False
 
     def __post_init__(self):
         super().__post_init__()

@@ -19,8 +19,9 @@ What FSBR adds to OmniQuant's LET/LWC:
   (DIRequant), the SwiGLU output at down_proj's abits (DISwiGLU). Every rounding passes the gradient straight
   through.
 
-Activation clipping beyond the softmax is not learned: the DI ops quantize each row by its max, and clipping
-factors would have to become op attributes.
+* with ``act_clip``, a learned clip of each token's range for the four activations a linear reads
+  (``ACT_CLIP_SITES``), written as ``self_attn.act_clip``, exported as the model property ``edgeq.act_clip``
+  and read by the ``integer-only`` pass into those ops' ``clip_q15``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from torch import nn
 from edgeq.quantize.formats.float_weight import FloatWeight
 from edgeq.quantize.omniquant import TransformedBlock, fake_quant_tokens, round_ste, train_block
 
+# the activations a linear reads, in the order of self_attn.act_clip: DINorm (input norm -> q/k/v), DIRequant (heads
+# -> o_proj), DINorm (post norm -> gate/up), DISwiGLU (-> down_proj)
+ACT_CLIP_SITES = ("input_norm", "heads", "post_norm", "glu")
 INNER_BITS = 8  # passes.integer_only.INNER_BITS: projections, rotary, KV cache, probabilities
 RESIDUAL_BITS = 16  # passes.integer_only.RESIDUAL_BITS: the residual stream and the o/down outputs added to it
 
@@ -64,15 +68,19 @@ class FSBRBlock(TransformedBlock):
         self.learn_clip = config.softmax_clip > 0
         self.clip_softmax = nn.Parameter(torch.tensor(float(config.softmax_clip)),
                                          requires_grad=self.learn_clip and config.clip_lr > 0)
+        self.learn_act_clip = config.act_clip
+        self.clip_act = nn.Parameter(torch.ones(len(ACT_CLIP_SITES)),
+                                     requires_grad=config.act_clip and config.clip_lr > 0)
 
     def forward(self, x: torch.Tensor, position_embeddings=None, attention_mask=None, **_) -> torch.Tensor:
         p, bits = self.quantized(), self.config.abits
+        clips = self.clip_act if self.learn_act_clip else [None] * len(ACT_CLIP_SITES)
         q8 = lambda t: fake_quant_tokens(t, INNER_BITS)  # noqa: E731
         r16 = lambda t: fake_quant_tokens(t, RESIDUAL_BITS)  # noqa: E731
         lin = lambda t, name: nn.functional.linear(t, p[f"{name}.weight"])  # noqa: E731
         b, s, _ = x.shape
         h = r16(x)
-        a = fake_quant_tokens(self.rms_norm(h, p["input_layernorm.weight"]), bits)
+        a = fake_quant_tokens(self.rms_norm(h, p["input_layernorm.weight"]), bits, clips[0])
         heads = lambda t, n: t.reshape(b, s, n, self.head_dim).transpose(1, 2)  # noqa: E731
         q = heads(q8(lin(a, "self_attn.q_proj")), self.num_heads)
         k = heads(q8(lin(a, "self_attn.k_proj")), self.num_kv)
@@ -89,11 +97,11 @@ class FSBRBlock(TransformedBlock):
             causal = torch.ones(s, s, dtype=torch.bool, device=x.device).triu(1)
             scores = scores.masked_fill(causal, float("-inf"))
         probs = clipped_softmax_q8(scores, self.clip_softmax if self.learn_clip else None)
-        ctx = fake_quant_tokens((probs @ v).transpose(1, 2).reshape(b, s, -1), bits)
+        ctx = fake_quant_tokens((probs @ v).transpose(1, 2).reshape(b, s, -1), bits, clips[1])
         h = r16(h + r16(lin(ctx, "self_attn.o_proj")))
-        a = fake_quant_tokens(self.rms_norm(h, p["post_attention_layernorm.weight"]), bits)
+        a = fake_quant_tokens(self.rms_norm(h, p["post_attention_layernorm.weight"]), bits, clips[2])
         glu = nn.functional.silu(q8(lin(a, "mlp.gate_proj"))) * q8(lin(a, "mlp.up_proj"))
-        return r16(h + r16(lin(fake_quant_tokens(glu, bits), "mlp.down_proj")))
+        return r16(h + r16(lin(fake_quant_tokens(glu, bits, clips[3]), "mlp.down_proj")))
 
     def rms_norm(self, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * gamma
@@ -103,6 +111,8 @@ class FSBRBlock(TransformedBlock):
         out = super().fold()
         if self.learn_clip:
             out["self_attn.softmax_clip"] = FloatWeight(self.clip_softmax.detach().reshape(1).clone())
+        if self.learn_act_clip:
+            out["self_attn.act_clip"] = FloatWeight(self.clip_act.detach().clamp(2.0**-15, 1.0).clone())
         return out
 
 

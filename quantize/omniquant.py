@@ -97,10 +97,14 @@ class LearnedClipping(nn.Module):
         )
 
 
-def fake_quant_tokens(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Per-token symmetric dynamic quantization of activations (STE), as ``edgeq::QuantLinear`` does."""
+def fake_quant_tokens(x: torch.Tensor, bits: int, clip: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token symmetric dynamic quantization of activations (STE), as ``edgeq::QuantLinear`` does; ``clip``
+    (in (0, 1], learnable) shrinks each token's range to clip * max|x|, the values beyond saturating."""
     qmax = 2 ** (bits - 1) - 1
-    scale = (x.abs().amax(dim=-1, keepdim=True) / qmax).clamp(min=SCALE_FLOOR)
+    top = x.abs().amax(dim=-1, keepdim=True)
+    if clip is not None:
+        top = top * clip.clamp(2.0**-15, 1.0)
+    scale = (top / qmax).clamp(min=SCALE_FLOOR)
     return torch.clamp(round_ste(x / scale), -qmax - 1, qmax) * scale
 
 

@@ -147,3 +147,24 @@ def test_simulated_forward_is_the_fp_block_when_nothing_rounds(monkeypatch):
     x, kwargs = runner.inputs[0], runner.layer_kwargs[0]
     ref = torch.func.functional_call(block.layer, block.quantized(), (x,), kwargs)
     torch.testing.assert_close(block(x, **kwargs), ref[0] if isinstance(ref, tuple) else ref, rtol=1e-3, atol=1e-4)
+
+
+def test_learned_activation_clips_reach_the_integer_ops(tmp_path):
+    """act_clip: FSBR learns four clips per layer (input norm, heads, post norm, SwiGLU), in (0, 1] and moved
+    from their 1.0 start by training at W4A4, and the integer-only pass writes each as round(c * 2^15) into the
+    clip_q15 of the DINorm / DIRequant / DINorm / DISwiGLU that quantize those activations."""
+    from edgeq.cli import integer_only_passes
+    from edgeq.exporter.export import export
+
+    model = make_tiny_llama()
+    qweights = quantize_(model, ILLMConfig(wbits=4, abits=4, epochs=3, nsamples=8, seqlen=32, act_clip=True,
+                                           clip_lr=5e-2), CALIB)
+    clips = [qweights[f"model.layers.{i}.self_attn.act_clip"].tensor for i in range(len(model.model.layers))]
+    assert all(c.shape == (4,) and ((c > 0) & (c <= 1)).all() for c in clips)
+    assert any((c < 0.999).any() for c in clips)
+    proto = onnx.load(export(model, None, tmp_path / "model.onnx", transform=integer_only_passes))
+    per_op = {op: [next((a.i for a in n.attribute if a.name == "clip_q15"), 1 << 15) for n in proto.graph.node
+                   if n.op_type == op] for op in ("DINorm", "DIRequant", "DISwiGLU")}
+    want = [[min(1 << 15, max(1, round(float(v) * (1 << 15)))) for v in c] for c in clips]
+    assert per_op["DINorm"][:-1] == [w[k] for w in want for k in (0, 2)]  # the last DINorm is the final norm
+    assert per_op["DIRequant"] == [w[1] for w in want] and per_op["DISwiGLU"] == [w[3] for w in want]
