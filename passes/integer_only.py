@@ -41,6 +41,7 @@ from edgeq.custom_ops.reference_integer import CLIP_ONE
 from edgeq.custom_ops.quant_linear_packing import unpack_weights
 from edgeq.errors import EdgeqError
 from edgeq.exporter.llama_graph import ACT_CLIP_KEY, SOFTMAX_CLIP_KEY
+from edgeq.quantize.illm import ACT_CLIP_SITES
 
 INNER_BITS = 8        # codes of activations that feed no linear: projections, rotary, KV cache, softmax
 RESIDUAL_BITS = 16    # the residual stream and the o/down projections that feed it (int16 codes): a few of its
@@ -286,14 +287,15 @@ def _clip_attr(clip: int) -> dict:
 
 
 def _act_clips(props, layers: int) -> list[list[int]]:
-    """Each layer's four ``clip_q15`` (input norm, heads, post norm, SwiGLU) from the model property
+    """Each layer's ``clip_q15`` per ``ACT_CLIP_SITES`` (input norm, heads, post norm, SwiGLU) from the model property
     ``edgeq.act_clip`` (I-LLM's learned activation clips), else no clipping."""
+    sites = len(ACT_CLIP_SITES)
     text = props.get(ACT_CLIP_KEY)
     if text is None:
-        return [[CLIP_ONE] * 4 for _ in range(layers)]
+        return [[CLIP_ONE] * sites for _ in range(layers)]
     rows = [row.split(",") for row in text.split(";")]
-    if len(rows) != layers or any(len(r) != 4 for r in rows):
-        _fail(f"{ACT_CLIP_KEY} must hold 4 values for each of {layers} layers")
+    if len(rows) != layers or any(len(r) != sites for r in rows):
+        _fail(f"{ACT_CLIP_KEY} must hold {sites} values for each of {layers} layers")
     return [[int(min(CLIP_ONE, max(1, round(float(v) * CLIP_ONE)))) for v in r] for r in rows]
 
 

@@ -182,12 +182,14 @@ std::vector<int64_t> PrepareBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& 
   if (p.K > integer::kMaxBatchK)
     Fail(where, "K=" + std::to_string(p.K) + " exceeds " + std::to_string(integer::kMaxBatchK));
   int64_t batches = 1, b_stride = 1;
-  std::vector<int64_t> strides(r - 2, 0);
+  p.b_strides.assign(r - 2, 0);
+  p.b_groups.assign(r - 2, 1);
   for (size_t i = r - 2; i-- > 0;) {  // B's dim equal to A's, 1, or a divisor (grouped-query attention)
     if (bs[i] < 1 || as[i] % bs[i] != 0)
       Fail(where, "B has shape " + ShapeText(bs) + ": batch dims must equal A's " + ShapeText(as) +
                       ", be 1 or divide them");
-    strides[i] = b_stride;
+    p.b_strides[i] = b_stride;
+    p.b_groups[i] = as[i] / bs[i];
     b_stride *= bs[i];
     batches *= as[i];
   }
@@ -195,7 +197,7 @@ std::vector<int64_t> PrepareBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& 
   for (int64_t b = 0; b < batches; ++b)
     for (int64_t i = int64_t(r) - 3, rest = b; i >= 0; --i) {
       const size_t d = size_t(i);
-      p.b_batch[size_t(b)] += (rest % as[d]) / (as[d] / bs[d]) * strides[d];
+      p.b_batch[size_t(b)] += (rest % as[d]) / p.b_groups[d] * p.b_strides[d];
       rest /= as[d];
     }
   std::vector<int64_t> out(as);

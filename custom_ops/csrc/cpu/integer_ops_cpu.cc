@@ -41,13 +41,16 @@ int64_t* RowBuffer(int64_t n) {
   return buffer.data();
 }
 
+void StoreScale(const IntOutput& out, int64_t r, const Scale& s) {
+  out.m[r] = int32_t(s.m);
+  out.e[r] = int8_t(s.e);
+}
+
 // Requantizes v (one row) into row r of the output (Code: int8, or DIMatMul's and DIAdd's int16 codes).
 template <typename Code = int8_t>
 void StoreRow(const IntOutput& out, int64_t r, int64_t* v, int64_t n, int64_t mult, int64_t E, int64_t qmax,
               int64_t clip_q15 = kClipOne) {
-  const Scale s = DynQuantRow(v, n, mult, E, qmax, static_cast<Code*>(out.q) + r * n, clip_q15);
-  out.m[r] = int32_t(s.m);
-  out.e[r] = int8_t(s.e);
+  StoreScale(out, r, DynQuantRow(v, n, mult, E, qmax, static_cast<Code*>(out.q) + r * n, clip_q15));
 }
 
 // Requantization of rows of values value(r, c) with scale(r) = (multiplier, exponent): many rows, a row per task
@@ -91,6 +94,18 @@ std::vector<std::pair<int64_t, int64_t>> RowValues(Ort::KernelContext& ctx, cons
   return range;
 }
 
+// Many rows: finish(r, v, scale(r)) for each row r with its values value(r, 0..n-1) in a per-thread buffer v.
+template <typename Value, typename RowScale, typename Finish>
+void WholeRows(Ort::KernelContext& ctx, int64_t rows, int64_t n, const Value& value, const RowScale& scale,
+               const Finish& finish) {
+  auto row = [&](int64_t r) {
+    int64_t* v = RowBuffer(n);
+    for (int64_t c = 0; c < n; ++c) v[c] = value(r, c);
+    finish(r, v, scale(r));
+  };
+  ParallelFor(ctx, rows, row);
+}
+
 // write(r, c, value at (r, c)) over every chunk in parallel.
 template <typename Write>
 void EachChunk(Ort::KernelContext& ctx, const Chunks& ch, const std::vector<int64_t>& v, const Write& write) {
@@ -104,15 +119,10 @@ void EachChunk(Ort::KernelContext& ctx, const Chunks& ch, const std::vector<int6
 template <typename Code, typename Value, typename RowScale>
 void QuantizeRows(Ort::KernelContext& ctx, const IntOutput& out, int64_t rows, int64_t n, int64_t qmax,
                   const Value& value, const RowScale& scale, int64_t clip_q15 = kClipOne) {
-  if (rows >= kFewRows) {  // a row per task, its values in a per-thread buffer (DynQuantRow whole)
-    auto row = [&](int64_t r) {
-      int64_t* v = RowBuffer(n);
-      for (int64_t c = 0; c < n; ++c) v[c] = value(r, c);
-      const Dyadic s = scale(r);
+  if (rows >= kFewRows)  // DynQuantRow whole, a row per task
+    return WholeRows(ctx, rows, n, value, scale, [&](int64_t r, int64_t* v, Dyadic s) {
       StoreRow<Code>(out, r, v, n, s.m, s.e, qmax, clip_q15);
-    };
-    return ParallelFor(ctx, rows, row);
-  }
+    });
   const Chunks ch(rows, n);
   std::vector<int64_t> v;
   const auto range = RowValues(ctx, ch, value, v);
@@ -130,8 +140,7 @@ void QuantizeRows(Ort::KernelContext& ctx, const IntOutput& out, int64_t rows, i
       plan = PlanDynQuant(std::max(RShr(hi, shifts[size_t(r)]), -RShr(lo, shifts[size_t(r)])), shifts[size_t(r)], s.m,
                           s.e, qmax, clip_q15);
     }
-    out.m[r] = int32_t(plan.scale.m);
-    out.e[r] = int8_t(plan.scale.e);
+    StoreScale(out, r, plan.scale);
   }
   Code* q = static_cast<Code*>(out.q);
   EachChunk(ctx, ch, v, [&](int64_t r, int64_t c, int64_t x) {
@@ -142,17 +151,10 @@ void QuantizeRows(Ort::KernelContext& ctx, const IntOutput& out, int64_t rows, i
 template <typename Value, typename RowScale>
 void WideRows(Ort::KernelContext& ctx, const IntOutput& out, int64_t rows, int64_t n, const Value& value,
               const RowScale& scale) {
-  if (rows >= kFewRows) {
-    auto row = [&](int64_t r) {
-      int64_t* v = RowBuffer(n);
-      for (int64_t c = 0; c < n; ++c) v[c] = value(r, c);
-      const Dyadic d = scale(r);
-      const Scale s = WideQuantRow(v, n, d.m, d.e, static_cast<int32_t*>(out.q) + r * n);
-      out.m[r] = int32_t(s.m);
-      out.e[r] = int8_t(s.e);
-    };
-    return ParallelFor(ctx, rows, row);
-  }
+  if (rows >= kFewRows)  // WideQuantRow whole, a row per task
+    return WholeRows(ctx, rows, n, value, scale, [&](int64_t r, int64_t* v, Dyadic d) {
+      StoreScale(out, r, WideQuantRow(v, n, d.m, d.e, static_cast<int32_t*>(out.q) + r * n));
+    });
   const Chunks ch(rows, n);
   std::vector<int64_t> v;
   const auto range = RowValues(ctx, ch, value, v);
@@ -168,8 +170,7 @@ void WideRows(Ort::KernelContext& ctx, const IntOutput& out, int64_t rows, int64
       shifts[size_t(r)] = WideQuantShift(A);
       s = WideQuantScale(shifts[size_t(r)], d.m, d.e);
     }
-    out.m[r] = int32_t(s.m);
-    out.e[r] = int8_t(s.e);
+    StoreScale(out, r, s);
   }
   int32_t* y = static_cast<int32_t*>(out.q);
   EachChunk(ctx, ch, v, [&](int64_t r, int64_t c, int64_t x) {
@@ -432,6 +433,20 @@ void DIExp(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
   ParallelFor(ctx, p.x.rows, row);
 }
 
+// Row r's mask row (nullptr without a mask) and its step along the keys, for scores of shape ``shape``.
+const bool* MaskRow(const DiProblem& p, const std::vector<int64_t>& shape, int64_t r, int64_t& step) {
+  step = 0;
+  if (p.mask == nullptr) return nullptr;
+  const int64_t rank = int64_t(shape.size());
+  const bool* mask = p.mask;
+  for (int64_t d = rank - 2, rest = r; d >= 0; --d) {
+    mask += (rest % shape[d]) * p.mask_strides[d];
+    rest /= shape[d];
+  }
+  step = p.mask_strides[rank - 1];
+  return mask;
+}
+
 template <typename T>
 void DIClippedSoftmax(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
   const int64_t C = p.x.C, rank = int64_t(p.x.shape.size());
@@ -440,15 +455,8 @@ void DIClippedSoftmax(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem
   auto row = [&](int64_t r) {
     const T* q = static_cast<const T*>(p.x.q) + r * C;
     uint8_t* y = static_cast<uint8_t*>(p.out.q) + r * C;
-    const bool* mask = p.mask;
-    int64_t mask_step = 0;
-    if (mask != nullptr) {  // the mask row of this row's leading index
-      for (int64_t d = rank - 2, rest = r; d >= 0; --d) {
-        mask += (rest % p.x.shape[d]) * p.mask_strides[d];
-        rest /= p.x.shape[d];
-      }
-      mask_step = p.mask_strides[rank - 1];
-    }
+    int64_t mask_step;
+    const bool* mask = MaskRow(p, p.x.shape, r, mask_step);
     const int64_t last_visible = a.is_causal ? r % Sq + C - Sq : C - 1;
     auto visible = [&](int64_t j) { return j <= last_visible && (mask == nullptr || mask[j * mask_step]); };
     int64_t top = 0;
@@ -538,7 +546,7 @@ void DIRotary(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
       v[ia] = int64_t(q[ia]) * cs[i] - int64_t(q[ib]) * sn[i];
       v[ib] = int64_t(q[ib]) * cs[i] + int64_t(q[ia]) * sn[i];
     }
-    const int64_t out = a.heads_first ? (token / S * H + r % H) * S + token % S : r;
+    const int64_t out = RotaryOutputRow(r, S, H, a.heads_first);
     StoreRow(p.out, out, v, D, p.x.m[scale], p.x.e[scale] + kRopeFrac, a.qmax);
   };
   ParallelFor(ctx, p.x.rows, row);
@@ -578,20 +586,6 @@ void DIAddAny(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
 
 // ---------------------------------------------------------------------------------------------------------
 // DIBatchMatMul and DIRequant (attention), one output row per task
-
-// Row r's mask row (nullptr without a mask) and its step along the keys, for scores of shape ``shape``.
-const bool* MaskRow(const DiProblem& p, const std::vector<int64_t>& shape, int64_t r, int64_t& step) {
-  step = 0;
-  if (p.mask == nullptr) return nullptr;
-  const int64_t rank = int64_t(shape.size());
-  const bool* mask = p.mask;
-  for (int64_t d = rank - 2, rest = r; d >= 0; --d) {
-    mask += (rest % shape[d]) * p.mask_strides[d];
-    rest /= shape[d];
-  }
-  step = p.mask_strides[rank - 1];
-  return mask;
-}
 
 // P.V's v[n] = sum_k u[k] * B[k, n], u[k] = x[k] * b_m[k] aligned to Ea (< 2^39; the sums < 2^62), over the k
 // with x[k] != 0. With AVX-512 DQ, 64 columns at a time in eight registers of int64 lanes (vpmullq): the keys

@@ -96,15 +96,12 @@ DiArgs ArgsOf(const DiAttrs& a, const DiProblem& p) {
       args.K = p.K;
       args.N = p.N;
       args.groups = p.x.rows / p.M;
-      // group g of A takes B's batch as PrepareIntegerOp's b_batch does, computed on the device
-      const std::vector<int64_t>&as = p.x.shape, &bs = p.x2.shape;
-      args.batch_rank = int(as.size()) - 2;
-      int64_t stride = 1;
-      for (int i = args.batch_rank - 1; i >= 0; --i) {
-        args.batch_dims[i] = as[size_t(i)];
-        args.batch_group[i] = as[size_t(i)] / bs[size_t(i)];
-        args.b_strides[i] = stride;
-        stride *= bs[size_t(i)];
+      // group g of A takes B's batch as PrepareIntegerOp's b_batch does, computed on the device from its mapping
+      args.batch_rank = int(p.b_strides.size());
+      for (int i = 0; i < args.batch_rank; ++i) {
+        args.batch_dims[i] = p.x.shape[size_t(i)];
+        args.batch_group[i] = p.b_groups[size_t(i)];
+        args.b_strides[i] = p.b_strides[size_t(i)];
       }
       break;
     }

@@ -438,7 +438,7 @@ __global__ void __launch_bounds__(kThreads) RotaryRows(DiArgs a) {
     const int64_t ia = a.interleaved ? 2 * i : i, ib = a.interleaved ? 2 * i + 1 : i + half;
     return second ? int64_t(q[ib]) * cs[i] + int64_t(q[ia]) * sn[i] : int64_t(q[ia]) * cs[i] - int64_t(q[ib]) * sn[i];
   };
-  const int64_t out = a.heads_first ? (token / a.S * a.H + r % a.H) * a.S + token % a.S : r;
+  const int64_t out = RotaryOutputRow(r, a.S, a.H, a.heads_first);
   QuantizeRow(value, D, a.x.m[scale], a.x.e[scale] + kRopeFrac, a.qmax, static_cast<int8_t*>(a.y) + out * D,
               a.y_m + out, a.y_e + out, r, Split());
 }
