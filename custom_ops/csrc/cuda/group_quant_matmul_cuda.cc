@@ -13,11 +13,10 @@ namespace cuda {
 namespace {
 
 GqmmKernel GqmmKernelFromEnv(const std::string& where) {
-  static const char* const names[] = {"decode", "decode-rows", "decode-mma", "decode-h2", "decode-bulk", "gemm",
-                                      "tiled",  "generic"};
+  static const char* const names[] = {"decode", "decode-rows", "decode-mma", "decode-h2", "gemm", "tiled", "generic"};
   static const GqmmKernel values[] = {GqmmKernel::kDecode,      GqmmKernel::kDecodeRows, GqmmKernel::kDecodeMma,
-                                      GqmmKernel::kDecodeHalf2, GqmmKernel::kDecodeBulk, GqmmKernel::kGemm,
-                                      GqmmKernel::kTiled,       GqmmKernel::kGeneric};
+                                      GqmmKernel::kDecodeHalf2, GqmmKernel::kGemm,       GqmmKernel::kTiled,
+                                      GqmmKernel::kGeneric};
   return KernelFromEnv("EDGEQ_GQMM_KERNEL", names, values, GqmmKernel::kAuto, where);
 }
 

@@ -27,9 +27,7 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 
-#include "bulk_copy.cuh"
 #include "cublas_gemm.h"
 #include "group_kernels.cuh"
 #include "group_quant_matmul_kernels.h"
@@ -448,275 +446,6 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, MINB)
   }
 }
 
-// decode-bulk (float16, M = 1, K % 128 == 0, sm_90): a persistent batch-1 GEMV fed by the bulk copy engine. A
-// block per SM owns a contiguous range of rows, which are contiguous bytes of B; one producer thread streams them
-// through a ring of shared-memory slots of whole rows (cp.async.bulk on mbarriers), so up to a ring of slots
-// of weights per SM are in flight whatever the compute's registers (decode-h2 keeps about one load per warp in
-// flight and stalls on it: DRAM 24% busy at 22% occupancy). kBulkWarps consumer warps decode from shared memory
-// with decode-h2's half2 arithmetic; the activations are staged once per block already paired for the codes
-// (ActivationPair), and each row's (scale, zero point) once per block as half2. A slot's rows go to the
-// consumer warps as RW rows x (kBulkWarps * RW / slot_rows) segments of K; each warp's row sums land in shared
-// memory and are added in a fixed order at the end (deterministic).
-constexpr int kBulkMaxSlots = 8;
-constexpr int kBulkHeaderBytes = 128;  // the slots' mbarriers
-
-// Measurement switches (temporary): EDGEQ_GQMM_BULK_MODE=1 skips the decode (streaming alone), 2 takes the
-// exact c - z arithmetic, else the scaled one; EDGEQ_GQMM_BULK_SLOTS and EDGEQ_GQMM_BULK_SLOT_KB size the ring.
-inline int EnvInt(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  return v && *v ? std::atoi(v) : fallback;
-}
-inline int BulkMode() {
-  static const int mode = EnvInt("EDGEQ_GQMM_BULK_MODE", 0);
-  return mode;
-}
-inline int BulkSlots() {
-  static const int slots = std::max(2, std::min(kBulkMaxSlots, EnvInt("EDGEQ_GQMM_BULK_SLOTS", 4)));
-  return slots;
-}
-inline int BulkSlotBytes() {
-  static const int bytes = 1024 * EnvInt("EDGEQ_GQMM_BULK_SLOT_KB", 24);
-  return bytes;
-}
-
-struct BulkPlan {
-  int grid = 0, slots = 0, slot_rows = 0, warps = 0, rows_per_warp = 0, segments = 0, rows_max = 0;
-  size_t smem = 0;
-};
-
-inline int BulkWarps() {
-  static const int warps = EnvInt("EDGEQ_GQMM_BULK_WARPS", 16) == 24 ? 24 : 16;
-  return warps;
-}
-inline int BulkRows() {
-  static const int rows = EnvInt("EDGEQ_GQMM_BULK_RW", 2) == 4 ? 4 : 2;
-  return rows;
-}
-
-inline BulkPlan PlanBulkDecode(int64_t N, int64_t K, int64_t bits, int64_t n_groups) {
-  BulkPlan p;
-  const int64_t row_bytes = K * bits / 8;
-  p.slots = BulkSlots();
-  p.slot_rows = 1;
-  while (p.slot_rows < 16 && 2 * p.slot_rows * row_bytes <= BulkSlotBytes()) p.slot_rows *= 2;
-  p.warps = bits == 4 ? BulkWarps() : 16;
-  p.rows_per_warp = std::min(p.slot_rows, bits == 4 ? BulkRows() : 2);
-  p.segments = p.warps * p.rows_per_warp / p.slot_rows;
-  p.grid = static_cast<int>(std::min<int64_t>(MultiprocessorCount(), N));
-  p.rows_max = p.grid > 0 ? static_cast<int>((N + p.grid - 1) / p.grid) : 0;
-  p.smem = kBulkHeaderBytes + static_cast<size_t>(p.slots) * p.slot_rows * row_bytes + 2 * static_cast<size_t>(K) +
-           static_cast<size_t>(K) / 4 +
-           4 * static_cast<size_t>(p.rows_max) * (n_groups + p.segments);
-  return p;
-}
-
-// The codes of piece p of RW consecutive rows of a slot (zeros if !valid).
-template <int BITS, int RW>
-__device__ __forceinline__ void BulkLoadPiece(const uint8_t* codes, int row_bytes, int p, bool valid,
-                                              uint32_t (&w)[RW][Half2Layout<BITS>::kWordsHeld]) {
-  using L = Half2Layout<BITS>;
-#pragma unroll
-  for (int r = 0; r < RW; ++r) {
-    const uint32_t* src = reinterpret_cast<const uint32_t*>(codes + static_cast<size_t>(r) * row_bytes) +
-                          (valid ? p : 0) * L::kPieceWords;
-    if constexpr (L::kPieceWords == 4) {
-      const uint4 v = valid ? *reinterpret_cast<const uint4*>(src) : make_uint4(0u, 0u, 0u, 0u);
-      w[r][0] = v.x; w[r][1] = v.y; w[r][2] = v.z; w[r][3] = v.w;
-    } else if constexpr (L::kPieceWords == 2) {
-      const uint2 v = valid ? *reinterpret_cast<const uint2*>(src) : make_uint2(0u, 0u);
-      w[r][0] = v.x; w[r][1] = v.y;
-    } else {
-#pragma unroll
-      for (int i = 0; i < L::kPieceWords; ++i) w[r][i] = valid ? src[i] : 0u;
-    }
-#pragma unroll
-    for (int i = L::kPieceWords; i < L::kWordsHeld; ++i) w[r][i] = 0u;
-  }
-}
-
-// One row's 16-code block b of a piece against its activation pairs xp, decode-h2's way: c - z exact, times the
-// scale (one rounding), times x into two fp16 chains. st = (scale, zero point).
-template <int BITS>
-__device__ __forceinline__ float BulkBlockExact(const uint32_t* w, int b, __half2 st, const uint32_t* xp) {
-  using P = MmaPairs<BITS>;
-  const __half2 scale2 = __low2half2(st), zero2 = __high2half2(st);
-  __half2 unit_mul[2], offset[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    unit_mul[h] = __floats2half2_rn(1.f / float(1 << P::Low(h)), 1.f / float(1 << P::High(h)));
-    offset[h] = __hsub2(__floats2half2_rn(-1024.f / float(1 << P::Low(h)), -1024.f / float(1 << P::High(h))), zero2);
-  }
-  __half2 sums[2] = {__float2half2_rn(0.f), __float2half2_rn(0.f)};
-#pragma unroll
-  for (int q = 0; q < 8; ++q) {
-    const __half2 c_minus_z = __hfma2(BitsToHalf2(PiecePair<BITS>(w, b, q)), unit_mul[q & 1], offset[q & 1]);
-    sums[q & 1] = __hfma2(__hmul2(c_minus_z, scale2), BitsToHalf2(xp[q]), sums[q & 1]);
-  }
-  const float2 f = __half22float2(__hadd2(sums[0], sums[1]));
-  return f.x + f.y;
-}
-
-// The same block with one HFMA2 per pair for the weights: (1024 + c 2^t) (s 2^-t) - 1024 s 2^-t = c s in one
-// rounding (decode-mma's way; needs |s| < 64 so that 1024 s fits fp16), and the zero point once per block from
-// the block's activation sum: sum (c - z) s x = sum c s x - z s sum x.
-template <int BITS>
-__device__ __forceinline__ float BulkBlockScaled(const uint32_t* w, int b, __half2 st, const uint32_t* xp,
-                                                 float a_sum) {
-  using P = MmaPairs<BITS>;
-  const __half2 scale2 = __low2half2(st);
-  __half2 mul[2], add[2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    if constexpr (BITS == 3) {
-      mul[h] = __hmul2(scale2, __floats2half2_rn(1.f / float(1 << P::Low(h)), 1.f / float(1 << P::High(h))));
-    } else {
-      mul[h] = scale2;  // Low = High = 0
-    }
-    add[h] = __hmul2(mul[h], __float2half2_rn(-1024.f));
-  }
-  __half2 sums[2] = {__float2half2_rn(0.f), __float2half2_rn(0.f)};
-#pragma unroll
-  for (int q = 0; q < 8; ++q) {
-    const __half2 cs = __hfma2(BitsToHalf2(PiecePair<BITS>(w, b, q)), mul[q & 1], add[q & 1]);
-    sums[q & 1] = __hfma2(cs, BitsToHalf2(xp[q]), sums[q & 1]);
-  }
-  const float2 f = __half22float2(__hadd2(sums[0], sums[1]));
-  return fmaf(-__low2float(st) * __high2float(st), a_sum, f.x + f.y);
-}
-
-template <int BITS, int RW, int kBulkWarps>
-__global__ void __launch_bounds__((kBulkWarps + 1) * 32, 1)
-    DecodeBulkKernel(const __half* __restrict__ A, const uint8_t* __restrict__ B, const __half* __restrict__ scales,
-                     const uint8_t* __restrict__ zero_points, __half* __restrict__ Y, int N, int K, int n_groups,
-                     int group_shift, int slots, int slot_rows, int segments, int rows_max, int mode) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  using L = Half2Layout<BITS>;
-  using P = MmaPairs<BITS>;
-  constexpr int kBlocks = L::kPieceCodes / 16;
-  constexpr int kConsumers = kBulkWarps * 32;
-  extern __shared__ __align__(128) uint8_t smem[];
-  const int row_bytes = K / 8 * BITS;
-  const int slot_bytes = slot_rows * row_bytes;
-  const int row_pieces = K / L::kPieceCodes;
-  const int row0 = static_cast<int>(static_cast<int64_t>(N) * blockIdx.x / gridDim.x);
-  const int rows = static_cast<int>(static_cast<int64_t>(N) * (blockIdx.x + 1) / gridDim.x) - row0;
-  const int slots_used = (rows + slot_rows - 1) / slot_rows;
-
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem);
-  uint64_t* empty = full + kBulkMaxSlots;
-  uint8_t* ring = smem + kBulkHeaderBytes;
-  uint4* act = reinterpret_cast<uint4*>(ring + static_cast<size_t>(slots) * slot_bytes);  // 2 per 16 codes
-  float* block_sums = reinterpret_cast<float*>(act + K / 8);  // sum of A over each 16-code block
-  __half2* stats = reinterpret_cast<__half2*>(block_sums + K / 16);  // [rows_max][n_groups] of (scale, zero point)
-  float* partial = reinterpret_cast<float*>(stats + static_cast<size_t>(rows_max) * n_groups);  // [row][segment]
-
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < slots; ++s) {
-      BarrierInit(full + s, 1);
-      BarrierInit(empty + s, kBulkWarps);
-    }
-    BarrierInitFence();
-  }
-  __syncthreads();
-
-  if (warp == kBulkWarps) {  // the producer: slot t's k-th refill waits for the consumers' (k-1)-th release
-    if (lane == 0) {
-      for (int t = 0; t < slots_used; ++t) {
-        const int slot = t % slots;
-        if (t >= slots) BarrierWait(empty + slot, ((t / slots) - 1) & 1);
-        const uint32_t bytes = static_cast<uint32_t>(min(slot_rows, rows - t * slot_rows) * row_bytes);
-        BarrierArriveExpectBytes(full + slot, bytes);
-        BulkCopyToShared(ring + static_cast<size_t>(slot) * slot_bytes,
-                         B + static_cast<size_t>(row0 + t * slot_rows) * row_bytes, bytes, full + slot);
-      }
-    }
-    return;
-  }
-
-  // While the first slots land: A as the activation pairs of each 16-code block, and the block's statistics.
-  for (int b = threadIdx.x; b < K / 16; b += kConsumers) {
-    const uint4* src = reinterpret_cast<const uint4*>(A) + 2 * b;
-    const uint4 lo = __ldg(src), hi = __ldg(src + 1);
-    const uint32_t x[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-    uint32_t xp[8];
-#pragma unroll
-    for (int q = 0; q < 8; ++q) xp[q] = ActivationPair<BITS>(x, q);
-    act[2 * b] = make_uint4(xp[0], xp[1], xp[2], xp[3]);
-    act[2 * b + 1] = make_uint4(xp[4], xp[5], xp[6], xp[7]);
-    float sum = 0.f;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const float2 f = __half22float2(BitsToHalf2(x[i]));
-      sum += f.x + f.y;
-    }
-    block_sums[b] = sum;
-  }
-  const size_t stats_at = static_cast<size_t>(row0) * n_groups;
-  for (int i = threadIdx.x; i < rows * n_groups; i += kConsumers) {
-    const unsigned z = zero_points ? zero_points[stats_at + i] : (1u << (BITS - 1));
-    stats[i] = __halves2half2(scales[stats_at + i], __uint2half_rn(z));  // z <= 255: exact
-  }
-  NamedBarrierSync(1, kConsumers);
-
-  // This warp's work in every slot: rows rg * RW .. + RW - 1 of the slot, pieces [p_begin, p_end) of them.
-  const int rg = warp / segments, segment = warp % segments;
-  const int segment_pieces = (row_pieces + segments - 1) / segments;
-  const int p_begin = segment * segment_pieces, p_end = min(row_pieces, p_begin + segment_pieces);
-  for (int t = 0; t < slots_used; ++t) {
-    const int slot = t % slots;
-    BarrierWait(full + slot, (t / slots) & 1);
-    const int local0 = t * slot_rows + rg * RW;  // the warp's first row, counted in the block
-    const uint8_t* codes = ring + static_cast<size_t>(slot) * slot_bytes + static_cast<size_t>(rg) * RW * row_bytes;
-    float acc[RW] = {};
-    if (local0 < rows && mode != 1) {
-      const __half2* row_stats[RW];
-#pragma unroll
-      for (int r = 0; r < RW; ++r) row_stats[r] = stats + static_cast<size_t>(min(local0 + r, rows - 1)) * n_groups;
-      // Two pieces per lane and iteration, both loaded before either is decoded.
-      for (int p = p_begin + lane; p < p_end; p += 64) {
-        const bool has_second = p + 32 < p_end;
-        uint32_t w[2][RW][L::kWordsHeld];
-        BulkLoadPiece<BITS, RW>(codes, row_bytes, p, true, w[0]);
-        BulkLoadPiece<BITS, RW>(codes, row_bytes, p + 32, has_second, w[1]);
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          if (i == 1 && !has_second) break;
-          const int piece = p + 32 * i;
-#pragma unroll
-          for (int b = 0; b < kBlocks; ++b) {
-            const int block = piece * kBlocks + b;
-            const uint4 lo = act[2 * block], hi = act[2 * block + 1];
-            const uint32_t xp[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-            const int group = (block * 16) >> group_shift;
-            const float a_sum = block_sums[block];
-#pragma unroll
-            for (int r = 0; r < RW; ++r) {
-              const __half2 st = row_stats[r][group];
-              if (mode == 2) acc[r] += BulkBlockExact<BITS>(w[i][r], b, st, xp);
-              else acc[r] += BulkBlockScaled<BITS>(w[i][r], b, st, xp, a_sum);
-            }
-          }
-        }
-      }
-    }
-    __syncwarp();
-    if (lane == 0) BarrierArrive(empty + slot);  // the slot's codes are read; the sums below need registers only
-#pragma unroll
-    for (int r = 0; r < RW; ++r) {
-      const float v = WarpSum(acc[r]);
-      if (lane == 0 && local0 + r < rows) partial[(local0 + r) * segments + segment] = v;
-    }
-  }
-  NamedBarrierSync(1, kConsumers);
-  for (int i = threadIdx.x; i < rows; i += kConsumers) {
-    float v = 0.f;
-    for (int s = 0; s < segments; ++s) v += partial[i * segments + s];
-    Y[row0 + i] = __float2half_rn(v);
-  }
-#endif
-}
-
 constexpr int kTileM = 64, kTileN = 64, kTileK = 32, kTileThreads = 128;
 
 template <typename T>
@@ -876,12 +605,6 @@ bool DecodeFits(const GqmmArgs& a) {
   return a.M <= kDecodeMaxM && a.K % kUnitCodes == 0 && Aligned16(a.A) && Aligned16(a.B);
 }
 
-bool BulkDecodeFits(const GqmmArgs& a) {
-  if (!(a.half && a.M == 1 && a.N > 0 && a.K % kUnitCodes == 0 && Aligned16(a.A) && Aligned16(a.B))) return false;
-  if (ComputeCapabilityMajor() < 9) return false;
-  return PlanBulkDecode(a.N, a.K, a.bits, a.n_groups).smem <= static_cast<size_t>(MaxSharedMemoryPerBlock());
-}
-
 GqmmKernel Pick(const GqmmArgs& a, GqmmKernel requested) {
   if (requested != GqmmKernel::kAuto) return requested;
   // Measured on the H200 (BENCHMARKS.md): the coalesced half2 decode beats decode-mma at batch 1, 4 bits, for
@@ -920,46 +643,6 @@ void LaunchDecodeHalf2(const GqmmArgs& a, cudaStream_t stream) {
       static_cast<const __half*>(a.A), a.B, static_cast<const __half*>(a.scales), a.zero_points,
       static_cast<__half*>(a.Y), static_cast<int>(a.N), static_cast<int>(a.K), static_cast<int>(a.n_groups),
       group_shift, ksplit);
-}
-
-template <int BITS, int RW, int kBulkWarps>
-void LaunchDecodeBulk(const GqmmArgs& a, const BulkPlan& plan, cudaStream_t stream) {
-  static bool attribute_set = false;  // per instantiation
-  if (!attribute_set) {
-    cudaFuncSetAttribute(DecodeBulkKernel<BITS, RW, kBulkWarps>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         MaxSharedMemoryPerBlock());
-    attribute_set = true;
-  }
-  int group_shift = 0;
-  while ((int64_t{1} << group_shift) < a.group_size) ++group_shift;
-  DecodeBulkKernel<BITS, RW, kBulkWarps><<<plan.grid, (kBulkWarps + 1) * 32, plan.smem, stream>>>(
-      static_cast<const __half*>(a.A), a.B, static_cast<const __half*>(a.scales), a.zero_points,
-      static_cast<__half*>(a.Y), static_cast<int>(a.N), static_cast<int>(a.K), static_cast<int>(a.n_groups),
-      group_shift, plan.slots, plan.slot_rows, plan.segments, plan.rows_max, BulkMode());
-}
-
-template <int BITS>
-void LaunchDecodeBulkRows(const GqmmArgs& a, cudaStream_t stream) {
-  const BulkPlan plan = PlanBulkDecode(a.N, a.K, a.bits, a.n_groups);
-  if constexpr (BITS == 4) {
-    if (plan.warps == 24) {
-      if (plan.rows_per_warp == 4) return LaunchDecodeBulk<BITS, 4, 24>(a, plan, stream);
-      if (plan.rows_per_warp == 2) return LaunchDecodeBulk<BITS, 2, 24>(a, plan, stream);
-      return LaunchDecodeBulk<BITS, 1, 24>(a, plan, stream);
-    }
-    if (plan.rows_per_warp == 4) return LaunchDecodeBulk<BITS, 4, 16>(a, plan, stream);
-  }
-  if (plan.rows_per_warp == 2) LaunchDecodeBulk<BITS, 2, 16>(a, plan, stream);
-  else LaunchDecodeBulk<BITS, 1, 16>(a, plan, stream);
-}
-
-void LaunchDecodeBulkBits(const GqmmArgs& a, cudaStream_t stream) {
-  switch (a.bits) {
-    case 2: return LaunchDecodeBulkRows<2>(a, stream);
-    case 3: return LaunchDecodeBulkRows<3>(a, stream);
-    case 4: return LaunchDecodeBulkRows<4>(a, stream);
-    default: return LaunchDecodeBulkRows<8>(a, stream);
-  }
 }
 
 void LaunchDecodeHalf2Bits(const GqmmArgs& a, cudaStream_t stream) {
@@ -1052,7 +735,6 @@ const char* GroupQuantMatMulKernelName(const GqmmArgs& args, GqmmKernel kernel) 
     case GqmmKernel::kDecodeRows: return "decode-rows";
     case GqmmKernel::kDecodeMma: return "decode-mma";
     case GqmmKernel::kDecodeHalf2: return "decode-h2";
-    case GqmmKernel::kDecodeBulk: return "decode-bulk";
     case GqmmKernel::kTiled: return "tiled";
     case GqmmKernel::kGemm: return "gemm";
     default: return "generic";
@@ -1067,9 +749,6 @@ const char* GroupQuantMatMulRefusal(const GqmmArgs& args, GqmmKernel kernel) {
     return "needs float16, M <= 8, K % 128 == 0 and 16-byte aligned A and B";
   if (chosen == GqmmKernel::kDecodeHalf2 && !(args.half && DecodeFits(args)))
     return "needs float16, M <= 8, K % 128 == 0 and 16-byte aligned A and B";
-  if (chosen == GqmmKernel::kDecodeBulk && !BulkDecodeFits(args))
-    return "needs float16, M = 1, K % 128 == 0, 16-byte aligned A and B, compute capability >= 9.0 and its "
-           "shared memory to fit (K and the rows' statistics per block)";
   if (chosen == GqmmKernel::kGemm && !CublasAvailable()) return "needs libcublas, which could not be loaded";
   return nullptr;
 }
@@ -1098,8 +777,6 @@ const char* LaunchGroupQuantMatMul(const GqmmArgs& args, GqmmKernel kernel, void
                     args.N, args.K, s);
   } else if (chosen == GqmmKernel::kDecodeHalf2) {
     LaunchDecodeHalf2Bits(args, s);
-  } else if (chosen == GqmmKernel::kDecodeBulk) {
-    LaunchDecodeBulkBits(args, s);
   } else if (args.half) {
     LaunchTyped<__half>(args, chosen, s);
   } else {

@@ -14,8 +14,7 @@ namespace cuda {
 // kDecodeRows: the decode family without the batch-1 streaming kernel (comparisons). kDecodeMma: the tensor-core
 // decode (float16 only), which kAuto prefers for float16 where it fits.
 // kDecodeHalf2: the decode with half2 dequantization on the CUDA cores (float16 only).
-// kDecodeBulk: the batch-1 decode streamed through shared memory by the bulk copy engine (float16, sm_90).
-enum class GqmmKernel { kAuto, kDecode, kTiled, kGeneric, kGemm, kDecodeRows, kDecodeMma, kDecodeHalf2, kDecodeBulk };
+enum class GqmmKernel { kAuto, kDecode, kTiled, kGeneric, kGemm, kDecodeRows, kDecodeMma, kDecodeHalf2 };
 
 struct GqmmArgs {
   bool half = false;  // T is float16 (else float32)

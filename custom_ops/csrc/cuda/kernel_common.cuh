@@ -71,21 +71,14 @@ __device__ __forceinline__ float WarpSum(float v) {
 // Host side.
 inline bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-// An attribute of the current device, read once per device (values > 0; else `fallback`).
-template <cudaDeviceAttr ATTRIBUTE>
-inline int DeviceAttribute(int fallback) {
-  static int values[64] = {0};
+inline int MultiprocessorCount() {
+  static int counts[64] = {0};
   int device = 0;
   cudaGetDevice(&device);
   if (device < 0 || device >= 64) device = 0;
-  if (values[device] == 0) cudaDeviceGetAttribute(&values[device], ATTRIBUTE, device);
-  return values[device] > 0 ? values[device] : fallback;
+  if (counts[device] == 0) cudaDeviceGetAttribute(&counts[device], cudaDevAttrMultiProcessorCount, device);
+  return counts[device] > 0 ? counts[device] : 1;
 }
-
-inline int MultiprocessorCount() { return DeviceAttribute<cudaDevAttrMultiProcessorCount>(1); }
-inline int ComputeCapabilityMajor() { return DeviceAttribute<cudaDevAttrComputeCapabilityMajor>(0); }
-// Shared memory one block may have after cudaFuncSetAttribute raises its dynamic limit.
-inline int MaxSharedMemoryPerBlock() { return DeviceAttribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(48 * 1024); }
 
 }  // namespace cuda
 }  // namespace edgeq
