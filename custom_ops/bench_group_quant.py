@@ -8,7 +8,9 @@ same shapes halved). Every op is timed inside ORT: each model holds L copies of 
 (together several times the GPU's L2), all fed the same activation, and on CUDA the run is one CUDA-graph replay
 with device-resident inputs and outputs, so launch overheads are out and the weights come from DRAM. Reported:
 time per call, GB/s of weight bytes (codes + scales + zero points), and on CUDA the percentage of the measured
-device-to-device copy bandwidth (bytes read + written).
+device-to-device copy bandwidth (bytes read + written). On CUDA the time per call is the slope between a replay of
+L copies and one of about L/4 copies, so that the replay's own fixed overhead is not spread over the ops; the
+replay's time over L is reported beside it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Row:
     gbps: float
     pct_bandwidth: float | None
     mode: str
+    replay_us: float | None = None  # cuda: the L-copy replay's time over L (per-replay overhead included)
 
 
 def _rng_bytes(rng, shape, high):
@@ -191,12 +194,21 @@ def measure(plan: Plan, device: str, library: Path, bandwidth: float | None, tot
         copies = max(2, min(64, math.ceil(total_mb * 2**20 / per_op)))
         model, per_op = build(kind, K, N, M, copies, dtype, seed=1)
         seconds, mode = time_model(model, device, library, M, K, dtype, repeats, threads)
-        per_call = seconds / copies
+        per_call = replay = seconds / copies
+        if device == "cuda":
+            # A replay costs a fixed host/launch overhead besides its L ops (tens of µs: several µs per op at
+            # L = 12). The per-call time is the slope between L and a quarter as many copies (both beyond L2).
+            few = max(1, min(copies - 1, math.ceil(total_mb / 4 * 2**20 / per_op)))
+            model, _ = build(kind, K, N, M, few, dtype, seed=2)
+            seconds_few, _ = time_model(model, device, library, M, K, dtype, repeats, threads)
+            per_call = (seconds - seconds_few) / (copies - few)
         gbps = per_op / per_call / 1e9
         row = Row(f"{K}x{N}", M, name, copies, per_call * 1e6, per_op, gbps,
-                  100 * gbps / bandwidth if bandwidth else None, mode)
+                  100 * gbps / bandwidth if bandwidth else None, mode,
+                  replay * 1e6 if device == "cuda" else None)
         rows.append(row)
-        print(f"  {row.shape:>11} M={M:<4} {name:<40} {row.us_per_call:9.2f} us  {gbps:8.1f} GB/s"
+        print(f"  {row.shape:>11} M={M:<4} {name:<40} {row.us_per_call:9.2f} us"
+              + (f" (replay/L {row.replay_us:.2f})" if row.replay_us is not None else "") + f"  {gbps:8.1f} GB/s"
               + (f"  {row.pct_bandwidth:5.1f}%" if bandwidth else "") + f"  [{copies} copies, {mode}]", flush=True)
     for variable in KERNEL_VARIABLES:
         os.environ.pop(variable, None)
@@ -260,14 +272,17 @@ def format_table(rows: list[Row], device: str, bandwidth: float | None) -> str:
     lines = [f"device: {machine_description(device)}; onnxruntime {ort.__version__}"]
     if bandwidth:
         lines.append(f"measured device-to-device copy bandwidth: {bandwidth:.0f} GB/s (read + write)")
-    lines += ["", "| K x N | M | op | us/call | weight GB/s | % of copy bw | x dense | copies | mode |",
-              "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    if any(r.replay_us is not None for r in rows):
+        lines.append("us/call: the slope between replays of L and about L/4 copies; replay/L: one replay over L")
+    lines += ["", "| K x N | M | op | us/call | weight GB/s | % of copy bw | x dense | copies | mode | replay/L us |",
+              "|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         pct = f"{r.pct_bandwidth:.1f}" if r.pct_bandwidth is not None else "-"
         base = dense.get((r.shape, r.M))
         speedup = f"{base / r.us_per_call:.2f}" if base else "-"
+        replay = f"{r.replay_us:.2f}" if r.replay_us is not None else "-"
         lines.append(f"| {r.shape} | {r.M} | {r.op} | {r.us_per_call:.2f} | {r.gbps:.1f} | {pct} | {speedup} | "
-                     f"{r.copies} | {r.mode} |")
+                     f"{r.copies} | {r.mode} | {replay} |")
     return "\n".join(lines) + "\n"
 
 
