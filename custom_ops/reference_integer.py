@@ -378,9 +378,16 @@ def di_rotary(X, x_m, x_e, position_ids, cos, sin, *, interleaved: int, obits: i
     pairs (i, i + D/2) (or (2i, 2i+1) when interleaved) become ``(a c - b s, b c + a s)`` (< 2**23), then
     ``dyn_quant`` per (token, head) with exponent ``e + 14``. Scales ``[B, S, H, 1]`` or ``[B, S, 1, 1]``.
     heads_first=1: the outputs in attention's layout, codes ``[B, H, S, D]`` and scales ``[B, H, S, 1]`` (the same
-    rows, transposed)."""
+    rows, transposed). X may be ``[B, S, H*D]`` with scales ``[B, S, 1]``: read as ``[B, S, H, D]``, D = 2 x the
+    tables' last dim."""
     qmax = qmax_of(obits)
     X = np.asarray(X).astype(np.int64)
+    if X.ndim == 3:
+        D = 2 * np.shape(cos)[1]
+        if np.shape(x_m) != (*X.shape[:2], 1) or X.shape[2] % D:
+            raise ValueError(f"X [B, S, H*D] {X.shape} needs a multiple of D={D} and scales [B, S, 1], got {np.shape(x_m)}")
+        X = X.reshape(X.shape[0], X.shape[1], X.shape[2] // D, D)
+        x_m, x_e = np.asarray(x_m)[..., None], np.asarray(x_e)[..., None]
     B, S, H, D = X.shape
     m = np.broadcast_to(_check_mantissas(x_m, "x_m", 1), (B, S, H, 1)).reshape(-1)
     e = np.broadcast_to(np.asarray(x_e, np.int64), (B, S, H, 1)).reshape(-1)

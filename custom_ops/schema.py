@@ -479,7 +479,7 @@ def _infer_integer(op_name: str, out_last=None, same_shape: tuple[int, ...] = ()
                    check_scales: bool = True, code_of=None, out_dims=None):
     """Inference for an op whose outputs are an integer activation: codes of the type declared for output 0
     with input 0's leading dims and last dim ``out_last(attrs)`` (input 0's own when None), or the dims
-    ``out_dims(attrs, dims)``, scales [..., 1]; the codes' type is ``code_of(attrs)`` where given.
+    ``out_dims(attrs, dims, ctx)``, scales [..., 1]; the codes' type is ``code_of(attrs)`` where given.
     Inputs 1 and 2 must be [..., 1] (unless not ``check_scales``), those in ``same_shape`` must have input 0's
     shape, and ``expected(ctx, attrs, dims)`` gives {index: (name, shape)} for the others."""
 
@@ -501,7 +501,7 @@ def _infer_integer(op_name: str, out_last=None, same_shape: tuple[int, ...] = ()
         code = TensorProto.UINT8 if opdef.outputs[0].type == "tensor(uint8)" else TensorProto.INT8
         if code_of is not None:
             code = code_of(attrs)
-        out = None if dims is None else out_dims(attrs, dims) if out_dims is not None else [*dims[:-1], last]
+        out = None if dims is None else out_dims(attrs, dims, ctx) if out_dims is not None else [*dims[:-1], last]
         _set_activation_outputs(ctx, code, out)
 
     return infer
@@ -619,17 +619,38 @@ DI_SWIGLU = _two_input_op(
     "e_g + e_u + 30.",
     ("gate", "gate", "gate projection"), ("up", "up", "up projection"))
 
+def _rotary_head_dim(ctx, dims) -> int | None:
+    """D: X's last dim when X is [B, S, H, D]; twice the tables' last dim when X is [B, S, H*D]."""
+    if len(dims) == 4:
+        return dims[3] if isinstance(dims[3], int) else None
+    table = _input_dims(ctx, 4)
+    return 2 * table[1] if table is not None and len(table) == 2 and isinstance(table[1], int) else None
+
+
 def _rotary_expected(ctx, attrs, dims):
     if dims is None:
         return {}
-    if len(dims) != 4:
-        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIRotary: X must be [B, S, H, D], got {dims}")
-    if isinstance(dims[3], int) and dims[3] % 2:
-        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIRotary: head dim D={dims[3]} must be even")
-    expected = {1: ("x_m", [*dims[:2], None, 1]), 2: ("x_e", [*dims[:2], None, 1]), 3: ("position_ids", dims[:2])}
+    if len(dims) not in (3, 4):
+        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIRotary: X must be [B, S, H, D] or [B, S, H*D], got {dims}")
+    D = _rotary_head_dim(ctx, dims)
+    if D is not None and D % 2:
+        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIRotary: head dim D={D} must be even")
+    if len(dims) == 3 and D and isinstance(dims[2], int) and dims[2] % D:
+        raise onnx.shape_inference.InferenceError(
+            f"{DOMAIN}::DIRotary: X's last dim {dims[2]} is not a multiple of the head dim D={D} (2 x the tables')")
+    scales = [*dims[:2], None, 1] if len(dims) == 4 else [*dims[:2], 1]
+    expected = {1: ("x_m", scales), 2: ("x_e", scales), 3: ("position_ids", dims[:2])}
     for index, name in ((4, "cos"), (5, "sin")):
-        expected[index] = (name, [None, dims[3] // 2 if isinstance(dims[3], int) else None])
+        expected[index] = (name, [None, D // 2 if D else None])
     return expected
+
+
+def _rotary_out_dims(attrs, dims, ctx):
+    if len(dims) == 3:  # [B, S, H*D] is read as [B, S, H, D]
+        D = _rotary_head_dim(ctx, dims)
+        heads = dims[2] // D if D and isinstance(dims[2], int) else None
+        dims = [dims[0], dims[1], heads, D]
+    return [dims[0], dims[2], dims[1], dims[3]] if attrs.get("heads_first") else dims
 
 
 DI_ROTARY = OpDef(
@@ -638,13 +659,15 @@ DI_ROTARY = OpDef(
         "Integer rotary embedding of X [B, S, H, D] at position_ids [B, S] with fixed-point tables cos, sin "
         "int16 [P, D/2] in Q14 (1.0 = 16384): pairs (i, i + D/2) (interleaved=1: (2i, 2i+1)) use column i and "
         "become (a cos - b sin, b cos + a sin) in integers (< 2^23), requantized per (token, head). Scales of X "
-        "are [B, S, H, 1] or [B, S, 1, 1] (one per token); the output's are [B, S, H, 1]. heads_first=1 writes "
+        "are [B, S, H, 1] or [B, S, 1, 1] (one per token); the output's are [B, S, H, 1]. X may also be a "
+        "projection's output [B, S, H*D] with per-token scales [B, S, 1]: it is read as [B, S, H, D], D being "
+        "twice the tables' last dim, and the output is the same as for that 4-d X. heads_first=1 writes "
         "the output in attention's layout instead: codes [B, H, S, D], scales [B, H, S, 1]. Positions outside "
         "[0, P) are an error."
     ),
-    inputs=(Input("X", "tensor(int8)", "queries or keys: codes [B, S, H, D]"),
-            Input("x_m", "tensor(int32)", "scale mantissas [B, S, H or 1, 1], in [1, 2^15)"),
-            Input("x_e", "tensor(int8)", "scale exponents [B, S, H or 1, 1]"),
+    inputs=(Input("X", "tensor(int8)", "queries or keys: codes [B, S, H, D] or [B, S, H*D]"),
+            Input("x_m", "tensor(int32)", "scale mantissas [B, S, H or 1, 1] (X 4-d) or [B, S, 1], in [1, 2^15)"),
+            Input("x_e", "tensor(int8)", "scale exponents, as x_m"),
             Input("position_ids", "tensor(int64)", "positions [B, S]"),
             Input("cos", "tensor(int16)", "cos table [P, D/2], Q14"),
             Input("sin", "tensor(int16)", "sin table [P, D/2], Q14")),
@@ -654,7 +677,7 @@ DI_ROTARY = OpDef(
                 Attribute("heads_first", onnx.AttributeProto.INT, "1: output [B, H, S, D] (default 0: [B, S, H, D])",
                           required=False, check=_flag)),
     infer=_infer_integer("DIRotary", check_scales=False, expected=_rotary_expected,
-                         out_dims=lambda a, d: [d[0], d[2], d[1], d[3]] if a.get("heads_first") and len(d) == 4 else d),
+                         out_dims=_rotary_out_dims),
 )
 
 DI_ADD = OpDef(

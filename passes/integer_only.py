@@ -314,7 +314,6 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
     """Replace ``model``'s graph by the integer-only decoder of ``d`` (same inputs, integer cache)."""
     graph, props = model.graph, model.metadata_props
     kv, head_dim = int(props["edgeq.num_kv_heads"]), int(props["edgeq.head_dim"])
-    heads = d.layers[0].q.W.shape[0] // head_dim
     keep = {v.name: v for v in graph.inputs if v.name in ("input_ids", "attention_mask", "position_ids")}
     graph.remove(list(graph), safe=False)
     graph.initializers.clear()
@@ -333,8 +332,7 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
     pad = b.op("Cast", [keep["attention_mask"]], "mask/pad", to=ir.DataType.BOOL)
     mask = b.op("Unsqueeze", [pad, b.ints("mask.axes", [1, 2])], "mask")  # [B, 1, 1, T]
     shape = {key: b.ints(f"shape.{key}", dims) for key, dims in (
-        ("q", [0, 0, heads, head_dim]), ("kv", [0, 0, kv, head_dim]), ("token", [0, 0, 1, 1]),
-        ("v_heads", [1, 1, kv, 1]))}
+        ("kv", [0, 0, kv, head_dim]), ("token", [0, 0, 1, 1]), ("v_heads", [1, 1, kv, 1]))}
     past_names, present = [], []
     clips = _softmax_clips(props, len(d.layers))
     act_clips = _act_clips(props, len(d.layers))
@@ -346,12 +344,13 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
         k = b.matmul(x, layer.k, p + ".k_proj")
         v = b.matmul(x, layer.v, p + ".v_proj")
         per_token = [[shape["token"]]] * 2
-        # q and k leave the rotary as [B, heads, S, D] (heads_first), the layout of the cache and of attention;
-        # DIBatchMatMul reads a kv head for each group of rep query heads (its batch-dim divisor rule).
-        q = b.di("DIRotary", [*b.each("Reshape", q, p + "/q", [[shape["q"]], *per_token]), keep["position_ids"],
-                              cos, sin], p + "/q_rope", interleaved=0, obits=INNER_BITS, heads_first=1)
-        k = b.di("DIRotary", [*b.each("Reshape", k, p + "/k", [[shape["kv"]], *per_token]), keep["position_ids"],
-                              cos, sin], p + "/k_rope", interleaved=0, obits=INNER_BITS, heads_first=1)
+        # The rotary reads the projections' [B, S, heads*D] directly and leaves q and k as [B, heads, S, D]
+        # (heads_first), the layout of the cache and of attention; DIBatchMatMul reads a kv head for each group
+        # of rep query heads (its batch-dim divisor rule).
+        q = b.di("DIRotary", [*q, keep["position_ids"], cos, sin], p + "/q_rope", interleaved=0, obits=INNER_BITS,
+                 heads_first=1)
+        k = b.di("DIRotary", [*k, keep["position_ids"], cos, sin], p + "/k_rope", interleaved=0, obits=INNER_BITS,
+                 heads_first=1)
         v = b.each("Reshape", v, p + "/v", [[shape["kv"]], *per_token])
         v = (v[0], *(b.op("Expand", [s, shape["v_heads"]], f"{p}/v{n}") for s, n in zip(v[1:], SCALES)))
         v = b.each("Transpose", v, f"{p}/value_t", [[]] * 3, perm=[0, 2, 1, 3])

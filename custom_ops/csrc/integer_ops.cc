@@ -135,18 +135,31 @@ void PrepareMask(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p, size_t
 void PrepareRotary(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p) {
   const std::string& where = a.where;
   p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", a, false);
-  const std::vector<int64_t>& xs = p.x.shape;
-  if (xs.size() != 4) Fail(where, "X has shape " + ShapeText(xs) + ", expected [B, S, H, D]");
-  if (xs[3] % 2) Fail(where, "X has shape " + ShapeText(xs) + ": the head dim D must be even");
   TensorView m = RequiredInput(ctx, 1, "x_m", where);
-  const std::vector<int64_t> per_head{xs[0], xs[1], xs[2], 1}, per_token{xs[0], xs[1], 1, 1};
-  if (m.shape != per_head && m.shape != per_token)
-    Fail(where, "x_m has shape " + ShapeText(m.shape) + ", expected " + ShapeText(per_head) + " or " +
-                    ShapeText(per_token));
-  p.per_head_scales = m.shape == per_head;
   TensorView pos = RequiredInput(ctx, 3, "position_ids", where);
   TensorView cos = RequiredInput(ctx, 4, "cos", where);
   TensorView sin = RequiredInput(ctx, 5, "sin", where);
+  const bool projection = p.x.shape.size() == 3;
+  if (projection) {  // a projection's [B, S, H*D] with per-token scales, read as [B, S, H, D]
+    const std::vector<int64_t> xs = p.x.shape;
+    const int64_t D = cos.shape.size() == 2 ? 2 * cos.shape[1] : 0;
+    if (D == 0 || xs[2] % D)
+      Fail(where, "X has shape " + ShapeText(xs) + ": its last dim must be a multiple of the head dim D = 2 x cos's "
+                  "last dim (cos has shape " + ShapeText(cos.shape) + ")");
+    ExpectShape(m, "x_m", {xs[0], xs[1], 1}, "(per token, for X [B, S, H*D])", where);
+    p.x.shape = {xs[0], xs[1], xs[2] / D, D};
+    p.x.rows = xs[0] * xs[1] * (xs[2] / D);
+    p.x.C = D;
+  }
+  const std::vector<int64_t>& xs = p.x.shape;
+  if (xs.size() != 4) Fail(where, "X has shape " + ShapeText(xs) + ", expected [B, S, H, D] or [B, S, H*D]");
+  if (xs[3] % 2) Fail(where, "X has shape " + ShapeText(xs) + ": the head dim D must be even");
+  const std::vector<int64_t> per_head{xs[0], xs[1], xs[2], 1}, per_token{xs[0], xs[1], 1, 1};
+  const bool token_scales = projection || m.shape == per_token;
+  if (m.shape != per_head && !token_scales)
+    Fail(where, "x_m has shape " + ShapeText(m.shape) + ", expected " + ShapeText(per_head) + " or " +
+                    ShapeText(per_token));
+  p.per_head_scales = m.shape == per_head;
   ExpectShape(pos, "position_ids", {xs[0], xs[1]}, "(X's [B, S])", where);
   if (cos.shape.size() != 2 || cos.shape[1] != xs[3] / 2)
     Fail(where, "cos has shape " + ShapeText(cos.shape) + ", expected [P, " + std::to_string(xs[3] / 2) + "] (D/2)");

@@ -137,7 +137,11 @@ def test_binary_ops_refuse_bad_second_scales(cpu_library):
 
 
 @pytest.mark.parametrize("change, match", [
-    (lambda a: a.__setitem__(0, a[0][0]), r"X has shape \[4, 2, 8\], expected \[B, S, H, D\]"),
+    (lambda a: a.__setitem__(0, a[0][0, 0]), r"X has shape \[2, 8\], expected \[B, S, H, D\] or \[B, S, H\*D\]"),
+    (lambda a: a.__setitem__(0, a[0][0]),  # read as a projection's [B, S, H*D]: per-token scales only
+     r"x_m has shape \[1, 4, 2, 1\], expected \[4, 2, 1\] \(per token, for X \[B, S, H\*D\]\)"),
+    (lambda a: a.__setitem__(0, a[0].reshape(1, 4, 16)[..., :12].copy()),
+     r"X has shape \[1, 4, 12\]: its last dim must be a multiple of the head dim D = 2 x cos's last dim"),
     (lambda a: a.__setitem__(0, a[0][..., :7].copy()), r"X has shape \[1, 4, 2, 7\]: the head dim D must be even"),
     (lambda a: a.__setitem__(slice(1, 3), [a[1][:, :3].copy(), a[2][:, :3].copy()]),
      r"x_m has shape \[1, 3, 2, 1\], expected \[1, 4, 2, 1\] or \[1, 4, 1, 1\]"),

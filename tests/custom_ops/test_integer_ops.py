@@ -154,6 +154,23 @@ def test_rotary(target, seed):
     assert y[0].shape == ((B, H, S, D) if seed % 3 % 2 else (B, S, H, D))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_rotary_reads_a_projection_output(target, seed):
+    """X [B, S, H*D] with per-token scales [B, S, 1] (a DIMatMul's output, no Reshape between) is the same
+    rotary as X [B, S, H, D] with scales [B, S, 1, 1]: bit-identical outputs, D from the tables."""
+    rng = np.random.default_rng(6100 + seed)
+    B, S, H, D = int(rng.integers(1, 3)), int(rng.integers(1, 20)), int(rng.integers(1, 10)), int(rng.choice([2, 8, 64]))
+    cos, sin = rotary_tables(S + 3, D)
+    q, m, e = activation(rng, (B, S, H * D), saturate=seed % 2 == 0)
+    pos = rng.integers(0, S + 3, (B, S))
+    attrs = dict(interleaved=seed % 2, obits=8, heads_first=seed // 3)
+    flat = assert_bit_exact(target, "DIRotary", [q, m, e, pos, cos, sin], **attrs)
+    four = run(target, "DIRotary", [q.reshape(B, S, H, D), m[..., None], e[..., None], pos, cos, sin], **attrs)
+    for got, want in zip(flat, four):
+        np.testing.assert_array_equal(got, want)
+    assert flat[0].shape == ((B, H, S, D) if seed // 3 else (B, S, H, D))
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("op", ["DISwiGLU", "DIAdd"])
 def test_two_input_ops(target, op, seed):

@@ -43,11 +43,12 @@ def test_op_counts(exported):
     assert floats == {"Cast": 4, "Mul": 2, "Pow": 1, "Neg": 1}  # the mask's bool Cast + the logits' dequant
     for op in ("MatMul", "Softmax", "RMSNormalization", "QuantLinear", "Add", "Sigmoid", "Cos", "Sin"):
         assert all(o != op for _, o in counts), op
-    # data movement, per layer: q/k/v codes and scales to heads (9 Reshape), v's scales per head (2 Expand), v and the
-    # context between [B, S, H, D] and [B, H, S, D] (6 Transpose), the cache (6 Concat); q and k leave the rotary
-    # already in [B, H, S, D], and Q.K^T / P.V read grouped kv heads without a repeat
+    # data movement, per layer: v's codes and scales to heads (3 Reshape), v's scales per head (2 Expand), v and the
+    # context between [B, S, H, D] and [B, H, S, D] (6 Transpose), the cache (6 Concat); the rotary reads q and k
+    # straight from their projections and leaves them in [B, H, S, D], and Q.K^T / P.V read grouped kv heads
+    # without a repeat
     moves = {op: counts[("", op)] for op in ("Reshape", "Expand", "Transpose", "Concat", "Unsqueeze")}
-    assert moves == {"Reshape": 9 * LAYERS, "Expand": 2 * LAYERS, "Transpose": 6 * LAYERS, "Concat": 6 * LAYERS,
+    assert moves == {"Reshape": 3 * LAYERS, "Expand": 2 * LAYERS, "Transpose": 6 * LAYERS, "Concat": 6 * LAYERS,
                      "Unsqueeze": 1 + 3}  # the mask; the tied lm_head's rows
 
 
