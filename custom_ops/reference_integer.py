@@ -373,13 +373,15 @@ def di_swiglu(G, g_m, g_e, U, u_m, u_e, obits: int, clip_q15: int = CLIP_ONE):
     return _outputs(rows, np.shape(G))
 
 
-def di_rotary(X, x_m, x_e, position_ids, cos, sin, *, interleaved: int, obits: int, heads_first: int = 0):
+def di_rotary(X, x_m, x_e, position_ids, cos, sin, *, interleaved: int, obits: int, heads_first: int = 0,
+              rotate: int = 1):
     """Rotary embedding of ``x [B, S, H, D]`` with Q14 tables ``cos, sin [P, D/2]`` at ``position_ids [B, S]``:
     pairs (i, i + D/2) (or (2i, 2i+1) when interleaved) become ``(a c - b s, b c + a s)`` (< 2**23), then
     ``dyn_quant`` per (token, head) with exponent ``e + 14``. Scales ``[B, S, H, 1]`` or ``[B, S, 1, 1]``.
     heads_first=1: the outputs in attention's layout, codes ``[B, H, S, D]`` and scales ``[B, H, S, 1]`` (the same
     rows, transposed). X may be ``[B, S, H*D]`` with scales ``[B, S, 1]``: read as ``[B, S, H, D]``, D = 2 x the
-    tables' last dim."""
+    tables' last dim. rotate=0: no rotation and no requantization (the codes as they are, each row with its
+    token's scale): the same layouts for values that are not rotated (V into attention's layout)."""
     qmax = qmax_of(obits)
     X = np.asarray(X).astype(np.int64)
     if X.ndim == 3:
@@ -394,6 +396,9 @@ def di_rotary(X, x_m, x_e, position_ids, cos, sin, *, interleaved: int, obits: i
     pos = np.asarray(position_ids, np.int64)
     if pos.min() < 0 or pos.max() >= np.shape(cos)[0]:
         raise ValueError(f"position_ids must lie in [0, {np.shape(cos)[0]})")
+    if not rotate:
+        out = (X.astype(np.int8), m.astype(np.int32).reshape(B, S, H, 1), e.astype(np.int8).reshape(B, S, H, 1))
+        return tuple(np.ascontiguousarray(t.transpose(0, 2, 1, 3)) for t in out) if heads_first else out
     c = np.asarray(cos, np.int64)[pos][:, :, None, :]     # [B, S, 1, D/2]
     s = np.asarray(sin, np.int64)[pos][:, :, None, :]
     a, b = (X[..., 0::2], X[..., 1::2]) if interleaved else (X[..., : D // 2], X[..., D // 2:])

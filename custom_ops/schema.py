@@ -675,7 +675,11 @@ DI_ROTARY = OpDef(
     attributes=(Attribute("interleaved", onnx.AttributeProto.INT, "0: rotate halves (LLaMA); 1: adjacent pairs",
                           check=_flag), _OBITS,
                 Attribute("heads_first", onnx.AttributeProto.INT, "1: output [B, H, S, D] (default 0: [B, S, H, D])",
-                          required=False, check=_flag)),
+                          required=False, check=_flag),
+                Attribute("rotate", onnx.AttributeProto.INT,
+                          "0: neither rotation nor requantization, the codes copied and each (token, head) row "
+                          "keeping its token's scale: the same layouts for V (default 1)", required=False,
+                          check=_flag)),
     infer=_infer_integer("DIRotary", check_scales=False, expected=_rotary_expected,
                          out_dims=_rotary_out_dims),
 )

@@ -331,8 +331,6 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
     cos, sin = b.init("rope.cos_q14", cos), b.init("rope.sin_q14", sin)
     pad = b.op("Cast", [keep["attention_mask"]], "mask/pad", to=ir.DataType.BOOL)
     mask = b.op("Unsqueeze", [pad, b.ints("mask.axes", [1, 2])], "mask")  # [B, 1, 1, T]
-    shape = {key: b.ints(f"shape.{key}", dims) for key, dims in (
-        ("kv", [0, 0, kv, head_dim]), ("token", [0, 0, 1, 1]), ("v_heads", [1, 1, kv, 1]))}
     past_names, present = [], []
     clips = _softmax_clips(props, len(d.layers))
     act_clips = _act_clips(props, len(d.layers))
@@ -343,17 +341,16 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
         q = b.matmul(x, layer.q, p + ".q_proj", factor=layer.score_scale)
         k = b.matmul(x, layer.k, p + ".k_proj")
         v = b.matmul(x, layer.v, p + ".v_proj")
-        per_token = [[shape["token"]]] * 2
         # The rotary reads the projections' [B, S, heads*D] directly and leaves q and k as [B, heads, S, D]
         # (heads_first), the layout of the cache and of attention; DIBatchMatMul reads a kv head for each group
-        # of rep query heads (its batch-dim divisor rule).
+        # of rep query heads (its batch-dim divisor rule). v takes the same relayout without rotation
+        # (rotate=0: codes unchanged, each head row with its token's scale).
         q = b.di("DIRotary", [*q, keep["position_ids"], cos, sin], p + "/q_rope", interleaved=0, obits=INNER_BITS,
                  heads_first=1)
         k = b.di("DIRotary", [*k, keep["position_ids"], cos, sin], p + "/k_rope", interleaved=0, obits=INNER_BITS,
                  heads_first=1)
-        v = b.each("Reshape", v, p + "/v", [[shape["kv"]], *per_token])
-        v = (v[0], *(b.op("Expand", [s, shape["v_heads"]], f"{p}/v{n}") for s, n in zip(v[1:], SCALES)))
-        v = b.each("Transpose", v, f"{p}/value_t", [[]] * 3, perm=[0, 2, 1, 3])
+        v = b.di("DIRotary", [*v, keep["position_ids"], cos, sin], p + "/value_heads", interleaved=0,
+                 obits=INNER_BITS, heads_first=1, rotate=0)
         cached = {}
         for kind, act in (("key", k), ("value", v)):
             past = _cache_values(f"{PAST}{i}.{kind}", kv, head_dim, "past_sequence")

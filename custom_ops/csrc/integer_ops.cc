@@ -295,6 +295,8 @@ DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op) {
       ExpectRange(a.interleaved, 0, 1, "interleaved", a.where);
       a.heads_first = OptionalInt(raw, "heads_first", 0);
       ExpectRange(a.heads_first, 0, 1, "heads_first", a.where);
+      a.rotate = OptionalInt(raw, "rotate", 1);
+      ExpectRange(a.rotate, 0, 1, "rotate", a.where);
       break;
     default:
       break;

@@ -33,7 +33,7 @@ struct DiAttrs {
   DiOp op = DiOp::kMatMul;
   std::string where;  // "edgeq::DIMatMul node 'name'", the prefix of every message
   int64_t K = 0, N = 0, abits = 8, wbits = 8, obits = 8, clip_q8 = 0, is_causal = 0, eps_q60 = 0, interleaved = 0,
-          trans_b = 0, heads_first = 0;
+          trans_b = 0, heads_first = 0, rotate = 1;
   int64_t clip_q15 = integer::kClipOne;  // DINorm, DISwiGLU, DIRequant: a learned clip of the output row's range
   int64_t qmax = 0;  // largest output code: 2^(obits-1) - 1, or 2^obits - 1 for DIClippedSoftmax
   // The CUDA ops' inputs live on the device: PrepareIntegerOp checks their types and shapes but cannot read the

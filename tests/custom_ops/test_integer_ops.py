@@ -171,6 +171,28 @@ def test_rotary_reads_a_projection_output(target, seed):
     assert flat[0].shape == ((B, H, S, D) if seed // 3 else (B, S, H, D))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_rotary_without_rotation_is_the_relayout(target, seed):
+    """rotate=0 (V into attention's layout): the codes unchanged and each (token, head) row with its token's
+    scale, in [B, S, H, D] or (heads_first) [B, H, S, D], from 4-d or projection-shaped X."""
+    rng = np.random.default_rng(6200 + seed)
+    B, S, H, D = int(rng.integers(1, 3)), int(rng.integers(1, 20)), int(rng.integers(1, 6)), int(rng.choice([2, 8, 64]))
+    cos, sin = rotary_tables(S, D)
+    q, m, e = activation(rng, (B, S, H * D), saturate=True, e_range=(-128, 127))
+    pos = rng.integers(0, S, (B, S))
+    heads_first = seed % 2
+    arrays = [q, m, e] if seed < 3 else [q.reshape(B, S, H, D), m[..., None], e[..., None]]
+    y = assert_bit_exact(target, "DIRotary", [*arrays, pos, cos, sin], interleaved=0, obits=8,
+                         heads_first=heads_first, rotate=0)
+    codes = q.reshape(B, S, H, D)
+    scales = [np.broadcast_to(s[..., None], (B, S, H, 1)) for s in (m, e)]
+    want = [codes, *scales]
+    if heads_first:
+        want = [w.transpose(0, 2, 1, 3) for w in want]
+    for got, w in zip(y, want):
+        np.testing.assert_array_equal(got, w)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("op", ["DISwiGLU", "DIAdd"])
 def test_two_input_ops(target, op, seed):

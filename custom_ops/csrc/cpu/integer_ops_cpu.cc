@@ -538,6 +538,13 @@ void DIRotary(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
   auto row = [&](int64_t r) {  // r = (b * S + s) * H + h; heads_first writes row (b * H + h) * S + s
     const int8_t* q = static_cast<const int8_t*>(p.x.q) + r * D;
     const int64_t token = r / H, scale = p.per_head_scales ? r : token;
+    if (!a.rotate) {  // the layout alone: codes as they are, the token's scale for each head
+      const int64_t out = RotaryOutputRow(r, S, H, a.heads_first);
+      std::copy(q, q + D, static_cast<int8_t*>(p.out.q) + out * D);
+      p.out.m[out] = p.x.m[scale];
+      p.out.e[out] = p.x.e[scale];
+      return;
+    }
     const int16_t* cs = p.cos + p.positions[token] * half;
     const int16_t* sn = p.sin + p.positions[token] * half;
     int64_t* v = RowBuffer(D);

@@ -87,6 +87,7 @@ DiArgs ArgsOf(const DiAttrs& a, const DiProblem& p) {
       args.P = p.cos_rows;
       args.per_head_scales = p.per_head_scales;
       args.heads_first = a.heads_first != 0;
+      args.rotate = a.rotate != 0;
       break;
     case DiOp::kBatchMatMul: {
       std::vector<int64_t> out(p.x.shape);

@@ -428,6 +428,16 @@ __global__ void __launch_bounds__(kThreads) RotaryRows(DiArgs a) {
   const int64_t r = blockIdx.x, D = a.D, half = D / 2;  // r = (b * S + s) * H + h
   const int8_t* q = static_cast<const int8_t*>(a.x.q) + r * D;
   const int64_t token = r / a.H, scale = a.per_head_scales ? r : token;
+  if (!a.rotate) {  // the layout alone: codes as they are, the token's scale for each head
+    const int64_t out = RotaryOutputRow(r, a.S, a.H, a.heads_first);
+    int8_t* y = static_cast<int8_t*>(a.y) + out * D;
+    for (int64_t c = threadIdx.x; c < D; c += blockDim.x) y[c] = q[c];
+    if (threadIdx.x == 0) {
+      a.y_m[out] = a.x.m[scale];
+      a.y_e[out] = a.x.e[scale];
+    }
+    return;
+  }
   // The host cannot read device positions: one outside the tables reads the nearest row (the CPU op refuses it).
   const int64_t pos = Min(Max(a.positions[token], 0), a.P - 1);
   const int16_t* cs = a.cos + pos * half;

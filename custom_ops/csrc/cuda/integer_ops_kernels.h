@@ -54,7 +54,7 @@ struct DiArgs {
   const int16_t* cos = nullptr;
   const int16_t* sin = nullptr;
   int64_t P = 0, S = 0, H = 0, D = 0;
-  bool per_head_scales = false, heads_first = false;
+  bool per_head_scales = false, heads_first = false, rotate = true;
   // DIBatchMatMul: A [groups, M, K]; group g uses B's batch sum_i (digit_i(g) / batch_group[i]) * b_strides[i] over
   // A's batch dims (batch_group: A's dim / B's, so B's dims of 1 and grouped-query heads map alike)
   int64_t M = 0, K = 0, N = 0, groups = 0;
