@@ -14,7 +14,8 @@ and int8 exponent, ``custom_ops/README.md`` "Integer-only ops"):
   q/k/v/o/gate/up/down   DIMatMul (the QuantLinear's integer weights; scales as dyadics), outputs at 8 bits
                          (o/down, which feed the residual: 16);
                  the attention's 1/sqrt(head_dim) is folded into q_proj's scales
-  rotary         DIRotary with Q14 cos/sin tables [max_positions, head_dim/2]
+  rotary         DIRotary with Q14 cos/sin tables [max_positions, head_dim/2], reading q/k as [B, S, heads*D] and
+                 writing [B, heads, S, D]; v takes the same op with rotate=0 (the relayout alone)
   Q.K^T, P.V     DIBatchMatMul (trans_b=1 causal and padding-masked; trans_b=0), wide int32 outputs
   softmax        DIClippedSoftmax (causal; clipped to [max - c, max] with each layer's c from the model property
                  ``edgeq.softmax_clip`` that I-LLM's FSBR learns, else no clipping), uint8 probabilities
