@@ -155,8 +155,7 @@ void PrepareRotary(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p) {
   if (xs.size() != 4) Fail(where, "X has shape " + ShapeText(xs) + ", expected [B, S, H, D] or [B, S, H*D]");
   if (xs[3] % 2) Fail(where, "X has shape " + ShapeText(xs) + ": the head dim D must be even");
   const std::vector<int64_t> per_head{xs[0], xs[1], xs[2], 1}, per_token{xs[0], xs[1], 1, 1};
-  const bool token_scales = projection || m.shape == per_token;
-  if (m.shape != per_head && !token_scales)
+  if (!projection && m.shape != per_head && m.shape != per_token)  // a projection's scales were checked above
     Fail(where, "x_m has shape " + ShapeText(m.shape) + ", expected " + ShapeText(per_head) + " or " +
                     ShapeText(per_token));
   p.per_head_scales = m.shape == per_head;

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../integer_math.h"
 #include "../integer_op_kind.h"
 
 namespace edgeq {
@@ -35,7 +36,7 @@ struct DiTensor {
 struct DiArgs {
   DiOp op = DiOp::kMatMul;
   int64_t qmax = 0, clip_q8 = 0, is_causal = 0, eps_q60 = 0, interleaved = 0, trans_b = 0;
-  int64_t clip_q15 = 1 << 15;      // DINorm, DISwiGLU, DIRequant: a learned clip of the output row's range
+  int64_t clip_q15 = integer::kClipOne;  // DINorm, DISwiGLU, DIRequant: a learned clip of the output row's range
   DiTensor x, x2;                  // x2: DISwiGLU's up, DIAdd's B, DIBatchMatMul's B
   DiCode y_code = DiCode::kInt8;   // Y's codes: int8/int16 (DIMatMul, DIAdd), uint8 (softmax), int32 (batch matmul)
   void* y = nullptr;
