@@ -4,8 +4,9 @@ B holds W = code - zero point as signed integers, one row per output channel:
   wbits <= 4: int8 [N, ceil(K/2)], value 2j in the low nibble and 2j+1 in the high nibble of byte j (two's
               complement nibbles; an odd K leaves the last high nibble 0);
   wbits >  4: int8 [N, K], one value per byte.
-Symmetric weights only: a zero point of 2^(wbits-1) turns codes 0..2^wbits-1 into values -2^(wbits-1)..
-2^(wbits-1)-1, which is what ``from_codes`` checks.
+Codes 0..2^wbits-1 become values code - 2^(wbits-1); a per-channel zero point z other than 2^(wbits-1) (an
+asymmetric grid) goes into the op's ``w_zero`` input as z - 2^(wbits-1), so B and w_zero both fit int8 and the
+op subtracts w_zero * sum(q) from the integer sums (``from_codes``).
 """
 
 from __future__ import annotations
@@ -67,12 +68,20 @@ def unpack_weights(B: np.ndarray, K: int, wbits: int) -> np.ndarray:
     return out[:, :K]
 
 
-def from_codes(codes: np.ndarray, zeros: np.ndarray, wbits: int) -> np.ndarray:
-    """Unsigned codes [N, K] with per-channel zero points [N] (all 2^(wbits-1)) -> B for QuantLinear."""
+def from_codes(codes: np.ndarray, zeros: np.ndarray, wbits: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Unsigned codes [N, K] with per-channel zero points [N] -> (B, w_zero) for QuantLinear; w_zero is None when
+    every zero point is the symmetric 2^(wbits-1) (the op's input then stays absent)."""
     _check_bits(wbits)
-    zeros = np.asarray(zeros).reshape(-1)
-    symmetric = 1 << (wbits - 1)
-    if zeros.size and not np.all(zeros == symmetric):
-        bad = zeros[zeros != symmetric][0]
-        raise EdgeqError(f"QuantLinear packing: zero point {int(bad)} is not the symmetric {symmetric} of {wbits} bits")
-    return pack_weights(np.asarray(codes).astype(np.int16) - symmetric, wbits)
+    codes, zeros = np.asarray(codes), np.asarray(zeros).reshape(-1)
+    if codes.ndim != 2 or zeros.shape != (codes.shape[0],):
+        raise EdgeqError(f"QuantLinear packing: zero points {list(zeros.shape)} do not match codes {list(codes.shape)} "
+                         "(one per output channel)")
+    mid = 1 << (wbits - 1)
+    top = (1 << wbits) - 1
+    if zeros.size and (int(zeros.min()) < 0 or int(zeros.max()) > top):
+        raise EdgeqError(f"QuantLinear packing: zero points span [{int(zeros.min())}, {int(zeros.max())}], outside "
+                         f"the {wbits}-bit codes [0, {top}]")
+    B = pack_weights(codes.astype(np.int16) - mid, wbits)
+    if np.all(zeros == mid):
+        return B, None
+    return B, (zeros.astype(np.int16) - mid).astype(np.int8)

@@ -52,8 +52,8 @@ def quantize_tokens(A: np.ndarray, abits: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.rint(r), -qmax - 1, qmax).astype(np.int8), s
 
 
-def quant_linear_accumulator(A: np.ndarray, B: np.ndarray, K: int, N: int, wbits: int, abits: int
-                             ) -> tuple[np.ndarray, np.ndarray]:
+def quant_linear_accumulator(A: np.ndarray, B: np.ndarray, K: int, N: int, wbits: int, abits: int,
+                             w_zero: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(acc int64 [..., N], s_x [..., 1]): the exact integer dot products of QuantLinear."""
     from edgeq.custom_ops.quant_linear_packing import unpack_weights
 
@@ -63,23 +63,29 @@ def quant_linear_accumulator(A: np.ndarray, B: np.ndarray, K: int, N: int, wbits
     W = unpack_weights(B, K, wbits)
     if W.shape[0] != N:
         raise ValueError(f"QuantLinear reference: B has {W.shape[0]} rows, N is {N}")
+    W = W.astype(np.int64)
+    if w_zero is not None:
+        w_zero = np.asarray(w_zero)
+        if w_zero.shape != (N,) or w_zero.dtype != np.int8:
+            raise ValueError(f"QuantLinear reference: w_zero must be int8 [{N}], got {w_zero.dtype} {list(w_zero.shape)}")
+        W = W - w_zero.astype(np.int64)[:, None]
     q, s = quantize_tokens(A, abits)
-    return q.astype(np.int64) @ W.T.astype(np.int64), s
+    return q.astype(np.int64) @ W.T, s
 
 
-def quant_linear(A: np.ndarray, B: np.ndarray, w_scales: np.ndarray, K: int, N: int, wbits: int, abits: int
-                 ) -> np.ndarray:
+def quant_linear(A: np.ndarray, B: np.ndarray, w_scales: np.ndarray, K: int, N: int, wbits: int, abits: int,
+                 w_zero: np.ndarray | None = None) -> np.ndarray:
     """Y [..., N] float64 = acc * s_x * w_scales (see ``schema.QUANT_LINEAR``)."""
-    acc, s = quant_linear_accumulator(A, B, K, N, wbits, abits)
+    acc, s = quant_linear_accumulator(A, B, K, N, wbits, abits, w_zero)
     return acc * s.astype(np.float64) * np.asarray(w_scales, np.float64).reshape(N)
 
 
 def quant_linear_rounded(A: np.ndarray, B: np.ndarray, w_scales: np.ndarray, K: int, N: int, wbits: int,
-                         abits: int) -> np.ndarray:
+                         abits: int, w_zero: np.ndarray | None = None) -> np.ndarray:
     """Y exactly as the kernels round it: T(float32(acc) * (s_x * w_scales) in float32). A kernel whose integer
     accumulator differs from ``quant_linear_accumulator`` anywhere cannot reproduce these bits (for |acc| <
     2^24, where float32(acc) is exact)."""
-    acc, s = quant_linear_accumulator(A, B, K, N, wbits, abits)
+    acc, s = quant_linear_accumulator(A, B, K, N, wbits, abits, w_zero)
     scale = s.astype(np.float32) * np.asarray(w_scales, np.float32).reshape(N)
     return (acc.astype(np.float32) * scale).astype(np.asarray(A).dtype)
 

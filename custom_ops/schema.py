@@ -257,25 +257,28 @@ def _infer_quant_linear(ctx) -> None:
     attrs = _read_attrs(ctx, QUANT_LINEAR)
     K, N, wbits = attrs["K"], attrs["N"], attrs["wbits"]
     a_type, a_dims = _activations(ctx, op, K)
-    _check_input_shapes(ctx, op, {1: ("B", ql_b_shape(K, N, wbits)), 2: ("w_scales", [N])})
+    _check_input_shapes(ctx, op, {1: ("B", ql_b_shape(K, N, wbits)), 2: ("w_scales", [N]), 3: ("w_zero", [N])})
     _set_linear_output(ctx, a_type, a_dims, N)
 
 
 QUANT_LINEAR = _float_linear(
     name="QuantLinear",
     doc=(
-        "Y = A @ W^T with per-token dynamic symmetric activation quantization and per-output-channel symmetric "
-        "integer weights (OmniQuant/SmoothQuant W8A8, W6A6, W4A4). Per row m of A (all scalar steps rounded to "
-        "T, as the exporter's stock-op chain computes them): qmax = 2^(abits-1)-1, "
-        "s_x[m] = max(max_k |A[m,k]| / qmax, 1e-5), q[m,k] = clamp(round_half_even(A[m,k] / s_x[m]), -qmax-1, "
-        "qmax). acc[m,n] = sum_k q[m,k] * W[n,k] exactly in int32, Y[m,n] = acc * (s_x[m] * w_scales[n]) in "
-        "float32, rounded to T. B holds W = code - zero point as signed integers: for wbits <= 4 two values per "
+        "Y = A @ W^T with per-token dynamic symmetric activation quantization and per-output-channel integer "
+        "weights, symmetric or with a zero offset per channel (OmniQuant/SmoothQuant W8A8, W6A6, W4A4). Per row m "
+        "of A (all scalar steps rounded to T, as the exporter's stock-op chain computes them): qmax = "
+        "2^(abits-1)-1, s_x[m] = max(max_k |A[m,k]| / qmax, 1e-5), q[m,k] = clamp(round_half_even(A[m,k] / "
+        "s_x[m]), -qmax-1, qmax). acc[m,n] = sum_k q[m,k] * (W[n,k] - w_zero[n]) exactly (w_zero absent: 0), "
+        "Y[m,n] = float32(acc) * (s_x[m] * w_scales[n]) in float32, rounded to T. An asymmetric grid with codes "
+        "c in 0..2^wbits-1 and zero point z is W = c - 2^(wbits-1), w_zero = z - 2^(wbits-1), so both fit int8 "
+        "(and W a nibble when wbits <= 4). B holds W as signed integers: for wbits <= 4 two values per "
         "byte, value 2j in the low nibble and 2j+1 in the high nibble of byte j (an odd K leaves the last high "
         "nibble unused), shape [N, ceil(K/2)]; for wbits > 4 one int8 per value, shape [N, K]."
     ),
     weights=(
         Input("B", "tensor(int8)", "signed weights [N, ceil(K/2)] (wbits <= 4, nibble-packed) or [N, K]"),
         Input("w_scales", "T", "per-output-channel weight scales [N]"),
+        Input("w_zero", "tensor(int8)", "per-output-channel zero offsets [N] (asymmetric weights)", optional=True),
     ),
     attributes=(
         *_LINEAR_K_N,

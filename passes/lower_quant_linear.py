@@ -8,11 +8,12 @@ The exporter writes per-token dynamic activation quantization in stock ops, then
     q      = Clip(Round(Div(x, scale)), -qmax-1, qmax)        (metadata edgeq.act_bits = abits)
     y      = MatMul(Mul(q, scale), DequantizeLinear(codes, scales, zeros, axis=0, block_size=K))
 
-with one scale per output channel and every zero point 2^(wbits-1). QuantLinear computes exactly that with
-integer codes (``edgeq.custom_ops.schema.QUANT_LINEAR``): the codes are the same bits, and the int32 dot
-products differ from the float MatMul only by the float rounding of the latter. Anything else (a grouped or
-asymmetric weight, another qmax, floor, axis or rounding) is refused with the reason, and the later
-lowerings (MatMulNBits, GroupQuantMatMul) then take the weight and leave the stock-op chain in place.
+with one scale and one zero point per output channel. QuantLinear computes exactly that with integer codes
+(``edgeq.custom_ops.schema.QUANT_LINEAR``; zero points other than 2^(wbits-1) become its ``w_zero`` input): the
+codes are the same bits, and the integer dot products differ from the float MatMul only by the float rounding
+of the latter. Anything else (a grouped weight, another qmax, floor, axis or rounding) is refused with the
+reason, and the later lowerings (MatMulNBits, GroupQuantMatMul) then take the weight and leave the stock-op
+chain in place.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _act_bits(clip: ir.Node, hi: float) -> int | str:
 
 
 class QuantLinearLowering(pattern.RewriteRuleClassBase):
-    """Per-token fake-quant chain + MatMul(., DQ per-channel symmetric const)  ==>  edgeq::QuantLinear."""
+    """Per-token fake-quant chain + MatMul(., DQ per-channel const)  ==>  edgeq::QuantLinear."""
 
     def pattern(self, op, x, axes, qmax, floor, lo, hi, codes, w_scales):
         absmax = op.ReduceMax(op.Abs(x), axes, _allow_other_attributes=True, _outputs=["absmax"])
@@ -106,10 +107,6 @@ class QuantLinearLowering(pattern.RewriteRuleClassBase):
                                "one scale per output channel", w)
         if not spec.has_zero_points:
             return result.fail("weight has no zero points (DequantizeLinear's default 0 is not symmetric)", w)
-        zeros = ir.convenience.get_const_tensor(dq.inputs[2]).numpy().astype(np.int64)
-        symmetric = 1 << (spec.bits - 1)
-        if not np.all(zeros == symmetric):
-            return result.fail(f"weight zero points are not all {symmetric} (asymmetric {spec.bits}-bit grid)", w)
         if ir.convenience.get_const_tensor(dq.inputs[1]).dtype != x.dtype:
             return result.fail(f"weight scales are not of the activations' type {x.dtype}", w)
         refused = qw.use_problem(x, w, spec)
@@ -122,14 +119,16 @@ class QuantLinearLowering(pattern.RewriteRuleClassBase):
         spec = qw.describe(dq)
         codes = ir.convenience.get_const_tensor(dq.inputs[0]).numpy().astype(np.uint8).T  # [N, K]
         zeros = ir.convenience.get_const_tensor(dq.inputs[2]).numpy().reshape(-1)
-        B = from_codes(codes, zeros, spec.bits)
+        B, w_zero = from_codes(codes, zeros, spec.bits)
         w_scales = np.ascontiguousarray(ir.convenience.get_const_tensor(dq.inputs[1]).numpy().reshape(spec.N))
         abits = _act_bits(q.producer(), float(_scalar(q.producer().inputs[2])))
+        zero_input = [] if w_zero is None else [qw.initializer(op, dq, w_zero, "ql_zero")]
         return op.op(
             OP.name,
             x,
             qw.initializer(op, dq, B, "ql_B"),
             qw.initializer(op, dq, w_scales, "ql_scales"),
+            *zero_input,
             K=spec.K,
             N=spec.N,
             wbits=spec.bits,
@@ -141,7 +140,7 @@ class QuantLinearLowering(pattern.RewriteRuleClassBase):
 
 
 class LowerQuantLinearPass(RulePass):
-    """Every exporter weight-activation linear (per-token A, per-channel symmetric W) becomes QuantLinear."""
+    """Every exporter weight-activation linear (per-token A, per-channel W) becomes QuantLinear."""
 
     def __init__(self):
         super().__init__([QuantLinearLowering.rule()])

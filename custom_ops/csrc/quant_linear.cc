@@ -29,6 +29,7 @@ QlProblem PrepareQuantLinear(Ort::KernelContext& ctx, const QlAttrs& attrs) {
   TensorView A = RequiredInput(ctx, 0, "A", where);
   TensorView B = RequiredInput(ctx, 1, "B", where);
   TensorView S = RequiredInput(ctx, 2, "w_scales", where);
+  TensorView Z = ctx.GetInputCount() > 3 ? Input(ctx, 3, "w_zero", where) : TensorView{};
 
   const int64_t M = LinearRows(A, attrs.K, where);
   if (S.type != A.type)
@@ -42,6 +43,11 @@ QlProblem PrepareQuantLinear(Ort::KernelContext& ctx, const QlAttrs& attrs) {
                     (attrs.packed() ? " (N, ceil(K/2)): wbits=" : " (N, K): wbits=") + std::to_string(attrs.wbits));
   if (S.shape != std::vector<int64_t>{attrs.N})
     Fail(where, "w_scales has shape " + ShapeText(S.shape) + ", expected [" + std::to_string(attrs.N) + "] (N)");
+  if (Z.value != nullptr) {
+    if (Z.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8)
+      Fail(where, std::string("w_zero must be int8 (per-channel zero offsets), got ") + TypeName(Z.type));
+    ExpectShape(Z, "w_zero", {attrs.N}, "(N)", where);
+  }
 
   QlProblem p;
   p.type = A.type;
@@ -49,6 +55,7 @@ QlProblem PrepareQuantLinear(Ort::KernelContext& ctx, const QlAttrs& attrs) {
   p.A = A.value.GetTensorRawData();
   p.B = static_cast<const int8_t*>(B.value.GetTensorRawData());
   p.w_scales = S.value.GetTensorRawData();
+  p.w_zero = Z.value != nullptr ? static_cast<const int8_t*>(Z.value.GetTensorRawData()) : nullptr;
   p.Y = ctx.GetOutput(0, LinearOutputShape(A, attrs.N)).GetTensorMutableRawData();
   return p;
 }

@@ -33,6 +33,7 @@ struct QlProblem {
   const void* A = nullptr;
   const int8_t* B = nullptr;
   const void* w_scales = nullptr;
+  const int8_t* w_zero = nullptr;  // [N], or nullptr: symmetric weights
   void* Y = nullptr;
 };
 
@@ -42,7 +43,19 @@ QlProblem PrepareQuantLinear(Ort::KernelContext& ctx, const QlAttrs& attrs);
 // B's type is fixed by the schema (ORT refuses another one, naming the node); A and w_scales are checked in
 // PrepareQuantLinear so that a wrong float type is reported with the op's name.
 inline ONNXTensorElementDataType QlInputType(size_t index) {
-  return index == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  return index == 1 || index == 3 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+}
+
+// A, B, w_scales and the optional w_zero.
+constexpr size_t kQlInputs = 4;
+inline OrtCustomOpInputOutputCharacteristic QlInputCharacteristic(size_t index) {
+  return index == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+}
+
+// acc - w_zero[n] * sum_k q[m, k]: the integer sums against W - w_zero. int64 because the corrected sum of an
+// 8-bit asymmetric weight (|W - w_zero| <= 255) can pass int32 at K beyond 65535.
+inline int64_t QlZeroCorrected(int32_t acc, const int8_t* w_zero, int64_t n, int32_t q_sum) {
+  return w_zero == nullptr ? int64_t(acc) : int64_t(acc) - int64_t(w_zero[n]) * q_sum;
 }
 
 // OrtCustomOp::InferOutputShapeFn: Y's type is A's, its shape A.shape[:-1] + [N].

@@ -9,6 +9,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgeq.custom_ops.quant_linear_packing import pack_weights, value_range
+from edgeq.custom_ops.reference import quant_linear_rounded
 from edgeq.custom_ops.schema import QUANT_LINEAR, opset_import
 
 from .conftest import ONNX_TYPE
@@ -25,6 +26,7 @@ class QlProblem:
     N: int
     wbits: int
     abits: int
+    w_zero: np.ndarray | None = None  # int8 [N]: asymmetric weights
 
     @property
     def attrs(self) -> dict:
@@ -32,9 +34,10 @@ class QlProblem:
 
 
 def random_problem(rng: np.random.Generator, lead: tuple[int, ...], K: int, N: int, wbits: int, abits: int,
-                   dtype=np.float32, saturate: bool = False) -> QlProblem:
+                   dtype=np.float32, saturate: bool = False, asymmetric: bool = False) -> QlProblem:
     """Weights over their whole signed range (both ends included in every row when ``saturate``); activations
-    with per-row magnitudes 1e-6..30 and an outlier column, so rows take every path of the scale rule."""
+    with per-row magnitudes 1e-6..30 and an outlier column, so rows take every path of the scale rule.
+    ``asymmetric``: per-channel zero offsets over the whole signed range too (both ends when ``saturate``)."""
     lo, hi = value_range(wbits)
     values = rng.integers(lo, hi + 1, (N, K))
     if saturate:
@@ -46,19 +49,25 @@ def random_problem(rng: np.random.Generator, lead: tuple[int, ...], K: int, N: i
     if saturate:  # each row reaches +absmax and -absmax: codes +qmax and -qmax
         absmax = np.abs(A).max(axis=-1, keepdims=True)
         A[..., 0:1], A[..., -1:] = absmax, -absmax
-    return QlProblem(A.astype(dtype), pack_weights(values, wbits), w_scales, K, N, wbits, abits)
+    w_zero = None
+    if asymmetric:
+        w_zero = rng.integers(lo, hi + 1, N).astype(np.int8)
+        if saturate:
+            w_zero[0], w_zero[-1] = lo, hi
+    return QlProblem(A.astype(dtype), pack_weights(values, wbits), w_scales, K, N, wbits, abits, w_zero)
 
 
 def ql_model(p: QlProblem, *, a_shape=None, weights_as_inputs: bool = False, **attr_overrides) -> onnx.ModelProto:
     """A one-node model. Weights are initializers unless weights_as_inputs (then every tensor is a graph input,
     with dynamic shapes, so that wrong ones reach the kernel's own checks)."""
     elem = ONNX_TYPE[p.A.dtype]
-    node = helper.make_node(QUANT_LINEAR.name, ["A", "B", "w_scales"], ["Y"], domain="edgeq", name="ql0",
+    weights = {"B": p.B, "w_scales": p.w_scales, **({} if p.w_zero is None else {"w_zero": p.w_zero})}
+    node = helper.make_node(QUANT_LINEAR.name, ["A", *weights], ["Y"], domain="edgeq", name="ql0",
                             **{**p.attrs, **attr_overrides})
     a_shape = list(p.A.shape) if a_shape is None else a_shape
     inputs = [helper.make_tensor_value_info("A", elem, a_shape)]
     initializers = []
-    for name, arr in (("B", p.B), ("w_scales", p.w_scales)):
+    for name, arr in weights.items():
         if weights_as_inputs:
             inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(arr.dtype), [None] * arr.ndim))
         else:
@@ -69,7 +78,14 @@ def ql_model(p: QlProblem, *, a_shape=None, weights_as_inputs: bool = False, **a
 
 
 def feeds(p: QlProblem, weights_as_inputs: bool = False) -> dict:
-    return {"A": p.A, "B": p.B, "w_scales": p.w_scales} if weights_as_inputs else {"A": p.A}
+    if not weights_as_inputs:
+        return {"A": p.A}
+    return {"A": p.A, "B": p.B, "w_scales": p.w_scales, **({} if p.w_zero is None else {"w_zero": p.w_zero})}
+
+
+def rounded_reference(p: QlProblem) -> np.ndarray:
+    """The kernels' exact bits (``reference.quant_linear_rounded``)."""
+    return quant_linear_rounded(p.A, p.B, p.w_scales, p.K, p.N, p.wbits, p.abits, p.w_zero)
 
 
 def random_shapes(count: int, seed: int, *, max_k: int = 600):

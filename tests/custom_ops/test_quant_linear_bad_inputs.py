@@ -61,6 +61,17 @@ def test_mismatched_k_with_static_shapes(cpu_library):
         session(ql_model(p, K=96), cpu_library).run(None, feeds(p))
 
 
+def test_zero_offsets_of_another_shape_or_type(cpu_library):
+    p = problem(asymmetric=True)
+    p.w_zero = p.w_zero[:5].copy()
+    with pytest.raises(Exception, match=rf"{OP} node 'ql0': w_zero has shape \[5\], expected \[7\] \(N\)"):
+        run_dynamic(cpu_library, p)
+    p = problem(asymmetric=True)
+    p.w_zero = p.w_zero.astype(np.int32)
+    with pytest.raises(Exception, match=r"tensor\(int32\).* \(w_zero\) of operator \(QuantLinear\) in node \(ql0\)"):
+        run_dynamic(cpu_library, p)
+
+
 def test_wrong_scale_count(cpu_library):
     p = problem()
     p.w_scales = p.w_scales[:5].copy()

@@ -12,7 +12,7 @@ from edgeq.custom_ops.quant_linear_packing import pack_weights
 from edgeq.custom_ops.reference import quant_linear, quant_linear_accumulator, quant_linear_rounded, quantize_tokens
 
 from .conftest import rel_error, session
-from .quant_linear_problems import WIDTHS, QlProblem, feeds, ql_model, random_problem, random_shapes
+from .quant_linear_problems import WIDTHS, QlProblem, feeds, ql_model, random_problem, random_shapes, rounded_reference
 
 # float32 output: one rounding of (float32(acc) * scale) with scale itself rounded once.
 FLOAT_TOLERANCE = {np.dtype(np.float32): 3e-7, np.dtype(np.float16): 1e-3}
@@ -25,8 +25,8 @@ def run_cpu(library, p: QlProblem, threads: int = 2, **kw):
 def check(library, p: QlProblem):
     y = run_cpu(library, p)
     assert y.dtype == p.A.dtype and y.shape == (*p.A.shape[:-1], p.N)
-    np.testing.assert_array_equal(y, quant_linear_rounded(p.A, p.B, p.w_scales, p.K, p.N, p.wbits, p.abits))
-    assert rel_error(y, quant_linear(p.A, p.B, p.w_scales, p.K, p.N, p.wbits, p.abits)) <= FLOAT_TOLERANCE[p.A.dtype]
+    np.testing.assert_array_equal(y, rounded_reference(p))
+    assert rel_error(y, quant_linear(p.A, p.B, p.w_scales, p.K, p.N, p.wbits, p.abits, p.w_zero)) <= FLOAT_TOLERANCE[p.A.dtype]
 
 
 CASES = [pytest.param(i, lead, K, N, *WIDTHS[i % 4], id=f"{i}-M{'x'.join(map(str, lead))}-K{K}-N{N}-W{WIDTHS[i % 4][0]}A{WIDTHS[i % 4][1]}")
@@ -37,6 +37,28 @@ CASES = [pytest.param(i, lead, K, N, *WIDTHS[i % 4], id=f"{i}-M{'x'.join(map(str
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
 def test_matches_reference_bit_exactly(cpu_library, dtype, seed, lead, K, N, wbits, abits):
     check(cpu_library, random_problem(np.random.default_rng(seed), lead, K, N, wbits, abits, dtype, saturate=seed % 2 == 0))
+
+
+@pytest.mark.parametrize("seed, lead, K, N, wbits, abits", CASES[:24])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
+def test_asymmetric_weights_match_reference_bit_exactly(cpu_library, dtype, seed, lead, K, N, wbits, abits):
+    """Per-channel zero offsets (w_zero) over the whole int8/nibble range, both ends in every saturated case."""
+    p = random_problem(np.random.default_rng(seed + 1000), lead, K, N, wbits, abits, dtype, saturate=seed % 2 == 0,
+                       asymmetric=True)
+    check(cpu_library, p)
+
+
+@pytest.mark.parametrize("wbits", [8, 4])
+def test_asymmetric_sum_beyond_int32(cpu_library, wbits):
+    """W - w_zero = -255 (8 bits) against q = -127 over K = 70000: the corrected sum 70000 * 127 * 255 passes
+    2^31, so a kernel that subtracts the zero term in int32 wraps; the op's int64 correction does not."""
+    K, N = 70000, 3
+    lo, hi = -(1 << (wbits - 1)), (1 << (wbits - 1)) - 1
+    p = QlProblem(np.full((2, K), -2.0, np.float32), pack_weights(np.full((N, K), lo), wbits), np.ones(N, np.float32),
+                  K, N, wbits, 8, np.array([hi, 0, lo], np.int8))
+    acc, _ = quant_linear_accumulator(p.A, p.B, K, N, wbits, 8, p.w_zero)
+    assert acc.max() == K * 127 * (hi - lo) and (wbits == 4 or acc.max() > 2**31)
+    check(cpu_library, p)
 
 
 @pytest.mark.parametrize("wbits, abits", [(2, 2), (3, 3), (5, 5), (7, 7), (2, 8), (8, 4)])

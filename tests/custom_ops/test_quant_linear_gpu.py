@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from edgeq.custom_ops.quant_linear_packing import pack_weights
-from edgeq.custom_ops.reference import quant_linear_rounded
+from edgeq.custom_ops.reference import quant_linear_accumulator
 
 from .conftest import cuda_available, session
-from .quant_linear_problems import WIDTHS, QlProblem, feeds, ql_model, random_problem
+from .quant_linear_problems import WIDTHS, QlProblem, feeds, ql_model, random_problem, rounded_reference
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason="needs onnxruntime-gpu with CUDA")]
 
@@ -49,7 +49,7 @@ def run_cuda(library, p: QlProblem, monkeypatch, kernel: str):
 def check(library, monkeypatch, kernel, p: QlProblem):
     y = run_cuda(library, p, monkeypatch, kernel)
     assert y.dtype == p.A.dtype and y.shape == (*p.A.shape[:-1], p.N)
-    np.testing.assert_array_equal(y, quant_linear_rounded(p.A, p.B, p.w_scales, p.K, p.N, p.wbits, p.abits))
+    np.testing.assert_array_equal(y, rounded_reference(p))
 
 
 def cases(kernel: str, count: int, seed: int):
@@ -103,6 +103,27 @@ def test_wgmma_kernel(cuda_library, wgmma, monkeypatch, dtype, seed, lead, K, N,
 @pytest.mark.parametrize("seed, lead, K, N, wbits, abits", cases("generic", 8, 3))
 def test_generic_kernel(cuda_library, monkeypatch, dtype, seed, lead, K, N, wbits, abits):
     check(cuda_library, monkeypatch, "generic", random_problem(np.random.default_rng(seed), lead, K, N, wbits, abits, dtype))
+
+
+@DTYPES
+@pytest.mark.parametrize("kernel, seed, lead, K, N, wbits, abits",
+                         [pytest.param(k, *c.values, id=c.id) for k in ("decode", "mma128", "mma64", "generic")
+                          for c in cases("decode" if k == "decode" else "generic" if k == "generic" else "mma", 8, 7)])
+def test_asymmetric_weights(cuda_library, monkeypatch, dtype, kernel, seed, lead, K, N, wbits, abits):
+    """w_zero through every GEMM's epilogue: the code sums from the quantize kernel, the int64 correction."""
+    p = random_problem(np.random.default_rng(seed + 500), lead, K, N, wbits, abits, dtype, saturate=seed % 2 == 0,
+                       asymmetric=True)
+    check(cuda_library, monkeypatch, kernel, p)
+
+
+@pytest.mark.parametrize("kernel", ["decode", "mma128", "generic"])
+def test_asymmetric_sum_beyond_int32(cuda_library, monkeypatch, kernel):
+    K, N = 70016, 3
+    M = 2 if kernel == "decode" else 130
+    p = QlProblem(np.full((M, K), -2.0, np.float32), pack_weights(np.full((N, K), -128), 8), np.ones(N, np.float32),
+                  K, N, 8, 8, np.array([127, 0, -128], np.int8))
+    assert quant_linear_accumulator(p.A, p.B, K, N, 8, 8, p.w_zero)[0].max() > 2**31
+    check(cuda_library, monkeypatch, kernel, p)
 
 
 @pytest.mark.parametrize("M", [1, 8, 64, 512])

@@ -63,11 +63,27 @@ def test_four_bit_layout_is_low_nibble_first():
     assert B.view(np.uint8).tolist() == [[0xE1, 0x78, 0x03]]
 
 
-def test_packing_refuses_values_outside_the_width_and_asymmetric_zeros():
+def test_packing_refuses_values_outside_the_width_and_bad_zeros():
     with pytest.raises(EdgeqError, match=r"values span \[-9, 0\], outside the 4-bit range \[-8, 7\]"):
         pack_weights(np.array([[-9, 0]]), 4)
-    with pytest.raises(EdgeqError, match="zero point 7 is not the symmetric 8 of 4 bits"):
-        from_codes(np.zeros((2, 4), np.uint8), np.array([8, 7]), 4)
+    with pytest.raises(EdgeqError, match=r"zero points span \[8, 16\], outside the 4-bit codes \[0, 15\]"):
+        from_codes(np.zeros((2, 4), np.uint8), np.array([8, 16]), 4)
+    with pytest.raises(EdgeqError, match=r"zero points \[3\] do not match codes \[2, 4\]"):
+        from_codes(np.zeros((2, 4), np.uint8), np.array([8, 8, 8]), 4)
+
+
+@pytest.mark.parametrize("wbits", [8, 4, 3])
+def test_asymmetric_codes_become_signed_values_and_zero_offsets(wbits):
+    """code - zero == (B - w_zero) for every code and zero point of the width, both at int8's ends for 8 bits."""
+    top = (1 << wbits) - 1
+    codes = np.tile(np.arange(top + 1), (3, 1)).astype(np.uint8)
+    zeros = np.array([0, 1 << (wbits - 1), top])
+    B, w_zero = from_codes(codes, zeros, wbits)
+    assert w_zero.dtype == np.int8 and w_zero.tolist() == [-(1 << (wbits - 1)), 0, top - (1 << (wbits - 1))]
+    values = unpack_weights(B, top + 1, wbits).astype(np.int64) - w_zero.astype(np.int64)[:, None]
+    np.testing.assert_array_equal(values, codes.astype(np.int64) - zeros[:, None])
+    B_sym, none = from_codes(codes, np.full(3, 1 << (wbits - 1)), wbits)
+    assert none is None and np.array_equal(B_sym, B)
 
 
 def test_reference_scale_rule_and_float16_steps():

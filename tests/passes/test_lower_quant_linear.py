@@ -99,12 +99,13 @@ def ort_cpu_codes(x, abits):
     return np.clip(np.rint((x32 / s32).astype(np.float16)), -qmax - 1, qmax).astype(np.int8)
 
 
+@pytest.mark.parametrize("zeros", ["symmetric", "random"])
 @pytest.mark.parametrize("wbits, abits", [(8, 8), (6, 6), (4, 4), (4, 8), (3, 3)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
-def test_lowers_the_exporter_chain_and_matches_ort_on_the_original(wbits, abits, dtype):
+def test_lowers_the_exporter_chain_and_matches_ort_on_the_original(wbits, abits, dtype, zeros):
     K, N = 96, 40
     rng = np.random.default_rng(wbits * 10 + abits)
-    proto, codes, scales = act_quant_linear(K, N, wbits, abits, rng=rng, dtype=dtype)
+    proto, codes, scales = act_quant_linear(K, N, wbits, abits, rng=rng, dtype=dtype, zeros=zeros)
     model = from_proto(proto)
     assert ops(model) == CHAIN
     result = LowerQuantLinearPass()(model)
@@ -113,15 +114,22 @@ def test_lowers_the_exporter_chain_and_matches_ort_on_the_original(wbits, abits,
     node = next(iter(result.model.graph))
     assert node.domain == "edgeq"
     assert {k: a.value for k, a in node.attributes.items()} == {"K": K, "N": N, "wbits": wbits, "abits": abits}
-    B, w_scales = (v.const_value.numpy() for v in node.inputs[1:])
+    B, w_scales, *rest = (v.const_value.numpy() for v in node.inputs[1:])
     assert B.dtype == np.int8 and B.shape == ((N, K // 2) if wbits <= 4 else (N, K))
     assert np.array_equal(unpack_weights(B, K, wbits), codes.T.astype(np.int16) - 2 ** (wbits - 1))
     assert w_scales.dtype == dtype and np.array_equal(w_scales, scales[0])
+    zero = next(t for t in proto.graph.initializer if t.name == "w.zeros")
+    zero = numpy_helper.to_array(zero).reshape(-1).astype(np.int16)  # UINT4 unpacks to uint8 codes
+    w_zero = rest[0] if rest else None
+    if zeros == "symmetric":
+        assert w_zero is None  # the optional input stays absent
+    else:
+        assert w_zero.dtype == np.int8 and np.array_equal(w_zero, zero - 2 ** (wbits - 1))
 
     x = activations(rng, K, dtype)
     (y_before,) = run(proto, {"x": x})
     (y_after,) = run(result.model, {"x": x})
-    ref = quant_linear(x, B, w_scales, K, N, wbits, abits)
+    ref = quant_linear(x, B, w_scales, K, N, wbits, abits, w_zero)
     assert y_after.dtype == dtype and y_after.shape == (2, 3, N)
     # The lowered graph rounds an exact integer sum once. The original rounds q*s_x and the dequantized weights
     # to T and sums K products in T: at most (K+2) units of roundoff of sum|terms| (the textbook dot-product
@@ -131,7 +139,8 @@ def test_lowers_the_exporter_chain_and_matches_ort_on_the_original(wbits, abits,
     q, s = quantize_tokens(x, abits)
     flips = ort_cpu_codes(x, abits) != q
     assert flips.mean() <= 0.01 if dtype == np.float16 else not flips.any()
-    W = unpack_weights(B, K, wbits).astype(np.float64) * w_scales.astype(np.float64)[:, None]
+    W = (unpack_weights(B, K, wbits).astype(np.float64) - (0 if w_zero is None else w_zero[:, None])) \
+        * w_scales.astype(np.float64)[:, None]
     terms = (np.abs(q).astype(np.float64) * s.astype(np.float64)) @ np.abs(W).T
     flip_bound = flips.sum(-1, keepdims=True) * s.astype(np.float64) * np.abs(W).max(axis=1)
     tiny = float(np.finfo(dtype).smallest_subnormal)  # the absolute roundoff where T's values are subnormal
@@ -183,7 +192,6 @@ def test_every_linear_of_a_shared_input_gets_its_own_op():
 
 
 @pytest.mark.parametrize("kwargs, reason", [
-    (dict(zeros="random"), "zero points are not all 128"),
     (dict(zeros=None), "no zero points"),
     (dict(group=32), "groups of 32 along K=64"),
     (dict(qmax=100), "8-bit activations need qmax=127, the chain has 100.0"),
@@ -212,8 +220,8 @@ def test_default_pipeline_lowers_it_before_matmulnbits_and_falls_back_when_refus
     lowered = default_pipeline(act_quant_linear(64, 16, 4, 4, rng=rng)[0])
     assert ops(lowered.model) == Counter({"QuantLinear": 1})
     assert lowered.report("quant-linear").modified and not lowered.report("matmul-nbits").modified
-    # An asymmetric 4-bit weight is MatMulNBits' (the stock-op activation chain stays, exact as exported).
-    proto = act_quant_linear(64, 16, 4, 4, rng=rng, zeros="random")[0]
+    # A grouped 4-bit weight is MatMulNBits' (the stock-op activation chain stays, exact as exported).
+    proto = act_quant_linear(64, 16, 4, 4, rng=rng, group=32)[0]
     fallback = default_pipeline(proto)
     assert ops(fallback.model) == CHAIN - Counter({"DequantizeLinear": 1, "MatMul": 1}) + Counter({"MatMulNBits": 1})
     x = activations(rng, 64, np.float32)

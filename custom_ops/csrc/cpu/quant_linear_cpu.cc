@@ -43,18 +43,21 @@ inline float ScaleFloor() {
   if constexpr (std::is_same_v<T, float>) return kQlScaleFloor; else return HalfToFloat(kQlScaleFloorHalf);
 }
 
-// q[0, Kp) = the row's codes (zero past K); returns s_x.
+// q[0, Kp) = the row's codes (zero past K), *q_sum their sum; returns s_x.
 template <typename T>
-float QuantizeRow(const T* a, int64_t K, int64_t Kp, int qmax, int16_t* q) {
+float QuantizeRow(const T* a, int64_t K, int64_t Kp, int qmax, int16_t* q, int32_t* q_sum) {
   float absmax = 0.f;
   for (int64_t k = 0; k < K; ++k) absmax = std::max(absmax, std::fabs(ToFloat(a[k])));
   const float s = std::max(RoundToT<T>(absmax / float(qmax)), ScaleFloor<T>());
   const float lo = float(-qmax - 1), hi = float(qmax);
+  int32_t sum = 0;
   for (int64_t k = 0; k < K; ++k) {
     const float r = std::nearbyint(RoundToT<T>(ToFloat(a[k]) / s));  // half to even, the ONNX Round
     q[k] = int16_t(std::min(std::max(r, lo), hi));
+    sum += q[k];
   }
   std::fill(q + K, q + Kp, int16_t(0));
+  *q_sum = sum;
   return s;
 }
 
@@ -132,17 +135,20 @@ struct Task {
   const QlAttrs* attrs;
   int64_t M, Kp;
   const T* A;
-  int16_t* q;    // [M, Kp]
-  float* s_x;    // [M]
+  int16_t* q;      // [M, Kp]
+  float* s_x;      // [M]
+  int32_t* q_sum;  // [M]
   const int8_t* B;
   const T* w_scales;
+  const int8_t* w_zero;
   T* Y;
 };
 
 template <typename T>
 void QuantizeTask(void* data, size_t m) {
   auto& t = *static_cast<const Task<T>*>(data);
-  t.s_x[m] = QuantizeRow<T>(t.A + int64_t(m) * t.attrs->K, t.attrs->K, t.Kp, t.attrs->qmax, t.q + int64_t(m) * t.Kp);
+  t.s_x[m] = QuantizeRow<T>(t.A + int64_t(m) * t.attrs->K, t.attrs->K, t.Kp, t.attrs->qmax, t.q + int64_t(m) * t.Kp,
+                            t.q_sum + m);
 }
 
 template <typename T>
@@ -179,7 +185,7 @@ void GemmTask(void* data, size_t block) {
     T* y = t.Y + m * N + n0;
     for (int64_t r = 0; r < rows; ++r) {
       const float scale = Opaque(t.s_x[m] * ws[r]);
-      y[r] = FromFloat<T>(float(acc[m * kBlockN + r]) * scale);
+      y[r] = FromFloat<T>(float(QlZeroCorrected(acc[m * kBlockN + r], t.w_zero, n0 + r, t.q_sum[m])) * scale);
     }
   }
 }
@@ -189,8 +195,9 @@ void Compute(Ort::KernelContext& ctx, const QlAttrs& attrs, const QlProblem& p) 
   const int64_t Kp = (attrs.K + kAlignK - 1) / kAlignK * kAlignK;
   std::vector<int16_t> q(size_t(p.M * Kp));
   std::vector<float> s_x(size_t(p.M));
-  Task<T> task{&attrs, p.M, Kp, static_cast<const T*>(p.A), q.data(), s_x.data(), p.B,
-               static_cast<const T*>(p.w_scales), static_cast<T*>(p.Y)};
+  std::vector<int32_t> q_sum(size_t(p.M));
+  Task<T> task{&attrs, p.M, Kp, static_cast<const T*>(p.A), q.data(), s_x.data(), q_sum.data(), p.B,
+               static_cast<const T*>(p.w_scales), p.w_zero, static_cast<T*>(p.Y)};
   ctx.ParallelFor(QuantizeTask<T>, size_t(p.M), 0, &task);
   ctx.ParallelFor(GemmTask<T>, size_t((attrs.N + kBlockN - 1) / kBlockN), 0, &task);
 }
@@ -217,8 +224,11 @@ struct Op : Ort::CustomOpBase<Op, Kernel, /*WithStatus=*/true> {
   }
   const char* GetName() const { return kQuantLinear; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetInputTypeCount() const { return 3; }
+  size_t GetInputTypeCount() const { return kQlInputs; }
   ONNXTensorElementDataType GetInputType(size_t index) const { return QlInputType(index); }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return QlInputCharacteristic(index);
+  }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED; }
 };

@@ -82,6 +82,7 @@ struct Kernel {
       args.A = p.A;
       args.B = p.B;
       args.w_scales = p.w_scales;
+      args.w_zero = p.w_zero;
       args.Y = p.Y;
       if (const char* problem = QuantLinearKernelProblem(args, choice))
         throw InvalidArgument(attrs.where + ": EDGEQ_QL_KERNEL=" + choice_name + ": " + problem +
@@ -104,8 +105,11 @@ struct Op : Ort::CustomOpBase<Op, Kernel, /*WithStatus=*/true> {
   }
   const char* GetName() const { return kQuantLinear; }
   const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
-  size_t GetInputTypeCount() const { return 3; }
+  size_t GetInputTypeCount() const { return kQlInputs; }
   ONNXTensorElementDataType GetInputType(size_t index) const { return QlInputType(index); }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return QlInputCharacteristic(index);
+  }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED; }
 };

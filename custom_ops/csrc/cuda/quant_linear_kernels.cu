@@ -93,8 +93,8 @@ __device__ __forceinline__ void Load8(const __half* p, float (&out)[8]) {
 // VEC: K % 8 == 0 and A 16-byte aligned, so each thread reads its 8-element groups as vectors.
 template <typename T, bool EVENS_FIRST, bool VEC>
 __global__ void __launch_bounds__(kQuantThreads)
-    QuantizeKernel(const T* __restrict__ A, int8_t* __restrict__ q, float* __restrict__ s_x, int K, int Kp,
-                   int qmax, float floor_value) {
+    QuantizeKernel(const T* __restrict__ A, int8_t* __restrict__ q, float* __restrict__ s_x, int* __restrict__ q_sum,
+                   int K, int Kp, int qmax, float floor_value) {
   const int m = blockIdx.x;
   const T* row = A + static_cast<size_t>(m) * K;
   float amax = 0.f;
@@ -120,6 +120,7 @@ __global__ void __launch_bounds__(kQuantThreads)
   if (threadIdx.x == 0) s_x[m] = s;
   const float lo = static_cast<float>(-qmax - 1), hi = static_cast<float>(qmax);
   uint2* out = reinterpret_cast<uint2*>(q + static_cast<size_t>(m) * Kp);
+  int sum = 0;
   for (int group = threadIdx.x; group < Kp / 8; group += kQuantThreads) {
     float x[8];
     if (VEC && 8 * group < K) {
@@ -135,15 +136,37 @@ __global__ void __launch_bounds__(kQuantThreads)
       const float r = rintf(RoundToT<T>(__fdiv_rn(x[GroupOffset<EVENS_FIRST>(j)], s)));
       const int v = static_cast<int>(fminf(fmaxf(r, lo), hi));
       word[j >> 2] |= (static_cast<uint32_t>(v) & 0xffu) << (8 * (j & 3));
+      sum += v;
     }
     out[group] = make_uint2(word[0], word[1]);
   }
+  if (q_sum == nullptr) return;  // symmetric weights: the GEMMs need no code sums (uniform across the block)
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  __shared__ int warp_sum[kQuantThreads / 32];
+  if ((threadIdx.x & 31) == 0) warp_sum[threadIdx.x >> 5] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < kQuantThreads / 32; ++w) sum += warp_sum[w];
+    q_sum[m] = sum;
+  }
 }
+
+// The integer sums against W - w_zero (QlZeroCorrected in quant_linear.h), as float: acc - w_zero[n] * q_sum[m] in
+// int64, rounded once. w_zero == nullptr: symmetric weights, the sum itself.
+struct ZeroOffset {
+  const int8_t* w_zero;
+  const int* q_sum;
+  __device__ __forceinline__ float Sum(int acc, int m, int n) const {
+    if (w_zero == nullptr) return __int2float_rn(acc);
+    return __ll2float_rn(static_cast<long long>(acc) - static_cast<long long>(w_zero[n]) * q_sum[m]);
+  }
+};
 
 // Y = T(float(acc) * (s_x * w_scale)): the scale product first, as the op's contract and the CPU kernel do.
 template <typename T>
-__device__ __forceinline__ T Epilogue(int acc, float sx, float ws) {
-  return FromFloat<T>(__fmul_rn(__int2float_rn(acc), __fmul_rn(sx, ws)));
+__device__ __forceinline__ T Epilogue(float acc, float sx, float ws) {
+  return FromFloat<T>(__fmul_rn(acc, __fmul_rn(sx, ws)));
 }
 
 // --------------------------------------------------------------------------------------------- decode
@@ -163,7 +186,7 @@ __device__ __forceinline__ uint4 LoadStreaming(const uint4* p) {
 template <typename T, bool PACKED, int MAXM>
 __global__ void __launch_bounds__(kDecodeWarps * 32)
     DecodeKernel(const int8_t* __restrict__ q, const float* __restrict__ s_x, const int8_t* __restrict__ B,
-                 const T* __restrict__ w_scales, T* __restrict__ Y, int M, int N, int Kp, int row_bytes) {
+                 const T* __restrict__ w_scales, ZeroOffset zero, T* __restrict__ Y, int M, int N, int Kp, int row_bytes) {
   const int lane = threadIdx.x & 31;
   const int n = blockIdx.x * kDecodeWarps + (threadIdx.x >> 5);
   if (n >= N) return;  // the whole warp: nothing below synchronizes across warps
@@ -219,7 +242,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
   }
   if (lane < M) {
     if (PACKED) mine >>= 4;
-    Y[static_cast<size_t>(lane) * N + n] = Epilogue<T>(mine, s_x[lane], ToFloat(w_scales[n]));
+    Y[static_cast<size_t>(lane) * N + n] = Epilogue<T>(zero.Sum(mine, lane, n), s_x[lane], ToFloat(w_scales[n]));
   }
 }
 
@@ -293,7 +316,8 @@ __device__ __forceinline__ void LoadSlice(uint8_t* stage, const int8_t* __restri
 template <typename T, int BM, int BN, int WM, int WN, bool PACKED>
 __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads)
     MmaKernel(const int8_t* __restrict__ q, const float* __restrict__ s_x, const int8_t* __restrict__ B,
-              const T* __restrict__ w_scales, T* __restrict__ Y, int M, int N, int Kp, int row_bytes, bool pair_store) {
+              const T* __restrict__ w_scales, ZeroOffset zero, T* __restrict__ Y, int M, int N, int Kp, int row_bytes,
+              bool pair_store) {
   using TL = Tile<BM, BN, WM, WN>;
   using SL = StageLayout<BM, BN, PACKED>;
   using BL = BLayout<PACKED>;
@@ -389,7 +413,9 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads)
           v0 >>= 4;
           v1 >>= 4;
         }
-        const T y0 = Epilogue<T>(v0, sx, ws[j][0]), y1 = Epilogue<T>(v1, sx, ws[j][1]);
+        // columns past N are computed and dropped: clamp them so w_zero is never read out of bounds
+        const T y0 = Epilogue<T>(zero.Sum(v0, m, min(n, N - 1)), sx, ws[j][0]);
+        const T y1 = Epilogue<T>(zero.Sum(v1, m, min(n + 1, N - 1)), sx, ws[j][1]);
         if (pair_store && n + 1 < N) {
           if constexpr (sizeof(T) == 2) {
             __half2 pair;
@@ -497,7 +523,8 @@ __device__ __forceinline__ void LoadWgSlice(uint8_t* stage, const int8_t* __rest
 template <typename T, bool PACKED>
 __global__ void __launch_bounds__(kWgThreads)
     WgmmaKernel(const int8_t* __restrict__ q, const float* __restrict__ s_x, const int8_t* __restrict__ B,
-                const T* __restrict__ w_scales, T* __restrict__ Y, int M, int N, int Kp, int row_bytes, bool pair_store) {
+                const T* __restrict__ w_scales, ZeroOffset zero, T* __restrict__ Y, int M, int N, int Kp, int row_bytes,
+                bool pair_store) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using L = WgLayout<PACKED>;
   extern __shared__ __align__(128) uint8_t smem[];
@@ -567,9 +594,9 @@ __global__ void __launch_bounds__(kWgThreads)
     }
     const float sx = s_x[m];
     T* y = Y + static_cast<size_t>(m) * N;
-    const T y0 = Epilogue<T>(v0, sx, ToFloat(w_scales[n]));
+    const T y0 = Epilogue<T>(zero.Sum(v0, m, n), sx, ToFloat(w_scales[n]));
     if (n + 1 < N) {
-      const T y1 = Epilogue<T>(v1, sx, ToFloat(w_scales[n + 1]));
+      const T y1 = Epilogue<T>(zero.Sum(v1, m, n + 1), sx, ToFloat(w_scales[n + 1]));
       if (pair_store) {
         if constexpr (sizeof(T) == 2) {
           __half2 pair;
@@ -621,7 +648,8 @@ constexpr int kGenericRows = 4;
 template <typename T, bool PACKED>
 __global__ void __launch_bounds__(kGenericThreads)
     GenericKernel(const int8_t* __restrict__ q, const float* __restrict__ s_x, const int8_t* __restrict__ B,
-                  const T* __restrict__ w_scales, T* __restrict__ Y, int M, int N, int K, int Kp, int row_bytes) {
+                  const T* __restrict__ w_scales, ZeroOffset zero, T* __restrict__ Y, int M, int N, int K, int Kp,
+                  int row_bytes) {
   const int n = blockIdx.x, m0 = blockIdx.y * kGenericRows;
   const int8_t* row = B + static_cast<size_t>(n) * row_bytes;
   int acc[kGenericRows] = {0, 0, 0, 0};
@@ -652,7 +680,7 @@ __global__ void __launch_bounds__(kGenericThreads)
     int v = 0;
     for (int i = 0; i < kGenericThreads / 32; ++i) v += partial[threadIdx.x][i];
     const int m = m0 + threadIdx.x;
-    Y[static_cast<size_t>(m) * N + n] = Epilogue<T>(v, s_x[m], ToFloat(w_scales[n]));
+    Y[static_cast<size_t>(m) * N + n] = Epilogue<T>(zero.Sum(v, m, n), s_x[m], ToFloat(w_scales[n]));
   }
 }
 
@@ -677,7 +705,8 @@ QlKernel Pick(const QlArgs& a, QlKernel requested) {
 }
 
 template <typename T, int BM, int BN, int WM, int WN, bool PACKED>
-const char* LaunchMma(const QlArgs& a, const int8_t* q, const float* s_x, int Kp, cudaStream_t stream) {
+const char* LaunchMma(const QlArgs& a, const int8_t* q, const float* s_x, ZeroOffset zero, int Kp,
+                      cudaStream_t stream) {
   constexpr int bytes = kStages * StageLayout<BM, BN, PACKED>::kBytes;
   auto kernel = MmaKernel<T, BM, BN, WM, WN, PACKED>;
   // Above 48 KiB a kernel must opt in to its dynamic shared memory; once per instantiation, before any
@@ -687,13 +716,14 @@ const char* LaunchMma(const QlArgs& a, const int8_t* q, const float* s_x, int Kp
   const dim3 grid(static_cast<unsigned>((a.N + BN - 1) / BN), static_cast<unsigned>((a.M + BM - 1) / BM));
   const bool pair_store = a.N % 2 == 0 && (reinterpret_cast<uintptr_t>(a.Y) % (2 * sizeof(T))) == 0;
   kernel<<<grid, Tile<BM, BN, WM, WN>::kThreads, bytes, stream>>>(
-      q, s_x, a.B, static_cast<const T*>(a.w_scales), static_cast<T*>(a.Y), static_cast<int>(a.M),
+      q, s_x, a.B, static_cast<const T*>(a.w_scales), zero, static_cast<T*>(a.Y), static_cast<int>(a.M),
       static_cast<int>(a.N), Kp, static_cast<int>(a.row_bytes), pair_store);
   return nullptr;
 }
 
 template <typename T, bool PACKED>
-const char* LaunchWgmma(const QlArgs& a, const int8_t* q, const float* s_x, int Kp, cudaStream_t stream) {
+const char* LaunchWgmma(const QlArgs& a, const int8_t* q, const float* s_x, ZeroOffset zero, int Kp,
+                        cudaStream_t stream) {
   constexpr int bytes = WgLayout<PACKED>::kBytes;
   static const cudaError_t opted =
       cudaFuncSetAttribute(WgmmaKernel<T, PACKED>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
@@ -701,14 +731,14 @@ const char* LaunchWgmma(const QlArgs& a, const int8_t* q, const float* s_x, int 
   const dim3 grid(static_cast<unsigned>((a.N + kWgBN - 1) / kWgBN), static_cast<unsigned>((a.M + kWgBM - 1) / kWgBM));
   const bool pair_store = a.N % 2 == 0 && (reinterpret_cast<uintptr_t>(a.Y) % (2 * sizeof(T))) == 0;
   WgmmaKernel<T, PACKED><<<grid, kWgThreads, bytes, stream>>>(
-      q, s_x, a.B, static_cast<const T*>(a.w_scales), static_cast<T*>(a.Y), static_cast<int>(a.M),
+      q, s_x, a.B, static_cast<const T*>(a.w_scales), zero, static_cast<T*>(a.Y), static_cast<int>(a.M),
       static_cast<int>(a.N), Kp, static_cast<int>(a.row_bytes), pair_store);
   return nullptr;
 }
 
 template <typename T, bool PACKED>
-const char* LaunchTyped(const QlArgs& a, QlKernel kernel, const int8_t* q, const float* s_x, int Kp,
-                        cudaStream_t stream) {
+const char* LaunchTyped(const QlArgs& a, QlKernel kernel, const int8_t* q, const float* s_x, ZeroOffset zero,
+                        int Kp, cudaStream_t stream) {
   const int M = static_cast<int>(a.M), N = static_cast<int>(a.N), row_bytes = static_cast<int>(a.row_bytes);
   const T* ws = static_cast<const T*>(a.w_scales);
   T* Y = static_cast<T*>(a.Y);
@@ -716,28 +746,29 @@ const char* LaunchTyped(const QlArgs& a, QlKernel kernel, const int8_t* q, const
     case QlKernel::kDecode: {
       const dim3 grid(static_cast<unsigned>((N + kDecodeWarps - 1) / kDecodeWarps));
       if (M == 1)
-        DecodeKernel<T, PACKED, 1><<<grid, kDecodeWarps * 32, 0, stream>>>(q, s_x, a.B, ws, Y, M, N, Kp, row_bytes);
+        DecodeKernel<T, PACKED, 1><<<grid, kDecodeWarps * 32, 0, stream>>>(q, s_x, a.B, ws, zero, Y, M, N, Kp,
+                                                                           row_bytes);
       else
-        DecodeKernel<T, PACKED, kDecodeMaxM><<<grid, kDecodeWarps * 32, 0, stream>>>(q, s_x, a.B, ws, Y, M, N, Kp,
-                                                                                     row_bytes);
+        DecodeKernel<T, PACKED, kDecodeMaxM><<<grid, kDecodeWarps * 32, 0, stream>>>(q, s_x, a.B, ws, zero, Y, M, N,
+                                                                                     Kp, row_bytes);
       return nullptr;
     }
-    case QlKernel::kWgmma: return LaunchWgmma<T, PACKED>(a, q, s_x, Kp, stream);
-    case QlKernel::kMma256: return LaunchMma<T, 128, 256, 64, 64, PACKED>(a, q, s_x, Kp, stream);
-    case QlKernel::kMma128: return LaunchMma<T, 128, 128, 64, 64, PACKED>(a, q, s_x, Kp, stream);
-    case QlKernel::kMma128x64: return LaunchMma<T, 128, 64, 64, 32, PACKED>(a, q, s_x, Kp, stream);
-    case QlKernel::kMma64: return LaunchMma<T, 64, 64, 32, 32, PACKED>(a, q, s_x, Kp, stream);
+    case QlKernel::kWgmma: return LaunchWgmma<T, PACKED>(a, q, s_x, zero, Kp, stream);
+    case QlKernel::kMma256: return LaunchMma<T, 128, 256, 64, 64, PACKED>(a, q, s_x, zero, Kp, stream);
+    case QlKernel::kMma128: return LaunchMma<T, 128, 128, 64, 64, PACKED>(a, q, s_x, zero, Kp, stream);
+    case QlKernel::kMma128x64: return LaunchMma<T, 128, 64, 64, 32, PACKED>(a, q, s_x, zero, Kp, stream);
+    case QlKernel::kMma64: return LaunchMma<T, 64, 64, 32, 32, PACKED>(a, q, s_x, zero, Kp, stream);
     default: {
       const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>((M + kGenericRows - 1) / kGenericRows));
-      GenericKernel<T, PACKED><<<grid, kGenericThreads, 0, stream>>>(q, s_x, a.B, ws, Y, M, N, static_cast<int>(a.K),
-                                                                     Kp, row_bytes);
+      GenericKernel<T, PACKED><<<grid, kGenericThreads, 0, stream>>>(q, s_x, a.B, ws, zero, Y, M, N,
+                                                                     static_cast<int>(a.K), Kp, row_bytes);
       return nullptr;
     }
   }
 }
 
 template <typename T>
-const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, cudaStream_t stream) {
+const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int* q_sum, cudaStream_t stream) {
   const int Kp = static_cast<int>(PaddedK(a.K));
   const int qmax = (1 << (a.abits - 1)) - 1;
   const float floor_value = sizeof(T) == 2 ? __half2float(__float2half_rn(1e-5f)) : 1e-5f;
@@ -748,12 +779,18 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, cuda
   const bool vec = a.K % 8 == 0 && Aligned16(A);
   const dim3 grid(static_cast<unsigned>(a.M));
   const int K = static_cast<int>(a.K);
-  if (evens_first && vec) QuantizeKernel<T, true, true><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, K, Kp, qmax, floor_value);
-  else if (evens_first) QuantizeKernel<T, true, false><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, K, Kp, qmax, floor_value);
-  else if (vec) QuantizeKernel<T, false, true><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, K, Kp, qmax, floor_value);
-  else QuantizeKernel<T, false, false><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, K, Kp, qmax, floor_value);
-  const char* error = packed ? LaunchTyped<T, true>(a, kernel, q, s_x, Kp, stream)
-                             : LaunchTyped<T, false>(a, kernel, q, s_x, Kp, stream);
+  int* sums = a.w_zero != nullptr ? q_sum : nullptr;
+  if (evens_first && vec)
+    QuantizeKernel<T, true, true><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, sums, K, Kp, qmax, floor_value);
+  else if (evens_first)
+    QuantizeKernel<T, true, false><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, sums, K, Kp, qmax, floor_value);
+  else if (vec)
+    QuantizeKernel<T, false, true><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, sums, K, Kp, qmax, floor_value);
+  else
+    QuantizeKernel<T, false, false><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, sums, K, Kp, qmax, floor_value);
+  const ZeroOffset zero{a.w_zero, sums};
+  const char* error = packed ? LaunchTyped<T, true>(a, kernel, q, s_x, zero, Kp, stream)
+                             : LaunchTyped<T, false>(a, kernel, q, s_x, zero, Kp, stream);
   if (error) return error;
   const cudaError_t status = cudaGetLastError();
   return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
@@ -763,7 +800,10 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, cuda
 
 void QuantLinearWarmUp() { WgmmaCompiled(); }
 
-size_t QuantLinearScratchBytes(const QlArgs& args) { return CodesBytes(args) + static_cast<size_t>(args.M) * sizeof(float); }
+// Codes, then s_x [M] and the code sums [M] (used with w_zero).
+size_t QuantLinearScratchBytes(const QlArgs& args) {
+  return CodesBytes(args) + static_cast<size_t>(args.M) * (sizeof(float) + sizeof(int));
+}
 
 const char* QuantLinearKernelProblem(const QlArgs& a, QlKernel kernel) {
   if (kernel == QlKernel::kAuto || kernel == QlKernel::kGeneric) return nullptr;
@@ -793,9 +833,10 @@ const char* LaunchQuantLinear(const QlArgs& args, QlKernel kernel, void* stream,
   if (scratch == nullptr) return "QuantLinear needs scratch memory for the quantized activations";
   int8_t* q = static_cast<int8_t*>(scratch);
   float* s_x = reinterpret_cast<float*>(static_cast<char*>(scratch) + CodesBytes(args));
+  int* q_sum = reinterpret_cast<int*>(s_x + args.M);
   const QlKernel chosen = Pick(args, kernel);
   auto s = static_cast<cudaStream_t>(stream);
-  return args.half ? Launch<__half>(args, chosen, q, s_x, s) : Launch<float>(args, chosen, q, s_x, s);
+  return args.half ? Launch<__half>(args, chosen, q, s_x, q_sum, s) : Launch<float>(args, chosen, q, s_x, q_sum, s);
 }
 
 }  // namespace cuda

@@ -21,10 +21,12 @@ struct QlArgs {
   const void* A = nullptr;
   const int8_t* B = nullptr;
   const void* w_scales = nullptr;
+  const int8_t* w_zero = nullptr;  // per-channel zero offsets [N], or nullptr (symmetric weights)
   void* Y = nullptr;
 };
 
-// Device bytes of scratch one call needs: the quantized activations [M, K rounded up to 64] and their scales.
+// Device bytes of scratch one call needs: the quantized activations [M, K rounded up to 64], their scales and
+// their code sums.
 size_t QuantLinearScratchBytes(const QlArgs& args);
 
 // nullptr when `kernel` can run these arguments, else why not (static text).
