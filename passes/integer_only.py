@@ -121,6 +121,9 @@ def _one(value: ir.Value, op_type: str, what: str) -> ir.Node:
 def _linear(node: ir.Node) -> Linear:
     if node.op_type != schema.QUANT_LINEAR.name or node.domain != schema.DOMAIN:
         _fail(f"{node.name} is {node.op_type}, expected edgeq::QuantLinear (run the 'quant-linear' pass first)")
+    if len(node.inputs) > 3 and node.inputs[3] is not None:
+        _fail(f"{node.name} has asymmetric weights (a w_zero input); the DI ops take symmetric per-channel weights "
+              "(quantize with sym=True)")
     a = {k: v.value for k, v in node.attributes.items()}
     W = unpack_weights(_const(node.inputs[1], f"{node.name} weights"), a["K"], a["wbits"])
     return Linear(W, _const(node.inputs[2], f"{node.name} scales").reshape(-1), a["wbits"], a["abits"])

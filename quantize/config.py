@@ -65,7 +65,7 @@ class RTNConfig:
     bits: code width, 2..8.  group_size: weights per (scale, zero) along the input dimension; -1 = per channel.
     sym: symmetric grid (zero point fixed at 2^(bits-1)) instead of min-max asymmetric.
     abits: 16, or the per-token dynamic activation bits of a weight-activation baseline (needs per-channel
-      symmetric weights, as ``edgeq::QuantLinear`` takes them).
+      weights, as ``edgeq::QuantLinear`` takes them; symmetric or not).
     Lowers to ``com.microsoft.MatMulNBits`` (4/8 bits), ``edgeq::GroupQuantMatMul`` (other widths) or
     ``edgeq::QuantLinear`` (abits < 16).
     """
@@ -79,8 +79,8 @@ class RTNConfig:
     def __post_init__(self):
         check_grid(self.bits, self.group_size)
         check_act_bits(self.abits)
-        if self.abits < 16 and (self.group_size != -1 or not self.sym):
-            raise EdgeqError("weight-activation RTN needs per-channel symmetric weights: group_size=-1, sym=True")
+        if self.abits < 16 and self.group_size != -1:
+            raise EdgeqError("weight-activation RTN needs per-channel weights: group_size=-1")
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,9 @@ class OmniQuantConfig(Calibration):
     """OmniQuant (Shao et al. 2023): block-wise learned weight clipping (LWC) and equivalent transformation (LET).
 
     wbits: weight bits.  abits: activation bits; 16 = weight-only (W4A16...), else per-token dynamic symmetric
-      activation quantization (W8A8, W6A6, W4A4) with per-channel symmetric weights.
+      activation quantization (W8A8, W6A6, W4A4) with per-channel weights.
+    sym: the weights' grid: symmetric (zero point 2^(wbits-1)) or min-max asymmetric with a learned zero point;
+      None = symmetric for weight-activation configs, asymmetric for weight-only.
     group_size: weight-only group along the input dim (paper: 128); weight-activation configs are per channel.
     let: learn channel scales (LET); None = the paper's choice, on for weight-activation, off for weight-only.
     epochs, lwc_lr, let_lr, weight_decay, batch_size: AdamW training of each block (paper: 20 epochs, 40 for W2).
@@ -156,6 +158,7 @@ class OmniQuantConfig(Calibration):
     abits: int = 16
     group_size: int = 128
     let: bool | None = None
+    sym: bool | None = None
     epochs: int = 20
     lwc_lr: float = 1e-2
     let_lr: float = 5e-3
@@ -175,6 +178,10 @@ class OmniQuantConfig(Calibration):
     @property
     def use_let(self) -> bool:
         return self.abits < 16 if self.let is None else self.let
+
+    @property
+    def weight_sym(self) -> bool:
+        return self.abits < 16 if self.sym is None else self.sym
 
 
 @dataclass(frozen=True)
@@ -206,6 +213,8 @@ class ILLMConfig(OmniQuantConfig):
         super().__post_init__()
         if self.abits == 16 or self.group_size != -1 or self.let is False:
             raise EdgeqError("I-LLM quantizes weights and activations: abits < 16, group_size=-1, let on")
+        if self.sym is False:
+            raise EdgeqError("I-LLM's DI ops take symmetric per-channel weights: sym=False is not supported")
         if self.softmax_clip < 0 or self.clip_lr < 0:
             raise EdgeqError("softmax_clip and clip_lr must be >= 0")
 

@@ -134,7 +134,7 @@ class TransformedBlock(nn.Module):
         group = -1 if config.abits < 16 else config.group_size
         self.clipping = nn.ModuleDict({
             name.replace(".", "/"): LearnedClipping(tuple(layer.get_submodule(name).weight.shape), config.wbits,
-                                                    group, sym=config.abits < 16)
+                                                    group, sym=config.weight_sym)
             for name in self.names
         })
         if use_let:

@@ -127,10 +127,12 @@ def test_shared_inputs_are_collected_once():
 
 
 def test_weight_activation_rtn_baseline():
-    with pytest.raises(EdgeqError, match="per-channel symmetric"):
+    with pytest.raises(EdgeqError, match="per-channel weights: group_size=-1"):
         RTNConfig(4, 128, abits=4)
     qw = rtn_quantize(torch.randn(8, 64), RTNConfig(4, -1, sym=True, abits=4))
     assert qw.act_bits == 4 and qw.group_size == 64 and torch.all(qw.zeros == 8)
+    asym = rtn_quantize(torch.randn(8, 64), RTNConfig(4, -1, sym=False, abits=4))
+    assert asym.act_bits == 4 and not torch.all(asym.zeros == 8)
 
 
 def test_checkpoints_record_each_layers_time(tmp_path):

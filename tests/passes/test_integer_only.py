@@ -115,3 +115,17 @@ def test_the_pass_refuses_an_unfused_graph():
     quantize_(model, RTNConfig(bits=8, group_size=-1, sym=True, abits=8), None)
     with pytest.raises(EdgeqError, match="integer-only: expected one RMSNormalization"):
         run_pipeline(build_decoder_model(model), [*DEFAULT_PASSES, "integer-only"])
+
+
+def test_the_pass_refuses_asymmetric_weights():
+    """QuantLinear takes zero offsets (w_zero); the DI ops do not, so the pass says so instead of dropping them."""
+    from edgeq.errors import EdgeqError
+    from edgeq.exporter.llama_graph import build_decoder_model
+    from edgeq.passes.pipeline import INTEGER_ONLY_PASSES, run_pipeline
+    from edgeq.quantize.api import quantize_
+    from edgeq.quantize.config import RTNConfig
+
+    model = make_tiny_llama(layers=1)
+    quantize_(model, RTNConfig(bits=8, group_size=-1, sym=False, abits=8), None)
+    with pytest.raises(EdgeqError, match="integer-only: .* has asymmetric weights \\(a w_zero input\\)"):
+        run_pipeline(build_decoder_model(model), INTEGER_ONLY_PASSES)
