@@ -52,8 +52,28 @@ def quantize_tokens(A: np.ndarray, abits: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(np.rint(r), -qmax - 1, qmax).astype(np.int8), s
 
 
+def quantize_tokens_asym(A: np.ndarray, abits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """QuantLinear's asymmetric per-token quantization (act_sym=0): (q int8 [..., K], s_x [..., 1] of A's type,
+    z int32 [..., 1]), x ~ s_x * (q - z); q and z are the unsigned codes and zero point minus 2^(abits-1). Every
+    scalar step rounded to A's type (``schema.QUANT_LINEAR``)."""
+    from edgeq.custom_ops.schema import QL_SCALE_FLOOR, ql_act_levels
+
+    A = np.asarray(A)
+    if A.dtype not in (np.float32, np.float16):
+        raise ValueError(f"QuantLinear reference: A must be float32 or float16, got {A.dtype}")
+    T, levels, mid = A.dtype.type, ql_act_levels(abits), 1 << (abits - 1)
+    f32 = lambda v: np.asarray(v).astype(np.float32)  # noqa: E731
+    hi = np.maximum(A.max(axis=-1, keepdims=True), T(0))
+    lo = np.minimum(A.min(axis=-1, keepdims=True), T(0))
+    span = (f32(hi) - f32(lo)).astype(T)
+    s = np.maximum((f32(span) / np.float32(levels)).astype(T), T(QL_SCALE_FLOOR))
+    zp = np.rint((-f32(lo) / f32(s)).astype(T)).astype(np.int32)
+    u = np.clip(np.rint((f32(A) / f32(s)).astype(T)).astype(np.int32) + zp, 0, levels)
+    return (u - mid).astype(np.int8), s, zp - mid
+
+
 def quant_linear_accumulator(A: np.ndarray, B: np.ndarray, K: int, N: int, wbits: int, abits: int,
-                             w_zero: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                             w_zero: np.ndarray | None = None, act_sym: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(acc int64 [..., N], s_x [..., 1]): the exact integer dot products of QuantLinear."""
     from edgeq.custom_ops.quant_linear_packing import unpack_weights
 
@@ -69,23 +89,26 @@ def quant_linear_accumulator(A: np.ndarray, B: np.ndarray, K: int, N: int, wbits
         if w_zero.shape != (N,) or w_zero.dtype != np.int8:
             raise ValueError(f"QuantLinear reference: w_zero must be int8 [{N}], got {w_zero.dtype} {list(w_zero.shape)}")
         W = W - w_zero.astype(np.int64)[:, None]
-    q, s = quantize_tokens(A, abits)
-    return q.astype(np.int64) @ W.T, s
+    if act_sym:
+        q, s = quantize_tokens(A, abits)
+        return q.astype(np.int64) @ W.T, s
+    q, s, z = quantize_tokens_asym(A, abits)
+    return (q.astype(np.int64) - z) @ W.T, s
 
 
 def quant_linear(A: np.ndarray, B: np.ndarray, w_scales: np.ndarray, K: int, N: int, wbits: int, abits: int,
-                 w_zero: np.ndarray | None = None) -> np.ndarray:
+                 w_zero: np.ndarray | None = None, act_sym: bool = True) -> np.ndarray:
     """Y [..., N] float64 = acc * s_x * w_scales (see ``schema.QUANT_LINEAR``)."""
-    acc, s = quant_linear_accumulator(A, B, K, N, wbits, abits, w_zero)
+    acc, s = quant_linear_accumulator(A, B, K, N, wbits, abits, w_zero, act_sym)
     return acc * s.astype(np.float64) * np.asarray(w_scales, np.float64).reshape(N)
 
 
 def quant_linear_rounded(A: np.ndarray, B: np.ndarray, w_scales: np.ndarray, K: int, N: int, wbits: int,
-                         abits: int, w_zero: np.ndarray | None = None) -> np.ndarray:
+                         abits: int, w_zero: np.ndarray | None = None, act_sym: bool = True) -> np.ndarray:
     """Y exactly as the kernels round it: T(float32(acc) * (s_x * w_scales) in float32). A kernel whose integer
     accumulator differs from ``quant_linear_accumulator`` anywhere cannot reproduce these bits (for |acc| <
     2^24, where float32(acc) is exact)."""
-    acc, s = quant_linear_accumulator(A, B, K, N, wbits, abits, w_zero)
+    acc, s = quant_linear_accumulator(A, B, K, N, wbits, abits, w_zero, act_sym)
     scale = s.astype(np.float32) * np.asarray(w_scales, np.float32).reshape(N)
     return (acc.astype(np.float32) * scale).astype(np.asarray(A).dtype)
 

@@ -238,6 +238,10 @@ QL_BITS = tuple(range(2, 9))
 QL_SCALE_FLOOR = 1e-5
 
 
+def _flag(v) -> str | None:
+    return None if v in (0, 1) else "must be 0 or 1"
+
+
 def _ql_bits(v) -> str | None:
     return None if v in QL_BITS else f"must be an integer in {QL_BITS[0]}..{QL_BITS[-1]}"
 
@@ -252,12 +256,18 @@ def ql_b_shape(K: int, N: int, wbits: int) -> list[int]:
     return [N, (K + 1) // 2] if wbits <= 4 else [N, K]
 
 
+def ql_act_levels(abits: int) -> int:
+    """Largest asymmetric activation code: codes 0..2^abits-1, stored minus 2^(abits-1) as int8."""
+    return 2**abits - 1
+
+
 def _infer_quant_linear(ctx) -> None:
     op = f"{DOMAIN}::QuantLinear"
     attrs = _read_attrs(ctx, QUANT_LINEAR)
     K, N, wbits = attrs["K"], attrs["N"], attrs["wbits"]
     a_type, a_dims = _activations(ctx, op, K)
-    _check_input_shapes(ctx, op, {1: ("B", ql_b_shape(K, N, wbits)), 2: ("w_scales", [N]), 3: ("w_zero", [N])})
+    _check_input_shapes(ctx, op, {1: ("B", ql_b_shape(K, N, wbits)), 2: ("w_scales", [N]), 3: ("w_zero", [N]),
+                                  4: ("w_sum", [N])})
     _set_linear_output(ctx, a_type, a_dims, N)
 
 
@@ -268,8 +278,13 @@ QUANT_LINEAR = _float_linear(
         "weights, symmetric or with a zero offset per channel (OmniQuant/SmoothQuant W8A8, W6A6, W4A4). Per row m "
         "of A (all scalar steps rounded to T, as the exporter's stock-op chain computes them): qmax = "
         "2^(abits-1)-1, s_x[m] = max(max_k |A[m,k]| / qmax, 1e-5), q[m,k] = clamp(round_half_even(A[m,k] / "
-        "s_x[m]), -qmax-1, qmax). acc[m,n] = sum_k q[m,k] * (W[n,k] - w_zero[n]) exactly (w_zero absent: 0), "
-        "Y[m,n] = float32(acc) * (s_x[m] * w_scales[n]) in float32, rounded to T. An asymmetric grid with codes "
+        "s_x[m]), -qmax-1, qmax), z[m] = 0. With act_sym=0 the tokens are quantized asymmetrically (OmniQuant's "
+        "rule, the range widened to include 0): L = 2^abits-1, hi = max(max_k A, 0), lo = min(min_k A, 0), "
+        "s_x = max((hi - lo) / L, 1e-5), zp = round_half_even(-lo / s_x) (in 0..L), u = clamp(round_half_even(A / "
+        "s_x) + zp, 0, L), q = u - 2^(abits-1), z = zp - 2^(abits-1). acc[m,n] = sum_k (q[m,k] - z[m]) * (W[n,k] - "
+        "w_zero[n]) exactly (w_zero absent: 0), Y[m,n] = float32(acc) * (s_x[m] * w_scales[n]) in float32, rounded "
+        "to T. act_sym=0 needs w_sum[n] = sum_{k<K} W[n,k] (the kernels take z * w_sum from it instead of "
+        "re-reading B). An asymmetric grid with codes "
         "c in 0..2^wbits-1 and zero point z is W = c - 2^(wbits-1), w_zero = z - 2^(wbits-1), so both fit int8 "
         "(and W a nibble when wbits <= 4). B holds W as signed integers: for wbits <= 4 two values per "
         "byte, value 2j in the low nibble and 2j+1 in the high nibble of byte j (an odd K leaves the last high "
@@ -279,11 +294,14 @@ QUANT_LINEAR = _float_linear(
         Input("B", "tensor(int8)", "signed weights [N, ceil(K/2)] (wbits <= 4, nibble-packed) or [N, K]"),
         Input("w_scales", "T", "per-output-channel weight scales [N]"),
         Input("w_zero", "tensor(int8)", "per-output-channel zero offsets [N] (asymmetric weights)", optional=True),
+        Input("w_sum", "tensor(int32)", "sum_k W[n, k] per output channel [N]; required with act_sym=0", optional=True),
     ),
     attributes=(
         *_LINEAR_K_N,
         Attribute("wbits", onnx.AttributeProto.INT, "weight width 2..8; <= 4 selects the nibble-packed B", check=_ql_bits),
         Attribute("abits", onnx.AttributeProto.INT, "activation width 2..8 (qmax = 2^(abits-1)-1)", check=_ql_bits),
+        Attribute("act_sym", onnx.AttributeProto.INT, "1 (default): symmetric per-token codes; 0: asymmetric with a "
+                  "zero point per token", required=False, check=_flag),
     ),
     infer=_infer_quant_linear,
 )
@@ -403,10 +421,6 @@ DI_MAX_K = (1 << 17) - 1  # int32 accumulation stays exact for K * 128 * 128 < 2
 
 def _di_k(v) -> str | None:
     return None if isinstance(v, int) and 0 < v <= DI_MAX_K else f"must be in 1..{DI_MAX_K} (int32 accumulator)"
-
-
-def _flag(v) -> str | None:
-    return None if v in (0, 1) else "must be 0 or 1"
 
 
 def _clip_q8(v) -> str | None:

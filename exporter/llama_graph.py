@@ -35,6 +35,7 @@ OPSET = 21
 EDGEQ_DOMAIN = "edgeq"
 BITS_KEY = "edgeq.bits"
 ACT_BITS_KEY = "edgeq.act_bits"
+ACT_SYM_KEY = "edgeq.act_sym"  # "0" on the Clip of an asymmetric per-token chain
 SOFTMAX_CLIP_KEY = "edgeq.softmax_clip"  # per layer, comma-separated: c of softmax over [max - c, max]
 ACT_CLIP_KEY = "edgeq.act_clip"  # per layer (";"-separated), its clips of the activations linears read (",")
 # SpQRDequantize / SpQRMatMul weight inputs, in order (the SpQRWeight on-disk tensors)
@@ -120,7 +121,7 @@ class LlamaExporter:
             if qw.perm is not None:
                 x = g.op("Gather", [x, g.const(name + ".perm", qw.perm.numpy(), np.int64)], name, axis=-1)
             if getattr(qw, "act_bits", 0):
-                x = self.fake_quant_tokens(x, qw.act_bits, name)
+                x = self.fake_quant_tokens(x, qw.act_bits, name, sym=qw.act_sym)
             if qw.FORMAT == "group_quant":
                 w = self.group_quant_weight(qw, name)
             elif qw.FORMAT == "spqr":
@@ -163,10 +164,13 @@ class LlamaExporter:
             w = g.op("Cast", [w], name + "/w", to=g.dtype)
         return w
 
-    def fake_quant_tokens(self, x: str, bits: int, name: str) -> str:
-        """Per-token symmetric dynamic quantization of x in stock ops: what ``edgeq::QuantLinear`` does inside."""
+    def fake_quant_tokens(self, x: str, bits: int, name: str, sym: bool = True) -> str:
+        """Per-token dynamic quantization of x in stock ops: what ``edgeq::QuantLinear`` does inside (``sym``:
+        symmetric codes, else its act_sym=0 rule with a zero point per token)."""
         g = self.g
         p = name + "/act_quant"
+        if not sym:
+            return self.fake_quant_tokens_asym(x, bits, p)
         qmax = 2 ** (bits - 1) - 1
         absmax = g.op("ReduceMax", [g.op("Abs", [x], p), self.axes_last], p, keepdims=1)
         scale = g.op("Max", [g.op("Div", [absmax, g.const(p + ".qmax", float(qmax))], p), g.const(p + ".floor", 1e-5)], p)
@@ -175,6 +179,20 @@ class LlamaExporter:
         node = g.nodes[-1]
         helper.set_metadata_props(node, {ACT_BITS_KEY: str(bits)})
         return g.op("Mul", [q, scale], p + "/dq")
+
+    def fake_quant_tokens_asym(self, x: str, bits: int, p: str) -> str:
+        g = self.g
+        levels = float(2**bits - 1)
+        zero = g.const(p + ".zero", 0.0)
+        hi = g.op("Max", [g.op("ReduceMax", [x, self.axes_last], p, keepdims=1), zero], p + "/hi")
+        lo = g.op("Min", [g.op("ReduceMin", [x, self.axes_last], p, keepdims=1), zero], p + "/lo")
+        scale = g.op("Max", [g.op("Div", [g.op("Sub", [hi, lo], p), g.const(p + ".levels", levels)], p),
+                             g.const(p + ".floor", 1e-5)], p)
+        zp = g.op("Round", [g.op("Div", [g.op("Neg", [lo], p), scale], p + "/zp")], p + "/zp")
+        u = g.op("Clip", [g.op("Add", [g.op("Round", [g.op("Div", [x, scale], p + "/q")], p), zp], p),
+                          g.const(p + ".lo", 0.0), g.const(p + ".hi", levels)], p)
+        helper.set_metadata_props(g.nodes[-1], {ACT_BITS_KEY: str(bits), ACT_SYM_KEY: "0"})
+        return g.op("Mul", [g.op("Sub", [u, zp], p + "/dq"), scale], p + "/dq")
 
     # ---- the decoder ------------------------------------------------------------------------------------
     def shared_inputs(self):

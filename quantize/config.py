@@ -66,6 +66,7 @@ class RTNConfig:
     sym: symmetric grid (zero point fixed at 2^(bits-1)) instead of min-max asymmetric.
     abits: 16, or the per-token dynamic activation bits of a weight-activation baseline (needs per-channel
       weights, as ``edgeq::QuantLinear`` takes them; symmetric or not).
+    act_sym: symmetric per-token activation codes (the SmoothQuant-style baseline), else a zero point per token.
     Lowers to ``com.microsoft.MatMulNBits`` (4/8 bits), ``edgeq::GroupQuantMatMul`` (other widths) or
     ``edgeq::QuantLinear`` (abits < 16).
     """
@@ -74,6 +75,7 @@ class RTNConfig:
     group_size: int = 128
     sym: bool = False
     abits: int = 16
+    act_sym: bool = True
     version: int = 1
 
     def __post_init__(self):
@@ -141,10 +143,11 @@ class SpQRConfig(HessianSolve):
 class OmniQuantConfig(Calibration):
     """OmniQuant (Shao et al. 2023): block-wise learned weight clipping (LWC) and equivalent transformation (LET).
 
-    wbits: weight bits.  abits: activation bits; 16 = weight-only (W4A16...), else per-token dynamic symmetric
+    wbits: weight bits.  abits: activation bits; 16 = weight-only (W4A16...), else per-token dynamic
       activation quantization (W8A8, W6A6, W4A4) with per-channel weights.
-    sym: the weights' grid: symmetric (zero point 2^(wbits-1)) or min-max asymmetric with a learned zero point;
-      None = symmetric for weight-activation configs, asymmetric for weight-only.
+    sym: symmetric weight grid (zero point 2^(wbits-1)) instead of min-max asymmetric with an integer zero point.
+    act_sym: symmetric per-token activation codes instead of asymmetric ones with a zero point per token.
+      The defaults are the paper's code: asymmetric weights and activations.
     group_size: weight-only group along the input dim (paper: 128); weight-activation configs are per channel.
     let: learn channel scales (LET); None = the paper's choice, on for weight-activation, off for weight-only.
     epochs, lwc_lr, let_lr, weight_decay, batch_size: AdamW training of each block (paper: 20 epochs, 40 for W2).
@@ -158,7 +161,8 @@ class OmniQuantConfig(Calibration):
     abits: int = 16
     group_size: int = 128
     let: bool | None = None
-    sym: bool | None = None
+    sym: bool = False
+    act_sym: bool = False
     epochs: int = 20
     lwc_lr: float = 1e-2
     let_lr: float = 5e-3
@@ -179,9 +183,6 @@ class OmniQuantConfig(Calibration):
     def use_let(self) -> bool:
         return self.abits < 16 if self.let is None else self.let
 
-    @property
-    def weight_sym(self) -> bool:
-        return self.abits < 16 if self.sym is None else self.sym
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,8 @@ class ILLMConfig(OmniQuantConfig):
     wbits: int = 8
     abits: int = 8
     group_size: int = -1
+    sym: bool = True
+    act_sym: bool = True
     softmax_clip: float = 12.0
     clip_lr: float = 1e-2
     act_clip: bool = False
@@ -213,8 +216,8 @@ class ILLMConfig(OmniQuantConfig):
         super().__post_init__()
         if self.abits == 16 or self.group_size != -1 or self.let is False:
             raise EdgeqError("I-LLM quantizes weights and activations: abits < 16, group_size=-1, let on")
-        if self.sym is False:
-            raise EdgeqError("I-LLM's DI ops take symmetric per-channel weights: sym=False is not supported")
+        if not (self.sym and self.act_sym):
+            raise EdgeqError("I-LLM's DI ops take symmetric weights and activations: sym and act_sym must stay true")
         if self.softmax_clip < 0 or self.clip_lr < 0:
             raise EdgeqError("softmax_clip and clip_lr must be >= 0")
 

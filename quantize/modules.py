@@ -26,7 +26,7 @@ class QuantizedLinear(nn.Module):
         if act_bits:
             from edgeq.quantize.omniquant import fake_quant_tokens
 
-            x = fake_quant_tokens(x, act_bits)
+            x = fake_quant_tokens(x, act_bits, sym=self.qweight.act_sym)
         return nn.functional.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 

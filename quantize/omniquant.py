@@ -12,8 +12,9 @@ between the quantized block's output and the FP block's output on calibration se
   Llama's RMSNorm has no bias, so the paper's channel shift would add bias nodes; edgeq keeps scales only and
   the exported graph has no extra ops.
 
-Weight-activation configs (abits < 16) also fake-quantize every linear's input per token (symmetric, dynamic)
-during training, as the ``edgeq::QuantLinear`` kernel does at inference. After training the LET scales are
+Weight-activation configs (abits < 16) also fake-quantize every linear's input per token (dynamic; with a zero
+point per token unless ``act_sym``, as the paper's code does) during training, as the ``edgeq::QuantLinear``
+kernel does at inference. After training the LET scales are
 folded into the weights and norms and the weights are quantized with the learned clipping into the ordinary
 group format, so export and kernels are those of the other methods.
 """
@@ -26,6 +27,7 @@ import math
 import torch
 from torch import nn
 
+from edgeq.errors import EdgeqError
 from edgeq.quantize.formats.float_weight import FloatWeight
 from edgeq.quantize.formats.group_quant import GroupQuantWeight
 
@@ -97,9 +99,19 @@ class LearnedClipping(nn.Module):
         )
 
 
-def fake_quant_tokens(x: torch.Tensor, bits: int, clip: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-token symmetric dynamic quantization of activations (STE), as ``edgeq::QuantLinear`` does; ``clip``
-    (in (0, 1], learnable) shrinks each token's range to clip * max|x|, the values beyond saturating."""
+def fake_quant_tokens(x: torch.Tensor, bits: int, clip: torch.Tensor | None = None, sym: bool = True) -> torch.Tensor:
+    """Per-token dynamic quantization of activations (STE), as ``edgeq::QuantLinear`` does: symmetric, or with a
+    zero point per token over the range [min(x, 0), max(x, 0)] (``sym=False``, its ``act_sym=0``). ``clip``
+    (symmetric only; in (0, 1], learnable) shrinks each token's range to clip * max|x|, the values beyond
+    saturating."""
+    if not sym:
+        if clip is not None:
+            raise EdgeqError("a learned activation clip needs symmetric per-token codes")
+        levels = 2**bits - 1
+        hi, lo = x.amax(dim=-1, keepdim=True).clamp(min=0), x.amin(dim=-1, keepdim=True).clamp(max=0)
+        scale = ((hi - lo) / levels).clamp(min=SCALE_FLOOR)
+        zero = round_ste(-lo / scale)
+        return (torch.clamp(round_ste(x / scale) + zero, 0, levels) - zero) * scale
     qmax = 2 ** (bits - 1) - 1
     top = x.abs().amax(dim=-1, keepdim=True)
     if clip is not None:
@@ -134,7 +146,7 @@ class TransformedBlock(nn.Module):
         group = -1 if config.abits < 16 else config.group_size
         self.clipping = nn.ModuleDict({
             name.replace(".", "/"): LearnedClipping(tuple(layer.get_submodule(name).weight.shape), config.wbits,
-                                                    group, sym=config.weight_sym)
+                                                    group, sym=config.sym)
             for name in self.names
         })
         if use_let:
@@ -237,9 +249,9 @@ def linear_input_absmax(layer: nn.Module, runner) -> dict[str, torch.Tensor]:
     return {name: stats[source] for name, source in owner.items()}
 
 
-def activation_quant_hooks(layer: nn.Module, bits: int) -> list:
+def activation_quant_hooks(layer: nn.Module, bits: int, sym: bool = True) -> list:
     return [
-        module.register_forward_pre_hook(lambda m, args: (fake_quant_tokens(args[0], bits), *args[1:]))
+        module.register_forward_pre_hook(lambda m, args: (fake_quant_tokens(args[0], bits, sym=sym), *args[1:]))
         for name, module in layer.named_modules() if name.endswith("_proj")
     ]
 
@@ -261,7 +273,8 @@ def train_block(layer: nn.Module, runner, config, make_block=TransformedBlock) -
     groups = [{"params": lwc, "lr": config.lwc_lr}] + ([{"params": let, "lr": config.let_lr}] if let else [])
     groups += [{"params": clip, "lr": config.clip_lr}] if clip else []
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    hooks = activation_quant_hooks(layer, config.abits) if config.abits < 16 and not block.simulates_activations else []
+    hooks = (activation_quant_hooks(layer, config.abits, config.act_sym)
+             if config.abits < 16 and not block.simulates_activations else [])
     batches = [(x, kw, y) for x, kw, y in zip(runner.inputs, runner.layer_kwargs, runner.targets)]
     generator = torch.Generator().manual_seed(config.seed)
     try:
@@ -291,4 +304,5 @@ def train_block(layer: nn.Module, runner, config, make_block=TransformedBlock) -
         for qw in out.values():
             if hasattr(qw, "act_bits"):
                 qw.act_bits = config.abits
+                qw.act_sym = config.act_sym
     return out

@@ -28,4 +28,5 @@ def rtn_quantize(weight: torch.Tensor, config: RTNConfig) -> GroupQuantWeight:
         bits=config.bits,
         group_size=group,
         act_bits=config.abits if config.abits < 16 else 0,
+        act_sym=config.act_sym,
     )

@@ -103,14 +103,19 @@ def test_external_data_round_trip(tiny_llama, tmp_path):
     np.testing.assert_allclose(OnnxDecoder(path).logits(ids), torch_logits(tiny_llama, ids[None])[0], atol=1e-4)
 
 
-def test_weight_activation_export_matches_pytorch(tmp_path):
+@pytest.mark.parametrize("act_sym", [True, False], ids=["symmetric", "asymmetric"])
+def test_weight_activation_export_matches_pytorch(tmp_path, act_sym):
     from edgeq.quantize.config import OmniQuantConfig
 
     model = make_tiny_llama()
-    quantize_(model, OmniQuantConfig(wbits=4, abits=6, epochs=1, nsamples=8, seqlen=32), torch.randint(0, 300, (8, 32)))
+    quantize_(model, OmniQuantConfig(wbits=4, abits=6, epochs=1, nsamples=8, seqlen=32, act_sym=act_sym),
+              torch.randint(0, 300, (8, 32)))
     proto = build_decoder_model(model)
     rounds = [n for n in proto.graph.node if n.op_type == "Round"]
-    assert len(rounds) == 14 and all(p.value == "6" for n in proto.graph.node if n.op_type == "Clip" for p in n.metadata_props)
+    clips = [n for n in proto.graph.node if n.op_type == "Clip"]
+    assert len(clips) == 14 and len(rounds) == (14 if act_sym else 28)  # the asymmetric chain rounds its zero point
+    props = [{p.key: p.value for p in n.metadata_props} for n in clips]
+    assert all(p["edgeq.act_bits"] == "6" and p.get("edgeq.act_sym", "1") == ("1" if act_sym else "0") for p in props)
     dec = exported(model, tmp_path)
     ids = np.random.default_rng(7).integers(0, 300, (1, 16))
     # the same rounding in both; an activation exactly at a rounding boundary may still differ by one step

@@ -32,16 +32,6 @@ std::vector<int64_t> WithLast(std::vector<int64_t> shape, int64_t last) {
   return shape;
 }
 
-// An optional int attribute, `fallback` when the node does not set it.
-int64_t OptionalInt(const OrtKernelInfo* info, const char* name, int64_t fallback) {
-  int64_t value = fallback;
-  if (OrtStatus* missing = Ort::GetApi().KernelInfoGetAttribute_int64(info, name, &value)) {
-    Ort::GetApi().ReleaseStatus(missing);
-    return fallback;
-  }
-  return value;
-}
-
 // Mantissas the math relies on: m in [lo, 2^15 - 1].
 void ExpectMantissas(const int32_t* m, int64_t n, int64_t lo, const char* name, const std::string& where) {
   for (int64_t i = 0; i < n; ++i)

@@ -58,6 +58,16 @@ inline int64_t ReadInt(const Ort::ConstKernelInfo& info, const char* name, const
   return value;
 }
 
+// An optional int attribute, `fallback` when the node does not set it.
+inline int64_t OptionalInt(const OrtKernelInfo* info, const char* name, int64_t fallback) {
+  int64_t value = fallback;
+  if (OrtStatus* missing = Ort::GetApi().KernelInfoGetAttribute_int64(info, name, &value)) {
+    Ort::GetApi().ReleaseStatus(missing);
+    return fallback;
+  }
+  return value;
+}
+
 inline void ExpectPositive(int64_t value, const char* name, const std::string& where) {
   if (value <= 0) Fail(where, std::string("attribute ") + name + "=" + std::to_string(value) + " must be positive");
 }

@@ -19,6 +19,9 @@ QlAttrs QlAttrs::FromKernelInfo(const OrtKernelInfo* raw) {
   if (a.K > (int64_t(1) << 17)) Fail(a.where, "attribute K=" + std::to_string(a.K) + " exceeds 131072 (int32 accumulator)");
   if (a.wbits < 2 || a.wbits > 8) Fail(a.where, "attribute wbits=" + std::to_string(a.wbits) + " must be in 2..8");
   if (a.abits < 2 || a.abits > 8) Fail(a.where, "attribute abits=" + std::to_string(a.abits) + " must be in 2..8");
+  const int64_t act_sym = OptionalInt(raw, "act_sym", 1);
+  if (act_sym != 0 && act_sym != 1) Fail(a.where, "attribute act_sym=" + std::to_string(act_sym) + " must be 0 or 1");
+  a.act_sym = act_sym == 1;
   a.row_bytes = a.packed() ? (a.K + 1) / 2 : a.K;
   a.qmax = (1 << (a.abits - 1)) - 1;
   return a;
@@ -30,6 +33,7 @@ QlProblem PrepareQuantLinear(Ort::KernelContext& ctx, const QlAttrs& attrs) {
   TensorView B = RequiredInput(ctx, 1, "B", where);
   TensorView S = RequiredInput(ctx, 2, "w_scales", where);
   TensorView Z = ctx.GetInputCount() > 3 ? Input(ctx, 3, "w_zero", where) : TensorView{};
+  TensorView W = ctx.GetInputCount() > 4 ? Input(ctx, 4, "w_sum", where) : TensorView{};
 
   const int64_t M = LinearRows(A, attrs.K, where);
   if (S.type != A.type)
@@ -48,6 +52,15 @@ QlProblem PrepareQuantLinear(Ort::KernelContext& ctx, const QlAttrs& attrs) {
       Fail(where, std::string("w_zero must be int8 (per-channel zero offsets), got ") + TypeName(Z.type));
     ExpectShape(Z, "w_zero", {attrs.N}, "(N)", where);
   }
+  if (!attrs.act_sym && W.value == nullptr)
+    Fail(where, "act_sym=0 needs input w_sum (sum_k W[n, k] per output channel)");
+  if (attrs.act_sym && W.value != nullptr)
+    Fail(where, "input w_sum is only read with act_sym=0; leave it out of a symmetric node");
+  if (W.value != nullptr) {
+    if (W.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32)
+      Fail(where, std::string("w_sum must be int32, got ") + TypeName(W.type));
+    ExpectShape(W, "w_sum", {attrs.N}, "(N)", where);
+  }
 
   QlProblem p;
   p.type = A.type;
@@ -56,6 +69,7 @@ QlProblem PrepareQuantLinear(Ort::KernelContext& ctx, const QlAttrs& attrs) {
   p.B = static_cast<const int8_t*>(B.value.GetTensorRawData());
   p.w_scales = S.value.GetTensorRawData();
   p.w_zero = Z.value != nullptr ? static_cast<const int8_t*>(Z.value.GetTensorRawData()) : nullptr;
+  p.w_sum = W.value != nullptr ? static_cast<const int32_t*>(W.value.GetTensorRawData()) : nullptr;
   p.Y = ctx.GetOutput(0, LinearOutputShape(A, attrs.N)).GetTensorMutableRawData();
   return p;
 }

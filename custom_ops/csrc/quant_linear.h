@@ -20,6 +20,7 @@ struct QlAttrs {
   int64_t K = 0, N = 0, wbits = 0, abits = 0;
   int64_t row_bytes = 0;  // bytes per row of B: ceil(K/2) when packed (wbits <= 4), else K
   int qmax = 0;           // 2^(abits-1) - 1
+  bool act_sym = true;    // attribute act_sym: symmetric per-token codes, else a zero point per token
   std::string where;      // "edgeq::QuantLinear node 'name'", the prefix of every message
 
   bool packed() const { return wbits <= 4; }
@@ -34,6 +35,7 @@ struct QlProblem {
   const int8_t* B = nullptr;
   const void* w_scales = nullptr;
   const int8_t* w_zero = nullptr;  // [N], or nullptr: symmetric weights
+  const int32_t* w_sum = nullptr;  // [N] sum_k W[n, k]; set exactly when act_sym is 0
   void* Y = nullptr;
 };
 
@@ -43,19 +45,27 @@ QlProblem PrepareQuantLinear(Ort::KernelContext& ctx, const QlAttrs& attrs);
 // B's type is fixed by the schema (ORT refuses another one, naming the node); A and w_scales are checked in
 // PrepareQuantLinear so that a wrong float type is reported with the op's name.
 inline ONNXTensorElementDataType QlInputType(size_t index) {
-  return index == 1 || index == 3 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  switch (index) {
+    case 1: case 3: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
+    case 4: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+    default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  }
 }
 
-// A, B, w_scales and the optional w_zero.
-constexpr size_t kQlInputs = 4;
+// A, B, w_scales and the optional w_zero and w_sum.
+constexpr size_t kQlInputs = 5;
 inline OrtCustomOpInputOutputCharacteristic QlInputCharacteristic(size_t index) {
-  return index == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  return index >= 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
 }
 
-// acc - w_zero[n] * sum_k q[m, k]: the integer sums against W - w_zero. int64 because the corrected sum of an
-// 8-bit asymmetric weight (|W - w_zero| <= 255) can pass int32 at K beyond 65535.
-inline int64_t QlZeroCorrected(int32_t acc, const int8_t* w_zero, int64_t n, int32_t q_sum) {
-  return w_zero == nullptr ? int64_t(acc) : int64_t(acc) - int64_t(w_zero[n]) * q_sum;
+// sum_k (q[m,k] - z[m]) * (W[n,k] - w_zero[n]) from the int32 sums acc = sum_k q * W, the token's code sum q_sum
+// and zero z: acc - w_zero * q_sum - z * (w_sum - K * w_zero). int64 because with an asymmetric side the factors
+// reach 255 and the sum can pass int32 at K beyond 65535. The CUDA epilogue (ZeroOffset) computes the same.
+inline int64_t QlCorrected(int32_t acc, const QlProblem& p, int64_t K, int64_t n, int32_t q_sum, int32_t z) {
+  const int64_t wz = p.w_zero == nullptr ? 0 : p.w_zero[n];
+  int64_t v = int64_t(acc) - wz * q_sum;
+  if (p.w_sum != nullptr) v -= int64_t(z) * (int64_t(p.w_sum[n]) - K * wz);
+  return v;
 }
 
 // OrtCustomOp::InferOutputShapeFn: Y's type is A's, its shape A.shape[:-1] + [N].

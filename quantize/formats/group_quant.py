@@ -4,8 +4,9 @@ Fields (N = out features, K = in features, G = ceil(K / group_size)):
   codes  uint8 [N, K]   integer codes in [0, 2^bits - 1], columns in *quantization order* (see perm)
   scales float32 [N, G] group scale
   zeros  uint8 [N, G]   integer zero point
-  act_bits  0, or the width of the per-token symmetric dynamic quantization applied to the input activations
+  act_bits  0, or the width of the per-token dynamic quantization applied to the input activations
          (weight-activation configs; lowers to ``edgeq::QuantLinear``)
+  act_sym   those activation codes are symmetric (else a zero point per token)
   perm   int64 [K] or None: quantization order. Column j of ``codes`` holds original input column perm[j], so
          y = x[..., perm] @ dequant(codes).T. Groups are contiguous in that order (GPTQ act-order).
 The last group is shorter when K is not a multiple of group_size.
@@ -42,6 +43,7 @@ class GroupQuantWeight:
     group_size: int
     perm: torch.Tensor | None = None
     act_bits: int = 0
+    act_sym: bool = True
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -66,7 +68,8 @@ class GroupQuantWeight:
             f"{prefix}.codes": self.codes.contiguous(),
             f"{prefix}.scales": self.scales.contiguous(),
             f"{prefix}.zeros": self.zeros.contiguous(),
-            f"{prefix}.grid": torch.tensor([self.bits, self.group_size, self.act_bits], dtype=torch.int32),
+            f"{prefix}.grid": torch.tensor([self.bits, self.group_size, self.act_bits, int(self.act_sym)],
+                                           dtype=torch.int32),
         }
         if self.perm is not None:
             out[f"{prefix}.perm"] = self.perm.contiguous()
@@ -75,7 +78,11 @@ class GroupQuantWeight:
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str) -> "GroupQuantWeight":
         try:
-            bits, group_size, act_bits = (int(v) for v in tensors[f"{prefix}.grid"])
+            grid = [int(v) for v in tensors[f"{prefix}.grid"].reshape(-1)]
+            if len(grid) not in (3, 4):
+                raise EdgeqError(f"{prefix}.grid has {len(grid)} entries, expected bits, group_size, act_bits[, act_sym]")
+            # three entries before act_sym existed: symmetric activations
+            bits, group_size, act_bits, act_sym = [*grid, 1][:4]
             w = cls(
                 codes=tensors[f"{prefix}.codes"],
                 scales=tensors[f"{prefix}.scales"],
@@ -84,6 +91,7 @@ class GroupQuantWeight:
                 group_size=group_size,
                 perm=tensors.get(f"{prefix}.perm"),
                 act_bits=act_bits,
+                act_sym=bool(act_sym),
             )
         except KeyError as e:
             raise EdgeqError(f"quantized checkpoint lacks tensor {e.args[0]}") from e

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from edgeq.custom_ops.quant_linear_packing import pack_weights
-from edgeq.custom_ops.reference import quant_linear, quant_linear_accumulator, quant_linear_rounded, quantize_tokens
+from edgeq.custom_ops.reference import (quant_linear, quant_linear_accumulator, quant_linear_rounded, quantize_tokens,
+                                        quantize_tokens_asym)
 
 from .conftest import rel_error, session
 from .quant_linear_problems import WIDTHS, QlProblem, feeds, ql_model, random_problem, random_shapes, rounded_reference
@@ -26,7 +27,10 @@ def check(library, p: QlProblem):
     y = run_cpu(library, p)
     assert y.dtype == p.A.dtype and y.shape == (*p.A.shape[:-1], p.N)
     np.testing.assert_array_equal(y, rounded_reference(p))
-    assert rel_error(y, quant_linear(p.A, p.B, p.w_scales, p.K, p.N, p.wbits, p.abits, p.w_zero)) <= FLOAT_TOLERANCE[p.A.dtype]
+    if p.A.dtype == np.float16 and not p.act_sym:
+        return  # shifted float16 rows span subnormal to overflowing outputs: the bits above are the check there
+    ref = quant_linear(p.A, p.B, p.w_scales, p.K, p.N, p.wbits, p.abits, p.w_zero, p.act_sym)
+    assert rel_error(y, ref) <= FLOAT_TOLERANCE[p.A.dtype]
 
 
 CASES = [pytest.param(i, lead, K, N, *WIDTHS[i % 4], id=f"{i}-M{'x'.join(map(str, lead))}-K{K}-N{N}-W{WIDTHS[i % 4][0]}A{WIDTHS[i % 4][1]}")
@@ -48,6 +52,35 @@ def test_asymmetric_weights_match_reference_bit_exactly(cpu_library, dtype, seed
     check(cpu_library, p)
 
 
+@pytest.mark.parametrize("seed, lead, K, N, wbits, abits", CASES[24:48])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
+def test_asymmetric_activations_match_reference_bit_exactly(cpu_library, dtype, seed, lead, K, N, wbits, abits):
+    """act_sym=0, with symmetric and asymmetric weights alternating; rows that span zero, sit above or below it."""
+    p = random_problem(np.random.default_rng(seed + 2000), lead, K, N, wbits, abits, dtype, saturate=seed % 2 == 0,
+                       asymmetric=seed % 3 == 0, act_sym=False)
+    check(cpu_library, p)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
+def test_asymmetric_codes_are_the_references(cpu_library, dtype):
+    """Identity weights with unit scales make Y = (q - z) * s_x: the kernel's codes, zero points and floor."""
+    K = 16
+    A = np.array([np.linspace(0.5, 3.0, K), np.linspace(-7.0, -1.0, K), np.linspace(-1.0, 2.0, K),
+                  np.r_[np.full(K - 1, 3e-6), -2e-6], np.zeros(K)], dtype)
+    p = QlProblem(A, pack_weights(np.eye(K, dtype=np.int64), 8), np.ones(K, dtype), K, K, 8, 8, act_sym=False)
+    q, s, z = quantize_tokens_asym(A, 8)
+    assert z[0, 0] == -128 and z[1, 0] == 127  # all positive: zero point at the bottom; all negative: the top
+    np.testing.assert_array_equal(run_cpu(cpu_library, p), ((q.astype(np.float32) - z) * s.astype(np.float32)).astype(dtype))
+
+
+def test_asymmetric_activations_need_w_sum(cpu_library):
+    p = random_problem(np.random.default_rng(1), (3,), 40, 5, 8, 8, act_sym=False)
+    model = ql_model(p)
+    del model.graph.node[0].input[4]
+    with pytest.raises(Exception, match=r"edgeq::QuantLinear node 'ql0': act_sym=0 needs input w_sum"):
+        session(model, cpu_library).run(None, feeds(p))
+
+
 @pytest.mark.parametrize("wbits", [8, 4])
 def test_asymmetric_sum_beyond_int32(cpu_library, wbits):
     """W - w_zero = -255 (8 bits) against q = -127 over K = 70000: the corrected sum 70000 * 127 * 255 passes
@@ -58,6 +91,12 @@ def test_asymmetric_sum_beyond_int32(cpu_library, wbits):
                   K, N, wbits, 8, np.array([hi, 0, lo], np.int8))
     acc, _ = quant_linear_accumulator(p.A, p.B, K, N, wbits, 8, p.w_zero)
     assert acc.max() == K * 127 * (hi - lo) and (wbits == 4 or acc.max() > 2**31)
+    check(cpu_library, p)
+    # Both sides asymmetric: rows of one value quantize to u = 0 with zero point 255 (q - z = -255).
+    p.act_sym = False
+    p.A = np.full((2, K), 2.0, np.float32)
+    acc, _ = quant_linear_accumulator(p.A, p.B, K, N, wbits, 8, p.w_zero, act_sym=False)
+    assert np.abs(acc).max() == K * 255 * (hi - lo)
     check(cpu_library, p)
 
 

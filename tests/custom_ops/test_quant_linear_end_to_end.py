@@ -1,4 +1,5 @@
-"""OmniQuant W4A4 on the tiny Llama -> export with the default lowering -> 14 QuantLinear nodes in ORT."""
+"""OmniQuant W4A4 on the tiny Llama -> export with the default lowering -> 14 QuantLinear nodes in ORT (asymmetric
+and symmetric grids)."""
 
 from collections import Counter
 
@@ -10,8 +11,9 @@ import torch
 from tests.conftest import decoder_feeds, make_tiny_llama
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["asymmetric", "symmetric"])
+def exported(request, tmp_path_factory):
+    """The paper's default (asymmetric weights and per-token activations) and the symmetric grids."""
     from edgeq.cli import lowering_passes
     from edgeq.exporter.export import export
     from edgeq.quantize.api import quantize_
@@ -19,7 +21,9 @@ def exported(tmp_path_factory):
 
     torch.manual_seed(0)
     model = make_tiny_llama()
-    quantize_(model, OmniQuantConfig(wbits=4, abits=4, epochs=1, nsamples=8, seqlen=32), torch.randint(0, 300, (8, 32)))
+    sym = request.param
+    quantize_(model, OmniQuantConfig(wbits=4, abits=4, epochs=1, nsamples=8, seqlen=32, sym=sym, act_sym=sym),
+              torch.randint(0, 300, (8, 32)))
     folder = tmp_path_factory.mktemp("w4a4")
     plain = export(model, None, folder / "plain" / "model.onnx")
     lowered = export(model, None, folder / "lowered" / "model.onnx", transform=lowering_passes)
@@ -33,10 +37,18 @@ def test_every_linear_becomes_one_quant_linear(exported):
     layers, per_layer = 2, 7  # q, k, v, o, gate, up, down
     assert counts["QuantLinear"] == layers * per_layer
     assert counts["DequantizeLinear"] == 0 and counts["Round"] == 0 and counts["Clip"] == 0
-    assert Counter(n.op_type for n in plain.graph.node)["Round"] == layers * per_layer
+    asymmetric = any(a.name == "act_sym" for n in lowered.graph.node for a in n.attribute)
+    rounds_per_chain = 2 if asymmetric else 1  # the asymmetric chain also rounds its zero point
+    assert Counter(n.op_type for n in plain.graph.node)["Round"] == layers * per_layer * rounds_per_chain
     nodes = [n for n in lowered.graph.node if n.op_type == "QuantLinear"]
     assert {(a.name, a.i) for n in nodes for a in n.attribute if a.name in ("wbits", "abits")} == {("wbits", 4), ("abits", 4)}
     assert all(n.domain == "edgeq" for n in nodes)
+    act_sym = Counter(a.i for n in nodes for a in n.attribute if a.name == "act_sym")
+    inputs = Counter(len([i for i in n.input if i]) for n in nodes)
+    if asymmetric:  # every node: act_sym=0 with w_zero and w_sum
+        assert act_sym == {0: len(nodes)} and inputs == {5: len(nodes)}
+    else:
+        assert inputs == {3: len(nodes)}
 
 
 def test_logits_match_the_unlowered_export_and_torch(exported):

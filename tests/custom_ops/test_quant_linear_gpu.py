@@ -109,10 +109,12 @@ def test_generic_kernel(cuda_library, monkeypatch, dtype, seed, lead, K, N, wbit
 @pytest.mark.parametrize("kernel, seed, lead, K, N, wbits, abits",
                          [pytest.param(k, *c.values, id=c.id) for k in ("decode", "mma128", "mma64", "generic")
                           for c in cases("decode" if k == "decode" else "generic" if k == "generic" else "mma", 8, 7)])
-def test_asymmetric_weights(cuda_library, monkeypatch, dtype, kernel, seed, lead, K, N, wbits, abits):
-    """w_zero through every GEMM's epilogue: the code sums from the quantize kernel, the int64 correction."""
+@pytest.mark.parametrize("side", ["weights", "activations", "both"])
+def test_asymmetric(cuda_library, monkeypatch, dtype, side, kernel, seed, lead, K, N, wbits, abits):
+    """w_zero and act_sym=0 through every GEMM's epilogue: code sums and zero points from the quantize kernel,
+    the int64 correction."""
     p = random_problem(np.random.default_rng(seed + 500), lead, K, N, wbits, abits, dtype, saturate=seed % 2 == 0,
-                       asymmetric=True)
+                       asymmetric=side != "activations", act_sym=side == "weights")
     check(cuda_library, monkeypatch, kernel, p)
 
 
@@ -123,6 +125,10 @@ def test_asymmetric_sum_beyond_int32(cuda_library, monkeypatch, kernel):
     p = QlProblem(np.full((M, K), -2.0, np.float32), pack_weights(np.full((N, K), -128), 8), np.ones(N, np.float32),
                   K, N, 8, 8, np.array([127, 0, -128], np.int8))
     assert quant_linear_accumulator(p.A, p.B, K, N, 8, 8, p.w_zero)[0].max() > 2**31
+    check(cuda_library, monkeypatch, kernel, p)
+    p.act_sym = False
+    p.A = np.full((M, K), 2.0, np.float32)  # u = 0, zero point 255: q - z = -255 against W - w_zero = -255
+    assert quant_linear_accumulator(p.A, p.B, K, N, 8, 8, p.w_zero, act_sym=False)[0].max() == K * 255 * 255
     check(cuda_library, monkeypatch, kernel, p)
 
 

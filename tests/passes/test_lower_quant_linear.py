@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.custom_ops.quant_linear_packing import unpack_weights
-from edgeq.custom_ops.reference import quant_linear, quantize_tokens
+from edgeq.custom_ops.reference import quant_linear, quant_linear_rounded, quantize_tokens, quantize_tokens_asym
 from edgeq.exporter.llama_graph import ACT_BITS_KEY, BITS_KEY, pack_uint4
 from edgeq.passes._rules import why_not
 from edgeq.passes.lower_quant_linear import LowerQuantLinearPass
@@ -20,7 +20,7 @@ CHAIN = Counter({"Abs": 1, "ReduceMax": 1, "Div": 2, "Max": 1, "Round": 1, "Clip
 
 
 def act_quant_linear(K, N, wbits, abits, *, rng, dtype=np.float32, batch=(2, 3), group=None, zeros="symmetric",
-                     qmax=None, floor=1e-5, metadata=True, chain_only=False):
+                     qmax=None, floor=1e-5, metadata=True, chain_only=False, act_sym=True):
     """The exporter's ``fake_quant_tokens`` + ``linear`` for one layer, as ONNX (stock ops only).
 
     Returns (model, codes [K, N] uint8, scales [G, N]). ``group``/``zeros``/``qmax``/``floor`` bend the pattern
@@ -49,6 +49,9 @@ def act_quant_linear(K, N, wbits, abits, *, rng, dtype=np.float32, batch=(2, 3),
         inits.append(numpy_helper.from_array(codes, "w.codes"))
         if zero is not None:
             inits.append(numpy_helper.from_array(zero, "w.zeros"))
+    if not act_sym:
+        return asym_act_quant_linear(K, N, wbits, abits, codes, scales, zero, group, inits[-1:] if zero is None else inits[-2:],
+                                     elem, dtype, batch, floor, chain_only)
     clip = helper.make_node("Clip", ["r", "lo", "hi"], ["q"], name="act/Clip")
     if metadata:
         helper.set_metadata_props(clip, {ACT_BITS_KEY: str(abits)})
@@ -75,6 +78,89 @@ def act_quant_linear(K, N, wbits, abits, *, rng, dtype=np.float32, batch=(2, 3),
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
     return model, codes, scales
+
+
+def asym_act_quant_linear(K, N, wbits, abits, codes, scales, zero, group, weight_inits, elem, dtype, batch, floor,
+                          chain_only):
+    """The exporter's ``fake_quant_tokens_asym`` + ``linear`` (act_sym=0); weight initializers as built above."""
+    levels = float(2**abits - 1)
+    c = lambda name, v: numpy_helper.from_array(np.asarray(v, dtype), name)  # noqa: E731
+    inits = [numpy_helper.from_array(np.array([-1], np.int64), "axes"), c("zero", 0.0), c("levels", levels),
+             c("floor", floor), c("lo", 0.0), c("hi", levels), numpy_helper.from_array(scales, "w.scales"),
+             *weight_inits]
+    clip = helper.make_node("Clip", ["uz", "lo", "hi"], ["u"], name="act/Clip")
+    helper.set_metadata_props(clip, {ACT_BITS_KEY: str(abits), "edgeq.act_sym": "0"})
+    nodes = [
+        helper.make_node("ReduceMax", ["x", "axes"], ["xmax"], name="act/ReduceMax", keepdims=1),
+        helper.make_node("Max", ["xmax", "zero"], ["hi_"], name="act/hi"),
+        helper.make_node("ReduceMin", ["x", "axes"], ["xmin"], name="act/ReduceMin", keepdims=1),
+        helper.make_node("Min", ["xmin", "zero"], ["lo_"], name="act/lo"),
+        helper.make_node("Sub", ["hi_", "lo_"], ["span"], name="act/Sub"),
+        helper.make_node("Div", ["span", "levels"], ["s0"], name="act/Div"),
+        helper.make_node("Max", ["s0", "floor"], ["scale"], name="act/Max"),
+        helper.make_node("Neg", ["lo_"], ["nlo"], name="act/Neg"),
+        helper.make_node("Div", ["nlo", "scale"], ["zq"], name="act/zp/Div"),
+        helper.make_node("Round", ["zq"], ["zp"], name="act/zp/Round"),
+        helper.make_node("Div", ["x", "scale"], ["xs"], name="act/q/Div"),
+        helper.make_node("Round", ["xs"], ["r"], name="act/Round"),
+        helper.make_node("Add", ["r", "zp"], ["uz"], name="act/Add"),
+        clip,
+    ]
+    if chain_only:
+        out = helper.make_tensor_value_info("u", elem, [*batch, K])
+    else:
+        dq = helper.make_node("DequantizeLinear", ["w.codes", "w.scales"] + (["w.zeros"] if zero is not None else []),
+                              ["w"], name="w/DequantizeLinear", axis=0, block_size=group)
+        if wbits not in (4, 8):
+            helper.set_metadata_props(dq, {BITS_KEY: str(wbits)})
+        nodes += [helper.make_node("Sub", ["u", "zp"], ["uq"], name="act/dq/Sub"),
+                  helper.make_node("Mul", ["uq", "scale"], ["xq"], name="act/dq/Mul"), dq,
+                  helper.make_node("MatMul", ["xq", "w"], ["y"], name="w/MatMul")]
+        out = helper.make_tensor_value_info("y", elem, [*batch, N])
+    graph = helper.make_graph(nodes, "wa_linear", [helper.make_tensor_value_info("x", elem, [*batch, K])], [out], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    return model, codes, scales
+
+
+ASYM_CHAIN = Counter({"ReduceMax": 1, "ReduceMin": 1, "Max": 2, "Min": 1, "Sub": 2, "Div": 3, "Neg": 1, "Round": 2,
+                      "Add": 1, "Clip": 1, "Mul": 1, "DequantizeLinear": 1, "MatMul": 1})
+
+
+@pytest.mark.parametrize("zeros", ["symmetric", "random"])
+@pytest.mark.parametrize("wbits, abits", [(8, 8), (4, 4), (6, 6)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
+def test_lowers_the_asymmetric_chain_and_matches_the_reference(wbits, abits, dtype, zeros):
+    """act_sym=0 with w_sum = sum_k W; the op's bits are the reference's, close to ORT on the original graph."""
+    K, N = 96, 40
+    rng = np.random.default_rng(wbits * 10 + abits + 1)
+    proto, codes, scales = act_quant_linear(K, N, wbits, abits, rng=rng, dtype=dtype, zeros=zeros, act_sym=False)
+    assert ops(from_proto(proto)) == ASYM_CHAIN
+    result = LowerQuantLinearPass()(from_proto(proto))
+    assert ops(result.model) == Counter({"QuantLinear": 1})
+    node = next(iter(result.model.graph))
+    assert {k: a.value for k, a in node.attributes.items()} == {"K": K, "N": N, "wbits": wbits, "abits": abits,
+                                                                 "act_sym": 0}
+    B, w_scales, w_zero, w_sum = (None if v is None else v.const_value.numpy() for v in node.inputs[1:])
+    assert (w_zero is None) == (zeros == "symmetric")
+    assert w_sum.dtype == np.int32 and np.array_equal(w_sum, unpack_weights(B, K, wbits).astype(np.int64).sum(1))
+    x = activations(rng, K, dtype) + np.asarray(0.5, dtype)  # off-centre rows: the zero points matter
+    (y_before,) = run(proto, {"x": x})
+    (y_after,) = run(result.model, {"x": x})
+    np.testing.assert_array_equal(y_after, quant_linear_rounded(x, B, w_scales, K, N, wbits, abits, w_zero, act_sym=False))
+    tol = 1e-5 if dtype == np.float32 else 2e-2
+    assert np.abs(y_after.astype(np.float64) - y_before).max() <= tol * np.abs(y_before).max()
+
+
+@pytest.mark.parametrize("abits", [8, 4])
+def test_the_asymmetric_chain_in_ort_gives_the_ops_codes(abits):
+    """float32: ORT's chain computes u = q + 2^(abits-1), the reference's codes, bit for bit."""
+    rng = np.random.default_rng(abits + 40)
+    proto, _, _ = act_quant_linear(200, 8, 8, abits, rng=rng, batch=(16,), chain_only=True, act_sym=False)
+    x = activations(rng, 200, np.float32, batch=(16,)) + np.float32(0.3)
+    (u,) = run(proto, {"x": x})
+    q, _, _ = quantize_tokens_asym(x, abits)
+    np.testing.assert_array_equal(u, q.astype(np.float32) + 2 ** (abits - 1))
 
 
 def activations(rng, K, dtype, batch=(2, 3)):

@@ -61,6 +61,31 @@ float QuantizeRow(const T* a, int64_t K, int64_t Kp, int qmax, int16_t* q, int32
   return s;
 }
 
+// The asymmetric rule (act_sym=0): codes u in [0, L] stored as q = u - 2^(abits-1), *z = zp - 2^(abits-1);
+// zero past K as in QuantizeRow (the correction takes z over the K real columns only).
+template <typename T>
+float QuantizeRowAsym(const T* a, int64_t K, int64_t Kp, int abits, int16_t* q, int32_t* q_sum, int32_t* z) {
+  float hi = 0.f, lo = 0.f;  // the range always includes 0
+  for (int64_t k = 0; k < K; ++k) {
+    const float v = ToFloat(a[k]);
+    hi = std::max(hi, v);
+    lo = std::min(lo, v);
+  }
+  const int levels = (1 << abits) - 1, mid = 1 << (abits - 1);
+  const float s = std::max(RoundToT<T>(RoundToT<T>(hi - lo) / float(levels)), ScaleFloor<T>());
+  const int zp = int(std::nearbyint(RoundToT<T>(-lo / s)));
+  int32_t sum = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    const int u = int(std::nearbyint(RoundToT<T>(ToFloat(a[k]) / s))) + zp;
+    q[k] = int16_t(std::min(std::max(u, 0), levels) - mid);
+    sum += q[k];
+  }
+  std::fill(q + K, q + Kp, int16_t(0));
+  *q_sum = sum;
+  *z = zp - mid;
+  return s;
+}
+
 // Row n of B as int16 values, zero past K.
 void WidenRow(const int8_t* row, int64_t K, int64_t Kp, bool packed, int16_t* out) {
   if (packed) {
@@ -138,17 +163,18 @@ struct Task {
   int16_t* q;      // [M, Kp]
   float* s_x;      // [M]
   int32_t* q_sum;  // [M]
-  const int8_t* B;
-  const T* w_scales;
-  const int8_t* w_zero;
-  T* Y;
+  int32_t* z;      // [M] per-token zero (0 when act_sym)
+  const QlProblem* p;
 };
 
 template <typename T>
 void QuantizeTask(void* data, size_t m) {
   auto& t = *static_cast<const Task<T>*>(data);
-  t.s_x[m] = QuantizeRow<T>(t.A + int64_t(m) * t.attrs->K, t.attrs->K, t.Kp, t.attrs->qmax, t.q + int64_t(m) * t.Kp,
-                            t.q_sum + m);
+  const QlAttrs& a = *t.attrs;
+  const T* row = t.A + int64_t(m) * a.K;
+  int16_t* q = t.q + int64_t(m) * t.Kp;
+  if (a.act_sym) t.s_x[m] = QuantizeRow<T>(row, a.K, t.Kp, a.qmax, q, t.q_sum + m);
+  else t.s_x[m] = QuantizeRowAsym<T>(row, a.K, t.Kp, int(a.abits), q, t.q_sum + m, t.z + m);
 }
 
 template <typename T>
@@ -162,7 +188,7 @@ void GemmTask(void* data, size_t block) {
   thread_local std::vector<int32_t> acc;
   w.resize(size_t(kBlockN * Kp));
   for (int64_t r = 0; r < kBlockN; ++r) {
-    if (r < rows) WidenRow(t.B + (n0 + r) * a.row_bytes, K, Kp, a.packed(), w.data() + r * Kp);
+    if (r < rows) WidenRow(t.p->B + (n0 + r) * a.row_bytes, K, Kp, a.packed(), w.data() + r * Kp);
     else std::fill(w.begin() + r * Kp, w.begin() + (r + 1) * Kp, int16_t(0));
   }
   acc.assign(size_t(M * kBlockN), 0);
@@ -180,12 +206,12 @@ void GemmTask(void* data, size_t block) {
                    acc.data() + m * kBlockN + g * kTileN);
   }
   float ws[kBlockN];
-  for (int64_t r = 0; r < rows; ++r) ws[r] = ToFloat(t.w_scales[n0 + r]);
+  for (int64_t r = 0; r < rows; ++r) ws[r] = ToFloat(static_cast<const T*>(t.p->w_scales)[n0 + r]);
   for (int64_t m = 0; m < M; ++m) {
-    T* y = t.Y + m * N + n0;
+    T* y = static_cast<T*>(t.p->Y) + m * N + n0;
     for (int64_t r = 0; r < rows; ++r) {
       const float scale = Opaque(t.s_x[m] * ws[r]);
-      y[r] = FromFloat<T>(float(QlZeroCorrected(acc[m * kBlockN + r], t.w_zero, n0 + r, t.q_sum[m])) * scale);
+      y[r] = FromFloat<T>(float(QlCorrected(acc[m * kBlockN + r], *t.p, K, n0 + r, t.q_sum[m], t.z[m])) * scale);
     }
   }
 }
@@ -195,9 +221,8 @@ void Compute(Ort::KernelContext& ctx, const QlAttrs& attrs, const QlProblem& p) 
   const int64_t Kp = (attrs.K + kAlignK - 1) / kAlignK * kAlignK;
   std::vector<int16_t> q(size_t(p.M * Kp));
   std::vector<float> s_x(size_t(p.M));
-  std::vector<int32_t> q_sum(size_t(p.M));
-  Task<T> task{&attrs, p.M, Kp, static_cast<const T*>(p.A), q.data(), s_x.data(), q_sum.data(), p.B,
-               static_cast<const T*>(p.w_scales), p.w_zero, static_cast<T*>(p.Y)};
+  std::vector<int32_t> q_sum(size_t(p.M)), z(size_t(p.M), 0);
+  Task<T> task{&attrs, p.M, Kp, static_cast<const T*>(p.A), q.data(), s_x.data(), q_sum.data(), z.data(), &p};
   ctx.ParallelFor(QuantizeTask<T>, size_t(p.M), 0, &task);
   ctx.ParallelFor(GemmTask<T>, size_t((attrs.N + kBlockN - 1) / kBlockN), 0, &task);
 }

@@ -83,6 +83,7 @@ struct Kernel {
       args.B = p.B;
       args.w_scales = p.w_scales;
       args.w_zero = p.w_zero;
+      args.w_sum = p.w_sum;
       args.Y = p.Y;
       if (const char* problem = QuantLinearKernelProblem(args, choice))
         throw InvalidArgument(attrs.where + ": EDGEQ_QL_KERNEL=" + choice_name + ": " + problem +

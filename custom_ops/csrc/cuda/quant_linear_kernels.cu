@@ -90,35 +90,74 @@ __device__ __forceinline__ void Load8(const __half* p, float (&out)[8]) {
   }
 }
 
-// VEC: K % 8 == 0 and A 16-byte aligned, so each thread reads its 8-element groups as vectors.
+// VEC: K % 8 == 0 and A 16-byte aligned, so each thread reads its 8-element groups as vectors. One pass finds
+// hi = max(max x, 0) and nlo = max(max -x, 0): max|x| for the symmetric rule, the range [-nlo, hi] for the
+// asymmetric one (act_zero != nullptr), whose codes u in [0, L] are stored as u - 2^(abits-1) with the token's
+// zero point likewise in act_zero[m]. Code sums go to q_sum when it is set.
 template <typename T, bool EVENS_FIRST, bool VEC>
 __global__ void __launch_bounds__(kQuantThreads)
     QuantizeKernel(const T* __restrict__ A, int8_t* __restrict__ q, float* __restrict__ s_x, int* __restrict__ q_sum,
-                   int K, int Kp, int qmax, float floor_value) {
+                   int* __restrict__ act_zero, int K, int Kp, int abits, float floor_value) {
   const int m = blockIdx.x;
   const T* row = A + static_cast<size_t>(m) * K;
-  float amax = 0.f;
+  float hi = 0.f, nlo = 0.f;
   if constexpr (VEC) {
     for (int group = threadIdx.x; group < K / 8; group += kQuantThreads) {
       float x[8];
       Load8(row + 8 * group, x);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) amax = fmaxf(amax, fabsf(x[j]));
+      for (int j = 0; j < 8; ++j) {
+        hi = fmaxf(hi, x[j]);
+        nlo = fmaxf(nlo, -x[j]);
+      }
     }
   } else {
-    for (int k = threadIdx.x; k < K; k += kQuantThreads) amax = fmaxf(amax, fabsf(ToFloat(row[k])));
+    for (int k = threadIdx.x; k < K; k += kQuantThreads) {
+      const float v = ToFloat(row[k]);
+      hi = fmaxf(hi, v);
+      nlo = fmaxf(nlo, -v);
+    }
   }
 #pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-  __shared__ float warp_max[kQuantThreads / 32];
-  if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = amax;
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, offset));
+    nlo = fmaxf(nlo, __shfl_xor_sync(0xffffffffu, nlo, offset));
+  }
+  __shared__ float warp_hi[kQuantThreads / 32], warp_nlo[kQuantThreads / 32];
+  if ((threadIdx.x & 31) == 0) {
+    warp_hi[threadIdx.x >> 5] = hi;
+    warp_nlo[threadIdx.x >> 5] = nlo;
+  }
   __syncthreads();
-  amax = warp_max[0];
+  hi = warp_hi[0];
+  nlo = warp_nlo[0];
 #pragma unroll
-  for (int w = 1; w < kQuantThreads / 32; ++w) amax = fmaxf(amax, warp_max[w]);
-  const float s = fmaxf(RoundToT<T>(__fdiv_rn(amax, static_cast<float>(qmax))), floor_value);
-  if (threadIdx.x == 0) s_x[m] = s;
-  const float lo = static_cast<float>(-qmax - 1), hi = static_cast<float>(qmax);
+  for (int w = 1; w < kQuantThreads / 32; ++w) {
+    hi = fmaxf(hi, warp_hi[w]);
+    nlo = fmaxf(nlo, warp_nlo[w]);
+  }
+  const bool asym = act_zero != nullptr;
+  float s, zp, cmin, cmax;
+  int mid;
+  if (asym) {
+    const int levels = (1 << abits) - 1;
+    s = fmaxf(RoundToT<T>(__fdiv_rn(RoundToT<T>(__fadd_rn(hi, nlo)), static_cast<float>(levels))), floor_value);
+    zp = rintf(RoundToT<T>(__fdiv_rn(nlo, s)));
+    cmin = 0.f;
+    cmax = static_cast<float>(levels);
+    mid = 1 << (abits - 1);
+  } else {
+    const int qmax = (1 << (abits - 1)) - 1;
+    s = fmaxf(RoundToT<T>(__fdiv_rn(fmaxf(hi, nlo), static_cast<float>(qmax))), floor_value);
+    zp = 0.f;
+    cmin = static_cast<float>(-qmax - 1);
+    cmax = static_cast<float>(qmax);
+    mid = 0;
+  }
+  if (threadIdx.x == 0) {
+    s_x[m] = s;
+    if (asym) act_zero[m] = static_cast<int>(zp) - mid;
+  }
   uint2* out = reinterpret_cast<uint2*>(q + static_cast<size_t>(m) * Kp);
   int sum = 0;
   for (int group = threadIdx.x; group < Kp / 8; group += kQuantThreads) {
@@ -132,15 +171,16 @@ __global__ void __launch_bounds__(kQuantThreads)
     uint32_t word[2] = {0u, 0u};
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      // Zero past K quantizes to code 0 (s > 0), which the GEMMs rely on.
-      const float r = rintf(RoundToT<T>(__fdiv_rn(x[GroupOffset<EVENS_FIRST>(j)], s)));
-      const int v = static_cast<int>(fminf(fmaxf(r, lo), hi));
+      // Code 0 past K, which the GEMMs and the corrections rely on.
+      const int k = 8 * group + GroupOffset<EVENS_FIRST>(j);
+      const float r = rintf(RoundToT<T>(__fdiv_rn(x[GroupOffset<EVENS_FIRST>(j)], s))) + zp;
+      const int v = k < K ? static_cast<int>(fminf(fmaxf(r, cmin), cmax)) - mid : 0;
       word[j >> 2] |= (static_cast<uint32_t>(v) & 0xffu) << (8 * (j & 3));
       sum += v;
     }
     out[group] = make_uint2(word[0], word[1]);
   }
-  if (q_sum == nullptr) return;  // symmetric weights: the GEMMs need no code sums (uniform across the block)
+  if (q_sum == nullptr) return;  // uniform across the block
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
   __shared__ int warp_sum[kQuantThreads / 32];
@@ -152,14 +192,20 @@ __global__ void __launch_bounds__(kQuantThreads)
   }
 }
 
-// The integer sums against W - w_zero (QlZeroCorrected in quant_linear.h), as float: acc - w_zero[n] * q_sum[m] in
-// int64, rounded once. w_zero == nullptr: symmetric weights, the sum itself.
+// sum_k (q - z[m]) * (W - w_zero[n]) from the int32 sums, as float: acc - w_zero * q_sum - z * (w_sum - K * w_zero)
+// in int64, rounded once (QlCorrected in quant_linear.h). All null: symmetric on both sides, the sum itself.
 struct ZeroOffset {
-  const int8_t* w_zero;
-  const int* q_sum;
+  const int8_t* w_zero;  // [N] or null
+  const int* q_sum;      // [M], set with w_zero
+  const int* act_zero;   // [M] or null (act_sym)
+  const int* w_sum;      // [N], set with act_zero
+  long long K;
   __device__ __forceinline__ float Sum(int acc, int m, int n) const {
-    if (w_zero == nullptr) return __int2float_rn(acc);
-    return __ll2float_rn(static_cast<long long>(acc) - static_cast<long long>(w_zero[n]) * q_sum[m]);
+    if (w_zero == nullptr && act_zero == nullptr) return __int2float_rn(acc);
+    const long long wz = w_zero != nullptr ? w_zero[n] : 0;
+    long long v = static_cast<long long>(acc) - (w_zero != nullptr ? wz * q_sum[m] : 0);
+    if (act_zero != nullptr) v -= static_cast<long long>(act_zero[m]) * (static_cast<long long>(w_sum[n]) - K * wz);
+    return __ll2float_rn(v);
   }
 };
 
@@ -768,9 +814,10 @@ const char* LaunchTyped(const QlArgs& a, QlKernel kernel, const int8_t* q, const
 }
 
 template <typename T>
-const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int* q_sum, cudaStream_t stream) {
+const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int* q_sum, int* act_zero,
+                   cudaStream_t stream) {
   const int Kp = static_cast<int>(PaddedK(a.K));
-  const int qmax = (1 << (a.abits - 1)) - 1;
+  const int abits = static_cast<int>(a.abits);
   const float floor_value = sizeof(T) == 2 ? __half2float(__float2half_rn(1e-5f)) : 1e-5f;
   const bool packed = a.wbits <= 4;
   // Evens-first codes for the kernels that split packed weights in registers; wgmma widens them in order.
@@ -780,15 +827,16 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int*
   const dim3 grid(static_cast<unsigned>(a.M));
   const int K = static_cast<int>(a.K);
   int* sums = a.w_zero != nullptr ? q_sum : nullptr;
+  int* zeros = a.w_sum != nullptr ? act_zero : nullptr;
   if (evens_first && vec)
-    QuantizeKernel<T, true, true><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, sums, K, Kp, qmax, floor_value);
+    QuantizeKernel<T, true, true><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, sums, zeros, K, Kp, abits, floor_value);
   else if (evens_first)
-    QuantizeKernel<T, true, false><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, sums, K, Kp, qmax, floor_value);
+    QuantizeKernel<T, true, false><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, sums, zeros, K, Kp, abits, floor_value);
   else if (vec)
-    QuantizeKernel<T, false, true><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, sums, K, Kp, qmax, floor_value);
+    QuantizeKernel<T, false, true><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, sums, zeros, K, Kp, abits, floor_value);
   else
-    QuantizeKernel<T, false, false><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, sums, K, Kp, qmax, floor_value);
-  const ZeroOffset zero{a.w_zero, sums};
+    QuantizeKernel<T, false, false><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, sums, zeros, K, Kp, abits, floor_value);
+  const ZeroOffset zero{a.w_zero, sums, zeros, a.w_sum, a.K};
   const char* error = packed ? LaunchTyped<T, true>(a, kernel, q, s_x, zero, Kp, stream)
                              : LaunchTyped<T, false>(a, kernel, q, s_x, zero, Kp, stream);
   if (error) return error;
@@ -800,9 +848,9 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int*
 
 void QuantLinearWarmUp() { WgmmaCompiled(); }
 
-// Codes, then s_x [M] and the code sums [M] (used with w_zero).
+// Codes, then s_x [M], the code sums [M] (used with w_zero) and the tokens' zero points [M] (act_sym=0).
 size_t QuantLinearScratchBytes(const QlArgs& args) {
-  return CodesBytes(args) + static_cast<size_t>(args.M) * (sizeof(float) + sizeof(int));
+  return CodesBytes(args) + static_cast<size_t>(args.M) * (sizeof(float) + 2 * sizeof(int));
 }
 
 const char* QuantLinearKernelProblem(const QlArgs& a, QlKernel kernel) {
@@ -834,9 +882,11 @@ const char* LaunchQuantLinear(const QlArgs& args, QlKernel kernel, void* stream,
   int8_t* q = static_cast<int8_t*>(scratch);
   float* s_x = reinterpret_cast<float*>(static_cast<char*>(scratch) + CodesBytes(args));
   int* q_sum = reinterpret_cast<int*>(s_x + args.M);
+  int* act_zero = q_sum + args.M;
   const QlKernel chosen = Pick(args, kernel);
   auto s = static_cast<cudaStream_t>(stream);
-  return args.half ? Launch<__half>(args, chosen, q, s_x, q_sum, s) : Launch<float>(args, chosen, q, s_x, q_sum, s);
+  return args.half ? Launch<__half>(args, chosen, q, s_x, q_sum, act_zero, s)
+                   : Launch<float>(args, chosen, q, s_x, q_sum, act_zero, s);
 }
 
 }  // namespace cuda

@@ -22,11 +22,12 @@ struct QlArgs {
   const int8_t* B = nullptr;
   const void* w_scales = nullptr;
   const int8_t* w_zero = nullptr;  // per-channel zero offsets [N], or nullptr (symmetric weights)
+  const int32_t* w_sum = nullptr;  // [N] sum_k W[n, k], set exactly when activations are asymmetric (act_sym=0)
   void* Y = nullptr;
 };
 
-// Device bytes of scratch one call needs: the quantized activations [M, K rounded up to 64], their scales and
-// their code sums.
+// Device bytes of scratch one call needs: the quantized activations [M, K rounded up to 64], their scales, code
+// sums and zero points.
 size_t QuantLinearScratchBytes(const QlArgs& args);
 
 // nullptr when `kernel` can run these arguments, else why not (static text).
