@@ -1,4 +1,5 @@
-"""Benchmark of edgeq::QuantLinear (W8A8, W4A4) against ORT's dense MatMul, side by side in one run.
+"""Benchmark of edgeq::QuantLinear (W8A8, W4A4; symmetric and with OmniQuant's zero offsets) against ORT's dense MatMul,
+side by side in one run.
 
     python -m edgeq.custom_ops.bench_quant_linear --device cuda --out results.md     # H100: fp16 MatMul
     python -m edgeq.custom_ops.bench_quant_linear --device cpu --threads 2           # CPU: fp32 MatMul
@@ -30,7 +31,9 @@ GPU_SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]
 CPU_SHAPES = [(2048, 2048), (2048, 5504), (5504, 2048)]
 GPU_M = (1, 8, 64, 512, 2048)
 CPU_M = (1, 128)
-KINDS = {"matmul": None, "W8A8": (8, 8), "W4A4": (4, 4)}
+# (wbits, abits, asymmetric): "-asym" is OmniQuant's default, zero offsets per channel and per token (act_sym=0)
+KINDS = {"matmul": None, "W8A8": (8, 8, False), "W4A4": (4, 4, False), "W8A8-asym": (8, 8, True),
+         "W4A4-asym": (4, 4, True)}
 
 
 @dataclass
@@ -48,11 +51,15 @@ class Row:
 def weights(kind: str, K: int, N: int, dtype, rng: np.random.Generator) -> list[np.ndarray]:
     if kind == "matmul":
         return [((rng.random((K, N), dtype=np.float32) - 0.5) * 0.04).astype(dtype)]
-    wbits, _ = KINDS[kind]
+    wbits, _, asym = KINDS[kind]
     row_bytes = (K + 1) // 2 if wbits <= 4 else K
     # Random bytes are valid weights of either width: two nibbles, or one int8 in the full 8-bit range.
     B = np.frombuffer(rng.bytes(N * row_bytes), np.int8).reshape(N, row_bytes)
-    return [B, (rng.random(N, dtype=np.float32) * 0.01 + 0.001).astype(dtype)]
+    out = [B, (rng.random(N, dtype=np.float32) * 0.01 + 0.001).astype(dtype)]
+    if asym:
+        lo = -(1 << (wbits - 1))
+        out += [rng.integers(lo, -lo, N).astype(np.int8), rng.integers(-1000, 1000, N).astype(np.int32)]
+    return out
 
 
 def build_model(kind: str, K: int, N: int, M: int, copies: int, dtype, seed: int) -> onnx.ModelProto:
@@ -67,8 +74,9 @@ def build_model(kind: str, K: int, N: int, M: int, copies: int, dtype, seed: int
         if kind == "matmul":
             nodes.append(helper.make_node("MatMul", ["A", *names], [f"Y{i}"]))
         else:
-            wbits, abits = KINDS[kind]
-            nodes.append(QUANT_LINEAR.make_node(["A", *names], [f"Y{i}"], K=K, N=N, wbits=wbits, abits=abits))
+            wbits, abits, asym = KINDS[kind]
+            nodes.append(QUANT_LINEAR.make_node(["A", *names], [f"Y{i}"], K=K, N=N, wbits=wbits, abits=abits,
+                                                **({"act_sym": 0} if asym else {})))
         outputs.append(helper.make_tensor_value_info(f"Y{i}", elem, [M, N]))
     graph = helper.make_graph(nodes, kind, [helper.make_tensor_value_info("A", elem, [M, K])], outputs, initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), opset_import()], ir_version=9)
@@ -122,18 +130,22 @@ def format_table(rows: list[Row], device: str, threads: int | None) -> str:
     dense = "fp16 MatMul" if device == "cuda" else "fp32 MatMul"
     lines = [f"device: {machine_description(device)}; onnxruntime {ort.__version__}"
              + (f"; {threads} intra-op threads" if threads else ""), "",
-             f"| K x N | M | {dense} us | W8A8 us | W8A8 speedup | W4A4 us | W4A4 speedup | W8A8 TOPS | W4A4 TOPS |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             ""]
+    kinds = [k for k in KINDS if k != "matmul" and any(r.op.split(" (")[0] == f"QuantLinear {k}" for r in rows)]
+    lines[-1] = (f"| K x N | M | {dense} us | " + " | ".join(f"{k} us | {k} speedup" for k in kinds) + " | "
+                 + " | ".join(f"{k} TOPS" for k in kinds) + " |")
+    lines.append("|---|---:|---:|" + "---:|" * (3 * len(kinds)))
     by_key: dict[tuple[str, int], dict[str, Row]] = {}
     for r in rows:
         by_key.setdefault((r.shape, r.M), {})[r.op.split(" (")[0]] = r
     for (shape, M), ops in by_key.items():
-        d, w8, w4 = ops.get(dense), ops.get("QuantLinear W8A8"), ops.get("QuantLinear W4A4")
+        d = ops.get(dense)
+        ql = [ops.get(f"QuantLinear {k}") for k in kinds]
         cell = lambda r, f: f(r) if r else "-"  # noqa: E731
         lines.append(f"| {shape} | {M} | {cell(d, lambda r: f'{r.us_per_call:.1f}')} | "
-                     f"{cell(w8, lambda r: f'{r.us_per_call:.1f}')} | {cell(w8 and w8.speedup and w8, lambda r: f'{r.speedup:.2f}x')} | "
-                     f"{cell(w4, lambda r: f'{r.us_per_call:.1f}')} | {cell(w4 and w4.speedup and w4, lambda r: f'{r.speedup:.2f}x')} | "
-                     f"{cell(w8, lambda r: f'{r.tops:.3g}')} | {cell(w4, lambda r: f'{r.tops:.3g}')} |")
+                     + " | ".join(f"{cell(r, lambda r: f'{r.us_per_call:.1f}')} | "
+                                  f"{cell(r and r.speedup and r, lambda r: f'{r.speedup:.2f}x')}" for r in ql)
+                     + " | " + " | ".join(cell(r, lambda r: f"{r.tops:.3g}") for r in ql) + " |")
     modes = sorted({r.mode for r in rows})
     lines.append("")
     lines.append(f"timing mode: {', '.join(modes)}; copies per model: {sorted({r.copies for r in rows})}")
