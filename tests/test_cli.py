@@ -60,3 +60,17 @@ def test_pipeline_on_tiny_model(capsys, tmp_path, tiny_llama_dir, text_file):
     assert "generation with KV cache == without, 32 greedy tokens: True" in out
     rows = [line for line in out.splitlines() if line.startswith("| gptq:bits=4,group_size=128") or line.startswith("| rtn:bits=3,group_size=16")]
     assert len(rows) >= 2
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--method", "omniquant", "--abits", "8"], dict(sym=False, act_sym=False)),  # the paper's code
+    (["--method", "omniquant", "--abits", "8", "--sym", "--act-grid", "sym"], dict(sym=True, act_sym=True)),
+    (["--method", "rtn", "--group-size", "-1", "--abits", "8"], dict(sym=False, act_sym=True)),
+    (["--method", "rtn", "--group-size", "-1", "--abits", "8", "--act-grid", "asym"], dict(sym=False, act_sym=False)),
+])
+def test_weight_activation_grids_from_the_command_line(argv, expected):
+    from edgeq.cli import build_parser, quant_config
+
+    args = build_parser().parse_args(["quantize", "--model", "m", "-o", "x", *argv])
+    config = quant_config(args)
+    assert {k: getattr(config, k) for k in expected} == expected

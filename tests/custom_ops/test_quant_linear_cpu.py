@@ -92,7 +92,7 @@ def test_asymmetric_sum_beyond_int32(cpu_library, wbits):
     acc, _ = quant_linear_accumulator(p.A, p.B, K, N, wbits, 8, p.w_zero)
     assert acc.max() == K * 127 * (hi - lo) and (wbits == 4 or acc.max() > 2**31)
     check(cpu_library, p)
-    # Both sides asymmetric: rows of one value quantize to u = 0 with zero point 255 (q - z = -255).
+    # Both sides asymmetric: rows of one positive value quantize to u = 255 with zero point 0 (q - z = 255).
     p.act_sym = False
     p.A = np.full((2, K), 2.0, np.float32)
     acc, _ = quant_linear_accumulator(p.A, p.B, K, N, wbits, 8, p.w_zero, act_sym=False)

@@ -127,8 +127,8 @@ def test_asymmetric_sum_beyond_int32(cuda_library, monkeypatch, kernel):
     assert quant_linear_accumulator(p.A, p.B, K, N, 8, 8, p.w_zero)[0].max() > 2**31
     check(cuda_library, monkeypatch, kernel, p)
     p.act_sym = False
-    p.A = np.full((M, K), 2.0, np.float32)  # u = 0, zero point 255: q - z = -255 against W - w_zero = -255
-    assert quant_linear_accumulator(p.A, p.B, K, N, 8, 8, p.w_zero, act_sym=False)[0].max() == K * 255 * 255
+    p.A = np.full((M, K), 2.0, np.float32)  # u = 255, zero point 0: q - z = 255 against W - w_zero = -255
+    assert np.abs(quant_linear_accumulator(p.A, p.B, K, N, 8, 8, p.w_zero, act_sym=False)[0]).max() == K * 255 * 255
     check(cuda_library, monkeypatch, kernel, p)
 
 

@@ -192,20 +192,29 @@ __global__ void __launch_bounds__(kQuantThreads)
   }
 }
 
-// sum_k (q - z[m]) * (W - w_zero[n]) from the int32 sums, as float: acc - w_zero * q_sum - z * (w_sum - K * w_zero)
-// in int64, rounded once (QlCorrected in quant_linear.h). All null: symmetric on both sides, the sum itself.
+// sum_k (q - z[m]) * (W - w_zero[n]) from the int32 sums, as float: acc - w_zero * q_sum - z * (w_sum - K * w_zero),
+// rounded once (QlCorrected in quant_linear.h). All null: symmetric on both sides, the sum itself. The terms stay
+// within int32 while K < 2^15 (each is at most 2^16 K); `wide` takes int64 beyond. A thread reads its row's
+// q_sum and z once (Row) and the column's w_zero and w_sum through the read-only cache.
 struct ZeroOffset {
   const int8_t* w_zero;  // [N] or null
   const int* q_sum;      // [M], set with w_zero
   const int* act_zero;   // [M] or null (act_sym)
   const int* w_sum;      // [N], set with act_zero
-  long long K;
-  __device__ __forceinline__ float Sum(int acc, int m, int n) const {
-    if (w_zero == nullptr && act_zero == nullptr) return __int2float_rn(acc);
-    const long long wz = w_zero != nullptr ? w_zero[n] : 0;
-    long long v = static_cast<long long>(acc) - (w_zero != nullptr ? wz * q_sum[m] : 0);
-    if (act_zero != nullptr) v -= static_cast<long long>(act_zero[m]) * (static_cast<long long>(w_sum[n]) - K * wz);
-    return __ll2float_rn(v);
+  int K;
+  bool wide;
+  __device__ __forceinline__ bool None() const { return w_zero == nullptr && act_zero == nullptr; }
+  __device__ __forceinline__ int2 Row(int m) const {
+    if (None()) return make_int2(0, 0);
+    return make_int2(w_zero != nullptr ? q_sum[m] : 0, act_zero != nullptr ? act_zero[m] : 0);
+  }
+  __device__ __forceinline__ float Sum(int acc, int2 row, int n) const {
+    if (None()) return __int2float_rn(acc);
+    const int wz = w_zero != nullptr ? static_cast<int>(__ldg(w_zero + n)) : 0;
+    const int wse = act_zero != nullptr ? __ldg(w_sum + n) - K * wz : 0;  // |.| <= 2^8 K
+    if (!wide) return __int2float_rn(acc - wz * row.x - row.y * wse);
+    return __ll2float_rn(static_cast<long long>(acc) - static_cast<long long>(wz) * row.x -
+                         static_cast<long long>(row.y) * wse);
   }
 };
 
@@ -288,7 +297,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
   }
   if (lane < M) {
     if (PACKED) mine >>= 4;
-    Y[static_cast<size_t>(lane) * N + n] = Epilogue<T>(zero.Sum(mine, lane, n), s_x[lane], ToFloat(w_scales[n]));
+    Y[static_cast<size_t>(lane) * N + n] = Epilogue<T>(zero.Sum(mine, zero.Row(lane), n), s_x[lane],
+                                                       ToFloat(w_scales[n]));
   }
 }
 
@@ -450,6 +460,7 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads)
       const int m = m0 + wm0 + 16 * i + g + 8 * h;
       if (m >= M) continue;
       const float sx = s_x[m];
+      const int2 zr = zero.Row(m);
       T* y = Y + static_cast<size_t>(m) * N;
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
@@ -460,8 +471,8 @@ __global__ void __launch_bounds__(Tile<BM, BN, WM, WN>::kThreads)
           v1 >>= 4;
         }
         // columns past N are computed and dropped: clamp them so w_zero is never read out of bounds
-        const T y0 = Epilogue<T>(zero.Sum(v0, m, min(n, N - 1)), sx, ws[j][0]);
-        const T y1 = Epilogue<T>(zero.Sum(v1, m, min(n + 1, N - 1)), sx, ws[j][1]);
+        const T y0 = Epilogue<T>(zero.Sum(v0, zr, min(n, N - 1)), sx, ws[j][0]);
+        const T y1 = Epilogue<T>(zero.Sum(v1, zr, min(n + 1, N - 1)), sx, ws[j][1]);
         if (pair_store && n + 1 < N) {
           if constexpr (sizeof(T) == 2) {
             __half2 pair;
@@ -640,9 +651,10 @@ __global__ void __launch_bounds__(kWgThreads)
     }
     const float sx = s_x[m];
     T* y = Y + static_cast<size_t>(m) * N;
-    const T y0 = Epilogue<T>(zero.Sum(v0, m, n), sx, ToFloat(w_scales[n]));
+    const int2 zr = zero.Row(m);
+    const T y0 = Epilogue<T>(zero.Sum(v0, zr, n), sx, ToFloat(w_scales[n]));
     if (n + 1 < N) {
-      const T y1 = Epilogue<T>(zero.Sum(v1, m, n + 1), sx, ToFloat(w_scales[n + 1]));
+      const T y1 = Epilogue<T>(zero.Sum(v1, zr, n + 1), sx, ToFloat(w_scales[n + 1]));
       if (pair_store) {
         if constexpr (sizeof(T) == 2) {
           __half2 pair;
@@ -726,7 +738,7 @@ __global__ void __launch_bounds__(kGenericThreads)
     int v = 0;
     for (int i = 0; i < kGenericThreads / 32; ++i) v += partial[threadIdx.x][i];
     const int m = m0 + threadIdx.x;
-    Y[static_cast<size_t>(m) * N + n] = Epilogue<T>(zero.Sum(v, m, n), s_x[m], ToFloat(w_scales[n]));
+    Y[static_cast<size_t>(m) * N + n] = Epilogue<T>(zero.Sum(v, zero.Row(m), n), s_x[m], ToFloat(w_scales[n]));
   }
 }
 
@@ -836,7 +848,7 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int*
     QuantizeKernel<T, false, true><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, sums, zeros, K, Kp, abits, floor_value);
   else
     QuantizeKernel<T, false, false><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, sums, zeros, K, Kp, abits, floor_value);
-  const ZeroOffset zero{a.w_zero, sums, zeros, a.w_sum, a.K};
+  const ZeroOffset zero{a.w_zero, sums, zeros, a.w_sum, K, a.K >= (1 << 15)};
   const char* error = packed ? LaunchTyped<T, true>(a, kernel, q, s_x, zero, Kp, stream)
                              : LaunchTyped<T, false>(a, kernel, q, s_x, zero, Kp, stream);
   if (error) return error;
