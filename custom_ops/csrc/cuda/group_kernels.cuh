@@ -525,6 +525,8 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
     MmaDecodeKernel(const __half* __restrict__ A, W w, __half* __restrict__ Y, int M, int N, int K, int chunk_steps) {
   constexpr int kBlocksPerGroup = GS / 16;
   extern __shared__ __align__(16) unsigned char smem[];
+  PdlWait();
+  PdlRelease();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int r0 = blockIdx.x * kMmaTileRows;
   const int units = K / kMmaUnitCodes, steps = (units + kMmaStepUnits - 1) / kMmaStepUnits;
@@ -696,7 +698,7 @@ void LaunchMmaDecodeTyped(const __half* A, const W& w, __half* Y, int M, int N, 
   auto kernel = M == 1 ? MmaDecodeKernel<BITS, GS, 1, W> : MmaDecodeKernel<BITS, GS, kMmaMaxM, W>;
   // Above 48 KB of dynamic shared memory a kernel must opt in; cheap, and harmless during graph capture.
   if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  kernel<<<blocks, kMmaThreads, smem, stream>>>(A, w, Y, M, N, K, chunk_steps);
+  LaunchDependent(kernel, dim3(blocks), dim3(kMmaThreads), smem, stream, A, w, Y, M, N, K, chunk_steps);
 }
 
 template <int BITS, typename W>

@@ -413,6 +413,8 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, MINB)
                       const uint8_t* __restrict__ zero_points, __half* __restrict__ Y, int N, int K, int n_groups,
                       int group_shift, int ksplit) {
   using L = Half2Layout<BITS>;
+  PdlWait();
+  PdlRelease();
   A += static_cast<size_t>(blockIdx.y) * K;
   Y += static_cast<size_t>(blockIdx.y) * N;
   __shared__ float partial[kDecodeMaxSplit][kDecodeWarps][R];
@@ -639,10 +641,10 @@ void LaunchDecodeHalf2(const GqmmArgs& a, cudaStream_t stream) {
   while ((int64_t{1} << group_shift) < a.group_size) ++group_shift;
   const int rows_per_block = (kDecodeWarps / ksplit) * R;
   const dim3 grid(static_cast<unsigned>((a.N + rows_per_block - 1) / rows_per_block), static_cast<unsigned>(a.M));
-  DecodeHalf2Kernel<BITS, R, V, MINB><<<grid, kDecodeWarps * 32, 0, stream>>>(
-      static_cast<const __half*>(a.A), a.B, static_cast<const __half*>(a.scales), a.zero_points,
-      static_cast<__half*>(a.Y), static_cast<int>(a.N), static_cast<int>(a.K), static_cast<int>(a.n_groups),
-      group_shift, ksplit);
+  LaunchDependent(DecodeHalf2Kernel<BITS, R, V, MINB>, grid, dim3(kDecodeWarps * 32), 0, stream,
+                  static_cast<const __half*>(a.A), a.B, static_cast<const __half*>(a.scales), a.zero_points,
+                  static_cast<__half*>(a.Y), static_cast<int>(a.N), static_cast<int>(a.K),
+                  static_cast<int>(a.n_groups), group_shift, ksplit);
 }
 
 void LaunchDecodeHalf2Bits(const GqmmArgs& a, cudaStream_t stream) {
