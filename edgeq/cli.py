@@ -34,6 +34,7 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     q.add_argument("--outlier-threshold", type=float, default=0.2, help="SpQR: tau, outlier if its Hessian-weighted error exceeds tau x the layer mean; inf = no outliers (default: 0.2)")
     q.add_argument("--target-outliers", type=float, default=None, help="SpQR: raise tau per layer until at most this fraction of weights are outliers (e.g. 0.01)")
     q.add_argument("--abits", type=int, default=16, help="RTN/OmniQuant: activation bits; 16 = weight-only, else per-token dynamic (W8A8, W6A6, W4A4)")
+    q.add_argument("--smooth-down", action="store_true", help="OmniQuant: LET also between up_proj and down_proj (smooths the SwiGLU product; not in the paper)")
     q.add_argument("--act-grid", choices=["auto", "sym", "asym"], default="auto", help="RTN/OmniQuant weight-activation: per-token activation codes symmetric or with a zero point per token; auto = RTN sym, OmniQuant asym (the paper's code)")
     q.add_argument("--epochs", type=int, default=20, help="OmniQuant: training epochs per block (paper: 20, 40 for W2)")
     q.add_argument("--lwc-lr", type=float, default=1e-2, help="OmniQuant: learning rate of the clipping strengths (default: 1e-2)")
@@ -60,7 +61,7 @@ def quant_config(args):
         if args.method == "illm":  # weight-activation only: per-channel weights, LET on
             return ILLMConfig(**common, act_clip=args.act_clip)
         return OmniQuantConfig(**common, group_size=args.group_size, let={"auto": None, "on": True, "off": False}[args.let],
-                               sym=args.sym, act_sym=args.act_grid == "sym")
+                               sym=args.sym, act_sym=args.act_grid == "sym", smooth_down=args.smooth_down)
     if args.method == "spqr":
         return SpQRConfig(bits=args.bits, group_size=args.group_size, stat_bits=args.stat_bits,
                           stat_group_size=args.stat_group_size, outlier_threshold=args.outlier_threshold,

@@ -148,6 +148,10 @@ class OmniQuantConfig(Calibration):
     sym: symmetric weight grid (zero point 2^(wbits-1)) instead of min-max asymmetric with an integer zero point.
     act_sym: symmetric per-token activation codes instead of asymmetric ones with a zero point per token.
       The defaults are the paper's code: asymmetric weights and activations.
+    smooth_down: LET also between up_proj and down_proj (SiLU(gate) * up is linear in up, so a channel scale moves
+      from down_proj's input into up_proj's rows exactly, folded like the others). Not in the paper, whose LET
+      leaves down_proj's input (the SwiGLU product, LLaMA's worst activation outliers) alone; I-LLM's FSBR
+      smooths it. Needs LET on.
     group_size: weight-only group along the input dim (paper: 128); weight-activation configs are per channel.
     let: learn channel scales (LET); None = the paper's choice, on for weight-activation, off for weight-only.
     epochs, lwc_lr, let_lr, weight_decay, batch_size: AdamW training of each block (paper: 20 epochs, 40 for W2).
@@ -163,6 +167,7 @@ class OmniQuantConfig(Calibration):
     let: bool | None = None
     sym: bool = False
     act_sym: bool = False
+    smooth_down: bool = False
     epochs: int = 20
     lwc_lr: float = 1e-2
     let_lr: float = 5e-3
@@ -178,6 +183,8 @@ class OmniQuantConfig(Calibration):
             raise EdgeqError(f"activation bits must be 16 (none) or {MIN_BITS}..{MAX_BITS}, got {self.abits}")
         if self.epochs < 0 or self.batch_size < 1:
             raise EdgeqError("epochs must be >= 0 and batch_size >= 1")
+        if self.smooth_down and not self.use_let:
+            raise EdgeqError("smooth_down is a LET scale: it needs LET on (let=True, or a weight-activation config)")
 
     @property
     def use_let(self) -> bool:

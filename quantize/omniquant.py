@@ -131,10 +131,12 @@ class TransformedBlock(nn.Module):
     simulates_activations = False
 
     def __init__(self, layer: nn.Module, config, input_absmax: dict[str, torch.Tensor], use_let: bool,
-                 smooth_down: bool = False):
+                 smooth_down: bool | None = None):
         """smooth_down: also learn a scale between up_proj's rows and down_proj's columns (SiLU(g) * u is linear
-        in u, so the SwiGLU product moves into down_proj exactly); needs ``use_let``."""
+        in u, so the SwiGLU product moves into down_proj exactly); needs ``use_let``. None: the config's."""
         super().__init__()
+        if smooth_down is None:
+            smooth_down = getattr(config, "smooth_down", False)
         attn = layer.self_attn
         self.layer = layer
         self.config = config

@@ -18,9 +18,10 @@ def block_inputs(model, n=4, length=24):
     return runner.inputs[0], runner.layer_kwargs[0]
 
 
-def randomized_let(layer):
-    cfg = OmniQuantConfig(wbits=4, abits=8)
-    absmax = {n: torch.rand(layer.get_submodule(n).weight.shape[1]) + 0.5 for n in ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj")}
+def randomized_let(layer, smooth_down=False):
+    cfg = OmniQuantConfig(wbits=4, abits=8, smooth_down=smooth_down)
+    absmax = {n: torch.rand(layer.get_submodule(n).weight.shape[1]) + 0.5
+              for n in ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")}
     block = TransformedBlock(layer, cfg, absmax, use_let=True)
     with torch.no_grad():
         for name, p in block.named_parameters():
@@ -29,25 +30,30 @@ def randomized_let(layer):
     return block
 
 
-def test_let_preserves_the_fp_block():
+@pytest.mark.parametrize("smooth_down", [False, True])
+def test_let_preserves_the_fp_block(smooth_down):
     model = make_tiny_llama()
     layer = model.model.layers[0]
     x, kwargs = block_inputs(model)
     ref = layer(x, **kwargs)
-    block = randomized_let(layer)
+    block = randomized_let(layer, smooth_down)
+    assert hasattr(block, "s_ud") == smooth_down
     out = torch.func.functional_call(layer, block.transformed(), (x,), kwargs)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
-def test_fold_writes_the_same_function_into_the_block():
+@pytest.mark.parametrize("smooth_down", [False, True])
+def test_fold_writes_the_same_function_into_the_block(smooth_down):
     model = make_tiny_llama()
     layer = model.model.layers[0]
     x, kwargs = block_inputs(model)
     ref = layer(x, **kwargs).detach()
     original_norm = layer.input_layernorm.weight.detach().clone()
-    block = randomized_let(layer)
+    original_down = layer.mlp.down_proj.weight.detach().clone()
+    block = randomized_let(layer, smooth_down)
     packed = block.fold()
     assert not torch.allclose(layer.input_layernorm.weight, original_norm)  # the scales really moved
+    assert torch.allclose(layer.mlp.down_proj.weight, original_down) != smooth_down
     torch.testing.assert_close(layer(x, **kwargs), ref, rtol=1e-4, atol=1e-5)
     assert set(packed) == {"input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj",
                            "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
@@ -111,3 +117,11 @@ def test_weight_only_default_is_lwc_only():
     with pytest.raises(Exception, match="activation bits"):
         OmniQuantConfig(abits=1)
     assert RTNConfig  # the baseline config stays importable next to it
+
+
+def test_smooth_down_needs_let():
+    from edgeq.errors import EdgeqError
+
+    with pytest.raises(EdgeqError, match="smooth_down is a LET scale"):
+        OmniQuantConfig(wbits=4, abits=16, smooth_down=True)
+    assert OmniQuantConfig(wbits=4, abits=16, let=True, smooth_down=True).smooth_down
