@@ -28,6 +28,7 @@
 
 #include <cstdint>
 
+#include "pdl.cuh"
 #include "quant_linear_kernels.h"
 
 namespace edgeq {
@@ -98,6 +99,8 @@ template <typename T, bool EVENS_FIRST, bool VEC>
 __global__ void __launch_bounds__(kQuantThreads)
     QuantizeKernel(const T* __restrict__ A, int8_t* __restrict__ q, float* __restrict__ s_x, int* __restrict__ q_sum,
                    int* __restrict__ act_zero, int K, int Kp, int abits, float floor_value) {
+  PdlWait();
+  PdlRelease();
   const int m = blockIdx.x;
   const T* row = A + static_cast<size_t>(m) * K;
   float hi = 0.f, nlo = 0.f;
@@ -242,6 +245,8 @@ template <typename T, bool PACKED, int MAXM>
 __global__ void __launch_bounds__(kDecodeWarps * 32)
     DecodeKernel(const int8_t* __restrict__ q, const float* __restrict__ s_x, const int8_t* __restrict__ B,
                  const T* __restrict__ w_scales, ZeroOffset zero, T* __restrict__ Y, int M, int N, int Kp, int row_bytes) {
+  PdlWait();
+  PdlRelease();
   const int lane = threadIdx.x & 31;
   const int n = blockIdx.x * kDecodeWarps + (threadIdx.x >> 5);
   if (n >= N) return;  // the whole warp: nothing below synchronizes across warps
@@ -803,12 +808,8 @@ const char* LaunchTyped(const QlArgs& a, QlKernel kernel, const int8_t* q, const
   switch (kernel) {
     case QlKernel::kDecode: {
       const dim3 grid(static_cast<unsigned>((N + kDecodeWarps - 1) / kDecodeWarps));
-      if (M == 1)
-        DecodeKernel<T, PACKED, 1><<<grid, kDecodeWarps * 32, 0, stream>>>(q, s_x, a.B, ws, zero, Y, M, N, Kp,
-                                                                           row_bytes);
-      else
-        DecodeKernel<T, PACKED, kDecodeMaxM><<<grid, kDecodeWarps * 32, 0, stream>>>(q, s_x, a.B, ws, zero, Y, M, N,
-                                                                                     Kp, row_bytes);
+      LaunchDependent(M == 1 ? DecodeKernel<T, PACKED, 1> : DecodeKernel<T, PACKED, kDecodeMaxM>, grid,
+                      dim3(kDecodeWarps * 32), 0, stream, q, s_x, a.B, ws, zero, Y, M, N, Kp, row_bytes);
       return nullptr;
     }
     case QlKernel::kWgmma: return LaunchWgmma<T, PACKED>(a, q, s_x, zero, Kp, stream);
@@ -840,14 +841,9 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int*
   const int K = static_cast<int>(a.K);
   int* sums = a.w_zero != nullptr ? q_sum : nullptr;
   int* zeros = a.w_sum != nullptr ? act_zero : nullptr;
-  if (evens_first && vec)
-    QuantizeKernel<T, true, true><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, sums, zeros, K, Kp, abits, floor_value);
-  else if (evens_first)
-    QuantizeKernel<T, true, false><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, sums, zeros, K, Kp, abits, floor_value);
-  else if (vec)
-    QuantizeKernel<T, false, true><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, sums, zeros, K, Kp, abits, floor_value);
-  else
-    QuantizeKernel<T, false, false><<<grid, kQuantThreads, 0, stream>>>(A, q, s_x, sums, zeros, K, Kp, abits, floor_value);
+  auto quantize = evens_first ? (vec ? QuantizeKernel<T, true, true> : QuantizeKernel<T, true, false>)
+                               : (vec ? QuantizeKernel<T, false, true> : QuantizeKernel<T, false, false>);
+  LaunchDependent(quantize, grid, dim3(kQuantThreads), 0, stream, A, q, s_x, sums, zeros, K, Kp, abits, floor_value);
   const ZeroOffset zero{a.w_zero, sums, zeros, a.w_sum, K, a.K >= (1 << 15)};
   const char* error = packed ? LaunchTyped<T, true>(a, kernel, q, s_x, zero, Kp, stream)
                              : LaunchTyped<T, false>(a, kernel, q, s_x, zero, Kp, stream);
