@@ -8,7 +8,9 @@
 // go through vpmaddwd (int16 x int16, pairs summed into int32) where AVX2 exists: |q| <= 128 and |w| <= 128,
 // so a pair never exceeds 2^15 and the int32 sums are exact for any K the op accepts. K is walked in chunks:
 // the block's weight rows and two activation rows of one chunk stay in L1 while all activation rows pass, and
-// each activation chunk, read from L2, serves all kBlockN weight rows before it is dropped.
+// each activation chunk, read from L2, serves all kBlockN weight rows before it is dropped. Zero points (w_zero,
+// act_sym=0) never enter the loops: the epilogue corrects the int32 sums with each row's code sum and zero point
+// (QlCorrected).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
