@@ -82,7 +82,8 @@ def _weight_problem(x: ir.Value, w: ir.Value, result: pattern.MatchResult) -> pa
         return result.fail(f"weight quantized in groups of {spec.group_size} along K={spec.K}; QuantLinear takes "
                            "one scale per output channel", w)
     if not spec.has_zero_points:
-        return result.fail("weight has no zero points (DequantizeLinear's default 0 is not symmetric)", w)
+        return result.fail("weight has no zero points; the lowering reads unsigned codes with explicit ones (as the "
+                           "exporter writes them)", w)
     if ir.convenience.get_const_tensor(dq.inputs[1]).dtype != x.dtype:
         return result.fail(f"weight scales are not of the activations' type {x.dtype}", w)
     refused = qw.use_problem(x, w, spec)
