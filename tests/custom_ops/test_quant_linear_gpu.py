@@ -160,3 +160,20 @@ def test_forced_kernel_outside_its_domain_names_the_problem(cuda_library, monkey
     p = random_problem(np.random.default_rng(9), (9,), 128, 8, 8, 8)
     with pytest.raises(Exception, match=r"EDGEQ_QL_KERNEL=decode: the decode kernel takes M <= 8"):
         run_cuda(cuda_library, p, monkeypatch, "decode")
+
+
+@DTYPES
+@pytest.mark.parametrize("side", ["symmetric", "asymmetric"])
+@pytest.mark.parametrize("lead, K, N, wbits", [((9,), 64, 4, 8), ((130,), 576, 1536, 8), ((2, 257), 1536, 576, 6),
+                                               ((512,), 4096, 128, 8)])
+def test_cublas_kernel(cuda_library, monkeypatch, dtype, side, lead, K, N, wbits):
+    """cuBLAS's int8 sums through the separate epilogue kernel: the same bits as every other kernel."""
+    p = random_problem(np.random.default_rng(K + N), lead, K, N, wbits, wbits, dtype, saturate=True,
+                       asymmetric=side == "asymmetric", act_sym=side == "symmetric")
+    check(cuda_library, monkeypatch, "cublas", p)
+
+
+def test_cublas_kernel_refuses_what_it_cannot_take(cuda_library, monkeypatch):
+    p = random_problem(np.random.default_rng(10), (64,), 128, 8, 4, 4)
+    with pytest.raises(Exception, match=r"EDGEQ_QL_KERNEL=cublas: the cublas kernel needs weights stored one per byte"):
+        run_cuda(cuda_library, p, monkeypatch, "cublas")

@@ -21,7 +21,7 @@ constexpr KernelChoice kChoices[] = {
     {"auto", QlKernel::kAuto},         {"decode", QlKernel::kDecode}, {"wgmma", QlKernel::kWgmma},
     {"mma", QlKernel::kMma},
     {"mma256", QlKernel::kMma256},     {"mma128", QlKernel::kMma128}, {"mma128x64", QlKernel::kMma128x64},
-    {"mma64", QlKernel::kMma64},       {"generic", QlKernel::kGeneric}};
+    {"mma64", QlKernel::kMma64},       {"cublas", QlKernel::kCublas}, {"generic", QlKernel::kGeneric}};
 
 QlKernel KernelFromEnv(const std::string& where) {
   // EDGEQ_QL_KERNEL pins one GEMM kernel for tests and benchmarks; read when the session is created.
@@ -88,7 +88,7 @@ struct Kernel {
       if (const char* problem = QuantLinearKernelProblem(args, choice))
         throw InvalidArgument(attrs.where + ": EDGEQ_QL_KERNEL=" + choice_name + ": " + problem +
                               " (M=" + std::to_string(args.M) + ", K=" + std::to_string(args.K) + ")");
-      Scratch scratch(ctx, QuantLinearScratchBytes(args), attrs.where);
+      Scratch scratch(ctx, QuantLinearScratchBytes(args, choice), attrs.where);
       const char* error = LaunchQuantLinear(args, choice, ctx.GetGPUComputeStream(), scratch.data);
       if (error) throw std::runtime_error(attrs.where + ": CUDA launch failed: " + error);
     });

@@ -28,6 +28,7 @@
 
 #include <cstdint>
 
+#include "cublas_gemm.h"
 #include "pdl.cuh"
 #include "quant_linear_kernels.h"
 
@@ -747,6 +748,28 @@ __global__ void __launch_bounds__(kGenericThreads)
   }
 }
 
+// ------------------------------------------------------------------------------------------- cublas
+
+// The epilogue over cuBLAS's int32 sums acc [M, N]: one thread per output.
+template <typename T>
+__global__ void SumsEpilogueKernel(const int* __restrict__ acc, const float* __restrict__ s_x,
+                                   const T* __restrict__ w_scales, ZeroOffset zero, T* __restrict__ Y, int M, int N) {
+  const int n = blockIdx.x * blockDim.x + threadIdx.x, m = blockIdx.y;
+  if (n >= N) return;
+  const size_t i = static_cast<size_t>(m) * N + n;
+  Y[i] = Epilogue<T>(zero.Sum(acc[i], zero.Row(m), n), s_x[m], ToFloat(w_scales[n]));
+}
+
+bool CublasFits(const QlArgs& a) { return a.wbits > 4 && a.K % kAlignK == 0 && a.N % 4 == 0; }
+
+size_t SumsBytes(const QlArgs& a) { return static_cast<size_t>(a.M) * a.N * sizeof(int); }
+
+// Where the cublas kernel's sums start: after the codes and the three row arrays, 256-byte aligned for cuBLAS.
+size_t SumsOffset(const QlArgs& a) {
+  const size_t end = CodesBytes(a) + static_cast<size_t>(a.M) * (sizeof(float) + 2 * sizeof(int));
+  return (end + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
+}
+
 // ------------------------------------------------------------------------------------------- dispatch
 
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
@@ -827,7 +850,7 @@ const char* LaunchTyped(const QlArgs& a, QlKernel kernel, const int8_t* q, const
 }
 
 template <typename T>
-const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int* q_sum, int* act_zero,
+const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int* q_sum, int* act_zero, int* acc,
                    cudaStream_t stream) {
   const int Kp = static_cast<int>(PaddedK(a.K));
   const int abits = static_cast<int>(a.abits);
@@ -845,6 +868,17 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int*
                                : (vec ? QuantizeKernel<T, false, true> : QuantizeKernel<T, false, false>);
   LaunchDependent(quantize, grid, dim3(kQuantThreads), 0, stream, A, q, s_x, sums, zeros, K, Kp, abits, floor_value);
   const ZeroOffset zero{a.w_zero, sums, zeros, a.w_sum, K, a.K >= (1 << 15)};
+  if (kernel == QlKernel::kCublas) {  // K == Kp (CublasFits): q is a dense [M, K]
+    if (const char* error = CublasGemmInt8(q, a.B, acc, static_cast<int>(a.M), static_cast<int>(a.N), K, stream))
+      return error;
+    constexpr int kThreads = 256;
+    const dim3 blocks(static_cast<unsigned>((a.N + kThreads - 1) / kThreads), static_cast<unsigned>(a.M));
+    SumsEpilogueKernel<T><<<blocks, kThreads, 0, stream>>>(acc, s_x, static_cast<const T*>(a.w_scales), zero,
+                                                         static_cast<T*>(a.Y), static_cast<int>(a.M),
+                                                         static_cast<int>(a.N));
+    const cudaError_t status = cudaGetLastError();
+    return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
+  }
   const char* error = packed ? LaunchTyped<T, true>(a, kernel, q, s_x, zero, Kp, stream)
                              : LaunchTyped<T, false>(a, kernel, q, s_x, zero, Kp, stream);
   if (error) return error;
@@ -856,8 +890,10 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int*
 
 void QuantLinearWarmUp() { WgmmaCompiled(); }
 
-// Codes, then s_x [M], the code sums [M] (used with w_zero) and the tokens' zero points [M] (act_sym=0).
-size_t QuantLinearScratchBytes(const QlArgs& args) {
+// Codes, then s_x [M], the code sums [M] (used with w_zero), the tokens' zero points [M] (act_sym=0) and, for the
+// cublas kernel, its int32 sums [M, N].
+size_t QuantLinearScratchBytes(const QlArgs& args, QlKernel kernel) {
+  if (Pick(args, kernel) == QlKernel::kCublas) return SumsOffset(args) + SumsBytes(args);
   return CodesBytes(args) + static_cast<size_t>(args.M) * (sizeof(float) + 2 * sizeof(int));
 }
 
@@ -866,6 +902,9 @@ const char* QuantLinearKernelProblem(const QlArgs& a, QlKernel kernel) {
   if (!VectorRows(a)) return "needs rows of B that are whole 16-byte vectors (K % 16 == 0, or K % 32 in {0, 31} "
                              "for packed weights) and a 16-byte aligned B";
   if (kernel == QlKernel::kDecode && a.M > kDecodeMaxM) return "the decode kernel takes M <= 8";
+  if (kernel == QlKernel::kCublas && !CublasFits(a))
+    return "the cublas kernel needs weights stored one per byte (wbits > 4), K % 64 == 0 and N % 4 == 0";
+  if (kernel == QlKernel::kCublas && !CublasAvailable()) return "the cublas kernel needs libcublas, which could not be loaded";
   if (kernel == QlKernel::kWgmma && !WgmmaCompiled())
     return "the wgmma kernel needs a build for sm_90a (EDGEQ_CUDA_ARCHS=90a) on a compute capability 9.0 GPU";
   return nullptr;
@@ -879,6 +918,7 @@ const char* QuantLinearKernelName(const QlArgs& args, QlKernel kernel) {
     case QlKernel::kMma128: return "mma128";
     case QlKernel::kMma128x64: return "mma128x64";
     case QlKernel::kMma64: return "mma64";
+    case QlKernel::kCublas: return "cublas";
     default: return "generic";
   }
 }
@@ -892,9 +932,11 @@ const char* LaunchQuantLinear(const QlArgs& args, QlKernel kernel, void* stream,
   int* q_sum = reinterpret_cast<int*>(s_x + args.M);
   int* act_zero = q_sum + args.M;
   const QlKernel chosen = Pick(args, kernel);
+  int* acc = chosen == QlKernel::kCublas ? reinterpret_cast<int*>(static_cast<char*>(scratch) + SumsOffset(args))
+                                         : nullptr;
   auto s = static_cast<cudaStream_t>(stream);
-  return args.half ? Launch<__half>(args, chosen, q, s_x, q_sum, act_zero, s)
-                   : Launch<float>(args, chosen, q, s_x, q_sum, act_zero, s);
+  return args.half ? Launch<__half>(args, chosen, q, s_x, q_sum, act_zero, acc, s)
+                   : Launch<float>(args, chosen, q, s_x, q_sum, act_zero, acc, s);
 }
 
 }  // namespace cuda

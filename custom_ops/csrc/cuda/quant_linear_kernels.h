@@ -11,8 +11,10 @@ namespace cuda {
 // Which GEMM runs after the per-token quantization. kAuto: decode for M <= 8, else the mma.sync tensor-core
 // kernel (tile from M), both when B's rows are whole 16-byte vectors; the generic kernel for any other layout.
 // The others force one (tests and benchmarks): kWgmma (Hopper warpgroup MMAs, sm_90a builds only), kMma picks
-// the mma.sync tile, kMma256 (128x256), kMma128, kMma128x64 and kMma64 pin it.
-enum class QlKernel { kAuto, kDecode, kWgmma, kMma, kMma256, kMma128, kMma128x64, kMma64, kGeneric };
+// the mma.sync tile, kMma256 (128x256), kMma128, kMma128x64 and kMma64 pin it; kCublas takes the int32 sums from
+// cuBLAS's int8 GEMM (8-bit-stored weights, K % 64 == 0, N % 4 == 0) and applies the epilogue in a second kernel
+// (pinned only until timed on the GPU).
+enum class QlKernel { kAuto, kDecode, kWgmma, kMma, kMma256, kMma128, kMma128x64, kMma64, kCublas, kGeneric };
 
 struct QlArgs {
   bool half = false;  // T is float16 (else float32)
@@ -28,7 +30,7 @@ struct QlArgs {
 
 // Device bytes of scratch one call needs: the quantized activations [M, K rounded up to 64], their scales, code
 // sums and zero points.
-size_t QuantLinearScratchBytes(const QlArgs& args);
+size_t QuantLinearScratchBytes(const QlArgs& args, QlKernel kernel);
 
 // nullptr when `kernel` can run these arguments, else why not (static text).
 const char* QuantLinearKernelProblem(const QlArgs& args, QlKernel kernel);
@@ -37,8 +39,8 @@ const char* QuantLinearKernelProblem(const QlArgs& args, QlKernel kernel);
 // or a static error text.
 const char* LaunchQuantLinear(const QlArgs& args, QlKernel kernel, void* stream, void* scratch);
 
-// The kernel kAuto (or `kernel`) resolves to: "decode", "wgmma", "mma256", "mma128", "mma128x64", "mma64" or
-// "generic".
+// The kernel kAuto (or `kernel`) resolves to: "decode", "wgmma", "mma256", "mma128", "mma128x64", "mma64",
+// "cublas" or "generic".
 const char* QuantLinearKernelName(const QlArgs& args, QlKernel kernel);
 
 // Settles, outside any CUDA-graph capture, what the first launch would otherwise do lazily (whether this build
