@@ -110,7 +110,8 @@ def quant_linear_rounded(A: np.ndarray, B: np.ndarray, w_scales: np.ndarray, K: 
     2^24, where float32(acc) is exact)."""
     acc, s = quant_linear_accumulator(A, B, K, N, wbits, abits, w_zero, act_sym)
     scale = s.astype(np.float32) * np.asarray(w_scales, np.float32).reshape(N)
-    return (acc.astype(np.float32) * scale).astype(np.asarray(A).dtype)
+    with np.errstate(over="ignore"):  # a float16 result past 65504 is inf, as the kernels' conversion gives
+        return (acc.astype(np.float32) * scale).astype(np.asarray(A).dtype)
 
 
 def spqr_weight(codes: np.ndarray, scale_codes: np.ndarray, zero_codes: np.ndarray, stats: np.ndarray,
