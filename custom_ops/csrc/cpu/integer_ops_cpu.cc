@@ -25,10 +25,6 @@ namespace {
 using namespace integer;
 
 constexpr int64_t kBlockN = 64;  // weight rows of one GEMM task
-// A decode GEMV (few rows of X) has no activation reuse to protect; smaller tasks let ORT's batching split a
-// short N (k/v: 192 rows) evenly over the threads instead of 2:1.
-constexpr int64_t kBlockNDecode = 16;
-constexpr int64_t kDecodeRowsMax = 4;
 constexpr int kTileM = 2, kTileN = 4;
 
 // Runs f(i) for i in [0, n) on ORT's intra-op thread pool (one task: inline, without the pool's hand-off).
@@ -388,13 +384,12 @@ struct GemmOperands {
 template <typename BOf>
 std::vector<int32_t> GroupedGemm(Ort::KernelContext& ctx, Gemm gemm, const int8_t* X, int64_t groups, int64_t M,
                                  int64_t N, int64_t K, BOf b_of) {
-  const int64_t block_n = M <= kDecodeRowsMax ? kBlockNDecode : kBlockN;
-  const int64_t blocks = (N + block_n - 1) / block_n;
+  const int64_t blocks = (N + kBlockN - 1) / kBlockN;
   std::vector<int32_t> acc(size_t(groups * M * N));
   const GemmOperands ops(gemm, X, groups * M, K);
   auto task = [&](int64_t t) {
-    const int64_t group = t / blocks, n0 = (t % blocks) * block_n;
-    GemmBlockAny(gemm, ops.For(X, group * M, b_of(group), K), M, n0, std::min(block_n, N - n0),
+    const int64_t group = t / blocks, n0 = (t % blocks) * kBlockN;
+    GemmBlockAny(gemm, ops.For(X, group * M, b_of(group), K), M, n0, std::min(kBlockN, N - n0),
                  acc.data() + group * M * N, N);
   };
   ParallelFor(ctx, groups * blocks, task);
