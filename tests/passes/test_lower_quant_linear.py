@@ -1,5 +1,6 @@
 """LowerQuantLinearPass: the exporter's weight-activation linear -> edgeq::QuantLinear, and its refusals."""
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -9,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.custom_ops.quant_linear_packing import unpack_weights
 from edgeq.custom_ops.reference import quant_linear, quant_linear_rounded, quantize_tokens, quantize_tokens_asym
-from edgeq.exporter.llama_graph import ACT_BITS_KEY, BITS_KEY, pack_uint4
+from edgeq.exporter.llama_graph import ACT_BITS_KEY, ACT_SYM_KEY, BITS_KEY, pack_uint4
 from edgeq.passes._rules import why_not
 from edgeq.passes.lower_quant_linear import LowerQuantLinearPass
 from edgeq.passes.pipeline import default_pipeline
@@ -21,15 +22,15 @@ CHAIN = Counter({"Abs": 1, "ReduceMax": 1, "Div": 2, "Max": 1, "Round": 1, "Clip
 
 def act_quant_linear(K, N, wbits, abits, *, rng, dtype=np.float32, batch=(2, 3), group=None, zeros="symmetric",
                      qmax=None, floor=1e-5, metadata=True, chain_only=False, act_sym=True):
-    """The exporter's ``fake_quant_tokens`` + ``linear`` for one layer, as ONNX (stock ops only).
+    """The exporter's ``fake_quant_tokens`` (``act_sym=False``: ``fake_quant_tokens_asym``) + ``linear`` for one
+    layer, as ONNX (stock ops only).
 
     Returns (model, codes [K, N] uint8, scales [G, N]). ``group``/``zeros``/``qmax``/``floor`` bend the pattern
-    the ways the pass must refuse; ``chain_only`` outputs the integer codes q instead of y.
+    the ways the pass must refuse; ``chain_only`` outputs the integer codes (q, or u) instead of y.
     """
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     group = group or K
     G = -(-K // group)
-    q_hi = 2 ** (abits - 1) - 1
     codes = rng.integers(0, 2**wbits, (K, N)).astype(np.uint8)
     scales = (rng.random((G, N)) * 0.02 + 0.005).astype(dtype)
     if zeros == "symmetric":
@@ -39,8 +40,8 @@ def act_quant_linear(K, N, wbits, abits, *, rng, dtype=np.float32, batch=(2, 3),
     else:
         zero = None
     c = lambda name, v: numpy_helper.from_array(np.asarray(v, dtype), name)  # noqa: E731
-    inits = [numpy_helper.from_array(np.array([-1], np.int64), "axes"), c("qmax", float(qmax or q_hi)),
-             c("floor", floor), c("lo", float(-q_hi - 1)), c("hi", float(q_hi)), numpy_helper.from_array(scales, "w.scales")]
+    inits = [numpy_helper.from_array(np.array([-1], np.int64), "axes"), c("floor", floor),
+             numpy_helper.from_array(scales, "w.scales")]
     if wbits == 4:
         inits.append(helper.make_tensor("w.codes", TensorProto.UINT4, codes.shape, pack_uint4(codes), raw=True))
         if zero is not None:
@@ -49,16 +50,40 @@ def act_quant_linear(K, N, wbits, abits, *, rng, dtype=np.float32, batch=(2, 3),
         inits.append(numpy_helper.from_array(codes, "w.codes"))
         if zero is not None:
             inits.append(numpy_helper.from_array(zero, "w.zeros"))
-    if not act_sym:
-        return asym_act_quant_linear(K, N, wbits, abits, codes, scales, zero, group, inits[-1:] if zero is None else inits[-2:],
-                                     elem, dtype, batch, floor, chain_only)
+    chain = sym_chain(abits, qmax, metadata, c) if act_sym else asym_chain(abits, c)
+    inits += chain.inits
+    nodes = chain.nodes
+    if chain_only:
+        out = helper.make_tensor_value_info(chain.codes, elem, [*batch, K])
+    else:
+        dq = helper.make_node("DequantizeLinear", ["w.codes", "w.scales"] + (["w.zeros"] if zero is not None else []),
+                              ["w"], name="w/DequantizeLinear", axis=0, block_size=group)
+        if wbits not in (4, 8):
+            helper.set_metadata_props(dq, {BITS_KEY: str(wbits)})
+        nodes += [*chain.dequant, dq, helper.make_node("MatMul", ["xq", "w"], ["y"], name="w/MatMul")]
+        out = helper.make_tensor_value_info("y", elem, [*batch, N])
+    graph = helper.make_graph(nodes, "wa_linear", [helper.make_tensor_value_info("x", elem, [*batch, K])], [out], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    return model, codes, scales
+
+
+@dataclasses.dataclass
+class Chain:
+    """One per-token activation chain from x: its constants, nodes, the name of its integer codes, and the nodes
+    that turn those codes back into the MatMul's input ``xq``."""
+
+    inits: list
+    nodes: list
+    codes: str
+    dequant: list
+
+
+def sym_chain(abits, qmax, metadata, c) -> Chain:
+    q_hi = 2 ** (abits - 1) - 1
     clip = helper.make_node("Clip", ["r", "lo", "hi"], ["q"], name="act/Clip")
     if metadata:
         helper.set_metadata_props(clip, {ACT_BITS_KEY: str(abits)})
-    dq = helper.make_node("DequantizeLinear", ["w.codes", "w.scales"] + (["w.zeros"] if zero is not None else []), ["w"],
-                          name="w/DequantizeLinear", axis=0, block_size=group)
-    if wbits not in (4, 8):
-        helper.set_metadata_props(dq, {BITS_KEY: str(wbits)})
     nodes = [
         helper.make_node("Abs", ["x"], ["ax"], name="act/Abs"),
         helper.make_node("ReduceMax", ["ax", "axes"], ["absmax"], name="act/ReduceMax", keepdims=1),
@@ -68,28 +93,14 @@ def act_quant_linear(K, N, wbits, abits, *, rng, dtype=np.float32, batch=(2, 3),
         helper.make_node("Round", ["xs"], ["r"], name="act/Round"),
         clip,
     ]
-    if chain_only:
-        out = helper.make_tensor_value_info("q", elem, [*batch, K])
-    else:
-        nodes += [helper.make_node("Mul", ["q", "scale"], ["xq"], name="act/dq/Mul"), dq,
-                  helper.make_node("MatMul", ["xq", "w"], ["y"], name="w/MatMul")]
-        out = helper.make_tensor_value_info("y", elem, [*batch, N])
-    graph = helper.make_graph(nodes, "wa_linear", [helper.make_tensor_value_info("x", elem, [*batch, K])], [out], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    model.ir_version = 10
-    return model, codes, scales
+    inits = [c("qmax", float(qmax or q_hi)), c("lo", float(-q_hi - 1)), c("hi", float(q_hi))]
+    return Chain(inits, nodes, "q", [helper.make_node("Mul", ["q", "scale"], ["xq"], name="act/dq/Mul")])
 
 
-def asym_act_quant_linear(K, N, wbits, abits, codes, scales, zero, group, weight_inits, elem, dtype, batch, floor,
-                          chain_only):
-    """The exporter's ``fake_quant_tokens_asym`` + ``linear`` (act_sym=0); weight initializers as built above."""
+def asym_chain(abits, c) -> Chain:
     levels = float(2**abits - 1)
-    c = lambda name, v: numpy_helper.from_array(np.asarray(v, dtype), name)  # noqa: E731
-    inits = [numpy_helper.from_array(np.array([-1], np.int64), "axes"), c("zero", 0.0), c("levels", levels),
-             c("floor", floor), c("lo", 0.0), c("hi", levels), numpy_helper.from_array(scales, "w.scales"),
-             *weight_inits]
     clip = helper.make_node("Clip", ["uz", "lo", "hi"], ["u"], name="act/Clip")
-    helper.set_metadata_props(clip, {ACT_BITS_KEY: str(abits), "edgeq.act_sym": "0"})
+    helper.set_metadata_props(clip, {ACT_BITS_KEY: str(abits), ACT_SYM_KEY: "0"})
     nodes = [
         helper.make_node("ReduceMax", ["x", "axes"], ["xmax"], name="act/ReduceMax", keepdims=1),
         helper.make_node("Max", ["xmax", "zero"], ["hi_"], name="act/hi"),
@@ -106,21 +117,10 @@ def asym_act_quant_linear(K, N, wbits, abits, codes, scales, zero, group, weight
         helper.make_node("Add", ["r", "zp"], ["uz"], name="act/Add"),
         clip,
     ]
-    if chain_only:
-        out = helper.make_tensor_value_info("u", elem, [*batch, K])
-    else:
-        dq = helper.make_node("DequantizeLinear", ["w.codes", "w.scales"] + (["w.zeros"] if zero is not None else []),
-                              ["w"], name="w/DequantizeLinear", axis=0, block_size=group)
-        if wbits not in (4, 8):
-            helper.set_metadata_props(dq, {BITS_KEY: str(wbits)})
-        nodes += [helper.make_node("Sub", ["u", "zp"], ["uq"], name="act/dq/Sub"),
-                  helper.make_node("Mul", ["uq", "scale"], ["xq"], name="act/dq/Mul"), dq,
-                  helper.make_node("MatMul", ["xq", "w"], ["y"], name="w/MatMul")]
-        out = helper.make_tensor_value_info("y", elem, [*batch, N])
-    graph = helper.make_graph(nodes, "wa_linear", [helper.make_tensor_value_info("x", elem, [*batch, K])], [out], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
-    model.ir_version = 10
-    return model, codes, scales
+    inits = [c("zero", 0.0), c("levels", levels), c("lo", 0.0), c("hi", levels)]
+    dequant = [helper.make_node("Sub", ["u", "zp"], ["uq"], name="act/dq/Sub"),
+               helper.make_node("Mul", ["uq", "scale"], ["xq"], name="act/dq/Mul")]
+    return Chain(inits, nodes, "u", dequant)
 
 
 ASYM_CHAIN = Counter({"ReduceMax": 1, "ReduceMin": 1, "Max": 2, "Min": 1, "Sub": 2, "Div": 3, "Neg": 1, "Round": 2,
