@@ -23,7 +23,6 @@ QlAttrs QlAttrs::FromKernelInfo(const OrtKernelInfo* raw) {
   if (act_sym != 0 && act_sym != 1) Fail(a.where, "attribute act_sym=" + std::to_string(act_sym) + " must be 0 or 1");
   a.act_sym = act_sym == 1;
   a.row_bytes = a.packed() ? (a.K + 1) / 2 : a.K;
-  a.qmax = (1 << (a.abits - 1)) - 1;
   return a;
 }
 

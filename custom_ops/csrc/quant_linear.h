@@ -19,7 +19,6 @@ constexpr uint16_t kQlScaleFloorHalf = 168;
 struct QlAttrs {
   int64_t K = 0, N = 0, wbits = 0, abits = 0;
   int64_t row_bytes = 0;  // bytes per row of B: ceil(K/2) when packed (wbits <= 4), else K
-  int qmax = 0;           // 2^(abits-1) - 1
   bool act_sym = true;    // attribute act_sym: symmetric per-token codes, else a zero point per token
   std::string where;      // "edgeq::QuantLinear node 'name'", the prefix of every message
 

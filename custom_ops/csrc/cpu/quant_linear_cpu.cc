@@ -45,46 +45,38 @@ inline float ScaleFloor() {
   if constexpr (std::is_same_v<T, float>) return kQlScaleFloor; else return HalfToFloat(kQlScaleFloorHalf);
 }
 
-// q[0, Kp) = the row's codes (zero past K), *q_sum their sum; returns s_x.
+// q[0, Kp) = the row's codes (zero past K), *q_sum their sum, *z its zero (0 when symmetric); returns s_x. One pass
+// finds hi = max(max a, 0) and nlo = max(max -a, 0): max|a| for the symmetric rule, the range [-nlo, hi] for the
+// asymmetric one (act_sym=0), whose codes u in [0, L] are stored as u - 2^(abits-1), the zero point likewise (the
+// CUDA quantize kernel's rule, step for step).
 template <typename T>
-float QuantizeRow(const T* a, int64_t K, int64_t Kp, int qmax, int16_t* q, int32_t* q_sum) {
-  float absmax = 0.f;
-  for (int64_t k = 0; k < K; ++k) absmax = std::max(absmax, std::fabs(ToFloat(a[k])));
-  const float s = std::max(RoundToT<T>(absmax / float(qmax)), ScaleFloor<T>());
-  const float lo = float(-qmax - 1), hi = float(qmax);
-  int32_t sum = 0;
-  for (int64_t k = 0; k < K; ++k) {
-    const float r = std::nearbyint(RoundToT<T>(ToFloat(a[k]) / s));  // half to even, the ONNX Round
-    q[k] = int16_t(std::min(std::max(r, lo), hi));
-    sum += q[k];
-  }
-  std::fill(q + K, q + Kp, int16_t(0));
-  *q_sum = sum;
-  return s;
-}
-
-// The asymmetric rule (act_sym=0): codes u in [0, L] stored as q = u - 2^(abits-1), *z = zp - 2^(abits-1);
-// zero past K as in QuantizeRow (the correction takes z over the K real columns only).
-template <typename T>
-float QuantizeRowAsym(const T* a, int64_t K, int64_t Kp, int abits, int16_t* q, int32_t* q_sum, int32_t* z) {
-  float hi = 0.f, lo = 0.f;  // the range always includes 0
+float QuantizeRow(const T* a, int64_t K, int64_t Kp, int abits, bool sym, int16_t* q, int32_t* q_sum, int32_t* z) {
+  float hi = 0.f, nlo = 0.f;
   for (int64_t k = 0; k < K; ++k) {
     const float v = ToFloat(a[k]);
     hi = std::max(hi, v);
-    lo = std::min(lo, v);
+    nlo = std::max(nlo, -v);
   }
-  const int levels = (1 << abits) - 1, mid = 1 << (abits - 1);
-  const float s = std::max(RoundToT<T>(RoundToT<T>(hi - lo) / float(levels)), ScaleFloor<T>());
-  const int zp = int(std::nearbyint(RoundToT<T>(-lo / s)));
+  float s, zp, cmin, cmax;
+  int mid;
+  if (sym) {
+    const int qmax = (1 << (abits - 1)) - 1;
+    s = std::max(RoundToT<T>(std::max(hi, nlo) / float(qmax)), ScaleFloor<T>());
+    zp = 0.f, cmin = float(-qmax - 1), cmax = float(qmax), mid = 0;
+  } else {
+    const int levels = (1 << abits) - 1;
+    s = std::max(RoundToT<T>(RoundToT<T>(hi + nlo) / float(levels)), ScaleFloor<T>());
+    zp = std::nearbyint(RoundToT<T>(nlo / s)), cmin = 0.f, cmax = float(levels), mid = 1 << (abits - 1);
+  }
   int32_t sum = 0;
   for (int64_t k = 0; k < K; ++k) {
-    const int u = int(std::nearbyint(RoundToT<T>(ToFloat(a[k]) / s))) + zp;
-    q[k] = int16_t(std::min(std::max(u, 0), levels) - mid);
+    const float r = std::nearbyint(RoundToT<T>(ToFloat(a[k]) / s)) + zp;  // half to even, the ONNX Round
+    q[k] = int16_t(int(std::min(std::max(r, cmin), cmax)) - mid);
     sum += q[k];
   }
   std::fill(q + K, q + Kp, int16_t(0));
   *q_sum = sum;
-  *z = zp - mid;
+  *z = int32_t(zp) - mid;
   return s;
 }
 
@@ -173,10 +165,8 @@ template <typename T>
 void QuantizeTask(void* data, size_t m) {
   auto& t = *static_cast<const Task<T>*>(data);
   const QlAttrs& a = *t.attrs;
-  const T* row = t.A + int64_t(m) * a.K;
-  int16_t* q = t.q + int64_t(m) * t.Kp;
-  if (a.act_sym) t.s_x[m] = QuantizeRow<T>(row, a.K, t.Kp, a.qmax, q, t.q_sum + m);
-  else t.s_x[m] = QuantizeRowAsym<T>(row, a.K, t.Kp, int(a.abits), q, t.q_sum + m, t.z + m);
+  t.s_x[m] = QuantizeRow<T>(t.A + int64_t(m) * a.K, a.K, t.Kp, int(a.abits), a.act_sym, t.q + int64_t(m) * t.Kp,
+                            t.q_sum + m, t.z + m);
 }
 
 template <typename T>
