@@ -191,7 +191,6 @@ class OmniQuantConfig(Calibration):
         return self.abits < 16 if self.let is None else self.let
 
 
-
 @dataclass(frozen=True)
 class ILLMConfig(OmniQuantConfig):
     """I-LLM (Hu et al. 2024) Fully-Smooth Block Reconstruction: OmniQuant's block trainer with smoothing of every

@@ -14,9 +14,9 @@ between the quantized block's output and the FP block's output on calibration se
 
 Weight-activation configs (abits < 16) also fake-quantize every linear's input per token (dynamic; with a zero
 point per token unless ``act_sym``, as the paper's code does) during training, as the ``edgeq::QuantLinear``
-kernel does at inference. After training the LET scales are
-folded into the weights and norms and the weights are quantized with the learned clipping into the ordinary
-group format, so export and kernels are those of the other methods.
+kernel does at inference. After training the LET scales are folded into the weights and norms and the weights
+are quantized with the learned clipping into the ordinary group format, so export and kernels are those of the
+other methods.
 """
 
 from __future__ import annotations
