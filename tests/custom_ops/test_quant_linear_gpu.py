@@ -165,15 +165,18 @@ def test_forced_kernel_outside_its_domain_names_the_problem(cuda_library, monkey
 @DTYPES
 @pytest.mark.parametrize("side", ["symmetric", "asymmetric"])
 @pytest.mark.parametrize("lead, K, N, wbits", [((9,), 64, 4, 8), ((130,), 576, 1536, 8), ((2, 257), 1536, 576, 6),
-                                               ((512,), 4096, 128, 8)])
+                                               ((512,), 4096, 128, 8), ((7,), 64, 4, 4), ((130,), 576, 1536, 4),
+                                               ((2, 257), 1536, 580, 3), ((512,), 4096, 128, 4)])
 def test_cublas_kernel(cuda_library, monkeypatch, dtype, side, lead, K, N, wbits):
-    """cuBLAS's int8 sums through the separate epilogue kernel: the same bits as every other kernel."""
+    """cuBLAS's int8 sums through the separate epilogue kernel (packed weights widened first): the same bits as
+    every other kernel."""
     p = random_problem(np.random.default_rng(K + N), lead, K, N, wbits, wbits, dtype, saturate=True,
                        asymmetric=side == "asymmetric", act_sym=side == "symmetric")
     check(cuda_library, monkeypatch, "cublas", p)
 
 
 def test_cublas_kernel_refuses_what_it_cannot_take(cuda_library, monkeypatch):
-    p = random_problem(np.random.default_rng(10), (64,), 128, 8, 4, 4)
-    with pytest.raises(Exception, match=r"EDGEQ_QL_KERNEL=cublas: the cublas kernel needs weights stored one per byte"):
-        run_cuda(cuda_library, p, monkeypatch, "cublas")
+    for K, N in ((96, 8), (128, 6)):
+        p = random_problem(np.random.default_rng(10), (64,), K, N, 4, 4)
+        with pytest.raises(Exception, match=r"EDGEQ_QL_KERNEL=cublas: the cublas kernel needs K % 64 == 0, N % 4 == 0"):
+            run_cuda(cuda_library, p, monkeypatch, "cublas")

@@ -750,23 +750,82 @@ __global__ void __launch_bounds__(kGenericThreads)
 
 // ------------------------------------------------------------------------------------------- cublas
 
-// The epilogue over cuBLAS's int32 sums acc [M, N]: one thread per output.
+// The epilogue over cuBLAS's int32 sums acc [M, N]: four consecutive outputs per thread (N % 4 == 0), read as
+// one 16-byte vector; a memory-bound pass, so the loads and stores are as wide as the layout allows.
 template <typename T>
-__global__ void SumsEpilogueKernel(const int* __restrict__ acc, const float* __restrict__ s_x,
+__global__ void SumsEpilogueKernel(const int4* __restrict__ acc, const float* __restrict__ s_x,
                                    const T* __restrict__ w_scales, ZeroOffset zero, T* __restrict__ Y, int M, int N) {
-  const int n = blockIdx.x * blockDim.x + threadIdx.x, m = blockIdx.y;
+  PdlWait();
+  const int n = 4 * (blockIdx.x * blockDim.x + threadIdx.x), m = blockIdx.y;
   if (n >= N) return;
   const size_t i = static_cast<size_t>(m) * N + n;
-  Y[i] = Epilogue<T>(zero.Sum(acc[i], zero.Row(m), n), s_x[m], ToFloat(w_scales[n]));
+  const int4 v = acc[i / 4];
+  const int sums[4] = {v.x, v.y, v.z, v.w};
+  const int2 row = zero.Row(m);
+  const float sx = s_x[m];
+  T out[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) out[j] = Epilogue<T>(zero.Sum(sums[j], row, n + j), sx, ToFloat(w_scales[n + j]));
+  if constexpr (sizeof(T) == 2) {
+    uint2 packed;
+    memcpy(&packed, out, sizeof(packed));
+    *reinterpret_cast<uint2*>(Y + i) = packed;
+  } else {
+    *reinterpret_cast<float4*>(Y + i) = make_float4(out[0], out[1], out[2], out[3]);
+  }
 }
 
-bool CublasFits(const QlArgs& a) { return a.wbits > 4 && a.K % kAlignK == 0 && a.N % 4 == 0; }
+// Packed 4-bit rows -> int8 [N, K] for cuBLAS, which has no 4-bit integer GEMM: per call, so the weights stay
+// 4-bit in memory (at M >= 512 the GEMM's time dwarfs this pass). One thread per 16 packed bytes.
+__global__ void WidenPackedKernel(const uint4* __restrict__ B, uint4* __restrict__ wide, size_t vectors) {
+  PdlWait();  // the scratch it writes may still be read by the previous op
+  PdlRelease();
+  const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= vectors) return;
+  const uint4 in = B[i];
+  const uint32_t words[4] = {in.x, in.y, in.z, in.w};
+  uint32_t out[8];
+#pragma unroll
+  for (int w = 0; w < 4; ++w) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      uint32_t packed = 0;
+#pragma unroll
+      for (int b = 0; b < 2; ++b) {
+        const int8_t byte = static_cast<int8_t>(words[w] >> (8 * (2 * half + b)));
+        // value 2j in the low nibble, 2j+1 in the high one; the shifts sign-extend each nibble
+        const int8_t low = static_cast<int8_t>(byte << 4) >> 4, high = byte >> 4;
+        packed |= (static_cast<uint32_t>(static_cast<uint8_t>(low)) | static_cast<uint32_t>(static_cast<uint8_t>(high)) << 8)
+                  << (16 * b);
+      }
+      out[2 * w + half] = packed;
+    }
+  }
+  wide[2 * i] = make_uint4(out[0], out[1], out[2], out[3]);
+  wide[2 * i + 1] = make_uint4(out[4], out[5], out[6], out[7]);
+}
+
+// K % 64 == 0 makes Kp == K (q is a dense [M, K]) and packed rows whole 16-byte vectors; N % 4 == 0 and an aligned
+// Y let the epilogue move four outputs at once.
+bool CublasFits(const QlArgs& a) {
+  return a.K % kAlignK == 0 && a.N % 4 == 0 && (reinterpret_cast<uintptr_t>(a.Y) & 15u) == 0;
+}
 
 size_t SumsBytes(const QlArgs& a) { return static_cast<size_t>(a.M) * a.N * sizeof(int); }
+
+// Packed weights widened to one per byte, after the sums (none for 8-bit-stored weights).
+size_t WideBytes(const QlArgs& a) { return a.wbits <= 4 ? static_cast<size_t>(a.N) * a.K : 0; }
 
 // Where the cublas kernel's sums start: after the codes and the three row arrays, 256-byte aligned for cuBLAS.
 size_t SumsOffset(const QlArgs& a) {
   const size_t end = CodesBytes(a) + static_cast<size_t>(a.M) * (sizeof(float) + 2 * sizeof(int));
+  return (end + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
+}
+
+// cuBLASLt's workspace, last: enough for its split-K kernels at these shapes.
+constexpr size_t kLtWorkspaceBytes = size_t{8} << 20;
+size_t LtWorkspaceOffset(const QlArgs& a) {
+  const size_t end = SumsOffset(a) + SumsBytes(a) + WideBytes(a);
   return (end + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
 }
 
@@ -780,6 +839,9 @@ QlKernel Pick(const QlArgs& a, QlKernel requested) {
   if (requested == QlKernel::kAuto) {
     if (!VectorRows(a)) return QlKernel::kGeneric;
     if (a.M <= kDecodeMaxM) return QlKernel::kDecode;
+    // H200, LLaMA-7B shapes (BENCHMARKS.md): cuBLAS's int8 GEMM plus the separate epilogue runs 1.3-3x faster than
+    // the mma.sync kernels at M = 64...2048, packed weights included (widened per call).
+    if (CublasFits(a) && CublasAvailable()) return QlKernel::kCublas;
     requested = QlKernel::kMma;  // not wgmma: slower than mma.sync as it stands (BENCHMARKS.md)
   }
   if (requested != QlKernel::kMma) return requested;
@@ -857,7 +919,7 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int*
   const float floor_value = sizeof(T) == 2 ? __half2float(__float2half_rn(1e-5f)) : 1e-5f;
   const bool packed = a.wbits <= 4;
   // Evens-first codes for the kernels that split packed weights in registers; wgmma widens them in order.
-  const bool evens_first = packed && kernel != QlKernel::kWgmma;
+  const bool evens_first = packed && kernel != QlKernel::kWgmma && kernel != QlKernel::kCublas;
   const T* A = static_cast<const T*>(a.A);
   const bool vec = a.K % 8 == 0 && Aligned16(A);
   const dim3 grid(static_cast<unsigned>(a.M));
@@ -869,13 +931,25 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int*
   LaunchDependent(quantize, grid, dim3(kQuantThreads), 0, stream, A, q, s_x, sums, zeros, K, Kp, abits, floor_value);
   const ZeroOffset zero{a.w_zero, sums, zeros, a.w_sum, K, a.K >= (1 << 15)};
   if (kernel == QlKernel::kCublas) {  // K == Kp (CublasFits): q is a dense [M, K]
-    if (const char* error = CublasGemmInt8(q, a.B, acc, static_cast<int>(a.M), static_cast<int>(a.N), K, stream))
+    const int8_t* weights = a.B;
+    if (packed) {
+      int8_t* wide = reinterpret_cast<int8_t*>(acc) + SumsBytes(a);
+      const size_t vectors = static_cast<size_t>(a.N) * a.K / 32;
+      constexpr int kWidenThreads = 256;
+      LaunchDependent(WidenPackedKernel, dim3(static_cast<unsigned>((vectors + kWidenThreads - 1) / kWidenThreads)),
+                      dim3(kWidenThreads), 0, stream, reinterpret_cast<const uint4*>(a.B),
+                      reinterpret_cast<uint4*>(wide), vectors);
+      weights = wide;
+    }
+    void* workspace = reinterpret_cast<char*>(acc) - SumsOffset(a) + LtWorkspaceOffset(a);
+    if (const char* error = CublasGemmInt8(q, weights, acc, static_cast<int>(a.M), static_cast<int>(a.N), K, stream,
+                                           workspace, kLtWorkspaceBytes))
       return error;
-    constexpr int kThreads = 256;
-    const dim3 blocks(static_cast<unsigned>((a.N + kThreads - 1) / kThreads), static_cast<unsigned>(a.M));
-    SumsEpilogueKernel<T><<<blocks, kThreads, 0, stream>>>(acc, s_x, static_cast<const T*>(a.w_scales), zero,
-                                                         static_cast<T*>(a.Y), static_cast<int>(a.M),
-                                                         static_cast<int>(a.N));
+    constexpr int kThreads = 128;
+    const dim3 blocks(static_cast<unsigned>((a.N / 4 + kThreads - 1) / kThreads), static_cast<unsigned>(a.M));
+    LaunchDependent(SumsEpilogueKernel<T>, blocks, dim3(kThreads), 0, stream, reinterpret_cast<const int4*>(acc), s_x,
+                    static_cast<const T*>(a.w_scales), zero, static_cast<T*>(a.Y), static_cast<int>(a.M),
+                    static_cast<int>(a.N));
     const cudaError_t status = cudaGetLastError();
     return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
   }
@@ -891,9 +965,9 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int*
 void QuantLinearWarmUp() { WgmmaCompiled(); }
 
 // Codes, then s_x [M], the code sums [M] (used with w_zero), the tokens' zero points [M] (act_sym=0) and, for the
-// cublas kernel, its int32 sums [M, N].
+// cublas kernel, its int32 sums [M, N], (packed weights) the widened weights [N, K] and cuBLASLt's workspace.
 size_t QuantLinearScratchBytes(const QlArgs& args, QlKernel kernel) {
-  if (Pick(args, kernel) == QlKernel::kCublas) return SumsOffset(args) + SumsBytes(args);
+  if (Pick(args, kernel) == QlKernel::kCublas) return LtWorkspaceOffset(args) + kLtWorkspaceBytes;
   return CodesBytes(args) + static_cast<size_t>(args.M) * (sizeof(float) + 2 * sizeof(int));
 }
 
@@ -903,7 +977,7 @@ const char* QuantLinearKernelProblem(const QlArgs& a, QlKernel kernel) {
                              "for packed weights) and a 16-byte aligned B";
   if (kernel == QlKernel::kDecode && a.M > kDecodeMaxM) return "the decode kernel takes M <= 8";
   if (kernel == QlKernel::kCublas && !CublasFits(a))
-    return "the cublas kernel needs weights stored one per byte (wbits > 4), K % 64 == 0 and N % 4 == 0";
+    return "the cublas kernel needs K % 64 == 0, N % 4 == 0 and a 16-byte aligned output";
   if (kernel == QlKernel::kCublas && !CublasAvailable()) return "the cublas kernel needs libcublas, which could not be loaded";
   if (kernel == QlKernel::kWgmma && !WgmmaCompiled())
     return "the wgmma kernel needs a build for sm_90a (EDGEQ_CUDA_ARCHS=90a) on a compute capability 9.0 GPU";
