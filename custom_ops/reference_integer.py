@@ -38,6 +38,7 @@ ADD_WINDOW16 = 31                  # ... when either side holds int16 codes (|q 
 CODE_BITS = tuple(range(2, 9))
 WIDE_CODE_BITS = tuple(range(2, 17))  # DIMatMul's and DIAdd's output codes: int8 up to 8 bits, int16 above
 MAX_K = (1 << 17) - 1              # DIMatMul: K * 128 * 128 < 2**31, so the int32 accumulator is exact
+MAX_K_ZERO = (1 << 16) - 1         # DIMatMul with w_zero: K * 128 * 255 < 2**31 (W - w_zero spans 9 bits)
 
 
 def qmax_of(bits: int, allowed: tuple[int, ...] = CODE_BITS) -> int:
@@ -211,19 +212,23 @@ def _outputs(rows, shape, code_type=np.int8):
 # Ops
 
 
-def di_matmul(X, x_m, x_e, W, w_m, w_e, obits: int):
-    """``Y = X @ W^T`` requantized per row. ``acc`` int32 exact (K <= 131071); channel n's ``acc * w_m[n]``
-    (< 2**46) is aligned to the common exponent of ``align_exponents(w_e)``; then ``dyn_quant`` with the row's
-    ``x_m`` as multiplier and ``x_e + Ea`` as exponent. X and W hold int8 codes; obits 2..16, int8 output codes
-    up to 8 bits, int16 above.
+def di_matmul(X, x_m, x_e, W, w_m, w_e, obits: int, w_zero=None):
+    """``Y = X @ (W - w_zero)^T`` requantized per row. ``acc`` int32 exact (K <= 131071; with ``w_zero``, an
+    asymmetric per-channel weight grid as int8 offsets [N], K <= 65535: ``acc = X @ W^T - w_zero * sum(X)``);
+    channel n's ``acc * w_m[n]`` (< 2**46) is aligned to the common exponent of ``align_exponents(w_e)``; then
+    ``dyn_quant`` with the row's ``x_m`` as multiplier and ``x_e + Ea`` as exponent. X and W hold int8 codes;
+    obits 2..16, int8 output codes up to 8 bits, int16 above.
 
     int64 bounds for 16-bit codes: the aligned P < 2**46 * 2**16 = 2**62 whatever obits; dyn_quant rounds P to
     31 bits, its reciprocal ``R < 2**31`` for every qmax < 2**15 (S loses a bit per code bit above 7), so
     ``|P' * R| <= 2**62``; the scale's ``ratio(A * x_m, qmax)`` has ``A * x_m < 2**46``."""
     qmax = qmax_of(obits, WIDE_CODE_BITS)
     W = np.asarray(W).astype(np.int64)
-    if W.shape[1] > MAX_K:
-        raise ValueError(f"K={W.shape[1]} exceeds {MAX_K} (the int32 accumulator)")
+    limit = MAX_K if w_zero is None else MAX_K_ZERO
+    if W.shape[1] > limit:
+        raise ValueError(f"K={W.shape[1]} exceeds {limit} (the int32 accumulator)")
+    if w_zero is not None:
+        W = W - np.asarray(w_zero, np.int64).reshape(-1, 1)
     w_m = _check_mantissas(w_m, "w_m", -M_MAX)
     Ea, shifts = align_exponents(w_e)
     Xr, xm, xe = _rows(X, x_m, x_e, "X")

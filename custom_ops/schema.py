@@ -528,7 +528,9 @@ def _matmul_expected(ctx, attrs, dims):
     K, N = attrs["K"], attrs["N"]
     if dims is not None and isinstance(dims[-1], int) and dims[-1] != K:
         raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIMatMul: X's last dim is {dims[-1]}, attribute K is {K}")
-    return {3: ("W", [N, K]), 4: ("w_m", [N]), 5: ("w_e", [N])}
+    if ctx.get_num_inputs() > 6 and ctx.has_input(6) and K > (1 << 16) - 1:
+        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIMatMul: K={K} with w_zero exceeds 65535")
+    return {3: ("W", [N, K]), 4: ("w_m", [N]), 5: ("w_e", [N]), 6: ("w_zero", [N])}
 
 
 DI_MATMUL = OpDef(
@@ -541,10 +543,13 @@ DI_MATMUL = OpDef(
         "one reciprocal multiply and a rounding shift, scale (max|P| * x_m / qmax) * 2^-(x_e + Ea) normalized to a "
         "15-bit mantissa. abits and wbits declare the code ranges of X and W (not checked; the result is exact "
         "for any int8 codes). obits 2..16: Y holds int8 codes up to 8 bits and int16 codes above (the requantization "
-        "is the same: P rounded to 31 bits, a reciprocal below 2^31, products below 2^62)."
+        "is the same: P rounded to 31 bits, a reciprocal below 2^31, products below 2^62). An asymmetric weight "
+        "grid gives w_zero (int8 [N], each channel's zero point as a signed code): acc = sum_k X*(W - w_zero), "
+        "computed as X.W - w_zero * sum(X) and exact in int32 for K <= 65535."
     ),
     inputs=(*_int_activation("X", "x", "input activation [..., K]"),
-            Input("W", "tensor(int8)", "weight codes [N, K]"), *_channel_scales("w", "weight scales [N]")),
+            Input("W", "tensor(int8)", "weight codes [N, K]"), *_channel_scales("w", "weight scales [N]"),
+            Input("w_zero", "tensor(int8)", "per-channel weight zero points [N] (asymmetric grid)", optional=True)),
     outputs=_int_activation("Y", "y", "output", code_type="TY"),
     attributes=(
         Attribute("K", onnx.AttributeProto.INT, "reduction size (X's last dim), at most 131071", check=_di_k),

@@ -1,5 +1,6 @@
 """The integer-only decoder (I-LLM, issue 6): the exported, fused decoder of a weight-activation quantized model
-(W8A8 / W6A6 / W4A4: per-channel symmetric weights, per-token activation bits, lowered to ``edgeq::QuantLinear``)
+(W8A8 / W6A6 / W4A4: per-channel weights, symmetric or with zero points, per-token symmetric activation codes,
+lowered to ``edgeq::QuantLinear``)
 rebuilt from the edgeq integer ops, with no floating point between the token ids and the logits' codes.
 
 Input: the graph after ``quant-linear`` and the fusions (``opset``, ``rms-norm``, ``rotary``, ``swiglu``), in the
@@ -11,7 +12,7 @@ and int8 exponent, ``custom_ops/README.md`` "Integer-only ops"):
 
   embedding      Gather of an int8 table and of its per-row scales (the table quantized per row at 8 bits)
   norms          DINorm (gamma as per-channel dyadic scales), codes at the next linears' abits
-  q/k/v/o/gate/up/down   DIMatMul (the QuantLinear's integer weights; scales as dyadics), outputs at 8 bits
+  q/k/v/o/gate/up/down   DIMatMul (the QuantLinear's integer weights and zero points; scales as dyadics), outputs at 8 bits
                          (o/down, which feed the residual: 16);
                  the attention's 1/sqrt(head_dim) is folded into q_proj's scales
   rotary         DIRotary with Q14 cos/sin tables [max_positions, head_dim/2], reading q/k as [B, S, heads*D] and
@@ -68,6 +69,7 @@ class Linear:
     scales: np.ndarray   # float [N]
     wbits: int
     abits: int
+    w_zero: np.ndarray | None = None  # int8 [N]: an asymmetric grid's zero points as signed codes
 
     def dyadic(self, factor: float = 1.0):
         return to_dyadic(self.scales.astype(np.float64) * factor)
@@ -121,12 +123,12 @@ def _one(value: ir.Value, op_type: str, what: str) -> ir.Node:
 def _linear(node: ir.Node) -> Linear:
     if node.op_type != schema.QUANT_LINEAR.name or node.domain != schema.DOMAIN:
         _fail(f"{node.name} is {node.op_type}, expected edgeq::QuantLinear (run the 'quant-linear' pass first)")
-    if len(node.inputs) > 3 and node.inputs[3] is not None:
-        _fail(f"{node.name} has asymmetric weights (a w_zero input); the DI ops take symmetric per-channel weights "
-              "(quantize with sym=True)")
     a = {k: v.value for k, v in node.attributes.items()}
     W = unpack_weights(_const(node.inputs[1], f"{node.name} weights"), a["K"], a["wbits"])
-    return Linear(W, _const(node.inputs[2], f"{node.name} scales").reshape(-1), a["wbits"], a["abits"])
+    w_zero = None
+    if len(node.inputs) > 3 and node.inputs[3] is not None:  # an asymmetric weight grid: DIMatMul's w_zero
+        w_zero = _const(node.inputs[3], f"{node.name} zero points").reshape(-1).astype(np.int8)
+    return Linear(W, _const(node.inputs[2], f"{node.name} scales").reshape(-1), a["wbits"], a["abits"], w_zero)
 
 
 def _norm(node: ir.Node) -> tuple[np.ndarray, float]:
@@ -270,8 +272,9 @@ class _Builder:
     def matmul(self, x: Act, lin: Linear, name: str, obits: int = INNER_BITS, factor: float = 1.0) -> Act:
         w_m, w_e = lin.dyadic(factor)
         N, K = lin.W.shape
+        zero = [] if lin.w_zero is None else [self.init(f"{name}.w_zero", lin.w_zero)]
         return self.di("DIMatMul", [*x, self.init(f"{name}.W", lin.W), self.init(f"{name}.w_m", w_m),
-                                    self.init(f"{name}.w_e", w_e)], name, K=K, N=N, abits=lin.abits,
+                                    self.init(f"{name}.w_e", w_e), *zero], name, K=K, N=N, abits=lin.abits,
                        wbits=lin.wbits, obits=obits)
 
     def norm(self, x: Act, gamma: np.ndarray, eps: float, name: str, obits: int, clip: int = CLIP_ONE) -> Act:

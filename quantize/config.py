@@ -199,7 +199,7 @@ class ILLMConfig(OmniQuantConfig):
     forward that simulates the integer-only graph (``passes/integer_only.py``): abits codes on every linear
     input, 8-bit projections, rotary, KV cache, probabilities and residual stream.
 
-    wbits, abits: W8A8 / W6A6 / W4A4 (weights per-channel symmetric, LWC).  softmax_clip: initial clipping range
+    wbits, abits: W8A8 / W6A6 / W4A4 (weights per channel, LWC; sym=False: with zero points, DIMatMul's w_zero).  softmax_clip: initial clipping range
     c of the softmax input ([max - c, max]); learned with clip_lr unless clip_lr = 0; 0 disables clipping.
     act_clip: also learn (at clip_lr, from 1.0) a clip of the per-token range of each activation a linear reads
     (the two norms' outputs, the heads into o_proj, the SwiGLU output), exported as the ops' ``clip_q15``.
@@ -222,8 +222,8 @@ class ILLMConfig(OmniQuantConfig):
         super().__post_init__()
         if self.abits == 16 or self.group_size != -1 or self.let is False:
             raise EdgeqError("I-LLM quantizes weights and activations: abits < 16, group_size=-1, let on")
-        if not (self.sym and self.act_sym):
-            raise EdgeqError("I-LLM's DI ops take symmetric weights and activations: sym and act_sym must stay true")
+        if not self.act_sym:
+            raise EdgeqError("I-LLM's DI ops take symmetric activation codes: act_sym must stay true")
         if self.softmax_clip < 0 or self.clip_lr < 0:
             raise EdgeqError("softmax_clip and clip_lr must be >= 0")
 

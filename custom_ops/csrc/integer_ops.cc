@@ -215,7 +215,7 @@ std::vector<int64_t> PrepareBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& 
 const DiSignature& Signature(DiOp op) {
   static const DiSignature kSignatures[] = {
       // Y: int8 or int16 by obits (registered untyped and optional, as DIAdd's)
-      {"DIMatMul", {kI8, kI32, kI8, kI8, kI32, kI8}, {kAny, kI32, kI8}, 6},
+      {"DIMatMul", {kI8, kI32, kI8, kI8, kI32, kI8, kI8}, {kAny, kI32, kI8}, 6},
       {"DIExp", {kI8, kI32, kI8}, {kI8, kI32, kI8}, 3},
       {"DIClippedSoftmax", {kAny, kI32, kI8, kBool}, {kU8, kI32, kI8}, 3},
       {"DINorm", {kAny, kI32, kI8, kI32, kI8}, {kI8, kI32, kI8}, 5},
@@ -306,6 +306,13 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
       ExpectShape(W, "W", {a.N, a.K}, "(N, K)", where);
       p.W = static_cast<const int8_t*>(W.value.GetTensorRawData());
       ReadChannelScales(ctx, 4, "w_m", "w_e", a.N, "(N)", a, p);
+      const TensorView zero = ctx.GetInputCount() > 6 ? Input(ctx, 6, "w_zero", where) : TensorView{};
+      if (zero.value != nullptr) {
+        ExpectShape(zero, "w_zero", {a.N}, "(N)", where);
+        if (a.K > integer::kMaxKZero)  // W - w_zero spans 9 bits: the int32 accumulator holds K * 128 * 255
+          Fail(where, "K=" + std::to_string(a.K) + " with w_zero exceeds " + std::to_string(integer::kMaxKZero));
+        p.w_zero = static_cast<const int8_t*>(zero.value.GetTensorRawData());
+      }
       out_shape = WithLast(p.x.shape, a.N);
       break;
     }

@@ -62,6 +62,7 @@ struct IntOutput {
 struct DiProblem {
   IntInput x, x2;                    // x2: DISwiGLU's up, DIAdd's B, DIBatchMatMul's B
   const int8_t* W = nullptr;         // DIMatMul's weight codes [N, K]
+  const int8_t* w_zero = nullptr;    // DIMatMul's per-channel weight zero points [N], or null (symmetric)
   const int32_t* ch_m = nullptr;     // per-channel scales: DIMatMul's w, DINorm's gamma
   const int8_t* ch_e = nullptr;
   const bool* mask = nullptr;        // DIClippedSoftmax

@@ -129,7 +129,7 @@ def run(target, op: str, arrays: list, threads: int = 2, y_type: int | None = No
 
 
 REFERENCE = {
-    "DIMatMul": lambda a, obits, K=None, N=None, abits=None, wbits=None: ri.di_matmul(*a, obits),
+    "DIMatMul": lambda a, obits, K=None, N=None, abits=None, wbits=None: ri.di_matmul(*a[:6], obits, *a[6:7]),
     "DIExp": lambda a, obits: ri.di_exp(*a, obits),
     "DIClippedSoftmax": lambda a, **kw: ri.di_clipped_softmax(*a, **kw),
     "DINorm": lambda a, **kw: ri.di_norm(*a, **kw),

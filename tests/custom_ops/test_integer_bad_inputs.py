@@ -58,6 +58,17 @@ def test_matmul_bad_shapes_and_values(cpu_library, change, match):
     fails(cpu_library, "DIMatMul", args, rf"edgeq::DIMatMul node 'n0': {match}", **MATMUL)
 
 
+def test_matmul_bad_zero_points(cpu_library):
+    args = matmul_args()
+    fails(cpu_library, "DIMatMul", [*args, np.zeros(5, np.int8)],
+          r"edgeq::DIMatMul node 'n0': w_zero has shape \[5\], expected \[6\] \(N\)", **MATMUL)
+    fails(cpu_library, "DIMatMul", [*args, np.zeros(6, np.int32)], r"\(w_zero\) of operator \(DIMatMul\)", **MATMUL)
+    K = 1 << 16
+    big = matmul_args(K=K, N=2, rows=1)
+    fails(cpu_library, "DIMatMul", [*big, np.zeros(2, np.int8)],
+          r"edgeq::DIMatMul node 'n0': K=65536 with w_zero exceeds 65535", **dict(MATMUL, K=K, N=2))
+
+
 @pytest.mark.parametrize("op, attrs, match", [
     ("DIMatMul", dict(MATMUL, obits=17), r"attribute obits=17 must be in 2..16"),
     ("DIMatMul", dict(MATMUL, K=1 << 17), r"attribute K=131072 must be in 1..131071"),

@@ -47,6 +47,58 @@ def test_matmul(matmul_kernel, seed):
     assert_bit_exact(matmul_kernel, "DIMatMul", [*x, W, w_m, w_e], K=K, N=N, abits=abits, wbits=wbits, obits=abits)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_matmul_zero_points(matmul_kernel, seed):
+    """An asymmetric weight grid (w_zero): every GEMM kernel's x.W minus w_zero * sum(x), on random odd shapes with
+    codes and zero points over the whole int8 range (both ends in every row on even seeds)."""
+    rng = np.random.default_rng(2000 + seed)
+    wbits, abits = WIDTHS[seed % 3]
+    lead, K, N = lead_shape(rng), odd_size(rng, 577), odd_size(rng, 150)
+    x = activation(rng, (*lead, K), abits, saturate=seed % 2 == 0)
+    W = rng.integers(-128, 128, (N, K)).astype(np.int8)
+    w_zero = rng.integers(-128, 128, N).astype(np.int8)
+    if seed % 2 == 0:
+        W[:, 0], W[:, -1] = -128, 127
+        w_zero[0], w_zero[-1] = -128, 127
+    w_m, w_e = channel_scales(rng, N, spread=[0, 6, 16, 40][seed % 4], signed=seed % 3 == 0)
+    assert_bit_exact(matmul_kernel, "DIMatMul", [*x, W, w_m, w_e, w_zero], K=K, N=N, abits=abits, wbits=wbits,
+                     obits=abits)
+
+
+def test_matmul_zero_points_largest_accumulator(matmul_kernel):
+    """K = 65535 products of -128 * (127 - (-128)): |acc| = 2^31 - 2^15 * 255 + ..., the largest with w_zero, exact
+    (x.W and w_zero * sum(x) are each near 2^30 with opposite-sign terms; their difference must not wrap)."""
+    K = ri.MAX_K_ZERO
+    X = np.full((2, K), -128, np.int8)
+    X[1, : K // 2] = 127
+    W = np.full((3, K), 127, np.int8)
+    W[1] = -128
+    W[2, : K // 2] = 0
+    w_zero = np.array([-128, 127, 5], np.int8)
+    m = np.full((2, 1), ri.M_MAX, np.int32)
+    e = np.array([[0], [30]], np.int8)
+    w_m, w_e = np.array([ri.M_MAX, 1, 1 << 14], np.int32), np.array([-128, 127, 0], np.int8)
+    assert_bit_exact(matmul_kernel, "DIMatMul", [X, m, e, W, w_m, w_e, w_zero], K=K, N=3, abits=8, wbits=8,
+                     obits=8)
+
+
+def test_matmul_zero_points_meaning():
+    """The reference with w_zero is the float product X * (W - w_zero) within the output's 8-bit rounding."""
+    rng = np.random.default_rng(5)
+    x = activation(rng, (4, 96))
+    W = rng.integers(-128, 128, (40, 96)).astype(np.int8)
+    w_zero = rng.integers(-128, 128, 40).astype(np.int8)
+    w_m, w_e = channel_scales(rng, 40)
+    q, m, e = ri.di_matmul(*x, W, w_m, w_e, 8, w_zero)
+    X = x[0] * (x[1] * 2.0 ** -x[2].astype(np.float64))
+    Wf = (W.astype(np.float64) - w_zero[:, None]) * (w_m * 2.0 ** -w_e.astype(np.float64))[:, None]
+    want, got = X @ Wf.T, q * (m * 2.0 ** -e.astype(np.float64))
+    assert (np.abs(got - want) <= np.abs(want).max(axis=1, keepdims=True) / 127).all()
+    with pytest.raises(ValueError, match="K=65536 exceeds 65535"):
+        ri.di_matmul(np.zeros((1, 65536), np.int8), x[1][:1], x[2][:1], np.zeros((1, 65536), np.int8), w_m[:1],
+                     w_e[:1], 8, w_zero[:1])
+
+
 def test_matmul_largest_accumulator(matmul_kernel):
     """K = 131071 products of -128 * -128: acc = 2^31 - 2^14, the largest the op can meet, must come out exact
     (any lost carry changes the codes of the other channel, whose value is half of it)."""

@@ -117,15 +117,34 @@ def test_the_pass_refuses_an_unfused_graph():
         run_pipeline(build_decoder_model(model), [*DEFAULT_PASSES, "integer-only"])
 
 
-def test_the_pass_refuses_asymmetric_weights():
-    """QuantLinear takes zero offsets (w_zero); the DI ops do not, so the pass says so instead of dropping them."""
-    from edgeq.errors import EdgeqError
-    from edgeq.exporter.llama_graph import build_decoder_model
-    from edgeq.passes.pipeline import INTEGER_ONLY_PASSES, run_pipeline
+def test_asymmetric_weights_become_dimatmul_zero_points(tmp_path):
+    """QuantLinear's zero offsets (w_zero, an asymmetric per-channel grid) go to DIMatMul's w_zero: every linear
+    keeps them, the graph stays integer-only, and its logits track the float W8A8 graph of the same weights."""
+    from edgeq.cli import integer_only_passes, lowering_passes
+    from edgeq.exporter.export import export
+    from edgeq.passes.verify import verify_model
     from edgeq.quantize.api import quantize_
     from edgeq.quantize.config import RTNConfig
+    from edgeq.runtime.decoder import OnnxDecoder
 
+    torch.manual_seed(0)
     model = make_tiny_llama(layers=1)
     quantize_(model, RTNConfig(bits=8, group_size=-1, sym=False, abits=8), None)
-    with pytest.raises(EdgeqError, match="integer-only: .* has asymmetric weights \\(a w_zero input\\)"):
-        run_pipeline(build_decoder_model(model), INTEGER_ONLY_PASSES)
+    lowered = export(model, None, tmp_path / "lowered" / "model.onnx", transform=lowering_passes)
+    integer = export(model, None, tmp_path / "integer" / "model.onnx", transform=integer_only_passes)
+    proto = onnx.load(integer)
+    inits = {t.name: t for t in proto.graph.initializer}
+    matmuls = [n for n in proto.graph.node if n.op_type == "DIMatMul"]
+    assert len(matmuls) == 7
+    for n in matmuls:
+        assert len(n.input) == 7 and n.input[6] in inits, n.name
+        zero = onnx.numpy_helper.to_array(inits[n.input[6]])
+        assert zero.dtype == np.int8 and zero.ndim == 1
+        assert len(np.unique(zero)) > 1  # real per-channel zero points, not the symmetric grid's
+    assert verify_model(integer, integer_only=True).ok
+    ids = np.random.default_rng(0).integers(0, 300, (2, 32))
+    y_float = OnnxDecoder(lowered).step(ids, OnnxDecoder(lowered).empty_cache(2))[0]
+    dec = OnnxDecoder(integer)
+    y_int = dec.step(ids, dec.empty_cache(2))[0]
+    assert cosine(y_int, y_float).min() > 0.999
+    assert np.abs(y_int - y_float).max() <= 0.05 * np.abs(y_float).max()

@@ -404,9 +404,17 @@ void DIMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProb
   const std::vector<int32_t> acc =
       GroupedGemm(ctx, gemm, static_cast<const int8_t*>(p.x.q), 1, M, N, K, [&](int64_t) { return p.W; });
   const int64_t Ea = AlignExponents(p.ch_e, N);
+  // An asymmetric weight grid: sum_k x (W - z) = x.W - z * sum(x), exact in int32 (K <= kMaxKZero).
+  std::vector<int64_t> x_sum(p.w_zero != nullptr ? size_t(M) : 0);
+  const int8_t* X = static_cast<const int8_t*>(p.x.q);
+  for (int64_t r = 0; r < int64_t(x_sum.size()); ++r) x_sum[r] = std::accumulate(X + r * K, X + (r + 1) * K, int64_t(0));
+  auto dot = [&](int64_t r, int64_t n) {
+    const int64_t sum = acc[r * N + n];
+    return p.w_zero != nullptr ? sum - int64_t(p.w_zero[n]) * x_sum[r] : sum;
+  };
   QuantizeRows<Code>(
       ctx, p.out, M, N, a.qmax,
-      [&](int64_t r, int64_t n) { return ShiftBy(int64_t(acc[r * N + n]) * p.ch_m[n], Ea - p.ch_e[n]); },
+      [&](int64_t r, int64_t n) { return ShiftBy(dot(r, n) * p.ch_m[n], Ea - p.ch_e[n]); },
       [&](int64_t r) { return Dyadic{p.x.m[r], p.x.e[r] + Ea}; });
 }
 

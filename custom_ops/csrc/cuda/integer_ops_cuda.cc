@@ -71,6 +71,7 @@ DiArgs ArgsOf(const DiAttrs& a, const DiProblem& p) {
                 : a.obits > 8                 ? DiCode::kInt16
                                               : DiCode::kInt8;
   args.W = p.W;
+  args.w_zero = p.w_zero;
   args.ch_m = p.ch_m;
   args.ch_e = p.ch_e;
   args.K = a.K;

@@ -332,7 +332,17 @@ __global__ void __launch_bounds__(kThreads) MatMulRows(DiArgs a, const int32_t* 
   const int64_t r = blockIdx.x, N = a.N;
   const int64_t Ea = BlockAlignAll(a.ch_e, N);
   const int32_t* row = acc + r * N;
-  auto value = [&](int64_t n) { return ShiftBy(int64_t(row[n]) * a.ch_m[n], Ea - a.ch_e[n]); };
+  // An asymmetric weight grid: sum_k x (W - z) = x.W - z * sum(x); every block of the row sums x itself.
+  int64_t x_sum = 0;
+  if (a.w_zero != nullptr) {
+    const int8_t* x = static_cast<const int8_t*>(a.x.q) + r * a.K;
+    for (int64_t k = threadIdx.x; k < a.K; k += blockDim.x) x_sum += x[k];
+    x_sum = BlockReduce(x_sum, SumOp());
+  }
+  auto value = [&](int64_t n) {
+    const int64_t dot = a.w_zero != nullptr ? int64_t(row[n]) - int64_t(a.w_zero[n]) * x_sum : int64_t(row[n]);
+    return ShiftBy(dot * a.ch_m[n], Ea - a.ch_e[n]);
+  };
   QuantizeRow(value, N, a.x.m[r], a.x.e[r] + Ea, a.qmax, static_cast<Code*>(a.y) + r * N, a.y_m + r, a.y_e + r, r,
               split);
 }

@@ -43,6 +43,7 @@ struct DiArgs {
   int32_t* y_m = nullptr;
   int8_t* y_e = nullptr;
   const int8_t* W = nullptr;       // DIMatMul [N, K]
+  const int8_t* w_zero = nullptr;  // DIMatMul's per-channel weight zero points [N], or null
   const int32_t* ch_m = nullptr;   // DIMatMul's w, DINorm's gamma
   const int8_t* ch_e = nullptr;
   // The scores' (DIClippedSoftmax: X's, DIBatchMatMul: Y's) shape, for the mask and the causal rule.
