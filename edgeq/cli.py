@@ -59,7 +59,7 @@ def quant_config(args):
         common = dict(wbits=args.bits, abits=args.abits, epochs=args.epochs, lwc_lr=args.lwc_lr, let_lr=args.let_lr,
                       batch_size=args.batch_size, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
         if args.method == "illm":  # weight-activation only: per-channel weights, LET on
-            return ILLMConfig(**common, act_clip=args.act_clip)
+            return ILLMConfig(**common, sym=args.sym, act_clip=args.act_clip)
         return OmniQuantConfig(**common, group_size=args.group_size, let={"auto": None, "on": True, "off": False}[args.let],
                                sym=args.sym, act_sym=args.act_grid == "sym", smooth_down=args.smooth_down)
     if args.method == "spqr":

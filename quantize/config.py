@@ -199,7 +199,9 @@ class ILLMConfig(OmniQuantConfig):
     forward that simulates the integer-only graph (``passes/integer_only.py``): abits codes on every linear
     input, 8-bit projections, rotary, KV cache, probabilities and residual stream.
 
-    wbits, abits: W8A8 / W6A6 / W4A4 (weights per channel, LWC; sym=False: with zero points, DIMatMul's w_zero).  softmax_clip: initial clipping range
+    wbits, abits: W8A8 / W6A6 / W4A4 (weights per channel, LWC). sym: a symmetric weight grid; the default is
+    min-max with a zero point per channel (DIMatMul's w_zero), 2.4 points better at W6A6 on SmolLM2 and even at
+    W8A8 (BENCHMARKS.md). Activation codes stay symmetric (act_sym): the DI ops have no activation zero points.  softmax_clip: initial clipping range
     c of the softmax input ([max - c, max]); learned with clip_lr unless clip_lr = 0; 0 disables clipping.
     act_clip: also learn (at clip_lr, from 1.0) a clip of the per-token range of each activation a linear reads
     (the two norms' outputs, the heads into o_proj, the SwiGLU output), exported as the ops' ``clip_q15``.
@@ -212,7 +214,7 @@ class ILLMConfig(OmniQuantConfig):
     wbits: int = 8
     abits: int = 8
     group_size: int = -1
-    sym: bool = True
+    sym: bool = False
     act_sym: bool = True
     softmax_clip: float = 12.0
     clip_lr: float = 1e-2

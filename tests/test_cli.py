@@ -67,6 +67,8 @@ def test_pipeline_on_tiny_model(capsys, tmp_path, tiny_llama_dir, text_file):
     (["--method", "omniquant", "--abits", "8", "--sym", "--act-grid", "sym"], dict(sym=True, act_sym=True)),
     (["--method", "rtn", "--group-size", "-1", "--abits", "8"], dict(sym=False, act_sym=True)),
     (["--method", "rtn", "--group-size", "-1", "--abits", "8", "--act-grid", "asym"], dict(sym=False, act_sym=False)),
+    (["--method", "illm", "--abits", "8"], dict(sym=False, act_sym=True)),  # zero points on weights only: the DI ops' form
+    (["--method", "illm", "--abits", "8", "--sym"], dict(sym=True, act_sym=True)),
 ])
 def test_weight_activation_grids_from_the_command_line(argv, expected):
     from edgeq.cli import build_parser, quant_config

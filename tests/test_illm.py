@@ -119,8 +119,8 @@ def test_illm_w8a8_integer_graph_verifies_and_tracks_pytorch(illm_w8a8):
     from edgeq.bench import linear_storage
 
     shapes = [tuple(m.weight.shape) for layer in model.model.layers for n, m in layer.named_modules() if n.endswith("_proj")]
-    # int8 codes plus an int32 mantissa and an int8 exponent per output channel
-    assert linear_storage(proto) == (sum(8 * n * k + 40 * n for n, k in shapes), sum(n * k for n, k in shapes))
+    # int8 codes plus an int32 mantissa, an int8 exponent and an int8 zero point (the default grid) per channel
+    assert linear_storage(proto) == (sum(8 * n * k + 48 * n for n, k in shapes), sum(n * k for n, k in shapes))
     ids = np.random.default_rng(0).integers(0, 300, (2, 32))
     dec = OnnxDecoder(path)
     y_int = dec.step(ids, dec.empty_cache(2))[0]
