@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -15,6 +16,16 @@
 namespace edgeq {
 namespace cuda {
 namespace {
+
+// The first of `names` that loads, preferring a copy ORT's CUDA provider already loaded; nullptr if none does.
+void* OpenFirst(std::initializer_list<const char*> names) {
+  for (const char* name : names) {
+    void* lib = dlopen(name, RTLD_NOW | RTLD_NOLOAD);
+    if (!lib) lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+    if (lib) return lib;
+  }
+  return nullptr;
+}
 
 struct Cublas {
   using Create = int (*)(void**);
@@ -36,13 +47,7 @@ struct Cublas {
 
  private:
   Cublas() {
-    const char* names[] = {"libcublas.so.13", "libcublas.so.12", "libcublas.so"};
-    void* lib = nullptr;
-    for (const char* name : names) {
-      lib = dlopen(name, RTLD_NOW | RTLD_NOLOAD);  // prefer the copy ORT's provider already loaded
-      if (!lib) lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-      if (lib) break;
-    }
+    void* lib = OpenFirst({"libcublas.so.13", "libcublas.so.12", "libcublas.so"});
     if (!lib) return;
     create = reinterpret_cast<Create>(dlsym(lib, "cublasCreate_v2"));
     set_stream = reinterpret_cast<SetStream>(dlsym(lib, "cublasSetStream_v2"));
@@ -94,13 +99,7 @@ struct CublasLt {
 
  private:
   CublasLt() {
-    const char* names[] = {"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"};
-    void* lib = nullptr;
-    for (const char* name : names) {
-      lib = dlopen(name, RTLD_NOW | RTLD_NOLOAD);
-      if (!lib) lib = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-      if (lib) break;
-    }
+    void* lib = OpenFirst({"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"});
     if (!lib) return;
     create = reinterpret_cast<Create>(dlsym(lib, "cublasLtCreate"));
     desc_create = reinterpret_cast<DescCreate>(dlsym(lib, "cublasLtMatmulDescCreate"));
