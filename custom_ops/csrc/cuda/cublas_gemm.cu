@@ -56,8 +56,8 @@ struct Cublas {
 };
 
 // cuBLASLt, for the int8 GEMM: unlike cublasGemmEx it lists its candidate kernels, and the one its heuristic ranks
-// first is often not the fastest at prefill shapes (H200, M = 512: a 128x64 tile over two waves). The values below
-// are cublasLt.h's stable ABI: matmul-descriptor attributes TRANSA = 3, preference MAX_WORKSPACE_BYTES = 1.
+// first is often not the fastest at prefill shapes (H200, M = 512: a 128x64 tile over two waves). The structs below
+// mirror cublasLt.h's (stable ABI).
 struct LtAlgo {
   uint64_t data[8];
 };
@@ -172,6 +172,7 @@ const char* CublasGemm(bool half, const void* A, const void* W, void* Y, int M, 
 namespace {
 
 constexpr int kR8I = 3, kR32I = 10, kCompute32I = 72;
+constexpr int kDescTransA = 3, kPreferenceMaxWorkspace = 1;  // cublasLt.h attribute enums (stable ABI)
 
 // The GemmEx route, for a cuBLAS without cuBLASLt.
 const char* GemmExInt8(const int8_t* A, const int8_t* W, int32_t* Y, int M, int N, int K, void* stream) {
@@ -257,7 +258,7 @@ const char* CublasGemmInt8(const int8_t* A, const int8_t* W, int32_t* Y, int M, 
   LtPlan& plan = plans[std::make_tuple(device, M, N, K, workspace_bytes)];
   if (plan.desc == nullptr) {
     const int trans = kOpT;
-    if (lt.desc_create(&plan.desc, kCompute32I, kR32I) != 0 || lt.desc_set(plan.desc, 3, &trans, sizeof(trans)) != 0 ||
+    if (lt.desc_create(&plan.desc, kCompute32I, kR32I) != 0 || lt.desc_set(plan.desc, kDescTransA, &trans, sizeof(trans)) != 0 ||
         lt.layout_create(&plan.w_layout, kR8I, K, N, K) != 0 || lt.layout_create(&plan.x_layout, kR8I, K, M, K) != 0 ||
         lt.layout_create(&plan.y_layout, kR32I, N, M, N) != 0) {
       plans.erase(std::make_tuple(device, M, N, K, workspace_bytes));
@@ -271,7 +272,7 @@ const char* CublasGemmInt8(const int8_t* A, const int8_t* W, int32_t* Y, int M, 
     void* preference = nullptr;
     if (lt.preference_create(&preference) != 0) return "cuBLASLt could not create a preference";
     const uint64_t limit = workspace_bytes;
-    lt.preference_set(preference, 1, &limit, sizeof(limit));
+    lt.preference_set(preference, kPreferenceMaxWorkspace, &limit, sizeof(limit));
     constexpr int kCandidates = 8;
     LtHeuristicResult found[kCandidates];
     int count = 0;
