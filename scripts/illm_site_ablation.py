@@ -1,6 +1,8 @@
 """Which rounding of the integer-only graph costs W8A8 the most, on the real model in PyTorch:
 
     python scripts/illm_site_ablation.py            # every site on, then each site off in turn, then all off
+    python scripts/illm_site_ablation.py --wide probs qkv gate_up --act-zero   # one run: those sites at 16 bits,
+                                                    # linear inputs with a zero point per token
 
 The decoder runs I-LLM's simulation of the integer graph (``quantize/illm.py``'s ``FSBRBlock.forward``, the
 same roundings ``passes/integer_only.py`` builds) around RTN W8 per-channel weights with zero points (the
@@ -16,7 +18,7 @@ rounding costs in perplexity on the bench's eval text and windows:
   head       the 8-bit embedding table, final-norm output and lm_head rows
 """
 
-import sys
+import argparse
 import types
 
 import torch
@@ -38,10 +40,14 @@ def dequantized(w: torch.Tensor, bits: int) -> torch.Tensor:
     return (codes - zero[:, None]) * scale[:, None]
 
 
-def simulated_layer(layer: nn.Module, cfg, on: set):
-    """The layer's forward as the integer graph rounds it; sites not in ``on`` stay float."""
-    round_if = lambda site, bits: (lambda t: fake_quant_tokens(t, bits)) if site in on else (lambda t: t)  # noqa: E731
-    a_in, q8, g8 = round_if("linear_in", ABITS), round_if("qkv", INNER_BITS), round_if("gate_up", INNER_BITS)
+def simulated_layer(layer: nn.Module, cfg, on: set, wide: set = frozenset(), act_zero: bool = False):
+    """The layer's forward as the integer graph rounds it; sites not in ``on`` stay float, sites in ``wide`` round
+    to 16 bits; ``act_zero``: the linear inputs' per-token codes have a zero point (OmniQuant's asymmetric rule)."""
+    def round_if(site, bits, sym=True):
+        bits = 16 if site in wide else bits
+        return (lambda t: fake_quant_tokens(t, bits, sym=sym)) if site in on else (lambda t: t)
+    a_in = round_if("linear_in", ABITS, sym=not act_zero)
+    q8, g8 = round_if("qkv", INNER_BITS), round_if("gate_up", INNER_BITS)
     rope8, r16 = round_if("rope", INNER_BITS), round_if("residual", RESIDUAL_BITS)
     heads_n, kv_n = cfg.num_attention_heads, cfg.num_key_value_heads
     head_dim = cfg.hidden_size // heads_n
@@ -65,7 +71,8 @@ def simulated_layer(layer: nn.Module, cfg, on: set):
             scores = scores + attention_mask
         else:
             scores = scores.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf"))
-        probs = clipped_softmax_q8(scores, None) if "probs" in on else torch.softmax(scores, -1)
+        probs = (clipped_softmax_q8(scores, None, 16 if "probs" in wide else INNER_BITS) if "probs" in on
+                 else torch.softmax(scores, -1))
         ctx = a_in((probs @ v).transpose(1, 2).reshape(b, s, -1))
         h = r16(h + r16(at.o_proj(ctx)))
         a = a_in(norm(h, layer.post_attention_layernorm))
@@ -75,7 +82,7 @@ def simulated_layer(layer: nn.Module, cfg, on: set):
     return forward
 
 
-def perplexity(on: set) -> float:
+def perplexity(on: set, wide: set = frozenset(), act_zero: bool = False) -> float:
     lm = load_model("smollm2-135m")
     model = lm.model.eval()
     with torch.no_grad():
@@ -83,7 +90,7 @@ def perplexity(on: set) -> float:
             for module in (*layer.self_attn.children(), *layer.mlp.children()):
                 if isinstance(module, nn.Linear):
                     module.weight.copy_(dequantized(module.weight, WBITS))
-            layer.forward = simulated_layer(layer, model.config, on)
+            layer.forward = simulated_layer(layer, model.config, on, wide, act_zero)
         if "head" in on:
             table = model.model.embed_tokens.weight  # tied: the lm_head rows too
             table.copy_(fake_quant_tokens(table, HEAD_BITS))
@@ -96,12 +103,18 @@ def perplexity(on: set) -> float:
 
 
 def main() -> None:
-    runs = [("all sites", set(SITES))] + [(f"all but {s}", set(SITES) - {s}) for s in SITES] + [("none", set())]
-    if len(sys.argv) > 1:
-        runs = [(f"only {', '.join(sys.argv[1:])}", set(sys.argv[1:]))]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--wide", nargs="*", choices=SITES, help="one run, every site on, these at 16 bits")
+    parser.add_argument("--act-zero", action="store_true", help="(with --wide) zero points on the linear inputs")
+    args = parser.parse_args()
+    runs = [("all sites", set(SITES), set())] + [(f"all but {s}", set(SITES) - {s}, set()) for s in SITES] + \
+        [("none", set(), set())]
+    if args.wide is not None:
+        runs = [(f"all sites, 16-bit: {', '.join(args.wide) or '-'}" + (", activation zero points" if args.act_zero
+                                                                         else ""), set(SITES), set(args.wide))]
     print("| rounding sites on | PyTorch PPL |\n|---|---|")
-    for name, on in runs:
-        print(f"| {name} | {perplexity(on):.3f} |", flush=True)
+    for name, on, wide in runs:
+        print(f"| {name} | {perplexity(on, wide, args.act_zero and args.wide is not None):.3f} |", flush=True)
 
 
 if __name__ == "__main__":
