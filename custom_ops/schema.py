@@ -417,6 +417,7 @@ SPQR_DEQUANTIZE = OpDef(
 # ("Integer-only ops") states each algorithm and its accuracy against float.
 
 DI_MAX_K = (1 << 17) - 1  # int32 accumulation stays exact for K * 128 * 128 < 2^31
+DI_MAX_K_ZERO = (1 << 16) - 1  # ... and for K * 128 * 255 with DIMatMul's w_zero (W - w_zero spans 9 bits)
 
 
 def _di_k(v) -> str | None:
@@ -528,8 +529,8 @@ def _matmul_expected(ctx, attrs, dims):
     K, N = attrs["K"], attrs["N"]
     if dims is not None and isinstance(dims[-1], int) and dims[-1] != K:
         raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIMatMul: X's last dim is {dims[-1]}, attribute K is {K}")
-    if ctx.get_num_inputs() > 6 and ctx.has_input(6) and K > (1 << 16) - 1:
-        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIMatMul: K={K} with w_zero exceeds 65535")
+    if ctx.get_num_inputs() > 6 and ctx.has_input(6) and K > DI_MAX_K_ZERO:
+        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIMatMul: K={K} with w_zero exceeds {DI_MAX_K_ZERO}")
     return {3: ("W", [N, K]), 4: ("w_m", [N]), 5: ("w_e", [N]), 6: ("w_zero", [N])}
 
 
