@@ -57,9 +57,13 @@ constexpr int kAlignK = 64;  // Kp: one mma K slice
 constexpr size_t kScratchAlign = 256;
 
 int64_t PaddedK(int64_t K) { return (K + kAlignK - 1) / kAlignK * kAlignK; }
-size_t CodesBytes(const QlArgs& a) {
-  return (static_cast<size_t>(a.M * PaddedK(a.K)) + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
+size_t AlignScratch(size_t bytes) { return (bytes + kScratchAlign - 1) / kScratchAlign * kScratchAlign; }
+size_t CodesBytes(const QlArgs& a) { return AlignScratch(static_cast<size_t>(a.M * PaddedK(a.K))); }
+// The codes, then the three row arrays: s_x [M], the code sums [M] and the tokens' zero points [M].
+size_t RowArraysEnd(const QlArgs& a) {
+  return CodesBytes(a) + static_cast<size_t>(a.M) * (sizeof(float) + 2 * sizeof(int));
 }
+bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // ------------------------------------------------------------------------------------------- quantize
 
@@ -754,7 +758,7 @@ __global__ void __launch_bounds__(kGenericThreads)
 // one 16-byte vector; a memory-bound pass, so the loads and stores are as wide as the layout allows.
 template <typename T>
 __global__ void SumsEpilogueKernel(const int4* __restrict__ acc, const float* __restrict__ s_x,
-                                   const T* __restrict__ w_scales, ZeroOffset zero, T* __restrict__ Y, int M, int N) {
+                                   const T* __restrict__ w_scales, ZeroOffset zero, T* __restrict__ Y, int N) {
   PdlWait();
   const int n = 4 * (blockIdx.x * blockDim.x + threadIdx.x), m = blockIdx.y;
   if (n >= N) return;
@@ -807,31 +811,28 @@ __global__ void WidenPackedKernel(const uint4* __restrict__ B, uint4* __restrict
 
 // K % 64 == 0 makes Kp == K (q is a dense [M, K]) and packed rows whole 16-byte vectors; N % 4 == 0 and an aligned
 // Y let the epilogue move four outputs at once.
-bool CublasFits(const QlArgs& a) {
-  return a.K % kAlignK == 0 && a.N % 4 == 0 && (reinterpret_cast<uintptr_t>(a.Y) & 15u) == 0;
-}
+bool CublasFits(const QlArgs& a) { return a.K % kAlignK == 0 && a.N % 4 == 0 && Aligned16(a.Y); }
 
 size_t SumsBytes(const QlArgs& a) { return static_cast<size_t>(a.M) * a.N * sizeof(int); }
 
 // Packed weights widened to one per byte, after the sums (none for 8-bit-stored weights).
 size_t WideBytes(const QlArgs& a) { return a.wbits <= 4 ? static_cast<size_t>(a.N) * a.K : 0; }
 
-// Where the cublas kernel's sums start: after the codes and the three row arrays, 256-byte aligned for cuBLAS.
-size_t SumsOffset(const QlArgs& a) {
-  const size_t end = CodesBytes(a) + static_cast<size_t>(a.M) * (sizeof(float) + 2 * sizeof(int));
-  return (end + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
-}
+// Where the cublas kernel's sums start: after the row arrays, 256-byte aligned for cuBLAS.
+size_t SumsOffset(const QlArgs& a) { return AlignScratch(RowArraysEnd(a)); }
 
 // cuBLASLt's workspace, last: enough for its split-K kernels at these shapes.
 constexpr size_t kLtWorkspaceBytes = size_t{8} << 20;
-size_t LtWorkspaceOffset(const QlArgs& a) {
-  const size_t end = SumsOffset(a) + SumsBytes(a) + WideBytes(a);
-  return (end + kScratchAlign - 1) / kScratchAlign * kScratchAlign;
-}
+size_t LtWorkspaceOffset(const QlArgs& a) { return AlignScratch(SumsOffset(a) + SumsBytes(a) + WideBytes(a)); }
+
+// The cublas kernel's buffers in the call's scratch (all null for the other kernels).
+struct CublasScratch {
+  int* acc = nullptr;       // the int32 sums [M, N]
+  int8_t* wide = nullptr;   // packed weights widened [N, K]
+  void* workspace = nullptr;
+};
 
 // ------------------------------------------------------------------------------------------- dispatch
-
-bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 bool VectorRows(const QlArgs& a) { return a.row_bytes % 16 == 0 && Aligned16(a.B); }
 
@@ -912,8 +913,8 @@ const char* LaunchTyped(const QlArgs& a, QlKernel kernel, const int8_t* q, const
 }
 
 template <typename T>
-const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int* q_sum, int* act_zero, int* acc,
-                   cudaStream_t stream) {
+const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int* q_sum, int* act_zero,
+                   const CublasScratch& cublas, cudaStream_t stream) {
   const int Kp = static_cast<int>(PaddedK(a.K));
   const int abits = static_cast<int>(a.abits);
   const float floor_value = sizeof(T) == 2 ? __half2float(__float2half_rn(1e-5f)) : 1e-5f;
@@ -933,23 +934,21 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int*
   if (kernel == QlKernel::kCublas) {  // K == Kp (CublasFits): q is a dense [M, K]
     const int8_t* weights = a.B;
     if (packed) {
-      int8_t* wide = reinterpret_cast<int8_t*>(acc) + SumsBytes(a);
       const size_t vectors = static_cast<size_t>(a.N) * a.K / 32;
       constexpr int kWidenThreads = 256;
       LaunchDependent(WidenPackedKernel, dim3(static_cast<unsigned>((vectors + kWidenThreads - 1) / kWidenThreads)),
                       dim3(kWidenThreads), 0, stream, reinterpret_cast<const uint4*>(a.B),
-                      reinterpret_cast<uint4*>(wide), vectors);
-      weights = wide;
+                      reinterpret_cast<uint4*>(cublas.wide), vectors);
+      weights = cublas.wide;
     }
-    void* workspace = reinterpret_cast<char*>(acc) - SumsOffset(a) + LtWorkspaceOffset(a);
-    if (const char* error = CublasGemmInt8(q, weights, acc, static_cast<int>(a.M), static_cast<int>(a.N), K, stream,
-                                           workspace, kLtWorkspaceBytes))
+    if (const char* error = CublasGemmInt8(q, weights, cublas.acc, static_cast<int>(a.M), static_cast<int>(a.N), K,
+                                           stream, cublas.workspace, kLtWorkspaceBytes))
       return error;
     constexpr int kThreads = 128;
     const dim3 blocks(static_cast<unsigned>((a.N / 4 + kThreads - 1) / kThreads), static_cast<unsigned>(a.M));
-    LaunchDependent(SumsEpilogueKernel<T>, blocks, dim3(kThreads), 0, stream, reinterpret_cast<const int4*>(acc), s_x,
-                    static_cast<const T*>(a.w_scales), zero, static_cast<T*>(a.Y), static_cast<int>(a.M),
-                    static_cast<int>(a.N));
+    LaunchDependent(SumsEpilogueKernel<T>, blocks, dim3(kThreads), 0, stream,
+                    reinterpret_cast<const int4*>(cublas.acc), s_x, static_cast<const T*>(a.w_scales), zero,
+                    static_cast<T*>(a.Y), static_cast<int>(a.N));
     const cudaError_t status = cudaGetLastError();
     return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
   }
@@ -968,7 +967,7 @@ void QuantLinearWarmUp() { WgmmaCompiled(); }
 // cublas kernel, its int32 sums [M, N], (packed weights) the widened weights [N, K] and cuBLASLt's workspace.
 size_t QuantLinearScratchBytes(const QlArgs& args, QlKernel kernel) {
   if (Pick(args, kernel) == QlKernel::kCublas) return LtWorkspaceOffset(args) + kLtWorkspaceBytes;
-  return CodesBytes(args) + static_cast<size_t>(args.M) * (sizeof(float) + 2 * sizeof(int));
+  return RowArraysEnd(args);
 }
 
 const char* QuantLinearKernelProblem(const QlArgs& a, QlKernel kernel) {
@@ -1006,11 +1005,16 @@ const char* LaunchQuantLinear(const QlArgs& args, QlKernel kernel, void* stream,
   int* q_sum = reinterpret_cast<int*>(s_x + args.M);
   int* act_zero = q_sum + args.M;
   const QlKernel chosen = Pick(args, kernel);
-  int* acc = chosen == QlKernel::kCublas ? reinterpret_cast<int*>(static_cast<char*>(scratch) + SumsOffset(args))
-                                         : nullptr;
+  CublasScratch cublas;
+  if (chosen == QlKernel::kCublas) {
+    char* base = static_cast<char*>(scratch);
+    cublas.acc = reinterpret_cast<int*>(base + SumsOffset(args));
+    cublas.wide = reinterpret_cast<int8_t*>(base + SumsOffset(args) + SumsBytes(args));
+    cublas.workspace = base + LtWorkspaceOffset(args);
+  }
   auto s = static_cast<cudaStream_t>(stream);
-  return args.half ? Launch<__half>(args, chosen, q, s_x, q_sum, act_zero, acc, s)
-                   : Launch<float>(args, chosen, q, s_x, q_sum, act_zero, acc, s);
+  return args.half ? Launch<__half>(args, chosen, q, s_x, q_sum, act_zero, cublas, s)
+                   : Launch<float>(args, chosen, q, s_x, q_sum, act_zero, cublas, s);
 }
 
 }  // namespace cuda

@@ -8,12 +8,12 @@
 namespace edgeq {
 namespace cuda {
 
-// Which GEMM runs after the per-token quantization. kAuto: decode for M <= 8, else the mma.sync tensor-core
-// kernel (tile from M), both when B's rows are whole 16-byte vectors; the generic kernel for any other layout.
-// The others force one (tests and benchmarks): kWgmma (Hopper warpgroup MMAs, sm_90a builds only), kMma picks
-// the mma.sync tile, kMma256 (128x256), kMma128, kMma128x64 and kMma64 pin it; kCublas takes the int32 sums from
-// cuBLAS's int8 GEMM (8-bit-stored weights, K % 64 == 0, N % 4 == 0) and applies the epilogue in a second kernel
-// (pinned only until timed on the GPU).
+// Which GEMM runs after the per-token quantization. kAuto, when B's rows are whole 16-byte vectors: decode for
+// M <= 8, else kCublas where it fits and libcublas loads, else the mma.sync tensor-core kernel (tile from M); the
+// generic kernel for any other layout. The others force one (tests and benchmarks): kWgmma (Hopper warpgroup MMAs,
+// sm_90a builds only), kMma picks the mma.sync tile, kMma256 (128x256), kMma128, kMma128x64 and kMma64 pin it;
+// kCublas takes the int32 sums from cuBLASLt's int8 GEMM (packed weights widened first; K % 64 == 0, N % 4 == 0,
+// a 16-byte aligned Y) and applies the epilogue in a second kernel.
 enum class QlKernel { kAuto, kDecode, kWgmma, kMma, kMma256, kMma128, kMma128x64, kMma64, kCublas, kGeneric };
 
 struct QlArgs {
@@ -28,8 +28,8 @@ struct QlArgs {
   void* Y = nullptr;
 };
 
-// Device bytes of scratch one call needs: the quantized activations [M, K rounded up to 64], their scales, code
-// sums and zero points.
+// Device bytes of scratch one call of `kernel` needs: the quantized activations [M, K rounded up to 64], their
+// scales, code sums and zero points; for the cublas kernel also its int32 sums, widened weights and workspace.
 size_t QuantLinearScratchBytes(const QlArgs& args, QlKernel kernel);
 
 // nullptr when `kernel` can run these arguments, else why not (static text).
