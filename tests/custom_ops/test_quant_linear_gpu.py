@@ -180,3 +180,37 @@ def test_cublas_kernel_refuses_what_it_cannot_take(cuda_library, monkeypatch):
         p = random_problem(np.random.default_rng(10), (64,), K, N, 4, 4)
         with pytest.raises(Exception, match=r"EDGEQ_QL_KERNEL=cublas: the cublas kernel needs K % 64 == 0, N % 4 == 0"):
             run_cuda(cuda_library, p, monkeypatch, "cublas")
+
+
+SIDES = {"symmetric": (False, True), "weight zero": (True, True), "activation zero": (False, False),
+         "both zero": (True, False)}
+
+
+@DTYPES
+@pytest.mark.parametrize("side", list(SIDES))
+@pytest.mark.parametrize("lead, K, N, wbits", [((9,), 128, 16, 8), ((130,), 1536, 576, 8), ((2, 257), 1536, 1040, 6),
+                                               ((1100,), 512, 272, 8), ((7,), 128, 16, 4), ((130,), 1536, 576, 4),
+                                               ((2, 257), 1024, 1040, 3), ((1030,), 256, 48, 4)])
+def test_triton_kernel(cuda_library, monkeypatch, dtype, side, lead, K, N, wbits):
+    """The Triton-compiled wgmma GEMM with its fused epilogue (packed weights widened first), both tile sizes
+    (64 rows up to M = 1024, 128 above) and every zero-point variant: the same bits as every other kernel."""
+    asymmetric, act_sym = SIDES[side]
+    p = random_problem(np.random.default_rng(K + N + len(side)), lead, K, N, wbits, wbits, dtype, saturate=True,
+                       asymmetric=asymmetric, act_sym=act_sym)
+    check(cuda_library, monkeypatch, "triton", p)
+
+
+@pytest.mark.parametrize("wbits", [8, 4])
+def test_triton_kernel_largest_k(cuda_library, monkeypatch, wbits):
+    """K = 32640, the largest the kernel takes: full-scale codes against full-scale weights with zero points on
+    both sides, every correction term near its int32 bound."""
+    p = random_problem(np.random.default_rng(wbits), (3,), 32640, 16, wbits, 8, np.float32, saturate=True,
+                       asymmetric=True, act_sym=False)
+    check(cuda_library, monkeypatch, "triton", p)
+
+
+def test_triton_kernel_refuses_what_it_cannot_take(cuda_library, monkeypatch):
+    for K, N in ((576, 16), (128, 24)):
+        p = random_problem(np.random.default_rng(11), (64,), K, N, 8, 8)
+        with pytest.raises(Exception, match=r"EDGEQ_QL_KERNEL=triton: the triton kernel needs K % 128 == 0"):
+            run_cuda(cuda_library, p, monkeypatch, "triton")

@@ -21,7 +21,8 @@ constexpr KernelChoice kChoices[] = {
     {"auto", QlKernel::kAuto},         {"decode", QlKernel::kDecode}, {"wgmma", QlKernel::kWgmma},
     {"mma", QlKernel::kMma},
     {"mma256", QlKernel::kMma256},     {"mma128", QlKernel::kMma128}, {"mma128x64", QlKernel::kMma128x64},
-    {"mma64", QlKernel::kMma64},       {"cublas", QlKernel::kCublas}, {"generic", QlKernel::kGeneric}};
+    {"mma64", QlKernel::kMma64},       {"cublas", QlKernel::kCublas}, {"triton", QlKernel::kTriton},
+    {"generic", QlKernel::kGeneric}};
 
 QlKernel KernelFromEnv(const std::string& where) {
   // EDGEQ_QL_KERNEL pins one GEMM kernel for tests and benchmarks; read when the session is created.

@@ -10,6 +10,9 @@
 // wgmma     (pinned only, sm_90a builds): Hopper warpgroup MMAs, s8*s8->s32, 128x128 tiles; correct but slower
 //           than mma.sync as it stands (no TMA/mbarrier pipeline, one wgmma group at a time); see its section.
 // generic   any layout (rows of B that are not whole 16-byte vectors): scalar loads, one block per channel.
+// cublas    (M > 8 where it fits) cuBLASLt's int8 GEMM into int32 scratch, then SumsEpilogueKernel.
+// triton    (M > 8 where it fits, auto's first choice) a Triton-compiled wgmma GEMM with the epilogue fused
+//           (triton_gemm.h); cublas and triton take packed 4-bit weights widened to int8 by WidenPackedKernel.
 //
 // The mma operands. In m16n8k32 a thread with tig = lane % 4 supplies, for each of its rows and columns, the
 // K slots 4*tig..4*tig+3 (first register) and 16+4*tig.. (second). A dot product does not depend on the order
@@ -31,6 +34,7 @@
 #include "cublas_gemm.h"
 #include "pdl.cuh"
 #include "quant_linear_kernels.h"
+#include "triton_gemm.h"
 
 namespace edgeq {
 namespace cuda {
@@ -825,12 +829,38 @@ size_t SumsOffset(const QlArgs& a) { return AlignScratch(RowArraysEnd(a)); }
 constexpr size_t kLtWorkspaceBytes = size_t{8} << 20;
 size_t LtWorkspaceOffset(const QlArgs& a) { return AlignScratch(SumsOffset(a) + SumsBytes(a) + WideBytes(a)); }
 
-// The cublas kernel's buffers in the call's scratch (all null for the other kernels).
+// The triton kernel's widened weights: after the row arrays (it has no int32 sums).
+size_t TritonWideOffset(const QlArgs& a) { return AlignScratch(RowArraysEnd(a)); }
+
+// The cublas and triton kernels' buffers in the call's scratch (all null for the other kernels).
 struct CublasScratch {
-  int* acc = nullptr;       // the int32 sums [M, N]
+  int* acc = nullptr;       // the int32 sums [M, N] (cublas)
   int8_t* wide = nullptr;   // packed weights widened [N, K]
-  void* workspace = nullptr;
+  void* workspace = nullptr;  // cuBLASLt's (cublas)
 };
+
+// The triton kernel's operands as far as QlArgs settles them (q, the row arrays and B are the call's).
+TritonGemmArgs TritonArgs(const QlArgs& a) {
+  TritonGemmArgs t;
+  t.half = a.half;
+  t.M = static_cast<int>(a.M);
+  t.N = static_cast<int>(a.N);
+  t.K = static_cast<int>(a.K);
+  t.Kp = static_cast<int>(PaddedK(a.K));
+  t.ldb = static_cast<int>(a.K);  // 8-bit rows, or packed ones once widened
+  t.B = a.B;
+  t.Y = a.Y;
+  t.w_scales = a.w_scales;
+  return t;
+}
+
+// Packed rows are widened into [N, K] scratch (aligned); 8-bit ones are read in place.
+bool TritonFits(const QlArgs& a) {
+  if (a.wbits > 4 && a.row_bytes != a.K) return false;
+  TritonGemmArgs t = TritonArgs(a);
+  if (a.wbits <= 4) t.B = nullptr;
+  return TritonGemmFits(t);
+}
 
 // ------------------------------------------------------------------------------------------- dispatch
 
@@ -840,8 +870,10 @@ QlKernel Pick(const QlArgs& a, QlKernel requested) {
   if (requested == QlKernel::kAuto) {
     if (!VectorRows(a)) return QlKernel::kGeneric;
     if (a.M <= kDecodeMaxM) return QlKernel::kDecode;
-    // H200, LLaMA-7B shapes (BENCHMARKS.md): cuBLAS's int8 GEMM plus the separate epilogue runs 1.3-3x faster than
-    // the mma.sync kernels at M = 64...2048, packed weights included (widened per call).
+    // H200, LLaMA-7B shapes (BENCHMARKS.md): the Triton GEMM with its fused epilogue beats cuBLAS's int8 GEMM plus
+    // the separate epilogue, which runs 1.3-3x faster than the mma.sync kernels at M = 64...2048, packed weights
+    // included (widened per call).
+    if (TritonFits(a) && TritonGemmAvailable()) return QlKernel::kTriton;
     if (CublasFits(a) && CublasAvailable()) return QlKernel::kCublas;
     requested = QlKernel::kMma;  // not wgmma: slower than mma.sync as it stands (BENCHMARKS.md)
   }
@@ -920,7 +952,8 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int*
   const float floor_value = sizeof(T) == 2 ? __half2float(__float2half_rn(1e-5f)) : 1e-5f;
   const bool packed = a.wbits <= 4;
   // Evens-first codes for the kernels that split packed weights in registers; wgmma widens them in order.
-  const bool evens_first = packed && kernel != QlKernel::kWgmma && kernel != QlKernel::kCublas;
+  const bool evens_first =
+      packed && kernel != QlKernel::kWgmma && kernel != QlKernel::kCublas && kernel != QlKernel::kTriton;
   const T* A = static_cast<const T*>(a.A);
   const bool vec = a.K % 8 == 0 && Aligned16(A);
   const dim3 grid(static_cast<unsigned>(a.M));
@@ -931,16 +964,27 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int*
                                : (vec ? QuantizeKernel<T, false, true> : QuantizeKernel<T, false, false>);
   LaunchDependent(quantize, grid, dim3(kQuantThreads), 0, stream, A, q, s_x, sums, zeros, K, Kp, abits, floor_value);
   const ZeroOffset zero{a.w_zero, sums, zeros, a.w_sum, K, a.K >= (1 << 15)};
+  const int8_t* weights = a.B;
+  if (packed && (kernel == QlKernel::kCublas || kernel == QlKernel::kTriton)) {
+    const size_t vectors = static_cast<size_t>(a.N) * a.K / 32;
+    constexpr int kWidenThreads = 256;
+    LaunchDependent(WidenPackedKernel, dim3(static_cast<unsigned>((vectors + kWidenThreads - 1) / kWidenThreads)),
+                    dim3(kWidenThreads), 0, stream, reinterpret_cast<const uint4*>(a.B),
+                    reinterpret_cast<uint4*>(cublas.wide), vectors);
+    weights = cublas.wide;
+  }
+  if (kernel == QlKernel::kTriton) {
+    TritonGemmArgs t = TritonArgs(a);
+    t.q = q;
+    t.B = weights;
+    t.s_x = s_x;
+    t.w_zero = a.w_zero;
+    t.q_sum = sums;
+    t.act_zero = zeros;
+    t.w_sum = zeros != nullptr ? a.w_sum : nullptr;
+    return LaunchTritonGemm(t, stream);
+  }
   if (kernel == QlKernel::kCublas) {  // K == Kp (CublasFits): q is a dense [M, K]
-    const int8_t* weights = a.B;
-    if (packed) {
-      const size_t vectors = static_cast<size_t>(a.N) * a.K / 32;
-      constexpr int kWidenThreads = 256;
-      LaunchDependent(WidenPackedKernel, dim3(static_cast<unsigned>((vectors + kWidenThreads - 1) / kWidenThreads)),
-                      dim3(kWidenThreads), 0, stream, reinterpret_cast<const uint4*>(a.B),
-                      reinterpret_cast<uint4*>(cublas.wide), vectors);
-      weights = cublas.wide;
-    }
     if (const char* error = CublasGemmInt8(q, weights, cublas.acc, static_cast<int>(a.M), static_cast<int>(a.N), K,
                                            stream, cublas.workspace, kLtWorkspaceBytes))
       return error;
@@ -961,12 +1005,17 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int*
 
 }  // namespace
 
-void QuantLinearWarmUp() { WgmmaCompiled(); }
+void QuantLinearWarmUp() {
+  WgmmaCompiled();
+  TritonGemmAvailable();
+}
 
 // Codes, then s_x [M], the code sums [M] (used with w_zero), the tokens' zero points [M] (act_sym=0) and, for the
 // cublas kernel, its int32 sums [M, N], (packed weights) the widened weights [N, K] and cuBLASLt's workspace.
 size_t QuantLinearScratchBytes(const QlArgs& args, QlKernel kernel) {
-  if (Pick(args, kernel) == QlKernel::kCublas) return LtWorkspaceOffset(args) + kLtWorkspaceBytes;
+  const QlKernel chosen = Pick(args, kernel);
+  if (chosen == QlKernel::kCublas) return LtWorkspaceOffset(args) + kLtWorkspaceBytes;
+  if (chosen == QlKernel::kTriton) return TritonWideOffset(args) + WideBytes(args);
   return RowArraysEnd(args);
 }
 
@@ -978,6 +1027,10 @@ const char* QuantLinearKernelProblem(const QlArgs& a, QlKernel kernel) {
   if (kernel == QlKernel::kCublas && !CublasFits(a))
     return "the cublas kernel needs K % 64 == 0, N % 4 == 0 and a 16-byte aligned output";
   if (kernel == QlKernel::kCublas && !CublasAvailable()) return "the cublas kernel needs libcublas, which could not be loaded";
+  if (kernel == QlKernel::kTriton && !TritonFits(a))
+    return "the triton kernel needs K % 128 == 0, K < 32768, N % 16 == 0 and a 16-byte aligned output";
+  if (kernel == QlKernel::kTriton && !TritonGemmAvailable())
+    return "the triton kernel needs a build with Triton installed (its sm_90a cubins) and a compute capability 9.0 GPU";
   if (kernel == QlKernel::kWgmma && !WgmmaCompiled())
     return "the wgmma kernel needs a build for sm_90a (EDGEQ_CUDA_ARCHS=90a) on a compute capability 9.0 GPU";
   return nullptr;
@@ -992,6 +1045,7 @@ const char* QuantLinearKernelName(const QlArgs& args, QlKernel kernel) {
     case QlKernel::kMma128x64: return "mma128x64";
     case QlKernel::kMma64: return "mma64";
     case QlKernel::kCublas: return "cublas";
+    case QlKernel::kTriton: return "triton";
     default: return "generic";
   }
 }
@@ -1011,6 +1065,8 @@ const char* LaunchQuantLinear(const QlArgs& args, QlKernel kernel, void* stream,
     cublas.acc = reinterpret_cast<int*>(base + SumsOffset(args));
     cublas.wide = reinterpret_cast<int8_t*>(base + SumsOffset(args) + SumsBytes(args));
     cublas.workspace = base + LtWorkspaceOffset(args);
+  } else if (chosen == QlKernel::kTriton) {
+    cublas.wide = reinterpret_cast<int8_t*>(static_cast<char*>(scratch) + TritonWideOffset(args));
   }
   auto s = static_cast<cudaStream_t>(stream);
   return args.half ? Launch<__half>(args, chosen, q, s_x, q_sum, act_zero, cublas, s)

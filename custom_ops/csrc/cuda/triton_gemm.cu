@@ -1,0 +1,106 @@
+// Loading and launching the Triton cubins of triton_gemm.h. A cudaLibrary_t is context-independent: loaded once
+// per process, its kernel is set up per device (the dynamic shared memory opt-in) the first time that device asks.
+#include "triton_gemm.h"
+
+#include <cuda_runtime.h>
+
+#include <mutex>
+#include <vector>
+
+namespace edgeq {
+namespace cuda {
+namespace {
+
+constexpr int kBK = 128;
+constexpr int kMaxDevices = 64;
+
+struct Loaded {
+  const TritonCubin* cubin;
+  cudaKernel_t kernel;
+};
+
+std::mutex mutex;
+std::vector<Loaded>* loaded = nullptr;  // null until the first TritonGemmAvailable; empty when unusable
+bool device_ready[kMaxDevices] = {};
+
+bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }  // null passes
+
+// Under `mutex`: the kernels of every cubin (once), then the current device's opt-in (once per device).
+bool Prepare() {
+  if (loaded == nullptr) {
+    loaded = new std::vector<Loaded>();
+    for (const TritonCubin* c = kTritonCubins; c->begin != nullptr; ++c) {
+      cudaLibrary_t library = nullptr;
+      cudaKernel_t kernel = nullptr;
+      if (cudaLibraryLoadData(&library, c->begin, nullptr, nullptr, 0, nullptr, nullptr, 0) != cudaSuccess ||
+          cudaLibraryGetKernel(&kernel, library, kTritonKernelName) != cudaSuccess) {
+        cudaGetLastError();  // not sticky: leave no error behind for the next launch check
+        loaded->clear();
+        break;
+      }
+      loaded->push_back({c, kernel});
+    }
+  }
+  if (loaded->empty()) return false;
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device >= kMaxDevices ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  if (major != 9 || minor != 0) return false;  // sm_90a machine code runs on compute capability 9.0 only
+  if (!device_ready[device]) {
+    for (const Loaded& l : *loaded) {
+      if (cudaKernelSetAttributeForDevice(l.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          l.cubin->shared_bytes, device) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+      }
+    }
+    device_ready[device] = true;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool TritonGemmFits(const TritonGemmArgs& a) {
+  return a.K % kBK == 0 && a.K < (1 << 15) && a.N % 16 == 0 && a.Kp % 16 == 0 && a.ldb % 16 == 0 && a.Kp >= a.K &&
+         a.ldb >= a.K && Aligned16(a.q) && Aligned16(a.B) && Aligned16(a.Y);
+}
+
+bool TritonGemmAvailable() {
+  std::lock_guard<std::mutex> lock(mutex);
+  return Prepare();
+}
+
+const char* LaunchTritonGemm(const TritonGemmArgs& a, void* stream) {
+  if (a.q == nullptr || a.B == nullptr || a.Y == nullptr || !TritonGemmFits(a)) return "the triton kernel needs K % 128 == 0, K < 32768, N % 16 == 0 and 16-byte aligned "
+                                 "operands";
+  if (!TritonGemmAvailable())
+    return "the triton kernel needs a build with Triton installed (its sm_90a cubins) and a compute capability 9.0 GPU";
+  const bool w_zero = a.w_zero != nullptr, act_zero = a.act_zero != nullptr;
+  // 64-row tiles up to M = 1024 (fastest or within 3% up to M = 512 on the H200), 128-row ones above.
+  const int bm = a.M <= 1024 ? 64 : 128;
+  const Loaded* chosen = nullptr;
+  for (const Loaded& l : *loaded) {
+    const TritonCubin& c = *l.cubin;
+    if (c.half == a.half && c.w_zero == w_zero && c.act_zero == act_zero && c.bm == bm) chosen = &l;
+  }
+  if (chosen == nullptr) return "the triton kernel: no cubin for this variant in the build";
+  const TritonCubin& c = *chosen->cubin;
+  const unsigned tiles = static_cast<unsigned>(((a.M + c.bm - 1) / c.bm) * ((a.N + c.bn - 1) / c.bn));
+  const void *q = a.q, *B = a.B, *Y = a.Y, *s_x = a.s_x, *ws = a.w_scales, *wz = a.w_zero, *qs = a.q_sum,
+             *az = a.act_zero, *wsum = a.w_sum, *global_scratch = nullptr, *profile_scratch = nullptr;
+  int M = a.M, N = a.N, K = a.K, Kp = a.Kp, ldb = a.ldb;
+  void* params[] = {&q, &B, &Y, &s_x, &ws, &wz, &qs, &az, &wsum, &M, &N, &K, &Kp, &ldb, &global_scratch,
+                    &profile_scratch};
+  const cudaError_t status =
+      cudaLaunchKernel(reinterpret_cast<const void*>(chosen->kernel), dim3(tiles), dim3(c.threads), params,
+                       static_cast<size_t>(c.shared_bytes), static_cast<cudaStream_t>(stream));
+  return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
+}
+
+}  // namespace cuda
+}  // namespace edgeq

@@ -1,0 +1,155 @@
+"""QuantLinear's fused int8 GEMM for Hopper, written in Triton and compiled ahead of time into the CUDA library.
+
+The kernel takes the per-token int8 codes q [M, Kp] (Kp = K rounded up to 64; written by the library's quantize
+kernel) and int8 weights B [N, ldb] (8-bit weights as stored; packed 4-bit ones after the library's widening
+pass), accumulates q . B^T in int32 with wgmma, and finishes in the same kernel what the cuBLAS route needs an
+int32 round trip and a second kernel for: the zero-point corrections and Y = T(float32(acc) * (s_x * w_scale)),
+bit for bit the contract of ``reference.quant_linear_rounded``.
+
+Unpacking 4-bit weights inside this kernel was measured and not kept (H200, BENCHMARKS.md): with the unpacked
+tile as wgmma's register operand it ran 2.2x slower than the 8-bit kernel, while widening in a separate pass
+costs N*K*1.5 bytes of traffic (7.6 us at 4096x4096).
+
+The library never imports this module at run time: ``library.build("cuda")`` calls ``compile_cubins`` (sm_90a
+machine code, no GPU needed) and links the cubins into the library, which loads and launches them through the
+CUDA runtime (``csrc/cuda/triton_gemm.cu``). Triton is a build-time dependency of the CUDA library only; without
+it the library builds without this kernel and QuantLinear takes cuBLAS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BK = 128  # K per main-loop step: the launcher requires K % BK == 0, so no load is masked
+
+
+@dataclass(frozen=True)
+class Tile:
+    bm: int
+    bn: int
+    warps: int
+    stages: int
+
+
+# H200, LLaMA-7B shapes (BENCHMARKS.md): 64x128 tiles (4 warps, 4 stages) were the fastest or within 3% up to
+# M = 512; 128x128 (8 warps, 3 stages) at M = 2048 by 13-25%.
+TILES = {"small": Tile(64, 128, 4, 4), "large": Tile(128, 128, 8, 3)}
+GROUP_M = 8
+
+
+@dataclass(frozen=True)
+class Variant:
+    tile: str
+    half: bool      # Y and w_scales float16 (else float32)
+    w_zero: bool    # per-channel weight zero offsets
+    act_zero: bool  # asymmetric per-token activation codes
+
+    @property
+    def symbol(self) -> str:
+        return (f"edgeq_triton_ql_{self.tile}_{'f16' if self.half else 'f32'}"
+                f"_wz{int(self.w_zero)}_az{int(self.act_zero)}")
+
+
+VARIANTS = [Variant(tile, half, wz, az) for tile in TILES for half in (True, False)
+            for wz in (False, True) for az in (False, True)]
+
+
+def _kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def quant_linear_gemm(q_ptr, b_ptr, y_ptr, s_x_ptr, w_scale_ptr, w_zero_ptr, q_sum_ptr, act_zero_ptr, w_sum_ptr,
+                          M, N, K, Kp, ldb,
+                          HAS_W_ZERO: tl.constexpr, HAS_ACT_ZERO: tl.constexpr, OUT_F16: tl.constexpr,
+                          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+        pid = tl.program_id(0)
+        tiles_m = tl.cdiv(M, BM)
+        tiles_n = tl.cdiv(N, BN)
+        # Tiles that share a column block of B run together, so B is read from DRAM about once.
+        per_group = GROUP_M * tiles_n
+        first_m = (pid // per_group) * GROUP_M
+        rows_in_group = tl.minimum(tiles_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % per_group) % rows_in_group
+        pid_n = (pid % per_group) // rows_in_group
+
+        offs_m = pid_m * BM + tl.arange(0, BM)
+        offs_n = pid_n * BN + tl.arange(0, BN)
+        m_ok = offs_m < M
+        n_ok = offs_n < N
+        # Rows past M or N read row 0 (always there) instead of masking every load; their results are not stored.
+        rows_q = tl.where(m_ok, offs_m, 0).to(tl.int64) * Kp
+        rows_b = tl.where(n_ok, offs_n, 0).to(tl.int64) * ldb
+        ks = tl.arange(0, BK)
+        acc = tl.zeros((BM, BN), dtype=tl.int32)
+        for k0 in tl.range(0, K, BK):
+            a = tl.load(q_ptr + rows_q[:, None] + k0 + ks[None, :])
+            b = tl.load(b_ptr + rows_b[:, None] + k0 + ks[None, :])
+            acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)
+
+        # acc - w_zero * q_sum - act_zero * (w_sum - K * w_zero): exact in int32 (the launcher keeps K < 2^15).
+        if HAS_W_ZERO:
+            w_zero = tl.load(w_zero_ptr + offs_n, mask=n_ok, other=0).to(tl.int32)
+            q_sum = tl.load(q_sum_ptr + offs_m, mask=m_ok, other=0)
+            acc = acc - q_sum[:, None] * w_zero[None, :]
+        if HAS_ACT_ZERO:
+            w_sum = tl.load(w_sum_ptr + offs_n, mask=n_ok, other=0)
+            if HAS_W_ZERO:
+                w_sum = w_sum - K * w_zero
+            act_zero = tl.load(act_zero_ptr + offs_m, mask=m_ok, other=0)
+            acc = acc - act_zero[:, None] * w_sum[None, :]
+        s_x = tl.load(s_x_ptr + offs_m, mask=m_ok, other=0.0)
+        w_scale = tl.load(w_scale_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        y = acc.to(tl.float32) * (s_x[:, None] * w_scale[None, :])
+        y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+        mask = m_ok[:, None] & n_ok[None, :]
+        if OUT_F16:
+            tl.store(y_ptrs, y.to(tl.float16), mask=mask)
+        else:
+            tl.store(y_ptrs, y, mask=mask)
+
+    return quant_linear_gemm
+
+
+KERNEL_NAME = "quant_linear_gemm"
+# The launcher's argument order (csrc/cuda/triton_gemm.cu); Triton appends two scratch pointers of its own.
+PARAMS = ["q_ptr", "b_ptr", "y_ptr", "s_x_ptr", "w_scale_ptr", "w_zero_ptr", "q_sum_ptr", "act_zero_ptr", "w_sum_ptr",
+          "M", "N", "K", "Kp", "ldb"]
+# 16-byte aligned or divisible by 16, as the launcher checks: what lets the loads and stores be vectors. The
+# epilogue's row and column arrays are left out: q_sum sits at s_x + M floats, aligned only to 4 bytes.
+ALIGNED = ["q_ptr", "b_ptr", "y_ptr", "N", "K", "Kp", "ldb"]
+
+
+def triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+def compile_variant(variant: Variant) -> tuple[bytes, int]:
+    """(cubin, dynamic shared-memory bytes) of one variant for sm_90a."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    tile = TILES[variant.tile]
+    scale = "*fp16" if variant.half else "*fp32"
+    signature = {"q_ptr": "*i8", "b_ptr": "*i8", "y_ptr": scale, "s_x_ptr": "*fp32", "w_scale_ptr": scale,
+                 "w_zero_ptr": "*i8", "q_sum_ptr": "*i32", "act_zero_ptr": "*i32", "w_sum_ptr": "*i32",
+                 "M": "i32", "N": "i32", "K": "i32", "Kp": "i32", "ldb": "i32"}
+    constants = {"HAS_W_ZERO": variant.w_zero, "HAS_ACT_ZERO": variant.act_zero, "OUT_F16": variant.half,
+                 "BM": tile.bm, "BN": tile.bn, "BK": BK, "GROUP_M": GROUP_M}
+    signature.update({name: "constexpr" for name in constants})
+    attrs = {(PARAMS.index(name),): [["tt.divisibility", 16]] for name in ALIGNED}
+    compiled = triton.compile(ASTSource(_kernel(), signature, constants, attrs), target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": tile.warps, "num_stages": tile.stages})
+    meta = compiled.metadata
+    entry = compiled.asm["ptx"].split(".entry", 1)[1].split(")", 1)[0]
+    # The launcher passes PARAMS plus Triton's two scratch pointers (null: this kernel asks for no scratch).
+    if (meta.name != KERNEL_NAME or meta.num_warps != tile.warps or entry.count(".param") != len(PARAMS) + 2
+            or getattr(meta, "global_scratch_size", 0) or getattr(meta, "profile_scratch_size", 0)):
+        raise RuntimeError(f"Triton {triton.__version__} compiled {variant.symbol} with an interface the launcher "
+                           f"does not expect ({entry.count('.param')} parameters): {meta}")
+    return compiled.asm["cubin"], int(meta.shared)
