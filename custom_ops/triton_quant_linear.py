@@ -29,11 +29,15 @@ class Tile:
     bn: int
     warps: int
     stages: int
+    # With zero points the 128x128 epilogue (the accumulator plus each thread's column offsets) took 148-169
+    # registers, one block per SM instead of two: 1.5x slower at M = 2048 (H200). Capped, the excess spills to
+    # the stack in the epilogue only.
+    zero_point_regs: int | None = None
 
 
 # H200, LLaMA-7B shapes (BENCHMARKS.md): 64x128 tiles (4 warps, 4 stages) were the fastest or within 3% up to
 # M = 512; 128x128 (8 warps, 3 stages) at M = 2048 by 13-25%.
-TILES = {"small": Tile(64, 128, 4, 4), "large": Tile(128, 128, 8, 3)}
+TILES = {"small": Tile(64, 128, 4, 4), "large": Tile(128, 128, 8, 3, zero_point_regs=128)}
 GROUP_M = 8
 
 
@@ -143,8 +147,11 @@ def compile_variant(variant: Variant) -> tuple[bytes, int]:
                  "BM": tile.bm, "BN": tile.bn, "BK": BK, "GROUP_M": GROUP_M}
     signature.update({name: "constexpr" for name in constants})
     attrs = {(PARAMS.index(name),): [["tt.divisibility", 16]] for name in ALIGNED}
+    options = {"num_warps": tile.warps, "num_stages": tile.stages}
+    if tile.zero_point_regs and (variant.w_zero or variant.act_zero):
+        options["maxnreg"] = tile.zero_point_regs
     compiled = triton.compile(ASTSource(_kernel(), signature, constants, attrs), target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": tile.warps, "num_stages": tile.stages})
+                              options=options)
     meta = compiled.metadata
     entry = compiled.asm["ptx"].split(".entry", 1)[1].split(")", 1)[0]
     # The launcher passes PARAMS plus Triton's two scratch pointers (null: this kernel asks for no scratch).

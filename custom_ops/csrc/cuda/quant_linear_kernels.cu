@@ -871,10 +871,12 @@ QlKernel Pick(const QlArgs& a, QlKernel requested) {
     if (!VectorRows(a)) return QlKernel::kGeneric;
     if (a.M <= kDecodeMaxM) return QlKernel::kDecode;
     // H200, LLaMA-7B shapes (BENCHMARKS.md): the Triton GEMM with its fused epilogue beats cuBLAS's int8 GEMM plus
-    // the separate epilogue, which runs 1.3-3x faster than the mma.sync kernels at M = 64...2048, packed weights
-    // included (widened per call).
-    if (TritonFits(a) && TritonGemmAvailable()) return QlKernel::kTriton;
+    // the separate epilogue once it has a tile per SM; cuBLAS runs 1.3-3x faster than the mma.sync kernels at
+    // M = 64...2048, packed weights included (widened per call).
+    const bool triton = TritonFits(a) && TritonGemmAvailable();
+    if (triton && TritonGemmFillsDevice(TritonArgs(a))) return QlKernel::kTriton;
     if (CublasFits(a) && CublasAvailable()) return QlKernel::kCublas;
+    if (triton) return QlKernel::kTriton;
     requested = QlKernel::kMma;  // not wgmma: slower than mma.sync as it stands (BENCHMARKS.md)
   }
   if (requested != QlKernel::kMma) return requested;

@@ -4,6 +4,8 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <vector>
 
@@ -63,7 +65,30 @@ bool Prepare() {
   return true;
 }
 
+// 64-row tiles up to M = 1024 (fastest or within 3% up to M = 512 on the H200), 128-row ones above;
+// EDGEQ_TRITON_TILE=small|large pins one (benchmarks).
+int TileRows(const TritonGemmArgs& a) {
+  static const int pinned = [] {
+    const char* env = std::getenv("EDGEQ_TRITON_TILE");
+    if (env == nullptr) return 0;
+    return std::strcmp(env, "small") == 0 ? 64 : std::strcmp(env, "large") == 0 ? 128 : 0;
+  }();
+  if (pinned) return pinned;
+  return a.M <= 1024 ? 64 : 128;
+}
+
 }  // namespace
+
+bool TritonGemmFillsDevice(const TritonGemmArgs& a) {
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  const int bm = TileRows(a), bn = 128;
+  return static_cast<int64_t>((a.M + bm - 1) / bm) * ((a.N + bn - 1) / bn) >= sms;
+}
 
 bool TritonGemmFits(const TritonGemmArgs& a) {
   return a.K % kBK == 0 && a.K < (1 << 15) && a.N % 16 == 0 && a.Kp % 16 == 0 && a.ldb % 16 == 0 && a.Kp >= a.K &&
@@ -81,8 +106,7 @@ const char* LaunchTritonGemm(const TritonGemmArgs& a, void* stream) {
   if (!TritonGemmAvailable())
     return "the triton kernel needs a build with Triton installed (its sm_90a cubins) and a compute capability 9.0 GPU";
   const bool w_zero = a.w_zero != nullptr, act_zero = a.act_zero != nullptr;
-  // 64-row tiles up to M = 1024 (fastest or within 3% up to M = 512 on the H200), 128-row ones above.
-  const int bm = a.M <= 1024 ? 64 : 128;
+  const int bm = TileRows(a);
   const Loaded* chosen = nullptr;
   for (const Loaded& l : *loaded) {
     const TritonCubin& c = *l.cubin;

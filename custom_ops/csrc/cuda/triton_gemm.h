@@ -42,6 +42,10 @@ struct TritonGemmArgs {
 // made before scratch exists); LaunchTritonGemm requires them set.
 bool TritonGemmFits(const TritonGemmArgs& args);
 
+// Whether the problem has a tile for every SM of the current device. With fewer (M = 64 at N = 4096: 32 tiles on
+// 132 SMs) each tile runs the whole K alone and cuBLAS's split-K kernels win (H200: 0.71x vs 0.93x of fp16).
+bool TritonGemmFillsDevice(const TritonGemmArgs& args);
+
 // Whether this build holds the cubins and the current device runs them (compute capability 9.0); loads them on
 // the first call, so call it outside CUDA-graph capture first (QuantLinearWarmUp does).
 bool TritonGemmAvailable();
