@@ -61,17 +61,12 @@ VARIANTS = [Variant(tile, half, wz, az) for tile in TILES for half in (True, Fal
 def _kernel():
     import triton
     import triton.language as tl
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
     @triton.jit
     def quant_linear_gemm(q_ptr, b_ptr, y_ptr, s_x_ptr, w_scale_ptr, w_zero_ptr, q_sum_ptr, act_zero_ptr, w_sum_ptr,
                           M, N, K, Kp, ldb,
                           HAS_W_ZERO: tl.constexpr, HAS_ACT_ZERO: tl.constexpr, OUT_F16: tl.constexpr,
                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
-        # Launched as a programmatic dependent of the quantize (or widening) kernel: wait for its results, and
-        # let the next op's kernels be scheduled in turn (pdl.cuh).
-        gdc_wait()
-        gdc_launch_dependents()
         pid = tl.program_id(0)
         tiles_m = tl.cdiv(M, BM)
         tiles_n = tl.cdiv(N, BN)

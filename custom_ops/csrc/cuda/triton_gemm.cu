@@ -4,8 +4,6 @@
 
 #include <cuda_runtime.h>
 
-#include "pdl.cuh"
-
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -122,17 +120,9 @@ const char* LaunchTritonGemm(const TritonGemmArgs& a, void* stream) {
   int M = a.M, N = a.N, K = a.K, Kp = a.Kp, ldb = a.ldb;
   void* params[] = {&q, &B, &Y, &s_x, &ws, &wz, &qs, &az, &wsum, &M, &N, &K, &Kp, &ldb, &global_scratch,
                     &profile_scratch};
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(tiles);
-  config.blockDim = dim3(static_cast<unsigned>(c.threads));
-  config.dynamicSmemBytes = static_cast<size_t>(c.shared_bytes);
-  config.stream = static_cast<cudaStream_t>(stream);
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;  // the kernel starts with griddepcontrol.wait
-  attribute[0].val.programmaticStreamSerializationAllowed = PdlEnabled() ? 1 : 0;
-  config.attrs = attribute;
-  config.numAttrs = 1;
-  const cudaError_t status = cudaLaunchKernelExC(&config, reinterpret_cast<const void*>(chosen->kernel), params);
+  const cudaError_t status =
+      cudaLaunchKernel(reinterpret_cast<const void*>(chosen->kernel), dim3(tiles), dim3(c.threads), params,
+                       static_cast<size_t>(c.shared_bytes), static_cast<cudaStream_t>(stream));
   return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
 }
 
