@@ -67,6 +67,8 @@ def _kernel():
                           M, N, K, Kp, ldb,
                           HAS_W_ZERO: tl.constexpr, HAS_ACT_ZERO: tl.constexpr, OUT_F16: tl.constexpr,
                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+        # Launched as an ordinary kernel, not a programmatic dependent: waiting at griddepcontrol.wait its blocks
+        # would hold shared memory the quantize and widening kernels still need (28.0 vs 26.2 us, H200).
         pid = tl.program_id(0)
         tiles_m = tl.cdiv(M, BM)
         tiles_n = tl.cdiv(N, BN)

@@ -214,3 +214,13 @@ def test_triton_kernel_refuses_what_it_cannot_take(cuda_library, monkeypatch):
         p = random_problem(np.random.default_rng(11), (64,), K, N, 8, 8)
         with pytest.raises(Exception, match=r"EDGEQ_QL_KERNEL=triton: the triton kernel needs K % 128 == 0"):
             run_cuda(cuda_library, p, monkeypatch, "triton")
+
+
+@pytest.mark.parametrize("K", [2048, 4096, 4160, 8192, 8256, 12288, 12352, 16384, 16448])
+@pytest.mark.parametrize("kernel, wbits", [("cublas", 8), ("cublas", 4), ("mma64", 4)])
+def test_quantize_row_lengths(cuda_library, monkeypatch, K, kernel, wbits):
+    """Row lengths on both sides of each register-cached quantize variant's limit (2, 4, 6 or 8 groups of 8 per
+    thread; streaming beyond 16384), in the natural code order (cublas) and evens-first (mma, packed weights)."""
+    p = random_problem(np.random.default_rng(K), (20,), K, 16, wbits, 8, np.float32, saturate=True,
+                       asymmetric=True, act_sym=False)
+    check(cuda_library, monkeypatch, kernel, p)

@@ -100,36 +100,8 @@ __device__ __forceinline__ void Load8(const __half* p, float (&out)[8]) {
   }
 }
 
-// VEC: K % 8 == 0 and A 16-byte aligned, so each thread reads its 8-element groups as vectors. One pass finds
-// hi = max(max x, 0) and nlo = max(max -x, 0): max|x| for the symmetric rule, the range [-nlo, hi] for the
-// asymmetric one (act_zero != nullptr), whose codes u in [0, L] are stored as u - 2^(abits-1) with the token's
-// zero point likewise in act_zero[m]. Code sums go to q_sum when it is set.
-template <typename T, bool EVENS_FIRST, bool VEC>
-__global__ void __launch_bounds__(kQuantThreads)
-    QuantizeKernel(const T* __restrict__ A, int8_t* __restrict__ q, float* __restrict__ s_x, int* __restrict__ q_sum,
-                   int* __restrict__ act_zero, int K, int Kp, int abits, float floor_value) {
-  PdlWait();
-  PdlRelease();
-  const int m = blockIdx.x;
-  const T* row = A + static_cast<size_t>(m) * K;
-  float hi = 0.f, nlo = 0.f;
-  if constexpr (VEC) {
-    for (int group = threadIdx.x; group < K / 8; group += kQuantThreads) {
-      float x[8];
-      Load8(row + 8 * group, x);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        hi = fmaxf(hi, x[j]);
-        nlo = fmaxf(nlo, -x[j]);
-      }
-    }
-  } else {
-    for (int k = threadIdx.x; k < K; k += kQuantThreads) {
-      const float v = ToFloat(row[k]);
-      hi = fmaxf(hi, v);
-      nlo = fmaxf(nlo, -v);
-    }
-  }
+// hi = max(max x, 0) and nlo = max(max -x, 0) over the block's row, from each thread's part.
+__device__ __forceinline__ void BlockRange(float& hi, float& nlo) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) {
     hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, offset));
@@ -148,49 +120,128 @@ __global__ void __launch_bounds__(kQuantThreads)
     hi = fmaxf(hi, warp_hi[w]);
     nlo = fmaxf(nlo, warp_nlo[w]);
   }
-  const bool asym = act_zero != nullptr;
+}
+
+// One token's grid: symmetric max|x| / qmax, or (asym) the range [-nlo, hi] over 2^abits - 1 levels with codes u in
+// [0, L] stored as u - 2^(abits-1) and the zero point likewise.
+struct TokenGrid {
   float s, zp, cmin, cmax;
   int mid;
+};
+
+template <typename T>
+__device__ __forceinline__ TokenGrid MakeGrid(float hi, float nlo, bool asym, int abits, float floor_value) {
+  TokenGrid g;
   if (asym) {
     const int levels = (1 << abits) - 1;
-    s = fmaxf(RoundToT<T>(__fdiv_rn(RoundToT<T>(__fadd_rn(hi, nlo)), static_cast<float>(levels))), floor_value);
-    zp = rintf(RoundToT<T>(__fdiv_rn(nlo, s)));
-    cmin = 0.f;
-    cmax = static_cast<float>(levels);
-    mid = 1 << (abits - 1);
+    g.s = fmaxf(RoundToT<T>(__fdiv_rn(RoundToT<T>(__fadd_rn(hi, nlo)), static_cast<float>(levels))), floor_value);
+    g.zp = rintf(RoundToT<T>(__fdiv_rn(nlo, g.s)));
+    g.cmin = 0.f;
+    g.cmax = static_cast<float>(levels);
+    g.mid = 1 << (abits - 1);
   } else {
     const int qmax = (1 << (abits - 1)) - 1;
-    s = fmaxf(RoundToT<T>(__fdiv_rn(fmaxf(hi, nlo), static_cast<float>(qmax))), floor_value);
-    zp = 0.f;
-    cmin = static_cast<float>(-qmax - 1);
-    cmax = static_cast<float>(qmax);
-    mid = 0;
+    g.s = fmaxf(RoundToT<T>(__fdiv_rn(fmaxf(hi, nlo), static_cast<float>(qmax))), floor_value);
+    g.zp = 0.f;
+    g.cmin = static_cast<float>(-qmax - 1);
+    g.cmax = static_cast<float>(qmax);
+    g.mid = 0;
   }
+  return g;
+}
+
+// The codes of the 8-group at k0 (in the group order EVENS_FIRST gives), code 0 past K, which the GEMMs and the
+// corrections rely on; their sum is added to `sum`.
+template <typename T, bool EVENS_FIRST>
+__device__ __forceinline__ uint2 QuantizeGroup(const float (&x)[8], int k0, int K, const TokenGrid& g, int& sum) {
+  uint32_t word[2] = {0u, 0u};
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int k = k0 + GroupOffset<EVENS_FIRST>(j);
+    const float r = rintf(RoundToT<T>(__fdiv_rn(x[GroupOffset<EVENS_FIRST>(j)], g.s))) + g.zp;
+    const int v = k < K ? static_cast<int>(fminf(fmaxf(r, g.cmin), g.cmax)) - g.mid : 0;
+    word[j >> 2] |= (static_cast<uint32_t>(v) & 0xffu) << (8 * (j & 3));
+    sum += v;
+  }
+  return make_uint2(word[0], word[1]);
+}
+
+// VEC: K % 8 == 0 and A 16-byte aligned, so each thread reads its 8-element groups as vectors. CACHED > 0 (VEC
+// only, Kp <= 8 * CACHED * kQuantThreads): each thread loads its CACHED groups at once and keeps them in registers
+// for the second pass; the streaming loop (CACHED = 0) waits out one load latency per group, twice (H200,
+// M = 512: 13.0 us at K = 11008). One pass finds hi = max(max x, 0) and nlo = max(max -x, 0): max|x| for the
+// symmetric rule, the range [-nlo, hi] for the asymmetric one (act_zero != nullptr), whose zero point goes to
+// act_zero[m]. Code sums go to q_sum when it is set.
+template <typename T, bool EVENS_FIRST, bool VEC, int CACHED>
+__global__ void __launch_bounds__(kQuantThreads)
+    QuantizeKernel(const T* __restrict__ A, int8_t* __restrict__ q, float* __restrict__ s_x, int* __restrict__ q_sum,
+                   int* __restrict__ act_zero, int K, int Kp, int abits, float floor_value) {
+  static_assert(CACHED == 0 || VEC, "cached groups are read as vectors");
+  PdlWait();
+  PdlRelease();
+  const int m = blockIdx.x;
+  const T* row = A + static_cast<size_t>(m) * K;
+  float hi = 0.f, nlo = 0.f;
+  float cache[CACHED > 0 ? CACHED : 1][8];
+  if constexpr (CACHED > 0) {
+#pragma unroll
+    for (int i = 0; i < CACHED; ++i) {
+      const int group = threadIdx.x + i * kQuantThreads;
+      if (group < K / 8) {
+        Load8(row + 8 * group, cache[i]);
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) cache[i][j] = 0.f;
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        hi = fmaxf(hi, cache[i][j]);
+        nlo = fmaxf(nlo, -cache[i][j]);
+      }
+    }
+  } else if constexpr (VEC) {
+    for (int group = threadIdx.x; group < K / 8; group += kQuantThreads) {
+      float x[8];
+      Load8(row + 8 * group, x);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        hi = fmaxf(hi, x[j]);
+        nlo = fmaxf(nlo, -x[j]);
+      }
+    }
+  } else {
+    for (int k = threadIdx.x; k < K; k += kQuantThreads) {
+      const float v = ToFloat(row[k]);
+      hi = fmaxf(hi, v);
+      nlo = fmaxf(nlo, -v);
+    }
+  }
+  BlockRange(hi, nlo);
+  const bool asym = act_zero != nullptr;
+  const TokenGrid g = MakeGrid<T>(hi, nlo, asym, abits, floor_value);
   if (threadIdx.x == 0) {
-    s_x[m] = s;
-    if (asym) act_zero[m] = static_cast<int>(zp) - mid;
+    s_x[m] = g.s;
+    if (asym) act_zero[m] = static_cast<int>(g.zp) - g.mid;
   }
   uint2* out = reinterpret_cast<uint2*>(q + static_cast<size_t>(m) * Kp);
   int sum = 0;
-  for (int group = threadIdx.x; group < Kp / 8; group += kQuantThreads) {
-    float x[8];
-    if (VEC && 8 * group < K) {
-      Load8(row + 8 * group, x);
-    } else {
+  if constexpr (CACHED > 0) {
 #pragma unroll
-      for (int j = 0; j < 8; ++j) x[j] = 8 * group + j < K ? ToFloat(row[8 * group + j]) : 0.f;
+    for (int i = 0; i < CACHED; ++i) {
+      const int group = threadIdx.x + i * kQuantThreads;
+      if (group < Kp / 8) out[group] = QuantizeGroup<T, EVENS_FIRST>(cache[i], 8 * group, K, g, sum);
     }
-    uint32_t word[2] = {0u, 0u};
+  } else {
+    for (int group = threadIdx.x; group < Kp / 8; group += kQuantThreads) {
+      float x[8];
+      if (VEC && 8 * group < K) {
+        Load8(row + 8 * group, x);
+      } else {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      // Code 0 past K, which the GEMMs and the corrections rely on.
-      const int k = 8 * group + GroupOffset<EVENS_FIRST>(j);
-      const float r = rintf(RoundToT<T>(__fdiv_rn(x[GroupOffset<EVENS_FIRST>(j)], s))) + zp;
-      const int v = k < K ? static_cast<int>(fminf(fmaxf(r, cmin), cmax)) - mid : 0;
-      word[j >> 2] |= (static_cast<uint32_t>(v) & 0xffu) << (8 * (j & 3));
-      sum += v;
+        for (int j = 0; j < 8; ++j) x[j] = 8 * group + j < K ? ToFloat(row[8 * group + j]) : 0.f;
+      }
+      out[group] = QuantizeGroup<T, EVENS_FIRST>(x, 8 * group, K, g, sum);
     }
-    out[group] = make_uint2(word[0], word[1]);
   }
   if (q_sum == nullptr) return;  // uniform across the block
 #pragma unroll
@@ -202,6 +253,19 @@ __global__ void __launch_bounds__(kQuantThreads)
     for (int w = 1; w < kQuantThreads / 32; ++w) sum += warp_sum[w];
     q_sum[m] = sum;
   }
+}
+
+// The cached variant with the fewest register groups that hold a row (Kp / 8 groups over kQuantThreads threads),
+// the streaming one for longer rows or unaligned ones.
+template <typename T, bool EVENS_FIRST>
+auto PickQuantize(bool vec, int Kp) {
+  const int per_thread = (Kp / 8 + kQuantThreads - 1) / kQuantThreads;
+  if (!vec) return QuantizeKernel<T, EVENS_FIRST, false, 0>;
+  if (per_thread <= 2) return QuantizeKernel<T, EVENS_FIRST, true, 2>;
+  if (per_thread <= 4) return QuantizeKernel<T, EVENS_FIRST, true, 4>;
+  if (per_thread <= 6) return QuantizeKernel<T, EVENS_FIRST, true, 6>;
+  if (per_thread <= 8) return QuantizeKernel<T, EVENS_FIRST, true, 8>;
+  return QuantizeKernel<T, EVENS_FIRST, true, 0>;
 }
 
 // sum_k (q - z[m]) * (W - w_zero[n]) from the int32 sums, as float: acc - w_zero * q_sum - z * (w_sum - K * w_zero),
@@ -962,8 +1026,7 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int*
   const int K = static_cast<int>(a.K);
   int* sums = a.w_zero != nullptr ? q_sum : nullptr;
   int* zeros = a.w_sum != nullptr ? act_zero : nullptr;
-  auto quantize = evens_first ? (vec ? QuantizeKernel<T, true, true> : QuantizeKernel<T, true, false>)
-                               : (vec ? QuantizeKernel<T, false, true> : QuantizeKernel<T, false, false>);
+  auto quantize = evens_first ? PickQuantize<T, true>(vec, Kp) : PickQuantize<T, false>(vec, Kp);
   LaunchDependent(quantize, grid, dim3(kQuantThreads), 0, stream, A, q, s_x, sums, zeros, K, Kp, abits, floor_value);
   const ZeroOffset zero{a.w_zero, sums, zeros, a.w_sum, K, a.K >= (1 << 15)};
   const int8_t* weights = a.B;
