@@ -300,7 +300,8 @@ def _triton_source() -> Path:
         log.info("EDGEQ_CUDA_ARCHS=%s has no sm_90: QuantLinear's Triton GEMM (sm_90a) left out", archs)
     else:
         variants = tql.VARIANTS
-    work = Path(tempfile.mkdtemp(prefix="triton-", dir=cache_root() / "build"))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="triton-", dir=folder.parent))
     try:
         rows, blobs = [], []
         for v in variants:
@@ -325,7 +326,6 @@ def _triton_source() -> Path:
                  "    {false, false, false, 0, 0, 0, 0, nullptr, nullptr},  // end", "};", "",
                  "}  // namespace cuda", "}  // namespace edgeq", ""]
         (work / "triton_cubins.cc").write_text("\n".join(text))
-        folder.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(work, folder)
         except OSError:  # a parallel build got there first

@@ -152,3 +152,67 @@ def test_header_fetch_uses_a_private_apt_configuration(tmp_path, monkeypatch):
 def test_debian_archive_comes_from_the_machine_sources(monkeypatch):
     monkeypatch.delenv("EDGEQ_DEBIAN_MIRROR", raising=False)
     assert library._debian_archive().startswith("http")
+
+
+def _compile_generated(source: Path, tmp_path: Path) -> Path:
+    obj = tmp_path / "triton_cubins.o"
+    subprocess.run([os.environ.get("CXX", "c++"), "-std=c++17", "-fPIC", "-c", str(source), f"-I{library.CSRC / 'cuda'}",
+                    "-o", str(obj)], check=True, capture_output=True)
+    return obj
+
+
+def _symbols(obj: Path) -> dict[str, int]:
+    """Defined symbols and their sizes (nm -S)."""
+    out = subprocess.run(["nm", "-S", "-C", str(obj)], check=True, capture_output=True, text=True).stdout
+    sizes = {}
+    for line in out.splitlines():
+        parts = line.split(maxsplit=3)
+        if len(parts) == 4:
+            sizes[parts[3]] = int(parts[1], 16)
+        elif len(parts) == 3 and parts[1] not in "Uw":
+            sizes[parts[2]] = 0
+    return sizes
+
+
+def test_triton_table_without_triton_is_empty_and_compiles(tmp_path, monkeypatch):
+    """No Triton at build time: the CUDA library still links, with a table holding only its end entry (QuantLinear
+    then takes cuBLAS)."""
+    from edgeq.custom_ops import triton_quant_linear as tql
+
+    monkeypatch.setenv("EDGEQ_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(tql, "triton_version", lambda: None)
+    source = library._triton_source()
+    text = source.read_text()
+    assert ".incbin" not in text and text.count("nullptr, nullptr}") == 1
+    symbols = _symbols(_compile_generated(source, tmp_path))
+    assert "edgeq::cuda::kTritonCubins" in symbols and "edgeq::cuda::kTritonKernelName" in symbols
+
+
+def test_triton_cubins_are_linked_whole(tmp_path, monkeypatch):
+    """With Triton installed: every variant compiles for sm_90a without a GPU, and the generated object carries each
+    cubin byte for byte between its begin and end symbols."""
+    pytest.importorskip("triton")
+    from edgeq.custom_ops import triton_quant_linear as tql
+
+    monkeypatch.setenv("EDGEQ_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EDGEQ_CUDA_ARCHS", "90")
+    source = library._triton_source()
+    cubins = sorted(source.parent.glob("*.cubin"))
+    assert [c.stem for c in cubins] == sorted(v.symbol for v in tql.VARIANTS)
+    for cubin in cubins:
+        assert cubin.read_bytes()[:4] == b"\x7fELF"
+    obj = _compile_generated(source, tmp_path)
+    section = subprocess.run(["objcopy", "-O", "binary", "--only-section=.rodata", str(obj), str(tmp_path / "ro.bin")],
+                             check=True, capture_output=True)
+    assert section.returncode == 0
+    rodata = (tmp_path / "ro.bin").read_bytes()
+    for cubin in cubins:
+        assert cubin.read_bytes() in rodata
+
+
+def test_triton_id_follows_the_kernel_source_and_triton(monkeypatch):
+    from edgeq.custom_ops import triton_quant_linear as tql
+
+    before = library._triton_id()
+    monkeypatch.setattr(tql, "triton_version", lambda: "0.0-test")
+    assert library._triton_id() != before
