@@ -1,14 +1,17 @@
 """QuantLinear's fused int8 GEMM for Hopper, written in Triton and compiled ahead of time into the CUDA library.
 
 The kernel takes the per-token int8 codes q [M, Kp] (Kp = K rounded up to 64; written by the library's quantize
-kernel) and int8 weights B [N, ldb] (8-bit weights as stored; packed 4-bit ones after the library's widening
-pass), accumulates q . B^T in int32 with wgmma, and finishes in the same kernel what the cuBLAS route needs an
-int32 round trip and a second kernel for: the zero-point corrections and Y = T(float32(acc) * (s_x * w_scale)),
-bit for bit the contract of ``reference.quant_linear_rounded``.
+kernel) and weights B [N, ldb] in QuantLinear's layout, accumulates q . B^T in int32 with wgmma, and finishes in
+the same kernel what the cuBLAS route needs an int32 round trip and a second kernel for: the zero-point
+corrections and Y = T(float32(acc) * (s_x * w_scale)), bit for bit the contract of
+``reference.quant_linear_rounded``.
 
-Unpacking 4-bit weights inside this kernel was measured and not kept (H200, BENCHMARKS.md): with the unpacked
-tile as wgmma's register operand it ran 2.2x slower than the 8-bit kernel, while widening in a separate pass
-costs N*K*1.5 bytes of traffic (7.6 us at 4096x4096).
+Packed 4-bit weights (the "packed" tile, M <= 1024) are unpacked in registers: four bytes at a time, the even-k
+values as (w << 4) & 0xF0F0F0F0 and the odd ones as w & 0xF0F0F0F0, i.e. 16x the value in an int8, joined
+back into k order and fed to wgmma as its register operand (the weight tile is the left operand, so the kernel
+computes the transposed tile); the int32 sums of 16x values are shifted right by 4 (exact). Above M = 1024 the
+library widens packed weights to int8 in a separate pass and runs the 8-bit kernel, which is faster there (H200,
+BENCHMARKS.md).
 
 The library never imports this module at run time: ``library.build("cuda")`` calls ``compile_cubins`` (sm_90a
 machine code, no GPU needed) and links the cubins into the library, which loads and launches them through the
@@ -33,11 +36,15 @@ class Tile:
     # registers, one block per SM instead of two: 1.5x slower at M = 2048 (H200). Capped, the excess spills to
     # the stack in the epilogue only.
     zero_point_regs: int | None = None
+    packed: bool = False  # B holds two 4-bit values per byte, unpacked in registers
 
 
 # H200, LLaMA-7B shapes (BENCHMARKS.md): 64x128 tiles (4 warps, 4 stages) were the fastest or within 3% up to
 # M = 512; 128x128 (8 warps, 3 stages) at M = 2048 by 13-25%.
-TILES = {"small": Tile(64, 128, 4, 4), "large": Tile(128, 128, 8, 3, zero_point_regs=128)}
+# Packed 4-bit weights at M = 512: 128 tokens x 64 weight rows (4 warps, 4 stages) was the fastest of eight tiles
+# on all three shapes.
+TILES = {"small": Tile(64, 128, 4, 4), "large": Tile(128, 128, 8, 3, zero_point_regs=128),
+         "packed": Tile(128, 64, 4, 4, packed=True)}
 GROUP_M = 8
 
 
@@ -65,8 +72,9 @@ def _kernel():
     @triton.jit
     def quant_linear_gemm(q_ptr, b_ptr, y_ptr, s_x_ptr, w_scale_ptr, w_zero_ptr, q_sum_ptr, act_zero_ptr, w_sum_ptr,
                           M, N, K, Kp, ldb,
-                          HAS_W_ZERO: tl.constexpr, HAS_ACT_ZERO: tl.constexpr, OUT_F16: tl.constexpr,
-                          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+                          PACKED: tl.constexpr, HAS_W_ZERO: tl.constexpr, HAS_ACT_ZERO: tl.constexpr,
+                          OUT_F16: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                          GROUP_M: tl.constexpr):
         # Launched as an ordinary kernel, not a programmatic dependent: waiting at griddepcontrol.wait its blocks
         # would hold shared memory the quantize and widening kernels still need (28.0 vs 26.2 us, H200).
         pid = tl.program_id(0)
@@ -87,11 +95,25 @@ def _kernel():
         rows_q = tl.where(m_ok, offs_m, 0).to(tl.int64) * Kp
         rows_b = tl.where(n_ok, offs_n, 0).to(tl.int64) * ldb
         ks = tl.arange(0, BK)
-        acc = tl.zeros((BM, BN), dtype=tl.int32)
-        for k0 in tl.range(0, K, BK):
-            a = tl.load(q_ptr + rows_q[:, None] + k0 + ks[None, :])
-            b = tl.load(b_ptr + rows_b[:, None] + k0 + ks[None, :])
-            acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)
+        if PACKED:
+            half = tl.arange(0, BK // 2)
+            acc_t = tl.zeros((BN, BM), dtype=tl.int32)
+            for k0 in tl.range(0, K, BK):
+                a = tl.load(q_ptr + rows_q[:, None] + k0 + ks[None, :])
+                b = tl.load(b_ptr + rows_b[:, None] + k0 // 2 + half[None, :])
+                even = tl.inline_asm_elementwise("{ .reg .b32 t; shl.b32 t, $1, 4; and.b32 $0, t, 0xF0F0F0F0; }",
+                                                 "=r,r", [b], dtype=tl.int8, is_pure=True, pack=4)
+                odd = tl.inline_asm_elementwise("and.b32 $0, $1, 0xF0F0F0F0;", "=r,r", [b], dtype=tl.int8,
+                                                is_pure=True, pack=4)
+                w16 = tl.reshape(tl.join(even, odd), (BN, BK))
+                acc_t = tl.dot(w16, tl.trans(a), acc_t, out_dtype=tl.int32)
+            acc = tl.trans(acc_t) >> 4
+        else:
+            acc = tl.zeros((BM, BN), dtype=tl.int32)
+            for k0 in tl.range(0, K, BK):
+                a = tl.load(q_ptr + rows_q[:, None] + k0 + ks[None, :])
+                b = tl.load(b_ptr + rows_b[:, None] + k0 + ks[None, :])
+                acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)
 
         # acc - w_zero * q_sum - act_zero * (w_sum - K * w_zero): exact in int32 (the launcher keeps K < 2^15).
         if HAS_W_ZERO:
@@ -145,7 +167,7 @@ def compile_variant(variant: Variant) -> tuple[bytes, int]:
     signature = {"q_ptr": "*i8", "b_ptr": "*i8", "y_ptr": scale, "s_x_ptr": "*fp32", "w_scale_ptr": scale,
                  "w_zero_ptr": "*i8", "q_sum_ptr": "*i32", "act_zero_ptr": "*i32", "w_sum_ptr": "*i32",
                  "M": "i32", "N": "i32", "K": "i32", "Kp": "i32", "ldb": "i32"}
-    constants = {"HAS_W_ZERO": variant.w_zero, "HAS_ACT_ZERO": variant.act_zero, "OUT_F16": variant.half,
+    constants = {"PACKED": tile.packed, "HAS_W_ZERO": variant.w_zero, "HAS_ACT_ZERO": variant.act_zero, "OUT_F16": variant.half,
                  "BM": tile.bm, "BN": tile.bn, "BK": BK, "GROUP_M": GROUP_M}
     signature.update({name: "constexpr" for name in constants})
     attrs = {(PARAMS.index(name),): [["tt.divisibility", 16]] for name in ALIGNED}

@@ -72,7 +72,7 @@ def run4(q, B, y, s_x, ws, M, N, K, cfg, asm):
 def run8(q, B, y, s_x, ws, M, N, K, cfg):
     BM, BN, warps, stages = cfg
     grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
-    ql8[grid](q, B, y, s_x, ws, s_x, s_x, s_x, s_x, M, N, K, q.shape[1], B.shape[1], HAS_W_ZERO=False,
+    ql8[grid](q, B, y, s_x, ws, s_x, s_x, s_x, s_x, M, N, K, q.shape[1], B.shape[1], PACKED=False, HAS_W_ZERO=False,
               HAS_ACT_ZERO=False, OUT_F16=True, BM=BM, BN=BN, BK=128, GROUP_M=8, num_warps=warps, num_stages=stages)
 
 # correctness

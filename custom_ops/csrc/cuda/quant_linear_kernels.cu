@@ -12,7 +12,8 @@
 // generic   any layout (rows of B that are not whole 16-byte vectors): scalar loads, one block per channel.
 // cublas    (M > 8 where it fits) cuBLASLt's int8 GEMM into int32 scratch, then SumsEpilogueKernel.
 // triton    (M > 8 where it fits, auto's first choice) a Triton-compiled wgmma GEMM with the epilogue fused
-//           (triton_gemm.h); cublas and triton take packed 4-bit weights widened to int8 by WidenPackedKernel.
+//           (triton_gemm.h), unpacking packed weights itself up to M = 1024; cublas (and triton above that) take
+//           packed 4-bit weights widened to int8 by WidenPackedKernel.
 //
 // The mma operands. In m16n8k32 a thread with tig = lane % 4 supplies, for each of its rows and columns, the
 // K slots 4*tig..4*tig+3 (first register) and 16+4*tig.. (second). A dot product does not depend on the order
@@ -893,6 +894,11 @@ size_t SumsOffset(const QlArgs& a) { return AlignScratch(RowArraysEnd(a)); }
 constexpr size_t kLtWorkspaceBytes = size_t{8} << 20;
 size_t LtWorkspaceOffset(const QlArgs& a) { return AlignScratch(SumsOffset(a) + SumsBytes(a) + WideBytes(a)); }
 
+// Packed weights: the triton kernel unpacks them itself up to this M (H200, M = 512: a tie with widening + the 8-bit
+// kernel at 4096x4096, 4-10 us ahead on the 11008 shapes); above, widening + the 8-bit kernel was 15-40 us faster.
+constexpr int64_t kTritonUnpackMaxM = 1024;
+bool TritonUnpacks(const QlArgs& a) { return a.wbits <= 4 && a.M <= kTritonUnpackMaxM; }
+
 // The triton kernel's widened weights: after the row arrays (it has no int32 sums).
 size_t TritonWideOffset(const QlArgs& a) { return AlignScratch(RowArraysEnd(a)); }
 
@@ -911,18 +917,20 @@ TritonGemmArgs TritonArgs(const QlArgs& a) {
   t.N = static_cast<int>(a.N);
   t.K = static_cast<int>(a.K);
   t.Kp = static_cast<int>(PaddedK(a.K));
-  t.ldb = static_cast<int>(a.K);  // 8-bit rows, or packed ones once widened
+  t.packed = TritonUnpacks(a);
+  t.ldb = static_cast<int>(t.packed ? a.row_bytes : a.K);  // 8-bit rows, packed ones as stored, or widened
   t.B = a.B;
   t.Y = a.Y;
   t.w_scales = a.w_scales;
   return t;
 }
 
-// Packed rows are widened into [N, K] scratch (aligned); 8-bit ones are read in place.
+// 8-bit rows and packed ones the kernel unpacks are read in place; others are widened into [N, K] scratch
+// (aligned, so not checked here).
 bool TritonFits(const QlArgs& a) {
   if (a.wbits > 4 && a.row_bytes != a.K) return false;
   TritonGemmArgs t = TritonArgs(a);
-  if (a.wbits <= 4) t.B = nullptr;
+  if (a.wbits <= 4 && !t.packed) t.B = nullptr;
   return TritonGemmFits(t);
 }
 
@@ -1030,7 +1038,7 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int*
   LaunchDependent(quantize, grid, dim3(kQuantThreads), 0, stream, A, q, s_x, sums, zeros, K, Kp, abits, floor_value);
   const ZeroOffset zero{a.w_zero, sums, zeros, a.w_sum, K, a.K >= (1 << 15)};
   const int8_t* weights = a.B;
-  if (packed && (kernel == QlKernel::kCublas || kernel == QlKernel::kTriton)) {
+  if (packed && (kernel == QlKernel::kCublas || (kernel == QlKernel::kTriton && !TritonUnpacks(a)))) {
     const size_t vectors = static_cast<size_t>(a.N) * a.K / 32;
     constexpr int kWidenThreads = 256;
     LaunchDependent(WidenPackedKernel, dim3(static_cast<unsigned>((vectors + kWidenThreads - 1) / kWidenThreads)),
@@ -1080,7 +1088,7 @@ void QuantLinearWarmUp() {
 size_t QuantLinearScratchBytes(const QlArgs& args, QlKernel kernel) {
   const QlKernel chosen = Pick(args, kernel);
   if (chosen == QlKernel::kCublas) return LtWorkspaceOffset(args) + kLtWorkspaceBytes;
-  if (chosen == QlKernel::kTriton) return TritonWideOffset(args) + WideBytes(args);
+  if (chosen == QlKernel::kTriton) return TritonWideOffset(args) + (TritonUnpacks(args) ? 0 : WideBytes(args));
   return RowArraysEnd(args);
 }
 
@@ -1130,7 +1138,7 @@ const char* LaunchQuantLinear(const QlArgs& args, QlKernel kernel, void* stream,
     cublas.acc = reinterpret_cast<int*>(base + SumsOffset(args));
     cublas.wide = reinterpret_cast<int8_t*>(base + SumsOffset(args) + SumsBytes(args));
     cublas.workspace = base + LtWorkspaceOffset(args);
-  } else if (chosen == QlKernel::kTriton) {
+  } else if (chosen == QlKernel::kTriton && !TritonUnpacks(args)) {
     cublas.wide = reinterpret_cast<int8_t*>(static_cast<char*>(scratch) + TritonWideOffset(args));
   }
   auto s = static_cast<cudaStream_t>(stream);

@@ -15,7 +15,8 @@ namespace cuda {
 // kMma256 (128x256), kMma128, kMma128x64 and kMma64 pin it; kCublas takes the int32 sums from cuBLASLt's int8 GEMM
 // (packed weights widened first; K % 64 == 0, N % 4 == 0, a 16-byte aligned Y) and applies the epilogue in a
 // second kernel; kTriton is the Triton-compiled wgmma GEMM with the epilogue inside (triton_gemm.h; packed weights
-// widened first; K % 128 == 0, K < 2^15, N % 16 == 0, 16-byte aligned B and Y, a compute capability 9.0 GPU).
+// unpacked in registers up to M = 1024, widened first above; K % 128 == 0, K < 2^15, N % 16 == 0, 16-byte aligned
+// B and Y, a compute capability 9.0 GPU).
 enum class QlKernel { kAuto, kDecode, kWgmma, kMma, kMma256, kMma128, kMma128x64, kMma64, kCublas, kTriton, kGeneric };
 
 struct QlArgs {

@@ -65,34 +65,42 @@ bool Prepare() {
   return true;
 }
 
-// 64-row tiles up to M = 1024 (fastest or within 3% up to M = 512 on the H200), 128-row ones above;
-// EDGEQ_TRITON_TILE=small|large pins one (benchmarks).
-int TileRows(const TritonGemmArgs& a) {
+// The build's cubin for a problem, or null: the packed tile for packed weights; otherwise 64-row tiles up to M = 1024
+// (fastest or within 3% up to M = 512 on the H200) and 128-row ones above, EDGEQ_TRITON_TILE=small|large pinning one
+// (benchmarks).
+const TritonCubin* Variant(const TritonGemmArgs& a) {
   static const int pinned = [] {
     const char* env = std::getenv("EDGEQ_TRITON_TILE");
     if (env == nullptr) return 0;
     return std::strcmp(env, "small") == 0 ? 64 : std::strcmp(env, "large") == 0 ? 128 : 0;
   }();
-  if (pinned) return pinned;
-  return a.M <= 1024 ? 64 : 128;
+  const int bm = pinned ? pinned : a.M <= 1024 ? 64 : 128;
+  const bool w_zero = a.w_zero != nullptr, act_zero = a.act_zero != nullptr;
+  for (const TritonCubin* c = kTritonCubins; c->begin != nullptr; ++c) {
+    if (c->half == a.half && c->w_zero == w_zero && c->act_zero == act_zero && c->packed == a.packed &&
+        (a.packed || c->bm == bm))
+      return c;
+  }
+  return nullptr;
 }
 
 }  // namespace
 
 bool TritonGemmFillsDevice(const TritonGemmArgs& a) {
+  const TritonCubin* c = Variant(a);
   int device = 0, sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
+  if (c == nullptr || cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
     cudaGetLastError();
     return false;
   }
-  const int bm = TileRows(a), bn = 128;
-  return static_cast<int64_t>((a.M + bm - 1) / bm) * ((a.N + bn - 1) / bn) >= sms;
+  return static_cast<int64_t>((a.M + c->bm - 1) / c->bm) * ((a.N + c->bn - 1) / c->bn) >= sms;
 }
 
 bool TritonGemmFits(const TritonGemmArgs& a) {
   return a.K % kBK == 0 && a.K < (1 << 15) && a.N % 16 == 0 && a.Kp % 16 == 0 && a.ldb % 16 == 0 && a.Kp >= a.K &&
-         a.ldb >= a.K && Aligned16(a.q) && Aligned16(a.B) && Aligned16(a.Y);
+         a.ldb >= (a.packed ? a.K / 2 : a.K) && Aligned16(a.q) && Aligned16(a.B) && Aligned16(a.Y) &&
+         Variant(a) != nullptr;
 }
 
 bool TritonGemmAvailable() {
@@ -101,19 +109,17 @@ bool TritonGemmAvailable() {
 }
 
 const char* LaunchTritonGemm(const TritonGemmArgs& a, void* stream) {
-  if (a.q == nullptr || a.B == nullptr || a.Y == nullptr || !TritonGemmFits(a)) return "the triton kernel needs K % 128 == 0, K < 32768, N % 16 == 0 and 16-byte aligned "
-                                 "operands";
+  if (a.q == nullptr || a.B == nullptr || a.Y == nullptr || !TritonGemmFits(a))
+    return "the triton kernel needs K % 128 == 0, K < 32768, N % 16 == 0 and 16-byte aligned operands";
   if (!TritonGemmAvailable())
     return "the triton kernel needs a build with Triton installed (its sm_90a cubins) and a compute capability 9.0 GPU";
-  const bool w_zero = a.w_zero != nullptr, act_zero = a.act_zero != nullptr;
-  const int bm = TileRows(a);
+  const TritonCubin* variant = Variant(a);
   const Loaded* chosen = nullptr;
   for (const Loaded& l : *loaded) {
-    const TritonCubin& c = *l.cubin;
-    if (c.half == a.half && c.w_zero == w_zero && c.act_zero == act_zero && c.bm == bm) chosen = &l;
+    if (l.cubin == variant) chosen = &l;
   }
-  if (chosen == nullptr) return "the triton kernel: no cubin for this variant in the build";
-  const TritonCubin& c = *chosen->cubin;
+  if (chosen == nullptr) return "the triton kernel: its cubin did not load";
+  const TritonCubin& c = *variant;
   const unsigned tiles = static_cast<unsigned>(((a.M + c.bm - 1) / c.bm) * ((a.N + c.bn - 1) / c.bn));
   const void *q = a.q, *B = a.B, *Y = a.Y, *s_x = a.s_x, *ws = a.w_scales, *wz = a.w_zero, *qs = a.q_sum,
              *az = a.act_zero, *wsum = a.w_sum, *global_scratch = nullptr, *profile_scratch = nullptr;
