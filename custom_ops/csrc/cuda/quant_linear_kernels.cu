@@ -897,6 +897,9 @@ size_t LtWorkspaceOffset(const QlArgs& a) { return AlignScratch(SumsOffset(a) + 
 // Packed weights: the triton kernel unpacks them itself up to this M (H200, M = 512: a tie with widening + the 8-bit
 // kernel at 4096x4096, 4-10 us ahead on the 11008 shapes); above, widening + the 8-bit kernel was 15-40 us faster.
 constexpr int64_t kTritonUnpackMaxM = 1024;
+// Below this M auto leaves packed weights to cuBLAS: at M = 64 the 128-token tile ran half empty (4096x11008 W4A4:
+// 62.2 us against 42.0 through cuBLAS, H200).
+constexpr int64_t kTritonPackedMinM = 256;
 bool TritonUnpacks(const QlArgs& a) { return a.wbits <= 4 && a.M <= kTritonUnpackMaxM; }
 
 // The triton kernel's widened weights: after the row arrays (it has no int32 sums).
@@ -946,7 +949,8 @@ QlKernel Pick(const QlArgs& a, QlKernel requested) {
     // the separate epilogue once it has a tile per SM; cuBLAS runs 1.3-3x faster than the mma.sync kernels at
     // M = 64...2048, packed weights included (widened per call).
     const bool triton = TritonFits(a) && TritonGemmAvailable();
-    if (triton && TritonGemmFillsDevice(TritonArgs(a))) return QlKernel::kTriton;
+    if (triton && TritonGemmFillsDevice(TritonArgs(a)) && (a.wbits > 4 || a.M >= kTritonPackedMinM))
+      return QlKernel::kTriton;
     if (CublasFits(a) && CublasAvailable()) return QlKernel::kCublas;
     if (triton) return QlKernel::kTriton;
     requested = QlKernel::kMma;  // not wgmma: slower than mma.sync as it stands (BENCHMARKS.md)
