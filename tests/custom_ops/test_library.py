@@ -216,3 +216,22 @@ def test_triton_id_follows_the_kernel_source_and_triton(monkeypatch):
     before = library._triton_id()
     monkeypatch.setattr(tql, "triton_version", lambda: "0.0-test")
     assert library._triton_id() != before
+
+
+def test_triton_that_cannot_compile_leaves_the_kernel_out(tmp_path, monkeypatch, caplog):
+    """A Triton whose compiler fails (an older API, a missing ptxas) must not fail the CUDA build: the table comes
+    out empty, with a warning naming the problem."""
+    from edgeq.custom_ops import triton_quant_linear as tql
+
+    def broken(variant):
+        raise TypeError("ASTSource() got an unexpected keyword argument")
+
+    monkeypatch.setenv("EDGEQ_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EDGEQ_CUDA_ARCHS", "90")
+    monkeypatch.setattr(tql, "triton_version", lambda: "3.0-test")
+    monkeypatch.setattr(tql, "compile_variant", broken)
+    with caplog.at_level("WARNING"):
+        source = library._triton_source()
+    assert ".incbin" not in source.read_text()
+    assert "could not compile QuantLinear's GEMM (TypeError" in caplog.text
+    assert "edgeq::cuda::kTritonCubins" in _symbols(_compile_generated(source, tmp_path))
