@@ -1,15 +1,11 @@
 // edgeq::QuantLinear on the CPU execution provider: an integer GEMM.
 //
 // Activations are quantized per token first (the rounding of every step is the exporter's, so the codes are
-// bit-identical to its Div/Round/Clip chain), widened to int16 and zero-padded to a multiple of 16. Work is
-// then split across ORT's intra-op pool by blocks of kBlockN weight rows: a task widens its rows to int16
-// once and takes their dot products with every activation row in register tiles of two activation rows by
-// kTileN weight rows, so each activation load feeds four multiply-adds and each weight load two. The products
-// go through vpmaddwd (int16 x int16, pairs summed into int32) where AVX2 exists: |q| <= 128 and |w| <= 128,
-// so a pair never exceeds 2^15 and the int32 sums are exact for any K the op accepts. K is walked in chunks:
-// the block's weight rows and two activation rows of one chunk stay in L1 while all activation rows pass, and
-// each activation chunk, read from L2, serves all kBlockN weight rows before it is dropped. Zero points (w_zero,
-// act_sym=0) never enter the loops: the epilogue corrects the int32 sums with each row's code sum and zero point
+// bit-identical to its Div/Round/Clip chain) into int8 codes; then the integer ops' int8 GEMM (int8_gemm.h: VNNI,
+// AVX-512 or AVX2 tiles, tasks of kBlockN weight rows on ORT's intra-op pool) takes their int32 dot products with
+// the weights, packed 4-bit rows unpacked to int8 per task first, and each task finishes its block with the
+// epilogue. |q| <= 128 and |w| <= 128, so the int32 sums are exact for any K the op accepts. Zero points (w_zero,
+// act_sym=0) never enter the GEMM: the epilogue corrects the int32 sums with each row's code sum and zero point
 // (QlCorrected).
 #include <algorithm>
 #include <cmath>
@@ -24,15 +20,11 @@
 #include "../quant_linear.h"
 #include "cpu_ops.h"
 #include "float16.h"
+#include "int8_gemm.h"
 
 namespace edgeq {
 namespace cpu {
 namespace {
-
-constexpr int64_t kTileN = 4;      // weight rows of one register tile
-constexpr int64_t kBlockN = 16;    // weight rows of one task
-constexpr int64_t kChunkK = 512;   // int16 elements: 16 weight rows + 2 activation rows = 18 KiB
-constexpr int64_t kAlignK = 16;    // one 256-bit vector of int16
 
 // The exporter computes each step in T: a float16 result is rounded to float16 before the next step.
 template <typename T>
@@ -45,12 +37,12 @@ inline float ScaleFloor() {
   if constexpr (std::is_same_v<T, float>) return kQlScaleFloor; else return HalfToFloat(kQlScaleFloorHalf);
 }
 
-// q[0, Kp) = the row's codes (zero past K), *q_sum their sum, *z its zero (0 when symmetric); returns s_x. One pass
-// finds hi = max(max a, 0) and nlo = max(max -a, 0): max|a| for the symmetric rule, the range [-nlo, hi] for the
+// q[0, K) = the row's codes, *q_sum their sum, *z its zero (0 when symmetric); returns s_x. One pass finds
+// hi = max(max a, 0) and nlo = max(max -a, 0): max|a| for the symmetric rule, the range [-nlo, hi] for the
 // asymmetric one (act_sym=0), whose codes u in [0, L] are stored as u - 2^(abits-1), the zero point likewise (the
 // CUDA quantize kernel's rule, step for step).
 template <typename T>
-float QuantizeRow(const T* a, int64_t K, int64_t Kp, int abits, bool sym, int16_t* q, int32_t* q_sum, int32_t* z) {
+float QuantizeRow(const T* a, int64_t K, int abits, bool sym, int8_t* q, int32_t* q_sum, int32_t* z) {
   float hi = 0.f, nlo = 0.f;
   for (int64_t k = 0; k < K; ++k) {
     const float v = ToFloat(a[k]);
@@ -71,69 +63,23 @@ float QuantizeRow(const T* a, int64_t K, int64_t Kp, int abits, bool sym, int16_
   int32_t sum = 0;
   for (int64_t k = 0; k < K; ++k) {
     const float r = std::nearbyint(RoundToT<T>(ToFloat(a[k]) / s)) + zp;  // half to even, the ONNX Round
-    q[k] = int16_t(int(std::min(std::max(r, cmin), cmax)) - mid);
+    q[k] = int8_t(int(std::min(std::max(r, cmin), cmax)) - mid);
     sum += q[k];
   }
-  std::fill(q + K, q + Kp, int16_t(0));
   *q_sum = sum;
   *z = int32_t(zp) - mid;
   return s;
 }
 
-// Row n of B as int16 values, zero past K.
-void WidenRow(const int8_t* row, int64_t K, int64_t Kp, bool packed, int16_t* out) {
-  if (packed) {
-    const int64_t pairs = K / 2;
-    for (int64_t j = 0; j < pairs; ++j) {
-      const int8_t b = row[j];
-      out[2 * j] = int16_t(int8_t(uint8_t(b) << 4) >> 4);  // low nibble, sign-extended
-      out[2 * j + 1] = int16_t(b >> 4);                     // high nibble (arithmetic shift)
-    }
-    if (K % 2) out[K - 1] = int16_t(int8_t(uint8_t(row[pairs]) << 4) >> 4);
-  } else {
-    for (int64_t k = 0; k < K; ++k) out[k] = row[k];
+// A packed row of B (value 2j in the low nibble of byte j, 2j+1 in the high one) as int8 values.
+void UnpackRow(const int8_t* row, int64_t K, int8_t* out) {
+  const int64_t pairs = K / 2;
+  for (int64_t j = 0; j < pairs; ++j) {
+    const int8_t b = row[j];
+    out[2 * j] = int8_t(int8_t(uint8_t(b) << 4) >> 4);  // low nibble, sign-extended
+    out[2 * j + 1] = int8_t(b >> 4);                     // high nibble (arithmetic shift)
   }
-  std::fill(out + K, out + Kp, int16_t(0));
-}
-
-#if defined(__AVX2__)
-inline int32_t HorizontalSum(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-  return _mm_cvtsi128_si32(s);
-}
-#endif
-
-// acc[i * kBlockN + r] += sum_{k < len} a_i[k] * w[r * ldw + k] for MR activation rows and kTileN weight
-// rows; len % 16 == 0.
-template <int MR>
-inline void DotTile(const int16_t* a0, const int16_t* a1, const int16_t* w, int64_t ldw, int64_t len, int32_t* acc) {
-#if defined(__AVX2__)
-  __m256i sum[MR][kTileN];
-  for (int i = 0; i < MR; ++i)
-    for (int r = 0; r < kTileN; ++r) sum[i][r] = _mm256_setzero_si256();
-  for (int64_t k = 0; k < len; k += kAlignK) {
-    __m256i wv[kTileN];
-    for (int r = 0; r < kTileN; ++r) wv[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * ldw + k));
-    const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a0 + k));
-    for (int r = 0; r < kTileN; ++r) sum[0][r] = _mm256_add_epi32(sum[0][r], _mm256_madd_epi16(x0, wv[r]));
-    if constexpr (MR == 2) {
-      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a1 + k));
-      for (int r = 0; r < kTileN; ++r) sum[1][r] = _mm256_add_epi32(sum[1][r], _mm256_madd_epi16(x1, wv[r]));
-    }
-  }
-  for (int i = 0; i < MR; ++i)
-    for (int r = 0; r < kTileN; ++r) acc[i * kBlockN + r] += HorizontalSum(sum[i][r]);
-#else
-  const int16_t* a[2] = {a0, a1};
-  for (int i = 0; i < MR; ++i)
-    for (int r = 0; r < kTileN; ++r) {
-      int32_t s = 0;
-      for (int64_t k = 0; k < len; ++k) s += int32_t(a[i][k]) * int32_t(w[r * ldw + k]);
-      acc[i * kBlockN + r] += s;
-    }
-#endif
+  if (K % 2) out[K - 1] = int8_t(int8_t(uint8_t(row[pairs]) << 4) >> 4);
 }
 
 // The epilogue's rounding is part of the op's contract: Y = acc * (s_x * w_scale), the scale product first. The
@@ -150,88 +96,56 @@ inline float Opaque(float v) {
 }
 
 template <typename T>
-struct Task {
-  const QlAttrs* attrs;
-  int64_t M, Kp;
-  const T* A;
-  int16_t* q;      // [M, Kp]
-  float* s_x;      // [M]
-  int32_t* q_sum;  // [M]
-  int32_t* z;      // [M] per-token zero (0 when act_sym)
-  const QlProblem* p;
-};
-
-template <typename T>
-void QuantizeTask(void* data, size_t m) {
-  auto& t = *static_cast<const Task<T>*>(data);
-  const QlAttrs& a = *t.attrs;
-  t.s_x[m] = QuantizeRow<T>(t.A + int64_t(m) * a.K, a.K, t.Kp, int(a.abits), a.act_sym, t.q + int64_t(m) * t.Kp,
-                            t.q_sum + m, t.z + m);
-}
-
-template <typename T>
-void GemmTask(void* data, size_t block) {
-  auto& t = *static_cast<const Task<T>*>(data);
-  const QlAttrs& a = *t.attrs;
-  const int64_t K = a.K, N = a.N, M = t.M, Kp = t.Kp;
-  const int64_t n0 = int64_t(block) * kBlockN, rows = std::min(kBlockN, N - n0);
-
-  thread_local std::vector<int16_t> w;
-  thread_local std::vector<int32_t> acc;
-  w.resize(size_t(kBlockN * Kp));
-  for (int64_t r = 0; r < kBlockN; ++r) {
-    if (r < rows) WidenRow(t.p->B + (n0 + r) * a.row_bytes, K, Kp, a.packed(), w.data() + r * Kp);
-    else std::fill(w.begin() + r * Kp, w.begin() + (r + 1) * Kp, int16_t(0));
-  }
-  acc.assign(size_t(M * kBlockN), 0);
-  const int64_t tiles = (rows + kTileN - 1) / kTileN;  // rows past N are zero weights: only skip whole tiles
-  for (int64_t k0 = 0; k0 < Kp; k0 += kChunkK) {
-    const int64_t len = std::min(kChunkK, Kp - k0);
-    int64_t m = 0;
-    for (; m + 1 < M; m += 2)
-      for (int64_t g = 0; g < tiles; ++g)
-        DotTile<2>(t.q + m * Kp + k0, t.q + (m + 1) * Kp + k0, w.data() + g * kTileN * Kp + k0, Kp, len,
-                   acc.data() + m * kBlockN + g * kTileN);
-    if (m < M)
-      for (int64_t g = 0; g < tiles; ++g)
-        DotTile<1>(t.q + m * Kp + k0, nullptr, w.data() + g * kTileN * Kp + k0, Kp, len,
-                   acc.data() + m * kBlockN + g * kTileN);
-  }
-  float ws[kBlockN];
-  for (int64_t r = 0; r < rows; ++r) ws[r] = ToFloat(static_cast<const T*>(t.p->w_scales)[n0 + r]);
-  for (int64_t m = 0; m < M; ++m) {
-    T* y = static_cast<T*>(t.p->Y) + m * N + n0;
-    for (int64_t r = 0; r < rows; ++r) {
-      const float scale = Opaque(t.s_x[m] * ws[r]);
-      y[r] = FromFloat<T>(float(QlCorrected(acc[m * kBlockN + r], *t.p, K, n0 + r, t.q_sum[m], t.z[m])) * scale);
+void Compute(Ort::KernelContext& ctx, const QlAttrs& a, Gemm gemm, const QlProblem& p) {
+  const int64_t M = p.M, K = a.K, N = a.N;
+  const T* A = static_cast<const T*>(p.A);
+  std::vector<int8_t> q(static_cast<size_t>(M * K));
+  std::vector<float> s_x(static_cast<size_t>(M));
+  std::vector<int32_t> q_sum(static_cast<size_t>(M)), z(static_cast<size_t>(M), 0);
+  auto quantize = [&](int64_t m) {
+    s_x[m] = QuantizeRow<T>(A + m * K, K, int(a.abits), a.act_sym, q.data() + m * K, &q_sum[m], &z[m]);
+  };
+  ParallelFor(ctx, M, quantize);
+  const GemmOperands ops(gemm, q.data(), M, K);
+  auto block = [&](int64_t b) {
+    const int64_t n0 = b * kBlockN, rows = std::min(kBlockN, N - n0);
+    const int8_t* w = p.B + n0 * a.row_bytes;
+    thread_local std::vector<int8_t> unpacked;
+    if (a.packed()) {
+      unpacked.resize(size_t(kBlockN * K));
+      for (int64_t r = 0; r < rows; ++r) UnpackRow(p.B + (n0 + r) * a.row_bytes, K, unpacked.data() + r * K);
+      w = unpacked.data();
     }
-  }
-}
-
-template <typename T>
-void Compute(Ort::KernelContext& ctx, const QlAttrs& attrs, const QlProblem& p) {
-  const int64_t Kp = (attrs.K + kAlignK - 1) / kAlignK * kAlignK;
-  std::vector<int16_t> q(size_t(p.M * Kp));
-  std::vector<float> s_x(size_t(p.M));
-  std::vector<int32_t> q_sum(size_t(p.M)), z(size_t(p.M), 0);
-  Task<T> task{&attrs, p.M, Kp, static_cast<const T*>(p.A), q.data(), s_x.data(), q_sum.data(), z.data(), &p};
-  ctx.ParallelFor(QuantizeTask<T>, size_t(p.M), 0, &task);
-  ctx.ParallelFor(GemmTask<T>, size_t((attrs.N + kBlockN - 1) / kBlockN), 0, &task);
+    thread_local std::vector<int32_t> acc;
+    acc.resize(size_t(M * kBlockN));
+    GemmBlockAny(gemm, ops.For(q.data(), 0, w, K), M, 0, rows, acc.data(), kBlockN);
+    float ws[kBlockN];
+    for (int64_t r = 0; r < rows; ++r) ws[r] = ToFloat(static_cast<const T*>(p.w_scales)[n0 + r]);
+    for (int64_t m = 0; m < M; ++m) {
+      T* y = static_cast<T*>(p.Y) + m * N + n0;
+      for (int64_t r = 0; r < rows; ++r) {
+        const float scale = Opaque(s_x[m] * ws[r]);
+        y[r] = FromFloat<T>(float(QlCorrected(acc[m * kBlockN + r], p, K, n0 + r, q_sum[m], z[m])) * scale);
+      }
+    }
+  };
+  ParallelFor(ctx, (N + kBlockN - 1) / kBlockN, block);
 }
 
 struct Kernel {
-  explicit Kernel(const OrtKernelInfo* info) : attrs(QlAttrs::FromKernelInfo(info)) {}
+  explicit Kernel(const OrtKernelInfo* info) : attrs(QlAttrs::FromKernelInfo(info)), gemm(ChooseGemm(attrs.where)) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return StatusFrom([&] {
       Ort::KernelContext ctx(raw);
       QlProblem p = PrepareQuantLinear(ctx, attrs);
-      if (p.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) Compute<float>(ctx, attrs, p);
-      else Compute<uint16_t>(ctx, attrs, p);
+      if (p.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) Compute<float>(ctx, attrs, gemm, p);
+      else Compute<uint16_t>(ctx, attrs, gemm, p);
     });
   }
 
   QlAttrs attrs;
+  Gemm gemm;  // EDGEQ_DIMATMUL_KERNEL pins it, as for the integer ops
 };
 
 struct Op : Ort::CustomOpBase<Op, Kernel, /*WithStatus=*/true> {

@@ -1,0 +1,253 @@
+// The int8 x int8 -> int32 GEMM of the CPU kernels (DIMatMul, DIBatchMatMul, QuantLinear): tasks of kBlockN weight
+// rows on ORT's intra-op pool, register tiles of kTileM activation rows x kTileN weight rows, with AVX-512 VNNI
+// (vpdpbusd, 64 products per instruction), AVX-512 BW or AVX2 (vpmaddwd on int16, 32 or 16 lanes) where the build
+// has them. Exact while every true sum fits int32 (K * 2^14 < 2^31 for int8 codes). Header-only: each kernel file
+// compiles its own copy (internal linkage).
+#pragma once
+
+#include <algorithm>
+#include <cstdlib>
+#include <numeric>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include "../op_checks.h"
+#include "../ort_api.h"
+
+namespace edgeq {
+namespace cpu {
+namespace {
+
+constexpr int64_t kBlockN = 64;  // weight rows of one GEMM task
+constexpr int kTileM = 2, kTileN = 4;
+
+// Runs f(i) for i in [0, n) on ORT's intra-op thread pool (one task: inline, without the pool's hand-off).
+template <typename F>
+void ParallelFor(Ort::KernelContext& ctx, int64_t n, F& f) {
+  if (n == 1) return f(0);
+  ctx.ParallelFor([](void* data, size_t i) { (*static_cast<F*>(data))(int64_t(i)); }, size_t(n), 0, &f);
+}
+
+// The GEMM kernels: acc[i * acc_stride + j] = sum_k x[i * K + k] * w[j * K + k] for a tile of MR activation
+// rows and NR weight rows, each exact in int32. EDGEQ_DIMATMUL_KERNEL=auto|vnni|avx2|scalar (read at session
+// creation) pins one; auto takes the widest this build has.
+enum class Gemm { kScalar, kAvx2, kAvx512, kVnni };
+
+struct GemmInput {
+  const int8_t* x;       // activation codes [M, K]
+  const int16_t* x16;    // the same widened to int16 (kAvx2, kAvx512)
+  const int32_t* x_sum;  // sum_k x[m, k] per row (kVnni only)
+  const int8_t* w;       // weight codes [N, K]
+  int64_t K;
+};
+
+template <int MR, int NR>
+void TileScalar(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t acc_stride) {
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      const int8_t *x = g.x + (m + i) * g.K, *w = g.w + (n + j) * g.K;
+      int32_t sum = 0;
+      for (int64_t k = 0; k < g.K; ++k) sum += int32_t(x[k]) * int32_t(w[k]);
+      acc[i * acc_stride + j] = sum;
+    }
+}
+
+#if defined(__AVX2__)
+constexpr bool kHaveAvx2 = true;
+
+inline int32_t HorizontalSum(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// vpmaddwd on int16: activations widened once, weights in registers; a pair of products is at most 2^15.
+template <int MR, int NR>
+void TileAvx2(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t acc_stride) {
+  const int64_t K = g.K;
+  const int16_t* x = g.x16 + m * K;
+  const int8_t* w = g.w + n * K;
+  __m256i s[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) s[i][j] = _mm256_setzero_si256();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m256i wv[NR];
+    for (int j = 0; j < NR; ++j)
+      wv[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + j * K + k)));
+    for (int i = 0; i < MR; ++i) {
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i * K + k));
+      for (int j = 0; j < NR; ++j) s[i][j] = _mm256_add_epi32(s[i][j], _mm256_madd_epi16(xv, wv[j]));
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) {
+      int32_t sum = HorizontalSum(s[i][j]);
+      for (int64_t t = k; t < K; ++t) sum += int32_t(x[i * K + t]) * int32_t(w[j * K + t]);
+      acc[i * acc_stride + j] = sum;
+    }
+}
+#else
+constexpr bool kHaveAvx2 = false;
+#endif
+
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+constexpr bool kHaveAvx512 = true;
+
+// TileAvx2 at twice the width (vpmaddwd on 32 int16 lanes), for AVX-512 machines without VNNI. K tails are
+// masked loads (zeros).
+template <int MR, int NR>
+void TileAvx512(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t acc_stride) {
+  const int64_t K = g.K;
+  const int16_t* x = g.x16 + m * K;
+  const int8_t* w = g.w + n * K;
+  __m512i s[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) s[i][j] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < K; k += 32) {
+    const __mmask32 mask = K - k >= 32 ? ~__mmask32(0) : (__mmask32(1) << (K - k)) - 1;
+    __m512i wv[NR];
+    for (int j = 0; j < NR; ++j) wv[j] = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, w + j * K + k));
+    for (int i = 0; i < MR; ++i) {
+      const __m512i xv = _mm512_maskz_loadu_epi16(mask, x + i * K + k);
+      for (int j = 0; j < NR; ++j) s[i][j] = _mm512_add_epi32(s[i][j], _mm512_madd_epi16(xv, wv[j]));
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i * acc_stride + j] = _mm512_reduce_add_epi32(s[i][j]);
+}
+#else
+constexpr bool kHaveAvx512 = false;
+#endif
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+constexpr bool kHaveVnni = true;
+
+// vpdpbusd takes unsigned x signed bytes: the weights are flipped to w + 128 (xor 0x80) and the sum corrected
+// by 128 * sum_k x. The lanes wrap modulo 2^32 (vpdpbusd does not saturate), and since the true dot product
+// fits int32, the wrapped result is exact. K tails are masked loads (zeros).
+template <int MR, int NR>
+void TileVnni(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t acc_stride) {
+  const int64_t K = g.K;
+  const int8_t* x = g.x + m * K;
+  const int8_t* w = g.w + n * K;
+  const __m512i flip = _mm512_set1_epi8(char(0x80));
+  __m512i s[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) s[i][j] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < K; k += 64) {
+    const __mmask64 mask = K - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (K - k)) - 1;
+    __m512i wv[NR];
+    for (int j = 0; j < NR; ++j) wv[j] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, w + j * K + k), flip);
+    for (int i = 0; i < MR; ++i) {
+      const __m512i xv = _mm512_maskz_loadu_epi8(mask, x + i * K + k);
+      for (int j = 0; j < NR; ++j) s[i][j] = _mm512_dpbusd_epi32(s[i][j], wv[j], xv);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j)  // the lane sum wraps like the lanes; the true result fits int32
+      acc[i * acc_stride + j] =
+          int32_t(uint32_t(_mm512_reduce_add_epi32(s[i][j])) - 128u * uint32_t(g.x_sum[m + i]));
+}
+#else
+constexpr bool kHaveVnni = false;
+#endif
+
+Gemm ChooseGemm(const std::string& where) {
+  const char* pinned = std::getenv("EDGEQ_DIMATMUL_KERNEL");
+  const std::string choice = pinned != nullptr ? pinned : "auto";
+  if (choice == "auto")
+    return kHaveVnni ? Gemm::kVnni : kHaveAvx512 ? Gemm::kAvx512 : kHaveAvx2 ? Gemm::kAvx2 : Gemm::kScalar;
+  if (choice == "scalar") return Gemm::kScalar;
+  if (choice == "avx2" && kHaveAvx2) return Gemm::kAvx2;
+  if (choice == "avx512" && kHaveAvx512) return Gemm::kAvx512;
+  if (choice == "vnni" && kHaveVnni) return Gemm::kVnni;
+  if (choice == "avx2" || choice == "avx512" || choice == "vnni")
+    checks::Fail(where, "EDGEQ_DIMATMUL_KERNEL=" + choice + ": this build has no " +
+                            (choice == "vnni" ? "AVX-512 VNNI" : choice == "avx512" ? "AVX-512 BW" : "AVX2"));
+  checks::Fail(where, "EDGEQ_DIMATMUL_KERNEL=" + choice + " is not one of auto, vnni, avx512, avx2, scalar");
+}
+
+// acc rows m.. of the weight rows [n0, n0 + rows): tiles of kTileN weight rows, then single rows.
+template <Gemm kGemm, int MR>
+void GemmRows(const GemmInput& g, int64_t m, int64_t n0, int64_t rows, int32_t* acc, int64_t N) {
+  auto tile = [&](auto nr, int64_t n) {
+    constexpr int NR = decltype(nr)::value;
+    int32_t* out = acc + m * N + n;
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+    if constexpr (kGemm == Gemm::kVnni) return TileVnni<MR, NR>(g, m, n, out, N);
+#endif
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+    if constexpr (kGemm == Gemm::kAvx512) return TileAvx512<MR, NR>(g, m, n, out, N);
+#endif
+#if defined(__AVX2__)
+    if constexpr (kGemm == Gemm::kAvx2) return TileAvx2<MR, NR>(g, m, n, out, N);
+#endif
+    TileScalar<MR, NR>(g, m, n, out, N);
+  };
+  int64_t n = n0;
+  for (; n + kTileN <= n0 + rows; n += kTileN) tile(std::integral_constant<int, kTileN>{}, n);
+  for (; n < n0 + rows; ++n) tile(std::integral_constant<int, 1>{}, n);
+}
+
+// acc [M, N] (row stride N) = x [M, K] . w[n0 .. n0 + rows)^T.
+template <Gemm kGemm>
+void GemmBlock(const GemmInput& g, int64_t M, int64_t n0, int64_t rows, int32_t* acc, int64_t N) {
+  int64_t m = 0;
+  for (; m + kTileM <= M; m += kTileM) GemmRows<kGemm, kTileM>(g, m, n0, rows, acc, N);
+  for (; m < M; ++m) GemmRows<kGemm, 1>(g, m, n0, rows, acc, N);
+}
+
+void GemmBlockAny(Gemm gemm, const GemmInput& g, int64_t M, int64_t n0, int64_t rows, int32_t* acc, int64_t N) {
+  switch (gemm) {
+    case Gemm::kVnni: return GemmBlock<Gemm::kVnni>(g, M, n0, rows, acc, N);
+    case Gemm::kAvx512: return GemmBlock<Gemm::kAvx512>(g, M, n0, rows, acc, N);
+    case Gemm::kAvx2: return GemmBlock<Gemm::kAvx2>(g, M, n0, rows, acc, N);
+    default: return GemmBlock<Gemm::kScalar>(g, M, n0, rows, acc, N);
+  }
+}
+
+// What the chosen kernel needs besides the codes: int16 copies (vpmaddwd) or row sums (vpdpbusd's correction).
+struct GemmOperands {
+  std::vector<int16_t> x16;
+  std::vector<int32_t> x_sum;
+  GemmOperands(Gemm gemm, const int8_t* X, int64_t rows, int64_t K) {
+    if (gemm == Gemm::kAvx2 || gemm == Gemm::kAvx512) x16.assign(X, X + rows * K);
+    if (gemm == Gemm::kVnni) {
+      x_sum.resize(size_t(rows));
+      for (int64_t m = 0; m < rows; ++m) x_sum[m] = std::accumulate(X + m * K, X + (m + 1) * K, int32_t(0));
+    }
+  }
+  GemmInput For(const int8_t* X, int64_t row0, const int8_t* W, int64_t K) const {
+    return {X + row0 * K, x16.empty() ? nullptr : x16.data() + row0 * K, x_sum.empty() ? nullptr : x_sum.data() + row0,
+            W, K};
+  }
+};
+
+// The int32 products of `groups` groups of M rows of X [groups * M, K], each group against its own B
+// (b_of(group): [N, K]), into [groups * M, N]; parallel over (group, block of kBlockN rows of B), so one row
+// against many (decode) still uses every thread.
+template <typename BOf>
+std::vector<int32_t> GroupedGemm(Ort::KernelContext& ctx, Gemm gemm, const int8_t* X, int64_t groups, int64_t M,
+                                 int64_t N, int64_t K, BOf b_of) {
+  const int64_t blocks = (N + kBlockN - 1) / kBlockN;
+  std::vector<int32_t> acc(size_t(groups * M * N));
+  const GemmOperands ops(gemm, X, groups * M, K);
+  auto task = [&](int64_t t) {
+    const int64_t group = t / blocks, n0 = (t % blocks) * kBlockN;
+    GemmBlockAny(gemm, ops.For(X, group * M, b_of(group), K), M, n0, std::min(kBlockN, N - n0),
+                 acc.data() + group * M * N, N);
+  };
+  ParallelFor(ctx, groups * blocks, task);
+  return acc;
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace edgeq
