@@ -1,5 +1,5 @@
 // The int8 x int8 -> int32 GEMM of the CPU kernels (DIMatMul, DIBatchMatMul, QuantLinear): tasks of kBlockN weight
-// rows on ORT's intra-op pool, register tiles of kTileM activation rows x kTileN weight rows, with AVX-512 VNNI
+// rows on ORT's intra-op pool, register tiles of 4 (AVX-512) or 2 (AVX2) activation rows x kTileN weight rows, with AVX-512 VNNI
 // (vpdpbusd, 64 products per instruction), AVX-512 BW or AVX2 (vpmaddwd on int16, 32 or 16 lanes) where the build
 // has them. Exact while every true sum fits int32 (K * 2^14 < 2^31 for int8 codes). Header-only: each kernel file
 // compiles its own copy (internal linkage).
@@ -200,7 +200,11 @@ void GemmRows(const GemmInput& g, int64_t m, int64_t n0, int64_t rows, int32_t* 
 template <Gemm kGemm>
 void GemmBlock(const GemmInput& g, int64_t M, int64_t n0, int64_t rows, int32_t* acc, int64_t N) {
   int64_t m = 0;
-  for (; m + kTileM <= M; m += kTileM) GemmRows<kGemm, kTileM>(g, m, n0, rows, acc, N);
+  // 32 zmm registers hold a 4 x 4 tile (16 sums, 4 weight vectors, 1 activation vector); AVX2's 16 ymm hold 2 x 4.
+  constexpr int MR = kGemm == Gemm::kVnni || kGemm == Gemm::kAvx512 ? 2 * kTileM : kTileM;
+  for (; m + MR <= M; m += MR) GemmRows<kGemm, MR>(g, m, n0, rows, acc, N);
+  if constexpr (MR > kTileM)
+    for (; m + kTileM <= M; m += kTileM) GemmRows<kGemm, kTileM>(g, m, n0, rows, acc, N);
   for (; m < M; ++m) GemmRows<kGemm, 1>(g, m, n0, rows, acc, N);
 }
 
