@@ -2,6 +2,8 @@
 
     python -m edgeq.custom_ops.device.prepare [--force]
 
+With Triton installed here (`pip install -e .[cuda-build]`) the build includes QuantLinear's Triton GEMM.
+
 Writes .opsbuild/libedgeq_ops_cuda.so.xz (sm_90 only, stripped, its embedded PTX zeroed, xz-compressed, to fit the
 64 MiB a device call carries beside the 58 MiB ORT-GPU bundle; check.sh unpacks it) and .opsbuild/COMMIT (the commit
 and whether the tree was dirty, for the results table).
@@ -16,7 +18,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from edgeq.custom_ops import library
+from edgeq.custom_ops import library, triton_quant_linear
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                            text=True).stdout.strip()
     (args.dest / "COMMIT").write_text(f"{commit}{' (custom_ops modified)' if dirty else ''}\n")
     print(target, f"{target.stat().st_size / 2**20:.1f} MiB")
+    triton = triton_quant_linear.triton_version()
+    print(f"QuantLinear's Triton GEMM: {'included (Triton ' + triton + ')' if triton else 'left out (no Triton here)'}")
     return 0
 
 
