@@ -39,6 +39,7 @@ CODE_BITS = tuple(range(2, 9))
 WIDE_CODE_BITS = tuple(range(2, 17))  # DIMatMul's and DIAdd's output codes: int8 up to 8 bits, int16 above
 MAX_K = (1 << 17) - 1              # DIMatMul: K * 128 * 128 < 2**31, so the int32 accumulator is exact
 MAX_K_ZERO = (1 << 16) - 1         # DIMatMul with w_zero: K * 128 * 255 < 2**31 (W - w_zero spans 9 bits)
+MAX_K_X_ZERO = (1 << 15) - 1       # DIMatMul with x_zero: K * 255 * 255 < 2**31 (X - x_zero spans 9 bits too)
 
 
 def qmax_of(bits: int, allowed: tuple[int, ...] = CODE_BITS) -> int:
@@ -109,6 +110,40 @@ def finish(q: np.ndarray, m: int, e: int) -> tuple[np.ndarray, int, int]:
     elif e < E_MIN:
         m, e = M_MAX, E_MIN
     return q, m, e
+
+
+def dyn_quant_asym(v: np.ndarray, mult: int, E: int, bits: int) -> tuple[np.ndarray, int, int, int]:
+    """Per-row asymmetric dynamic quantization of ``v * mult * 2**-E`` over the range [lo, hi] = [min(v, 0), max(v, 0)]
+    (OmniQuant's per-token rule): codes ``u = clamp(round(v / s) + zp, 0, L)``, ``L = 2**bits - 1``,
+    ``s = (hi - lo) / L``, ``zp = round(-lo / s)``, returned as int8 codes ``u - 2**(bits-1)``, the dyadic scale of s
+    and the zero point ``zp - 2**(bits-1)`` (the real value is ``(code - zero) * m * 2**-e``).
+
+    As in ``dyn_quant``: v is first rounded to 31 bits (``sh``, from the span), ``v / s`` is a multiply by
+    ``R = round(L * 2**S / span)`` and a rounding shift by S, ``S = bitlen(span) + 23 - max(0, bitlen(L) - 7)``
+    (``R < 2**31``, ``|v * R| <= 2**62``), the scale is ``ratio(span * mult, L) * 2**-(E - sh)``. An all-zero row,
+    or one whose scale underflows (``finish``), is codes 0 and zero point 0 with ``ZERO_SCALE``."""
+    levels, mid = (1 << bits) - 1, 1 << (bits - 1)
+    zero_row = (np.zeros(v.shape, np.int8), *ZERO_SCALE, 0)
+    if not v.size:
+        return zero_row
+    span = max(int(v.max()), 0) - min(int(v.min()), 0)
+    if span == 0:
+        return zero_row
+    sh = max(0, span.bit_length() - 31)
+    v = rshr(v, sh)
+    hi, lo = max(int(v.max()), 0), min(int(v.min()), 0)
+    span = hi - lo
+    if span == 0:
+        return zero_row
+    S = span.bit_length() + 23 - max(0, levels.bit_length() - 7)
+    R = ((levels << S) + (span >> 1)) // span
+    zp = ((-lo) * R + (1 << (S - 1))) >> S
+    u = np.clip(((v * R + (1 << (S - 1))) >> S) + zp, 0, levels)
+    m, k = ratio(span * mult, levels)
+    q, m, e = finish((u - mid).astype(np.int8), m, k + E - sh)
+    if not q.any() and (m, e) == ZERO_SCALE and k + E - sh > E_MAX:  # finish zeroed an underflowing row
+        return zero_row
+    return q, m, e, zp - mid
 
 
 def dyn_quant(v: np.ndarray, mult: int, E: int, qmax: int, clip_q15: int = CLIP_ONE) -> tuple[np.ndarray, int, int]:
@@ -205,16 +240,32 @@ def _outputs(rows, shape, code_type=np.int8):
     q = np.stack([r[0] for r in rows]).astype(code_type).reshape(shape)
     m = np.array([r[1] for r in rows], np.int32).reshape(*shape[:-1], 1)
     e = np.array([r[2] for r in rows], np.int8).reshape(*shape[:-1], 1)
+    if rows and len(rows[0]) == 4:  # asymmetric codes: the zero points too
+        return q, m, e, np.array([r[3] for r in rows], np.int32).reshape(*shape[:-1], 1)
     return q, m, e
+
+
+def _quantizer(obits: int, clip_q15: int, act_sym: int):
+    """The per-row requantization of the ops whose output a linear reads: symmetric ``dyn_quant`` (with the learned
+    clip), or (act_sym=0) ``dyn_quant_asym``, which returns a zero point per row as well."""
+    if act_sym:
+        qmax = qmax_of(obits)
+        return lambda v, mult, E: dyn_quant(v, mult, E, qmax, clip_q15)
+    if clip_q15 != CLIP_ONE:
+        raise ValueError("a learned clip (clip_q15) needs symmetric codes (act_sym=1)")
+    qmax_of(obits)
+    return lambda v, mult, E: dyn_quant_asym(v, mult, E, obits)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Ops
 
 
-def di_matmul(X, x_m, x_e, W, w_m, w_e, obits: int, w_zero=None):
-    """``Y = X @ (W - w_zero)^T`` requantized per row. ``acc`` int32 exact (K <= 131071; with ``w_zero``, an
-    asymmetric per-channel weight grid as int8 offsets [N], K <= 65535: ``acc = X @ W^T - w_zero * sum(X)``);
+def di_matmul(X, x_m, x_e, W, w_m, w_e, obits: int, w_zero=None, x_zero=None):
+    """``Y = (X - x_zero) @ (W - w_zero)^T`` requantized per row. ``acc`` int32 exact (K <= 131071; with ``w_zero``, an
+    asymmetric per-channel weight grid as int8 offsets [N], K <= 65535: ``acc = X @ W^T - w_zero * sum(X)``; with
+    ``x_zero``, asymmetric per-row codes' zero points int32 [..., 1] (DINorm's, DISwiGLU's, DIRequant's act_sym=0
+    output), K <= 32767: ``acc = X.W - w_zero sum(X) - x_zero sum(W) + K x_zero w_zero``);
     channel n's ``acc * w_m[n]`` (< 2**46) is aligned to the common exponent of ``align_exponents(w_e)``; then
     ``dyn_quant`` with the row's ``x_m`` as multiplier and ``x_e + Ea`` as exponent. X and W hold int8 codes;
     obits 2..16, int8 output codes up to 8 bits, int16 above.
@@ -224,7 +275,7 @@ def di_matmul(X, x_m, x_e, W, w_m, w_e, obits: int, w_zero=None):
     ``|P' * R| <= 2**62``; the scale's ``ratio(A * x_m, qmax)`` has ``A * x_m < 2**46``."""
     qmax = qmax_of(obits, WIDE_CODE_BITS)
     W = np.asarray(W).astype(np.int64)
-    limit = MAX_K if w_zero is None else MAX_K_ZERO
+    limit = MAX_K_X_ZERO if x_zero is not None else MAX_K if w_zero is None else MAX_K_ZERO
     if W.shape[1] > limit:
         raise ValueError(f"K={W.shape[1]} exceeds {limit} (the int32 accumulator)")
     if w_zero is not None:
@@ -232,6 +283,10 @@ def di_matmul(X, x_m, x_e, W, w_m, w_e, obits: int, w_zero=None):
     w_m = _check_mantissas(w_m, "w_m", -M_MAX)
     Ea, shifts = align_exponents(w_e)
     Xr, xm, xe = _rows(X, x_m, x_e, "X")
+    if x_zero is not None:
+        if np.shape(x_zero) != (*np.shape(X)[:-1], 1):
+            raise ValueError(f"x_zero must have shape {(*np.shape(X)[:-1], 1)}, got {np.shape(x_zero)}")
+        Xr = Xr - np.asarray(x_zero, np.int64).reshape(-1, 1)
     P = shift_each((Xr @ W.T) * w_m, shifts)
     rows = [dyn_quant(P[r], int(xm[r]), int(xe[r]) + Ea, qmax) for r in range(len(Xr))]
     return _outputs(rows, (*np.shape(X)[:-1], W.shape[0]), code_type(obits))
@@ -331,12 +386,13 @@ def rms_scale(q: np.ndarray, m: int, e: int, eps_q60: int) -> tuple[int, int] | 
     return math.isqrt(V), (ev + s2) // 2
 
 
-def di_norm(X, x_m, x_e, g_m, g_e, *, eps_q60: int, obits: int, clip_q15: int = CLIP_ONE):
+def di_norm(X, x_m, x_e, g_m, g_e, *, eps_q60: int, obits: int, clip_q15: int = CLIP_ONE, act_sym: int = 1):
     """RMSNorm ``x / sqrt(mean(x**2) + eps) * gamma`` with gamma ``g_m * 2**-g_e`` per channel: the mean square
     normalized to 61 bits, divided by C, plus eps (``add_positive``), an exact integer square root (``isqrt``
     of a 60..62-bit value), ``ratio(m, r)`` for the row factor, then ``dyn_quant`` of the aligned ``q * g_m``
-    (< 2**15 * 2**15 * 2**16 for int16 codes). X holds int8 or int16 codes; the output is int8."""
-    qmax = qmax_of(obits)
+    (< 2**15 * 2**15 * 2**16 for int16 codes), or ``dyn_quant_asym`` (act_sym=0: a zero point per row, the fourth
+    output). X holds int8 or int16 codes; the output is int8."""
+    quant = _quantizer(obits, clip_q15, act_sym)
     if not 0 <= eps_q60 < 1 << 61:
         raise ValueError(f"eps_q60 must be in [0, 2**61), got {eps_q60}")
     g_m = _check_mantissas(g_m, "g_m", -M_MAX)
@@ -349,10 +405,10 @@ def di_norm(X, x_m, x_e, g_m, g_e, *, eps_q60: int, obits: int, clip_q15: int = 
     for q, m, e in zip(Xr, xm.tolist(), xe.tolist()):
         rms = rms_scale(q, m, e, eps_q60)
         if rms is None:
-            rows.append((np.zeros(q.shape, np.int64), *ZERO_SCALE))
+            rows.append((np.zeros(q.shape, np.int64), *ZERO_SCALE, *(() if act_sym else (0,))))
             continue
         mr, k = ratio(m, rms[0])
-        rows.append(dyn_quant(shift_each(q * g_m, shifts), mr, Ea + k + e - rms[1], qmax, clip_q15))
+        rows.append(quant(shift_each(q * g_m, shifts), mr, Ea + k + e - rms[1]))
     return _outputs(rows, np.shape(X))
 
 
@@ -365,15 +421,15 @@ def sigmoid_q30(q: np.ndarray, m: int, e: int) -> np.ndarray:
     return np.where(q >= 0, R, ONE_Q30 - R)
 
 
-def di_swiglu(G, g_m, g_e, U, u_m, u_e, obits: int, clip_q15: int = CLIP_ONE):
-    """``silu(gate) * up`` per row: ``v = q_g * sigmoid_q30(q_g) * q_u`` (< 2**44), ``dyn_quant`` with multiplier
-    ``m_g * m_u`` and exponent ``e_g + e_u + 30``."""
-    qmax = qmax_of(obits)
+def di_swiglu(G, g_m, g_e, U, u_m, u_e, obits: int, clip_q15: int = CLIP_ONE, act_sym: int = 1):
+    """``silu(gate) * up`` per row: ``v = q_g * sigmoid_q30(q_g) * q_u`` (< 2**44), ``dyn_quant`` (act_sym=0:
+    ``dyn_quant_asym``) with multiplier ``m_g * m_u`` and exponent ``e_g + e_u + 30``."""
+    quant = _quantizer(obits, clip_q15, act_sym)
     Gr, gm, ge = _rows(G, g_m, g_e, "gate")
     Ur, um, ue = _rows(U, u_m, u_e, "up")
     if Gr.shape != Ur.shape:
         raise ValueError(f"gate and up differ in shape: {np.shape(G)} vs {np.shape(U)}")
-    rows = [dyn_quant(g * sigmoid_q30(g, a, b) * u, a * c, b + d + 30, qmax, clip_q15)
+    rows = [quant(g * sigmoid_q30(g, a, b) * u, a * c, b + d + 30)
             for g, a, b, u, c, d in zip(Gr, gm.tolist(), ge.tolist(), Ur, um.tolist(), ue.tolist())]
     return _outputs(rows, np.shape(G))
 
@@ -521,11 +577,11 @@ def di_batch_matmul(A, a_m, a_e, B, b_m, b_e, mask=None, *, trans_b: int, is_cau
     return _outputs(rows, (*lead, M, N), np.int32)
 
 
-def di_requant(X, x_m, x_e, obits: int, clip_q15: int = CLIP_ONE):
+def di_requant(X, x_m, x_e, obits: int, clip_q15: int = CLIP_ONE, act_sym: int = 1):
     """Merge the last two axes of ``X [..., G, D]`` (int8 or int32, per-row scales ``[..., G, 1]``) into rows of
     ``G * D`` int8 codes with one scale each (e.g. attention heads into a token): ``q * m`` (< 2**46) aligned over
-    the G exponents (``align_exponents``), then ``dyn_quant``."""
-    qmax = qmax_of(obits)
+    the G exponents (``align_exponents``), then ``dyn_quant`` (act_sym=0: ``dyn_quant_asym``)."""
+    quant = _quantizer(obits, clip_q15, act_sym)
     X = np.asarray(X).astype(np.int64)
     if X.ndim < 2:
         raise ValueError("X must have rank >= 2 ([..., G, D])")
@@ -536,5 +592,5 @@ def di_requant(X, x_m, x_e, obits: int, clip_q15: int = CLIP_ONE):
     rows = []
     for q, mm, ee in zip(Xr, m, e):
         Ea, shifts = align_exponents(ee)
-        rows.append(dyn_quant(shift_each(q * mm[:, None], shifts[:, None]).reshape(-1), 1, Ea, qmax, clip_q15))
+        rows.append(quant(shift_each(q * mm[:, None], shifts[:, None]).reshape(-1), 1, Ea))
     return _outputs(rows, (*lead, G * D))

@@ -228,3 +228,76 @@ def test_requant_merges_rows_like_a_float_requantization(bits):
     X = activation(rng, (5, 4, 16), e_range=(8, 24), full_mantissas=True)
     y, m, e = ri.di_requant(*X, bits)
     assert steps_off(y, m, e, dequantize(*X).reshape(5, 64)) <= STEP_TOLERANCE["DIMatMul"]
+
+
+# ---- asymmetric per-row codes (act_sym=0) and DIMatMul's x_zero
+
+
+def asym_steps_off(y, m, e, z, exact) -> float:
+    """Largest |dequantized (y - z) - exact| in units of the row's step."""
+    return float((np.abs(dequantize(y.astype(np.int64) - z, m, e) - exact) / dequantize(1, m, e)).max())
+
+
+@pytest.mark.parametrize("bits", [4, 6, 8])
+def test_asymmetric_quantization_is_within_a_step_and_spans_the_range(bits):
+    rng = np.random.default_rng(bits)
+    rows = [rng.integers(-(1 << 40), 1 << 40, 301), rng.integers(0, 1 << 20, 301),      # mixed; one-sided +
+            -rng.integers(0, 1 << 50, 301), rng.integers(-5, 6, 301), np.zeros(301, np.int64)]  # one-sided -; tiny
+    mid, levels = 1 << (bits - 1), (1 << bits) - 1
+    for v in rows:
+        v = np.asarray(v, np.int64)
+        q, m, e, z = ri.dyn_quant_asym(v, 12345, 60, bits)
+        exact = v.astype(np.float64) * 12345 * 2.0**-60
+        assert q.dtype == np.int8 and -mid <= q.min() and q.max() <= mid - 1 and -mid <= z <= mid - 1
+        if not v.any():
+            assert not q.any() and z == 0 and (m, e) == ri.ZERO_SCALE
+            continue
+        # round(v/s) + round(-lo/s): half a step each, plus the scale's 15-bit mantissa over `levels` steps
+        assert asym_steps_off(q, m, e, z, exact) <= 1.0 + levels * 2.0**-14
+        u = q.astype(np.int64) + mid
+        # the range's ends reach the grid's ends, up to the two roundings (round(lo/s) + round(-lo/s) may be 1)
+        assert u.min() <= 1 or v.min() >= 0
+        assert u.max() >= levels - 1 or v.max() <= 0
+        if v.min() >= 0:
+            assert z == -mid  # zp = 0: the grid starts at 0
+        if v.max() <= 0:
+            assert z == levels - mid
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_asymmetric_outputs_of_norm_swiglu_requant(bits):
+    """act_sym=0 gives a fourth output, the zero points, and values at least as close as the symmetric codes'."""
+    rng = np.random.default_rng(30 + bits)
+    x = activation(rng, (16, 96), 8, e_range=(8, 20), full_mantissas=True)
+    g_m, g_e = channel_scales(rng, 96, spread=8, signed=True)
+    sym = ri.di_norm(*x, g_m, g_e, eps_q60=eps_q60(1e-5), obits=bits)
+    asym = ri.di_norm(*x, g_m, g_e, eps_q60=eps_q60(1e-5), obits=bits, act_sym=0)
+    assert len(sym) == 3 and len(asym) == 4 and asym[3].shape == (16, 1) and asym[3].dtype == np.int32
+    xf = dequantize(*x)
+    exact = xf / np.sqrt((xf**2).mean(-1, keepdims=True) + 1e-5) * dequantize(g_m, 1, g_e)
+    err = lambda y, m, e, z=0: np.abs(dequantize(y.astype(np.int64) - z, m, e) - exact).max(-1)  # noqa: E731
+    assert (err(*asym) <= err(*sym) * 1.05 + 1e-12).mean() > 0.9
+    gate, up = activation(rng, (16, 96), 8), activation(rng, (16, 96), 8)
+    assert len(ri.di_swiglu(*gate, *up, bits, act_sym=0)) == 4
+    heads = activation(rng, (16, 4, 24), 8)
+    q, m, e, z = ri.di_requant(*heads, bits, act_sym=0)
+    assert q.shape == (16, 96) and z.shape == (16, 1)
+    with pytest.raises(ValueError, match="needs symmetric codes"):
+        ri.di_requant(*heads, bits, clip_q15=1 << 14, act_sym=0)
+
+
+def test_matmul_with_x_zero_is_the_shifted_product():
+    rng = np.random.default_rng(7)
+    X = rng.integers(-128, 128, (9, 200)).astype(np.int8)
+    x_m, x_e = rng.integers(1 << 14, 1 << 15, (9, 1)).astype(np.int32), rng.integers(10, 20, (9, 1)).astype(np.int8)
+    x_zero = rng.integers(-128, 128, (9, 1)).astype(np.int32)
+    W = rng.integers(-128, 128, (13, 200)).astype(np.int8)
+    w_zero = rng.integers(-20, 20, 13).astype(np.int8)
+    w_m, w_e = channel_scales(rng, 13, spread=16)
+    y, m, e = ri.di_matmul(X, x_m, x_e, W, w_m, w_e, 8, w_zero=w_zero, x_zero=x_zero)
+    exact = dequantize(X.astype(np.int64) - x_zero, x_m, x_e) @ dequantize(
+        W.astype(np.int64) - w_zero[:, None], w_m[:, None], w_e[:, None]).T
+    assert steps_off(y, m, e, exact) <= STEP_TOLERANCE["DIMatMul"]
+    with pytest.raises(ValueError, match="exceeds 32767"):
+        ri.di_matmul(np.zeros((1, 32768), np.int8), x_m[:1], x_e[:1], np.zeros((2, 32768), np.int8), w_m[:2],
+                     w_e[:2], 8, x_zero=x_zero[:1])
