@@ -140,9 +140,10 @@ def dyn_quant_asym(v: np.ndarray, mult: int, E: int, bits: int) -> tuple[np.ndar
     zp = ((-lo) * R + (1 << (S - 1))) >> S
     u = np.clip(((v * R + (1 << (S - 1))) >> S) + zp, 0, levels)
     m, k = ratio(span * mult, levels)
-    q, m, e = finish((u - mid).astype(np.int8), m, k + E - sh)
-    if not q.any() and (m, e) == ZERO_SCALE and k + E - sh > E_MAX:  # finish zeroed an underflowing row
+    e = k + E - sh
+    if e > E_MAX and rshr(m, e - E_MAX) == 0:  # the scale underflows: finish would zero the row
         return zero_row
+    q, m, e = finish((u - mid).astype(np.int8), m, e)
     return q, m, e, zp - mid
 
 

@@ -164,6 +164,47 @@ EDGEQ_HD inline Scale DynQuantRow(int64_t* v, int64_t n, int64_t mult, int64_t E
   return p.scale;
 }
 
+// Per-row asymmetric dynamic quantization of v * mult * 2^-E over [min(v, 0), max(v, 0)] (|v| <= 2^62, mult in
+// [1, 2^32)): codes u - 2^(bits-1) into q, the zero point zp - 2^(bits-1) into *zero, the scale returned; see
+// reference_integer.dyn_quant_asym (an all-zero or underflowing row: codes 0, zero point 0, the zero-row scale).
+EDGEQ_HD inline Scale DynQuantAsymRow(int64_t* v, int64_t n, int64_t mult, int64_t E, int64_t bits, int8_t* q,
+                                      int32_t* zero) {
+  const int64_t levels = (int64_t(1) << bits) - 1, mid = int64_t(1) << (bits - 1);
+  int64_t hi = 0, lo = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    hi = Max(hi, v[i]);
+    lo = Min(lo, v[i]);
+  }
+  const uint64_t full_span = uint64_t(hi) - uint64_t(lo);  // up to 2^63: unsigned
+  if (full_span != 0) {
+    const int64_t sh = Max(0, BitLen(full_span) - 31);
+    if (sh > 0) {
+      hi = lo = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        v[i] = RShr(v[i], sh);
+        hi = Max(hi, v[i]);
+        lo = Min(lo, v[i]);
+      }
+    }
+    const int64_t span = hi - lo;  // < 2^32 after the shift
+    if (span != 0) {
+      const Dyadic r = Ratio(uint64_t(span) * uint64_t(mult), uint64_t(levels));
+      const Scale scale = Finish(r.m, r.e + E - sh);
+      if (!scale.zero) {
+        const int64_t S = BitLen(uint64_t(span)) + 23 - Max(0, BitLen(uint64_t(levels)) - 7);
+        const int64_t R = ((levels << S) + (span >> 1)) / span, half = int64_t(1) << (S - 1);
+        const int64_t zp = (-lo * R + half) >> S;
+        for (int64_t i = 0; i < n; ++i) q[i] = int8_t(Max(0, Min(levels, ((v[i] * R + half) >> S) + zp)) - mid);
+        *zero = int32_t(zp - mid);
+        return scale;
+      }
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) q[i] = 0;
+  *zero = 0;
+  return Scale{kZeroM, kZeroE, true};
+}
+
 // WideQuantRow in pieces (as DynQuantRow's): the shift for a row of max |v| = A > 0, and the row's scale.
 EDGEQ_HD inline int64_t WideQuantShift(int64_t A) { return Max(0, BitLen(uint64_t(A)) - kWideBits); }
 
