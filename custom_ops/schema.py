@@ -418,6 +418,7 @@ SPQR_DEQUANTIZE = OpDef(
 
 DI_MAX_K = (1 << 17) - 1  # int32 accumulation stays exact for K * 128 * 128 < 2^31
 DI_MAX_K_ZERO = (1 << 16) - 1  # ... and for K * 128 * 255 with DIMatMul's w_zero (W - w_zero spans 9 bits)
+DI_MAX_K_X_ZERO = (1 << 15) - 1  # ... and for K * 255 * 255 with its x_zero (X - x_zero spans 9 bits as well)
 
 
 def _di_k(v) -> str | None:
@@ -445,6 +446,10 @@ def _channel_scales(name: str, what: str) -> tuple[Input, ...]:
 
 
 DI_OUTPUTS = _int_activation("Y", "y", "output")
+# The ops whose output a linear reads (DINorm, DISwiGLU, DIRequant) may emit asymmetric codes (act_sym=0) with a
+# zero point per row, which DIMatMul takes as x_zero.
+DI_LINEAR_INPUT_OUTPUTS = (*DI_OUTPUTS, Input("y_zero", "tensor(int32)", "per-row zero points [..., 1] as signed codes "
+                                             "(act_sym=0; the value is (Y - y_zero) * scale)", optional=True))
 _OBITS = Attribute("obits", onnx.AttributeProto.INT, "output code width 2..8: codes in [-qmax, qmax], "
                    "qmax = 2^(obits-1) - 1", check=_ql_bits)
 
@@ -457,6 +462,25 @@ def _clip_q15(v) -> str | None:
 _CLIP_Q15 = Attribute("clip_q15", onnx.AttributeProto.INT, "activation clip c * 2^15 (default 32768, none): each row "
                       "is quantized over [-c max|v|, c max|v|], values beyond saturating at +-qmax",
                       required=False, check=_clip_q15)
+
+
+def _zero_or_one(v) -> str | None:
+    return None if v in (0, 1) else "must be 0 or 1"
+
+
+# ... and asymmetric codes: 0 quantizes each row over [min(v, 0), max(v, 0)] into u in [0, 2^obits - 1] with
+# zero point zp = round(-min / s), stored as u - 2^(obits-1) and zp - 2^(obits-1) (output y_zero); clip_q15 stays
+# at its default.
+_ACT_SYM = Attribute("act_sym", onnx.AttributeProto.INT, "1 (default): symmetric codes; 0: asymmetric codes over the "
+                     "row's range [min(v, 0), max(v, 0)] with a zero point per row in y_zero", required=False,
+                     check=_zero_or_one)
+
+
+def _set_zero_output(ctx, shape: list | None) -> None:
+    """Output 3 (y_zero), when the node has it: int32 [..., 1]."""
+    if ctx.get_num_outputs() > 3:
+        ctx.set_output_type(3, helper.make_tensor_type_proto(TensorProto.INT32, None if shape is None
+                                                             else [*shape[:-1], 1]))
 
 
 def _check_dims(ctx, op: str, expected: dict) -> None:
@@ -521,6 +545,7 @@ def _infer_integer(op_name: str, out_last=None, same_shape: tuple[int, ...] = ()
             code = code_of(attrs)
         out = None if dims is None else out_dims(attrs, dims, ctx) if out_dims is not None else [*dims[:-1], last]
         _set_activation_outputs(ctx, code, out)
+        _set_zero_output(ctx, out)
 
     return infer
 
@@ -531,7 +556,15 @@ def _matmul_expected(ctx, attrs, dims):
         raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIMatMul: X's last dim is {dims[-1]}, attribute K is {K}")
     if ctx.get_num_inputs() > 6 and ctx.has_input(6) and K > DI_MAX_K_ZERO:
         raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIMatMul: K={K} with w_zero exceeds {DI_MAX_K_ZERO}")
-    return {3: ("W", [N, K]), 4: ("w_m", [N]), 5: ("w_e", [N]), 6: ("w_zero", [N])}
+    x_zero = ctx.get_num_inputs() > 7 and ctx.has_input(7)
+    if x_zero != (ctx.get_num_inputs() > 8 and ctx.has_input(8)):
+        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIMatMul: x_zero and w_sum come together")
+    if x_zero and K > DI_MAX_K_X_ZERO:
+        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIMatMul: K={K} with x_zero exceeds {DI_MAX_K_X_ZERO}")
+    out = {3: ("W", [N, K]), 4: ("w_m", [N]), 5: ("w_e", [N]), 6: ("w_zero", [N]), 8: ("w_sum", [N])}
+    if dims is not None:
+        out[7] = ("x_zero", [*dims[:-1], 1])
+    return out
 
 
 DI_MATMUL = OpDef(
@@ -550,7 +583,10 @@ DI_MATMUL = OpDef(
     ),
     inputs=(*_int_activation("X", "x", "input activation [..., K]"),
             Input("W", "tensor(int8)", "weight codes [N, K]"), *_channel_scales("w", "weight scales [N]"),
-            Input("w_zero", "tensor(int8)", "per-channel weight zero points [N] (asymmetric grid)", optional=True)),
+            Input("w_zero", "tensor(int8)", "per-channel weight zero points [N] (asymmetric grid)", optional=True),
+            Input("x_zero", "tensor(int32)", "X's per-row zero points [..., 1] (asymmetric codes, act_sym=0 of its "
+                  "producer); needs w_sum", optional=True),
+            Input("w_sum", "tensor(int32)", "sum_k W[n, k] per channel [N] (with x_zero)", optional=True)),
     outputs=_int_activation("Y", "y", "output", code_type="TY"),
     attributes=(
         Attribute("K", onnx.AttributeProto.INT, "reduction size (X's last dim), at most 131071", check=_di_k),
@@ -616,8 +652,9 @@ DI_NORM = OpDef(
         "(< 2^47) is rounded to 31 bits before the multiply by m^2; the output is int8."
     ),
     inputs=(*_int_activation("X", "x", "input activation", code_type="T"), *_channel_scales("g", "gamma [C]")),
-    outputs=DI_OUTPUTS,
-    attributes=(Attribute("eps_q60", onnx.AttributeProto.INT, "epsilon * 2^60", check=_eps_q60), _OBITS, _CLIP_Q15),
+    outputs=DI_LINEAR_INPUT_OUTPUTS,
+    attributes=(Attribute("eps_q60", onnx.AttributeProto.INT, "epsilon * 2^60", check=_eps_q60), _OBITS, _CLIP_Q15,
+                _ACT_SYM),
     type_constraints={"T": ("tensor(int8)", "tensor(int16)")},
     infer=_infer_integer("DINorm", expected=lambda ctx, a, d: {} if d is None or not isinstance(d[-1], int) else
                          {3: ("g_m", [d[-1]]), 4: ("g_e", [d[-1]])}),
@@ -627,8 +664,8 @@ def _two_input_op(name: str, doc: str, first: tuple[str, str, str], second: tupl
     """An op of two integer activations of the same shape (codes name, scale prefix, meaning each)."""
     prefix = second[1]
     return OpDef(
-        name=name, doc=doc, inputs=(*_int_activation(*first), *_int_activation(*second)), outputs=DI_OUTPUTS,
-        attributes=(_OBITS, _CLIP_Q15),
+        name=name, doc=doc, inputs=(*_int_activation(*first), *_int_activation(*second)),
+        outputs=DI_LINEAR_INPUT_OUTPUTS, attributes=(_OBITS, _CLIP_Q15, _ACT_SYM),
         infer=_infer_integer(name, same_shape=(3,), expected=lambda ctx, a, d: {} if d is None else
                              {4: (f"{prefix}_m", [*d[:-1], 1]), 5: (f"{prefix}_e", [*d[:-1], 1])}),
     )
@@ -795,6 +832,7 @@ def _infer_requant(ctx) -> None:
         g, d = dims[-2:]
         out = [*dims[:-2], g * d if isinstance(g, int) and isinstance(d, int) else None]
     _set_activation_outputs(ctx, TensorProto.INT8, out)
+    _set_zero_output(ctx, out)
 
 
 DI_REQUANT = OpDef(
@@ -805,8 +843,8 @@ DI_REQUANT = OpDef(
         "row (< 2^46) is aligned over the G exponents as DIMatMul's channels, then requantized per output row."
     ),
     inputs=(Input("X", "T", "codes [..., G, D]"), *_int_activation("X", "x", "rows to merge")[1:]),
-    outputs=DI_OUTPUTS,
-    attributes=(_OBITS, _CLIP_Q15),
+    outputs=DI_LINEAR_INPUT_OUTPUTS,
+    attributes=(_OBITS, _CLIP_Q15, _ACT_SYM),
     type_constraints={"T": ("tensor(int8)", "tensor(int32)")},
     infer=_infer_requant,
 )

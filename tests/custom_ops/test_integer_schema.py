@@ -15,12 +15,14 @@ def activation(name, scale, shape, code=I8):
     return [(name, code, shape), (f"{scale}_m", I32, lead), (f"{scale}_e", I8, lead)]
 
 
-def infer(op: str, inputs: list, **attrs):
-    """Output (elem_type, dims) of a one-node model; inputs are (name, elem_type, shape) in the op's order."""
+def infer(op: str, inputs: list, optional_outputs: bool = False, **attrs):
+    """Output (elem_type, dims) of a one-node model; inputs are (name, elem_type, shape) in the op's order; the
+    optional outputs only when asked."""
     opdef = OPS[op]
-    node = opdef.make_node([name for name, _, _ in inputs], [o.name for o in opdef.outputs], **attrs)
+    outputs = [o for o in opdef.outputs if optional_outputs or not o.optional]
+    node = opdef.make_node([name for name, _, _ in inputs], [o.name for o in outputs], **attrs)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(*i) for i in inputs],
-                              [helper.make_empty_tensor_value_info(o.name) for o in opdef.outputs])
+                              [helper.make_empty_tensor_value_info(o.name) for o in outputs])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), opset_import()])
     out = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph.output
     return [(o.type.tensor_type.elem_type, [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim])
@@ -130,3 +132,23 @@ def test_requant_merges_the_last_two_axes():
 def test_attention_inference_refuses_inconsistent_shapes(op, inputs, attrs, match):
     with pytest.raises(Exception, match=rf"edgeq::{op}: {match}"):
         infer(op, inputs, **attrs)
+
+
+@pytest.mark.parametrize("op, inputs, attrs", [
+    ("DINorm", [*activation("X", "x", ["t", 7]), ("g_m", I32, [7]), ("g_e", I8, [7])], dict(eps_q60=0, obits=4)),
+    ("DISwiGLU", [*activation("gate", "gate", ["t", 7]), *activation("up", "up", ["t", 7])], dict(obits=4)),
+])
+def test_asymmetric_codes_add_the_zero_point_output(op, inputs, attrs):
+    assert infer(op, inputs, optional_outputs=True, act_sym=0, **attrs) == [
+        (I8, ["t", 7]), (I32, ["t", 1]), (I8, ["t", 1]), (I32, ["t", 1])]
+
+
+def test_matmul_takes_x_zero_with_w_sum():
+    base = [*activation("X", "x", [5, 64]), ("W", I8, [24, 64]), ("w_m", I32, [24]), ("w_e", I8, [24]),
+            ("w_zero", I8, [24])]
+    attrs = dict(K=64, N=24, abits=4, wbits=4, obits=8)
+    assert infer("DIMatMul", [*base, ("x_zero", I32, [5, 1]), ("w_sum", I32, [24])], **attrs)[0] == (I8, [5, 24])
+    with pytest.raises(onnx.shape_inference.InferenceError, match="x_zero has shape"):
+        infer("DIMatMul", [*base, ("x_zero", I32, [5]), ("w_sum", I32, [24])], **attrs)
+    with pytest.raises(onnx.shape_inference.InferenceError, match="x_zero and w_sum come together"):
+        infer("DIMatMul", [*base, ("x_zero", I32, [5, 1])], **attrs)
