@@ -32,6 +32,7 @@ constexpr int64_t kClipOne = int64_t(1) << 15;      // clip_q15 of no clipping (
 constexpr int64_t kAlignWindow = 16, kAddWindow = 39, kAddWindow16 = 31;
 constexpr int64_t kMaxK = (int64_t(1) << 17) - 1;   // DIMatMul: K * 128 * 128 < 2^31
 constexpr int64_t kMaxKZero = (int64_t(1) << 16) - 1;  // DIMatMul with w_zero: K * 128 * 255 < 2^31
+constexpr int64_t kMaxKXZero = (int64_t(1) << 15) - 1;  // ... with x_zero: K * 255 * 255 < 2^31
 constexpr int64_t kMaxBatchK = (int64_t(1) << 16) - 1;  // DIBatchMatMul: 255 * 128 * K < 2^31, P.V sums < 2^62
 constexpr int kWideBits = 30;                       // DIBatchMatMul's int32 outputs: |y| <= 2^30
 

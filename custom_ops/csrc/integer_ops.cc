@@ -93,12 +93,13 @@ void ExpectSameShape(const IntInput& a, const IntInput& b, const char* a_name, c
                     ShapeText(a.shape));
 }
 
-IntOutput AllocateOutput(Ort::KernelContext& ctx, const std::vector<int64_t>& codes_shape) {
+IntOutput AllocateOutput(Ort::KernelContext& ctx, const std::vector<int64_t>& codes_shape, bool zero) {
   IntOutput o;
   o.q = ctx.GetOutput(0, codes_shape).GetTensorMutableRawData();
   const std::vector<int64_t> s = WithLast(codes_shape, 1);
   o.m = ctx.GetOutput(1, s).GetTensorMutableData<int32_t>();
   o.e = ctx.GetOutput(2, s).GetTensorMutableData<int8_t>();
+  if (zero) o.z = ctx.GetOutput(3, s).GetTensorMutableData<int32_t>();
   return o;
 }
 
@@ -215,16 +216,17 @@ std::vector<int64_t> PrepareBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& 
 const DiSignature& Signature(DiOp op) {
   static const DiSignature kSignatures[] = {
       // Y: int8 or int16 by obits (registered untyped and optional, as DIAdd's)
-      {"DIMatMul", {kI8, kI32, kI8, kI8, kI32, kI8, kI8}, {kAny, kI32, kI8}, 6},
+      {"DIMatMul", {kI8, kI32, kI8, kI8, kI32, kI8, kI8, kI32, kI32}, {kAny, kI32, kI8}, 6},
       {"DIExp", {kI8, kI32, kI8}, {kI8, kI32, kI8}, 3},
       {"DIClippedSoftmax", {kAny, kI32, kI8, kBool}, {kU8, kI32, kI8}, 3},
-      {"DINorm", {kAny, kI32, kI8, kI32, kI8}, {kI8, kI32, kI8}, 5},
-      {"DISwiGLU", {kI8, kI32, kI8, kI8, kI32, kI8}, {kI8, kI32, kI8}, 6},
+      // DINorm, DISwiGLU, DIRequant: y_zero (act_sym=0) is their optional fourth output
+      {"DINorm", {kAny, kI32, kI8, kI32, kI8}, {kI8, kI32, kI8, kI32}, 5},
+      {"DISwiGLU", {kI8, kI32, kI8, kI8, kI32, kI8}, {kI8, kI32, kI8, kI32}, 6},
       {"DIRotary", {kI8, kI32, kI8, kI64, kI16, kI16}, {kI8, kI32, kI8}, 6},
       // A, B: int8 or int16 each, Y: int8 or int16 by obits (the CPU op registers one overload per input pair)
       {"DIAdd", {kAny, kI32, kI8, kAny, kI32, kI8}, {kAny, kI32, kI8}, 6},
       {"DIBatchMatMul", {kAny, kI32, kI8, kI8, kI32, kI8, kBool}, {kI32, kI32, kI8}, 6},
-      {"DIRequant", {kAny, kI32, kI8}, {kI8, kI32, kI8}, 3},
+      {"DIRequant", {kAny, kI32, kI8}, {kI8, kI32, kI8, kI32}, 3},
   };
   return kSignatures[static_cast<int>(op)];
 }
@@ -249,6 +251,11 @@ DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op) {
   if (op == DiOp::kNorm || op == DiOp::kSwiGLU || op == DiOp::kRequant) {
     a.clip_q15 = OptionalInt(raw, "clip_q15", integer::kClipOne);
     ExpectRange(a.clip_q15, 1, integer::kClipOne, "clip_q15", a.where);
+    a.act_sym = OptionalInt(raw, "act_sym", 1);
+    ExpectRange(a.act_sym, 0, 1, "act_sym", a.where);
+    if (!a.act_sym && a.clip_q15 != integer::kClipOne)
+      Fail(a.where, "a learned clip (clip_q15) needs symmetric codes (act_sym=1)");
+    if (!a.act_sym && info.GetOutputCount() < 4) Fail(a.where, "act_sym=0 needs the zero-point output y_zero");
   }
   switch (op) {
     case DiOp::kMatMul:
@@ -313,6 +320,17 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
           Fail(where, "K=" + std::to_string(a.K) + " with w_zero exceeds " + std::to_string(integer::kMaxKZero));
         p.w_zero = static_cast<const int8_t*>(zero.value.GetTensorRawData());
       }
+      const TensorView x_zero = ctx.GetInputCount() > 7 ? Input(ctx, 7, "x_zero", where) : TensorView{};
+      const TensorView w_sum = ctx.GetInputCount() > 8 ? Input(ctx, 8, "w_sum", where) : TensorView{};
+      if ((x_zero.value != nullptr) != (w_sum.value != nullptr)) Fail(where, "x_zero and w_sum come together");
+      if (x_zero.value != nullptr) {
+        ExpectShape(x_zero, "x_zero", WithLast(p.x.shape, 1), "(X's leading dims + [1])", where);
+        ExpectShape(w_sum, "w_sum", {a.N}, "(N)", where);
+        if (a.K > integer::kMaxKXZero)  // X - x_zero and W - w_zero span 9 bits: K * 255 * 255 < 2^31
+          Fail(where, "K=" + std::to_string(a.K) + " with x_zero exceeds " + std::to_string(integer::kMaxKXZero));
+        p.x_zero = static_cast<const int32_t*>(x_zero.value.GetTensorRawData());
+        p.w_sum = static_cast<const int32_t*>(w_sum.value.GetTensorRawData());
+      }
       out_shape = WithLast(p.x.shape, a.N);
       break;
     }
@@ -369,7 +387,7 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
       out_shape.back() *= p.x.C;
       break;
   }
-  p.out = AllocateOutput(ctx, out_shape);
+  p.out = AllocateOutput(ctx, out_shape, !a.act_sym);
   return p;
 }
 

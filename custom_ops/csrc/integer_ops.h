@@ -35,6 +35,7 @@ struct DiAttrs {
   int64_t K = 0, N = 0, abits = 8, wbits = 8, obits = 8, clip_q8 = 0, is_causal = 0, eps_q60 = 0, interleaved = 0,
           trans_b = 0, heads_first = 0, rotate = 1;
   int64_t clip_q15 = integer::kClipOne;  // DINorm, DISwiGLU, DIRequant: a learned clip of the output row's range
+  int64_t act_sym = 1;  // DINorm, DISwiGLU, DIRequant: 0 gives asymmetric codes and a zero point per row (y_zero)
   int64_t qmax = 0;  // largest output code: 2^(obits-1) - 1, or 2^obits - 1 for DIClippedSoftmax
   // The CUDA ops' inputs live on the device: PrepareIntegerOp checks their types and shapes but cannot read the
   // values (mantissa ranges, positions), which the CPU ops refuse with a message.
@@ -56,6 +57,7 @@ struct IntOutput {
   void* q = nullptr;  // int8, or uint8 probabilities
   int32_t* m = nullptr;
   int8_t* e = nullptr;
+  int32_t* z = nullptr;  // per-row zero points (act_sym=0), else null
 };
 
 // One call's tensors after every check passed; what an op does not use stays empty.
@@ -63,6 +65,8 @@ struct DiProblem {
   IntInput x, x2;                    // x2: DISwiGLU's up, DIAdd's B, DIBatchMatMul's B
   const int8_t* W = nullptr;         // DIMatMul's weight codes [N, K]
   const int8_t* w_zero = nullptr;    // DIMatMul's per-channel weight zero points [N], or null (symmetric)
+  const int32_t* x_zero = nullptr;   // DIMatMul's per-row input zero points [rows], with w_sum [N]; or null
+  const int32_t* w_sum = nullptr;
   const int32_t* ch_m = nullptr;     // per-channel scales: DIMatMul's w, DINorm's gamma
   const int8_t* ch_e = nullptr;
   const bool* mask = nullptr;        // DIClippedSoftmax
@@ -107,7 +111,7 @@ struct DiCustomOp : Ort::CustomOpBase<DiCustomOp<Kernel, kOp, kA, kB>, Kernel<kO
   size_t GetOutputTypeCount() const { return Signature(kOp).outputs.size(); }
   ONNXTensorElementDataType GetOutputType(size_t i) const { return Signature(kOp).outputs[i]; }
   OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const {
-    return WideCodes(kOp) && i == 0 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    return (WideCodes(kOp) && i == 0) || i == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;  // 3: y_zero
   }
   const char* provider;
 };

@@ -62,10 +62,12 @@ def model(op: str, arrays: list, name: str = "n0", y_type: int | None = None, **
     names = [i.name if a is not None else "" for i, a in zip(opdef.inputs, arrays)]
     while names and not names[-1]:
         names.pop()
-    node = helper.make_node(op, names, [o.name for o in opdef.outputs], domain="edgeq", name=name, **attrs)
+    # the optional zero-point output (y_zero) only with asymmetric codes
+    outs = [o for o in opdef.outputs if not o.optional or attrs.get("act_sym", 1) == 0]
+    node = helper.make_node(op, names, [o.name for o in outs], domain="edgeq", name=name, **attrs)
     inputs = [helper.make_tensor_value_info(i.name, helper.np_dtype_to_tensor_dtype(a.dtype), [None] * a.ndim)
               for i, a in zip(opdef.inputs, arrays) if a is not None]
-    outputs = [helper.make_empty_tensor_value_info(o.name) for o in opdef.outputs]
+    outputs = [helper.make_empty_tensor_value_info(o.name) for o in outs]
     if op in WIDE_OUTPUT_OPS:
         if y_type is None:
             y_type = onnx.TensorProto.INT8 if attrs.get("obits", 8) <= 8 else onnx.TensorProto.INT16
@@ -129,15 +131,16 @@ def run(target, op: str, arrays: list, threads: int = 2, y_type: int | None = No
 
 
 REFERENCE = {
-    "DIMatMul": lambda a, obits, K=None, N=None, abits=None, wbits=None: ri.di_matmul(*a[:6], obits, *a[6:7]),
+    "DIMatMul": lambda a, obits, K=None, N=None, abits=None, wbits=None: ri.di_matmul(
+        *a[:6], obits, *a[6:7], x_zero=a[7] if len(a) > 7 else None),
     "DIExp": lambda a, obits: ri.di_exp(*a, obits),
     "DIClippedSoftmax": lambda a, **kw: ri.di_clipped_softmax(*a, **kw),
     "DINorm": lambda a, **kw: ri.di_norm(*a, **kw),
-    "DISwiGLU": lambda a, obits, clip_q15=ri.CLIP_ONE: ri.di_swiglu(*a, obits, clip_q15),
+    "DISwiGLU": lambda a, obits, clip_q15=ri.CLIP_ONE, act_sym=1: ri.di_swiglu(*a, obits, clip_q15, act_sym),
     "DIRotary": lambda a, **kw: ri.di_rotary(*a, **kw),
     "DIAdd": lambda a, obits: ri.di_add(*a, obits),
     "DIBatchMatMul": lambda a, **kw: ri.di_batch_matmul(*a, **kw),
-    "DIRequant": lambda a, obits, clip_q15=ri.CLIP_ONE: ri.di_requant(*a, obits, clip_q15),
+    "DIRequant": lambda a, obits, clip_q15=ri.CLIP_ONE, act_sym=1: ri.di_requant(*a, obits, clip_q15, act_sym),
 }
 
 
@@ -149,7 +152,8 @@ def assert_bit_exact(library, op: str, arrays: list, **attrs) -> list[np.ndarray
     """Runs the op in ORT and its reference; codes, mantissas and exponents must be identical (dtype included)."""
     got = run(library, op, arrays, **attrs)
     want = reference(op, arrays, **attrs)
-    for name, g, w in zip(("codes", "m", "e"), got, want):
+    assert len(got) == len(want), (len(got), len(want))
+    for name, g, w in zip(("codes", "m", "e", "zero"), got, want):
         assert g.dtype == w.dtype and g.shape == w.shape, (name, g.dtype, g.shape, w.dtype, w.shape)
         np.testing.assert_array_equal(g, w, err_msg=f"{op}: {name}")
     return got

@@ -8,6 +8,7 @@ import pytest
 
 from edgeq.custom_ops import reference_integer as ri
 from edgeq.custom_ops.integer_codec import eps_q60, rotary_tables
+from edgeq.custom_ops.library import get_library
 
 from edgeq.custom_ops.schema import OPS
 
@@ -425,3 +426,54 @@ def test_long_rows_of_few_tokens(target, op, rows):
     else:  # DIRequant: 33 heads of 125 merged per token
         arrays, attrs = list(activation(rng, (rows, 33, 125), e_range=(-4, 40))), dict(obits=8, clip_q15=12345)
     assert_bit_exact(target, op, arrays, **attrs)
+
+
+# ---- asymmetric codes (act_sym=0) out of the ops a linear reads, and DIMatMul's x_zero
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_asymmetric_outputs(seed):
+    """DINorm, DISwiGLU and DIRequant with act_sym=0: codes, scales and the zero points bit-exact (CPU ops; CUDA
+    refuses act_sym=0 so far)."""
+    cpu = Target(get_library("cpu"))
+    rng = np.random.default_rng(9000 + seed)
+    bits = [4, 6, 8, 2][seed % 4]
+    shape = (*lead_shape(rng, 40), odd_size(rng, 300))
+    x = activation(rng, shape, 8, e_range=(-128, 127) if seed % 3 == 0 else (0, 30), saturate=seed % 2 == 0)
+    if shape[0] > 1:
+        x[0][0] = 0  # an all-zero row
+    if seed % 2:  # one-sided rows: all codes of one sign
+        x[0][-1] = np.abs(x[0][-1]).astype(np.int8)
+    g_m, g_e = channel_scales(rng, shape[-1], spread=[0, 4, 16, 30][seed % 4], signed=True)
+    assert_bit_exact(cpu, "DINorm", [*x, g_m, g_e], eps_q60=eps_q60(1e-5), obits=bits, act_sym=0)
+    up = activation(rng, shape, 8, e_range=(0, 60))
+    assert_bit_exact(cpu, "DISwiGLU", [*x, *up], obits=bits, act_sym=0)
+    heads = activation(rng, (*shape[:-1], 3, 25), 8, e_range=(-4, 40))
+    assert_bit_exact(cpu, "DIRequant", list(heads), obits=bits, act_sym=0)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_matmul_x_zero(matmul_kernel, seed):
+    """Asymmetric input codes: acc = X.W - w_zero sum(X) - x_zero (sum(W) - K w_zero), with and without w_zero, every
+    CPU GEMM kernel, up to the K bound."""
+    if matmul_kernel.providers[0] != "CPUExecutionProvider":
+        pytest.skip("x_zero: CPU ops only so far")
+    rng = np.random.default_rng(9100 + seed)
+    K = [7, 64, 577, 32767][seed % 4]
+    lead = (int(rng.integers(1, 20)),) if K < 32767 else (2,)
+    N = int(rng.integers(1, 40))
+    x = activation(rng, (*lead, K), 8, saturate=True)
+    W = rng.integers(-128, 128, (N, K)).astype(np.int8)
+    if K == 32767:
+        x[0][...] = -128
+        W[...] = -128
+    w_m, w_e = channel_scales(rng, N, spread=16)
+    w_zero = rng.integers(-128, 128, N).astype(np.int8) if seed % 2 else None
+    x_zero = rng.integers(-128, 128, (*lead, 1)).astype(np.int32)
+    if K == 32767:
+        x_zero[...] = 127
+        if w_zero is not None:
+            w_zero[...] = 127
+    w_sum = W.astype(np.int64).sum(1).astype(np.int32)
+    assert_bit_exact(matmul_kernel, "DIMatMul", [*x, W, w_m, w_e, w_zero, x_zero, w_sum], K=K, N=N, abits=8,
+                     wbits=8, obits=8)

@@ -37,10 +37,18 @@ void StoreScale(const IntOutput& out, int64_t r, const Scale& s) {
   out.e[r] = int8_t(s.e);
 }
 
-// Requantizes v (one row) into row r of the output (Code: int8, or DIMatMul's and DIAdd's int16 codes).
+// Requantizes v (one row) into row r of the output (Code: int8, or DIMatMul's and DIAdd's int16 codes); asymmetric
+// int8 codes with the row's zero point when the output has zero points (act_sym=0, obits = bitlen(qmax) + 1).
 template <typename Code = int8_t>
 void StoreRow(const IntOutput& out, int64_t r, int64_t* v, int64_t n, int64_t mult, int64_t E, int64_t qmax,
               int64_t clip_q15 = kClipOne) {
+  if constexpr (std::is_same_v<Code, int8_t>) {
+    if (out.z != nullptr) {
+      const int64_t bits = BitLen(uint64_t(qmax)) + 1;
+      StoreScale(out, r, DynQuantAsymRow(v, n, mult, E, bits, static_cast<int8_t*>(out.q) + r * n, out.z + r));
+      return;
+    }
+  }
   StoreScale(out, r, DynQuantRow(v, n, mult, E, qmax, static_cast<Code*>(out.q) + r * n, clip_q15));
 }
 
@@ -181,13 +189,19 @@ void DIMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProb
   const std::vector<int32_t> acc =
       GroupedGemm(ctx, gemm, static_cast<const int8_t*>(p.x.q), 1, M, N, K, [&](int64_t) { return p.W; });
   const int64_t Ea = AlignExponents(p.ch_e, N);
-  // An asymmetric weight grid: sum_k x (W - z) = x.W - z * sum(x), exact in int32 (K <= kMaxKZero).
+  // Asymmetric grids: sum_k (x - xz)(W - wz) = x.W - wz * sum(x) - xz * sum(W) + K * xz * wz (int64 here; the
+  // result is within K * 255 * 255 < 2^31, kMaxKXZero).
   std::vector<int64_t> x_sum(p.w_zero != nullptr ? size_t(M) : 0);
   const int8_t* X = static_cast<const int8_t*>(p.x.q);
   for (int64_t r = 0; r < int64_t(x_sum.size()); ++r) x_sum[r] = std::accumulate(X + r * K, X + (r + 1) * K, int64_t(0));
   auto dot = [&](int64_t r, int64_t n) {
-    const int64_t sum = acc[r * N + n];
-    return p.w_zero != nullptr ? sum - int64_t(p.w_zero[n]) * x_sum[r] : sum;
+    int64_t sum = acc[r * N + n];
+    if (p.w_zero != nullptr) sum -= int64_t(p.w_zero[n]) * x_sum[r];
+    if (p.x_zero != nullptr) {
+      const int64_t wz = p.w_zero != nullptr ? p.w_zero[n] : 0;
+      sum -= int64_t(p.x_zero[r]) * (int64_t(p.w_sum[n]) - K * wz);
+    }
+    return sum;
   };
   QuantizeRows<Code>(
       ctx, p.out, M, N, a.qmax,
@@ -308,6 +322,15 @@ void DINorm(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
 void DISwiGLU(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
   const int64_t C = p.x.C;
   const int8_t *g = static_cast<const int8_t*>(p.x.q), *u = static_cast<const int8_t*>(p.x2.q);
+  if (p.out.z != nullptr) {  // asymmetric codes: a row per task (DynQuantAsymRow has no split form)
+    auto row = [&](int64_t r) {
+      int64_t* v = RowBuffer(C);
+      for (int64_t c = 0; c < C; ++c) v[c] = g[r * C + c] * SigmoidQ30(g[r * C + c], p.x.m[r], p.x.e[r]) * u[r * C + c];
+      StoreRow(p.out, r, v, C, int64_t(p.x.m[r]) * p.x2.m[r], p.x.e[r] + p.x2.e[r] + 30, a.qmax);
+    };
+    ParallelFor(ctx, p.x.rows, row);
+    return;
+  }
   QuantizeRows<int8_t>(
       ctx, p.out, p.x.rows, C, a.qmax,
       [&](int64_t r, int64_t c) { return g[r * C + c] * SigmoidQ30(g[r * C + c], p.x.m[r], p.x.e[r]) * u[r * C + c]; },

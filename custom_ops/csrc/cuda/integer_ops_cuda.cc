@@ -117,12 +117,15 @@ template <DiOp kOp>
 struct Kernel {
   explicit Kernel(const OrtKernelInfo* info) : attrs(DiAttrs::FromKernelInfo(info, kOp)), gemm(DiGemmFromEnv(attrs.where)) {
     attrs.device_inputs = true;
+    // Asymmetric activation codes (act_sym=0, DIMatMul's x_zero) have CPU kernels only so far.
+    if (!attrs.act_sym) checks::Fail(attrs.where, "act_sym=0 (asymmetric codes) is not implemented on CUDA yet");
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return StatusFrom([&] {
       Ort::KernelContext ctx(raw);
       const DiProblem p = PrepareIntegerOp(ctx, attrs);
+      if (p.x_zero != nullptr) checks::Fail(attrs.where, "x_zero (asymmetric input codes) is not implemented on CUDA yet");
       const DiArgs args = ArgsOf(attrs, p);
       Scratch scratch(ctx, /*input=*/0, IntegerOpScratchBytes(args), attrs.where);
       if (const char* error = LaunchIntegerOp(args, gemm, ctx.GetGPUComputeStream(), scratch.data))
