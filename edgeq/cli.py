@@ -35,7 +35,7 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     q.add_argument("--target-outliers", type=float, default=None, help="SpQR: raise tau per layer until at most this fraction of weights are outliers (e.g. 0.01)")
     q.add_argument("--abits", type=int, default=16, help="RTN/OmniQuant: activation bits; 16 = weight-only, else per-token dynamic (W8A8, W6A6, W4A4)")
     q.add_argument("--smooth-down", action="store_true", help="OmniQuant: LET also between up_proj and down_proj (smooths the SwiGLU product; not in the paper)")
-    q.add_argument("--act-grid", choices=["auto", "sym", "asym"], default="auto", help="RTN/OmniQuant weight-activation: per-token activation codes symmetric or with a zero point per token; auto = RTN sym, OmniQuant asym (the paper's code)")
+    q.add_argument("--act-grid", choices=["auto", "sym", "asym"], default="auto", help="RTN/OmniQuant/I-LLM weight-activation: per-token activation codes symmetric or with a zero point per token; auto = RTN and I-LLM sym, OmniQuant asym (the paper's code)")
     q.add_argument("--epochs", type=int, default=20, help="OmniQuant: training epochs per block (paper: 20, 40 for W2)")
     q.add_argument("--lwc-lr", type=float, default=1e-2, help="OmniQuant: learning rate of the clipping strengths (default: 1e-2)")
     q.add_argument("--let-lr", type=float, default=5e-3, help="OmniQuant: learning rate of the channel scales (default: 5e-3)")
@@ -59,7 +59,7 @@ def quant_config(args):
         common = dict(wbits=args.bits, abits=args.abits, epochs=args.epochs, lwc_lr=args.lwc_lr, let_lr=args.let_lr,
                       batch_size=args.batch_size, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed)
         if args.method == "illm":  # weight-activation only: per-channel weights, LET on
-            return ILLMConfig(**common, sym=args.sym, act_clip=args.act_clip)
+            return ILLMConfig(**common, sym=args.sym, act_sym=args.act_grid != "asym", act_clip=args.act_clip)
         return OmniQuantConfig(**common, group_size=args.group_size, let={"auto": None, "on": True, "off": False}[args.let],
                                sym=args.sym, act_sym=args.act_grid == "sym", smooth_down=args.smooth_down)
     if args.method == "spqr":

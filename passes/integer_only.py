@@ -70,6 +70,7 @@ class Linear:
     wbits: int
     abits: int
     w_zero: np.ndarray | None = None  # int8 [N]: an asymmetric grid's zero points as signed codes
+    act_sym: bool = True  # False: its input codes carry a zero point per token (QuantLinear's act_sym=0)
 
     def dyadic(self, factor: float = 1.0):
         return to_dyadic(self.scales.astype(np.float64) * factor)
@@ -128,7 +129,8 @@ def _linear(node: ir.Node) -> Linear:
     w_zero = None
     if len(node.inputs) > 3 and node.inputs[3] is not None:  # an asymmetric weight grid: DIMatMul's w_zero
         w_zero = _const(node.inputs[3], f"{node.name} zero points").reshape(-1).astype(np.int8)
-    return Linear(W, _const(node.inputs[2], f"{node.name} scales").reshape(-1), a["wbits"], a["abits"], w_zero)
+    return Linear(W, _const(node.inputs[2], f"{node.name} scales").reshape(-1), a["wbits"], a["abits"], w_zero,
+                  bool(a.get("act_sym", 1)))
 
 
 def _norm(node: ir.Node) -> tuple[np.ndarray, float]:
@@ -261,7 +263,11 @@ class _Builder:
         self.graph.append(node)
         return list(node.outputs) if outputs > 1 else node.outputs[0]
 
-    def di(self, op_type: str, inputs, name: str, **attrs) -> Act:
+    def di(self, op_type: str, inputs, name: str, act_sym: bool = True, **attrs) -> Act:
+        """An integer op; act_sym=False (DINorm, DISwiGLU, DIRequant): asymmetric codes, the Act's fourth value
+        the zero points."""
+        if not act_sym:
+            return tuple(self.op(op_type, list(inputs), name, outputs=4, domain=schema.DOMAIN, act_sym=0, **attrs))
         return tuple(self.op(op_type, list(inputs), name, outputs=3, domain=schema.DOMAIN, **attrs))
 
     def each(self, op_type: str, act: Act, name: str, second: list, **attrs) -> Act:
@@ -273,14 +279,18 @@ class _Builder:
         w_m, w_e = lin.dyadic(factor)
         N, K = lin.W.shape
         zero = [] if lin.w_zero is None else [self.init(f"{name}.w_zero", lin.w_zero)]
-        return self.di("DIMatMul", [*x, self.init(f"{name}.W", lin.W), self.init(f"{name}.w_m", w_m),
+        if len(x) == 4:  # asymmetric input codes: their zero points, and sum_k W for the correction
+            w_sum = lin.W.astype(np.int64).sum(axis=1).astype(np.int32)
+            zero = [zero[0] if zero else None, x[3], self.init(f"{name}.w_sum", w_sum)]
+        return self.di("DIMatMul", [*x[:3], self.init(f"{name}.W", lin.W), self.init(f"{name}.w_m", w_m),
                                     self.init(f"{name}.w_e", w_e), *zero], name, K=K, N=N, abits=lin.abits,
                        wbits=lin.wbits, obits=obits)
 
-    def norm(self, x: Act, gamma: np.ndarray, eps: float, name: str, obits: int, clip: int = CLIP_ONE) -> Act:
+    def norm(self, x: Act, gamma: np.ndarray, eps: float, name: str, obits: int, clip: int = CLIP_ONE,
+             act_sym: bool = True) -> Act:
         g_m, g_e = to_dyadic(gamma.astype(np.float64))
         return self.di("DINorm", [*x, self.init(f"{name}.g_m", g_m), self.init(f"{name}.g_e", g_e)], name,
-                       eps_q60=eps_q60(eps), obits=obits, **_clip_attr(clip))
+                       act_sym=act_sym, eps_q60=eps_q60(eps), obits=obits, **_clip_attr(clip))
 
 
 def _cache_values(name: str, kv: int, head_dim: int, seq: str) -> list[ir.Value]:
@@ -344,7 +354,8 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
 
     for layer in d.layers:
         i, p = layer.index, f"model.layers.{layer.index}.self_attn"
-        x = b.norm(h, layer.input_norm, d.eps, f"model.layers.{i}.input_layernorm", layer.q.abits, act_clips[i][0])
+        x = b.norm(h, layer.input_norm, d.eps, f"model.layers.{i}.input_layernorm", layer.q.abits, act_clips[i][0],
+                   layer.q.act_sym)
         q = b.matmul(x, layer.q, p + ".q_proj", factor=layer.score_scale)
         k = b.matmul(x, layer.k, p + ".k_proj")
         v = b.matmul(x, layer.v, p + ".v_proj")
@@ -374,15 +385,16 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
                      obits=INNER_BITS)
         ctx = b.di("DIBatchMatMul", [*probs, *cached["value"]], p + "/ctx", trans_b=0)  # [B, heads, S, D]
         ctx = b.each("Transpose", ctx, p + "/ctx_t", [[]] * 3, perm=[0, 2, 1, 3])
-        ctx = b.di("DIRequant", ctx, p + "/ctx", obits=layer.o.abits, **_clip_attr(act_clips[i][1]))
+        ctx = b.di("DIRequant", ctx, p + "/ctx", act_sym=layer.o.act_sym, obits=layer.o.abits,
+                   **_clip_attr(act_clips[i][1]))
         h = b.di("DIAdd", [*h, *b.matmul(ctx, layer.o, p + ".o_proj", obits=RESIDUAL_BITS)],
                  f"model.layers.{i}/residual_attn",
                  obits=RESIDUAL_BITS)
         m = f"model.layers.{i}.mlp"
         x = b.norm(h, layer.post_norm, d.eps, f"model.layers.{i}.post_attention_layernorm", layer.gate.abits,
-                   act_clips[i][2])
+                   act_clips[i][2], layer.gate.act_sym)
         glu = b.di("DISwiGLU", [*b.matmul(x, layer.gate, m + ".gate_proj"), *b.matmul(x, layer.up, m + ".up_proj")],
-                   m + "/glu", obits=layer.down.abits, **_clip_attr(act_clips[i][3]))
+                   m + "/glu", act_sym=layer.down.act_sym, obits=layer.down.abits, **_clip_attr(act_clips[i][3]))
         h = b.di("DIAdd", [*h, *b.matmul(glu, layer.down, m + ".down_proj", obits=RESIDUAL_BITS)],
                  f"model.layers.{i}/residual_mlp",
                  obits=RESIDUAL_BITS)

@@ -73,14 +73,14 @@ class FSBRBlock(TransformedBlock):
                                      requires_grad=config.act_clip and config.clip_lr > 0)
 
     def forward(self, x: torch.Tensor, position_embeddings=None, attention_mask=None, **_) -> torch.Tensor:
-        p, bits = self.quantized(), self.config.abits
+        p, bits, sym = self.quantized(), self.config.abits, self.config.act_sym
         clips = self.clip_act if self.learn_act_clip else [None] * len(ACT_CLIP_SITES)
         q8 = lambda t: fake_quant_tokens(t, INNER_BITS)  # noqa: E731
         r16 = lambda t: fake_quant_tokens(t, RESIDUAL_BITS)  # noqa: E731
         lin = lambda t, name: nn.functional.linear(t, p[f"{name}.weight"])  # noqa: E731
         b, s, _ = x.shape
         h = r16(x)
-        a = fake_quant_tokens(self.rms_norm(h, p["input_layernorm.weight"]), bits, clips[0])
+        a = fake_quant_tokens(self.rms_norm(h, p["input_layernorm.weight"]), bits, clips[0], sym)
         heads = lambda t, n: t.reshape(b, s, n, self.head_dim).transpose(1, 2)  # noqa: E731
         q = heads(q8(lin(a, "self_attn.q_proj")), self.num_heads)
         k = heads(q8(lin(a, "self_attn.k_proj")), self.num_kv)
@@ -97,11 +97,11 @@ class FSBRBlock(TransformedBlock):
             causal = torch.ones(s, s, dtype=torch.bool, device=x.device).triu(1)
             scores = scores.masked_fill(causal, float("-inf"))
         probs = clipped_softmax_q8(scores, self.clip_softmax if self.learn_clip else None)
-        ctx = fake_quant_tokens((probs @ v).transpose(1, 2).reshape(b, s, -1), bits, clips[1])
+        ctx = fake_quant_tokens((probs @ v).transpose(1, 2).reshape(b, s, -1), bits, clips[1], sym)
         h = r16(h + r16(lin(ctx, "self_attn.o_proj")))
-        a = fake_quant_tokens(self.rms_norm(h, p["post_attention_layernorm.weight"]), bits, clips[2])
+        a = fake_quant_tokens(self.rms_norm(h, p["post_attention_layernorm.weight"]), bits, clips[2], sym)
         glu = nn.functional.silu(q8(lin(a, "mlp.gate_proj"))) * q8(lin(a, "mlp.up_proj"))
-        return r16(h + r16(lin(fake_quant_tokens(glu, bits, clips[3]), "mlp.down_proj")))
+        return r16(h + r16(lin(fake_quant_tokens(glu, bits, clips[3], sym), "mlp.down_proj")))
 
     def rms_norm(self, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * gamma

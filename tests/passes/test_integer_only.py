@@ -148,3 +148,44 @@ def test_asymmetric_weights_become_dimatmul_zero_points(tmp_path):
     y_int = dec.step(ids, dec.empty_cache(2))[0]
     assert cosine(y_int, y_float).min() > 0.999
     assert np.abs(y_int - y_float).max() <= 0.05 * np.abs(y_float).max()
+
+
+def test_asymmetric_activations_carry_zero_points_into_dimatmul(tmp_path):
+    """QuantLinear's act_sym=0 (a zero point per token) becomes DINorm / DIRequant / DISwiGLU with act_sym=0 and
+    their y_zero feeding DIMatMul's x_zero (with w_sum); the graph stays integer-only, a KV-cache decode equals the
+    prefill bit for bit, and its logits track the float graph of the same weights."""
+    from edgeq.cli import integer_only_passes, lowering_passes
+    from edgeq.exporter.export import export
+    from edgeq.passes.verify import verify_model
+    from edgeq.quantize.api import quantize_
+    from edgeq.quantize.config import RTNConfig
+    from edgeq.runtime.decoder import OnnxDecoder
+
+    torch.manual_seed(0)
+    model = make_tiny_llama(layers=1)
+    quantize_(model, RTNConfig(bits=8, group_size=-1, sym=False, abits=8, act_sym=False), None)
+    lowered = export(model, None, tmp_path / "lowered" / "model.onnx", transform=lowering_passes)
+    integer = export(model, None, tmp_path / "integer" / "model.onnx", transform=integer_only_passes)
+    proto = onnx.load(integer)
+    inits = {t.name for t in proto.graph.initializer}
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    asym = [n for n in proto.graph.node if n.op_type in ("DINorm", "DIRequant", "DISwiGLU")
+            and any(a.name == "act_sym" and a.i == 0 for a in n.attribute)]
+    assert sorted(n.op_type for n in asym) == ["DINorm", "DINorm", "DIRequant", "DISwiGLU"]  # final norm stays sym
+    matmuls = [n for n in proto.graph.node if n.op_type == "DIMatMul"]
+    assert len(matmuls) == 7
+    for n in matmuls:
+        assert len(n.input) == 9 and n.input[8] in inits, n.name
+        assert producers[n.input[7]] in asym and list(producers[n.input[7]].output).index(n.input[7]) == 3
+    assert verify_model(integer, integer_only=True).ok
+    ids = np.random.default_rng(0).integers(0, 300, (2, 32))
+    y_float = OnnxDecoder(lowered).step(ids, OnnxDecoder(lowered).empty_cache(2))[0]
+    dec = OnnxDecoder(integer)
+    y_int = dec.step(ids, dec.empty_cache(2))[0]
+    assert cosine(y_int, y_float).min() > 0.999
+    assert np.abs(y_int - y_float).max() <= 0.05 * np.abs(y_float).max()
+    full, _ = dec.step(ids[:1, :12], dec.empty_cache(1))
+    logits, cache = dec.step(ids[:1, :8], dec.empty_cache(1))
+    for t in range(8, 12):
+        logits, cache = dec.step(ids[:1, t:t + 1], cache)
+        np.testing.assert_array_equal(logits[:, 0], full[:, t])
