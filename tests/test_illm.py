@@ -143,7 +143,7 @@ def test_simulated_forward_is_the_fp_block_when_nothing_rounds(monkeypatch):
     block, runner = fsbr_block(model, ILLMConfig(epochs=0, softmax_clip=0))
     monkeypatch.setattr(illm, "INNER_BITS", 24)
     monkeypatch.setattr(illm, "clipped_softmax_q8", lambda s, c: torch.softmax(s, -1))
-    block.config = types.SimpleNamespace(abits=24)
+    block.config = types.SimpleNamespace(abits=24, act_sym=True)
     x, kwargs = runner.inputs[0], runner.layer_kwargs[0]
     ref = torch.func.functional_call(block.layer, block.quantized(), (x,), kwargs)
     torch.testing.assert_close(block(x, **kwargs), ref[0] if isinstance(ref, tuple) else ref, rtol=1e-3, atol=1e-4)
