@@ -477,3 +477,21 @@ def test_matmul_x_zero(matmul_kernel, seed):
     w_sum = W.astype(np.int64).sum(1).astype(np.int32)
     assert_bit_exact(matmul_kernel, "DIMatMul", [*x, W, w_m, w_e, w_zero, x_zero, w_sum], K=K, N=N, abits=8,
                      wbits=8, obits=8)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_available(), reason="needs onnxruntime-gpu with CUDA")
+def test_cuda_ops_refuse_asymmetric_codes_by_name():
+    """Until the CUDA kernels exist, a graph with act_sym=0 or x_zero fails on the CUDA ops with a message, never
+    with wrong numbers."""
+    cuda = Target(get_library("cuda"), CUDA)
+    rng = np.random.default_rng(0)
+    x = activation(rng, (3, 16), 8)
+    g_m, g_e = channel_scales(rng, 16, spread=4, signed=True)
+    with pytest.raises(Exception, match="act_sym=0 \\(asymmetric codes\\) is not implemented on CUDA yet"):
+        run(cuda, "DINorm", [*x, g_m, g_e], eps_q60=0, obits=8, act_sym=0)
+    W = rng.integers(-128, 128, (4, 16)).astype(np.int8)
+    w_m, w_e = channel_scales(rng, 4, spread=4)
+    x_zero, w_sum = np.zeros((3, 1), np.int32), W.astype(np.int32).sum(1).astype(np.int32)
+    with pytest.raises(Exception, match="x_zero \\(asymmetric input codes\\) is not implemented on CUDA yet"):
+        run(cuda, "DIMatMul", [*x, W, w_m, w_e, None, x_zero, w_sum], K=16, N=4, abits=8, wbits=8, obits=8)
