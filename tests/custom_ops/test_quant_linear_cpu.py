@@ -160,3 +160,19 @@ def test_weights_fed_at_run_time(cpu_library):
     p = random_problem(np.random.default_rng(14), (2, 3), K=65, N=9, wbits=6, abits=6)
     y = run_cpu(cpu_library, p, weights_as_inputs=True, a_shape=[None, None, None])
     np.testing.assert_array_equal(y, quant_linear_rounded(p.A, p.B, p.w_scales, 65, 9, 6, 6))
+
+
+@pytest.mark.parametrize("kernel", ["vnni", "avx512", "avx2", "scalar"])
+@pytest.mark.parametrize("seed, lead, K, N, wbits, abits", CASES[48:56])
+def test_every_int8_gemm_kernel(cpu_library, monkeypatch, kernel, seed, lead, K, N, wbits, abits):
+    """The integer ops' GEMM under QuantLinear, each variant pinned (EDGEQ_DIMATMUL_KERNEL, read at session
+    creation): the same bits, zero points on both sides included."""
+    monkeypatch.setenv("EDGEQ_DIMATMUL_KERNEL", kernel)
+    p = random_problem(np.random.default_rng(seed), lead, K, N, wbits, abits, np.float32, asymmetric=True,
+                       act_sym=False)
+    try:
+        check(cpu_library, p)
+    except Exception as e:  # noqa: BLE001
+        if "this build has no" not in str(e):
+            raise
+        pytest.skip(f"this build has no {kernel} kernel")
