@@ -21,14 +21,45 @@ struct Loaded {
   cudaKernel_t kernel;
 };
 
+// What a device was found to be the first time it asked (queried once: the choice is made on every call).
+struct Device {
+  enum { kUnknown, kReady, kUnusable } state = kUnknown;
+  int sms = 0;
+};
+
 std::mutex mutex;
 std::vector<Loaded>* loaded = nullptr;  // null until the first TritonGemmAvailable; empty when unusable
-bool device_ready[kMaxDevices] = {};
+Device devices[kMaxDevices];
 
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }  // null passes
 
-// Under `mutex`: the kernels of every cubin (once), then the current device's opt-in (once per device).
-bool Prepare() {
+// A device runs the cubins when it has compute capability 9.0 (sm_90a machine code runs there only) and takes
+// every kernel's dynamic shared memory opt-in.
+Device SetUp(int device) {
+  Device d;
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    cudaGetLastError();
+    d.state = Device::kUnusable;
+    return d;
+  }
+  d.state = major == 9 && minor == 0 ? Device::kReady : Device::kUnusable;
+  for (const Loaded& l : *loaded) {
+    if (d.state == Device::kReady &&
+        cudaKernelSetAttributeForDevice(l.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        l.cubin->shared_bytes, device) != cudaSuccess) {
+      cudaGetLastError();
+      d.state = Device::kUnusable;
+    }
+  }
+  return d;
+}
+
+// Under `mutex`: the kernels of every cubin (once), then the current device's state (once per device); the
+// current device's entry, or null when the cubins cannot run there.
+const Device* Prepare() {
   if (loaded == nullptr) {
     loaded = new std::vector<Loaded>();
     for (const TritonCubin* c = kTritonCubins; c->begin != nullptr; ++c) {
@@ -43,26 +74,15 @@ bool Prepare() {
       loaded->push_back({c, kernel});
     }
   }
-  if (loaded->empty()) return false;
-  int device = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device >= kMaxDevices ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+  if (loaded->empty()) return nullptr;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device >= kMaxDevices) {
     cudaGetLastError();
-    return false;
+    return nullptr;
   }
-  if (major != 9 || minor != 0) return false;  // sm_90a machine code runs on compute capability 9.0 only
-  if (!device_ready[device]) {
-    for (const Loaded& l : *loaded) {
-      if (cudaKernelSetAttributeForDevice(l.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          l.cubin->shared_bytes, device) != cudaSuccess) {
-        cudaGetLastError();
-        return false;
-      }
-    }
-    device_ready[device] = true;
-  }
-  return true;
+  Device& d = devices[device];
+  if (d.state == Device::kUnknown) d = SetUp(device);
+  return d.state == Device::kReady ? &d : nullptr;
 }
 
 // The build's cubin for a problem, or null: the packed tile for packed weights; otherwise 64-row tiles up to M = 1024
@@ -88,11 +108,12 @@ const TritonCubin* Variant(const TritonGemmArgs& a) {
 
 bool TritonGemmFillsDevice(const TritonGemmArgs& a) {
   const TritonCubin* c = Variant(a);
-  int device = 0, sms = 0;
-  if (c == nullptr || cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
+  int sms = 0;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    const Device* d = Prepare();
+    if (c == nullptr || d == nullptr) return false;
+    sms = d->sms;
   }
   return static_cast<int64_t>((a.M + c->bm - 1) / c->bm) * ((a.N + c->bn - 1) / c->bn) >= sms;
 }
@@ -105,7 +126,7 @@ bool TritonGemmFits(const TritonGemmArgs& a) {
 
 bool TritonGemmAvailable() {
   std::lock_guard<std::mutex> lock(mutex);
-  return Prepare();
+  return Prepare() != nullptr;
 }
 
 const char* LaunchTritonGemm(const TritonGemmArgs& a, void* stream) {
