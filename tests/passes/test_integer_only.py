@@ -117,21 +117,40 @@ def test_the_pass_refuses_an_unfused_graph():
         run_pipeline(build_decoder_model(model), [*DEFAULT_PASSES, "integer-only"])
 
 
-def test_asymmetric_weights_become_dimatmul_zero_points(tmp_path):
-    """QuantLinear's zero offsets (w_zero, an asymmetric per-channel grid) go to DIMatMul's w_zero: every linear
-    keeps them, the graph stays integer-only, and its logits track the float W8A8 graph of the same weights."""
+def export_one_layer(tmp_path, config):
+    """A one-layer tiny Llama quantized with ``config``, exported as the lowered float graph and the integer one."""
     from edgeq.cli import integer_only_passes, lowering_passes
     from edgeq.exporter.export import export
-    from edgeq.passes.verify import verify_model
     from edgeq.quantize.api import quantize_
-    from edgeq.quantize.config import RTNConfig
-    from edgeq.runtime.decoder import OnnxDecoder
 
     torch.manual_seed(0)
     model = make_tiny_llama(layers=1)
-    quantize_(model, RTNConfig(bits=8, group_size=-1, sym=False, abits=8), None)
-    lowered = export(model, None, tmp_path / "lowered" / "model.onnx", transform=lowering_passes)
-    integer = export(model, None, tmp_path / "integer" / "model.onnx", transform=integer_only_passes)
+    quantize_(model, config, None)
+    return (export(model, None, tmp_path / "lowered" / "model.onnx", transform=lowering_passes),
+            export(model, None, tmp_path / "integer" / "model.onnx", transform=integer_only_passes))
+
+
+def assert_integer_tracks_float(lowered, integer):
+    """The integer graph is integer-only and its logits track the float graph's; returns its decoder and ids."""
+    from edgeq.passes.verify import verify_model
+    from edgeq.runtime.decoder import OnnxDecoder
+
+    assert verify_model(integer, integer_only=True).ok
+    ids = np.random.default_rng(0).integers(0, 300, (2, 32))
+    y_float = OnnxDecoder(lowered).step(ids, OnnxDecoder(lowered).empty_cache(2))[0]
+    dec = OnnxDecoder(integer)
+    y_int = dec.step(ids, dec.empty_cache(2))[0]
+    assert cosine(y_int, y_float).min() > 0.999
+    assert np.abs(y_int - y_float).max() <= 0.05 * np.abs(y_float).max()
+    return dec, ids
+
+
+def test_asymmetric_weights_become_dimatmul_zero_points(tmp_path):
+    """QuantLinear's zero offsets (w_zero, an asymmetric per-channel grid) go to DIMatMul's w_zero: every linear
+    keeps them, the graph stays integer-only, and its logits track the float W8A8 graph of the same weights."""
+    from edgeq.quantize.config import RTNConfig
+
+    lowered, integer = export_one_layer(tmp_path, RTNConfig(bits=8, group_size=-1, sym=False, abits=8))
     proto = onnx.load(integer)
     inits = {t.name: t for t in proto.graph.initializer}
     matmuls = [n for n in proto.graph.node if n.op_type == "DIMatMul"]
@@ -141,31 +160,16 @@ def test_asymmetric_weights_become_dimatmul_zero_points(tmp_path):
         zero = onnx.numpy_helper.to_array(inits[n.input[6]])
         assert zero.dtype == np.int8 and zero.ndim == 1
         assert len(np.unique(zero)) > 1  # real per-channel zero points, not the symmetric grid's
-    assert verify_model(integer, integer_only=True).ok
-    ids = np.random.default_rng(0).integers(0, 300, (2, 32))
-    y_float = OnnxDecoder(lowered).step(ids, OnnxDecoder(lowered).empty_cache(2))[0]
-    dec = OnnxDecoder(integer)
-    y_int = dec.step(ids, dec.empty_cache(2))[0]
-    assert cosine(y_int, y_float).min() > 0.999
-    assert np.abs(y_int - y_float).max() <= 0.05 * np.abs(y_float).max()
+    assert_integer_tracks_float(lowered, integer)
 
 
 def test_asymmetric_activations_carry_zero_points_into_dimatmul(tmp_path):
     """QuantLinear's act_sym=0 (a zero point per token) becomes DINorm / DIRequant / DISwiGLU with act_sym=0 and
     their y_zero feeding DIMatMul's x_zero (with w_sum); the graph stays integer-only, a KV-cache decode equals the
     prefill bit for bit, and its logits track the float graph of the same weights."""
-    from edgeq.cli import integer_only_passes, lowering_passes
-    from edgeq.exporter.export import export
-    from edgeq.passes.verify import verify_model
-    from edgeq.quantize.api import quantize_
     from edgeq.quantize.config import RTNConfig
-    from edgeq.runtime.decoder import OnnxDecoder
 
-    torch.manual_seed(0)
-    model = make_tiny_llama(layers=1)
-    quantize_(model, RTNConfig(bits=8, group_size=-1, sym=False, abits=8, act_sym=False), None)
-    lowered = export(model, None, tmp_path / "lowered" / "model.onnx", transform=lowering_passes)
-    integer = export(model, None, tmp_path / "integer" / "model.onnx", transform=integer_only_passes)
+    lowered, integer = export_one_layer(tmp_path, RTNConfig(bits=8, group_size=-1, sym=False, abits=8, act_sym=False))
     proto = onnx.load(integer)
     inits = {t.name for t in proto.graph.initializer}
     producers = {o: n for n in proto.graph.node for o in n.output}
@@ -177,13 +181,7 @@ def test_asymmetric_activations_carry_zero_points_into_dimatmul(tmp_path):
     for n in matmuls:
         assert len(n.input) == 9 and n.input[8] in inits, n.name
         assert producers[n.input[7]] in asym and list(producers[n.input[7]].output).index(n.input[7]) == 3
-    assert verify_model(integer, integer_only=True).ok
-    ids = np.random.default_rng(0).integers(0, 300, (2, 32))
-    y_float = OnnxDecoder(lowered).step(ids, OnnxDecoder(lowered).empty_cache(2))[0]
-    dec = OnnxDecoder(integer)
-    y_int = dec.step(ids, dec.empty_cache(2))[0]
-    assert cosine(y_int, y_float).min() > 0.999
-    assert np.abs(y_int - y_float).max() <= 0.05 * np.abs(y_float).max()
+    dec, ids = assert_integer_tracks_float(lowered, integer)
     full, _ = dec.step(ids[:1, :12], dec.empty_cache(1))
     logits, cache = dec.step(ids[:1, :8], dec.empty_cache(1))
     for t in range(8, 12):
