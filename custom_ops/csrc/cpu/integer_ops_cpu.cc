@@ -118,7 +118,8 @@ void EachChunk(Ort::KernelContext& ctx, const Chunks& ch, const std::vector<int6
 template <typename Code, typename Value, typename RowScale>
 void QuantizeRows(Ort::KernelContext& ctx, const IntOutput& out, int64_t rows, int64_t n, int64_t qmax,
                   const Value& value, const RowScale& scale, int64_t clip_q15 = kClipOne) {
-  if (rows >= kFewRows)  // DynQuantRow whole, a row per task
+  // DynQuantRow whole, a row per task; always for asymmetric codes (DynQuantAsymRow has no split form)
+  if (rows >= kFewRows || out.z != nullptr)
     return WholeRows(ctx, rows, n, value, scale, [&](int64_t r, int64_t* v, Dyadic s) {
       StoreRow<Code>(out, r, v, n, s.m, s.e, qmax, clip_q15);
     });
@@ -322,15 +323,6 @@ void DINorm(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
 void DISwiGLU(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
   const int64_t C = p.x.C;
   const int8_t *g = static_cast<const int8_t*>(p.x.q), *u = static_cast<const int8_t*>(p.x2.q);
-  if (p.out.z != nullptr) {  // asymmetric codes: a row per task (DynQuantAsymRow has no split form)
-    auto row = [&](int64_t r) {
-      int64_t* v = RowBuffer(C);
-      for (int64_t c = 0; c < C; ++c) v[c] = g[r * C + c] * SigmoidQ30(g[r * C + c], p.x.m[r], p.x.e[r]) * u[r * C + c];
-      StoreRow(p.out, r, v, C, int64_t(p.x.m[r]) * p.x2.m[r], p.x.e[r] + p.x2.e[r] + 30, a.qmax);
-    };
-    ParallelFor(ctx, p.x.rows, row);
-    return;
-  }
   QuantizeRows<int8_t>(
       ctx, p.out, p.x.rows, C, a.qmax,
       [&](int64_t r, int64_t c) { return g[r * C + c] * SigmoidQ30(g[r * C + c], p.x.m[r], p.x.e[r]) * u[r * C + c]; },
