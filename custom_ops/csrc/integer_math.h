@@ -165,45 +165,59 @@ EDGEQ_HD inline Scale DynQuantRow(int64_t* v, int64_t n, int64_t mult, int64_t E
   return p.scale;
 }
 
+// DynQuantAsymRow in pieces (as DynQuantRow's), so the CUDA kernels that spread a row over threads compute the
+// same bits: AsymShift of the row's range [lo, hi] (lo = min(v, 0), hi = max(v, 0)); PlanDynQuantAsym of the
+// shifted range (RShr is monotone and keeps 0, so that is [RShr(lo, sh), RShr(hi, sh)]); DynQuantAsymCode of each
+// RShr(v, sh). A plan with scale.zero set writes codes 0 and zero point 0 (an all-zero or underflowing row).
+struct AsymPlan {
+  int64_t S = 0, R = 0, half = 0, zp = 0, levels = 0, mid = 0;
+  Scale scale{kZeroM, kZeroE, true};
+};
+
+EDGEQ_HD inline int64_t AsymShift(int64_t lo, int64_t hi) {
+  const uint64_t full_span = uint64_t(hi) - uint64_t(lo);  // up to 2^63: unsigned
+  return full_span == 0 ? 0 : Max(0, BitLen(full_span) - 31);
+}
+
+EDGEQ_HD inline AsymPlan PlanDynQuantAsym(int64_t lo, int64_t hi, int64_t sh, int64_t mult, int64_t E, int64_t bits) {
+  AsymPlan p;
+  p.levels = (int64_t(1) << bits) - 1;
+  p.mid = int64_t(1) << (bits - 1);
+  const int64_t span = hi - lo;  // < 2^32 after the shift
+  if (span == 0) return p;
+  const Dyadic r = Ratio(uint64_t(span) * uint64_t(mult), uint64_t(p.levels));
+  p.scale = Finish(r.m, r.e + E - sh);
+  if (p.scale.zero) return p;
+  p.S = BitLen(uint64_t(span)) + 23 - Max(0, BitLen(uint64_t(p.levels)) - 7);
+  p.R = ((p.levels << p.S) + (span >> 1)) / span;
+  p.half = int64_t(1) << (p.S - 1);
+  p.zp = (-lo * p.R + p.half) >> p.S;
+  return p;
+}
+
+EDGEQ_HD inline int64_t DynQuantAsymCode(int64_t shifted, const AsymPlan& p) {
+  return p.scale.zero ? 0 : Max(0, Min(p.levels, ((shifted * p.R + p.half) >> p.S) + p.zp)) - p.mid;
+}
+
+EDGEQ_HD inline int64_t AsymZero(const AsymPlan& p) { return p.scale.zero ? 0 : p.zp - p.mid; }
+
 // Per-row asymmetric dynamic quantization of v * mult * 2^-E over [min(v, 0), max(v, 0)] (|v| <= 2^62, mult in
 // [1, 2^32)): codes u - 2^(bits-1) into q, the zero point zp - 2^(bits-1) into *zero, the scale returned; see
 // reference_integer.dyn_quant_asym (an all-zero or underflowing row: codes 0, zero point 0, the zero-row scale).
 EDGEQ_HD inline Scale DynQuantAsymRow(int64_t* v, int64_t n, int64_t mult, int64_t E, int64_t bits, int8_t* q,
                                       int32_t* zero) {
-  const int64_t levels = (int64_t(1) << bits) - 1, mid = int64_t(1) << (bits - 1);
   int64_t hi = 0, lo = 0;
   for (int64_t i = 0; i < n; ++i) {
     hi = Max(hi, v[i]);
     lo = Min(lo, v[i]);
   }
-  const uint64_t full_span = uint64_t(hi) - uint64_t(lo);  // up to 2^63: unsigned
-  if (full_span != 0) {
-    const int64_t sh = Max(0, BitLen(full_span) - 31);
-    if (sh > 0) {
-      hi = lo = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        v[i] = RShr(v[i], sh);
-        hi = Max(hi, v[i]);
-        lo = Min(lo, v[i]);
-      }
-    }
-    const int64_t span = hi - lo;  // < 2^32 after the shift
-    if (span != 0) {
-      const Dyadic r = Ratio(uint64_t(span) * uint64_t(mult), uint64_t(levels));
-      const Scale scale = Finish(r.m, r.e + E - sh);
-      if (!scale.zero) {
-        const int64_t S = BitLen(uint64_t(span)) + 23 - Max(0, BitLen(uint64_t(levels)) - 7);
-        const int64_t R = ((levels << S) + (span >> 1)) / span, half = int64_t(1) << (S - 1);
-        const int64_t zp = (-lo * R + half) >> S;
-        for (int64_t i = 0; i < n; ++i) q[i] = int8_t(Max(0, Min(levels, ((v[i] * R + half) >> S) + zp)) - mid);
-        *zero = int32_t(zp - mid);
-        return scale;
-      }
-    }
-  }
-  for (int64_t i = 0; i < n; ++i) q[i] = 0;
-  *zero = 0;
-  return Scale{kZeroM, kZeroE, true};
+  const int64_t sh = AsymShift(lo, hi);
+  if (sh > 0)
+    for (int64_t i = 0; i < n; ++i) v[i] = RShr(v[i], sh);
+  const AsymPlan p = PlanDynQuantAsym(RShr(lo, sh), RShr(hi, sh), sh, mult, E, bits);
+  for (int64_t i = 0; i < n; ++i) q[i] = int8_t(DynQuantAsymCode(v[i], p));
+  *zero = int32_t(AsymZero(p));
+  return p.scale;
 }
 
 // WideQuantRow in pieces (as DynQuantRow's): the shift for a row of max |v| = A > 0, and the row's scale.

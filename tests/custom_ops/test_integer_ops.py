@@ -8,7 +8,6 @@ import pytest
 
 from edgeq.custom_ops import reference_integer as ri
 from edgeq.custom_ops.integer_codec import eps_q60, rotary_tables
-from edgeq.custom_ops.library import get_library
 
 from edgeq.custom_ops.schema import OPS
 
@@ -432,10 +431,8 @@ def test_long_rows_of_few_tokens(target, op, rows):
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_asymmetric_outputs(seed):
-    """DINorm, DISwiGLU and DIRequant with act_sym=0: codes, scales and the zero points bit-exact (CPU ops; CUDA
-    refuses act_sym=0 so far)."""
-    cpu = Target(get_library("cpu"))
+def test_asymmetric_outputs(target, seed):
+    """DINorm, DISwiGLU and DIRequant with act_sym=0: codes, scales and the zero points bit-exact."""
     rng = np.random.default_rng(9000 + seed)
     bits = [4, 6, 8, 2][seed % 4]
     shape = (*lead_shape(rng, 40), odd_size(rng, 300))
@@ -445,19 +442,32 @@ def test_asymmetric_outputs(seed):
     if seed % 2:  # one-sided rows: all codes of one sign
         x[0][-1] = np.abs(x[0][-1]).astype(np.int8)
     g_m, g_e = channel_scales(rng, shape[-1], spread=[0, 4, 16, 30][seed % 4], signed=True)
-    assert_bit_exact(cpu, "DINorm", [*x, g_m, g_e], eps_q60=eps_q60(1e-5), obits=bits, act_sym=0)
+    assert_bit_exact(target, "DINorm", [*x, g_m, g_e], eps_q60=eps_q60(1e-5), obits=bits, act_sym=0)
     up = activation(rng, shape, 8, e_range=(0, 60))
-    assert_bit_exact(cpu, "DISwiGLU", [*x, *up], obits=bits, act_sym=0)
+    assert_bit_exact(target, "DISwiGLU", [*x, *up], obits=bits, act_sym=0)
     heads = activation(rng, (*shape[:-1], 3, 25), 8, e_range=(-4, 40))
-    assert_bit_exact(cpu, "DIRequant", list(heads), obits=bits, act_sym=0)
+    assert_bit_exact(target, "DIRequant", list(heads), obits=bits, act_sym=0)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_asymmetric_outputs_of_long_rows(target, rows):
+    """Decode's shape with act_sym=0: rows thousands of values long (the CUDA ops spread each over many blocks, the
+    range from every chunk's) give the same codes, scales and zero points as a row per block; one-sided rows too."""
+    rng = np.random.default_rng(77 + rows)
+    n = 4099
+    x = activation(rng, (rows, n), 8, saturate=True)
+    x[0][-1] = np.abs(x[0][-1]).astype(np.int8)
+    g_m, g_e = channel_scales(rng, n, spread=20, signed=rows == 3)
+    assert_bit_exact(target, "DINorm", [*x, g_m, g_e], eps_q60=0, obits=8, act_sym=0)
+    assert_bit_exact(target, "DISwiGLU", [*x, *activation(rng, (rows, n), 8)], obits=4, act_sym=0)
+    assert_bit_exact(target, "DIRequant", list(activation(rng, (rows, 33, 125), 8, e_range=(-4, 40))), obits=6,
+                     act_sym=0)
 
 
 @pytest.mark.parametrize("seed", range(8))
 def test_matmul_x_zero(matmul_kernel, seed):
     """Asymmetric input codes: acc = X.W - w_zero sum(X) - x_zero (sum(W) - K w_zero), with and without w_zero, every
-    CPU GEMM kernel, up to the K bound."""
-    if matmul_kernel.providers[0] != "CPUExecutionProvider":
-        pytest.skip("x_zero: CPU ops only so far")
+    GEMM kernel, up to the K bound."""
     rng = np.random.default_rng(9100 + seed)
     K = [7, 64, 577, 32767][seed % 4]
     lead = (int(rng.integers(1, 20)),) if K < 32767 else (2,)
@@ -477,21 +487,3 @@ def test_matmul_x_zero(matmul_kernel, seed):
     w_sum = W.astype(np.int64).sum(1).astype(np.int32)
     assert_bit_exact(matmul_kernel, "DIMatMul", [*x, W, w_m, w_e, w_zero, x_zero, w_sum], K=K, N=N, abits=8,
                      wbits=8, obits=8)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not cuda_available(), reason="needs onnxruntime-gpu with CUDA")
-def test_cuda_ops_refuse_asymmetric_codes_by_name():
-    """Until the CUDA kernels exist, a graph with act_sym=0 or x_zero fails on the CUDA ops with a message, never
-    with wrong numbers."""
-    cuda = Target(get_library("cuda"), CUDA)
-    rng = np.random.default_rng(0)
-    x = activation(rng, (3, 16), 8)
-    g_m, g_e = channel_scales(rng, 16, spread=4, signed=True)
-    with pytest.raises(Exception, match="act_sym=0 \\(asymmetric codes\\) is not implemented on CUDA yet"):
-        run(cuda, "DINorm", [*x, g_m, g_e], eps_q60=0, obits=8, act_sym=0)
-    W = rng.integers(-128, 128, (4, 16)).astype(np.int8)
-    w_m, w_e = channel_scales(rng, 4, spread=4)
-    x_zero, w_sum = np.zeros((3, 1), np.int32), W.astype(np.int32).sum(1).astype(np.int32)
-    with pytest.raises(Exception, match="x_zero \\(asymmetric input codes\\) is not implemented on CUDA yet"):
-        run(cuda, "DIMatMul", [*x, W, w_m, w_e, None, x_zero, w_sum], K=16, N=4, abits=8, wbits=8, obits=8)

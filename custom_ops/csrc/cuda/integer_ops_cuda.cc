@@ -66,12 +66,15 @@ DiArgs ArgsOf(const DiAttrs& a, const DiProblem& p) {
   args.y = p.out.q;
   args.y_m = p.out.m;
   args.y_e = p.out.e;
+  args.y_z = p.out.z;
   args.y_code = a.op == DiOp::kClippedSoftmax ? DiCode::kUInt8
                 : a.op == DiOp::kBatchMatMul  ? DiCode::kInt32
                 : a.obits > 8                 ? DiCode::kInt16
                                               : DiCode::kInt8;
   args.W = p.W;
   args.w_zero = p.w_zero;
+  args.x_zero = p.x_zero;
+  args.w_sum = p.w_sum;
   args.ch_m = p.ch_m;
   args.ch_e = p.ch_e;
   args.K = a.K;
@@ -117,15 +120,12 @@ template <DiOp kOp>
 struct Kernel {
   explicit Kernel(const OrtKernelInfo* info) : attrs(DiAttrs::FromKernelInfo(info, kOp)), gemm(DiGemmFromEnv(attrs.where)) {
     attrs.device_inputs = true;
-    // Asymmetric activation codes (act_sym=0, DIMatMul's x_zero) have CPU kernels only so far.
-    if (!attrs.act_sym) checks::Fail(attrs.where, "act_sym=0 (asymmetric codes) is not implemented on CUDA yet");
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return StatusFrom([&] {
       Ort::KernelContext ctx(raw);
       const DiProblem p = PrepareIntegerOp(ctx, attrs);
-      if (p.x_zero != nullptr) checks::Fail(attrs.where, "x_zero (asymmetric input codes) is not implemented on CUDA yet");
       const DiArgs args = ArgsOf(attrs, p);
       Scratch scratch(ctx, /*input=*/0, IntegerOpScratchBytes(args), attrs.where);
       if (const char* error = LaunchIntegerOp(args, gemm, ctx.GetGPUComputeStream(), scratch.data))

@@ -62,7 +62,7 @@ __device__ void Chunk(int64_t n, int64_t& c0, int64_t& c1) {
 }
 
 template <typename Code>
-__device__ void ZeroRow(Code* q, int64_t n, int32_t* m, int8_t* e, const Split& split = Split()) {
+__device__ void ZeroRow(Code* q, int64_t n, int32_t* m, int8_t* e, const Split& split = Split(), int32_t* z = nullptr) {
   if (split.mode == SplitMode::kPartials) return;
   int64_t c0, c1;
   Chunk(n, c0, c1);
@@ -70,6 +70,7 @@ __device__ void ZeroRow(Code* q, int64_t n, int32_t* m, int8_t* e, const Split& 
   if (threadIdx.x == 0 && blockIdx.y == 0) {
     *m = int32_t(kZeroM);
     *e = int8_t(kZeroE);
+    if (z != nullptr) *z = 0;
   }
 }
 
@@ -104,18 +105,32 @@ __device__ bool RowRange(const Value& value, int64_t n, int64_t r, const Split& 
   return false;
 }
 
-// DynQuantRow of row r's values value(0..n-1) * mult * 2^-E, spread over the block (or the blocks of `split`).
+// DynQuantRow of row r's values value(0..n-1) * mult * 2^-E, spread over the block (or the blocks of `split`);
+// DynQuantAsymRow's bits (int8 codes of bitlen(qmax) + 1 bits and the row's zero point into *z) when z is given.
 template <typename Code, typename Value>
 __device__ void QuantizeRow(const Value& value, int64_t n, int64_t mult, int64_t E, int64_t qmax, Code* q, int32_t* m,
-                            int8_t* e, int64_t r, const Split& split, int64_t clip_q15 = kClipOne) {
+                            int8_t* e, int64_t r, const Split& split, int64_t clip_q15 = kClipOne, int32_t* z = nullptr) {
   int64_t lo, hi;
   if (!RowRange(value, n, r, split, lo, hi)) return;
+  int64_t c0, c1;
+  Chunk(n, c0, c1);
+  if (z != nullptr) {
+    lo = Min(lo, 0);
+    hi = Max(hi, 0);
+    const int64_t sh = AsymShift(lo, hi);
+    const AsymPlan plan = PlanDynQuantAsym(RShr(lo, sh), RShr(hi, sh), sh, mult, E, BitLen(uint64_t(qmax)) + 1);
+    for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) q[c] = Code(DynQuantAsymCode(RShr(value(c), sh), plan));
+    if (threadIdx.x == 0 && blockIdx.y == 0) {
+      *m = int32_t(plan.scale.m);
+      *e = int8_t(plan.scale.e);
+      *z = int32_t(AsymZero(plan));
+    }
+    return;
+  }
   const int64_t A = Max(Abs(lo), Abs(hi));
   if (A == 0) return ZeroRow(q, n, m, e, split);
   const int64_t sh = DynQuantShift(A);
   const QuantPlan plan = PlanDynQuant(Max(RShr(hi, sh), -RShr(lo, sh)), sh, mult, E, qmax, clip_q15);
-  int64_t c0, c1;
-  Chunk(n, c0, c1);
   for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) q[c] = Code(DynQuantCode(RShr(value(c), sh), plan));
   if (threadIdx.x == 0 && blockIdx.y == 0) {
     *m = int32_t(plan.scale.m);
@@ -332,15 +347,19 @@ __global__ void __launch_bounds__(kThreads) MatMulRows(DiArgs a, const int32_t* 
   const int64_t r = blockIdx.x, N = a.N;
   const int64_t Ea = BlockAlignAll(a.ch_e, N);
   const int32_t* row = acc + r * N;
-  // An asymmetric weight grid: sum_k x (W - z) = x.W - z * sum(x); every block of the row sums x itself.
+  // Asymmetric grids: sum_k (x - xz)(W - wz) = x.W - wz * sum(x) - xz * (sum(W) - K * wz); every block of the row
+  // sums x itself.
   int64_t x_sum = 0;
   if (a.w_zero != nullptr) {
     const int8_t* x = static_cast<const int8_t*>(a.x.q) + r * a.K;
     for (int64_t k = threadIdx.x; k < a.K; k += blockDim.x) x_sum += x[k];
     x_sum = BlockReduce(x_sum, SumOp());
   }
+  const int64_t xz = a.x_zero != nullptr ? a.x_zero[r] : 0;
   auto value = [&](int64_t n) {
-    const int64_t dot = a.w_zero != nullptr ? int64_t(row[n]) - int64_t(a.w_zero[n]) * x_sum : int64_t(row[n]);
+    const int64_t wz = a.w_zero != nullptr ? a.w_zero[n] : 0;
+    int64_t dot = int64_t(row[n]) - wz * x_sum;
+    if (a.x_zero != nullptr) dot -= xz * (int64_t(a.w_sum[n]) - a.K * wz);
     return ShiftBy(dot * a.ch_m[n], Ea - a.ch_e[n]);
   };
   QuantizeRow(value, N, a.x.m[r], a.x.e[r] + Ea, a.qmax, static_cast<Code*>(a.y) + r * N, a.y_m + r, a.y_e + r, r,
@@ -416,12 +435,13 @@ __global__ void __launch_bounds__(kThreads) NormRows(DiArgs a, Split split) {
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += int64_t(q[c]) * q[c];
   ss = BlockReduce(ss, SumOp());
   const int64_t Ea = BlockAlignAll(a.ch_e, C);
-  if (ss == 0) return ZeroRow(y, C, a.y_m + r, a.y_e + r, split);  // zeros in, zeros out
+  if (ss == 0) return ZeroRow(y, C, a.y_m + r, a.y_e + r, split, a.y_z ? a.y_z + r : nullptr);  // zeros in, zeros out
   const int64_t m = a.x.m[r], e = a.x.e[r];
   const Dyadic rms = RmsScale(ss, C, m, e, a.eps_q60);
   const Dyadic factor = Ratio(uint64_t(m), uint64_t(rms.m));
   auto value = [&](int64_t c) { return ShiftBy(int64_t(q[c]) * a.ch_m[c], Ea - a.ch_e[c]); };
-  QuantizeRow(value, C, factor.m, Ea + factor.e + e - rms.e, a.qmax, y, a.y_m + r, a.y_e + r, r, split, a.clip_q15);
+  QuantizeRow(value, C, factor.m, Ea + factor.e + e - rms.e, a.qmax, y, a.y_m + r, a.y_e + r, r, split, a.clip_q15,
+              a.y_z ? a.y_z + r : nullptr);
 }
 
 __global__ void __launch_bounds__(kThreads) SwiGLURows(DiArgs a, Split split) {
@@ -431,7 +451,7 @@ __global__ void __launch_bounds__(kThreads) SwiGLURows(DiArgs a, Split split) {
   const int64_t gm = a.x.m[r], ge = a.x.e[r];
   auto value = [&](int64_t c) { return g[c] * SigmoidQ30(g[c], gm, ge) * u[c]; };
   QuantizeRow(value, C, gm * a.x2.m[r], ge + a.x2.e[r] + 30, a.qmax, static_cast<int8_t*>(a.y) + r * C, a.y_m + r,
-              a.y_e + r, r, split, a.clip_q15);
+              a.y_e + r, r, split, a.clip_q15, a.y_z ? a.y_z + r : nullptr);
 }
 
 __global__ void __launch_bounds__(kThreads) RotaryRows(DiArgs a) {
@@ -539,7 +559,7 @@ __global__ void __launch_bounds__(kThreads) RequantRows(DiArgs a, Split split) {
   const int64_t Ea = BlockAlignAll(e, G);
   auto value = [&](int64_t i) { return ShiftBy(int64_t(q[i]) * m[i / D], Ea - e[i / D]); };
   QuantizeRow(value, G * D, 1, Ea, a.qmax, static_cast<int8_t*>(a.y) + r * G * D, a.y_m + r, a.y_e + r, r, split,
-              a.clip_q15);
+              a.clip_q15, a.y_z ? a.y_z + r : nullptr);
 }
 
 size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256; }

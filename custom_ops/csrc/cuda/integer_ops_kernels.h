@@ -42,8 +42,11 @@ struct DiArgs {
   void* y = nullptr;
   int32_t* y_m = nullptr;
   int8_t* y_e = nullptr;
+  int32_t* y_z = nullptr;          // DINorm, DISwiGLU, DIRequant with act_sym=0: asymmetric codes, a zero point per row
   const int8_t* W = nullptr;       // DIMatMul [N, K]
   const int8_t* w_zero = nullptr;  // DIMatMul's per-channel weight zero points [N], or null
+  const int32_t* x_zero = nullptr;  // DIMatMul's per-row input zero points [rows] with w_sum [N] = sum_k W, or null
+  const int32_t* w_sum = nullptr;
   const int32_t* ch_m = nullptr;   // DIMatMul's w, DINorm's gamma
   const int8_t* ch_e = nullptr;
   // The scores' (DIClippedSoftmax: X's, DIBatchMatMul: Y's) shape, for the mask and the causal rule.
