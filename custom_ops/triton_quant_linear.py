@@ -6,12 +6,14 @@ the same kernel what the cuBLAS route needs an int32 round trip and a second ker
 corrections and Y = T(float32(acc) * (s_x * w_scale)), bit for bit the contract of
 ``reference.quant_linear_rounded``.
 
-Packed 4-bit weights (the "packed" tile, M <= 1024) are unpacked in registers: four bytes at a time, the even-k
-values as (w << 4) & 0xF0F0F0F0 and the odd ones as w & 0xF0F0F0F0, i.e. 16x the value in an int8, joined
-back into k order and fed to wgmma as its register operand (the weight tile is the left operand, so the kernel
-computes the transposed tile); the int32 sums of 16x values are shifted right by 4 (exact). Above M = 1024 the
-library widens packed weights to int8 in a separate pass and runs the 8-bit kernel, which is faster there (H200,
-BENCHMARKS.md).
+Packed 4-bit weights (the "packed" tiles, M <= 1024) are unpacked in registers: four bytes at a time, the even-k
+values as (w << 4) & 0xF0F0F0F0 and the odd ones as w & 0xF0F0F0F0, i.e. 16x the value in an int8, fed to wgmma
+as its register operand (the weight tile is the left operand, so the kernel computes the transposed tile); the
+int32 sums of 16x values are shifted right by 4 (exact). The library's quantize kernel writes the codes in
+``K_ORDER``, the k order in which those unpacked words are wgmma's operand registers as they are (PERMUTED_K;
+in k order a lane gathered its bytes with sixteen 2-byte loads and shuffled them: 22.3 vs 17.1 us, H200, M = 512,
+4096x4096). Above M = 1024 the library widens packed weights to int8 in a separate pass and runs the 8-bit kernel
+(BENCHMARKS.md).
 
 The library never imports this module at run time: ``library.build("cuda")`` calls ``compile_cubins`` (sm_90a
 machine code, no GPU needed) and links the cubins into the library, which loads and launches them through the
@@ -37,15 +39,31 @@ class Tile:
     # the stack in the epilogue only.
     zero_point_regs: int | None = None
     packed: bool = False  # B holds two 4-bit values per byte, unpacked in registers
+    permuted_k: bool = False  # packed: q's codes come in K_ORDER within each BK block
 
 
 # H200, LLaMA-7B shapes (BENCHMARKS.md): 64x128 tiles (4 warps, 4 stages) were the fastest or within 3% up to
 # M = 512; 128x128 (8 warps, 3 stages) at M = 2048 by 13-25%.
-# Packed 4-bit weights at M = 512: 128 tokens x 64 weight rows (4 warps, 4 stages) was the fastest of eight tiles
-# on all three shapes.
+# Packed 4-bit weights in K_ORDER: 128 tokens x 64 weight rows (4 warps, 4 stages) at M = 512 (fastest or within
+# 4% of four tiles on the three shapes), 128 x 128 (8 warps, 3 stages) at M = 1024 (fastest on all three by 18-22%).
 TILES = {"small": Tile(64, 128, 4, 4), "large": Tile(128, 128, 8, 3, zero_point_regs=128),
-         "packed": Tile(128, 64, 4, 4, packed=True)}
+         "packed": Tile(128, 64, 4, 4, packed=True, permuted_k=True),
+         "packed_large": Tile(128, 128, 8, 3, zero_point_regs=128, packed=True, permuted_k=True)}
 GROUP_M = 8
+
+
+def k_order() -> list[int]:
+    """K_ORDER[i]: which k of a BK block the packed path's wgmma sees at position i (PERMUTED_K).
+
+    Weight byte p of a row holds k = 2p (low nibble) and 2p + 1. The kernel unpacks each 4-byte word w of the
+    block into its even-k and odd-k values (4 each: position 8w + 4n + c holds k = 8w + 2c + n) and then regroups
+    4-value runs so that position 32j + 16h + 4q + r (wgmma j, half h, lane q of a quad) holds run 8q + 2j + h.
+    The quantize kernel writes the codes in this order, so q . W^T is unchanged."""
+    word_order = [8 * (i // 8) + 2 * (i % 4) + (i // 4) % 2 for i in range(BK)]
+    return [word_order[32 * ((i % 16) // 4) + 8 * (i // 32) + 4 * ((i // 16) % 2) + i % 4] for i in range(BK)]
+
+
+K_ORDER = k_order()
 
 
 @dataclass(frozen=True)
@@ -72,7 +90,7 @@ def _kernel():
     @triton.jit
     def quant_linear_gemm(q_ptr, b_ptr, y_ptr, s_x_ptr, w_scale_ptr, w_zero_ptr, q_sum_ptr, act_zero_ptr, w_sum_ptr,
                           M, N, K, Kp, ldb,
-                          PACKED: tl.constexpr, HAS_W_ZERO: tl.constexpr, HAS_ACT_ZERO: tl.constexpr,
+                          PACKED: tl.constexpr, PERMUTED_K: tl.constexpr, HAS_W_ZERO: tl.constexpr, HAS_ACT_ZERO: tl.constexpr,
                           OUT_F16: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                           GROUP_M: tl.constexpr):
         # Launched as an ordinary kernel, not a programmatic dependent: waiting at griddepcontrol.wait its blocks
@@ -105,7 +123,15 @@ def _kernel():
                                                  "=r,r", [b], dtype=tl.int8, is_pure=True, pack=4)
                 odd = tl.inline_asm_elementwise("and.b32 $0, $1, 0xF0F0F0F0;", "=r,r", [b], dtype=tl.int8,
                                                 is_pure=True, pack=4)
-                w16 = tl.reshape(tl.join(even, odd), (BN, BK))
+                if PERMUTED_K:
+                    # The codes in q follow K_ORDER within each BK block, so wgmma's k order is the one in which
+                    # each lane's weight bytes come as two 16-byte loads and each unpacked word is one register
+                    # operand as it is: no byte shuffles (see K_ORDER).
+                    joined = tl.join(tl.reshape(even, (BN, BK // 8, 4)), tl.reshape(odd, (BN, BK // 8, 4)))
+                    by_word = tl.reshape(tl.permute(joined, (0, 1, 3, 2)), (BN, BK // 32, 4, 2, 4))
+                    w16 = tl.reshape(tl.permute(by_word, (0, 2, 3, 1, 4)), (BN, BK))
+                else:
+                    w16 = tl.reshape(tl.join(even, odd), (BN, BK))
                 acc_t = tl.dot(w16, tl.trans(a), acc_t, out_dtype=tl.int32)
             acc = tl.trans(acc_t) >> 4
         else:
@@ -167,7 +193,7 @@ def compile_variant(variant: Variant) -> tuple[bytes, int]:
     signature = {"q_ptr": "*i8", "b_ptr": "*i8", "y_ptr": scale, "s_x_ptr": "*fp32", "w_scale_ptr": scale,
                  "w_zero_ptr": "*i8", "q_sum_ptr": "*i32", "act_zero_ptr": "*i32", "w_sum_ptr": "*i32",
                  "M": "i32", "N": "i32", "K": "i32", "Kp": "i32", "ldb": "i32"}
-    constants = {"PACKED": tile.packed, "HAS_W_ZERO": variant.w_zero, "HAS_ACT_ZERO": variant.act_zero, "OUT_F16": variant.half,
+    constants = {"PACKED": tile.packed, "PERMUTED_K": tile.packed and tile.permuted_k, "HAS_W_ZERO": variant.w_zero, "HAS_ACT_ZERO": variant.act_zero, "OUT_F16": variant.half,
                  "BM": tile.bm, "BN": tile.bn, "BK": BK, "GROUP_M": GROUP_M}
     signature.update({name: "constexpr" for name in constants})
     attrs = {(PARAMS.index(name),): [["tt.divisibility", 16]] for name in ALIGNED}

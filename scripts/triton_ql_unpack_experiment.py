@@ -33,7 +33,7 @@ def bench(fn):
 def run(q, B, y, s_x, ws, M, N, K, cfg, packed):
     BM, BN, warps, stages = cfg
     grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
-    kernel[grid](q, B, y, s_x, ws, s_x, s_x, s_x, s_x, M, N, K, q.shape[1], B.shape[1], PACKED=packed,
+    kernel[grid](q, B, y, s_x, ws, s_x, s_x, s_x, s_x, M, N, K, q.shape[1], B.shape[1], PACKED=packed, PERMUTED_K=False,
                  HAS_W_ZERO=False, HAS_ACT_ZERO=False, OUT_F16=True, BM=BM, BN=BN, BK=128, GROUP_M=8,
                  num_warps=warps, num_stages=stages)
 

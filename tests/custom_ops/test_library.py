@@ -235,3 +235,19 @@ def test_triton_that_cannot_compile_leaves_the_kernel_out(tmp_path, monkeypatch,
     assert ".incbin" not in source.read_text()
     assert "could not compile QuantLinear's GEMM (TypeError" in caplog.text
     assert "edgeq::cuda::kTritonCubins" in _symbols(_compile_generated(source, tmp_path))
+
+
+def test_triton_k_order_is_the_quantize_kernels_run_order():
+    """The packed triton path's K_ORDER (derived from the kernel's reshapes) against the quantize kernel's rule
+    (quant_linear_kernels.cu, StoreGroup for kTritonRuns): word w = 4i + j of a 128-code block puts its evens at
+    4-code run 8j + i and its odds at run 8j + 4 + i; a permutation of the block."""
+    from edgeq.custom_ops.triton_quant_linear import BK, K_ORDER
+
+    assert BK == 128 and sorted(K_ORDER) == list(range(BK))
+    expected = [0] * BK
+    for w in range(16):
+        i, j = divmod(w, 4)
+        for n, run in ((0, 8 * j + i), (1, 8 * j + 4 + i)):
+            for r in range(4):
+                expected[4 * run + r] = 8 * w + 2 * r + n
+    assert K_ORDER == expected

@@ -192,8 +192,9 @@ SIDES = {"symmetric": (False, True), "weight zero": (True, True), "activation ze
                                                ((1100,), 512, 272, 8), ((7,), 128, 16, 4), ((130,), 1536, 576, 4),
                                                ((2, 257), 1024, 1040, 3), ((1030,), 256, 48, 4)])
 def test_triton_kernel(cuda_library, monkeypatch, dtype, side, lead, K, N, wbits):
-    """The Triton-compiled wgmma GEMM with its fused epilogue (packed weights widened first), both tile sizes
-    (64 rows up to M = 1024, 128 above) and every zero-point variant: the same bits as every other kernel."""
+    """The Triton-compiled wgmma GEMM with its fused epilogue, every tile (8-bit: 64 tokens up to M = 1024, 128
+    above; packed weights unpacked in the kernel with 64 weight rows up to M = 512 and 128 up to M = 1024, widened
+    above) and every zero-point variant: the same bits as every other kernel."""
     asymmetric, act_sym = SIDES[side]
     p = random_problem(np.random.default_rng(K + N + len(side)), lead, K, N, wbits, wbits, dtype, saturate=True,
                        asymmetric=asymmetric, act_sym=act_sym)
@@ -214,6 +215,15 @@ def test_triton_kernel_refuses_what_it_cannot_take(cuda_library, monkeypatch):
         p = random_problem(np.random.default_rng(11), (64,), K, N, 8, 8)
         with pytest.raises(Exception, match=r"EDGEQ_QL_KERNEL=triton: the triton kernel needs K % 128 == 0"):
             run_cuda(cuda_library, p, monkeypatch, "triton")
+
+
+@pytest.mark.parametrize("K", [2048, 4096, 8192, 12288, 16384, 16512])
+def test_quantize_row_lengths_in_triton_order(cuda_library, monkeypatch, K):
+    """The packed triton path's codes in K_ORDER (each 128-code block's runs moved) from every quantize variant:
+    2, 4, 6 or 8 groups per thread and the streaming loop beyond 16384."""
+    p = random_problem(np.random.default_rng(K + 1), (20,), K, 16, 4, 8, np.float32, saturate=True,
+                       asymmetric=True, act_sym=False)
+    check(cuda_library, monkeypatch, "triton", p)
 
 
 @pytest.mark.parametrize("K", [2048, 4096, 4160, 8192, 8256, 12288, 12352, 16384, 16448])

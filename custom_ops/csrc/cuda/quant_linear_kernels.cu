@@ -12,8 +12,8 @@
 // generic   any layout (rows of B that are not whole 16-byte vectors): scalar loads, one block per channel.
 // cublas    (M > 8 where it fits) cuBLASLt's int8 GEMM into int32 scratch, then SumsEpilogueKernel.
 // triton    (M > 8 where it fits, auto's first choice) a Triton-compiled wgmma GEMM with the epilogue fused
-//           (triton_gemm.h), unpacking packed weights itself up to M = 1024; cublas (and triton above that) take
-//           packed 4-bit weights widened to int8 by WidenPackedKernel.
+//           (triton_gemm.h), unpacking packed weights itself up to M = 1024 (its codes in the run order below);
+//           cublas (and triton above that) take packed 4-bit weights widened to int8 by WidenPackedKernel.
 //
 // The mma operands. In m16n8k32 a thread with tig = lane % 4 supplies, for each of its rows and columns, the
 // K slots 4*tig..4*tig+3 (first register) and 16+4*tig.. (second). A dot product does not depend on the order
@@ -24,6 +24,12 @@
 // odd ones, each as 16 * value in an int8 (the nibble in the high half keeps its sign). That is why q is
 // stored evens-first for packed weights, and why their int32 sums are shifted right by 4 (exact: every term is
 // a multiple of 16; |16 * value| <= 128, so the int32 bound is the 8-bit one).
+//
+// The triton kernel's packed path (custom_ops/triton_quant_linear.py, K_ORDER) unpacks each 4-byte word of
+// weights into its even-k and odd-k values and hands each half to wgmma as it is, so its codes are evens-first too,
+// and the 4-code runs of each 128-code block are moved besides: word w = 4 * i + j of the block (i, j < 4) puts
+// its evens at run 8 * j + i and its odds at run 8 * j + 4 + i. Then every lane's weights for a whole K step come
+// as two 16-byte loads with no byte shuffles (H200, M = 512, 4096x4096: 17.1 vs 22.3 us for the natural order).
 //
 // Shared-memory pitches: an A/B8 row is 64 + 32 bytes, so the four rows a half-warp reads with 8-byte loads
 // fall in distinct 32-byte bank windows; a packed row is 32 + 16 bytes, so the eight rows a warp reads with
@@ -74,10 +80,27 @@ bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 
 constexpr int kQuantThreads = 256;
 
-// Position j of an 8-group holds k = j (natural) or the evens-first order 0,2,4,6,1,3,5,7 (packed weights).
-template <bool EVENS_FIRST>
+// Where q's codes go (see the top of the file): k in order (kNatural); each 8-group evens-first, 0,2,4,6,1,3,5,7
+// (kEvensFirst: the mma kernels' packed weights); evens-first with the 4-code runs of each 128-code block moved
+// (kTritonRuns: the triton kernel's packed path).
+enum class CodeOrder { kNatural, kEvensFirst, kTritonRuns };
+
+template <CodeOrder ORDER>
 __device__ __forceinline__ int GroupOffset(int j) {
-  return EVENS_FIRST ? (j < 4 ? 2 * j : 2 * (j - 4) + 1) : j;
+  return ORDER != CodeOrder::kNatural ? (j < 4 ? 2 * j : 2 * (j - 4) + 1) : j;
+}
+
+// Stores the codes of 8-group `group` (its two 4-code runs, v.x and v.y) into the row's codes.
+template <CodeOrder ORDER>
+__device__ __forceinline__ void StoreGroup(int8_t* row_q, int group, uint2 v) {
+  if constexpr (ORDER == CodeOrder::kTritonRuns) {
+    uint32_t* runs = reinterpret_cast<uint32_t*>(row_q) + 32 * (group / 16);
+    const int i = (group % 16) / 4, j = group % 4;
+    runs[8 * j + i] = v.x;
+    runs[8 * j + 4 + i] = v.y;
+  } else {
+    reinterpret_cast<uint2*>(row_q)[group] = v;
+  }
 }
 
 // Eight consecutive elements of A as floats; p is 16-byte aligned.
@@ -151,15 +174,15 @@ __device__ __forceinline__ TokenGrid MakeGrid(float hi, float nlo, bool asym, in
   return g;
 }
 
-// The codes of the 8-group at k0 (in the group order EVENS_FIRST gives), code 0 past K, which the GEMMs and the
+// The codes of the 8-group at k0 (in the group order ORDER gives), code 0 past K, which the GEMMs and the
 // corrections rely on; their sum is added to `sum`.
-template <typename T, bool EVENS_FIRST>
+template <typename T, CodeOrder ORDER>
 __device__ __forceinline__ uint2 QuantizeGroup(const float (&x)[8], int k0, int K, const TokenGrid& g, int& sum) {
   uint32_t word[2] = {0u, 0u};
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
-    const int k = k0 + GroupOffset<EVENS_FIRST>(j);
-    const float r = rintf(RoundToT<T>(__fdiv_rn(x[GroupOffset<EVENS_FIRST>(j)], g.s))) + g.zp;
+    const int k = k0 + GroupOffset<ORDER>(j);
+    const float r = rintf(RoundToT<T>(__fdiv_rn(x[GroupOffset<ORDER>(j)], g.s))) + g.zp;
     const int v = k < K ? static_cast<int>(fminf(fmaxf(r, g.cmin), g.cmax)) - g.mid : 0;
     word[j >> 2] |= (static_cast<uint32_t>(v) & 0xffu) << (8 * (j & 3));
     sum += v;
@@ -173,7 +196,7 @@ __device__ __forceinline__ uint2 QuantizeGroup(const float (&x)[8], int k0, int 
 // M = 512: 13.0 us at K = 11008). One pass finds hi = max(max x, 0) and nlo = max(max -x, 0): max|x| for the
 // symmetric rule, the range [-nlo, hi] for the asymmetric one (act_zero != nullptr), whose zero point goes to
 // act_zero[m]. Code sums go to q_sum when it is set.
-template <typename T, bool EVENS_FIRST, bool VEC, int CACHED>
+template <typename T, CodeOrder ORDER, bool VEC, int CACHED>
 __global__ void __launch_bounds__(kQuantThreads)
     QuantizeKernel(const T* __restrict__ A, int8_t* __restrict__ q, float* __restrict__ s_x, int* __restrict__ q_sum,
                    int* __restrict__ act_zero, int K, int Kp, int abits, float floor_value) {
@@ -224,13 +247,13 @@ __global__ void __launch_bounds__(kQuantThreads)
     s_x[m] = g.s;
     if (asym) act_zero[m] = static_cast<int>(g.zp) - g.mid;
   }
-  uint2* out = reinterpret_cast<uint2*>(q + static_cast<size_t>(m) * Kp);
+  int8_t* out = q + static_cast<size_t>(m) * Kp;
   int sum = 0;
   if constexpr (CACHED > 0) {
 #pragma unroll
     for (int i = 0; i < CACHED; ++i) {
       const int group = threadIdx.x + i * kQuantThreads;
-      if (group < Kp / 8) out[group] = QuantizeGroup<T, EVENS_FIRST>(cache[i], 8 * group, K, g, sum);
+      if (group < Kp / 8) StoreGroup<ORDER>(out, group, QuantizeGroup<T, ORDER>(cache[i], 8 * group, K, g, sum));
     }
   } else {
     for (int group = threadIdx.x; group < Kp / 8; group += kQuantThreads) {
@@ -241,7 +264,7 @@ __global__ void __launch_bounds__(kQuantThreads)
 #pragma unroll
         for (int j = 0; j < 8; ++j) x[j] = 8 * group + j < K ? ToFloat(row[8 * group + j]) : 0.f;
       }
-      out[group] = QuantizeGroup<T, EVENS_FIRST>(x, 8 * group, K, g, sum);
+      StoreGroup<ORDER>(out, group, QuantizeGroup<T, ORDER>(x, 8 * group, K, g, sum));
     }
   }
   if (q_sum == nullptr) return;  // uniform across the block
@@ -258,15 +281,24 @@ __global__ void __launch_bounds__(kQuantThreads)
 
 // The cached variant with the fewest register groups that hold a row (Kp / 8 groups over kQuantThreads threads),
 // the streaming one for longer rows or unaligned ones.
-template <typename T, bool EVENS_FIRST>
+template <typename T, CodeOrder ORDER>
 auto PickQuantize(bool vec, int Kp) {
   const int per_thread = (Kp / 8 + kQuantThreads - 1) / kQuantThreads;
-  if (!vec) return QuantizeKernel<T, EVENS_FIRST, false, 0>;
-  if (per_thread <= 2) return QuantizeKernel<T, EVENS_FIRST, true, 2>;
-  if (per_thread <= 4) return QuantizeKernel<T, EVENS_FIRST, true, 4>;
-  if (per_thread <= 6) return QuantizeKernel<T, EVENS_FIRST, true, 6>;
-  if (per_thread <= 8) return QuantizeKernel<T, EVENS_FIRST, true, 8>;
-  return QuantizeKernel<T, EVENS_FIRST, true, 0>;
+  if (!vec) return QuantizeKernel<T, ORDER, false, 0>;
+  if (per_thread <= 2) return QuantizeKernel<T, ORDER, true, 2>;
+  if (per_thread <= 4) return QuantizeKernel<T, ORDER, true, 4>;
+  if (per_thread <= 6) return QuantizeKernel<T, ORDER, true, 6>;
+  if (per_thread <= 8) return QuantizeKernel<T, ORDER, true, 8>;
+  return QuantizeKernel<T, ORDER, true, 0>;
+}
+
+template <typename T>
+auto PickQuantize(CodeOrder order, bool vec, int Kp) {
+  switch (order) {
+    case CodeOrder::kEvensFirst: return PickQuantize<T, CodeOrder::kEvensFirst>(vec, Kp);
+    case CodeOrder::kTritonRuns: return PickQuantize<T, CodeOrder::kTritonRuns>(vec, Kp);
+    default: return PickQuantize<T, CodeOrder::kNatural>(vec, Kp);
+  }
 }
 
 // sum_k (q - z[m]) * (W - w_zero[n]) from the int32 sums, as float: acc - w_zero * q_sum - z * (w_sum - K * w_zero),
@@ -894,8 +926,9 @@ size_t SumsOffset(const QlArgs& a) { return AlignScratch(RowArraysEnd(a)); }
 constexpr size_t kLtWorkspaceBytes = size_t{8} << 20;
 size_t LtWorkspaceOffset(const QlArgs& a) { return AlignScratch(SumsOffset(a) + SumsBytes(a) + WideBytes(a)); }
 
-// Packed weights: the triton kernel unpacks them itself up to this M (H200, M = 512: a tie with widening + the 8-bit
-// kernel at 4096x4096, 4-10 us ahead on the 11008 shapes); above, widening + the 8-bit kernel was 15-40 us faster.
+// Packed weights: the triton kernel unpacks them itself up to this M (H200, codes in K_ORDER: at M = 512 and 1024 as
+// fast as the 8-bit kernel on widened weights or faster, without the widening pass); above, widening + the 8-bit
+// kernel was 15-40 us faster than the unpacking kernel in k order (not measured in K_ORDER).
 constexpr int64_t kTritonUnpackMaxM = 1024;
 // Below this M auto leaves packed weights to cuBLAS: at M = 64 the 128-token tile ran half empty (4096x11008 W4A4:
 // 62.2 us against 42.0 through cuBLAS, H200).
@@ -1029,16 +1062,20 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int*
   const int abits = static_cast<int>(a.abits);
   const float floor_value = sizeof(T) == 2 ? __half2float(__float2half_rn(1e-5f)) : 1e-5f;
   const bool packed = a.wbits <= 4;
-  // Evens-first codes for the kernels that split packed weights in registers; wgmma widens them in order.
-  const bool evens_first =
-      packed && kernel != QlKernel::kWgmma && kernel != QlKernel::kCublas && kernel != QlKernel::kTriton;
+  // Evens-first codes for the kernels that split packed weights in registers; wgmma widens them in order, and so
+  // does the widening pass before cublas and triton above kTritonUnpackMaxM.
+  const bool widened = kernel == QlKernel::kWgmma || kernel == QlKernel::kCublas ||
+                       (kernel == QlKernel::kTriton && !TritonUnpacks(a));
+  const CodeOrder order = !packed || widened              ? CodeOrder::kNatural
+                          : kernel == QlKernel::kTriton ? CodeOrder::kTritonRuns
+                                                        : CodeOrder::kEvensFirst;
   const T* A = static_cast<const T*>(a.A);
   const bool vec = a.K % 8 == 0 && Aligned16(A);
   const dim3 grid(static_cast<unsigned>(a.M));
   const int K = static_cast<int>(a.K);
   int* sums = a.w_zero != nullptr ? q_sum : nullptr;
   int* zeros = a.w_sum != nullptr ? act_zero : nullptr;
-  auto quantize = evens_first ? PickQuantize<T, true>(vec, Kp) : PickQuantize<T, false>(vec, Kp);
+  auto quantize = PickQuantize<T>(order, vec, Kp);
   LaunchDependent(quantize, grid, dim3(kQuantThreads), 0, stream, A, q, s_x, sums, zeros, K, Kp, abits, floor_value);
   const ZeroOffset zero{a.w_zero, sums, zeros, a.w_sum, K, a.K >= (1 << 15)};
   const int8_t* weights = a.B;

@@ -85,9 +85,9 @@ const Device* Prepare() {
   return d.state == Device::kReady ? &d : nullptr;
 }
 
-// The build's cubin for a problem, or null: the packed tile for packed weights; otherwise 64-row tiles up to M = 1024
-// (fastest or within 3% up to M = 512 on the H200) and 128-row ones above, EDGEQ_TRITON_TILE=small|large pinning one
-// (benchmarks).
+// The build's cubin for a problem, or null. 8-bit weights: 64-token tiles up to M = 1024 (fastest or within 3% up
+// to M = 512 on the H200) and 128-token ones above, EDGEQ_TRITON_TILE=small|large pinning one (benchmarks).
+// Packed weights: 64 weight rows per tile up to M = 512, 128 above (H200, BENCHMARKS.md).
 const TritonCubin* Variant(const TritonGemmArgs& a) {
   static const int pinned = [] {
     const char* env = std::getenv("EDGEQ_TRITON_TILE");
@@ -98,7 +98,7 @@ const TritonCubin* Variant(const TritonGemmArgs& a) {
   const bool w_zero = a.w_zero != nullptr, act_zero = a.act_zero != nullptr;
   for (const TritonCubin* c = kTritonCubins; c->begin != nullptr; ++c) {
     if (c->half == a.half && c->w_zero == w_zero && c->act_zero == act_zero && c->packed == a.packed &&
-        (a.packed || c->bm == bm))
+        (a.packed ? c->bn == (a.M <= 512 ? 64 : 128) : c->bm == bm))
       return c;
   }
   return nullptr;

@@ -13,7 +13,7 @@ namespace cuda {
 // Triton or no sm_90 target).
 struct TritonCubin {
   bool half, w_zero, act_zero;  // Y and w_scales float16; per-channel weight zero offsets; asymmetric activations
-  bool packed;                  // B holds packed 4-bit values, unpacked in registers
+  bool packed;                  // B holds packed 4-bit values, unpacked in registers (q's codes in K_ORDER)
   int bm, bn, threads, shared_bytes;
   const unsigned char* begin;
   const unsigned char* end;
@@ -22,7 +22,8 @@ extern const TritonCubin kTritonCubins[];
 extern const char* const kTritonKernelName;
 
 // Y[M, N] = T(float32(q . B^T - corrections) * (s_x * w_scales)), T = float16 when `half`; q [M, Kp] and B [N, ldb]
-// int8, row-major, B one value per byte or (`packed`) QuantLinear's two 4-bit values per byte. w_zero/q_sum and
+// int8, row-major, B one value per byte or (`packed`) QuantLinear's two 4-bit values per byte, q's codes then in
+// the triton kernel's K_ORDER within each 128-code block (quant_linear_kernels.cu's kTritonRuns). w_zero/q_sum and
 // act_zero/w_sum are each both set or both null (quant_linear_kernels.cu's ZeroOffset). TritonGemmFits says which
 // problems the kernel takes.
 struct TritonGemmArgs {
@@ -42,7 +43,7 @@ struct TritonGemmArgs {
 
 // K % 128 == 0 (no masked loads), K < 2^15 (int32 corrections), N, Kp and ldb multiples of 16 and q, B, Y 16-byte
 // aligned (the divisibility the cubins were compiled for), and a cubin for the variant in the build (packed: the
-// build's packed tile). Null q, B or Y pass (not known yet: a kernel choice is
+// build's packed tile for M). Null q, B or Y pass (not known yet: a kernel choice is
 // made before scratch exists); LaunchTritonGemm requires them set.
 bool TritonGemmFits(const TritonGemmArgs& args);
 
