@@ -6,14 +6,13 @@ the same kernel what the cuBLAS route needs an int32 round trip and a second ker
 corrections and Y = T(float32(acc) * (s_x * w_scale)), bit for bit the contract of
 ``reference.quant_linear_rounded``.
 
-Packed 4-bit weights (the "packed" tiles, M <= 1024) are unpacked in registers: four bytes at a time, the even-k
+Packed 4-bit weights (the "packed" tiles) are unpacked in registers: four bytes at a time, the even-k
 values as (w << 4) & 0xF0F0F0F0 and the odd ones as w & 0xF0F0F0F0, i.e. 16x the value in an int8, fed to wgmma
 as its register operand (the weight tile is the left operand, so the kernel computes the transposed tile); the
 int32 sums of 16x values are shifted right by 4 (exact). The library's quantize kernel writes the codes in
 ``K_ORDER``, the k order in which those unpacked words are wgmma's operand registers as they are (PERMUTED_K;
 in k order a lane gathered its bytes with sixteen 2-byte loads and shuffled them: 22.3 vs 17.1 us, H200, M = 512,
-4096x4096). Above M = 1024 the library widens packed weights to int8 in a separate pass and runs the 8-bit kernel
-(BENCHMARKS.md).
+4096x4096).
 
 The library never imports this module at run time: ``library.build("cuda")`` calls ``compile_cubins`` (sm_90a
 machine code, no GPU needed) and links the cubins into the library, which loads and launches them through the
@@ -36,7 +35,8 @@ class Tile:
     stages: int
     # With zero points the 128x128 epilogue (the accumulator plus each thread's column offsets) took 148-169
     # registers, one block per SM instead of two: 1.5x slower at M = 2048 (H200). Capped, the excess spills to
-    # the stack in the epilogue only.
+    # the stack in the epilogue only. The packed 128x64 tile's took 168 (no spill at 136): its GEMM ran 1.3x
+    # slower (H200, M = 512, 4096x4096: 21.7 vs 17.3 us capped).
     zero_point_regs: int | None = None
     packed: bool = False  # B holds two 4-bit values per byte, unpacked in registers
     permuted_k: bool = False  # packed: q's codes come in K_ORDER within each BK block
@@ -44,10 +44,11 @@ class Tile:
 
 # H200, LLaMA-7B shapes (BENCHMARKS.md): 64x128 tiles (4 warps, 4 stages) were the fastest or within 3% up to
 # M = 512; 128x128 (8 warps, 3 stages) at M = 2048 by 13-25%.
-# Packed 4-bit weights in K_ORDER: 128 tokens x 64 weight rows (4 warps, 4 stages) at M = 512 (fastest or within
-# 4% of four tiles on the three shapes), 128 x 128 (8 warps, 3 stages) at M = 1024 (fastest on all three by 18-22%).
+# Packed 4-bit weights in K_ORDER: 128 tokens x 64 weight rows (4 warps, 4 stages) up to M = 512 (fastest or within
+# 4% of five tiles on the three shapes), 128 x 128 (8 warps, 3 stages) above (fastest at M = 1024 and 2048, where it
+# also beats widening + the 8-bit kernel).
 TILES = {"small": Tile(64, 128, 4, 4), "large": Tile(128, 128, 8, 3, zero_point_regs=128),
-         "packed": Tile(128, 64, 4, 4, packed=True, permuted_k=True),
+         "packed": Tile(128, 64, 4, 4, zero_point_regs=136, packed=True, permuted_k=True),
          "packed_large": Tile(128, 128, 8, 3, zero_point_regs=128, packed=True, permuted_k=True)}
 GROUP_M = 8
 
@@ -133,7 +134,10 @@ def _kernel():
                 else:
                     w16 = tl.reshape(tl.join(even, odd), (BN, BK))
                 acc_t = tl.dot(w16, tl.trans(a), acc_t, out_dtype=tl.int32)
-            acc = tl.trans(acc_t) >> 4
+            # The epilogue stays in this transposed orientation up to the output values: transposing the int32
+            # sums first held both orientations' registers at once (168 per thread with zero points; their GEMM ran
+            # 1.3x slower, H200).
+            acc = acc_t >> 4
         else:
             acc = tl.zeros((BM, BN), dtype=tl.int32)
             for k0 in tl.range(0, K, BK):
@@ -142,25 +146,35 @@ def _kernel():
                 acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32)
 
         # acc - w_zero * q_sum - act_zero * (w_sum - K * w_zero): exact in int32 (the launcher keeps K < 2^15).
+        # Products of a per-token vector (offs_m) and a per-channel one (offs_n) in acc's orientation.
         if HAS_W_ZERO:
             w_zero = tl.load(w_zero_ptr + offs_n, mask=n_ok, other=0).to(tl.int32)
             q_sum = tl.load(q_sum_ptr + offs_m, mask=m_ok, other=0)
-            acc = acc - q_sum[:, None] * w_zero[None, :]
+            if PACKED:
+                acc = acc - w_zero[:, None] * q_sum[None, :]
+            else:
+                acc = acc - q_sum[:, None] * w_zero[None, :]
         if HAS_ACT_ZERO:
             w_sum = tl.load(w_sum_ptr + offs_n, mask=n_ok, other=0)
             if HAS_W_ZERO:
                 w_sum = w_sum - K * w_zero
             act_zero = tl.load(act_zero_ptr + offs_m, mask=m_ok, other=0)
-            acc = acc - act_zero[:, None] * w_sum[None, :]
+            if PACKED:
+                acc = acc - w_sum[:, None] * act_zero[None, :]
+            else:
+                acc = acc - act_zero[:, None] * w_sum[None, :]
         s_x = tl.load(s_x_ptr + offs_m, mask=m_ok, other=0.0)
         w_scale = tl.load(w_scale_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-        y = acc.to(tl.float32) * (s_x[:, None] * w_scale[None, :])
-        y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
-        mask = m_ok[:, None] & n_ok[None, :]
-        if OUT_F16:
-            tl.store(y_ptrs, y.to(tl.float16), mask=mask)
+        if PACKED:
+            y = acc.to(tl.float32) * (w_scale[:, None] * s_x[None, :])
         else:
-            tl.store(y_ptrs, y, mask=mask)
+            y = acc.to(tl.float32) * (s_x[:, None] * w_scale[None, :])
+        if OUT_F16:
+            y = y.to(tl.float16)
+        if PACKED:
+            y = tl.trans(y)
+        y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+        tl.store(y_ptrs, y, mask=m_ok[:, None] & n_ok[None, :])
 
     return quant_linear_gemm
 

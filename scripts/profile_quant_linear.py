@@ -4,6 +4,7 @@ kernels named on the command line (EDGEQ_QL_KERNEL values), and the bare cuBLAS 
 `source custom_ops/device/setup.sh`:
 
     EDGEQ_PDL=0 python3 scripts/profile_quant_linear.py triton cublas
+    KINDS=W4A4,W4A4-asym SHAPES=512x4096x4096,512x11008x4096 python3 scripts/profile_quant_linear.py triton
 """
 import os, sys, statistics
 import numpy as np, torch
@@ -21,7 +22,9 @@ def cuda_time(fn, reps=50):
     return statistics.median(ts)
 
 lib = os.fspath(get_library("cuda"))
-for M, K, N in [(512, 4096, 4096), (512, 11008, 4096)]:
+SHAPES = [tuple(int(v) for v in s.split("x")) for s in os.environ.get("SHAPES", "512x4096x4096,512x11008x4096").split(",")]
+KINDS = os.environ.get("KINDS", "W8A8,W4A4").split(",")
+for M, K, N in SHAPES:
     a16 = torch.randn(M, K, device="cuda", dtype=torch.float16); w16 = torch.randn(N, K, device="cuda", dtype=torch.float16)
     a8 = torch.randint(-127, 127, (M, K), device="cuda", dtype=torch.int8); w8 = torch.randint(-127, 127, (N, K), device="cuda", dtype=torch.int8)
     t16 = cuda_time(lambda: a16 @ w16.t())
@@ -29,7 +32,7 @@ for M, K, N in [(512, 4096, 4096), (512, 11008, 4096)]:
     print(f"M={M} K={K} N={N}: torch fp16 {t16:.1f} us, torch._int_mm {t8:.1f} us", flush=True)
     for kernel in sys.argv[1:]:
         os.environ["EDGEQ_QL_KERNEL"] = kernel
-        for kind in ("W8A8", "W4A4"):
+        for kind in KINDS:
             model = build_model(kind, K, N, M, 1, np.float16, seed=1)
             opts = ort.SessionOptions(); opts.register_custom_ops_library(lib)
             s = ort.InferenceSession(model.SerializeToString(), opts, providers=["CUDAExecutionProvider"])

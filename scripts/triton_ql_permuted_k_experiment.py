@@ -31,12 +31,16 @@ def in_k_order(q):
     return q.view(M, K // BK, BK)[:, :, order.to(q.device)].reshape(M, K).contiguous()
 
 
-def run(q, B, y, s_x, ws, M, N, K, cfg, packed, permuted):
+def run(q, B, y, s_x, ws, M, N, K, cfg, packed, permuted, zeros=None, maxnreg=None):
+    """zeros: (w_zero int8 [N], q_sum int32 [M], act_zero int32 [M], w_sum int32 [N]) for both zero-point terms."""
     BM, BN, warps, stages = cfg
     grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
-    kernel[grid](q, B, y, s_x, ws, s_x, s_x, s_x, s_x, M, N, K, q.shape[1], B.shape[1], PACKED=packed,
-                 PERMUTED_K=permuted, HAS_W_ZERO=False, HAS_ACT_ZERO=False, OUT_F16=True, BM=BM, BN=BN, BK=BK,
-                 GROUP_M=GROUP_M, num_warps=warps, num_stages=stages)
+    wz, qs, az, wsum = zeros if zeros is not None else (s_x, s_x, s_x, s_x)
+    kernel[grid](q, B, y, s_x, ws, wz, qs, az, wsum, M, N, K, q.shape[1], B.shape[1], PACKED=packed,
+                 PERMUTED_K=permuted, HAS_W_ZERO=zeros is not None, HAS_ACT_ZERO=zeros is not None, OUT_F16=True,
+                 BM=BM, BN=BN, BK=BK, GROUP_M=GROUP_M, num_warps=warps, num_stages=stages,
+                 **({"maxnreg": maxnreg or 128} if zeros is not None and warps == 8 else
+                    {"maxnreg": maxnreg} if zeros is not None and maxnreg else {}))
 
 
 def bench(fn):
@@ -57,11 +61,11 @@ for permuted in (False, True):
     print(f"packed path, permuted_k={permuted}: bits differing from the reference:",
           (y.cpu().view(torch.int16) != ref.view(torch.int16)).sum().item(), flush=True)
 
-CFGS = [(128, 64, 4, 4), (64, 64, 4, 4), (128, 128, 8, 3), (64, 128, 4, 4), (128, 256, 8, 3)]
+CFGS = [(128, 64, 4, 4), (64, 64, 4, 4), (128, 128, 8, 3), (64, 128, 4, 4), (128, 256, 8, 3)][:int(os.environ.get("NCFG", "5"))]
 out = {}
 print("K x N, M | fp16 | w8 64x128 | w8 128x128 | packed natural (128x64) | packed permuted per tile", flush=True)
 for K, N in [(4096, 4096), (4096, 11008), (11008, 4096)]:
-    for M in (256, 512, 1024, 2048):
+    for M in [int(m) for m in os.environ.get("MS", "256,512,1024,2048").split(",")]:
         qi = torch.randint(-128, 128, (M, K), device=dev, dtype=torch.int8)
         bt = torch.randint(-8, 8, (N, K), device=dev, dtype=torch.int8)
         B4 = pack(bt)
@@ -73,6 +77,15 @@ for K, N in [(4096, 4096), (4096, 11008), (11008, 4096)]:
                "w8": bench(lambda: run(qi, bt, y, s_x, ws, M, N, K, (64, 128, 4, 4), False, False)),
                "w8 large": bench(lambda: run(qi, bt, y, s_x, ws, M, N, K, (128, 128, 8, 3), False, False)),
                "natural": bench(lambda: run(qi, B4, y, s_x, ws, M, N, K, (128, 64, 4, 4), True, False))}
+        zeros = (torch.randint(-8, 8, (N,), device=dev, dtype=torch.int8),
+                 torch.randint(-1000, 1000, (M,), device=dev, dtype=torch.int32),
+                 torch.randint(-8, 8, (M,), device=dev, dtype=torch.int32),
+                 torch.randint(-1000, 1000, (N,), device=dev, dtype=torch.int32))
+        row["w8 zeros"] = bench(lambda: run(qi, bt, y, s_x, ws, M, N, K, (64, 128, 4, 4), False, False, zeros))
+        for cfg in ((128, 64, 4, 4), (128, 128, 8, 3)):
+            row[f"zeros {cfg}"] = bench(lambda: run(qi, B4, y, s_x, ws, M, N, K, cfg, True, True, zeros))
+        cfg = (128, 64, 4, 4)
+        row[f"zeros {cfg} maxnreg 136"] = bench(lambda: run(qi, B4, y, s_x, ws, M, N, K, cfg, True, True, zeros, 136))
         for cfg in CFGS:
             try:
                 row[f"permuted {cfg}"] = bench(lambda: run(qi, B4, y, s_x, ws, M, N, K, cfg, True, True))
@@ -80,5 +93,7 @@ for K, N in [(4096, 4096), (4096, 11008), (11008, 4096)]:
                 print("fail", cfg, type(e).__name__, str(e)[:200], flush=True)
         out[f"{K}x{N} M={M}"] = row
         print(f"{K}x{N} M={M} | {row['fp16']:.1f} | {row['w8']:.1f} | {row['w8 large']:.1f} | {row['natural']:.1f} | " +
-              " ".join(f"{k[9:]}: {v:.1f}" for k, v in row.items() if k.startswith("permuted")), flush=True)
+              " ".join(f"{k[9:]}: {v:.1f}" for k, v in row.items() if k.startswith("permuted")) +
+              " | with both zero points: w8 {:.1f}, ".format(row["w8 zeros"]) +
+              " ".join(f"{k[6:]}: {v:.1f}" for k, v in row.items() if k.startswith("zeros")), flush=True)
 json.dump(out, open(os.path.join(os.environ.get("OUT", "/tmp"), "permuted_k.json"), "w"), indent=1)

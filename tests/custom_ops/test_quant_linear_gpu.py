@@ -193,8 +193,8 @@ SIDES = {"symmetric": (False, True), "weight zero": (True, True), "activation ze
                                                ((2, 257), 1024, 1040, 3), ((1030,), 256, 48, 4)])
 def test_triton_kernel(cuda_library, monkeypatch, dtype, side, lead, K, N, wbits):
     """The Triton-compiled wgmma GEMM with its fused epilogue, every tile (8-bit: 64 tokens up to M = 1024, 128
-    above; packed weights unpacked in the kernel with 64 weight rows up to M = 512 and 128 up to M = 1024, widened
-    above) and every zero-point variant: the same bits as every other kernel."""
+    above; packed weights unpacked in the kernel, codes in K_ORDER, 64 weight rows up to M = 512 and 128 above) and
+    every zero-point variant: the same bits as every other kernel."""
     asymmetric, act_sym = SIDES[side]
     p = random_problem(np.random.default_rng(K + N + len(side)), lead, K, N, wbits, wbits, dtype, saturate=True,
                        asymmetric=asymmetric, act_sym=act_sym)

@@ -12,8 +12,8 @@
 // generic   any layout (rows of B that are not whole 16-byte vectors): scalar loads, one block per channel.
 // cublas    (M > 8 where it fits) cuBLASLt's int8 GEMM into int32 scratch, then SumsEpilogueKernel.
 // triton    (M > 8 where it fits, auto's first choice) a Triton-compiled wgmma GEMM with the epilogue fused
-//           (triton_gemm.h), unpacking packed weights itself up to M = 1024 (its codes in the run order below);
-//           cublas (and triton above that) take packed 4-bit weights widened to int8 by WidenPackedKernel.
+//           (triton_gemm.h), unpacking packed weights itself (its codes in the run order below); cublas takes
+//           packed 4-bit weights widened to int8 by WidenPackedKernel.
 //
 // The mma operands. In m16n8k32 a thread with tig = lane % 4 supplies, for each of its rows and columns, the
 // K slots 4*tig..4*tig+3 (first register) and 16+4*tig.. (second). A dot product does not depend on the order
@@ -926,23 +926,14 @@ size_t SumsOffset(const QlArgs& a) { return AlignScratch(RowArraysEnd(a)); }
 constexpr size_t kLtWorkspaceBytes = size_t{8} << 20;
 size_t LtWorkspaceOffset(const QlArgs& a) { return AlignScratch(SumsOffset(a) + SumsBytes(a) + WideBytes(a)); }
 
-// Packed weights: the triton kernel unpacks them itself up to this M (H200, codes in K_ORDER: at M = 512 and 1024 as
-// fast as the 8-bit kernel on widened weights or faster, without the widening pass); above, widening + the 8-bit
-// kernel was 15-40 us faster than the unpacking kernel in k order (not measured in K_ORDER).
-constexpr int64_t kTritonUnpackMaxM = 1024;
 // Below this M auto leaves packed weights to cuBLAS: at M = 64 the 128-token tile ran half empty (4096x11008 W4A4:
 // 62.2 us against 42.0 through cuBLAS, H200).
 constexpr int64_t kTritonPackedMinM = 256;
-bool TritonUnpacks(const QlArgs& a) { return a.wbits <= 4 && a.M <= kTritonUnpackMaxM; }
-
-// The triton kernel's widened weights: after the row arrays (it has no int32 sums).
-size_t TritonWideOffset(const QlArgs& a) { return AlignScratch(RowArraysEnd(a)); }
-
-// The cublas and triton kernels' buffers in the call's scratch (all null for the other kernels).
+// The cublas kernel's buffers in the call's scratch (all null for the other kernels).
 struct CublasScratch {
-  int* acc = nullptr;       // the int32 sums [M, N] (cublas)
+  int* acc = nullptr;       // the int32 sums [M, N]
   int8_t* wide = nullptr;   // packed weights widened [N, K]
-  void* workspace = nullptr;  // cuBLASLt's (cublas)
+  void* workspace = nullptr;  // cuBLASLt's
 };
 
 // The triton kernel's operands as far as QlArgs settles them (q, the row arrays and B are the call's).
@@ -953,8 +944,10 @@ TritonGemmArgs TritonArgs(const QlArgs& a) {
   t.N = static_cast<int>(a.N);
   t.K = static_cast<int>(a.K);
   t.Kp = static_cast<int>(PaddedK(a.K));
-  t.packed = TritonUnpacks(a);
-  t.ldb = static_cast<int>(t.packed ? a.row_bytes : a.K);  // 8-bit rows, packed ones as stored, or widened
+  // Packed weights are unpacked in the kernel at every M (H200, codes in K_ORDER: as fast as the 8-bit kernel on
+  // widened weights or faster, M = 512...2048, without the widening pass).
+  t.packed = a.wbits <= 4;
+  t.ldb = static_cast<int>(t.packed ? a.row_bytes : a.K);
   t.B = a.B;
   t.Y = a.Y;
   t.w_scales = a.w_scales;
@@ -1063,9 +1056,8 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int*
   const float floor_value = sizeof(T) == 2 ? __half2float(__float2half_rn(1e-5f)) : 1e-5f;
   const bool packed = a.wbits <= 4;
   // Evens-first codes for the kernels that split packed weights in registers; wgmma widens them in order, and so
-  // does the widening pass before cublas and triton above kTritonUnpackMaxM.
-  const bool widened = kernel == QlKernel::kWgmma || kernel == QlKernel::kCublas ||
-                       (kernel == QlKernel::kTriton && !TritonUnpacks(a));
+  // does the widening pass before cublas.
+  const bool widened = kernel == QlKernel::kWgmma || kernel == QlKernel::kCublas;
   const CodeOrder order = !packed || widened              ? CodeOrder::kNatural
                           : kernel == QlKernel::kTriton ? CodeOrder::kTritonRuns
                                                         : CodeOrder::kEvensFirst;
@@ -1079,7 +1071,7 @@ const char* Launch(const QlArgs& a, QlKernel kernel, int8_t* q, float* s_x, int*
   LaunchDependent(quantize, grid, dim3(kQuantThreads), 0, stream, A, q, s_x, sums, zeros, K, Kp, abits, floor_value);
   const ZeroOffset zero{a.w_zero, sums, zeros, a.w_sum, K, a.K >= (1 << 15)};
   const int8_t* weights = a.B;
-  if (packed && (kernel == QlKernel::kCublas || (kernel == QlKernel::kTriton && !TritonUnpacks(a)))) {
+  if (packed && kernel == QlKernel::kCublas) {
     const size_t vectors = static_cast<size_t>(a.N) * a.K / 32;
     constexpr int kWidenThreads = 256;
     LaunchDependent(WidenPackedKernel, dim3(static_cast<unsigned>((vectors + kWidenThreads - 1) / kWidenThreads)),
@@ -1129,7 +1121,6 @@ void QuantLinearWarmUp() {
 size_t QuantLinearScratchBytes(const QlArgs& args, QlKernel kernel) {
   const QlKernel chosen = Pick(args, kernel);
   if (chosen == QlKernel::kCublas) return LtWorkspaceOffset(args) + kLtWorkspaceBytes;
-  if (chosen == QlKernel::kTriton) return TritonWideOffset(args) + (TritonUnpacks(args) ? 0 : WideBytes(args));
   return RowArraysEnd(args);
 }
 
@@ -1179,8 +1170,6 @@ const char* LaunchQuantLinear(const QlArgs& args, QlKernel kernel, void* stream,
     cublas.acc = reinterpret_cast<int*>(base + SumsOffset(args));
     cublas.wide = reinterpret_cast<int8_t*>(base + SumsOffset(args) + SumsBytes(args));
     cublas.workspace = base + LtWorkspaceOffset(args);
-  } else if (chosen == QlKernel::kTriton && !TritonUnpacks(args)) {
-    cublas.wide = reinterpret_cast<int8_t*>(static_cast<char*>(scratch) + TritonWideOffset(args));
   }
   auto s = static_cast<cudaStream_t>(stream);
   return args.half ? Launch<__half>(args, chosen, q, s_x, q_sum, act_zero, cublas, s)
