@@ -66,12 +66,14 @@ def test_fsbr_lowers_the_block_loss():
     before = loss()
     params = [p for n, p in block.named_parameters() if n.startswith(("s_", "clipping", "clip_"))]
     opt = torch.optim.AdamW(params, lr=5e-3)
-    for _ in range(20):  # the trainer's step (train_block) on the simulated integer forward
+    # The rounded forward makes the first steps' path machine-dependent: 20 steps gave -4% on an AVX-512 machine and
+    # -2% on an AVX2 one, where 40 give -12%.
+    for _ in range(40):  # the trainer's step (train_block) on the simulated integer forward
         for x, kw, y in zip(runner.inputs, runner.layer_kwargs, targets):
             opt.zero_grad()
             torch.nn.functional.mse_loss(block(x, **kw), y).backward()
             opt.step()
-    assert loss() < 0.97 * before  # seen: -4% in 20 steps (-9% when the residual was also rounded to 8 bits)
+    assert loss() < 0.97 * before
 
 
 def test_config_spec_and_round_trip(tmp_path):
