@@ -5,6 +5,9 @@ a bit-exactness check of the permuted path against the exact integer product. Ne
 machine:
 
     python3 scripts/triton_ql_permuted_k_experiment.py      # prints a table, writes $OUT/permuted_k.json
+    MS=512,2048 NCFG=1 python3 scripts/triton_ql_permuted_k_experiment.py     # fewer M and tiles
+
+It replaces scripts/triton_ql_unpack_experiment.py (stop 16: the packed path in k order over eight tiles; removed).
 """
 import json
 import os
