@@ -132,7 +132,7 @@ def test_asymmetric_sum_beyond_int32(cuda_library, monkeypatch, kernel):
     check(cuda_library, monkeypatch, kernel, p)
 
 
-@pytest.mark.parametrize("M", [1, 8, 64, 512])
+@pytest.mark.parametrize("M", [1, 2, 3, 8, 64, 512])
 @pytest.mark.parametrize("wbits, abits", [(8, 8), (4, 4)])
 def test_automatic_choice_on_llama_shapes(cuda_library, monkeypatch, M, wbits, abits):
     """The benchmark's shapes through whatever kernel auto picks (K = 4096 and 11008), fp16 as deployed."""

@@ -3,8 +3,9 @@
 // quantize  one block per row of A: absmax, s_x, and the int8 codes into a scratch q [M, Kp] (Kp = K rounded up
 //           to 64, zero-filled), every step rounded as the exporter's chain rounds it. For packed (<= 4-bit)
 //           weights each aligned group of 8 codes is stored evens first (k = 0,2,4,6,1,3,5,7): see below.
-// decode    (M <= 8): one warp per output channel streams its row of B in 16-byte vectors and takes dp4a dot
-//           products with the (cache-resident) codes of every row of A.
+// decode    (M <= 8; 8-bit-stored weights only up to M = 2 when cublas takes them): one warp per output channel
+//           streams its row of B in 16-byte vectors and takes dp4a dot products with the (cache-resident) codes of
+//           every row of A.
 // mma       (M > 8): int8 tensor cores, mma.sync m16n8k32 s8*s8->s32, a 4-stage cp.async pipeline of 64-byte K
 //           slices; tiles 128x256 (8 warps), 128x128, 128x64 or 64x64 (4 warps) by problem size.
 // wgmma     (pinned only, sm_90a builds): Hopper warpgroup MMAs, s8*s8->s32, 128x128 tiles; correct but slower
@@ -926,6 +927,8 @@ size_t SumsOffset(const QlArgs& a) { return AlignScratch(RowArraysEnd(a)); }
 constexpr size_t kLtWorkspaceBytes = size_t{8} << 20;
 size_t LtWorkspaceOffset(const QlArgs& a) { return AlignScratch(SumsOffset(a) + SumsBytes(a) + WideBytes(a)); }
 
+// Up to this M auto keeps 8-bit-stored weights on the decode kernel (see Pick).
+constexpr int64_t kDecodeMaxM8Bit = 2;
 // Below this M auto leaves packed weights to cuBLAS: at M = 64 the 128-token tile ran half empty (4096x11008 W4A4:
 // 62.2 us against 42.0 through cuBLAS, H200).
 constexpr int64_t kTritonPackedMinM = 256;
@@ -970,14 +973,18 @@ bool VectorRows(const QlArgs& a) { return a.row_bytes % 16 == 0 && Aligned16(a.B
 QlKernel Pick(const QlArgs& a, QlKernel requested) {
   if (requested == QlKernel::kAuto) {
     if (!VectorRows(a)) return QlKernel::kGeneric;
-    if (a.M <= kDecodeMaxM) return QlKernel::kDecode;
+    // 8-bit-stored weights above M = 2 go to cuBLAS (H200, BENCHMARKS.md: M = 8, 11008x4096, 26.0 vs 55.0 us;
+    // M = 4 ahead on the 11008 shapes, 2.2 us behind at 4096x4096); packed weights stay with decode up to
+    // M = 8 (cuBLAS needs them widened: 42.3 vs 34.7 us at M = 8).
+    const bool cublas = CublasFits(a) && CublasAvailable();
+    if (a.M <= kDecodeMaxM && (a.wbits <= 4 || a.M <= kDecodeMaxM8Bit || !cublas)) return QlKernel::kDecode;
     // H200, LLaMA-7B shapes (BENCHMARKS.md): the Triton GEMM with its fused epilogue beats cuBLAS's int8 GEMM plus
     // the separate epilogue once it has a tile per SM; cuBLAS runs 1.3-3x faster than the mma.sync kernels at
     // M = 64...2048, packed weights included (widened per call).
     const bool triton = TritonFits(a) && TritonGemmAvailable();
     if (triton && TritonGemmFillsDevice(TritonArgs(a)) && (a.wbits > 4 || a.M >= kTritonPackedMinM))
       return QlKernel::kTriton;
-    if (CublasFits(a) && CublasAvailable()) return QlKernel::kCublas;
+    if (cublas) return QlKernel::kCublas;
     if (triton) return QlKernel::kTriton;
     requested = QlKernel::kMma;  // not wgmma: slower than mma.sync as it stands (BENCHMARKS.md)
   }
