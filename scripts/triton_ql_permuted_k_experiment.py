@@ -64,7 +64,8 @@ for permuted in (False, True):
     print(f"packed path, permuted_k={permuted}: bits differing from the reference:",
           (y.cpu().view(torch.int16) != ref.view(torch.int16)).sum().item(), flush=True)
 
-CFGS = [(128, 64, 4, 4), (64, 64, 4, 4), (128, 128, 8, 3), (64, 128, 4, 4), (128, 256, 8, 3)][:int(os.environ.get("NCFG", "5"))]
+CFGS = [(128, 64, 4, 4), (64, 64, 4, 4), (128, 128, 8, 3), (64, 128, 4, 4), (128, 256, 8, 3)]
+CFGS = CFGS[:int(os.environ.get("NCFG", len(CFGS)))]
 out = {}
 print("K x N, M | fp16 | w8 64x128 | w8 128x128 | packed natural (128x64) | packed permuted per tile", flush=True)
 for K, N in [(4096, 4096), (4096, 11008), (11008, 4096)]:
