@@ -115,17 +115,39 @@ void EachChunk(Ort::KernelContext& ctx, const Chunks& ch, const std::vector<int6
   ParallelFor(ctx, ch.rows * ch.count, task);
 }
 
+// The asymmetric codes of few rows from their values v and each row's (min, max): DynQuantAsymRow's pieces, so
+// the bits are the whole-row function's (and the CUDA ops').
+template <typename RowScale>
+void AsymChunks(Ort::KernelContext& ctx, const IntOutput& out, const Chunks& ch, const std::vector<int64_t>& v,
+                const std::vector<std::pair<int64_t, int64_t>>& range, int64_t qmax, const RowScale& scale) {
+  std::vector<AsymPlan> plans(static_cast<size_t>(ch.rows));
+  std::vector<int64_t> shifts(size_t(ch.rows), 0);
+  for (int64_t r = 0; r < ch.rows; ++r) {
+    const int64_t lo = std::min<int64_t>(range[size_t(r)].first, 0), hi = std::max<int64_t>(range[size_t(r)].second, 0);
+    const Dyadic s = scale(r);
+    const int64_t sh = shifts[size_t(r)] = AsymShift(lo, hi);
+    plans[size_t(r)] = PlanDynQuantAsym(RShr(lo, sh), RShr(hi, sh), sh, s.m, s.e, BitLen(uint64_t(qmax)) + 1);
+    StoreScale(out, r, plans[size_t(r)].scale);
+    out.z[r] = int32_t(AsymZero(plans[size_t(r)]));
+  }
+  int8_t* q = static_cast<int8_t*>(out.q);
+  EachChunk(ctx, ch, v, [&](int64_t r, int64_t c, int64_t x) {
+    q[r * ch.n + c] = int8_t(DynQuantAsymCode(RShr(x, shifts[size_t(r)]), plans[size_t(r)]));
+  });
+}
+
 template <typename Code, typename Value, typename RowScale>
 void QuantizeRows(Ort::KernelContext& ctx, const IntOutput& out, int64_t rows, int64_t n, int64_t qmax,
                   const Value& value, const RowScale& scale, int64_t clip_q15 = kClipOne) {
-  // DynQuantRow whole, a row per task; always for asymmetric codes (DynQuantAsymRow has no split form)
-  if (rows >= kFewRows || out.z != nullptr)
+  // DynQuantRow (DynQuantAsymRow for asymmetric codes) whole, a row per task
+  if (rows >= kFewRows)
     return WholeRows(ctx, rows, n, value, scale, [&](int64_t r, int64_t* v, Dyadic s) {
       StoreRow<Code>(out, r, v, n, s.m, s.e, qmax, clip_q15);
     });
   const Chunks ch(rows, n);
   std::vector<int64_t> v;
   const auto range = RowValues(ctx, ch, value, v);
+  if (out.z != nullptr) return AsymChunks(ctx, out, ch, v, range, qmax, scale);
   std::vector<QuantPlan> plans(static_cast<size_t>(rows));
   std::vector<int64_t> shifts(size_t(rows), 0);
   for (int64_t r = 0; r < rows; ++r) {
