@@ -202,7 +202,7 @@ class ILLMConfig(OmniQuantConfig):
     wbits, abits: W8A8 / W6A6 / W4A4 (weights per channel, LWC). sym: a symmetric weight grid; the default is
     min-max with a zero point per channel (DIMatMul's w_zero), 2.4 points better at W6A6 on SmolLM2 and even at
     W8A8 (BENCHMARKS.md). act_sym=False: the linears' input codes carry a zero point per token (DINorm, DIRequant
-    and DISwiGLU with act_sym=0, DIMatMul's x_zero; CPU kernels only so far).  softmax_clip: initial clipping range
+    and DISwiGLU with act_sym=0, DIMatMul's x_zero; CPU and CUDA kernels).  softmax_clip: initial clipping range
     c of the softmax input ([max - c, max]); learned with clip_lr unless clip_lr = 0; 0 disables clipping.
     act_clip: also learn (at clip_lr, from 1.0) a clip of the per-token range of each activation a linear reads
     (the two norms' outputs, the heads into o_proj, the SwiGLU output), exported as the ops' ``clip_q15``.

@@ -8,8 +8,9 @@ trains I-LLM's FSBR (``quantize/illm.py``; 2 epochs x 16 sequences of 512 tokens
 with OmniQuant's asymmetric per-token rule on the four linear inputs (the norms' outputs, the heads into o_proj,
 the SwiGLU output) instead of the symmetric codes the DI ops take, then reports the PyTorch perplexity (weights and
 linear-input codes simulated, the integer graph's inner roundings left in float) of that model with zero-point
-and with symmetric linear inputs, and of each baseline folder as saved. ``ILLMConfig`` refuses ``act_sym=False``
-because the integer-only graph cannot lower it; this script lifts the check for the experiment only.
+and with symmetric linear inputs, and of each baseline folder as saved. It predates the DI ops' zero points (when
+``ILLMConfig`` refused ``act_sym=False``) and keeps its own site patching, which ``--norms-only`` needs; the whole-model
+variant is now ``edgeq quantize --method illm --act-grid asym``.
 """
 
 import argparse

@@ -201,6 +201,9 @@ EDGEQ_HD inline int64_t DynQuantAsymCode(int64_t shifted, const AsymPlan& p) {
 
 EDGEQ_HD inline int64_t AsymZero(const AsymPlan& p) { return p.scale.zero ? 0 : p.zp - p.mid; }
 
+// The asymmetric code width of an op whose symmetric codes would span [-qmax, qmax] (the ops keep qmax).
+EDGEQ_HD inline int64_t AsymBits(int64_t qmax) { return BitLen(uint64_t(qmax)) + 1; }
+
 // Per-row asymmetric dynamic quantization of v * mult * 2^-E over [min(v, 0), max(v, 0)] (|v| <= 2^62, mult in
 // [1, 2^32)): codes u - 2^(bits-1) into q, the zero point zp - 2^(bits-1) into *zero, the scale returned; see
 // reference_integer.dyn_quant_asym (an all-zero or underflowing row: codes 0, zero point 0, the zero-row scale).

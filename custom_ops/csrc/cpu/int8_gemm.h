@@ -1,7 +1,7 @@
 // The int8 x int8 -> int32 GEMM of the CPU kernels (DIMatMul, DIBatchMatMul, QuantLinear): tasks of kBlockN weight
-// rows on ORT's intra-op pool, register tiles of 4 (AVX-512) or 2 (AVX2) activation rows x kTileN weight rows, with AVX-512 VNNI
-// (vpdpbusd, 64 products per instruction), AVX-512 BW or AVX2 (vpmaddwd on int16, 32 or 16 lanes) where the build
-// has them. Exact while every true sum fits int32 (K * 2^14 < 2^31 for int8 codes). Header-only: each kernel file
+// rows on ORT's intra-op pool, register tiles of 4 (AVX-512) or 2 (AVX2) activation rows x kTileN weight rows, with
+// AVX-512 VNNI (vpdpbusd, 64 products per instruction), AVX-512 BW or AVX2 (vpmaddwd on int16, 32 or 16 lanes)
+// where the build has them. Exact while every true sum fits int32 (K * 2^14 < 2^31 for int8 codes). Header-only: each kernel file
 // compiles its own copy (internal linkage).
 #pragma once
 
@@ -34,7 +34,7 @@ void ParallelFor(Ort::KernelContext& ctx, int64_t n, F& f) {
 }
 
 // The GEMM kernels: acc[i * acc_stride + j] = sum_k x[i * K + k] * w[j * K + k] for a tile of MR activation
-// rows and NR weight rows, each exact in int32. EDGEQ_DIMATMUL_KERNEL=auto|vnni|avx2|scalar (read at session
+// rows and NR weight rows, each exact in int32. EDGEQ_DIMATMUL_KERNEL=auto|vnni|avx512|avx2|scalar (read at session
 // creation) pins one; auto takes the widest this build has.
 enum class Gemm { kScalar, kAvx2, kAvx512, kVnni };
 

@@ -23,8 +23,6 @@ namespace {
 
 using namespace integer;
 
-
-
 // A per-thread int64 row buffer.
 int64_t* RowBuffer(int64_t n) {
   thread_local std::vector<int64_t> buffer;
@@ -38,14 +36,14 @@ void StoreScale(const IntOutput& out, int64_t r, const Scale& s) {
 }
 
 // Requantizes v (one row) into row r of the output (Code: int8, or DIMatMul's and DIAdd's int16 codes); asymmetric
-// int8 codes with the row's zero point when the output has zero points (act_sym=0, obits = bitlen(qmax) + 1).
+// int8 codes with the row's zero point when the output has zero points (act_sym=0, AsymBits(qmax) bits).
 template <typename Code = int8_t>
 void StoreRow(const IntOutput& out, int64_t r, int64_t* v, int64_t n, int64_t mult, int64_t E, int64_t qmax,
               int64_t clip_q15 = kClipOne) {
   if constexpr (std::is_same_v<Code, int8_t>) {
     if (out.z != nullptr) {
-      const int64_t bits = BitLen(uint64_t(qmax)) + 1;
-      StoreScale(out, r, DynQuantAsymRow(v, n, mult, E, bits, static_cast<int8_t*>(out.q) + r * n, out.z + r));
+      StoreScale(out, r, DynQuantAsymRow(v, n, mult, E, AsymBits(qmax), static_cast<int8_t*>(out.q) + r * n,
+                                         out.z + r));
       return;
     }
   }
@@ -126,7 +124,7 @@ void AsymChunks(Ort::KernelContext& ctx, const IntOutput& out, const Chunks& ch,
     const int64_t lo = std::min<int64_t>(range[size_t(r)].first, 0), hi = std::max<int64_t>(range[size_t(r)].second, 0);
     const Dyadic s = scale(r);
     const int64_t sh = shifts[size_t(r)] = AsymShift(lo, hi);
-    plans[size_t(r)] = PlanDynQuantAsym(RShr(lo, sh), RShr(hi, sh), sh, s.m, s.e, BitLen(uint64_t(qmax)) + 1);
+    plans[size_t(r)] = PlanDynQuantAsym(RShr(lo, sh), RShr(hi, sh), sh, s.m, s.e, AsymBits(qmax));
     StoreScale(out, r, plans[size_t(r)].scale);
     out.z[r] = int32_t(AsymZero(plans[size_t(r)]));
   }
@@ -202,7 +200,6 @@ void WideRows(Ort::KernelContext& ctx, const IntOutput& out, int64_t rows, int64
 
 // ---------------------------------------------------------------------------------------------------------
 // DIMatMul
-
 
 // Y int8 (obits <= 8) or int16 (Code): the same requantization of P (< 2^62), whose reciprocal stays below 2^31
 // for any qmax < 2^15 (DynQuantRow).

@@ -118,7 +118,7 @@ __device__ void QuantizeRow(const Value& value, int64_t n, int64_t mult, int64_t
     lo = Min(lo, 0);
     hi = Max(hi, 0);
     const int64_t sh = AsymShift(lo, hi);
-    const AsymPlan plan = PlanDynQuantAsym(RShr(lo, sh), RShr(hi, sh), sh, mult, E, BitLen(uint64_t(qmax)) + 1);
+    const AsymPlan plan = PlanDynQuantAsym(RShr(lo, sh), RShr(hi, sh), sh, mult, E, AsymBits(qmax));
     for (int64_t c = c0 + threadIdx.x; c < c1; c += blockDim.x) q[c] = Code(DynQuantAsymCode(RShr(value(c), sh), plan));
     if (threadIdx.x == 0 && blockIdx.y == 0) {
       *m = int32_t(plan.scale.m);
