@@ -86,7 +86,7 @@ def linear_storage(model: onnx.ModelProto) -> tuple[int, int]:
     for node in model.graph.node:
         if node.op_type not in LINEAR_OPS or node.op_type == "MatMul" and node.input[1] not in inits:
             continue  # a MatMul reading a computed B (attention, tied lm_head) is not a stored linear
-        if node.op_type == "MatMul" and node.name.startswith("lm_head"):
+        if node.name.startswith("lm_head"):  # not a decoder linear (the integer graph's is a DIMatMul)
             continue
         weight = [inits[name] for i, name in enumerate(node.input) if i != LINEAR_OPS[node.op_type] and name in inits]
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}

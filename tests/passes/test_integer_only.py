@@ -36,9 +36,9 @@ def exported(tmp_path_factory):
 def test_op_counts(exported):
     counts = Counter((n.domain, n.op_type) for n in onnx.load(exported["integer"]).graph.node)
     di = {op: n for (domain, op), n in counts.items() if domain == "edgeq"}
-    assert di == {"DIMatMul": 7 * LAYERS, "DINorm": 2 * LAYERS + 1, "DIRotary": 3 * LAYERS, "DIAdd": 2 * LAYERS,
+    assert di == {"DIMatMul": 7 * LAYERS + 1, "DINorm": 2 * LAYERS + 1, "DIRotary": 3 * LAYERS, "DIAdd": 2 * LAYERS,
                   "DISwiGLU": LAYERS, "DIClippedSoftmax": LAYERS, "DIRequant": LAYERS,
-                  "DIBatchMatMul": 2 * LAYERS + 1}  # Q.K^T and P.V per layer, lm_head
+                  "DIBatchMatMul": 2 * LAYERS}  # Q.K^T and P.V per layer; lm_head is a DIMatMul
     floats = {op: n for (domain, op), n in counts.items() if op in ("Cast", "Mul", "Pow", "Neg")}
     assert floats == {"Cast": 4, "Mul": 2, "Pow": 1, "Neg": 1}  # the mask's bool Cast + the logits' dequant
     for op in ("MatMul", "Softmax", "RMSNormalization", "QuantLinear", "Add", "Sigmoid", "Cos", "Sin"):
@@ -48,7 +48,13 @@ def test_op_counts(exported):
     # rotate=0), and Q.K^T / P.V read grouped kv heads without a repeat
     moves = {op: counts[("", op)] for op in ("Reshape", "Expand", "Transpose", "Concat", "Unsqueeze")}
     assert moves == {"Reshape": 0, "Expand": 0, "Transpose": 3 * LAYERS, "Concat": 6 * LAYERS,
-                     "Unsqueeze": 1 + 3}  # the mask; the tied lm_head's rows
+                     "Unsqueeze": 1}  # the mask
+    # the tied lm_head reads the embedding's int8 table itself, not a copy
+    proto = onnx.load(exported["integer"])
+    gather = next(n for n in proto.graph.node if n.op_type == "Gather" and n.input[0].endswith("embed_tokens"))
+    head = next(n for n in proto.graph.node if n.op_type == "DIMatMul" and n.name.startswith("lm_head"))
+    assert head.input[3] == gather.input[0]
+    assert [a.i for a in head.attribute if a.name == "obits"] == [16]
 
 
 def test_verify_integer_only_accepts_the_integer_graph_and_refuses_the_float_one(exported, capsys):
@@ -153,7 +159,7 @@ def test_asymmetric_weights_become_dimatmul_zero_points(tmp_path):
     lowered, integer = export_one_layer(tmp_path, RTNConfig(bits=8, group_size=-1, sym=False, abits=8))
     proto = onnx.load(integer)
     inits = {t.name: t for t in proto.graph.initializer}
-    matmuls = [n for n in proto.graph.node if n.op_type == "DIMatMul"]
+    matmuls = [n for n in proto.graph.node if n.op_type == "DIMatMul" and not n.name.startswith("lm_head")]
     assert len(matmuls) == 7
     for n in matmuls:
         assert len(n.input) == 7 and n.input[6] in inits, n.name
@@ -175,9 +181,10 @@ def test_asymmetric_activations_carry_zero_points_into_dimatmul(tmp_path):
     producers = {o: n for n in proto.graph.node for o in n.output}
     asym = [n for n in proto.graph.node if n.op_type in ("DINorm", "DIRequant", "DISwiGLU")
             and any(a.name == "act_sym" and a.i == 0 for a in n.attribute)]
-    assert sorted(n.op_type for n in asym) == ["DINorm", "DINorm", "DIRequant", "DISwiGLU"]  # final norm stays sym
+    # the final norm too: lm_head reads its codes with their zero points
+    assert sorted(n.op_type for n in asym) == ["DINorm", "DINorm", "DINorm", "DIRequant", "DISwiGLU"]
     matmuls = [n for n in proto.graph.node if n.op_type == "DIMatMul"]
-    assert len(matmuls) == 7
+    assert len(matmuls) == 8 and matmuls[-1].name.startswith("lm_head")
     for n in matmuls:
         assert len(n.input) == 9 and n.input[8] in inits, n.name
         assert producers[n.input[7]] in asym and list(producers[n.input[7]].output).index(n.input[7]) == 3
