@@ -423,8 +423,11 @@ def sigmoid_q30(q: np.ndarray, m: int, e: int) -> np.ndarray:
 
 
 def di_swiglu(G, g_m, g_e, U, u_m, u_e, obits: int, clip_q15: int = CLIP_ONE, act_sym: int = 1):
-    """``silu(gate) * up`` per row: ``v = q_g * sigmoid_q30(q_g) * q_u`` (< 2**44), ``dyn_quant`` (act_sym=0:
-    ``dyn_quant_asym``) with multiplier ``m_g * m_u`` and exponent ``e_g + e_u + 30``."""
+    """``silu(gate) * up`` per row: ``v = q_g * sigmoid_q30(q_g) * q_u`` (< 2**44 with int8 codes, < 2**60 with
+    int16), ``dyn_quant`` (act_sym=0: ``dyn_quant_asym``) with multiplier ``m_g * m_u`` and exponent
+    ``e_g + e_u + 30``. gate and up hold int8 or int16 codes, both the same."""
+    if _check_codes(G, "gate") != _check_codes(U, "up"):
+        raise ValueError(f"gate and up must hold the same code type, got {np.asarray(G).dtype} and {np.asarray(U).dtype}")
     quant = _quantizer(obits, clip_q15, act_sym)
     Gr, gm, ge = _rows(G, g_m, g_e, "gate")
     Ur, um, ue = _rows(U, u_m, u_e, "up")
@@ -443,7 +446,10 @@ def di_rotary(X, x_m, x_e, position_ids, cos, sin, *, interleaved: int, obits: i
     heads_first=1: the outputs in attention's layout, codes ``[B, H, S, D]`` and scales ``[B, H, S, 1]`` (the same
     rows, transposed). X may be ``[B, S, H*D]`` with scales ``[B, S, 1]``: read as ``[B, S, H, D]``, D = 2 x the
     tables' last dim. rotate=0: no rotation and no requantization (the codes as they are, each row with its
-    token's scale): the same layouts for values that are not rotated (V into attention's layout)."""
+    token's scale): the same layouts for values that are not rotated (V into attention's layout). X holds int8
+    or int16 codes (a projection's 16-bit output: pairs < 2**30); rotate=0 copies codes, so int8 only."""
+    if _check_codes(X, "X") != np.int8 and not rotate:
+        raise ValueError("rotate=0 copies the codes into int8: X must be int8")
     qmax = qmax_of(obits)
     X = np.asarray(X).astype(np.int64)
     if X.ndim == 3:

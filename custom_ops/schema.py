@@ -661,11 +661,12 @@ DI_NORM = OpDef(
 )
 
 def _two_input_op(name: str, doc: str, first: tuple[str, str, str], second: tuple[str, str, str]) -> OpDef:
-    """An op of two integer activations of the same shape (codes name, scale prefix, meaning each)."""
+    """An op of two integer activations of the same shape and code type T (codes name, scale prefix, meaning
+    each)."""
     prefix = second[1]
     return OpDef(
-        name=name, doc=doc, inputs=(*_int_activation(*first), *_int_activation(*second)),
-        outputs=DI_LINEAR_INPUT_OUTPUTS, attributes=(_OBITS, _CLIP_Q15, _ACT_SYM),
+        name=name, doc=doc, inputs=(*_int_activation(*first, code_type="T"), *_int_activation(*second, code_type="T")),
+        outputs=DI_LINEAR_INPUT_OUTPUTS, attributes=(_OBITS, _CLIP_Q15, _ACT_SYM), type_constraints={"T": _WIDE_CODES},
         infer=_infer_integer(name, same_shape=(3,), expected=lambda ctx, a, d: {} if d is None else
                              {4: (f"{prefix}_m", [*d[:-1], 1]), 5: (f"{prefix}_e", [*d[:-1], 1])}),
     )
@@ -675,8 +676,8 @@ DI_SWIGLU = _two_input_op(
     "DISwiGLU",
     "Integer SwiGLU: y = silu(gate) * up = gate * sigmoid(gate) * up, requantized per row. sigmoid(g) in Q30 "
     "= round(2^60 / (2^30 + E)) for g >= 0 and its complement for g < 0, E = 2^30 exp(-|g|) as in DIExp; "
-    "the product q_g * sigmoid * q_u (< 2^44) is requantized with multiplier m_g * m_u and exponent "
-    "e_g + e_u + 30.",
+    "the product q_g * sigmoid * q_u (< 2^44 for int8 codes, < 2^60 for int16: gate and up may be 16-bit "
+    "projection outputs, both the same type) is requantized with multiplier m_g * m_u and exponent e_g + e_u + 30.",
     ("gate", "gate", "gate projection"), ("up", "up", "up projection"))
 
 def _rotary_head_dim(ctx, dims) -> int | None:
@@ -723,9 +724,10 @@ DI_ROTARY = OpDef(
         "projection's output [B, S, H*D] with per-token scales [B, S, 1]: it is read as [B, S, H, D], D being "
         "twice the tables' last dim, and the output is the same as for that 4-d X. heads_first=1 writes "
         "the output in attention's layout instead: codes [B, H, S, D], scales [B, H, S, 1]. Positions outside "
-        "[0, P) are an error."
+        "[0, P) are an error. X holds int8 or int16 codes (a projection's 16-bit output: pairs < 2^30); rotate=0 "
+        "copies codes and takes int8 only."
     ),
-    inputs=(Input("X", "tensor(int8)", "queries or keys: codes [B, S, H, D] or [B, S, H*D]"),
+    inputs=(Input("X", "T", "queries or keys: codes [B, S, H, D] or [B, S, H*D]"),
             Input("x_m", "tensor(int32)", "scale mantissas [B, S, H or 1, 1] (X 4-d) or [B, S, 1], in [1, 2^15)"),
             Input("x_e", "tensor(int8)", "scale exponents, as x_m"),
             Input("position_ids", "tensor(int64)", "positions [B, S]"),
@@ -742,6 +744,7 @@ DI_ROTARY = OpDef(
                           check=_flag)),
     infer=_infer_integer("DIRotary", check_scales=False, expected=_rotary_expected,
                          out_dims=_rotary_out_dims),
+    type_constraints={"T": _WIDE_CODES},
 )
 
 DI_ADD = OpDef(

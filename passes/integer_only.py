@@ -13,7 +13,8 @@ and int8 exponent, ``custom_ops/README.md`` "Integer-only ops"):
   embedding      Gather of an int8 table and of its per-row scales (the table quantized per row at 8 bits)
   norms          DINorm (gamma as per-channel dyadic scales), codes at the next linears' abits
   q/k/v/o/gate/up/down   DIMatMul (the QuantLinear's integer weights and zero points; scales as dyadics), outputs at 8 bits
-                         (o/down, which feed the residual: 16);
+                         (v, which the cache holds as it is) or 16 (q/k and gate/up, which DIRotary and DISwiGLU read;
+                         o/down, which feed the residual);
                  the attention's 1/sqrt(head_dim) is folded into q_proj's scales
   rotary         DIRotary with Q14 cos/sin tables [max_positions, head_dim/2], reading q/k as [B, S, heads*D] and
                  writing [B, heads, S, D]; v takes the same op with rotate=0 (the relayout alone)
@@ -49,7 +50,9 @@ from edgeq.errors import EdgeqError
 from edgeq.exporter.llama_graph import ACT_CLIP_KEY, SOFTMAX_CLIP_KEY
 from edgeq.quantize.illm import ACT_CLIP_SITES
 
-INNER_BITS = 8        # codes of activations that feed no linear: projections, rotary, KV cache, softmax
+INNER_BITS = 8        # codes of activations that feed no linear: v_proj, rotary, KV cache, softmax
+PROJ_BITS = 16        # q/k and gate/up outputs (int16 codes): DIRotary and DISwiGLU requantize them, so they are
+                      # rounded once, not twice (PyTorch on this model: 8-bit codes there cost W8A8 0.7%)
 RESIDUAL_BITS = 16    # the residual stream and the o/down projections that feed it (int16 codes): a few of its
                       # channels are hundreds of times the rest
 HEAD_BITS = 8         # the embedding table / lm_head rows and the final norm's output
@@ -361,8 +364,8 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
         i, p = layer.index, f"model.layers.{layer.index}.self_attn"
         x = b.norm(h, layer.input_norm, d.eps, f"model.layers.{i}.input_layernorm", layer.q.abits, act_clips[i][0],
                    layer.q.act_sym)
-        q = b.matmul(x, layer.q, p + ".q_proj", factor=layer.score_scale)
-        k = b.matmul(x, layer.k, p + ".k_proj")
+        q = b.matmul(x, layer.q, p + ".q_proj", obits=PROJ_BITS, factor=layer.score_scale)
+        k = b.matmul(x, layer.k, p + ".k_proj", obits=PROJ_BITS)
         v = b.matmul(x, layer.v, p + ".v_proj")
         # The rotary reads the projections' [B, S, heads*D] directly and leaves q and k as [B, heads, S, D]
         # (heads_first), the layout of the cache and of attention; DIBatchMatMul reads a kv head for each group
@@ -398,7 +401,9 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
         m = f"model.layers.{i}.mlp"
         x = b.norm(h, layer.post_norm, d.eps, f"model.layers.{i}.post_attention_layernorm", layer.gate.abits,
                    act_clips[i][2], layer.gate.act_sym)
-        glu = b.di("DISwiGLU", [*b.matmul(x, layer.gate, m + ".gate_proj"), *b.matmul(x, layer.up, m + ".up_proj")],
+        gate, up = (b.matmul(x, lin, f"{m}.{name}", obits=PROJ_BITS) for lin, name in ((layer.gate, "gate_proj"),
+                                                                                          (layer.up, "up_proj")))
+        glu = b.di("DISwiGLU", [*gate, *up],
                    m + "/glu", act_sym=layer.down.act_sym, obits=layer.down.abits, **_clip_attr(act_clips[i][3]))
         h = b.di("DIAdd", [*h, *b.matmul(glu, layer.down, m + ".down_proj", obits=RESIDUAL_BITS)],
                  f"model.layers.{i}/residual_mlp",

@@ -38,7 +38,8 @@ from edgeq.quantize.omniquant import TransformedBlock, fake_quant_tokens, round_
 # the activations a linear reads, in the order of self_attn.act_clip: DINorm (input norm -> q/k/v), DIRequant (heads
 # -> o_proj), DINorm (post norm -> gate/up), DISwiGLU (-> down_proj)
 ACT_CLIP_SITES = ("input_norm", "heads", "post_norm", "glu")
-INNER_BITS = 8  # passes.integer_only.INNER_BITS: projections, rotary, KV cache, probabilities
+INNER_BITS = 8  # passes.integer_only.INNER_BITS: v_proj, rotary, KV cache, probabilities
+PROJ_BITS = 16  # passes.integer_only.PROJ_BITS: the q/k and gate/up outputs (requantized by rotary / SwiGLU)
 RESIDUAL_BITS = 16  # passes.integer_only.RESIDUAL_BITS: the residual stream and the o/down outputs added to it
 
 
@@ -79,14 +80,15 @@ class FSBRBlock(TransformedBlock):
         p, bits, sym = self.quantized(), self.config.abits, self.config.act_sym
         clips = self.clip_act if self.learn_act_clip else [None] * len(ACT_CLIP_SITES)
         q8 = lambda t: fake_quant_tokens(t, INNER_BITS)  # noqa: E731
+        p16 = lambda t: fake_quant_tokens(t, PROJ_BITS)  # noqa: E731
         r16 = lambda t: fake_quant_tokens(t, RESIDUAL_BITS)  # noqa: E731
         lin = lambda t, name: nn.functional.linear(t, p[f"{name}.weight"])  # noqa: E731
         b, s, _ = x.shape
         h = r16(x)
         a = fake_quant_tokens(self.rms_norm(h, p["input_layernorm.weight"]), bits, clips[0], sym)
         heads = lambda t, n: t.reshape(b, s, n, self.head_dim).transpose(1, 2)  # noqa: E731
-        q = heads(q8(lin(a, "self_attn.q_proj")), self.num_heads)
-        k = heads(q8(lin(a, "self_attn.k_proj")), self.num_kv)
+        q = heads(p16(lin(a, "self_attn.q_proj")), self.num_heads)
+        k = heads(p16(lin(a, "self_attn.k_proj")), self.num_kv)
         v = heads(q8(lin(a, "self_attn.v_proj")), self.num_kv)  # per token over every kv head, as cached
         cos, sin = (t.unsqueeze(1) for t in position_embeddings)
         q = q8(q * cos + rotate_half(q) * sin)
@@ -103,7 +105,7 @@ class FSBRBlock(TransformedBlock):
         ctx = fake_quant_tokens((probs @ v).transpose(1, 2).reshape(b, s, -1), bits, clips[1], sym)
         h = r16(h + r16(lin(ctx, "self_attn.o_proj")))
         a = fake_quant_tokens(self.rms_norm(h, p["post_attention_layernorm.weight"]), bits, clips[2], sym)
-        glu = nn.functional.silu(q8(lin(a, "mlp.gate_proj"))) * q8(lin(a, "mlp.up_proj"))
+        glu = nn.functional.silu(p16(lin(a, "mlp.gate_proj"))) * p16(lin(a, "mlp.up_proj"))
         return r16(h + r16(lin(fake_quant_tokens(glu, bits, clips[3], sym), "mlp.down_proj")))
 
     def rms_norm(self, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,9 @@
     python scripts/illm_site_ablation.py --wide probs qkv gate_up --act-zero   # one run: those sites at 16 bits,
                                                     # linear inputs with a zero point per token
 
-The decoder runs I-LLM's simulation of the integer graph (``quantize/illm.py``'s ``FSBRBlock.forward``, the
-same roundings ``passes/integer_only.py`` builds) around RTN W8 per-channel weights with zero points (the
+The decoder runs I-LLM's simulation of the integer graph as of stop 15 (``quantize/illm.py``'s
+``FSBRBlock.forward``; since stop 18 the graph keeps q/k and gate/up at 16 bits: ``--wide qkv gate_up``, v aside)
+around RTN W8 per-channel weights with zero points (the
 integer-only default grid), no calibration. Each site below can be switched off (left in float) to see what its
 rounding costs in perplexity on the bench's eval text and windows:
 

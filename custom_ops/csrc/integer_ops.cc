@@ -126,6 +126,8 @@ void PrepareMask(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p, size_t
 void PrepareRotary(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p) {
   const std::string& where = a.where;
   p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", a, false);
+  if (p.x.type != kI8 && p.x.type != kI16) Fail(where, std::string("X must be int8 or int16, got ") + TypeName(p.x.type));
+  if (!a.rotate && p.x.type != kI8) Fail(where, "rotate=0 copies the codes into int8: X must be int8");
   TensorView m = RequiredInput(ctx, 1, "x_m", where);
   TensorView pos = RequiredInput(ctx, 3, "position_ids", where);
   TensorView cos = RequiredInput(ctx, 4, "cos", where);
@@ -221,8 +223,9 @@ const DiSignature& Signature(DiOp op) {
       {"DIClippedSoftmax", {kAny, kI32, kI8, kBool}, {kU8, kI32, kI8}, 3},
       // DINorm, DISwiGLU, DIRequant: y_zero (act_sym=0) is their optional fourth output
       {"DINorm", {kAny, kI32, kI8, kI32, kI8}, {kI8, kI32, kI8, kI32}, 5},
-      {"DISwiGLU", {kI8, kI32, kI8, kI8, kI32, kI8}, {kI8, kI32, kI8, kI32}, 6},
-      {"DIRotary", {kI8, kI32, kI8, kI64, kI16, kI16}, {kI8, kI32, kI8}, 6},
+      // DISwiGLU: gate and up int8 or int16, the same (ORT ties untyped inputs); DIRotary: X int8 or int16
+      {"DISwiGLU", {kAny, kI32, kI8, kAny, kI32, kI8}, {kI8, kI32, kI8, kI32}, 6},
+      {"DIRotary", {kAny, kI32, kI8, kI64, kI16, kI16}, {kI8, kI32, kI8}, 6},
       // A, B: int8 or int16 each, Y: int8 or int16 by obits (the CPU op registers one overload per input pair)
       {"DIAdd", {kAny, kI32, kI8, kAny, kI32, kI8}, {kAny, kI32, kI8}, 6},
       {"DIBatchMatMul", {kAny, kI32, kI8, kI8, kI32, kI8, kBool}, {kI32, kI32, kI8}, 6},
@@ -360,10 +363,12 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
       p.x2 = add ? ReadActivation(ctx, 3, "B", "b_m", "b_e", a)
                  : ReadActivation(ctx, 3, "up", "up_m", "up_e", a);
       ExpectSameShape(p.x, p.x2, add ? "A" : "gate", add ? "B" : "up", where);
-      if (add && p.x.type != kI8 && p.x.type != kI16)
-        Fail(where, std::string("A must be int8 or int16, got ") + TypeName(p.x.type));
-      if (add && p.x2.type != kI8 && p.x2.type != kI16)
-        Fail(where, std::string("B must be int8 or int16, got ") + TypeName(p.x2.type));
+      if (p.x.type != kI8 && p.x.type != kI16)
+        Fail(where, std::string(add ? "A" : "gate") + " must be int8 or int16, got " + TypeName(p.x.type));
+      if (p.x2.type != kI8 && p.x2.type != kI16)
+        Fail(where, std::string(add ? "B" : "up") + " must be int8 or int16, got " + TypeName(p.x2.type));
+      if (!add && p.x.type != p.x2.type)
+        Fail(where, std::string("gate is ") + TypeName(p.x.type) + " but up is " + TypeName(p.x2.type));
       out_shape = p.x.shape;
       break;
     }

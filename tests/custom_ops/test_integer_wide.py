@@ -1,7 +1,8 @@
-"""The 16-bit residual stream at the op level: DIAdd with int8 or int16 codes on either side and int8 (obits
-<= 8) or int16 (obits 9..16) output codes, DINorm of int16 codes, DIMatMul's int16 output codes (obits 9..16, for
-the projections that feed the residual). References against float, the CPU and CUDA kernels bit-exact against
-the references, and the errors for what the ops refuse."""
+"""16-bit codes at the op level: DIAdd with int8 or int16 codes on either side and int8 (obits <= 8) or int16
+(obits 9..16) output codes, DINorm of int16 codes, DIMatMul's int16 output codes (obits 9..16, for the projections
+that feed the residual), DISwiGLU and DIRotary of int16 codes (the 16-bit gate/up and q/k projection outputs).
+References against float, the CPU and CUDA kernels bit-exact against the references, and the errors for what the
+ops refuse."""
 
 import numpy as np
 import onnx
@@ -73,6 +74,55 @@ def test_norm_int16_codes_that_fit_int8_give_the_int8_result():
     g = channel_scales(rng, 333)
     wide = (x[0].astype(np.int16), x[1], x[2])
     for want, got in zip(ri.di_norm(*x, *g, eps_q60=7, obits=8), ri.di_norm(*wide, *g, eps_q60=7, obits=8)):
+        np.testing.assert_array_equal(want, got)
+
+
+@pytest.mark.parametrize("act_sym", [1, 0])
+def test_swiglu_of_int16_codes_is_float_silu_times_up(act_sym):
+    rng = np.random.default_rng(11 + act_sym)
+    g = activation16(rng, (64, 301), e_range=(24, 28), full_mantissas=True)  # |gate| up to 2^30 * 2^-24 = 64
+    u = activation16(rng, (64, 301), e_range=(20, 26))
+    gf, uf = dequantize(*g), dequantize(*u)
+    exact = gf / (1 + np.exp(-gf)) * uf
+    y = ri.di_swiglu(*g, *u, 8, act_sym=act_sym)
+    assert y[0].dtype == np.int8
+    codes = y[0].astype(np.int64) - (y[3] if act_sym == 0 else 0)  # asymmetric codes: minus the row's zero point
+    # 0.5 step of rounding plus the Q30 sigmoid's and the 15-bit scale's relative errors (a few 1e-4 of the row max)
+    assert steps_off(codes, y[1], y[2], exact) <= 0.52
+
+
+@pytest.mark.parametrize("interleaved", [0, 1])
+def test_rotary_of_int16_codes_is_the_float_rotation(interleaved):
+    from edgeq.custom_ops.integer_codec import rotary_tables
+
+    rng = np.random.default_rng(21 + interleaved)
+    B, S, H, D = 2, 9, 3, 64
+    cos, sin = rotary_tables(S, D)
+    x = activation16(rng, (B, S, H * D), e_range=(10, 20), full_mantissas=True)
+    pos = np.tile(np.arange(S), (B, 1))
+    y = ri.di_rotary(*x, pos, cos, sin, interleaved=interleaved, obits=8)
+    xf = dequantize(*x).reshape(B, S, H, D)
+    c, s_ = (t[pos][:, :, None, :] / 2.0**14 for t in (cos.astype(np.float64), sin.astype(np.float64)))
+    a, b = (xf[..., 0::2], xf[..., 1::2]) if interleaved else (xf[..., : D // 2], xf[..., D // 2:])
+    first, second = a * c - b * s_, b * c + a * s_
+    exact = np.stack([first, second], -1).reshape(B, S, H, D) if interleaved else np.concatenate([first, second], -1)
+    assert y[0].dtype == np.int8
+    assert steps_off(*y, exact) <= 0.5 + 2e-3  # the Q14 tables' rounding on top of the output step
+
+
+def test_swiglu_and_rotary_int16_codes_that_fit_int8_give_the_int8_result():
+    """Both ops compute exactly before the final requantization: int16 codes in the int8 range reproduce them."""
+    from edgeq.custom_ops.integer_codec import rotary_tables
+
+    rng = np.random.default_rng(4)
+    g, u = activation(rng, (7, 99), saturate=True), activation(rng, (7, 99))
+    wide = lambda a: (a[0].astype(np.int16), *a[1:])  # noqa: E731
+    for want, got in zip(ri.di_swiglu(*g, *u, 6, act_sym=0), ri.di_swiglu(*wide(g), *wide(u), 6, act_sym=0)):
+        np.testing.assert_array_equal(want, got)
+    x, (cos, sin) = activation(rng, (1, 5, 2 * 16), saturate=True), rotary_tables(5, 16)
+    pos = np.arange(5)[None]
+    for want, got in zip(ri.di_rotary(*x, pos, cos, sin, interleaved=0, obits=8),
+                         ri.di_rotary(*wide(x), pos, cos, sin, interleaved=0, obits=8)):
         np.testing.assert_array_equal(want, got)
 
 
@@ -177,6 +227,44 @@ def test_norm_int16_bit_exact(target, seed):
     g_m, g_e = channel_scales(rng, shape[-1], spread=int(rng.integers(0, 20)), signed=seed % 2 == 0)
     eps = int(rng.choice([0, eps_q60(1e-5), (1 << 61) - 1]))
     assert_bit_exact(target, "DINorm", [*x, g_m, g_e], eps_q60=eps, obits=int(rng.choice([4, 6, 8])))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_swiglu_int16_bit_exact(target, seed):
+    """Gate and up of int16 codes (both ends every other case), symmetric and asymmetric outputs, learned clips,
+    rows long enough to be split over blocks on CUDA, exponents over the whole int8 range every third case."""
+    rng = np.random.default_rng(9300 + seed)
+    shape = (*lead_shape(rng), odd_size(rng, 1536)) if seed % 4 else (int(rng.choice([1, 3])), 4099)
+    wide_e = seed % 3 == 0
+    g = activation16(rng, shape, e_range=(-128, 127) if wide_e else (8, 16), saturate=seed % 2 == 0,
+                     full_mantissas=seed % 2 == 1)
+    u = activation16(rng, shape, e_range=(-128, 127) if wide_e else (8, 30), saturate=seed % 4 == 1)
+    clip = [ri.CLIP_ONE, 9000, 1, 30000][seed % 4] if seed % 2 else ri.CLIP_ONE  # clips: symmetric codes only
+    attrs = dict(obits=int(rng.choice([4, 6, 8])), act_sym=seed % 2, clip_q15=clip)
+    assert_bit_exact(target, "DISwiGLU", [*g, *u], **attrs)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_rotary_int16_bit_exact(target, seed):
+    """X of int16 codes as a projection's [B, S, H*D] or as [B, S, H, D] with per-head or per-token scales, both
+    pairings, both layouts, odd head dims."""
+    from edgeq.custom_ops.integer_codec import rotary_tables
+
+    rng = np.random.default_rng(9400 + seed)
+    B, S, H = int(rng.integers(1, 3)), int(rng.integers(1, 40)), int(rng.integers(1, 5))
+    D = int(rng.choice([2, 6, 64, 18]))
+    P = int(rng.integers(S, 2 * S + 2))
+    cos, sin = rotary_tables(P, D)
+    x = activation16(rng, (B, S, H * D), e_range=(-128, 127) if seed % 4 == 0 else (0, 20), saturate=seed % 2 == 0,
+                     full_mantissas=seed % 3 == 0)
+    if seed % 3 == 1:  # [B, S, H, D] with one scale per (token, head)
+        x = (x[0].reshape(B, S, H, D), *activation(rng, (B, S, H, 1))[1:])
+    elif seed % 3 == 2:  # [B, S, H, D] with one scale per token
+        x = (x[0].reshape(B, S, H, D), x[1][..., None], x[2][..., None])
+    pos = rng.integers(0, P, (B, S))
+    y = assert_bit_exact(target, "DIRotary", [*x, pos, cos, sin], interleaved=seed % 2, obits=int(rng.choice([4, 8])),
+                         heads_first=seed // 2 % 2)
+    assert y[0].dtype == np.int8
 
 
 def test_norm_int16_largest_sum_of_squares(target):
@@ -359,6 +447,31 @@ def test_matmul_refuses_an_output_type_obits_does_not_give(cpu_library, obits, y
     args = matmul_problem(np.random.default_rng(0), (2,), 5, 3)
     fails(cpu_library, "DIMatMul", args, rf"edgeq::DIMatMul node 'n0': {match}", y_type=y_type,
           **matmul_attrs(args, obits))
+
+
+def test_swiglu_refuses_mixed_or_int32_codes(cpu_library):
+    r = np.random.default_rng(0)
+    g, u = activation16(r, (2, 5)), activation(r, (2, 5))
+    with pytest.raises(Exception, match=r"DISwiGLU.*(gate is int16 but up is int8|type)"):
+        run(cpu_library, "DISwiGLU", [*g, *u], obits=8)
+    fails(cpu_library, "DISwiGLU", [g[0].astype(np.int32), *g[1:], u[0].astype(np.int32), *u[1:]],
+          r"edgeq::DISwiGLU node 'n0': gate must be int8 or int16, got|int32", obits=8)
+    with pytest.raises(ValueError, match="gate and up must hold the same code type, got int16 and int8"):
+        ri.di_swiglu(*g, *u, 8)
+
+
+def test_rotary_refuses_int16_codes_without_rotation(cpu_library):
+    """rotate=0 copies codes into the int8 cache layout: a 16-bit X is refused (CPU op and reference)."""
+    from edgeq.custom_ops.integer_codec import rotary_tables
+
+    x = activation16(np.random.default_rng(0), (1, 3, 8))
+    cos, sin = rotary_tables(3, 8)
+    pos = np.arange(3)[None]
+    fails(cpu_library, "DIRotary", [*x, pos, cos, sin],
+          r"edgeq::DIRotary node 'n0': rotate=0 copies the codes into int8: X must be int8", interleaved=0, obits=8,
+          rotate=0)
+    with pytest.raises(ValueError, match="rotate=0 copies the codes into int8: X must be int8"):
+        ri.di_rotary(*x, pos, cos, sin, interleaved=0, obits=8, rotate=0)
 
 
 def test_matmul_refuses_int16_activations(cpu_library):

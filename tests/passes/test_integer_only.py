@@ -55,6 +55,11 @@ def test_op_counts(exported):
     head = next(n for n in proto.graph.node if n.op_type == "DIMatMul" and n.name.startswith("lm_head"))
     assert head.input[3] == gather.input[0]
     assert [a.i for a in head.attribute if a.name == "obits"] == [16]
+    # q/k and gate/up leave 16-bit codes for DIRotary / DISwiGLU to requantize once; v is cached as it comes
+    obits = {n.name.split("/")[0].rsplit(".", 1)[-1]: next(a.i for a in n.attribute if a.name == "obits")
+             for n in proto.graph.node if n.op_type == "DIMatMul" and n.name.startswith("model.layers.0.")}
+    assert obits == {"q_proj": 16, "k_proj": 16, "v_proj": 8, "o_proj": 16, "gate_proj": 16, "up_proj": 16,
+                     "down_proj": 16}
 
 
 def test_verify_integer_only_accepts_the_integer_graph_and_refuses_the_float_one(exported, capsys):

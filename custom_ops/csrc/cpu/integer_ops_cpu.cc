@@ -339,23 +339,29 @@ void DINorm(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
   ParallelFor(ctx, p.x.rows, row);
 }
 
+// gate and up of int8 or int16 codes (both the same): q_g * sigmoid * q_u < 2^60 with int16 codes.
+template <typename T>
 void DISwiGLU(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
   const int64_t C = p.x.C;
-  const int8_t *g = static_cast<const int8_t*>(p.x.q), *u = static_cast<const int8_t*>(p.x2.q);
+  const T *g = static_cast<const T*>(p.x.q), *u = static_cast<const T*>(p.x2.q);
   QuantizeRows<int8_t>(
       ctx, p.out, p.x.rows, C, a.qmax,
-      [&](int64_t r, int64_t c) { return g[r * C + c] * SigmoidQ30(g[r * C + c], p.x.m[r], p.x.e[r]) * u[r * C + c]; },
+      [&](int64_t r, int64_t c) {
+        return int64_t(g[r * C + c]) * SigmoidQ30(g[r * C + c], p.x.m[r], p.x.e[r]) * u[r * C + c];
+      },
       [&](int64_t r) { return Dyadic{int64_t(p.x.m[r]) * p.x2.m[r], p.x.e[r] + p.x2.e[r] + 30}; }, a.clip_q15);
 }
 
+// X of int8 or int16 codes (rotate=0 copies codes: int8 only); the rotated pairs stay below 2^30 either way.
+template <typename T>
 void DIRotary(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
   const int64_t S = p.x.shape[1], H = p.x.shape[2], D = p.x.shape[3], half = D / 2;
   auto row = [&](int64_t r) {  // r = (b * S + s) * H + h; heads_first writes row (b * H + h) * S + s
-    const int8_t* q = static_cast<const int8_t*>(p.x.q) + r * D;
+    const T* q = static_cast<const T*>(p.x.q) + r * D;
     const int64_t token = r / H, scale = p.per_head_scales ? r : token;
     if (!a.rotate) {  // the layout alone: codes as they are, the token's scale for each head
       const int64_t out = RotaryOutputRow(r, S, H, a.heads_first);
-      std::copy(q, q + D, static_cast<int8_t*>(p.out.q) + out * D);
+      std::transform(q, q + D, static_cast<int8_t*>(p.out.q) + out * D, [](T c) { return int8_t(c); });
       p.out.m[out] = p.x.m[scale];
       p.out.e[out] = p.x.e[scale];
       return;
@@ -579,8 +585,12 @@ struct Kernel {
         case DiOp::kNorm:
           if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DINorm<int8_t>(ctx, attrs, p);
           return DINorm<int16_t>(ctx, attrs, p);
-        case DiOp::kSwiGLU: return DISwiGLU(ctx, attrs, p);
-        case DiOp::kRotary: return DIRotary(ctx, attrs, p);
+        case DiOp::kSwiGLU:
+          if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DISwiGLU<int8_t>(ctx, attrs, p);
+          return DISwiGLU<int16_t>(ctx, attrs, p);
+        case DiOp::kRotary:
+          if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIRotary<int8_t>(ctx, attrs, p);
+          return DIRotary<int16_t>(ctx, attrs, p);
         case DiOp::kAdd: return DIAddAny(ctx, attrs, p);
         case DiOp::kBatchMatMul:
           if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIBatchMatMul<int8_t>(ctx, attrs, gemm, p);

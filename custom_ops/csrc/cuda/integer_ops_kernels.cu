@@ -444,24 +444,26 @@ __global__ void __launch_bounds__(kThreads) NormRows(DiArgs a, Split split) {
               a.y_z ? a.y_z + r : nullptr);
 }
 
+template <typename T>
 __global__ void __launch_bounds__(kThreads) SwiGLURows(DiArgs a, Split split) {
   const int64_t r = blockIdx.x, C = a.x.C;
-  const int8_t* g = static_cast<const int8_t*>(a.x.q) + r * C;
-  const int8_t* u = static_cast<const int8_t*>(a.x2.q) + r * C;
+  const T* g = static_cast<const T*>(a.x.q) + r * C;
+  const T* u = static_cast<const T*>(a.x2.q) + r * C;
   const int64_t gm = a.x.m[r], ge = a.x.e[r];
-  auto value = [&](int64_t c) { return g[c] * SigmoidQ30(g[c], gm, ge) * u[c]; };
+  auto value = [&](int64_t c) { return int64_t(g[c]) * SigmoidQ30(g[c], gm, ge) * u[c]; };
   QuantizeRow(value, C, gm * a.x2.m[r], ge + a.x2.e[r] + 30, a.qmax, static_cast<int8_t*>(a.y) + r * C, a.y_m + r,
               a.y_e + r, r, split, a.clip_q15, a.y_z ? a.y_z + r : nullptr);
 }
 
+template <typename T>
 __global__ void __launch_bounds__(kThreads) RotaryRows(DiArgs a) {
   const int64_t r = blockIdx.x, D = a.D, half = D / 2;  // r = (b * S + s) * H + h
-  const int8_t* q = static_cast<const int8_t*>(a.x.q) + r * D;
+  const T* q = static_cast<const T*>(a.x.q) + r * D;
   const int64_t token = r / a.H, scale = a.per_head_scales ? r : token;
   if (!a.rotate) {  // the layout alone: codes as they are, the token's scale for each head
     const int64_t out = RotaryOutputRow(r, a.S, a.H, a.heads_first);
     int8_t* y = static_cast<int8_t*>(a.y) + out * D;
-    for (int64_t c = threadIdx.x; c < D; c += blockDim.x) y[c] = q[c];
+    for (int64_t c = threadIdx.x; c < D; c += blockDim.x) y[c] = int8_t(q[c]);  // int8 X only (host check)
     if (threadIdx.x == 0) {
       a.y_m[out] = a.x.m[scale];
       a.y_e[out] = a.x.e[scale];
@@ -649,9 +651,15 @@ const char* LaunchIntegerOp(const DiArgs& a, DiGemm gemm, void* raw_stream, void
       });
       break;
     case DiOp::kSwiGLU:
-      LaunchRows(a, partial, [&](dim3 grid, Split split) { SwiGLURows<<<grid, kThreads, 0, stream>>>(a, split); });
+      LaunchRows(a, partial, [&](dim3 grid, Split split) {
+        if (a.x.code == DiCode::kInt8) SwiGLURows<int8_t><<<grid, kThreads, 0, stream>>>(a, split);
+        else SwiGLURows<int16_t><<<grid, kThreads, 0, stream>>>(a, split);
+      });
       break;
-    case DiOp::kRotary: RotaryRows<<<rows, kThreads, 0, stream>>>(a); break;
+    case DiOp::kRotary:
+      if (a.x.code == DiCode::kInt8) RotaryRows<int8_t><<<rows, kThreads, 0, stream>>>(a);
+      else RotaryRows<int16_t><<<rows, kThreads, 0, stream>>>(a);
+      break;
     case DiOp::kAdd: {
       const bool a8 = a.x.code == DiCode::kInt8, b8 = a.x2.code == DiCode::kInt8;
       if (a8 && b8) LaunchAdd<int8_t, int8_t>(a, partial, stream);
