@@ -166,6 +166,10 @@ class LayerCheckpoints:
         formats = json.loads(load_file_metadata(self._path(index))["formats"])
         return {name: FORMATS[fmt].from_tensors(tensors, name) for name, fmt in formats.items()}
 
+    def complete(self, layers: int) -> bool:
+        """Whether every one of ``layers`` layers has a checkpoint."""
+        return self.folder is not None and all(self._path(i).exists() for i in range(layers))
+
     def seconds(self) -> float | None:
         """Quantization time summed over the checkpointed layers (each records its own), None if any lacks it."""
         if self.folder is None:
@@ -204,13 +208,22 @@ def quantize_sequential(
     activations. Packed weights come back to the CPU.
     """
     device = pick_device(device)
+    layers = model.model.layers
+    if checkpoints.complete(len(layers)):  # a finished run (e.g. calibrated elsewhere): no calibration forward
+        result = {}
+        for index, layer in enumerate(tqdm(layers, desc=desc + " (checkpoints)", unit="layer")):
+            prefix = f"model.layers.{index}."
+            qweights = checkpoints.load(index)
+            apply_to_layer(layer, {name.removeprefix(prefix): qw for name, qw in qweights.items()})
+            result.update(qweights)
+        return result
     runner = capture_first_layer_inputs(model, calib_ids, batch_size)
     runner.inputs = to_device(runner.inputs, device)
     runner.layer_kwargs = to_device(runner.layer_kwargs, device)
     if track_fp:
         runner.fp_inputs = list(runner.inputs)
     result: dict = {}
-    for index, layer in enumerate(tqdm(model.model.layers, desc=desc, unit="layer")):
+    for index, layer in enumerate(tqdm(layers, desc=desc, unit="layer")):
         prefix = f"model.layers.{index}."
         layer.to(device)
         if track_fp:  # the FP layer's outputs, before quantization rewrites it

@@ -75,11 +75,19 @@ def test_gptq_checkpoints_resume_without_recomputing(tmp_path, monkeypatch):
     def must_not_run(*a, **k):
         raise AssertionError("a checkpointed layer was quantized again")
 
+    import edgeq.quantize.sequential as sequential
+
     monkeypatch.setattr(GPTQ, "quantize", must_not_run)
-    again = quantize_(make_tiny_llama(), cfg, calib, checkpoint_dir=tmp_path)
+    # every layer checkpointed (a run finished elsewhere): not even the calibration forward runs
+    monkeypatch.setattr(sequential, "capture_first_layer_inputs", must_not_run)
+    first_model, again_model = make_tiny_llama(), make_tiny_llama()
+    apply_quantized(first_model, first)
+    again = quantize_(again_model, cfg, calib, checkpoint_dir=tmp_path)
     assert first.keys() == again.keys() and len(first) == 14
     for name in first:
         assert torch.equal(first[name].codes, again[name].codes)
+    ids = torch.randint(0, 300, (1, 12))
+    torch.testing.assert_close(again_model(ids).logits, first_model(ids).logits)
     with pytest.raises(EdgeqError, match="another config"):
         quantize_(make_tiny_llama(), GPTQConfig(bits=4, nsamples=8, seqlen=32), calib, checkpoint_dir=tmp_path)
 
