@@ -16,17 +16,14 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/edgeq-models}
 OPSBUILD=${OPSBUILD:-.opsbuild_models}
-STAGE=${STAGE:-/tmp/edgeq-stage}
-source custom_ops/device/setup.sh
-python3 -m pip install --no-deps -q .device/wheels/*.whl >/dev/null 2>&1
-[ -f "$STAGE/files/SmolLM2-135M-Instruct.Q4_1.gguf" ] || { echo "model not staged in $STAGE (see the header)"; exit 2; }
+source custom_ops/device/staged_model.sh
 
 CONFIGS=${CONFIGS:-"fp32 rtn:bits=4,group_size=128 ort-rtn:bits=4,block_size=128 ort-hqq:bits=4,block_size=64
   ort-kquant:bits=4,block_size=32 gptq:bits=4,group_size=128 gptq:bits=3,group_size=128
   spqr:bits=3,group_size=16,outlier_threshold=0.5,target_outliers=0.005
   rtn:bits=8,group_size=-1,sym=true,abits=8 rtn:bits=8,group_size=-1,sym=true,abits=8,integer_only=1
   omniquant:wbits=3,group_size=128,epochs=2,nsamples=16"}
-timeout ${QUALITY_TIMEOUT:-360} python3 -m edgeq.cli bench quality --model "$STAGE/files/SmolLM2-135M-Instruct.Q4_1.gguf" \
+timeout ${QUALITY_TIMEOUT:-360} python3 -m edgeq.cli bench quality --model "$MODEL" \
   --text "$STAGE/text/eval.txt" --calib "$STAGE/text/calib.txt" --max-windows ${MAX_WINDOWS:-4} \
   --device cuda --calib-device cuda -o /tmp/edgeq-bq --configs $CONFIGS 2>&1 | grep -v "it/s\]\|s/it\]" | tail -n 25
 cp /tmp/edgeq-bq/quality.md /tmp/edgeq-bq/quality.json "$OUT/" 2>/dev/null

@@ -15,10 +15,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/edgeq-quality}
 OPSBUILD=${OPSBUILD:-.opsbuild_q}
-STAGE=${STAGE:-/tmp/edgeq-stage}
-source custom_ops/device/setup.sh
-python3 -m pip install --no-deps -q .device/wheels/*.whl >/dev/null 2>&1
-[ -f "$STAGE/files/SmolLM2-135M-Instruct.Q4_1.gguf" ] || { echo "model not staged in $STAGE (see the header)"; exit 2; }
+source custom_ops/device/staged_model.sh
 [ -n "${GROUPS_SPEC:-}" ] || { echo "GROUPS_SPEC is empty"; exit 2; }
 
 IFS=';' read -ra groups <<<"$GROUPS_SPEC"
@@ -26,7 +23,7 @@ pids=()
 for i in "${!groups[@]}"; do
   # shellcheck disable=SC2086  # a group is a space-separated list of config specs
   timeout "${QUALITY_TIMEOUT:-520}" python3 -m edgeq.cli bench quality \
-    --model "$STAGE/files/SmolLM2-135M-Instruct.Q4_1.gguf" --text "$STAGE/text/eval.txt" \
+    --model "$MODEL" --text "$STAGE/text/eval.txt" \
     --calib "$STAGE/text/calib.txt" --device cuda --calib-device cuda -o "/tmp/edgeq-bq-$i" \
     --configs ${groups[$i]} >"$OUT/log-$i.txt" 2>&1 &
   pids+=($!)
