@@ -427,7 +427,8 @@ def di_swiglu(G, g_m, g_e, U, u_m, u_e, obits: int, clip_q15: int = CLIP_ONE, ac
     int16), ``dyn_quant`` (act_sym=0: ``dyn_quant_asym``) with multiplier ``m_g * m_u`` and exponent
     ``e_g + e_u + 30``. gate and up hold int8 or int16 codes, both the same."""
     if _check_codes(G, "gate") != _check_codes(U, "up"):
-        raise ValueError(f"gate and up must hold the same code type, got {np.asarray(G).dtype} and {np.asarray(U).dtype}")
+        raise ValueError("gate and up must hold the same code type, got "
+                         f"{np.asarray(G).dtype} and {np.asarray(U).dtype}")
     quant = _quantizer(obits, clip_q15, act_sym)
     Gr, gm, ge = _rows(G, g_m, g_e, "gate")
     Ur, um, ue = _rows(U, u_m, u_e, "up")
