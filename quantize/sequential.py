@@ -210,12 +210,8 @@ def quantize_sequential(
     device = pick_device(device)
     layers = model.model.layers
     if checkpoints.complete(len(layers)):  # a finished run (e.g. calibrated elsewhere): no calibration forward
-        result = {}
-        for index, layer in enumerate(tqdm(layers, desc=desc + " (checkpoints)", unit="layer")):
-            prefix = f"model.layers.{index}."
-            qweights = checkpoints.load(index)
-            apply_to_layer(layer, {name.removeprefix(prefix): qw for name, qw in qweights.items()})
-            result.update(qweights)
+        result = {name: qw for index in range(len(layers)) for name, qw in checkpoints.load(index).items()}
+        apply_to_layer(model, result)  # full names, from the model's root
         return result
     runner = capture_first_layer_inputs(model, calib_ids, batch_size)
     runner.inputs = to_device(runner.inputs, device)

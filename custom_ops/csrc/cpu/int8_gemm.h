@@ -1,8 +1,8 @@
 // The int8 x int8 -> int32 GEMM of the CPU kernels (DIMatMul, DIBatchMatMul, QuantLinear): tasks of kBlockN weight
 // rows on ORT's intra-op pool, register tiles of 4 (AVX-512) or 2 (AVX2) activation rows x kTileN weight rows, with
 // AVX-512 VNNI (vpdpbusd, 64 products per instruction), AVX-512 BW or AVX2 (vpmaddwd on int16, 32 or 16 lanes)
-// where the build has them. Exact while every true sum fits int32 (K * 2^14 < 2^31 for int8 codes). Header-only: each kernel file
-// compiles its own copy (internal linkage).
+// where the build has them. Exact while every true sum fits int32 (K * 2^14 < 2^31 for int8 codes). Header-only:
+// each kernel file compiles its own copy (internal linkage).
 #pragma once
 
 #include <algorithm>
