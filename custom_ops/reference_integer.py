@@ -7,7 +7,7 @@ scale, one square root per row) are Python ints. Every intermediate is bounded s
 the bounds are stated where the values are made. The representation and every rounding are documented in
 ``custom_ops/README.md`` ("Integer-only ops") and in each op's ``schema.py`` doc.
 
-Conventions: an integer activation is ``(q, m, e)``: codes ``q`` (int8, or uint8 for probabilities) ``[..., C]``
+Conventions: an integer activation is ``(q, m, e)``: codes ``q`` (int8, or uint8/uint16 for probabilities) ``[..., C]``
 and a per-row dyadic scale ``m`` int32 ``[..., 1]``, ``e`` int8 ``[..., 1]``, real value ``q * m * 2**-e``.
 Input mantissas lie in [1, 2**15); every output mantissa lies in [2**14, 2**15) except where the int8 exponent
 saturates (see ``finish``). "Rounding" is round half up, ``floor(x + 1/2)``, everywhere.
@@ -326,13 +326,14 @@ def di_clipped_softmax(X, x_m, x_e, mask=None, *, clip_q8: int, is_causal: int, 
     restricted to the keys ``mask`` (bool, broadcast) and the causal rule allow. Per row: base-2 exponents
     ``t = min(TC, (max - x) * log2(e))`` in Q24 (the products rounded once to 31 bits per row first, ``pre``),
     ``E = exp2_neg(t)`` in Q30 (0 where masked), ``S = sum E``; codes ``round(E * qmax / 2**30)`` in
-    [0, qmax = 2**obits - 1] (uint8); scale ``2**30 / (S * qmax)``. A row with no visible key is all zeros."""
-    if obits not in CODE_BITS:
-        raise ValueError(f"obits must be in 2..8, got {obits}")
+    [0, qmax = 2**obits - 1] (uint8; uint16 above 8 bits); scale ``2**30 / (S * qmax)``. A row with no visible key
+    is all zeros."""
+    if obits not in WIDE_CODE_BITS:
+        raise ValueError(f"obits must be in 2..16, got {obits}")
     qmax = (1 << obits) - 1
     shape = np.shape(X)
-    if shape[-1] >= 1 << 24:
-        raise ValueError(f"X has {shape[-1]} keys, more than 2**24 - 1")
+    if shape[-1] >= softmax_max_keys(obits):
+        raise ValueError(f"X has {shape[-1]} keys, more than {softmax_max_keys(obits) - 1} at obits={obits}")
     allowed = np.ones(shape, bool)
     if mask is not None:
         allowed &= np.broadcast_to(np.asarray(mask, bool), shape)
@@ -353,7 +354,17 @@ def di_clipped_softmax(X, x_m, x_e, mask=None, *, clip_q8: int, is_causal: int, 
         S = int(E.sum())                          # >= 2**30: the maximum maps to exactly 2**30
         mm, k = ratio(ONE_Q30, S * qmax)
         rows.append(finish(rshr(E * qmax, 30), mm, k))
-    return _outputs(rows, shape, np.uint8)
+    return _outputs(rows, shape, prob_type(obits))
+
+
+def softmax_max_keys(obits: int) -> int:
+    """Keys a DIClippedSoftmax row may hold: 2**24 (its exp sum S < 2**54), and S * qmax < 2**64 above 8 bits."""
+    return min(1 << 24, 1 << (34 - obits))
+
+
+def prob_type(obits: int):
+    """The element type of DIClippedSoftmax's codes: uint8 up to 8 bits, uint16 above."""
+    return np.uint8 if obits <= 8 else np.uint16
 
 
 def add_positive(a: int, ea: int, b: int, eb: int) -> tuple[int, int]:
@@ -531,18 +542,27 @@ def _batch_offsets(a_lead: tuple, b_lead: tuple) -> np.ndarray:
     return np.ravel_multi_index(b_index, b_lead) if a_lead else np.zeros(1, np.int64)
 
 
+def context_shift(a_abs_sum: int, max_shift: int) -> int:
+    """How far P.V lowers its common exponent so that ``sum_k u[k] * B[k, n]`` stays below 2**62: the sum is below
+    ``sum_k |A[m, k]| * 2**15 * 2**max_shift * 2**7`` (max_shift: the largest left shift of a kept key). Int8 and
+    uint8 A never need it (``255 * K < 2**24``, shifts <= 16); uint16 probabilities summing to ~2**16 neither."""
+    return max(0, a_abs_sum.bit_length() + max(max_shift, 0) + 22 - 62)
+
+
 def di_batch_matmul(A, a_m, a_e, B, b_m, b_e, mask=None, *, trans_b: int, is_causal: int = 0):
     """Matmul of two integer activations with per-row scales on both sides, wide (int32) output.
 
-    A ``[..., M, K]`` (int8, or uint8 probabilities) with scales ``[..., M, 1]``; B holds per-row scales
+    A ``[..., M, K]`` (int8, or uint8/uint16 probabilities) with scales ``[..., M, 1]``; B holds per-row scales
     ``[..., R, 1]`` (a KV cache: one scale per token) and batch dims equal to A's, 1, or a divisor of A's
     (grouped-query attention: A's head h reads B's head h // (A's heads / B's)).
     trans_b=1 (Q.K^T): B ``[..., N, K]``, ``Y = A @ B^T``: exact int32 dot products, ``acc[n] * b_m[n]``
     aligned over the visible keys (``mask`` broadcast to ``[..., M, N]``, and the causal rule
     ``n <= m + N - M``; hidden ones give 0 and take no part) by ``align_exponents``.
     trans_b=0 (P.V): B ``[..., K, N]``, ``Y = A @ B``: the contraction axis carries B's scales, so per row
-    ``u[k] = A[m, k] * b_m[k]`` aligned over the k with ``A[m, k] != 0`` (< 2**39), then ``sum_k u[k] * B[k, n]``
-    (< 2**62). Either way ``wide_quant`` with the row's ``a_m`` and exponent ``a_e + Ea``."""
+    ``u[k] = A[m, k] * b_m[k]`` aligned over the k with ``A[m, k] != 0``, then ``sum_k u[k] * B[k, n]``, kept
+    below 2**62 by ``context_shift`` (which lowers Ea only for uint16 probabilities). Either way ``wide_quant``
+    with the row's ``a_m`` and exponent ``a_e + Ea``."""
+    a_type = np.asarray(A).dtype
     A = np.asarray(A).astype(np.int64)
     B = np.asarray(B).astype(np.int64)
     M, K = A.shape[-2:]
@@ -553,6 +573,8 @@ def di_batch_matmul(A, a_m, a_e, B, b_m, b_e, mask=None, *, trans_b: int, is_cau
         raise ValueError(f"K={K} exceeds {MAX_BATCH_K}")
     if not trans_b and (mask is not None or is_causal):
         raise ValueError("mask and is_causal apply to trans_b=1 (scores) only")
+    if trans_b and a_type == np.uint16:
+        raise ValueError("uint16 A (probabilities) is for trans_b=0 (P.V) only")
     lead = A.shape[:-2]
     offsets = _batch_offsets(lead, B.shape[:-2])
     Ar, am, ae = _rows(A, a_m, a_e, "A")
@@ -580,6 +602,7 @@ def di_batch_matmul(A, a_m, a_e, B, b_m, b_e, mask=None, *, trans_b: int, is_cau
         if trans_b:
             v = np.where(keep, shift_each(acc * m_b, Ea - e_b), 0)
         else:
+            Ea -= context_shift(int(np.abs(Ar[r]).sum()), Ea - int(e_b[keep].min()))
             v = np.where(keep, shift_each(Ar[r] * m_b, Ea - e_b), 0) @ bq
         rows.append(wide_quant(v, int(am[r]), int(ae[r]) + Ea))
     return _outputs(rows, (*lead, M, N), np.int32)

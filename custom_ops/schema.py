@@ -409,7 +409,7 @@ SPQR_DEQUANTIZE = OpDef(
 # ---------------------------------------------------------------------------------------------------------
 # Integer-only ops (I-LLM, issue 6)
 #
-# An integer activation is three tensors: codes q int8 [..., C] (uint8 for DIClippedSoftmax's probabilities),
+# An integer activation is three tensors: codes q int8 [..., C] (uint8/uint16: DIClippedSoftmax's probabilities),
 # and a per-row dyadic scale m int32 [..., 1], e int8 [..., 1]: the real value is q * m * 2^-e. Input mantissas
 # lie in [1, 2^15) (checked at run time); every output mantissa lies in [2^14, 2^15) unless the int8 exponent
 # saturates. Output codes lie in [-qmax, qmax], qmax = 2^(obits-1) - 1. Every op computes in integers only
@@ -507,6 +507,10 @@ _WIDE_CODES = ("tensor(int8)", "tensor(int16)")
 
 def _wide_code(attrs) -> int:
     return TensorProto.INT8 if attrs["obits"] <= 8 else TensorProto.INT16
+
+
+def _prob_code(attrs) -> int:
+    return TensorProto.UINT8 if attrs["obits"] <= 8 else TensorProto.UINT16
 
 
 def _set_activation_outputs(ctx, code_type: int, shape: list | None) -> None:
@@ -620,25 +624,26 @@ DI_CLIPPED_SOFTMAX = OpDef(
         "c = clip_q8 / 256 (0: no clipping), over the keys that mask (bool, same rank as X, each dim equal or 1; "
         "true = visible) and, with is_causal, the causal rule (key j visible to query i when "
         "j <= i + Skv - Sq, the last two dims being [Sq, Skv]) allow. E = 2^30 * exp(x - max) as in DIExp, "
-        "S = sum E; codes P = round(E * qmax / 2^30) in [0, qmax = 2^obits - 1] (uint8); per-row scale "
+        "S = sum E; codes P = round(E * qmax / 2^30) in [0, qmax = 2^obits - 1] (uint8 up to 8 bits, uint16 "
+        "above: P is declared with that type); per-row scale "
         "2^30 / (S * qmax) as (p_m, p_e), so P * p_m * 2^-p_e is the probability. A row with no visible key is "
         "all zeros. X may hold int8 codes or int32 values (e.g. an unrequantized Q.K^T) with the same scale "
-        "tensors."
+        "tensors. Rows hold fewer than 2^24 keys, and fewer than 2^(34 - obits) above 8 bits (S * qmax < 2^64)."
     ),
     inputs=(Input("X", "T", "scores: codes [..., Skv]"),
             *_int_activation("X", "x", "scores")[1:],
             Input("mask", "tensor(bool)", "visible keys, broadcast to X's shape", optional=True)),
-    outputs=_int_activation("P", "p", "probabilities", code_type="tensor(uint8)"),
+    outputs=_int_activation("P", "p", "probabilities", code_type="TP"),
     attributes=(
         Attribute("clip_q8", onnx.AttributeProto.INT, "clipping range c * 256 (natural-log units), 0 for none",
                   check=_clip_q8),
         Attribute("is_causal", onnx.AttributeProto.INT, "1: also hide keys after the query's position",
                   check=_flag),
-        Attribute("obits", onnx.AttributeProto.INT, "probability code width 2..8: codes in [0, 2^obits - 1]",
-                  check=_ql_bits),
+        Attribute("obits", onnx.AttributeProto.INT, "probability code width 2..16: codes in [0, 2^obits - 1]",
+                  check=_wide_obits),
     ),
-    type_constraints={"T": ("tensor(int8)", "tensor(int32)")},
-    infer=_infer_integer("DIClippedSoftmax"),
+    type_constraints={"T": ("tensor(int8)", "tensor(int32)"), "TP": ("tensor(uint8)", "tensor(uint16)")},
+    infer=_infer_integer("DIClippedSoftmax", code_of=_prob_code),
 )
 
 DI_NORM = OpDef(
@@ -803,11 +808,13 @@ DI_BATCH_MATMUL = OpDef(
         "products times B's row mantissas, aligned (as DIMatMul's channels) over the keys visible through mask "
         "(bool, broadcast to Y) and, with is_causal, the causal rule (key n visible to row m when n <= m + N - M); "
         "hidden keys give 0. trans_b=0 (P.V): B [..., K, N] with its scales along the contraction axis: per row "
-        "u[k] = A[m, k] * b_m[k] aligned over the k with A[m, k] != 0, then sum_k u[k] * B[k, n] in int64. The "
+        "u[k] = A[m, k] * b_m[k] aligned over the k with A[m, k] != 0 (the common exponent lowered by "
+        "max(0, bitlen(sum_k |A[m, k]|) + max shift + 22 - 62), which only uint16 A can need), then "
+        "sum_k u[k] * B[k, n] in int64 (< 2^62). The "
         "row is then rounded to at most 30 bits (int32 Y, |Y| <= 2^30) with scale a_m * 2^-(a_e + Ea - shift) "
         "normalized to a 15-bit mantissa: a wide output for DIClippedSoftmax (scores) or DIRequant (contexts)."
     ),
-    inputs=(Input("A", "T", "codes [..., M, K] (int8, or uint8 probabilities)"),
+    inputs=(Input("A", "T", "codes [..., M, K] (int8, or uint8/uint16 probabilities: uint16 for trans_b=0)"),
             *_int_activation("A", "a", "left operand")[1:],
             *_int_activation("B", "b", "right operand [..., N, K] (trans_b=1) or [..., K, N], scales per row"),
             Input("mask", "tensor(bool)", "visible keys (trans_b=1), broadcast to Y's shape", optional=True)),
@@ -818,7 +825,7 @@ DI_BATCH_MATMUL = OpDef(
         Attribute("is_causal", onnx.AttributeProto.INT, "trans_b=1 only: also hide keys after the row's position",
                   required=False, check=_flag),
     ),
-    type_constraints={"T": ("tensor(int8)", "tensor(uint8)")},
+    type_constraints={"T": ("tensor(int8)", "tensor(uint8)", "tensor(uint16)")},
     infer=_infer_batch_matmul,
 )
 

@@ -20,7 +20,7 @@ and int8 exponent, ``custom_ops/README.md`` "Integer-only ops"):
                  writing [B, heads, S, D]; v takes the same op with rotate=0 (the relayout alone)
   Q.K^T, P.V     DIBatchMatMul (trans_b=1 causal and padding-masked; trans_b=0), wide int32 outputs
   softmax        DIClippedSoftmax (causal; clipped to [max - c, max] with each layer's c from the model property
-                 ``edgeq.softmax_clip`` that I-LLM's FSBR learns, else no clipping), uint8 probabilities
+                 ``edgeq.softmax_clip`` that I-LLM's FSBR learns, else no clipping), uint16 probabilities
   heads -> token DIRequant at o_proj's abits;  SiLU(gate)*up  DISwiGLU at down_proj's abits
   residual adds  DIAdd (16-bit codes)
   lm_head        DIMatMul against the int8 table's rows (tied: the embedding's initializer itself) or lm_head's,
@@ -50,7 +50,9 @@ from edgeq.errors import EdgeqError
 from edgeq.exporter.llama_graph import ACT_CLIP_KEY, SOFTMAX_CLIP_KEY
 from edgeq.quantize.illm import ACT_CLIP_SITES
 
-INNER_BITS = 8        # codes of activations that feed no linear: v_proj, rotary, KV cache, softmax
+INNER_BITS = 8        # codes of activations that feed no linear: v_proj, rotary, KV cache
+PROBS_BITS = 16       # the softmax's probabilities (uint16 codes, P.V's left operand): 8-bit codes zero every key below
+                      # 1/510 of the row's largest, which cost the trained I-LLM W8A8 more than everything else left
 PROJ_BITS = 16        # q/k and gate/up outputs (int16 codes): DIRotary and DISwiGLU requantize them, so they are
                       # rounded once, not twice (PyTorch on this model: 8-bit codes there cost W8A8 0.7%)
 RESIDUAL_BITS = 16    # the residual stream and the o/down projections that feed it (int16 codes): a few of its
@@ -390,7 +392,7 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
             cached[kind] = cat
         scores = b.di("DIBatchMatMul", [*q, *cached["key"], mask], p + "/scores", trans_b=1, is_causal=1)
         probs = b.di("DIClippedSoftmax", [*scores, mask], p + "/softmax", clip_q8=clips[i], is_causal=1,
-                     obits=INNER_BITS)
+                     obits=PROBS_BITS)
         ctx = b.di("DIBatchMatMul", [*probs, *cached["value"]], p + "/ctx", trans_b=0)  # [B, heads, S, D]
         ctx = b.each("Transpose", ctx, p + "/ctx_t", [[]] * 3, perm=[0, 2, 1, 3])
         ctx = b.di("DIRequant", ctx, p + "/ctx", act_sym=layer.o.act_sym, obits=layer.o.abits,

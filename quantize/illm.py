@@ -14,7 +14,7 @@ What FSBR adds to OmniQuant's LET/LWC:
 * a training forward that simulates the integer-only graph (``passes/integer_only.py``) instead of the float
   one: the block input, each residual add (DIAdd) and the o/down projections feeding it as 16-bit per-token
   codes, the norms' outputs at the linears' abits (DINorm), q/k/v/gate/up outputs at 8 bits (DIMatMul), q and k again per (token, head)
-  after the rotary (DIRotary), v per token as the cache holds it, unrounded scores, probabilities as 8-bit codes
+  after the rotary (DIRotary), v per token as the cache holds it, unrounded scores, probabilities as 16-bit codes
   of exp(x - max) over the unrounded sum (DIClippedSoftmax), the heads requantized at o_proj's abits
   (DIRequant), the SwiGLU output at down_proj's abits (DISwiGLU). Every rounding passes the gradient straight
   through.
@@ -38,7 +38,8 @@ from edgeq.quantize.omniquant import TransformedBlock, fake_quant_tokens, round_
 # the activations a linear reads, in the order of self_attn.act_clip: DINorm (input norm -> q/k/v), DIRequant (heads
 # -> o_proj), DINorm (post norm -> gate/up), DISwiGLU (-> down_proj)
 ACT_CLIP_SITES = ("input_norm", "heads", "post_norm", "glu")
-INNER_BITS = 8  # passes.integer_only.INNER_BITS: v_proj, rotary, KV cache, probabilities
+INNER_BITS = 8  # passes.integer_only.INNER_BITS: v_proj, rotary, KV cache
+PROBS_BITS = 16  # passes.integer_only.PROBS_BITS: the softmax's probabilities
 PROJ_BITS = 16  # passes.integer_only.PROJ_BITS: the q/k and gate/up outputs (requantized by rotary / SwiGLU)
 RESIDUAL_BITS = 16  # passes.integer_only.RESIDUAL_BITS: the residual stream and the o/down outputs added to it
 
@@ -48,7 +49,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
-def clipped_softmax_q8(scores: torch.Tensor, clip: torch.Tensor | None, bits: int = INNER_BITS) -> torch.Tensor:
+def clipped_softmax_codes(scores: torch.Tensor, clip: torch.Tensor | None, bits: int = PROBS_BITS) -> torch.Tensor:
     """DIClippedSoftmax in float: scores clipped to [max - c, max], probabilities as codes round(qmax * exp(x -
     max)) times 1 / (qmax * sum exp(x - max)); masked scores are -inf."""
     top = scores.amax(dim=-1, keepdim=True).detach()
@@ -101,7 +102,7 @@ class FSBRBlock(TransformedBlock):
         else:
             causal = torch.ones(s, s, dtype=torch.bool, device=x.device).triu(1)
             scores = scores.masked_fill(causal, float("-inf"))
-        probs = clipped_softmax_q8(scores, self.clip_softmax if self.learn_clip else None)
+        probs = clipped_softmax_codes(scores, self.clip_softmax if self.learn_clip else None)
         ctx = fake_quant_tokens((probs @ v).transpose(1, 2).reshape(b, s, -1), bits, clips[1], sym)
         h = r16(h + r16(lin(ctx, "self_attn.o_proj")))
         a = fake_quant_tokens(self.rms_norm(h, p["post_attention_layernorm.weight"]), bits, clips[2], sym)

@@ -28,7 +28,7 @@ from torch import nn
 from edgeq.cli import DEFAULT_MAX_WINDOWS, EVAL_TEXT, eval_tokens, eval_torch
 from edgeq.models import load_model
 from edgeq.quantize.grid import fit_grid
-from edgeq.quantize.illm import INNER_BITS, RESIDUAL_BITS, clipped_softmax_q8, rotate_half
+from edgeq.quantize.illm import INNER_BITS, RESIDUAL_BITS, clipped_softmax_codes, rotate_half
 from edgeq.quantize.omniquant import fake_quant_tokens
 
 SITES = ("linear_in", "qkv", "rope", "probs", "gate_up", "residual", "head")
@@ -72,7 +72,7 @@ def simulated_layer(layer: nn.Module, cfg, on: set, wide: set = frozenset(), act
             scores = scores + attention_mask
         else:
             scores = scores.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf"))
-        probs = (clipped_softmax_q8(scores, None, 16 if "probs" in wide else INNER_BITS) if "probs" in on
+        probs = (clipped_softmax_codes(scores, None, 16 if "probs" in wide else INNER_BITS) if "probs" in on
                  else torch.softmax(scores, -1))
         ctx = a_in((probs @ v).transpose(1, 2).reshape(b, s, -1))
         h = r16(h + r16(at.o_proj(ctx)))

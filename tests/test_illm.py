@@ -10,7 +10,7 @@ import torch
 
 from edgeq.quantize.api import load_quantized, quantize_, save_quantized
 from edgeq.quantize.config import ILLMConfig, config_from_spec, config_to_dict
-from edgeq.quantize.illm import FSBRBlock, clipped_softmax_q8
+from edgeq.quantize.illm import FSBRBlock, clipped_softmax_codes
 from edgeq.quantize.omniquant import linear_input_absmax
 from edgeq.quantize.sequential import capture_first_layer_inputs
 from tests.conftest import make_tiny_llama
@@ -50,9 +50,9 @@ def test_every_pair_is_smoothed_and_folds_exactly():
 
 def test_clipped_softmax_simulation():
     scores = torch.tensor([[0.0, -1.0, -30.0, float("-inf")]])
-    p = clipped_softmax_q8(scores, None)
+    p = clipped_softmax_codes(scores, None)
     assert p[0, 2] == 0 and p[0, 3] == 0 and p.sum() == pytest.approx(1.0, abs=2e-3)
-    clipped = clipped_softmax_q8(scores, torch.tensor(2.0))  # -30 is lifted to max - 2, -inf stays hidden
+    clipped = clipped_softmax_codes(scores, torch.tensor(2.0))  # -30 is lifted to max - 2, -inf stays hidden
     assert clipped[0, 2] > 0 and clipped[0, 3] == 0
 
 
@@ -145,7 +145,7 @@ def test_simulated_forward_is_the_fp_block_when_nothing_rounds(monkeypatch):
     block, runner = fsbr_block(model, ILLMConfig(epochs=0, softmax_clip=0))
     monkeypatch.setattr(illm, "INNER_BITS", 24)
     monkeypatch.setattr(illm, "PROJ_BITS", 24)
-    monkeypatch.setattr(illm, "clipped_softmax_q8", lambda s, c: torch.softmax(s, -1))
+    monkeypatch.setattr(illm, "clipped_softmax_codes", lambda s, c: torch.softmax(s, -1))
     block.config = types.SimpleNamespace(abits=24, act_sym=True)
     x, kwargs = runner.inputs[0], runner.layer_kwargs[0]
     ref = torch.func.functional_call(block.layer, block.quantized(), (x,), kwargs)

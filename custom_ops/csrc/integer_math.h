@@ -44,6 +44,20 @@ EDGEQ_HD inline int BitLen(uint64_t x) {
 #endif
 }
 
+// Keys a DIClippedSoftmax row may hold: its exp sum S (each exp <= 2^30) below 2^54, and S * qmax below 2^64 for
+// the 2^obits - 1 of wide probabilities.
+EDGEQ_HD constexpr int64_t SoftmaxMaxKeys(int64_t obits) {
+  return obits <= 10 ? int64_t(1) << 24 : int64_t(1) << (34 - obits);
+}
+
+// How far P.V lowers its common exponent Ea so that sum_k u[k] * B[k, n] stays below 2^62: that sum is below
+// sum_k |A[m, k]| * 2^15 * 2^max_shift * 2^7 (max_shift: the largest left shift of a kept key's u[k]). Int8 and uint8
+// A never need it (255 * K < 2^24, shifts <= 16), nor uint16 probabilities summing to about 2^16.
+EDGEQ_HD inline int64_t ContextShift(uint64_t a_abs_sum, int64_t max_shift) {
+  const int64_t bits = BitLen(a_abs_sum) + (max_shift > 0 ? max_shift : 0) + 22 - 62;
+  return bits > 0 ? bits : 0;
+}
+
 EDGEQ_HD inline int64_t Abs(int64_t v) { return v < 0 ? -v : v; }
 EDGEQ_HD inline int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
 EDGEQ_HD inline int64_t Max(int64_t a, int64_t b) { return a > b ? a : b; }

@@ -10,6 +10,7 @@ namespace {
 constexpr auto kI8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
 constexpr auto kU8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
 constexpr auto kI16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16;
+constexpr auto kU16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16;
 constexpr auto kI32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
 constexpr auto kI64 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
 constexpr auto kBool = ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
@@ -172,7 +173,9 @@ std::vector<int64_t> PrepareBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& 
   p.x = ReadActivation(ctx, 0, "A", "a_m", "a_e", a);
   p.x2 = ReadActivation(ctx, 3, "B", "b_m", "b_e", a);
   const std::vector<int64_t>&as = p.x.shape, &bs = p.x2.shape;
-  if (p.x.type != kI8 && p.x.type != kU8) Fail(where, std::string("A must be int8 or uint8, got ") + TypeName(p.x.type));
+  if (p.x.type != kI8 && p.x.type != kU8 && p.x.type != kU16)
+    Fail(where, std::string("A must be int8, uint8 or uint16, got ") + TypeName(p.x.type));
+  if (p.x.type == kU16 && a.trans_b) Fail(where, "uint16 A (probabilities) is for trans_b=0 (P.V) only");
   if (as.size() < 2) Fail(where, "A has shape " + ShapeText(as) + ", expected [..., M, K]");
   if (bs.size() != as.size())
     Fail(where, "B has shape " + ShapeText(bs) + ", expected A's rank " + std::to_string(as.size()));
@@ -220,7 +223,8 @@ const DiSignature& Signature(DiOp op) {
       // Y: int8 or int16 by obits (registered untyped and optional, as DIAdd's)
       {"DIMatMul", {kI8, kI32, kI8, kI8, kI32, kI8, kI8, kI32, kI32}, {kAny, kI32, kI8}, 6},
       {"DIExp", {kI8, kI32, kI8}, {kI8, kI32, kI8}, 3},
-      {"DIClippedSoftmax", {kAny, kI32, kI8, kBool}, {kU8, kI32, kI8}, 3},
+      // X int8 or int32 (one registration each); P: uint8 or uint16 by obits (untyped and optional, as DIMatMul's Y)
+      {"DIClippedSoftmax", {kAny, kI32, kI8, kBool}, {kAny, kI32, kI8}, 3},
       // DINorm, DISwiGLU, DIRequant: y_zero (act_sym=0) is their optional fourth output
       {"DINorm", {kAny, kI32, kI8, kI32, kI8}, {kI8, kI32, kI8, kI32}, 5},
       // DISwiGLU: gate and up int8 or int16, the same (ORT ties untyped inputs); DIRotary: X int8 or int16
@@ -245,11 +249,12 @@ DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op) {
     a.qmax = (int64_t(1) << (a.obits - 1)) - 1;
   }
   if (WideCodes(op)) {  // ORT takes Y's element type from the graph: it must be the one obits implies
-    const ONNXTensorElementDataType want = a.obits > 8 ? kI16 : kI8;
+    const bool probs = op == DiOp::kClippedSoftmax;
+    const ONNXTensorElementDataType want = a.obits > 8 ? (probs ? kU16 : kI16) : (probs ? kU8 : kI8);
     const ONNXTensorElementDataType got = info.GetOutputTypeInfo(0).GetTensorTypeAndShapeInfo().GetElementType();
     if (got != want)
-      Fail(a.where, std::string("Y is ") + TypeName(got) + ", but obits=" + std::to_string(a.obits) + " gives " +
-                        TypeName(want) + " codes");
+      Fail(a.where, std::string(probs ? "P is " : "Y is ") + TypeName(got) + ", but obits=" +
+                        std::to_string(a.obits) + " gives " + TypeName(want) + " codes");
   }
   if (op == DiOp::kNorm || op == DiOp::kSwiGLU || op == DiOp::kRequant) {
     a.clip_q15 = OptionalInt(raw, "clip_q15", integer::kClipOne);
@@ -341,8 +346,9 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
       p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", a);
       if (p.x.type != kI8 && p.x.type != kI32)
         Fail(where, std::string("X must be int8 or int32, got ") + TypeName(p.x.type));
-      if (p.x.C >= (int64_t(1) << 24))  // the sum of 2^30-scaled exps times qmax stays below 2^63
-        Fail(where, "X has " + std::to_string(p.x.C) + " keys, more than 2^24 - 1");
+      if (p.x.C >= integer::SoftmaxMaxKeys(a.obits))  // the sum S of 2^30-scaled exps, and S * qmax < 2^64
+        Fail(where, "X has " + std::to_string(p.x.C) + " keys, more than " +
+                        std::to_string(integer::SoftmaxMaxKeys(a.obits) - 1) + " at obits=" + std::to_string(a.obits));
       PrepareMask(ctx, a, p, 3, p.x.shape, "X");
       if (a.is_causal && p.x.shape.size() < 2) Fail(where, "is_causal needs X of rank >= 2 ([..., Sq, Skv])");
       out_shape = p.x.shape;

@@ -38,6 +38,7 @@ inline const char* TypeName(ONNXTensorElementDataType t) {
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8";
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return "int8";
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16: return "int16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16: return "uint16";
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
     default: return "an unsupported type";

@@ -16,7 +16,8 @@ from edgeq.custom_ops.schema import OPS, opset_import
 from .conftest import CUDA, cuda_available, session
 
 WIDTHS = [(8, 8), (6, 6), (4, 4)]  # W8A8, W6A6, W4A4
-WIDE_OUTPUT_OPS = ("DIMatMul", "DIAdd")  # obits 2..16: Y int8 up to 8 bits, int16 above, typed by the graph
+# obits 2..16: Y int8 up to 8 bits, int16 above (DIClippedSoftmax's P: uint8, uint16), typed by the graph
+WIDE_OUTPUT_OPS = ("DIMatMul", "DIAdd", "DIClippedSoftmax")
 
 
 def activation(rng: np.random.Generator, shape, bits: int = 8, *, e_range=(-4, 40), saturate: bool = False,
@@ -57,7 +58,8 @@ def channel_scales(rng: np.random.Generator, n: int, *, spread: int = 6, signed:
 def model(op: str, arrays: list, name: str = "n0", y_type: int | None = None, **attrs) -> onnx.ModelProto:
     """A one-node model of edgeq ``op`` with every input a graph input of dynamic shape (so wrong shapes reach
     the kernel's own checks); ``arrays`` follows the op's inputs, None for an omitted optional one. DIMatMul's and
-    DIAdd's Y is declared with the element type obits gives (ORT takes it from the graph), or ``y_type``."""
+    DIAdd's Y and DIClippedSoftmax's P are declared with the element type obits gives (ORT takes it from the
+    graph), or ``y_type``."""
     opdef = OPS[op]
     names = [i.name if a is not None else "" for i, a in zip(opdef.inputs, arrays)]
     while names and not names[-1]:
@@ -70,7 +72,9 @@ def model(op: str, arrays: list, name: str = "n0", y_type: int | None = None, **
     outputs = [helper.make_empty_tensor_value_info(o.name) for o in outs]
     if op in WIDE_OUTPUT_OPS:
         if y_type is None:
-            y_type = onnx.TensorProto.INT8 if attrs.get("obits", 8) <= 8 else onnx.TensorProto.INT16
+            narrow, wide = ((onnx.TensorProto.UINT8, onnx.TensorProto.UINT16) if op == "DIClippedSoftmax" else
+                            (onnx.TensorProto.INT8, onnx.TensorProto.INT16))
+            y_type = narrow if attrs.get("obits", 8) <= 8 else wide
         outputs[0] = helper.make_tensor_value_info(opdef.outputs[0].name, y_type, None)
     graph = helper.make_graph([node], op, inputs, outputs)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), opset_import()], ir_version=9)

@@ -2,6 +2,7 @@
 node and the problem, never a crash. Shapes are dynamic in these models, so the kernels' own checks run."""
 
 import numpy as np
+import onnx
 import pytest
 
 from edgeq.custom_ops.integer_codec import rotary_tables
@@ -92,9 +93,38 @@ def test_missing_attribute(cpu_library):
 
 
 def test_softmax_scores_of_another_type(cpu_library):
+    # registered once per X type (int8, int32), so ORT itself refuses another, naming the node and the input
     x = activation(rng(), (2, 5))
     fails(cpu_library, "DIClippedSoftmax", [x[0].astype(np.float32), *x[1:], None],
-          r"edgeq::DIClippedSoftmax node 'n0': X must be int8 or int32, got float32", clip_q8=0, is_causal=0, obits=8)
+          r"Type 'tensor\(float\)' of input parameter \(X\) of operator \(DIClippedSoftmax\) in node \(n0\) is invalid",
+          clip_q8=0, is_causal=0, obits=8)
+
+
+@pytest.mark.parametrize("obits, p_type, want", [(8, np.int8, "uint8"), (12, np.uint8, "uint16"),
+                                                 (6, np.uint16, "uint8")])
+def test_softmax_probabilities_of_the_wrong_type(cpu_library, obits, p_type, want):
+    x = activation(rng(), (2, 5))
+    y_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(p_type))
+    with pytest.raises(Exception, match=rf"DIClippedSoftmax node 'n0': P is {np.dtype(p_type).name}, but "
+                                        rf"obits={obits} gives {want} codes"):
+        run(cpu_library, "DIClippedSoftmax", [*x, None], y_type=y_type, clip_q8=0, is_causal=0, obits=obits)
+
+
+def test_softmax_too_many_keys_for_wide_probabilities(cpu_library):
+    keys = 1 << 18  # 2^(34 - 16): S * qmax would reach 2^64
+    x = activation(rng(), (1, keys))
+    fails(cpu_library, "DIClippedSoftmax", [*x, None], r"X has 262144 keys, more than 262143 at obits=16",
+          clip_q8=0, is_causal=0, obits=16)
+    assert run(cpu_library, "DIClippedSoftmax", [*activation(rng(), (1, keys - 1)), None], clip_q8=0, is_causal=0,
+               obits=16)[0].dtype == np.uint16
+
+
+def test_batch_matmul_wide_probabilities_only_for_context(cpu_library):
+    r = rng()
+    a = activation(r, (1, 2, 3, 4))
+    b = activation(r, (1, 2, 5, 4))
+    fails(cpu_library, "DIBatchMatMul", [a[0].astype(np.uint16), *a[1:], *b, None],
+          r"uint16 A \(probabilities\) is for trans_b=0 \(P.V\) only", trans_b=1)
 
 
 @pytest.mark.parametrize("mask_shape, match", [

@@ -162,6 +162,32 @@ def test_clipped_softmax(target, seed):
                      is_causal=seed % 2, obits=[8, 6, 4][seed % 3])
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_clipped_softmax_wide_probabilities(target, seed):
+    """obits 9..16: uint16 codes, the same algorithm with a wider qmax (the integer graph's 16-bit P)."""
+    rng = np.random.default_rng(3500 + seed)
+    x, mask, _ = softmax_inputs(rng, seed)
+    obits = [16, 9, 12, 15][seed % 4]
+    p = assert_bit_exact(target, "DIClippedSoftmax", [*x, mask], clip_q8=[0, 3840, 1, 65535][seed % 4],
+                         is_causal=seed % 2, obits=obits)
+    assert p[0].dtype == np.uint16 and int(p[0].max()) <= (1 << obits) - 1
+
+
+def test_wide_probabilities_are_closer_to_float():
+    """16-bit codes of the same scores: the probabilities' error against float64 softmax shrinks from the 8-bit
+    codes' rounding (~2^-9) to about the exp polynomial's own (relative 9e-5)."""
+    rng = np.random.default_rng(3600)
+    q, m, e = activation(rng, (64, 300), e_range=(17, 19))  # scores within about +-8
+    x = q.astype(np.float64) * m * 2.0 ** -e.astype(np.float64)
+    want = np.exp(x - x.max(-1, keepdims=True))
+    want /= want.sum(-1, keepdims=True)
+    err = {}
+    for obits in (8, 16):
+        p, pm, pe = ri.di_clipped_softmax(q, m, e, clip_q8=0, is_causal=0, obits=obits)
+        err[obits] = np.abs(p * pm * 2.0 ** -pe.astype(np.float64) - want).max()
+    assert err[16] < err[8] / 20 and err[16] < 2e-5, err
+
+
 def test_clipped_softmax_fully_masked_rows(target):
     """Rows with no visible key give zeros and the zero-row scale; the others are untouched by them."""
     rng = np.random.default_rng(5)
@@ -321,6 +347,41 @@ def test_batch_matmul_context(target, seed):
         A = activation(rng, (*lead, M, K), saturate=True)
     B = activation(rng, (*b_lead, K, N), e_range=(-4, 40) if seed % 3 else (-128, 127), saturate=seed % 3 == 0)
     assert_bit_exact(target, "DIBatchMatMul", [*A, *B, None], trans_b=0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_batch_matmul_context_wide_probabilities(target, seed):
+    """trans_b=0 with uint16 probabilities: softmax rows (codes summing to about 2^16) and arbitrary uint16 codes,
+    whose sums make ContextShift lower the common exponent."""
+    rng = np.random.default_rng(7500 + seed)
+    lead, b_lead, M, K, N = attention_shapes(rng, seed)
+    if seed % 2:
+        scores = activation(rng, (*lead, M, K), e_range=(17, 19))
+        A = ri.di_clipped_softmax(*scores, clip_q8=0, is_causal=0, obits=16)
+    else:
+        P = rng.integers(0, 1 << 16, (*lead, M, K))
+        P[rng.random(P.shape) < 0.3] = 0
+        _, m, e = activation(rng, (*lead, M, 1), full_mantissas=seed % 4 == 0)
+        A = (P.astype(np.uint16), m, e)
+    B = activation(rng, (*b_lead, K, N), e_range=(-4, 40) if seed % 3 else (-128, 127), saturate=seed % 3 == 0)
+    assert_bit_exact(target, "DIBatchMatMul", [*A, *B, None], trans_b=0)
+
+
+def test_batch_matmul_context_shift_at_the_bound(target):
+    """uint16 codes at their limit over K = 65535 keys, with values whose exponents span the whole window: the
+    int64 sums would pass 2^62 unshifted; ContextShift lowers Ea by exactly what the bound needs, and the result
+    still matches float64 within the rounding of the shifted terms."""
+    K, N = ri.MAX_BATCH_K, 67
+    P = np.full((1, 1, K), 65535, np.uint16)
+    p_m, p_e = np.full((1, 1, 1), ri.M_MAX, np.int32), np.zeros((1, 1, 1), np.int8)
+    V = np.full((1, K, N), -128, np.int8)
+    v_m = np.full((1, K, 1), ri.M_MAX, np.int32)
+    v_e = np.where(np.arange(K) % 2, 0, 16).astype(np.int8).reshape(1, K, 1)
+    assert ri.context_shift(K * 65535, 16) == 32 + 16 + 22 - 62
+    y, y_m, y_e = assert_bit_exact(target, "DIBatchMatMul", [P, p_m, p_e, V, v_m, v_e, None], trans_b=0)
+    want = (65535.0 * ri.M_MAX) * (-128.0 * ri.M_MAX) * (2.0 ** -v_e.astype(np.float64)).sum()
+    got = y.astype(np.float64) * y_m * 2.0 ** -y_e.astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_batch_matmul_lm_head_shape(matmul_kernel):

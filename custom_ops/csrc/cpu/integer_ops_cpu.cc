@@ -262,14 +262,15 @@ const bool* MaskRow(const DiProblem& p, const std::vector<int64_t>& shape, int64
   return mask;
 }
 
-template <typename T>
+// X: int8 codes or int32 scores; P: uint8 or uint16 probability codes (obits).
+template <typename T, typename P>
 void DIClippedSoftmax(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
   const int64_t C = p.x.C, rank = int64_t(p.x.shape.size());
   const int64_t Sq = rank >= 2 ? p.x.shape[rank - 2] : 1;
   const int64_t tc = a.clip_q8 ? RShr(a.clip_q8 * kLog2eQ30, 30 + 8 - kExpFrac) : kExpCap;
   auto row = [&](int64_t r) {
     const T* q = static_cast<const T*>(p.x.q) + r * C;
-    uint8_t* y = static_cast<uint8_t*>(p.out.q) + r * C;
+    P* y = static_cast<P*>(p.out.q) + r * C;
     int64_t mask_step;
     const bool* mask = MaskRow(p, p.x.shape, r, mask_step);
     const int64_t last_visible = a.is_causal ? r % Sq + C - Sq : C - 1;
@@ -282,7 +283,7 @@ void DIClippedSoftmax(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem
       any = true;
     }
     if (!any) {
-      std::fill(y, y + C, uint8_t(0));
+      std::fill(y, y + C, P(0));
       p.out.m[r] = int32_t(kZeroM);
       p.out.e[r] = int8_t(kZeroE);
       return;
@@ -305,10 +306,10 @@ void DIClippedSoftmax(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem
       E[j] = Exp2Neg(t);
       S += uint64_t(E[j]);
     }
-    for (int64_t j = 0; j < C; ++j) y[j] = uint8_t(RShr(E[j] * a.qmax, 30));
+    for (int64_t j = 0; j < C; ++j) y[j] = P(RShr(E[j] * a.qmax, 30));
     const Dyadic d = Ratio(uint64_t(kOneQ30), S * uint64_t(a.qmax));
     const Scale s = Finish(d.m, d.e);
-    if (s.zero) std::fill(y, y + C, uint8_t(0));
+    if (s.zero) std::fill(y, y + C, P(0));
     p.out.m[r] = int32_t(s.m);
     p.out.e[r] = int8_t(s.e);
   };
@@ -415,8 +416,8 @@ void DIAddAny(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
 // ---------------------------------------------------------------------------------------------------------
 // DIBatchMatMul and DIRequant (attention), one output row per task
 
-// P.V's v[n] = sum_k u[k] * B[k, n], u[k] = x[k] * b_m[k] aligned to Ea (< 2^39; the sums < 2^62), over the k
-// with x[k] != 0. With AVX-512 DQ, 64 columns at a time in eight registers of int64 lanes (vpmullq): the keys
+// P.V's v[n] = sum_k u[k] * B[k, n], u[k] = x[k] * b_m[k] aligned to Ea (the sums < 2^62: ContextShift), over the
+// k with x[k] != 0. With AVX-512 DQ, 64 columns at a time in eight registers of int64 lanes (vpmullq): the keys
 // stream through once per 64 columns.
 template <typename A>
 void ContextSums(const A* x, int64_t K, int64_t N, const int8_t* B, const int32_t* bm, const int8_t* be, int64_t Ea,
@@ -533,6 +534,14 @@ void DIBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const D
       for (int64_t k = 0; k < K && !any; ++k) any = nonzero(k);
       if (any) {
         Ea = AlignExponentsWhere(be, K, nonzero);
+        uint64_t abs_sum = 0;
+        int64_t e_lo = kEMax;
+        for (int64_t k = 0; k < K; ++k)
+          if (x[k] != 0) {
+            abs_sum += uint64_t(x[k] < 0 ? -int64_t(x[k]) : int64_t(x[k]));
+            e_lo = Min(e_lo, int64_t(be[k]));
+          }
+        Ea -= ContextShift(abs_sum, Ea - e_lo);
         ContextSums(x, K, N, B, bm, be, Ea, v);
       }
     }
@@ -580,8 +589,12 @@ struct Kernel {
           return DIMatMul<int8_t>(ctx, attrs, gemm, p);
         case DiOp::kExp: return DIExp(ctx, attrs, p);
         case DiOp::kClippedSoftmax:
-          if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIClippedSoftmax<int8_t>(ctx, attrs, p);
-          return DIClippedSoftmax<int32_t>(ctx, attrs, p);
+          if (attrs.obits > 8) {
+            if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIClippedSoftmax<int8_t, uint16_t>(ctx, attrs, p);
+            return DIClippedSoftmax<int32_t, uint16_t>(ctx, attrs, p);
+          }
+          if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIClippedSoftmax<int8_t, uint8_t>(ctx, attrs, p);
+          return DIClippedSoftmax<int32_t, uint8_t>(ctx, attrs, p);
         case DiOp::kNorm:
           if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DINorm<int8_t>(ctx, attrs, p);
           return DINorm<int16_t>(ctx, attrs, p);
@@ -594,6 +607,7 @@ struct Kernel {
         case DiOp::kAdd: return DIAddAny(ctx, attrs, p);
         case DiOp::kBatchMatMul:
           if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIBatchMatMul<int8_t>(ctx, attrs, gemm, p);
+          if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16) return DIBatchMatMul<uint16_t>(ctx, attrs, gemm, p);
           return DIBatchMatMul<uint8_t>(ctx, attrs, gemm, p);
         case DiOp::kRequant:
           if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIRequant<int8_t>(ctx, attrs, p);

@@ -22,6 +22,7 @@ DiCode CodeOf(ONNXTensorElementDataType type) {
   switch (type) {
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return DiCode::kUInt8;
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16: return DiCode::kInt16;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16: return DiCode::kUInt16;
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return DiCode::kInt32;
     default: return DiCode::kInt8;
   }
@@ -67,7 +68,7 @@ DiArgs ArgsOf(const DiAttrs& a, const DiProblem& p) {
   args.y_m = p.out.m;
   args.y_e = p.out.e;
   args.y_z = p.out.z;
-  args.y_code = a.op == DiOp::kClippedSoftmax ? DiCode::kUInt8
+  args.y_code = a.op == DiOp::kClippedSoftmax ? (a.obits > 8 ? DiCode::kUInt16 : DiCode::kUInt8)
                 : a.op == DiOp::kBatchMatMul  ? DiCode::kInt32
                 : a.obits > 8                 ? DiCode::kInt16
                                               : DiCode::kInt8;

@@ -383,12 +383,12 @@ __global__ void __launch_bounds__(kThreads) ExpRows(DiArgs a) {
   }
 }
 
-template <typename T>
+template <typename T, typename P>
 __global__ void __launch_bounds__(kThreads) SoftmaxRows(DiArgs a) {
   const int64_t r = blockIdx.x, C = a.x.C;
   const int64_t Sq = a.rank >= 2 ? a.shape[a.rank - 2] : 1;
   const T* q = static_cast<const T*>(a.x.q) + r * C;
-  uint8_t* y = static_cast<uint8_t*>(a.y) + r * C;
+  P* y = static_cast<P*>(a.y) + r * C;
   int64_t step;
   const bool* mask = MaskRow(a, r, step);
   const int64_t last_visible = a.is_causal ? r % Sq + C - Sq : C - 1;
@@ -413,7 +413,7 @@ __global__ void __launch_bounds__(kThreads) SoftmaxRows(DiArgs a) {
       p = Exp2Neg(Min(t, tc));
     }
     S += p;
-    y[j] = uint8_t(RShr(p * a.qmax, 30));
+    y[j] = P(RShr(p * a.qmax, 30));
   }
   S = BlockReduce(S, SumOp());
   const Dyadic d = Ratio(uint64_t(kOneQ30), uint64_t(S) * uint64_t(a.qmax));
@@ -516,7 +516,8 @@ __global__ void __launch_bounds__(kThreads) ScoresRows(DiArgs a, const int32_t* 
   WideRow(value, N, a.x.m[r], a.x.e[r] + Ea, y, a.y_m + r, a.y_e + r, r, split);
 }
 
-// DIBatchMatMul trans_b=0 (P.V): u[k] = x[k] * b_m[k] aligned over the k with x[k] != 0, v[n] = sum_k u[k] B[k, n]
+// DIBatchMatMul trans_b=0 (P.V): u[k] = x[k] * b_m[k] aligned over the k with x[k] != 0 (Ea lowered by ContextShift
+// for wide probabilities), v[n] = sum_k u[k] B[k, n]
 // in int64 (into `v`, a row per block: threads split the columns, and the keys when there are fewer columns than
 // threads), then the wide requantization of v.
 template <typename A>
@@ -529,9 +530,18 @@ __global__ void __launch_bounds__(kThreads) ContextRows(DiArgs a, int64_t* v) {
   const int32_t* bm = a.x2.m + batch * K;
   const int8_t* be = a.x2.e + batch * K;
   bool any;
-  const int64_t Ea = BlockAlign(be, K, [&](int64_t k) { return x[k] != 0; }, any);
+  int64_t Ea = BlockAlign(be, K, [&](int64_t k) { return x[k] != 0; }, any);
   int32_t* y = static_cast<int32_t*>(a.y) + r * N;
   if (!any) return ZeroRow(y, N, a.y_m + r, a.y_e + r);
+  int64_t abs_sum = 0, e_lo = kEMax;
+  for (int64_t k = threadIdx.x; k < K; k += blockDim.x)
+    if (x[k] != 0) {
+      abs_sum += x[k] < 0 ? -int64_t(x[k]) : int64_t(x[k]);
+      e_lo = Min(e_lo, int64_t(be[k]));
+    }
+  abs_sum = BlockReduce(abs_sum, SumOp());
+  e_lo = BlockReduce(e_lo, MinOp());
+  Ea -= ContextShift(uint64_t(abs_sum), Ea - e_lo);
   int64_t* row = v + r * N;
   const int cols = int(Min(N, kThreads)), slices = kThreads / cols;
   const int col = threadIdx.x % cols, slice = threadIdx.x / cols;
@@ -641,8 +651,14 @@ const char* LaunchIntegerOp(const DiArgs& a, DiGemm gemm, void* raw_stream, void
     }
     case DiOp::kExp: ExpRows<<<rows, kThreads, 0, stream>>>(a); break;
     case DiOp::kClippedSoftmax:
-      if (a.x.code == DiCode::kInt8) SoftmaxRows<int8_t><<<rows, kThreads, 0, stream>>>(a);
-      else SoftmaxRows<int32_t><<<rows, kThreads, 0, stream>>>(a);
+      if (a.y_code == DiCode::kUInt16) {
+        if (a.x.code == DiCode::kInt8) SoftmaxRows<int8_t, uint16_t><<<rows, kThreads, 0, stream>>>(a);
+        else SoftmaxRows<int32_t, uint16_t><<<rows, kThreads, 0, stream>>>(a);
+      } else if (a.x.code == DiCode::kInt8) {
+        SoftmaxRows<int8_t, uint8_t><<<rows, kThreads, 0, stream>>>(a);
+      } else {
+        SoftmaxRows<int32_t, uint8_t><<<rows, kThreads, 0, stream>>>(a);
+      }
       break;
     case DiOp::kNorm:
       LaunchRows(a, partial, [&](dim3 grid, Split split) {
@@ -677,6 +693,8 @@ const char* LaunchIntegerOp(const DiArgs& a, DiGemm gemm, void* raw_stream, void
         LaunchRows(a, partial, [&](dim3 grid, Split split) { ScoresRows<<<grid, kThreads, 0, stream>>>(a, acc, split); });
       } else if (a.x.code == DiCode::kInt8) {
         ContextRows<int8_t><<<rows, kThreads, 0, stream>>>(a, static_cast<int64_t*>(scratch));
+      } else if (a.x.code == DiCode::kUInt16) {
+        ContextRows<uint16_t><<<rows, kThreads, 0, stream>>>(a, static_cast<int64_t*>(scratch));
       } else {
         ContextRows<uint8_t><<<rows, kThreads, 0, stream>>>(a, static_cast<int64_t*>(scratch));
       }

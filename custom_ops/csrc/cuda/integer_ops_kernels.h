@@ -12,7 +12,7 @@
 namespace edgeq {
 namespace cuda {
 
-enum class DiCode { kInt8, kUInt8, kInt16, kInt32 };
+enum class DiCode { kInt8, kUInt8, kInt16, kUInt16, kInt32 };
 
 // The int32 dot products of DIMatMul and of DIBatchMatMul's trans_b=1: kAuto takes cuBLAS's int8 GEMM for
 // more than 8 rows against one B when K and N are multiples of 4 (falling back to ours if cuBLAS refuses),
@@ -38,7 +38,7 @@ struct DiArgs {
   int64_t qmax = 0, clip_q8 = 0, is_causal = 0, eps_q60 = 0, interleaved = 0, trans_b = 0;
   int64_t clip_q15 = integer::kClipOne;  // DINorm, DISwiGLU, DIRequant: a learned clip of the output row's range
   DiTensor x, x2;                  // x2: DISwiGLU's up, DIAdd's B, DIBatchMatMul's B
-  DiCode y_code = DiCode::kInt8;   // Y's codes: int8/int16 (DIMatMul, DIAdd), uint8 (softmax), int32 (batch matmul)
+  DiCode y_code = DiCode::kInt8;   // Y's codes: int8/int16 (DIMatMul, DIAdd), uint8/16 (softmax), int32 (batch matmul)
   void* y = nullptr;
   int32_t* y_m = nullptr;
   int8_t* y_e = nullptr;
