@@ -26,10 +26,19 @@ namespace {
 constexpr int64_t kBlockN = 64;  // weight rows of one GEMM task
 constexpr int kTileM = 2, kTileN = 4;
 
-// Runs f(i) for i in [0, n) on ORT's intra-op thread pool (one task: inline, without the pool's hand-off).
+// Loops of fewer elements of cheap work run inline: waking the pool and waiting for it costs a few microseconds,
+// more than such a loop (decode's rotary heads, its attention rows of one token).
+constexpr int64_t kInlineWork = 2048;
+
+// Runs f(i) for i in [0, n) on ORT's intra-op thread pool; inline (without the pool's hand-off) for one task, or
+// when the tasks' work_per_task elements add up to less than kInlineWork (the default never does).
 template <typename F>
-void ParallelFor(Ort::KernelContext& ctx, int64_t n, F& f) {
+void ParallelFor(Ort::KernelContext& ctx, int64_t n, F& f, int64_t work_per_task = kInlineWork) {
   if (n == 1) return f(0);
+  if (n * work_per_task < kInlineWork) {
+    for (int64_t i = 0; i < n; ++i) f(i);
+    return;
+  }
   ctx.ParallelFor([](void* data, size_t i) { (*static_cast<F*>(data))(int64_t(i)); }, size_t(n), 0, &f);
 }
 
