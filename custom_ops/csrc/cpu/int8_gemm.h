@@ -6,6 +6,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <numeric>
 #include <string>
@@ -205,6 +206,22 @@ void GemmRows(const GemmInput& g, int64_t m, int64_t n0, int64_t rows, int32_t* 
   // the 4-row tile, but decode streams every weight from memory once per token).
   constexpr int NR = MR == 1 && kGemm == Gemm::kAvx2 ? 1 : kTileN;
   int64_t n = n0;
+#if defined(__AVX2__)
+  if constexpr (MR == 1 && kGemm == Gemm::kAvx2) {
+    // Software prefetch some 4 KB ahead of the row being read: the hardware prefetcher alone left the single-row
+    // stream well short of the memory bandwidth (decode, one thread: about 40% fewer samples in the tile with it).
+    // A prefetch never faults, so the rows past the end of W cost nothing; the address is formed as an integer.
+    const int64_t ahead = (4096 + g.K - 1) / g.K * g.K;
+    const uintptr_t base = reinterpret_cast<uintptr_t>(g.w);
+    for (; n < n0 + rows; ++n) {
+      const uintptr_t next = base + uintptr_t(n * g.K + ahead);
+      for (int64_t c = 0; c < g.K; c += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(next + uintptr_t(c)), _MM_HINT_T0);
+      tile(std::integral_constant<int, 1>{}, n);
+    }
+    return;
+  }
+#endif
   for (; n + NR <= n0 + rows; n += NR) tile(std::integral_constant<int, NR>{}, n);
   for (; n < n0 + rows; ++n) tile(std::integral_constant<int, 1>{}, n);
 }
