@@ -30,6 +30,17 @@ int64_t* RowBuffer(int64_t n) {
   return buffer.data();
 }
 
+// Per-thread buffers of the few-row (decode) paths, kept between calls: a decode step runs some 200 DIMatMuls
+// whose per-call vectors cost more in malloc/free than their requantization. Each Slot is a distinct buffer
+// (used on the calling thread, never by the pool's tasks for themselves, so RowBuffer stays free for those).
+enum class Slot { kValues, kRanges, kPlans, kShifts, kX16, kParts };
+template <typename T, Slot kSlot>
+T* CallerBuffer(int64_t n) {
+  thread_local std::vector<T> buffer;
+  if (int64_t(buffer.size()) < n) buffer.resize(size_t(n));
+  return buffer.data();
+}
+
 void StoreScale(const IntOutput& out, int64_t r, const Scale& s) {
   out.m[r] = int32_t(s.m);
   out.e[r] = int8_t(s.e);
@@ -65,28 +76,29 @@ struct Chunks {
   }
 };
 
+using Range = std::pair<int64_t, int64_t>;  // a row's (min, max) value
+
 // Values into v [rows, n] and each (row, chunk)'s min and max; returns each row's (min, max).
 template <typename Value>
-std::vector<std::pair<int64_t, int64_t>> RowValues(Ort::KernelContext& ctx, const Chunks& ch, const Value& value,
-                                                   std::vector<int64_t>& v) {
-  v.resize(size_t(ch.rows * ch.n));
-  std::vector<std::pair<int64_t, int64_t>> part(size_t(ch.rows * ch.count));
+const Range* RowValues(Ort::KernelContext& ctx, const Chunks& ch, const Value& value, int64_t* v) {
+  Range* part = CallerBuffer<Range, Slot::kParts>(ch.rows * ch.count);
   auto fill = [&](int64_t t) {
     const int64_t r = t / ch.count, c0 = (t % ch.count) * ch.per, c1 = std::min(ch.n, c0 + ch.per);
-    int64_t lo = INT64_MAX, hi = INT64_MIN, *row = v.data() + r * ch.n;
+    int64_t lo = INT64_MAX, hi = INT64_MIN, *row = v + r * ch.n;
     for (int64_t c = c0; c < c1; ++c) {
       row[c] = value(r, c);
       lo = std::min(lo, row[c]);
       hi = std::max(hi, row[c]);
     }
-    part[size_t(t)] = {lo, hi};
+    part[t] = {lo, hi};
   };
   ParallelFor(ctx, ch.rows * ch.count, fill);
-  std::vector<std::pair<int64_t, int64_t>> range(size_t(ch.rows), {INT64_MAX, INT64_MIN});
+  Range* range = CallerBuffer<Range, Slot::kRanges>(ch.rows);
+  std::fill(range, range + ch.rows, Range{INT64_MAX, INT64_MIN});
   for (int64_t t = 0; t < ch.rows * ch.count; ++t) {
-    auto& [lo, hi] = range[size_t(t / ch.count)];
-    lo = std::min(lo, part[size_t(t)].first);
-    hi = std::max(hi, part[size_t(t)].second);
+    auto& [lo, hi] = range[t / ch.count];
+    lo = std::min(lo, part[t].first);
+    hi = std::max(hi, part[t].second);
   }
   return range;
 }
@@ -100,15 +112,15 @@ void WholeRows(Ort::KernelContext& ctx, int64_t rows, int64_t n, const Value& va
     for (int64_t c = 0; c < n; ++c) v[c] = value(r, c);
     finish(r, v, scale(r));
   };
-  ParallelFor(ctx, rows, row);
+  ParallelFor(ctx, rows, row, n);
 }
 
 // write(r, c, value at (r, c)) over every chunk in parallel.
 template <typename Write>
-void EachChunk(Ort::KernelContext& ctx, const Chunks& ch, const std::vector<int64_t>& v, const Write& write) {
+void EachChunk(Ort::KernelContext& ctx, const Chunks& ch, const int64_t* v, const Write& write) {
   auto task = [&](int64_t t) {
     const int64_t r = t / ch.count, c0 = (t % ch.count) * ch.per, c1 = std::min(ch.n, c0 + ch.per);
-    for (int64_t c = c0; c < c1; ++c) write(r, c, v[size_t(r * ch.n + c)]);
+    for (int64_t c = c0; c < c1; ++c) write(r, c, v[r * ch.n + c]);
   };
   ParallelFor(ctx, ch.rows * ch.count, task);
 }
@@ -116,21 +128,50 @@ void EachChunk(Ort::KernelContext& ctx, const Chunks& ch, const std::vector<int6
 // The asymmetric codes of few rows from their values v and each row's (min, max): DynQuantAsymRow's pieces, so
 // the bits are the whole-row function's (and the CUDA ops').
 template <typename RowScale>
-void AsymChunks(Ort::KernelContext& ctx, const IntOutput& out, const Chunks& ch, const std::vector<int64_t>& v,
-                const std::vector<std::pair<int64_t, int64_t>>& range, int64_t qmax, const RowScale& scale) {
-  std::vector<AsymPlan> plans(static_cast<size_t>(ch.rows));
-  std::vector<int64_t> shifts(size_t(ch.rows), 0);
+void AsymChunks(Ort::KernelContext& ctx, const IntOutput& out, const Chunks& ch, const int64_t* v, const Range* range,
+                int64_t qmax, const RowScale& scale) {
+  AsymPlan* plans = CallerBuffer<AsymPlan, Slot::kPlans>(ch.rows);
+  int64_t* shifts = CallerBuffer<int64_t, Slot::kShifts>(ch.rows);
   for (int64_t r = 0; r < ch.rows; ++r) {
-    const int64_t lo = std::min<int64_t>(range[size_t(r)].first, 0), hi = std::max<int64_t>(range[size_t(r)].second, 0);
+    const int64_t lo = std::min<int64_t>(range[r].first, 0), hi = std::max<int64_t>(range[r].second, 0);
     const Dyadic s = scale(r);
-    const int64_t sh = shifts[size_t(r)] = AsymShift(lo, hi);
-    plans[size_t(r)] = PlanDynQuantAsym(RShr(lo, sh), RShr(hi, sh), sh, s.m, s.e, AsymBits(qmax));
-    StoreScale(out, r, plans[size_t(r)].scale);
-    out.z[r] = int32_t(AsymZero(plans[size_t(r)]));
+    const int64_t sh = shifts[r] = AsymShift(lo, hi);
+    plans[r] = PlanDynQuantAsym(RShr(lo, sh), RShr(hi, sh), sh, s.m, s.e, AsymBits(qmax));
+    StoreScale(out, r, plans[r].scale);
+    out.z[r] = int32_t(AsymZero(plans[r]));
   }
   int8_t* q = static_cast<int8_t*>(out.q);
   EachChunk(ctx, ch, v, [&](int64_t r, int64_t c, int64_t x) {
-    q[r * ch.n + c] = int8_t(DynQuantAsymCode(RShr(x, shifts[size_t(r)]), plans[size_t(r)]));
+    q[r * ch.n + c] = int8_t(DynQuantAsymCode(RShr(x, shifts[r]), plans[r]));
+  });
+}
+
+// The codes of few rows from their values v [rows, n] and each row's (min, max): DynQuantRow's (DynQuantAsymRow's)
+// pieces, so the bits are the whole-row function's (and the CUDA ops').
+template <typename Code, typename RowScale>
+void FewRowCodes(Ort::KernelContext& ctx, const IntOutput& out, const Chunks& ch, const int64_t* v,
+                 const Range* range, int64_t qmax, const RowScale& scale, int64_t clip_q15) {
+  if (out.z != nullptr) return AsymChunks(ctx, out, ch, v, range, qmax, scale);
+  QuantPlan* plans = CallerBuffer<QuantPlan, Slot::kPlans>(ch.rows);
+  int64_t* shifts = CallerBuffer<int64_t, Slot::kShifts>(ch.rows);
+  for (int64_t r = 0; r < ch.rows; ++r) {
+    const auto [lo, hi] = range[r];
+    const int64_t A = std::max(Abs(lo), Abs(hi));
+    QuantPlan& plan = plans[r];
+    shifts[r] = 0;
+    if (A == 0) {
+      plan = QuantPlan{};
+      plan.scale = Scale{kZeroM, kZeroE, true};
+    } else {
+      const Dyadic s = scale(r);
+      shifts[r] = DynQuantShift(A);
+      plan = PlanDynQuant(std::max(RShr(hi, shifts[r]), -RShr(lo, shifts[r])), shifts[r], s.m, s.e, qmax, clip_q15);
+    }
+    StoreScale(out, r, plan.scale);
+  }
+  Code* q = static_cast<Code*>(out.q);
+  EachChunk(ctx, ch, v, [&](int64_t r, int64_t c, int64_t x) {
+    q[r * ch.n + c] = Code(DynQuantCode(RShr(x, shifts[r]), plans[r]));
   });
 }
 
@@ -143,29 +184,9 @@ void QuantizeRows(Ort::KernelContext& ctx, const IntOutput& out, int64_t rows, i
       StoreRow<Code>(out, r, v, n, s.m, s.e, qmax, clip_q15);
     });
   const Chunks ch(rows, n);
-  std::vector<int64_t> v;
-  const auto range = RowValues(ctx, ch, value, v);
-  if (out.z != nullptr) return AsymChunks(ctx, out, ch, v, range, qmax, scale);
-  std::vector<QuantPlan> plans(static_cast<size_t>(rows));
-  std::vector<int64_t> shifts(size_t(rows), 0);
-  for (int64_t r = 0; r < rows; ++r) {
-    const auto [lo, hi] = range[size_t(r)];
-    const int64_t A = std::max(Abs(lo), Abs(hi));
-    QuantPlan& plan = plans[size_t(r)];
-    if (A == 0) {
-      plan.scale = Scale{kZeroM, kZeroE, true};
-    } else {
-      const Dyadic s = scale(r);
-      shifts[size_t(r)] = DynQuantShift(A);
-      plan = PlanDynQuant(std::max(RShr(hi, shifts[size_t(r)]), -RShr(lo, shifts[size_t(r)])), shifts[size_t(r)], s.m,
-                          s.e, qmax, clip_q15);
-    }
-    StoreScale(out, r, plan.scale);
-  }
-  Code* q = static_cast<Code*>(out.q);
-  EachChunk(ctx, ch, v, [&](int64_t r, int64_t c, int64_t x) {
-    q[r * n + c] = Code(DynQuantCode(RShr(x, shifts[size_t(r)]), plans[size_t(r)]));
-  });
+  int64_t* v = CallerBuffer<int64_t, Slot::kValues>(rows * n);
+  const Range* range = RowValues(ctx, ch, value, v);
+  FewRowCodes<Code>(ctx, out, ch, v, range, qmax, scale, clip_q15);
 }
 
 template <typename Value, typename RowScale>
@@ -176,36 +197,114 @@ void WideRows(Ort::KernelContext& ctx, const IntOutput& out, int64_t rows, int64
       StoreScale(out, r, WideQuantRow(v, n, d.m, d.e, static_cast<int32_t*>(out.q) + r * n));
     });
   const Chunks ch(rows, n);
-  std::vector<int64_t> v;
-  const auto range = RowValues(ctx, ch, value, v);
-  std::vector<Scale> scales(static_cast<size_t>(rows));
-  std::vector<int64_t> shifts(size_t(rows), 0);
+  int64_t* v = CallerBuffer<int64_t, Slot::kValues>(rows * n);
+  const Range* range = RowValues(ctx, ch, value, v);
+  Scale* scales = CallerBuffer<Scale, Slot::kPlans>(rows);
+  int64_t* shifts = CallerBuffer<int64_t, Slot::kShifts>(rows);
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t A = std::max(Abs(range[size_t(r)].first), Abs(range[size_t(r)].second));
-    Scale& s = scales[size_t(r)];
+    const int64_t A = std::max(Abs(range[r].first), Abs(range[r].second));
+    Scale& s = scales[r];
+    shifts[r] = 0;
     if (A == 0) {
       s = Scale{kZeroM, kZeroE, true};
     } else {
       const Dyadic d = scale(r);
-      shifts[size_t(r)] = WideQuantShift(A);
-      s = WideQuantScale(shifts[size_t(r)], d.m, d.e);
+      shifts[r] = WideQuantShift(A);
+      s = WideQuantScale(shifts[r], d.m, d.e);
     }
     StoreScale(out, r, s);
   }
   int32_t* y = static_cast<int32_t*>(out.q);
   EachChunk(ctx, ch, v, [&](int64_t r, int64_t c, int64_t x) {
-    y[r * n + c] = scales[size_t(r)].zero ? 0 : int32_t(RShr(x, shifts[size_t(r)]));
+    y[r * n + c] = scales[r].zero ? 0 : int32_t(RShr(x, shifts[r]));
   });
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // DIMatMul
 
+// ShiftBy(v, s) without its branch on the sign of s, which per-channel exponents make unpredictable.
+inline int64_t ShiftByChannel(int64_t v, int64_t s) {
+  const int64_t left = s > 0 ? s : 0, right = s < 0 ? std::min<int64_t>(-s, 62) : 0;
+  const int64_t shifted = (v * (int64_t(1) << left) + ((int64_t(1) << right) >> 1)) >> right;  // RShr(v, right)
+  return s <= -63 ? 0 : shifted;
+}
+
+constexpr int64_t kTaskRows = 64;  // at most, weight rows of a few-row task
+
 // Y int8 (obits <= 8) or int16 (Code): the same requantization of P (< 2^62), whose reciprocal stays below 2^31
 // for any qmax < 2^15 (DynQuantRow).
+//
+// Few rows (decode): one pass over the pool, each task taking its weight rows' dot products into a stack tile and
+// turning them straight into the values and their min/max, instead of an int32 [M, N] product, a second pass for
+// the values and the per-call vectors between them; then the codes as QuantizeRows' few-row path has them.
+template <typename Code>
+void DIMatMulFew(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProblem& p) {
+  const int64_t M = p.x.rows, K = a.K, N = a.N;
+  const int64_t Ea = AlignExponents(p.ch_e, N);
+  const int8_t* X = static_cast<const int8_t*>(p.x.q);
+  int64_t x_sum[kFewRows] = {};
+  int32_t x_sum32[kFewRows] = {};
+  for (int64_t r = 0; r < M; ++r) {
+    x_sum[r] = std::accumulate(X + r * K, X + (r + 1) * K, int64_t(0));
+    x_sum32[r] = int32_t(x_sum[r]);  // |sum| <= 128 K < 2^31 (kMaxK)
+  }
+  GemmInput g{X, nullptr, x_sum32, p.W, K};
+  if (gemm == Gemm::kAvx2 || gemm == Gemm::kAvx512) {
+    int16_t* x16 = CallerBuffer<int16_t, Slot::kX16>(M * K);
+    std::copy(X, X + M * K, x16);
+    g.x16 = x16;
+  }
+  // A multiple of 4 tasks of equal rows (a multiple of kTileN), so that 2 or 4 threads get equal shares: blocks of
+  // kBlockN rows left N = 192 (k_proj, v_proj) as 3 tasks for 2 threads.
+  const int64_t tasks = ((N + kTaskRows - 1) / kTaskRows + 3) / 4 * 4;
+  const int64_t per = ((N + tasks - 1) / tasks + kTileN - 1) / kTileN * kTileN;
+  int64_t* v = CallerBuffer<int64_t, Slot::kValues>(M * N);
+  Range* part = CallerBuffer<Range, Slot::kParts>(tasks * M);
+  // Locals, not p's fields: the stores into v could alias those (int64_t) for all the compiler knows.
+  const int8_t *w_zero = p.w_zero, *ch_e = p.ch_e;
+  const int32_t *x_zero = p.x_zero, *w_sum = p.w_sum, *ch_m = p.ch_m;
+  const int8_t* W = p.W;
+  auto task = [&](int64_t t) {
+    const int64_t n0 = std::min(N, t * per), rows = std::min(per, N - n0);
+    int32_t acc[kFewRows * kTaskRows];
+    GemmInput gt = g;
+    gt.w = W + n0 * K;
+    GemmBlockAny(gemm, gt, M, 0, rows, acc, kTaskRows);
+    for (int64_t r = 0; r < M; ++r) {
+      // Asymmetric grids as in DIMatMul below, regrouped per row: -wz * (sum(x) - K * xz) - xz * sum(W) (exact
+      // int64 either way)
+      const int64_t xz = x_zero != nullptr ? x_zero[r] : 0, wz_factor = x_sum[r] - K * xz;
+      int64_t lo = INT64_MAX, hi = INT64_MIN, *row = v + r * N;
+      const int32_t* dots = acc + r * kTaskRows;
+      for (int64_t n = n0; n < n0 + rows; ++n) {
+        int64_t sum = dots[n - n0];
+        if (w_zero != nullptr) sum -= int64_t(w_zero[n]) * wz_factor;
+        if (x_zero != nullptr) sum -= xz * w_sum[n];
+        row[n] = ShiftByChannel(sum * ch_m[n], Ea - ch_e[n]);
+        lo = std::min(lo, row[n]);
+        hi = std::max(hi, row[n]);
+      }
+      part[r * tasks + t] = {lo, hi};
+    }
+  };
+  ParallelFor(ctx, tasks, task, M * per * K / 32);  // tiny products run inline
+  Range* range = CallerBuffer<Range, Slot::kRanges>(M);
+  for (int64_t r = 0; r < M; ++r) {
+    range[r] = {INT64_MAX, INT64_MIN};
+    for (int64_t t = 0; t < tasks; ++t) {
+      range[r].first = std::min(range[r].first, part[r * tasks + t].first);
+      range[r].second = std::max(range[r].second, part[r * tasks + t].second);
+    }
+  }
+  FewRowCodes<Code>(ctx, p.out, Chunks(M, N), v, range, a.qmax,
+                    [&](int64_t r) { return Dyadic{p.x.m[r], p.x.e[r] + Ea}; }, kClipOne);
+}
+
 template <typename Code>
 void DIMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProblem& p) {
   const int64_t M = p.x.rows, K = a.K, N = a.N;
+  if (M < kFewRows) return DIMatMulFew<Code>(ctx, a, gemm, p);
   const std::vector<int32_t> acc =
       GroupedGemm(ctx, gemm, static_cast<const int8_t*>(p.x.q), 1, M, N, K, [&](int64_t) { return p.W; });
   const int64_t Ea = AlignExponents(p.ch_e, N);
@@ -245,7 +344,7 @@ void DIExp(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
     p.out.m[r] = int32_t(s.m);
     p.out.e[r] = int8_t(s.e);
   };
-  ParallelFor(ctx, p.x.rows, row);
+  ParallelFor(ctx, p.x.rows, row, C);
 }
 
 // Row r's mask row (nullptr without a mask) and its step along the keys, for scores of shape ``shape``.
@@ -337,7 +436,7 @@ void DINorm(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
     for (int64_t c = 0; c < C; ++c) v[c] = ShiftBy(int64_t(q[c]) * p.ch_m[c], Ea - p.ch_e[c]);
     StoreRow(p.out, r, v, C, factor.m, Ea + factor.e + e - rms.e, a.qmax, a.clip_q15);
   };
-  ParallelFor(ctx, p.x.rows, row);
+  ParallelFor(ctx, p.x.rows, row, C);
 }
 
 // gate and up of int8 or int16 codes (both the same): q_g * sigmoid * q_u < 2^60 with int16 codes.
@@ -378,7 +477,7 @@ void DIRotary(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
     const int64_t out = RotaryOutputRow(r, S, H, a.heads_first);
     StoreRow(p.out, out, v, D, p.x.m[scale], p.x.e[scale] + kRopeFrac, a.qmax);
   };
-  ParallelFor(ctx, p.x.rows, row);
+  ParallelFor(ctx, p.x.rows, row, D);
 }
 
 // A and B of int8 or int16 codes each, Y int8 (obits <= 8) or int16: |q m| < 2^30, shifted left by at most
@@ -396,7 +495,7 @@ void DIAdd(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
     for (int64_t c = 0; c < C; ++c) v[c] = ShiftBy(qa[c] * ma, E - ea) + ShiftBy(qb[c] * mb, E - eb);
     StoreRow<TY>(p.out, r, v, C, 1, E, a.qmax);
   };
-  ParallelFor(ctx, p.x.rows, row);
+  ParallelFor(ctx, p.x.rows, row, C);
 }
 
 template <typename TA, typename TB>
@@ -473,7 +572,7 @@ void ScoresFromDots(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& 
     for (int64_t n = 0; n < N && !any; ++n) any = row.visible(n);
     row.Ea = any ? AlignExponentsWhere(row.be, N, [&](int64_t n) { return row.visible(n); }) : 0;
   };
-  ParallelFor(ctx, rows, prepare);
+  ParallelFor(ctx, rows, prepare, N / 8);  // a scan of the mask and the exponents
   WideRows(
       ctx, p.out, rows, N,
       [&](int64_t r, int64_t n) {
@@ -567,7 +666,7 @@ void DIRequant(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
       for (int64_t d = 0; d < D; ++d) v[g * D + d] = ShiftBy(int64_t(q[g * D + d]) * m[g], Ea - e[g]);
     StoreRow(p.out, r, v, G * D, 1, Ea, a.qmax, a.clip_q15);
   };
-  ParallelFor(ctx, p.x.rows / G, row);
+  ParallelFor(ctx, p.x.rows / G, row, G * D);
 }
 
 // ---------------------------------------------------------------------------------------------------------
