@@ -412,7 +412,7 @@ void DIClippedSoftmax(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem
     p.out.m[r] = int32_t(s.m);
     p.out.e[r] = int8_t(s.e);
   };
-  ParallelFor(ctx, p.x.rows, row);
+  ParallelFor(ctx, p.x.rows, row, C);
 }
 
 // X of int8 or int16 codes: ss < 2^47 either way (C < 2^17), RmsScale brings it to 31 bits.
@@ -650,7 +650,7 @@ void DIBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const D
     p.out.m[r] = int32_t(s.m);
     p.out.e[r] = int8_t(s.e);
   };
-  ParallelFor(ctx, p.x.rows, row);
+  ParallelFor(ctx, p.x.rows, row, K * N);
 }
 
 template <typename T>
