@@ -1,0 +1,105 @@
+"""The integer graph's roundings around a calibrated I-LLM model, in PyTorch: which inner site still costs perplexity.
+
+    python scripts/illm_trained_sim.py out/gpu20w/illm-wbits8-...-integer_only1/quantized --probs float 8 16
+    python scripts/illm_trained_sim.py QUANTIZED --probs float --v16        # v (the KV cache's values) at 16 bits
+    python scripts/illm_trained_sim.py QUANTIZED --probs float --head       # the int8 table and final-norm codes
+
+The folded, quantized weights are applied as ``edgeq quantize`` leaves them (``QuantizedLinear`` rounds each linear's
+input to its per-token abits codes, with zero points when ``act_sym=false``); each decoder layer then runs the
+integer graph's other roundings as ``FSBRBlock.forward`` simulates them: 16-bit residual stream and o/down outputs,
+16-bit q/k/gate/up, 8-bit v and rotary outputs (the KV cache), the layer's learned softmax clip, and the
+probabilities as ``--probs`` says (float, or 8/16-bit codes of exp(x - max) over the unrounded sum). The embedding
+table, the final norm and lm_head stay float unless ``--head``. One perplexity per ``--probs`` value on the bench's
+eval text and windows.
+"""
+
+import argparse
+import types
+
+import torch
+from torch import nn
+
+from edgeq.cli import DEFAULT_MAX_WINDOWS, EVAL_TEXT, eval_tokens, eval_torch
+from edgeq.models import load_model
+from edgeq.quantize.api import apply_quantized, load_quantized
+from edgeq.quantize.illm import clipped_softmax_codes, rotate_half
+from edgeq.quantize.omniquant import fake_quant_tokens
+
+
+def probabilities(variant: str):
+    if variant == "float":
+        def softmax(scores, clip):
+            shifted = scores - scores.amax(-1, keepdim=True)
+            e = torch.exp(torch.maximum(shifted, torch.where(torch.isinf(shifted), shifted, -clip)))
+            return e / e.sum(-1, keepdim=True)
+        return softmax
+    return lambda scores, clip: clipped_softmax_codes(scores, clip, int(variant))
+
+
+def simulated_layer(layer: nn.Module, cfg, clip: torch.Tensor, softmax, v_bits: int):
+    r16 = lambda t: fake_quant_tokens(t, 16)  # noqa: E731
+    q8 = lambda t: fake_quant_tokens(t, 8)  # noqa: E731
+    heads_n, kv_n = cfg.num_attention_heads, cfg.num_key_value_heads
+    head_dim = cfg.hidden_size // heads_n
+    at, mlp = layer.self_attn, layer.mlp
+
+    def norm(x, module):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + module.variance_epsilon) * module.weight
+
+    def forward(hidden_states, attention_mask=None, position_embeddings=None, **_):
+        b, s, _ = hidden_states.shape
+        h = r16(hidden_states)
+        a = norm(h, layer.input_layernorm)
+        split = lambda t, n: t.reshape(b, s, n, head_dim).transpose(1, 2)  # noqa: E731
+        q, k = split(r16(at.q_proj(a)), heads_n), split(r16(at.k_proj(a)), kv_n)
+        v = split(fake_quant_tokens(at.v_proj(a), v_bits), kv_n)
+        cos, sin = (t.unsqueeze(1) for t in position_embeddings)
+        q, k = q8(q * cos + rotate_half(q) * sin), q8(k * cos + rotate_half(k) * sin)
+        rep = heads_n // kv_n
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        scores = q @ k.transpose(-1, -2) * head_dim**-0.5
+        scores = scores.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf"))
+        ctx = (softmax(scores, clip) @ v).transpose(1, 2).reshape(b, s, -1)
+        h = r16(h + r16(at.o_proj(ctx)))
+        a = norm(h, layer.post_attention_layernorm)
+        glu = nn.functional.silu(r16(mlp.gate_proj(a))) * r16(mlp.up_proj(a))
+        return r16(h + r16(mlp.down_proj(glu)))
+
+    return forward
+
+
+def perplexity(quantized: str, probs: str, v_bits: int, head: bool) -> float:
+    lm = load_model("smollm2-135m")
+    model = lm.model.eval()
+    _, _, qweights = load_quantized(quantized)
+    apply_quantized(model, qweights)
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            clip = qweights[f"model.layers.{i}.self_attn.softmax_clip"].tensor.reshape(())
+            layer.forward = simulated_layer(layer, model.config, clip, probabilities(probs), v_bits)
+        if head:
+            table = model.model.embed_tokens.weight  # tied: the lm_head rows too
+            table.copy_(fake_quant_tokens(table, 8))
+            final = model.model.norm
+            final_forward = final.forward
+            final.forward = lambda x: fake_quant_tokens(final_forward(x), 8, sym=False)
+    args = types.SimpleNamespace(text=EVAL_TEXT, window=512, stride=512, max_windows=DEFAULT_MAX_WINDOWS)
+    with torch.no_grad():
+        return eval_torch(model, eval_tokens(lm.tokenizer, args), args, "eval").perplexity
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("quantized", help="an I-LLM quantized folder (softmax clip learned)")
+    parser.add_argument("--probs", nargs="+", default=["float", "8", "16"], choices=["float", "8", "16"])
+    parser.add_argument("--v16", action="store_true", help="v_proj's output (the cached values) at 16 bits, not 8")
+    parser.add_argument("--head", action="store_true", help="round the table and the final norm's output too")
+    args = parser.parse_args()
+    print("| probabilities | v bits | head rounded | PyTorch PPL |\n|---|---|---|---|")
+    for probs in args.probs:
+        ppl = perplexity(args.quantized, probs, 16 if args.v16 else 8, args.head)
+        print(f"| {probs} | {16 if args.v16 else 8} | {'yes' if args.head else 'no'} | {ppl:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
