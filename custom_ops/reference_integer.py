@@ -542,12 +542,11 @@ def _batch_offsets(a_lead: tuple, b_lead: tuple) -> np.ndarray:
     return np.ravel_multi_index(b_index, b_lead) if a_lead else np.zeros(1, np.int64)
 
 
-def context_shift(a_abs_sum: int, max_shift: int, b_bits: int = 7) -> int:
+def context_shift(a_abs_sum: int, max_shift: int) -> int:
     """How far P.V lowers its common exponent so that ``sum_k u[k] * B[k, n]`` stays below 2**62: the sum is below
-    ``sum_k |A[m, k]| * 2**15 * 2**max_shift * 2**b_bits`` (max_shift: the largest left shift of a kept key; b_bits
-    7 for int8 B, 15 for int16). Int8 and uint8 A against int8 B never need it (``255 * K < 2**24``, shifts <= 16),
-    nor uint16 probabilities (summing to ~2**16)."""
-    return max(0, a_abs_sum.bit_length() + max(max_shift, 0) + 15 + b_bits - 62)
+    ``sum_k |A[m, k]| * 2**15 * 2**max_shift * 2**7`` (max_shift: the largest left shift of a kept key). Int8 and
+    uint8 A never need it (``255 * K < 2**24``, shifts <= 16); uint16 probabilities summing to ~2**16 neither."""
+    return max(0, a_abs_sum.bit_length() + max(max_shift, 0) + 22 - 62)
 
 
 def di_batch_matmul(A, a_m, a_e, B, b_m, b_e, mask=None, *, trans_b: int, is_causal: int = 0):
@@ -559,11 +558,11 @@ def di_batch_matmul(A, a_m, a_e, B, b_m, b_e, mask=None, *, trans_b: int, is_cau
     trans_b=1 (Q.K^T): B ``[..., N, K]``, ``Y = A @ B^T``: exact int32 dot products, ``acc[n] * b_m[n]``
     aligned over the visible keys (``mask`` broadcast to ``[..., M, N]``, and the causal rule
     ``n <= m + N - M``; hidden ones give 0 and take no part) by ``align_exponents``.
-    trans_b=0 (P.V): B ``[..., K, N]`` (int8, or int16 values), ``Y = A @ B``: the contraction axis carries B's
-    scales, so per row ``u[k] = A[m, k] * b_m[k]`` aligned over the k with ``A[m, k] != 0``, then
-    ``sum_k u[k] * B[k, n]``, kept below 2**62 by ``context_shift`` (which lowers Ea only for uint16
-    probabilities or int16 values). Either way ``wide_quant`` with the row's ``a_m`` and exponent ``a_e + Ea``."""
-    a_type, b_type = np.asarray(A).dtype, np.asarray(B).dtype
+    trans_b=0 (P.V): B ``[..., K, N]``, ``Y = A @ B``: the contraction axis carries B's scales, so per row
+    ``u[k] = A[m, k] * b_m[k]`` aligned over the k with ``A[m, k] != 0``, then ``sum_k u[k] * B[k, n]``, kept
+    below 2**62 by ``context_shift`` (which lowers Ea only for uint16 probabilities). Either way ``wide_quant``
+    with the row's ``a_m`` and exponent ``a_e + Ea``."""
+    a_type = np.asarray(A).dtype
     A = np.asarray(A).astype(np.int64)
     B = np.asarray(B).astype(np.int64)
     M, K = A.shape[-2:]
@@ -576,8 +575,6 @@ def di_batch_matmul(A, a_m, a_e, B, b_m, b_e, mask=None, *, trans_b: int, is_cau
         raise ValueError("mask and is_causal apply to trans_b=1 (scores) only")
     if trans_b and a_type == np.uint16:
         raise ValueError("uint16 A (probabilities) is for trans_b=0 (P.V) only")
-    if b_type not in (np.int8, np.int16) or (trans_b and b_type == np.int16):
-        raise ValueError(f"B must hold int8 codes (or int16 values for trans_b=0), got {b_type}")
     lead = A.shape[:-2]
     offsets = _batch_offsets(lead, B.shape[:-2])
     Ar, am, ae = _rows(A, a_m, a_e, "A")
@@ -605,7 +602,7 @@ def di_batch_matmul(A, a_m, a_e, B, b_m, b_e, mask=None, *, trans_b: int, is_cau
         if trans_b:
             v = np.where(keep, shift_each(acc * m_b, Ea - e_b), 0)
         else:
-            Ea -= context_shift(int(np.abs(Ar[r]).sum()), Ea - int(e_b[keep].min()), 15 if b_type == np.int16 else 7)
+            Ea -= context_shift(int(np.abs(Ar[r]).sum()), Ea - int(e_b[keep].min()))
             v = np.where(keep, shift_each(Ar[r] * m_b, Ea - e_b), 0) @ bq
         rows.append(wide_quant(v, int(am[r]), int(ae[r]) + Ea))
     return _outputs(rows, (*lead, M, N), np.int32)

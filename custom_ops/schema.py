@@ -809,16 +809,14 @@ DI_BATCH_MATMUL = OpDef(
         "(bool, broadcast to Y) and, with is_causal, the causal rule (key n visible to row m when n <= m + N - M); "
         "hidden keys give 0. trans_b=0 (P.V): B [..., K, N] with its scales along the contraction axis: per row "
         "u[k] = A[m, k] * b_m[k] aligned over the k with A[m, k] != 0 (the common exponent lowered by "
-        "max(0, bitlen(sum_k |A[m, k]|) + max shift + 15 + b_bits - 62), b_bits 7 for int8 B and 15 for int16, which "
-        "only uint16 A or int16 B can need), then "
+        "max(0, bitlen(sum_k |A[m, k]|) + max shift + 22 - 62), which only uint16 A can need), then "
         "sum_k u[k] * B[k, n] in int64 (< 2^62). The "
         "row is then rounded to at most 30 bits (int32 Y, |Y| <= 2^30) with scale a_m * 2^-(a_e + Ea - shift) "
         "normalized to a 15-bit mantissa: a wide output for DIClippedSoftmax (scores) or DIRequant (contexts)."
     ),
     inputs=(Input("A", "T", "codes [..., M, K] (int8, or uint8/uint16 probabilities: uint16 for trans_b=0)"),
             *_int_activation("A", "a", "left operand")[1:],
-            *_int_activation("B", "b", "right operand [..., N, K] (trans_b=1) or [..., K, N] (int8, or int16 for "
-                             "trans_b=0), scales per row", code_type="TB"),
+            *_int_activation("B", "b", "right operand [..., N, K] (trans_b=1) or [..., K, N], scales per row"),
             Input("mask", "tensor(bool)", "visible keys (trans_b=1), broadcast to Y's shape", optional=True)),
     outputs=_int_activation("Y", "y", "wide output [..., M, N]", code_type="tensor(int32)"),
     attributes=(
@@ -827,7 +825,7 @@ DI_BATCH_MATMUL = OpDef(
         Attribute("is_causal", onnx.AttributeProto.INT, "trans_b=1 only: also hide keys after the row's position",
                   required=False, check=_flag),
     ),
-    type_constraints={"T": ("tensor(int8)", "tensor(uint8)", "tensor(uint16)"), "TB": _WIDE_CODES},
+    type_constraints={"T": ("tensor(int8)", "tensor(uint8)", "tensor(uint16)")},
     infer=_infer_batch_matmul,
 )
 

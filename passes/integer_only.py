@@ -12,12 +12,12 @@ and int8 exponent, ``custom_ops/README.md`` "Integer-only ops"):
 
   embedding      Gather of an int8 table and of its per-row scales (the table quantized per row at 8 bits)
   norms          DINorm (gamma as per-channel dyadic scales), codes at the next linears' abits
-  q/k/v/o/gate/up/down   DIMatMul (the QuantLinear's integer weights and zero points; scales as dyadics), outputs at 16
-                         bits (v, which the cache holds as it is; q/k and gate/up, which DIRotary and DISwiGLU read;
+  q/k/v/o/gate/up/down   DIMatMul (the QuantLinear's integer weights and zero points; scales as dyadics), outputs at 8 bits
+                         (v, which the cache holds as it is) or 16 (q/k and gate/up, which DIRotary and DISwiGLU read;
                          o/down, which feed the residual);
                  the attention's 1/sqrt(head_dim) is folded into q_proj's scales
   rotary         DIRotary with Q14 cos/sin tables [max_positions, head_dim/2], reading q/k as [B, S, heads*D] and
-                 writing [B, heads, S, D]; v takes the same relayout by Reshape/Expand/Transpose
+                 writing [B, heads, S, D]; v takes the same op with rotate=0 (the relayout alone)
   Q.K^T, P.V     DIBatchMatMul (trans_b=1 causal and padding-masked; trans_b=0), wide int32 outputs
   softmax        DIClippedSoftmax (causal; clipped to [max - c, max] with each layer's c from the model property
                  ``edgeq.softmax_clip`` that I-LLM's FSBR learns, else no clipping), uint16 probabilities
@@ -30,7 +30,7 @@ and int8 exponent, ``custom_ops/README.md`` "Integer-only ops"):
   logits         the only float: int16 codes * m * 2^-e (Cast, Neg, Pow, Mul)
 
 The KV cache is integer: ``past_key_values.{i}.key`` int8 ``[B, kv, P, D]`` plus ``past_key_values.{i}.key.m``
-int32 and ``.key.e`` int8 ``[B, kv, P, 1]`` (one scale per token and head; likewise ``.value``, with int16 codes), returned as
+int32 and ``.key.e`` int8 ``[B, kv, P, 1]`` (one scale per token and head; likewise ``.value``), returned as
 ``present.{i}.key`` / ``.key.m`` / ``.key.e``. ``runtime/decoder.py`` reads these from the session.
 """
 
@@ -50,9 +50,7 @@ from edgeq.errors import EdgeqError
 from edgeq.exporter.llama_graph import ACT_CLIP_KEY, SOFTMAX_CLIP_KEY
 from edgeq.quantize.illm import ACT_CLIP_SITES
 
-INNER_BITS = 8        # codes of activations that feed no linear: q/k after the rotary (the cache's keys)
-VALUE_BITS = 16       # v_proj's output, which the cache holds as int16 values [B, kv, S, D] (PyTorch, the trained
-                      # I-LLM W8A8: 8-bit codes there cost 0.05 points of perplexity)
+INNER_BITS = 8        # codes of activations that feed no linear: v_proj, rotary, KV cache
 PROBS_BITS = 16       # the softmax's probabilities (uint16 codes, P.V's left operand): 8-bit codes zero every key below
                       # 1/510 of the row's largest, which cost the trained I-LLM W8A8 more than everything else left
 PROJ_BITS = 16        # q/k and gate/up outputs (int16 codes): DIRotary and DISwiGLU requantize them, so they are
@@ -64,8 +62,7 @@ LOGIT_BITS = 16       # the logits' codes
 DEFAULT_MAX_POSITIONS = 8192  # rotary table rows when the model does not say (metadata edgeq.max_positions)
 SCALES = (".m", ".e")  # suffixes of a cached tensor's scale inputs/outputs
 PAST, PRESENT = "past_key_values.", "present."
-INT8, INT16, INT32, INT64 = ir.DataType.INT8, ir.DataType.INT16, ir.DataType.INT32, ir.DataType.INT64
-CODES = {"key": INT8, "value": INT16}  # the cache's code types
+INT8, INT32, INT64 = ir.DataType.INT8, ir.DataType.INT32, ir.DataType.INT64
 
 
 def _fail(problem: str):
@@ -306,10 +303,10 @@ class _Builder:
                        act_sym=act_sym, eps_q60=eps_q60(eps), obits=obits, **_clip_attr(clip))
 
 
-def _cache_values(name: str, kv: int, head_dim: int, seq: str, codes=INT8) -> list[ir.Value]:
+def _cache_values(name: str, kv: int, head_dim: int, seq: str) -> list[ir.Value]:
     shapes = (["batch", kv, seq, head_dim], ["batch", kv, seq, 1], ["batch", kv, seq, 1])
     return [ir.Value(name=name + suffix, type=ir.TensorType(t), shape=ir.Shape(s))
-            for suffix, t, s in zip(("", *SCALES), (codes, INT32, INT8), shapes)]
+            for suffix, t, s in zip(("", *SCALES), (INT8, INT32, INT8), shapes)]
 
 
 def _clip_attr(clip: int) -> dict:
@@ -364,10 +361,6 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
     past_names, present = [], []
     clips = _softmax_clips(props, len(d.layers))
     act_clips = _act_clips(props, len(d.layers))
-    # v [B, S, kv*D] -> [B, S, kv, D]; its per-token scales [B, S, 1] -> [B, S, 1, 1] -> one per head [B, S, kv, 1]
-    v_shape, v_scale_shape = b.ints("value_heads.shape", [0, 0, kv, head_dim]), b.ints("value_heads.scale_shape",
-                                                                                        [0, 0, 1, 1])
-    v_heads = b.ints("value_heads.expand", [1, 1, kv, 1])
 
     for layer in d.layers:
         i, p = layer.index, f"model.layers.{layer.index}.self_attn"
@@ -375,28 +368,25 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
                    layer.q.act_sym)
         q = b.matmul(x, layer.q, p + ".q_proj", obits=PROJ_BITS, factor=layer.score_scale)
         k = b.matmul(x, layer.k, p + ".k_proj", obits=PROJ_BITS)
-        v = b.matmul(x, layer.v, p + ".v_proj", obits=VALUE_BITS)
+        v = b.matmul(x, layer.v, p + ".v_proj")
         # The rotary reads the projections' [B, S, heads*D] directly and leaves q and k as [B, heads, S, D]
         # (heads_first), the layout of the cache and of attention; DIBatchMatMul reads a kv head for each group
-        # of rep query heads (its batch-dim divisor rule). v's int16 codes take the same relayout by data movement
-        # alone (each head row with its token's scale).
+        # of rep query heads (its batch-dim divisor rule). v takes the same relayout without rotation
+        # (rotate=0: codes unchanged, each head row with its token's scale).
         q = b.di("DIRotary", [*q, keep["position_ids"], cos, sin], p + "/q_rope", interleaved=0, obits=INNER_BITS,
                  heads_first=1)
         k = b.di("DIRotary", [*k, keep["position_ids"], cos, sin], p + "/k_rope", interleaved=0, obits=INNER_BITS,
                  heads_first=1)
-        v = tuple(b.op("Reshape", [t, shape], f"{p}/value_heads{s}") for t, shape, s in
-                  zip(v, (v_shape, v_scale_shape, v_scale_shape), ("", *SCALES)))
-        v = (v[0], *(b.op("Expand", [t, v_heads], f"{p}/value_heads{s}") for t, s in zip(v[1:], SCALES)))
-        v = b.each("Transpose", v, p + "/value_heads_t", [[]] * 3, perm=[0, 2, 1, 3])
+        v = b.di("DIRotary", [*v, keep["position_ids"], cos, sin], p + "/value_heads", interleaved=0,
+                 obits=INNER_BITS, heads_first=1, rotate=0)
         cached = {}
         for kind, act in (("key", k), ("value", v)):
-            past = _cache_values(f"{PAST}{i}.{kind}", kv, head_dim, "past_sequence", CODES[kind])
+            past = _cache_values(f"{PAST}{i}.{kind}", kv, head_dim, "past_sequence")
             graph.inputs.extend(past)
             past_names += [x.name for x in past]
             cat = tuple(b.op("Concat", [old, new], f"{p}/cache_{kind}{s}", axis=2)
                         for old, new, s in zip(past, act, ("", *SCALES)))
-            for value, want in zip(cat, _cache_values(f"{PRESENT}{i}.{kind}", kv, head_dim, "total_sequence",
-                                                      CODES[kind])):
+            for value, want in zip(cat, _cache_values(f"{PRESENT}{i}.{kind}", kv, head_dim, "total_sequence")):
                 value.name, value.shape, value.type = want.name, want.shape, want.type
             present += cat
             cached[kind] = cat

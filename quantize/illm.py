@@ -13,8 +13,8 @@ What FSBR adds to OmniQuant's LET/LWC:
   and read by the ``integer-only`` pass into ``DIClippedSoftmax``'s ``clip_q8``;
 * a training forward that simulates the integer-only graph (``passes/integer_only.py``) instead of the float
   one: the block input, each residual add (DIAdd) and the o/down projections feeding it as 16-bit per-token
-  codes, the norms' outputs at the linears' abits (DINorm), q/k/v/gate/up outputs at 16 bits (DIMatMul), q and k again at 8 bits per
-  (token, head) after the rotary (DIRotary), v per token as the cache holds it, unrounded scores, probabilities as 16-bit codes
+  codes, the norms' outputs at the linears' abits (DINorm), q/k/gate/up outputs at 16 bits and v at 8 (DIMatMul), q and k again at 8
+  bits per (token, head) after the rotary (DIRotary), v per token as the cache holds it, unrounded scores, probabilities as 16-bit codes
   of exp(x - max) over the unrounded sum (DIClippedSoftmax), the heads requantized at o_proj's abits
   (DIRequant), the SwiGLU output at down_proj's abits (DISwiGLU). Every rounding passes the gradient straight
   through.
@@ -38,9 +38,9 @@ from edgeq.quantize.omniquant import TransformedBlock, fake_quant_tokens, round_
 # the activations a linear reads, in the order of self_attn.act_clip: DINorm (input norm -> q/k/v), DIRequant (heads
 # -> o_proj), DINorm (post norm -> gate/up), DISwiGLU (-> down_proj)
 ACT_CLIP_SITES = ("input_norm", "heads", "post_norm", "glu")
-INNER_BITS = 8  # passes.integer_only.INNER_BITS: the rotary's outputs (the cache's keys)
+INNER_BITS = 8  # passes.integer_only.INNER_BITS: v_proj, rotary, KV cache
 PROBS_BITS = 16  # passes.integer_only.PROBS_BITS: the softmax's probabilities
-PROJ_BITS = 16  # passes.integer_only.PROJ_BITS / VALUE_BITS: the q/k/v and gate/up outputs
+PROJ_BITS = 16  # passes.integer_only.PROJ_BITS: the q/k and gate/up outputs (requantized by rotary / SwiGLU)
 RESIDUAL_BITS = 16  # passes.integer_only.RESIDUAL_BITS: the residual stream and the o/down outputs added to it
 
 
@@ -90,7 +90,7 @@ class FSBRBlock(TransformedBlock):
         heads = lambda t, n: t.reshape(b, s, n, self.head_dim).transpose(1, 2)  # noqa: E731
         q = heads(p16(lin(a, "self_attn.q_proj")), self.num_heads)
         k = heads(p16(lin(a, "self_attn.k_proj")), self.num_kv)
-        v = heads(p16(lin(a, "self_attn.v_proj")), self.num_kv)  # per token over every kv head, as cached
+        v = heads(q8(lin(a, "self_attn.v_proj")), self.num_kv)  # per token over every kv head, as cached
         cos, sin = (t.unsqueeze(1) for t in position_embeddings)
         q = q8(q * cos + rotate_half(q) * sin)
         k = q8(k * cos + rotate_half(k) * sin)

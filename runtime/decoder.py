@@ -10,9 +10,9 @@ from edgeq.errors import EdgeqError
 from edgeq.runtime.session import make_session
 
 PAST, PRESENT = "past_key_values.", "present."
-# ORT's type strings of the cache inputs: float caches, or integer-only ones (int8/int16 codes + int32/int8 scales)
+# ORT's type strings of the cache inputs: float caches, or integer-only ones (int8 codes + int32/int8 scales)
 ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8,
-              "tensor(int16)": np.int16, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8}
+              "tensor(int32)": np.int32, "tensor(uint8)": np.uint8}
 
 
 def cache_shape(entry) -> list[int]:

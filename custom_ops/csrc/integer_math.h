@@ -51,11 +51,10 @@ EDGEQ_HD constexpr int64_t SoftmaxMaxKeys(int64_t obits) {
 }
 
 // How far P.V lowers its common exponent Ea so that sum_k u[k] * B[k, n] stays below 2^62: that sum is below
-// sum_k |A[m, k]| * 2^15 * 2^max_shift * 2^b_bits (max_shift: the largest left shift of a kept key's u[k]; b_bits
-// 7 for int8 B, 15 for int16). Int8 and uint8 A against int8 B never need it (255 * K < 2^24, shifts <= 16), nor
-// uint16 probabilities (summing to about 2^16).
-EDGEQ_HD inline int64_t ContextShift(uint64_t a_abs_sum, int64_t max_shift, int64_t b_bits) {
-  const int64_t bits = BitLen(a_abs_sum) + (max_shift > 0 ? max_shift : 0) + 15 + b_bits - 62;
+// sum_k |A[m, k]| * 2^15 * 2^max_shift * 2^7 (max_shift: the largest left shift of a kept key's u[k]). Int8 and uint8
+// A never need it (255 * K < 2^24, shifts <= 16), nor uint16 probabilities summing to about 2^16.
+EDGEQ_HD inline int64_t ContextShift(uint64_t a_abs_sum, int64_t max_shift) {
+  const int64_t bits = BitLen(a_abs_sum) + (max_shift > 0 ? max_shift : 0) + 22 - 62;
   return bits > 0 ? bits : 0;
 }
 

@@ -185,7 +185,6 @@ std::vector<int64_t> PrepareBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& 
   if (p.x.type != kI8 && p.x.type != kU8 && p.x.type != kU16)
     Fail(where, std::string("A must be int8, uint8 or uint16, got ") + TypeName(p.x.type));
   if (p.x.type == kU16 && a.trans_b) Fail(where, "uint16 A (probabilities) is for trans_b=0 (P.V) only");
-  if (p.x2.type == kI16 && a.trans_b) Fail(where, "int16 B (values) is for trans_b=0 (P.V) only");
   if (as.size() < 2) Fail(where, "A has shape " + ShapeText(as) + ", expected [..., M, K]");
   if (bs.size() != as.size())
     Fail(where, "B has shape " + ShapeText(bs) + ", expected A's rank " + std::to_string(as.size()));
@@ -242,8 +241,7 @@ const DiSignature& Signature(DiOp op) {
       {"DIRotary", {kAny, kI32, kI8, kI64, kI16, kI16}, {kI8, kI32, kI8}, 6},
       // A, B: int8 or int16 each, Y: int8 or int16 by obits (the CPU op registers one overload per input pair)
       {"DIAdd", {kAny, kI32, kI8, kAny, kI32, kI8}, {kAny, kI32, kI8}, 6},
-      // A: int8, uint8 or uint16; B: int8 or int16 (one registration per pair, as DIAdd's)
-      {"DIBatchMatMul", {kAny, kI32, kI8, kAny, kI32, kI8, kBool}, {kI32, kI32, kI8}, 6},
+      {"DIBatchMatMul", {kAny, kI32, kI8, kI8, kI32, kI8, kBool}, {kI32, kI32, kI8}, 6},
       {"DIRequant", {kAny, kI32, kI8}, {kI8, kI32, kI8, kI32}, 3},
   };
   return kSignatures[static_cast<int>(op)];

@@ -86,7 +86,7 @@ struct DiProblem {
 DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& attrs);
 
 // The OrtCustomOp of kOp on one execution provider, around Kernel<kOp> (a class of the CPU or the CUDA ops);
-// DIAdd and DIBatchMatMul register one per (A, B) code type pair, DIClippedSoftmax one per X type. ORT derives an UNDEFINED output's
+// DIAdd registers one per (A, B) code type pair, DIClippedSoftmax one per X type. ORT derives an UNDEFINED output's
 // type from the only UNDEFINED input, so with concrete input types and Y declared UNDEFINED and optional (ORT insists
 // on the one-dynamic-input rule for required ones) Y keeps the type the graph declares for it, which
 // DiAttrs::FromKernelInfo checks against obits: DIAdd, DIMatMul and DIClippedSoftmax (WideCodes), whose obits > 8
@@ -102,8 +102,8 @@ struct DiCustomOp : Ort::CustomOpBase<DiCustomOp<Kernel, kOp, kA, kB>, Kernel<kO
   const char* GetExecutionProviderType() const { return provider; }
   size_t GetInputTypeCount() const { return Signature(kOp).inputs.size(); }
   ONNXTensorElementDataType GetInputType(size_t i) const {
-    if ((kOp == DiOp::kAdd || kOp == DiOp::kClippedSoftmax || kOp == DiOp::kBatchMatMul) && i == 0) return kA;
-    if ((kOp == DiOp::kAdd || kOp == DiOp::kBatchMatMul) && i == 3) return kB;
+    if ((kOp == DiOp::kAdd || kOp == DiOp::kClippedSoftmax) && i == 0) return kA;
+    if (kOp == DiOp::kAdd && i == 3) return kB;
     return Signature(kOp).inputs[i];
   }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
@@ -121,8 +121,7 @@ struct DiCustomOp : Ort::CustomOpBase<DiCustomOp<Kernel, kOp, kA, kB>, Kernel<kO
 template <template <DiOp> class Kernel>
 void AddIntegerOps(Ort::CustomOpDomain& domain, const char* provider) {
   constexpr auto kI8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8, kI16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16,
-                 kI32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, kU8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8,
-                 kU16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16;
+                 kI32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
   static DiCustomOp<Kernel, DiOp::kMatMul> matmul(provider);
   static DiCustomOp<Kernel, DiOp::kExp> exp(provider);
   static DiCustomOp<Kernel, DiOp::kClippedSoftmax, kI8> softmax(provider);
@@ -134,16 +133,11 @@ void AddIntegerOps(Ort::CustomOpDomain& domain, const char* provider) {
   static DiCustomOp<Kernel, DiOp::kAdd, kI8, kI16> add_8_16(provider);
   static DiCustomOp<Kernel, DiOp::kAdd, kI16, kI8> add_16_8(provider);
   static DiCustomOp<Kernel, DiOp::kAdd, kI16, kI16> add_16_16(provider);
-  static DiCustomOp<Kernel, DiOp::kBatchMatMul, kI8, kI8> batch_matmul(provider);
-  static DiCustomOp<Kernel, DiOp::kBatchMatMul, kU8, kI8> batch_matmul_u8(provider);
-  static DiCustomOp<Kernel, DiOp::kBatchMatMul, kU16, kI8> batch_matmul_u16(provider);
-  static DiCustomOp<Kernel, DiOp::kBatchMatMul, kU8, kI16> batch_matmul_u8_16(provider);
-  static DiCustomOp<Kernel, DiOp::kBatchMatMul, kU16, kI16> batch_matmul_u16_16(provider);
+  static DiCustomOp<Kernel, DiOp::kBatchMatMul> batch_matmul(provider);
   static DiCustomOp<Kernel, DiOp::kRequant> requant(provider);
   for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&matmul, &exp, &softmax, &softmax_32, &norm, &swiglu,
                                                              &rotary, &add, &add_8_16, &add_16_8, &add_16_16,
-                                                             &batch_matmul, &batch_matmul_u8, &batch_matmul_u16,
-                                                             &batch_matmul_u8_16, &batch_matmul_u16_16, &requant})
+                                                             &batch_matmul, &requant})
     domain.Add(op);
 }
 

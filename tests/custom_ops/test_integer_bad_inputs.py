@@ -125,8 +125,6 @@ def test_batch_matmul_wide_probabilities_only_for_context(cpu_library):
     b = activation(r, (1, 2, 5, 4))
     fails(cpu_library, "DIBatchMatMul", [a[0].astype(np.uint16), *a[1:], *b, None],
           r"uint16 A \(probabilities\) is for trans_b=0 \(P.V\) only", trans_b=1)
-    fails(cpu_library, "DIBatchMatMul", [a[0].astype(np.uint8), *a[1:], b[0].astype(np.int16), *b[1:], None],
-          r"int16 B \(values\) is for trans_b=0 \(P.V\) only", trans_b=1)
 
 
 @pytest.mark.parametrize("mask_shape, match", [

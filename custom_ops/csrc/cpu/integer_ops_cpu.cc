@@ -516,10 +516,10 @@ void DIAddAny(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
 // DIBatchMatMul and DIRequant (attention), one output row per task
 
 // P.V's v[n] = sum_k u[k] * B[k, n], u[k] = x[k] * b_m[k] aligned to Ea (the sums < 2^62: ContextShift), over the
-// k with x[k] != 0; B holds int8 codes or int16 values. With AVX-512 DQ, 64 columns at a time in eight registers
-// of int64 lanes (vpmullq): the keys stream through once per 64 columns.
-template <typename A, typename Bv>
-void ContextSums(const A* x, int64_t K, int64_t N, const Bv* B, const int32_t* bm, const int8_t* be, int64_t Ea,
+// k with x[k] != 0. With AVX-512 DQ, 64 columns at a time in eight registers of int64 lanes (vpmullq): the keys
+// stream through once per 64 columns.
+template <typename A>
+void ContextSums(const A* x, int64_t K, int64_t N, const int8_t* B, const int32_t* bm, const int8_t* be, int64_t Ea,
                  int64_t* v) {
   int64_t n0 = 0;
 #if defined(__AVX512DQ__)
@@ -529,11 +529,9 @@ void ContextSums(const A* x, int64_t K, int64_t N, const Bv* B, const int32_t* b
     for (int64_t k = 0; k < K; ++k) {
       if (x[k] == 0) continue;
       const __m512i u = _mm512_set1_epi64(ShiftBy(int64_t(x[k]) * bm[k], Ea - be[k]));
-      const Bv* b = B + k * N + n0;
+      const int8_t* b = B + k * N + n0;
       for (int j = 0; j < 8; ++j) {
-        const __m128i raw = sizeof(Bv) == 1 ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 8 * j))
-                                            : _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 8 * j));
-        const __m512i bv = sizeof(Bv) == 1 ? _mm512_cvtepi8_epi64(raw) : _mm512_cvtepi16_epi64(raw);
+        const __m512i bv = _mm512_cvtepi8_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b + 8 * j)));
         acc[j] = _mm512_add_epi64(acc[j], _mm512_mullo_epi64(u, bv));
       }
     }
@@ -544,7 +542,7 @@ void ContextSums(const A* x, int64_t K, int64_t N, const Bv* B, const int32_t* b
   for (int64_t k = 0; k < K && n0 < N; ++k) {
     if (x[k] == 0) continue;
     const int64_t uk = ShiftBy(int64_t(x[k]) * bm[k], Ea - be[k]);
-    const Bv* b = B + k * N;
+    const int8_t* b = B + k * N;
     for (int64_t n = n0; n < N; ++n) v[n] += uk * b[n];
   }
 }
@@ -642,10 +640,8 @@ void DIBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const D
             abs_sum += uint64_t(x[k] < 0 ? -int64_t(x[k]) : int64_t(x[k]));
             e_lo = Min(e_lo, int64_t(be[k]));
           }
-        const bool wide_b = p.x2.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16;
-        Ea -= ContextShift(abs_sum, Ea - e_lo, wide_b ? 15 : 7);
-        if (wide_b) ContextSums(x, K, N, static_cast<const int16_t*>(p.x2.q) + batch * K * N, bm, be, Ea, v);
-        else ContextSums(x, K, N, B, bm, be, Ea, v);
+        Ea -= ContextShift(abs_sum, Ea - e_lo);
+        ContextSums(x, K, N, B, bm, be, Ea, v);
       }
     }
     Scale s{kZeroM, kZeroE, true};

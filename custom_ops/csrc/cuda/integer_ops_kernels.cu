@@ -520,13 +520,13 @@ __global__ void __launch_bounds__(kThreads) ScoresRows(DiArgs a, const int32_t* 
 // for wide probabilities), v[n] = sum_k u[k] B[k, n]
 // in int64 (into `v`, a row per block: threads split the columns, and the keys when there are fewer columns than
 // threads), then the wide requantization of v.
-template <typename A, typename Bv>
+template <typename A>
 __global__ void __launch_bounds__(kThreads) ContextRows(DiArgs a, int64_t* v) {
   __shared__ int64_t partial[kThreads];
   const int64_t r = blockIdx.x, K = a.K, N = a.N;
   const A* x = static_cast<const A*>(a.x.q) + r * K;
   const int64_t batch = BatchOf(a, r / a.M);
-  const Bv* B = static_cast<const Bv*>(a.x2.q) + batch * K * N;
+  const int8_t* B = static_cast<const int8_t*>(a.x2.q) + batch * K * N;
   const int32_t* bm = a.x2.m + batch * K;
   const int8_t* be = a.x2.e + batch * K;
   bool any;
@@ -541,7 +541,7 @@ __global__ void __launch_bounds__(kThreads) ContextRows(DiArgs a, int64_t* v) {
     }
   abs_sum = BlockReduce(abs_sum, SumOp());
   e_lo = BlockReduce(e_lo, MinOp());
-  Ea -= ContextShift(uint64_t(abs_sum), Ea - e_lo, sizeof(Bv) == 1 ? 7 : 15);
+  Ea -= ContextShift(uint64_t(abs_sum), Ea - e_lo);
   int64_t* row = v + r * N;
   const int cols = int(Min(N, kThreads)), slices = kThreads / cols;
   const int col = threadIdx.x % cols, slice = threadIdx.x / cols;
@@ -691,14 +691,12 @@ const char* LaunchIntegerOp(const DiArgs& a, DiGemm gemm, void* raw_stream, void
                            gemm, stream);
         if (error) return error;
         LaunchRows(a, partial, [&](dim3 grid, Split split) { ScoresRows<<<grid, kThreads, 0, stream>>>(a, acc, split); });
+      } else if (a.x.code == DiCode::kInt8) {
+        ContextRows<int8_t><<<rows, kThreads, 0, stream>>>(a, static_cast<int64_t*>(scratch));
+      } else if (a.x.code == DiCode::kUInt16) {
+        ContextRows<uint16_t><<<rows, kThreads, 0, stream>>>(a, static_cast<int64_t*>(scratch));
       } else {
-        int64_t* v = static_cast<int64_t*>(scratch);
-        const bool b16 = a.x2.code == DiCode::kInt16;
-        if (a.x.code == DiCode::kInt8) ContextRows<int8_t, int8_t><<<rows, kThreads, 0, stream>>>(a, v);
-        else if (a.x.code == DiCode::kUInt16 && b16) ContextRows<uint16_t, int16_t><<<rows, kThreads, 0, stream>>>(a, v);
-        else if (a.x.code == DiCode::kUInt16) ContextRows<uint16_t, int8_t><<<rows, kThreads, 0, stream>>>(a, v);
-        else if (b16) ContextRows<uint8_t, int16_t><<<rows, kThreads, 0, stream>>>(a, v);
-        else ContextRows<uint8_t, int8_t><<<rows, kThreads, 0, stream>>>(a, v);
+        ContextRows<uint8_t><<<rows, kThreads, 0, stream>>>(a, static_cast<int64_t*>(scratch));
       }
       break;
     case DiOp::kRequant:
