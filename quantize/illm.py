@@ -13,11 +13,11 @@ What FSBR adds to OmniQuant's LET/LWC:
   and read by the ``integer-only`` pass into ``DIClippedSoftmax``'s ``clip_q8``;
 * a training forward that simulates the integer-only graph (``passes/integer_only.py``) instead of the float
   one: the block input, each residual add (DIAdd) and the o/down projections feeding it as 16-bit per-token
-  codes, the norms' outputs at the linears' abits (DINorm), q/k/gate/up outputs at 16 bits and v at 8 (DIMatMul), q and k again at 8
-  bits per (token, head) after the rotary (DIRotary), v per token as the cache holds it, unrounded scores, probabilities as 16-bit codes
-  of exp(x - max) over the unrounded sum (DIClippedSoftmax), the heads requantized at o_proj's abits
-  (DIRequant), the SwiGLU output at down_proj's abits (DISwiGLU). Every rounding passes the gradient straight
-  through.
+  codes, the norms' outputs at the linears' abits (DINorm), q/k/gate/up outputs at 16 bits and v at 8
+  (DIMatMul), q and k again at 8 bits per (token, head) after the rotary (DIRotary), v per token as the cache
+  holds it, unrounded scores, probabilities as 16-bit codes of exp(x - max) over the unrounded sum
+  (DIClippedSoftmax), the heads requantized at o_proj's abits (DIRequant), the SwiGLU output at down_proj's
+  abits (DISwiGLU). Every rounding passes the gradient straight through.
 
 * with ``act_clip``, a learned clip of each token's range for the four activations a linear reads
   (``ACT_CLIP_SITES``), written as ``self_attn.act_clip``, exported as the model property ``edgeq.act_clip``

@@ -1,5 +1,6 @@
-// Streaming rate of the one-row AVX2 int8 GEMV (int8_gemm.h's decode tile) against a plain read of the same bytes, one
-// and two threads (BENCHMARKS.md, stop 19):  g++ -O3 -mavx2 -mfma -pthread scripts/avx2_gemv_stream.cc -o /tmp/s && /tmp/s
+// Streaming rate of the one-row AVX2 int8 GEMV (int8_gemm.h's decode tile) against a plain read of the same
+// bytes, one and two threads (BENCHMARKS.md, stop 19):
+//   g++ -O3 -mavx2 -mfma -pthread scripts/avx2_gemv_stream.cc -o /tmp/s && /tmp/s
 #include <immintrin.h>
 #include <chrono>
 #include <cstdio>
@@ -37,7 +38,11 @@ int main() {
   for (int T : {1, 2}) for (int f = 0; f < 2; ++f) {
     auto run = [&] {
       std::vector<std::thread> th;
-      for (int t = 0; t < T; ++t) th.emplace_back([&, t] { int n0 = N / T * t; (f ? cur : rd)(w.data() + (size_t)n0 * K, x.data(), y.data() + n0, N / T, K); });
+      for (int t = 0; t < T; ++t)
+        th.emplace_back([&, t] {
+          const int n0 = N / T * t;
+          (f ? cur : rd)(w.data() + (size_t)n0 * K, x.data(), y.data() + n0, N / T, K);
+        });
       for (auto& t : th) t.join();
     };
     run(); auto t0 = std::chrono::steady_clock::now(); for (int i = 0; i < 5; ++i) run();

@@ -39,17 +39,13 @@ def probabilities(variant: str):
 def simulated_layer(layer: nn.Module, cfg, clip: torch.Tensor, softmax, v_bits: int):
     r16 = lambda t: fake_quant_tokens(t, 16)  # noqa: E731
     q8 = lambda t: fake_quant_tokens(t, 8)  # noqa: E731
-    heads_n, kv_n = cfg.num_attention_heads, cfg.num_key_value_heads
-    head_dim = cfg.hidden_size // heads_n
     at, mlp = layer.self_attn, layer.mlp
-
-    def norm(x, module):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + module.variance_epsilon) * module.weight
+    heads_n, kv_n, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, at.head_dim
 
     def forward(hidden_states, attention_mask=None, position_embeddings=None, **_):
         b, s, _ = hidden_states.shape
         h = r16(hidden_states)
-        a = norm(h, layer.input_layernorm)
+        a = layer.input_layernorm(h)  # the folded gamma: the norms stay float, as DINorm's codes are the linear's input
         split = lambda t, n: t.reshape(b, s, n, head_dim).transpose(1, 2)  # noqa: E731
         q, k = split(r16(at.q_proj(a)), heads_n), split(r16(at.k_proj(a)), kv_n)
         v = split(fake_quant_tokens(at.v_proj(a), v_bits), kv_n)
@@ -61,7 +57,7 @@ def simulated_layer(layer: nn.Module, cfg, clip: torch.Tensor, softmax, v_bits: 
         scores = scores.masked_fill(torch.ones(s, s, dtype=torch.bool).triu(1), float("-inf"))
         ctx = (softmax(scores, clip) @ v).transpose(1, 2).reshape(b, s, -1)
         h = r16(h + r16(at.o_proj(ctx)))
-        a = norm(h, layer.post_attention_layernorm)
+        a = layer.post_attention_layernorm(h)
         glu = nn.functional.silu(r16(mlp.gate_proj(a))) * r16(mlp.up_proj(a))
         return r16(h + r16(mlp.down_proj(glu)))
 

@@ -688,8 +688,9 @@ struct Kernel {
           return DIMatMul<int8_t>(ctx, attrs, gemm, p);
         case DiOp::kExp: return DIExp(ctx, attrs, p);
         case DiOp::kClippedSoftmax:
-          if (attrs.obits > 8) {
-            if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIClippedSoftmax<int8_t, uint16_t>(ctx, attrs, p);
+          if (attrs.obits > 8) {  // uint16 probabilities
+            if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8)
+              return DIClippedSoftmax<int8_t, uint16_t>(ctx, attrs, p);
             return DIClippedSoftmax<int32_t, uint16_t>(ctx, attrs, p);
           }
           if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIClippedSoftmax<int8_t, uint8_t>(ctx, attrs, p);
