@@ -288,13 +288,18 @@ class _Builder:
     def matmul(self, x: Act, lin: Linear, name: str, obits: int = INNER_BITS, factor: float = 1.0) -> Act:
         w_m, w_e = lin.dyadic(factor)
         N, K = lin.W.shape
-        zero = [] if lin.w_zero is None else [self.init(f"{name}.w_zero", lin.w_zero)]
-        if len(x) == 4:  # asymmetric input codes: their zero points, and sum_k W for the correction
-            w_sum = lin.W.astype(np.int64).sum(axis=1).astype(np.int32)
-            zero = [zero[0] if zero else None, x[3], self.init(f"{name}.w_sum", w_sum)]
         return self.di("DIMatMul", [*x[:3], self.init(f"{name}.W", lin.W), self.init(f"{name}.w_m", w_m),
-                                    self.init(f"{name}.w_e", w_e), *zero], name, K=K, N=N, abits=lin.abits,
-                       wbits=lin.wbits, obits=obits)
+                                    self.init(f"{name}.w_e", w_e), *self.zero_inputs(x, lin.W, name, lin.w_zero)],
+                       name, K=K, N=N, abits=lin.abits, wbits=lin.wbits, obits=obits)
+
+    def zero_inputs(self, x: Act, codes: np.ndarray, name: str, w_zero: np.ndarray | None = None) -> list:
+        """DIMatMul's optional inputs after w_e: the weights' zero points, and for asymmetric input codes (an Act
+        of four) their zero points and sum_k W for the correction."""
+        zero = [] if w_zero is None else [self.init(f"{name}.w_zero", w_zero)]
+        if len(x) == 4:
+            w_sum = codes.astype(np.int64).sum(axis=1).astype(np.int32)
+            zero = [zero[0] if zero else None, x[3], self.init(f"{name}.w_sum", w_sum)]
+        return zero
 
     def norm(self, x: Act, gamma: np.ndarray, eps: float, name: str, obits: int, clip: int = CLIP_ONE,
              act_sym: bool = True) -> Act:
@@ -414,12 +419,9 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
     h = b.norm(h, d.final_norm, d.eps, "model.norm", HEAD_BITS, act_sym=d.layers[0].q.act_sym)
     codes, w_m, w_e = table if d.lm_head is None else quantize(d.lm_head, HEAD_BITS)
     W = table_v[0] if d.lm_head is None else b.init("lm_head.W", codes)  # tied: no second copy of the table
-    extra = []
-    if len(h) == 4:
-        extra = [None, h[3], b.init("lm_head.w_sum", codes.astype(np.int64).sum(axis=1).astype(np.int32))]
     y, y_m, y_e = b.di("DIMatMul", [*h[:3], W, b.init("lm_head.w_m", w_m.reshape(-1)),
-                                    b.init("lm_head.w_e", w_e.reshape(-1)), *extra], "lm_head",
-                       K=codes.shape[1], N=codes.shape[0], abits=HEAD_BITS, wbits=HEAD_BITS, obits=LOGIT_BITS)
+                                    b.init("lm_head.w_e", w_e.reshape(-1)), *b.zero_inputs(h, codes, "lm_head")],
+                       "lm_head", K=codes.shape[1], N=codes.shape[0], abits=HEAD_BITS, wbits=HEAD_BITS, obits=LOGIT_BITS)
     # The only float arithmetic: logits = y * y_m * 2^-y_e.
     f32 = ir.DataType.FLOAT
     two = b.init("logits.two", np.array(2.0, np.float32))

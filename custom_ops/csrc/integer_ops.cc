@@ -352,9 +352,7 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
       break;
     }
     case DiOp::kClippedSoftmax:
-      p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", a);
-      if (p.x.type != kI8 && p.x.type != kI32)
-        Fail(where, std::string("X must be int8 or int32, got ") + TypeName(p.x.type));
+      p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", a);  // int8 or int32: one registration each (ORT checks)
       if (p.x.C >= integer::SoftmaxMaxKeys(a.obits))  // the sum S of 2^30-scaled exps, and S * qmax < 2^64
         Fail(where, "X has " + std::to_string(p.x.C) + " keys, more than " +
                         std::to_string(integer::SoftmaxMaxKeys(a.obits) - 1) + " at obits=" + std::to_string(a.obits));

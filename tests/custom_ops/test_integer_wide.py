@@ -452,10 +452,9 @@ def test_matmul_refuses_an_output_type_obits_does_not_give(cpu_library, obits, y
 def test_swiglu_refuses_mixed_or_int32_codes(cpu_library):
     r = np.random.default_rng(0)
     g, u = activation16(r, (2, 5)), activation(r, (2, 5))
-    with pytest.raises(Exception, match=r"DISwiGLU.*(gate is int16 but up is int8|type)"):
-        run(cpu_library, "DISwiGLU", [*g, *u], obits=8)
+    fails(cpu_library, "DISwiGLU", [*g, *u], r"edgeq::DISwiGLU node 'n0': gate is int16 but up is int8", obits=8)
     fails(cpu_library, "DISwiGLU", [g[0].astype(np.int32), *g[1:], u[0].astype(np.int32), *u[1:]],
-          r"edgeq::DISwiGLU node 'n0': gate must be int8 or int16, got|int32", obits=8)
+          r"edgeq::DISwiGLU node 'n0': gate must be int8 or int16, got int32", obits=8)
     with pytest.raises(ValueError, match="gate and up must hold the same code type, got int16 and int8"):
         ri.di_swiglu(*g, *u, 8)
 

@@ -232,6 +232,13 @@ inline int64_t ShiftByChannel(int64_t v, int64_t s) {
 
 constexpr int64_t kTaskRows = 64;  // at most, weight rows of a few-row task
 
+// x.W for asymmetric grids: sum_k (x - xz)(W - wz) = x.W - wz * (sum(x) - K * xz) - xz * sum(W), exact in int64
+// (the result is within K * 255 * 255 < 2^31, kMaxKXZero). row_factor = sum(x) - K * xz of the activation row; wz,
+// xz (and with it w_sum's term) are 0 on a symmetric side.
+inline int64_t ZeroPointDot(int64_t dot, int64_t wz, int64_t row_factor, int64_t xz, int64_t w_sum) {
+  return dot - wz * row_factor - xz * w_sum;
+}
+
 // Y int8 (obits <= 8) or int16 (Code): the same requantization of P (< 2^62), whose reciprocal stays below 2^31
 // for any qmax < 2^15 (DynQuantRow).
 //
@@ -272,15 +279,12 @@ void DIMatMulFew(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiP
     gt.w = W + n0 * K;
     GemmBlockAny(gemm, gt, M, 0, rows, acc, kTaskRows);
     for (int64_t r = 0; r < M; ++r) {
-      // Asymmetric grids as in DIMatMul below, regrouped per row: -wz * (sum(x) - K * xz) - xz * sum(W) (exact
-      // int64 either way)
-      const int64_t xz = x_zero != nullptr ? x_zero[r] : 0, wz_factor = x_sum[r] - K * xz;
+      const int64_t xz = x_zero != nullptr ? x_zero[r] : 0, row_factor = x_sum[r] - K * xz;
       int64_t lo = INT64_MAX, hi = INT64_MIN, *row = v + r * N;
       const int32_t* dots = acc + r * kTaskRows;
       for (int64_t n = n0; n < n0 + rows; ++n) {
-        int64_t sum = dots[n - n0];
-        if (w_zero != nullptr) sum -= int64_t(w_zero[n]) * wz_factor;
-        if (x_zero != nullptr) sum -= xz * w_sum[n];
+        const int64_t sum = ZeroPointDot(dots[n - n0], w_zero != nullptr ? w_zero[n] : 0, row_factor, xz,
+                                         x_zero != nullptr ? w_sum[n] : 0);
         row[n] = ShiftByChannel(sum * ch_m[n], Ea - ch_e[n]);
         lo = std::min(lo, row[n]);
         hi = std::max(hi, row[n]);
@@ -308,19 +312,13 @@ void DIMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProb
   const std::vector<int32_t> acc =
       GroupedGemm(ctx, gemm, static_cast<const int8_t*>(p.x.q), 1, M, N, K, [&](int64_t) { return p.W; });
   const int64_t Ea = AlignExponents(p.ch_e, N);
-  // Asymmetric grids: sum_k (x - xz)(W - wz) = x.W - wz * sum(x) - xz * sum(W) + K * xz * wz (int64 here; the
-  // result is within K * 255 * 255 < 2^31, kMaxKXZero).
-  std::vector<int64_t> x_sum(p.w_zero != nullptr ? size_t(M) : 0);
+  std::vector<int64_t> row_factor(size_t(M), 0);  // ZeroPointDot's, needed for a weight grid with zero points
   const int8_t* X = static_cast<const int8_t*>(p.x.q);
-  for (int64_t r = 0; r < int64_t(x_sum.size()); ++r) x_sum[r] = std::accumulate(X + r * K, X + (r + 1) * K, int64_t(0));
+  for (int64_t r = 0; r < M && p.w_zero != nullptr; ++r)
+    row_factor[r] = std::accumulate(X + r * K, X + (r + 1) * K, int64_t(0)) - K * (p.x_zero ? p.x_zero[r] : 0);
   auto dot = [&](int64_t r, int64_t n) {
-    int64_t sum = acc[r * N + n];
-    if (p.w_zero != nullptr) sum -= int64_t(p.w_zero[n]) * x_sum[r];
-    if (p.x_zero != nullptr) {
-      const int64_t wz = p.w_zero != nullptr ? p.w_zero[n] : 0;
-      sum -= int64_t(p.x_zero[r]) * (int64_t(p.w_sum[n]) - K * wz);
-    }
-    return sum;
+    return ZeroPointDot(acc[r * N + n], p.w_zero != nullptr ? p.w_zero[n] : 0, row_factor[r],
+                        p.x_zero != nullptr ? p.x_zero[r] : 0, p.x_zero != nullptr ? p.w_sum[n] : 0);
   };
   QuantizeRows<Code>(
       ctx, p.out, M, N, a.qmax,
