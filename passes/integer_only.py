@@ -421,7 +421,8 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
     W = table_v[0] if d.lm_head is None else b.init("lm_head.W", codes)  # tied: no second copy of the table
     y, y_m, y_e = b.di("DIMatMul", [*h[:3], W, b.init("lm_head.w_m", w_m.reshape(-1)),
                                     b.init("lm_head.w_e", w_e.reshape(-1)), *b.zero_inputs(h, codes, "lm_head")],
-                       "lm_head", K=codes.shape[1], N=codes.shape[0], abits=HEAD_BITS, wbits=HEAD_BITS, obits=LOGIT_BITS)
+                       "lm_head", K=codes.shape[1], N=codes.shape[0], abits=HEAD_BITS, wbits=HEAD_BITS,
+                       obits=LOGIT_BITS)
     # The only float arithmetic: logits = y * y_m * 2^-y_e.
     f32 = ir.DataType.FLOAT
     two = b.init("logits.two", np.array(2.0, np.float32))
