@@ -49,6 +49,16 @@ def qmax_of(bits: int, allowed: tuple[int, ...] = CODE_BITS) -> int:
     return (1 << (bits - 1)) - 1
 
 
+def di_matmul_max_k(abits: int, w_zero: bool, x_zero: bool) -> int:
+    """DIMatMul's largest K: every ``sum_k (x - xz)(w - wz)`` below 2**31 (the int32 accumulator exact, ``acc * w_m``
+    below 2**46). X's codes span 2**(b-1) per side, ``b = max(abits, 8)`` (int8 codes are bounded by their type, int16
+    codes must lie in abits), one bit more with x_zero; W's span 2**7, a bit more with either zero point. At 8 bits
+    this is MAX_K, MAX_K_ZERO or MAX_K_X_ZERO."""
+    x_bits = max(abits, 8) - 1 + int(x_zero)
+    w_bits = 7 + int(w_zero or x_zero)
+    return (1 << (31 - x_bits - w_bits)) - 1
+
+
 def code_type(bits: int):
     """The element type of ``bits``-wide signed codes: int8 up to 8 bits, int16 above."""
     return np.int8 if bits <= 8 else np.int16
@@ -116,14 +126,14 @@ def dyn_quant_asym(v: np.ndarray, mult: int, E: int, bits: int) -> tuple[np.ndar
     """Per-row asymmetric dynamic quantization of ``v * mult * 2**-E`` over the range [lo, hi] = [min(v, 0), max(v, 0)]
     (OmniQuant's per-token rule): codes ``u = clamp(round(v / s) + zp, 0, L)``, ``L = 2**bits - 1``,
     ``s = (hi - lo) / L``, ``zp = round(-lo / s)``, returned as int8 codes ``u - 2**(bits-1)``, the dyadic scale of s
-    and the zero point ``zp - 2**(bits-1)`` (the real value is ``(code - zero) * m * 2**-e``).
+    and the zero point ``zp - 2**(bits-1)`` (the real value is ``(code - zero) * m * 2**-e``); int16 codes above 8 bits.
 
     As in ``dyn_quant``: v is first rounded to 31 bits (``sh``, from the span), ``v / s`` is a multiply by
     ``R = round(L * 2**S / span)`` and a rounding shift by S, ``S = bitlen(span) + 23 - max(0, bitlen(L) - 7)``
     (``R < 2**31``, ``|v * R| <= 2**62``), the scale is ``ratio(span * mult, L) * 2**-(E - sh)``. An all-zero row,
     or one whose scale underflows (``finish``), is codes 0 and zero point 0 with ``ZERO_SCALE``."""
     levels, mid = (1 << bits) - 1, 1 << (bits - 1)
-    zero_row = (np.zeros(v.shape, np.int8), *ZERO_SCALE, 0)
+    zero_row = (np.zeros(v.shape, code_type(bits)), *ZERO_SCALE, 0)
     if not v.size:
         return zero_row
     span = max(int(v.max()), 0) - min(int(v.min()), 0)
@@ -143,7 +153,7 @@ def dyn_quant_asym(v: np.ndarray, mult: int, E: int, bits: int) -> tuple[np.ndar
     e = k + E - sh
     if e > E_MAX and rshr(m, e - E_MAX) == 0:  # the scale underflows: finish would zero the row
         return zero_row
-    q, m, e = finish((u - mid).astype(np.int8), m, e)
+    q, m, e = finish((u - mid).astype(code_type(bits)), m, e)
     return q, m, e, zp - mid
 
 
@@ -237,6 +247,14 @@ def _check_codes(q, what: str):
     return dtype.type
 
 
+def _check_in_bits(q, bits: int, what: str) -> None:
+    """Refuse codes outside the signed ``bits``-wide range [-2**(bits-1), 2**(bits-1))."""
+    q = np.asarray(q, np.int64)
+    bad = (q < -(1 << (bits - 1))) | (q >= 1 << (bits - 1))
+    if bad.any():
+        raise ValueError(f"{what} has a code outside the {bits}-bit range: {int(q[bad][0])}")
+
+
 def _outputs(rows, shape, code_type=np.int8):
     q = np.stack([r[0] for r in rows]).astype(code_type).reshape(shape)
     m = np.array([r[1] for r in rows], np.int32).reshape(*shape[:-1], 1)
@@ -246,15 +264,15 @@ def _outputs(rows, shape, code_type=np.int8):
     return q, m, e
 
 
-def _quantizer(obits: int, clip_q15: int, act_sym: int):
+def _quantizer(obits: int, clip_q15: int, act_sym: int, allowed: tuple[int, ...] = CODE_BITS):
     """The per-row requantization of the ops whose output a linear reads: symmetric ``dyn_quant`` (with the learned
-    clip), or (act_sym=0) ``dyn_quant_asym``, which returns a zero point per row as well."""
+    clip), or (act_sym=0) ``dyn_quant_asym``, which returns a zero point per row as well. obits in ``allowed``."""
     if act_sym:
-        qmax = qmax_of(obits)
+        qmax = qmax_of(obits, allowed)
         return lambda v, mult, E: dyn_quant(v, mult, E, qmax, clip_q15)
     if clip_q15 != CLIP_ONE:
         raise ValueError("a learned clip (clip_q15) needs symmetric codes (act_sym=1)")
-    qmax_of(obits)
+    qmax_of(obits, allowed)
     return lambda v, mult, E: dyn_quant_asym(v, mult, E, obits)
 
 
@@ -262,21 +280,30 @@ def _quantizer(obits: int, clip_q15: int, act_sym: int):
 # Ops
 
 
-def di_matmul(X, x_m, x_e, W, w_m, w_e, obits: int, w_zero=None, x_zero=None):
+def di_matmul(X, x_m, x_e, W, w_m, w_e, obits: int, w_zero=None, x_zero=None, abits: int = 8):
     """``Y = (X - x_zero) @ (W - w_zero)^T`` requantized per row. ``acc`` int32 exact (K <= 131071; with ``w_zero``, an
     asymmetric per-channel weight grid as int8 offsets [N], K <= 65535: ``acc = X @ W^T - w_zero * sum(X)``; with
     ``x_zero``, asymmetric per-row codes' zero points int32 [..., 1] (DINorm's, DISwiGLU's, DIRequant's act_sym=0
-    output), K <= 32767: ``acc = X.W - w_zero sum(X) - x_zero sum(W) + K x_zero w_zero``);
+    output), K <= 32767: ``acc = X.W - w_zero sum(X) - x_zero sum(W) + K x_zero w_zero``; ``di_matmul_max_k``). X holds
+    int8 codes for abits <= 8, int16 codes in [-2**(abits-1), 2**(abits-1)) above (x_zero in the same range), which
+    narrows K by a bit per bit of abits above 8 (a final norm's 12-bit codes into lm_head: K <= 2047 with x_zero);
     channel n's ``acc * w_m[n]`` (< 2**46) is aligned to the common exponent of ``align_exponents(w_e)``; then
-    ``dyn_quant`` with the row's ``x_m`` as multiplier and ``x_e + Ea`` as exponent. X and W hold int8 codes;
-    obits 2..16, int8 output codes up to 8 bits, int16 above.
+    ``dyn_quant`` with the row's ``x_m`` as multiplier and ``x_e + Ea`` as exponent. W holds int8 codes; obits
+    2..16, int8 output codes up to 8 bits, int16 above.
 
     int64 bounds for 16-bit codes: the aligned P < 2**46 * 2**16 = 2**62 whatever obits; dyn_quant rounds P to
     31 bits, its reciprocal ``R < 2**31`` for every qmax < 2**15 (S loses a bit per code bit above 7), so
     ``|P' * R| <= 2**62``; the scale's ``ratio(A * x_m, qmax)`` has ``A * x_m < 2**46``."""
     qmax = qmax_of(obits, WIDE_CODE_BITS)
+    qmax_of(abits, WIDE_CODE_BITS)
+    if _check_codes(X, "X") != code_type(abits):
+        raise ValueError(f"X holds {np.asarray(X).dtype} codes, abits={abits} gives {np.dtype(code_type(abits))}")
+    if abits > 8:
+        _check_in_bits(X, abits, "X")
+        if x_zero is not None:
+            _check_in_bits(x_zero, abits, "x_zero")
     W = np.asarray(W).astype(np.int64)
-    limit = MAX_K_X_ZERO if x_zero is not None else MAX_K if w_zero is None else MAX_K_ZERO
+    limit = di_matmul_max_k(abits, w_zero is not None, x_zero is not None)
     if W.shape[1] > limit:
         raise ValueError(f"K={W.shape[1]} exceeds {limit} (the int32 accumulator)")
     if w_zero is not None:
@@ -403,8 +430,9 @@ def di_norm(X, x_m, x_e, g_m, g_e, *, eps_q60: int, obits: int, clip_q15: int = 
     normalized to 61 bits, divided by C, plus eps (``add_positive``), an exact integer square root (``isqrt``
     of a 60..62-bit value), ``ratio(m, r)`` for the row factor, then ``dyn_quant`` of the aligned ``q * g_m``
     (< 2**15 * 2**15 * 2**16 for int16 codes), or ``dyn_quant_asym`` (act_sym=0: a zero point per row, the fourth
-    output). X holds int8 or int16 codes; the output is int8."""
-    quant = _quantizer(obits, clip_q15, act_sym)
+    output). X holds int8 or int16 codes; obits 2..16, int8 output codes up to 8 bits, int16 above (a final norm
+    whose codes lm_head reads at 12 bits)."""
+    quant = _quantizer(obits, clip_q15, act_sym, WIDE_CODE_BITS)
     if not 0 <= eps_q60 < 1 << 61:
         raise ValueError(f"eps_q60 must be in [0, 2**61), got {eps_q60}")
     g_m = _check_mantissas(g_m, "g_m", -M_MAX)
@@ -421,7 +449,7 @@ def di_norm(X, x_m, x_e, g_m, g_e, *, eps_q60: int, obits: int, clip_q15: int = 
             continue
         mr, k = ratio(m, rms[0])
         rows.append(quant(shift_each(q * g_m, shifts), mr, Ea + k + e - rms[1]))
-    return _outputs(rows, np.shape(X))
+    return _outputs(rows, np.shape(X), code_type(obits))
 
 
 def sigmoid_q30(q: np.ndarray, m: int, e: int) -> np.ndarray:

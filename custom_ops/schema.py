@@ -15,6 +15,8 @@ from typing import Callable
 import onnx
 from onnx import TensorProto, helper
 
+from edgeq.custom_ops.reference_integer import di_matmul_max_k
+
 DOMAIN = "edgeq"
 DOMAIN_VERSION = 1
 
@@ -417,8 +419,6 @@ SPQR_DEQUANTIZE = OpDef(
 # ("Integer-only ops") states each algorithm and its accuracy against float.
 
 DI_MAX_K = (1 << 17) - 1  # int32 accumulation stays exact for K * 128 * 128 < 2^31
-DI_MAX_K_ZERO = (1 << 16) - 1  # ... and for K * 128 * 255 with DIMatMul's w_zero (W - w_zero spans 9 bits)
-DI_MAX_K_X_ZERO = (1 << 15) - 1  # ... and for K * 255 * 255 with its x_zero (X - x_zero spans 9 bits as well)
 
 
 def _di_k(v) -> str | None:
@@ -555,16 +555,26 @@ def _infer_integer(op_name: str, out_last=None, same_shape: tuple[int, ...] = ()
 
 
 def _matmul_expected(ctx, attrs, dims):
-    K, N = attrs["K"], attrs["N"]
+    K, N, abits = attrs["K"], attrs["N"], attrs["abits"]
+    op = f"{DOMAIN}::DIMatMul"
     if dims is not None and isinstance(dims[-1], int) and dims[-1] != K:
-        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIMatMul: X's last dim is {dims[-1]}, attribute K is {K}")
-    if ctx.get_num_inputs() > 6 and ctx.has_input(6) and K > DI_MAX_K_ZERO:
-        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIMatMul: K={K} with w_zero exceeds {DI_MAX_K_ZERO}")
+        raise onnx.shape_inference.InferenceError(f"{op}: X's last dim is {dims[-1]}, attribute K is {K}")
+    x_type = ctx.get_input_type(0)
+    elem = x_type.tensor_type.elem_type if x_type is not None else 0
+    want = TensorProto.INT8 if abits <= 8 else TensorProto.INT16
+    if elem and elem != want:
+        raise onnx.shape_inference.InferenceError(
+            f"{op}: X is {TensorProto.DataType.Name(elem).lower()}, abits={abits} gives "
+            f"{TensorProto.DataType.Name(want).lower()} codes")
+    w_zero = ctx.get_num_inputs() > 6 and ctx.has_input(6)
     x_zero = ctx.get_num_inputs() > 7 and ctx.has_input(7)
     if x_zero != (ctx.get_num_inputs() > 8 and ctx.has_input(8)):
-        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIMatMul: x_zero and w_sum come together")
-    if x_zero and K > DI_MAX_K_X_ZERO:
-        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIMatMul: K={K} with x_zero exceeds {DI_MAX_K_X_ZERO}")
+        raise onnx.shape_inference.InferenceError(f"{op}: x_zero and w_sum come together")
+    limit = di_matmul_max_k(abits, w_zero, x_zero)
+    if K > limit:
+        at = f" at abits={abits}" if abits > 8 else ""
+        zeros = " and ".join(n for n, on in (("w_zero", w_zero), ("x_zero", x_zero)) if on)
+        raise onnx.shape_inference.InferenceError(f"{op}: K={K}{at}{' with ' + zeros if zeros else ''} exceeds {limit}")
     out = {3: ("W", [N, K]), 4: ("w_m", [N]), 5: ("w_e", [N]), 6: ("w_zero", [N]), 8: ("w_sum", [N])}
     if dims is not None:
         out[7] = ("x_zero", [*dims[:-1], 1])
@@ -579,13 +589,15 @@ DI_MATMUL = OpDef(
         "Ea = min(max w_e, min w_e + 16) (left shifts, exact, for channels within 16 of the smallest exponent; a "
         "rounding right shift beyond); then per row: P is rounded to 31 bits, codes round(P * qmax / max|P|) by "
         "one reciprocal multiply and a rounding shift, scale (max|P| * x_m / qmax) * 2^-(x_e + Ea) normalized to a "
-        "15-bit mantissa. abits and wbits declare the code ranges of X and W (not checked; the result is exact "
-        "for any int8 codes). obits 2..16: Y holds int8 codes up to 8 bits and int16 codes above (the requantization "
+        "15-bit mantissa. abits and wbits declare the code ranges of X and W (for int8 codes not checked: the result "
+        "is exact for any int8 codes). abits 9..16 takes int16 X whose codes lie in [-2^(abits-1), 2^(abits-1)) "
+        "(x_zero too; checked on the CPU, assumed on the GPU), and K shrinks by a bit per bit above 8 (at 12 bits "
+        "with x_zero, K <= 2047). obits 2..16: Y holds int8 codes up to 8 bits and int16 codes above (the requantization "
         "is the same: P rounded to 31 bits, a reciprocal below 2^31, products below 2^62). An asymmetric weight "
         "grid gives w_zero (int8 [N], each channel's zero point as a signed code): acc = sum_k X*(W - w_zero), "
         "computed as X.W - w_zero * sum(X) and exact in int32 for K <= 65535."
     ),
-    inputs=(*_int_activation("X", "x", "input activation [..., K]"),
+    inputs=(*_int_activation("X", "x", "input activation [..., K]", code_type="TX"),
             Input("W", "tensor(int8)", "weight codes [N, K]"), *_channel_scales("w", "weight scales [N]"),
             Input("w_zero", "tensor(int8)", "per-channel weight zero points [N] (asymmetric grid)", optional=True),
             Input("x_zero", "tensor(int32)", "X's per-row zero points [..., 1] (asymmetric codes, act_sym=0 of its "
@@ -595,11 +607,12 @@ DI_MATMUL = OpDef(
     attributes=(
         Attribute("K", onnx.AttributeProto.INT, "reduction size (X's last dim), at most 131071", check=_di_k),
         Attribute("N", onnx.AttributeProto.INT, "output features (rows of W)", check=_positive),
-        Attribute("abits", onnx.AttributeProto.INT, "declared width of X's codes, 2..8", check=_ql_bits),
+        Attribute("abits", onnx.AttributeProto.INT, "width of X's codes, 2..16: int8 codes up to 8 bits, int16 above",
+                  check=_wide_obits),
         Attribute("wbits", onnx.AttributeProto.INT, "declared width of W's codes, 2..8", check=_ql_bits),
         _WIDE_OBITS,
     ),
-    type_constraints={"TY": _WIDE_CODES},
+    type_constraints={"TX": _WIDE_CODES, "TY": _WIDE_CODES},
     infer=_infer_integer("DIMatMul", out_last=lambda a: a["N"], expected=_matmul_expected, code_of=_wide_code),
 )
 
@@ -654,14 +667,16 @@ DI_NORM = OpDef(
         "common exponent, an exact integer square root (floor) of the 60..62-bit result, the row factor m / rms as "
         "a 15-bit dyadic; then q * g_m (channels aligned as DIMatMul's) is requantized per row. An all-zero row "
         "gives zeros. X may hold int8 or int16 codes (a 16-bit residual stream): an int16 row's sum of squares "
-        "(< 2^47) is rounded to 31 bits before the multiply by m^2; the output is int8."
+        "(< 2^47) is rounded to 31 bits before the multiply by m^2. obits 2..16: Y holds int8 codes up to 8 bits, "
+        "int16 above (the final norm, whose codes lm_head reads at 12 bits; symmetric or asymmetric alike)."
     ),
     inputs=(*_int_activation("X", "x", "input activation", code_type="T"), *_channel_scales("g", "gamma [C]")),
-    outputs=DI_LINEAR_INPUT_OUTPUTS,
-    attributes=(Attribute("eps_q60", onnx.AttributeProto.INT, "epsilon * 2^60", check=_eps_q60), _OBITS, _CLIP_Q15,
-                _ACT_SYM),
-    type_constraints={"T": ("tensor(int8)", "tensor(int16)")},
-    infer=_infer_integer("DINorm", expected=lambda ctx, a, d: {} if d is None or not isinstance(d[-1], int) else
+    outputs=(*_int_activation("Y", "y", "output", code_type="TY"), DI_LINEAR_INPUT_OUTPUTS[3]),
+    attributes=(Attribute("eps_q60", onnx.AttributeProto.INT, "epsilon * 2^60", check=_eps_q60), _WIDE_OBITS,
+                _CLIP_Q15, _ACT_SYM),
+    type_constraints={"T": ("tensor(int8)", "tensor(int16)"), "TY": _WIDE_CODES},
+    infer=_infer_integer("DINorm", code_of=_wide_code,
+                         expected=lambda ctx, a, d: {} if d is None or not isinstance(d[-1], int) else
                          {3: ("g_m", [d[-1]]), 4: ("g_e", [d[-1]])}),
 )
 

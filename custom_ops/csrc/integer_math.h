@@ -33,6 +33,17 @@ constexpr int64_t kAlignWindow = 16, kAddWindow = 39, kAddWindow16 = 31;
 constexpr int64_t kMaxK = (int64_t(1) << 17) - 1;   // DIMatMul: K * 128 * 128 < 2^31
 constexpr int64_t kMaxKZero = (int64_t(1) << 16) - 1;  // DIMatMul with w_zero: K * 128 * 255 < 2^31
 constexpr int64_t kMaxKXZero = (int64_t(1) << 15) - 1;  // ... with x_zero: K * 255 * 255 < 2^31
+
+// DIMatMul's largest K: every sum_k (x - xz)(w - wz) below 2^31, so the int32 accumulator is exact and acc * w_m
+// stays below 2^46. X's codes span 2^(b-1) per side (b = 8 for int8 codes whatever abits, else abits: int16 codes
+// must lie in abits), a bit more with x_zero; W's 2^7, a bit more with either zero point. kMaxK, kMaxKZero and
+// kMaxKXZero are its int8 values.
+EDGEQ_HD constexpr int64_t DIMatMulMaxK(int64_t abits, bool w_zero, bool x_zero) {
+  const int64_t x_bits = (abits > 8 ? abits : 8) - 1 + (x_zero ? 1 : 0), w_bits = 7 + (w_zero || x_zero ? 1 : 0);
+  return (int64_t(1) << (31 - x_bits - w_bits)) - 1;
+}
+static_assert(DIMatMulMaxK(8, false, false) == kMaxK && DIMatMulMaxK(8, true, false) == kMaxKZero &&
+              DIMatMulMaxK(8, false, true) == kMaxKXZero && DIMatMulMaxK(8, true, true) == kMaxKXZero);
 constexpr int64_t kMaxBatchK = (int64_t(1) << 16) - 1;  // DIBatchMatMul: 255 * 128 * K < 2^31, P.V sums < 2^62
 constexpr int kWideBits = 30;                       // DIBatchMatMul's int32 outputs: |y| <= 2^30
 
@@ -221,7 +232,8 @@ EDGEQ_HD inline int64_t AsymBits(int64_t qmax) { return BitLen(uint64_t(qmax)) +
 // Per-row asymmetric dynamic quantization of v * mult * 2^-E over [min(v, 0), max(v, 0)] (|v| <= 2^62, mult in
 // [1, 2^32)): codes u - 2^(bits-1) into q, the zero point zp - 2^(bits-1) into *zero, the scale returned; see
 // reference_integer.dyn_quant_asym (an all-zero or underflowing row: codes 0, zero point 0, the zero-row scale).
-EDGEQ_HD inline Scale DynQuantAsymRow(int64_t* v, int64_t n, int64_t mult, int64_t E, int64_t bits, int8_t* q,
+template <typename Code>
+EDGEQ_HD inline Scale DynQuantAsymRow(int64_t* v, int64_t n, int64_t mult, int64_t E, int64_t bits, Code* q,
                                       int32_t* zero) {
   int64_t hi = 0, lo = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -232,7 +244,7 @@ EDGEQ_HD inline Scale DynQuantAsymRow(int64_t* v, int64_t n, int64_t mult, int64
   if (sh > 0)
     for (int64_t i = 0; i < n; ++i) v[i] = RShr(v[i], sh);
   const AsymPlan p = PlanDynQuantAsym(RShr(lo, sh), RShr(hi, sh), sh, mult, E, bits);
-  for (int64_t i = 0; i < n; ++i) q[i] = int8_t(DynQuantAsymCode(v[i], p));
+  for (int64_t i = 0; i < n; ++i) q[i] = Code(DynQuantAsymCode(v[i], p));
   *zero = int32_t(AsymZero(p));
   return p.scale;
 }

@@ -52,6 +52,17 @@ void ExpectMantissas(const int32_t* m, int64_t n, int64_t lo, const char* name, 
 
 // Inputs index..index+2: codes [..., C] (at least one row, C >= 1) and scales [..., 1] (DIRotary, which
 // accepts two scale layouts, checks them itself: check_scale_shape = false).
+// Codes of a declared width: each in [-2^(bits-1), 2^(bits-1)).
+template <typename T>
+void ExpectInBits(const T* q, int64_t n, int64_t bits, const char* name, const std::string& where) {
+  const int64_t lo = -(int64_t(1) << (bits - 1)), hi = (int64_t(1) << (bits - 1)) - 1;
+  for (int64_t i = 0; i < n; ++i)
+    if (q[i] < lo || q[i] > hi)
+      Fail(where, std::string(name) + " holds " + std::to_string(int64_t(q[i])) + " at flat index " +
+                      std::to_string(i) + ", outside the " + std::to_string(bits) + "-bit codes [" + std::to_string(lo) +
+                      ", " + std::to_string(hi) + "] of abits=" + std::to_string(bits));
+}
+
 IntInput ReadActivation(Ort::KernelContext& ctx, size_t index, const char* q_name, const char* m_name,
                         const char* e_name, const DiAttrs& attrs, bool check_scale_shape = true) {
   const std::string& where = attrs.where;
@@ -230,12 +241,14 @@ std::vector<int64_t> PrepareBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& 
 const DiSignature& Signature(DiOp op) {
   static const DiSignature kSignatures[] = {
       // Y: int8 or int16 by obits (registered untyped and optional, as DIAdd's)
-      {"DIMatMul", {kI8, kI32, kI8, kI8, kI32, kI8, kI8, kI32, kI32}, {kAny, kI32, kI8}, 6},
+      // X: int8 (abits <= 8) or int16 codes (one registration each)
+      {"DIMatMul", {kAny, kI32, kI8, kI8, kI32, kI8, kI8, kI32, kI32}, {kAny, kI32, kI8}, 6},
       {"DIExp", {kI8, kI32, kI8}, {kI8, kI32, kI8}, 3},
       // X int8 or int32 (one registration each); P: uint8 or uint16 by obits (untyped and optional, as DIMatMul's Y)
       {"DIClippedSoftmax", {kAny, kI32, kI8, kBool}, {kAny, kI32, kI8}, 3},
-      // DINorm, DISwiGLU, DIRequant: y_zero (act_sym=0) is their optional fourth output
-      {"DINorm", {kAny, kI32, kI8, kI32, kI8}, {kI8, kI32, kI8, kI32}, 5},
+      // DINorm, DISwiGLU, DIRequant: y_zero (act_sym=0) is their optional fourth output; DINorm: X int8 or int16 (one
+      // registration each), Y int8 or int16 by obits
+      {"DINorm", {kAny, kI32, kI8, kI32, kI8}, {kAny, kI32, kI8, kI32}, 5},
       // DISwiGLU: gate and up int8 or int16, the same (ORT ties untyped inputs); DIRotary: X int8 or int16
       {"DISwiGLU", {kAny, kI32, kI8, kAny, kI32, kI8}, {kI8, kI32, kI8, kI32}, 6},
       {"DIRotary", {kAny, kI32, kI8, kI64, kI16, kI16}, {kI8, kI32, kI8}, 6},
@@ -282,7 +295,7 @@ DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op) {
       a.wbits = ReadInt(info, "wbits", a.where);
       ExpectRange(a.K, 1, integer::kMaxK, "K", a.where);
       ExpectPositive(a.N, "N", a.where);
-      ExpectRange(a.abits, 2, 8, "abits", a.where);
+      ExpectRange(a.abits, 2, 16, "abits", a.where);
       ExpectRange(a.wbits, 2, 8, "wbits", a.where);
       break;
     case DiOp::kClippedSoftmax:
@@ -323,9 +336,13 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
   std::vector<int64_t> out_shape;
   switch (a.op) {
     case DiOp::kMatMul: {
-      p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", a);
+      p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", a);  // int8 or int16: one registration each (ORT checks)
       if (p.x.C != a.K)
         Fail(where, "X has shape " + ShapeText(p.x.shape) + ": last dim must equal attribute K=" + std::to_string(a.K));
+      const ONNXTensorElementDataType x_want = a.abits > 8 ? kI16 : kI8;
+      if (p.x.type != x_want)
+        Fail(where, std::string("X is ") + TypeName(p.x.type) + ", but abits=" + std::to_string(a.abits) + " gives " +
+                        TypeName(x_want) + " codes");
       TensorView W = RequiredInput(ctx, 3, "W", where);
       ExpectShape(W, "W", {a.N, a.K}, "(N, K)", where);
       p.W = static_cast<const int8_t*>(W.value.GetTensorRawData());
@@ -333,8 +350,6 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
       const TensorView zero = ctx.GetInputCount() > 6 ? Input(ctx, 6, "w_zero", where) : TensorView{};
       if (zero.value != nullptr) {
         ExpectShape(zero, "w_zero", {a.N}, "(N)", where);
-        if (a.K > integer::kMaxKZero)  // W - w_zero spans 9 bits: the int32 accumulator holds K * 128 * 255
-          Fail(where, "K=" + std::to_string(a.K) + " with w_zero exceeds " + std::to_string(integer::kMaxKZero));
         p.w_zero = static_cast<const int8_t*>(zero.value.GetTensorRawData());
       }
       const TensorView x_zero = ctx.GetInputCount() > 7 ? Input(ctx, 7, "x_zero", where) : TensorView{};
@@ -343,10 +358,20 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
       if (x_zero.value != nullptr) {
         ExpectShape(x_zero, "x_zero", WithLast(p.x.shape, 1), "(X's leading dims + [1])", where);
         ExpectShape(w_sum, "w_sum", {a.N}, "(N)", where);
-        if (a.K > integer::kMaxKXZero)  // X - x_zero and W - w_zero span 9 bits: K * 255 * 255 < 2^31
-          Fail(where, "K=" + std::to_string(a.K) + " with x_zero exceeds " + std::to_string(integer::kMaxKXZero));
         p.x_zero = static_cast<const int32_t*>(x_zero.value.GetTensorRawData());
         p.w_sum = static_cast<const int32_t*>(w_sum.value.GetTensorRawData());
+      }
+      const bool has_wz = p.w_zero != nullptr, has_xz = p.x_zero != nullptr;
+      const int64_t limit = integer::DIMatMulMaxK(a.abits, has_wz, has_xz);
+      if (a.K > limit)  // the int32 accumulator holds every sum_k (x - xz)(w - wz)
+        Fail(where, "K=" + std::to_string(a.K) + (a.abits > 8 ? " at abits=" + std::to_string(a.abits) : "") +
+                        (has_wz || has_xz ? std::string(" with ") + (has_wz ? "w_zero" : "") +
+                                                (has_wz && has_xz ? " and " : "") + (has_xz ? "x_zero" : "")
+                                          : "") +
+                        " exceeds " + std::to_string(limit));
+      if (a.abits > 8 && !a.device_inputs) {  // int16 codes: the bound above holds for codes within abits only
+        ExpectInBits(static_cast<const int16_t*>(p.x.q), p.x.rows * a.K, a.abits, "X", where);
+        if (has_xz) ExpectInBits(p.x_zero, p.x.rows, a.abits, "x_zero", where);
       }
       out_shape = WithLast(p.x.shape, a.N);
       break;

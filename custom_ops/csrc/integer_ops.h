@@ -27,7 +27,11 @@ const DiSignature& Signature(DiOp op);
 
 // Ops with obits 2..16 (Y int8 up to 8 bits, int16 above; DIClippedSoftmax: uint8, uint16): Y is registered untyped
 // and optional, so ORT takes its element type from the graph, and DiAttrs::FromKernelInfo checks it against obits.
-constexpr bool WideCodes(DiOp op) { return op == DiOp::kMatMul || op == DiOp::kAdd || op == DiOp::kClippedSoftmax; }
+constexpr bool WideCodes(DiOp op) {
+  return op == DiOp::kMatMul || op == DiOp::kAdd || op == DiOp::kClippedSoftmax || op == DiOp::kNorm;
+}
+// Ops registered once per type of their first input (kA), as an untyped Y needs concrete input types.
+constexpr bool TypedFirstInput(DiOp op) { return WideCodes(op); }
 
 struct DiAttrs {
   DiOp op = DiOp::kMatMul;
@@ -86,11 +90,11 @@ struct DiProblem {
 DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& attrs);
 
 // The OrtCustomOp of kOp on one execution provider, around Kernel<kOp> (a class of the CPU or the CUDA ops);
-// DIAdd registers one per (A, B) code type pair, DIClippedSoftmax one per X type. ORT derives an UNDEFINED output's
+// DIAdd registers one per (A, B) code type pair, DIClippedSoftmax, DIMatMul and DINorm one per X type. ORT derives an UNDEFINED output's
 // type from the only UNDEFINED input, so with concrete input types and Y declared UNDEFINED and optional (ORT insists
 // on the one-dynamic-input rule for required ones) Y keeps the type the graph declares for it, which
-// DiAttrs::FromKernelInfo checks against obits: DIAdd, DIMatMul and DIClippedSoftmax (WideCodes), whose obits > 8
-// give 16-bit codes.
+// DiAttrs::FromKernelInfo checks against obits: DIAdd, DIMatMul, DINorm and DIClippedSoftmax (WideCodes), whose
+// obits > 8 give 16-bit codes.
 template <template <DiOp> class Kernel, DiOp kOp, ONNXTensorElementDataType kA = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED,
           ONNXTensorElementDataType kB = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED>
 struct DiCustomOp : Ort::CustomOpBase<DiCustomOp<Kernel, kOp, kA, kB>, Kernel<kOp>, /*WithStatus=*/true> {
@@ -102,7 +106,7 @@ struct DiCustomOp : Ort::CustomOpBase<DiCustomOp<Kernel, kOp, kA, kB>, Kernel<kO
   const char* GetExecutionProviderType() const { return provider; }
   size_t GetInputTypeCount() const { return Signature(kOp).inputs.size(); }
   ONNXTensorElementDataType GetInputType(size_t i) const {
-    if ((kOp == DiOp::kAdd || kOp == DiOp::kClippedSoftmax) && i == 0) return kA;
+    if (TypedFirstInput(kOp) && i == 0) return kA;
     if (kOp == DiOp::kAdd && i == 3) return kB;
     return Signature(kOp).inputs[i];
   }
@@ -122,11 +126,13 @@ template <template <DiOp> class Kernel>
 void AddIntegerOps(Ort::CustomOpDomain& domain, const char* provider) {
   constexpr auto kI8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8, kI16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16,
                  kI32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
-  static DiCustomOp<Kernel, DiOp::kMatMul> matmul(provider);
+  static DiCustomOp<Kernel, DiOp::kMatMul, kI8> matmul(provider);
+  static DiCustomOp<Kernel, DiOp::kMatMul, kI16> matmul_16(provider);
   static DiCustomOp<Kernel, DiOp::kExp> exp(provider);
   static DiCustomOp<Kernel, DiOp::kClippedSoftmax, kI8> softmax(provider);
   static DiCustomOp<Kernel, DiOp::kClippedSoftmax, kI32> softmax_32(provider);
-  static DiCustomOp<Kernel, DiOp::kNorm> norm(provider);
+  static DiCustomOp<Kernel, DiOp::kNorm, kI8> norm(provider);
+  static DiCustomOp<Kernel, DiOp::kNorm, kI16> norm_16(provider);
   static DiCustomOp<Kernel, DiOp::kSwiGLU> swiglu(provider);
   static DiCustomOp<Kernel, DiOp::kRotary> rotary(provider);
   static DiCustomOp<Kernel, DiOp::kAdd, kI8, kI8> add(provider);
@@ -135,9 +141,9 @@ void AddIntegerOps(Ort::CustomOpDomain& domain, const char* provider) {
   static DiCustomOp<Kernel, DiOp::kAdd, kI16, kI16> add_16_16(provider);
   static DiCustomOp<Kernel, DiOp::kBatchMatMul> batch_matmul(provider);
   static DiCustomOp<Kernel, DiOp::kRequant> requant(provider);
-  for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&matmul, &exp, &softmax, &softmax_32, &norm, &swiglu,
-                                                             &rotary, &add, &add_8_16, &add_16_8, &add_16_16,
-                                                             &batch_matmul, &requant})
+  for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&matmul, &matmul_16, &exp, &softmax, &softmax_32, &norm,
+                                                             &norm_16, &swiglu, &rotary, &add, &add_8_16, &add_16_8,
+                                                             &add_16_16, &batch_matmul, &requant})
     domain.Add(op);
 }
 

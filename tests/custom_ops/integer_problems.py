@@ -17,7 +17,7 @@ from .conftest import CUDA, cuda_available, session
 
 WIDTHS = [(8, 8), (6, 6), (4, 4)]  # W8A8, W6A6, W4A4
 # obits 2..16: Y int8 up to 8 bits, int16 above (DIClippedSoftmax's P: uint8, uint16), typed by the graph
-WIDE_OUTPUT_OPS = ("DIMatMul", "DIAdd", "DIClippedSoftmax")
+WIDE_OUTPUT_OPS = ("DIMatMul", "DIAdd", "DIClippedSoftmax", "DINorm")
 
 
 def activation(rng: np.random.Generator, shape, bits: int = 8, *, e_range=(-4, 40), saturate: bool = False,
@@ -57,9 +57,9 @@ def channel_scales(rng: np.random.Generator, n: int, *, spread: int = 6, signed:
 
 def model(op: str, arrays: list, name: str = "n0", y_type: int | None = None, **attrs) -> onnx.ModelProto:
     """A one-node model of edgeq ``op`` with every input a graph input of dynamic shape (so wrong shapes reach
-    the kernel's own checks); ``arrays`` follows the op's inputs, None for an omitted optional one. DIMatMul's and
-    DIAdd's Y and DIClippedSoftmax's P are declared with the element type obits gives (ORT takes it from the
-    graph), or ``y_type``."""
+    the kernel's own checks); ``arrays`` follows the op's inputs, None for an omitted optional one. The Y of
+    DIMatMul, DINorm and DIAdd and DIClippedSoftmax's P are declared with the element type obits gives (ORT takes
+    it from the graph), or ``y_type``."""
     opdef = OPS[op]
     names = [i.name if a is not None else "" for i, a in zip(opdef.inputs, arrays)]
     while names and not names[-1]:
@@ -135,8 +135,8 @@ def run(target, op: str, arrays: list, threads: int = 2, y_type: int | None = No
 
 
 REFERENCE = {
-    "DIMatMul": lambda a, obits, K=None, N=None, abits=None, wbits=None: ri.di_matmul(
-        *a[:6], obits, *a[6:7], x_zero=a[7] if len(a) > 7 else None),
+    "DIMatMul": lambda a, obits, K=None, N=None, abits=8, wbits=None: ri.di_matmul(
+        *a[:6], obits, *a[6:7], x_zero=a[7] if len(a) > 7 else None, abits=abits),
     "DIExp": lambda a, obits: ri.di_exp(*a, obits),
     "DIClippedSoftmax": lambda a, **kw: ri.di_clipped_softmax(*a, **kw),
     "DINorm": lambda a, **kw: ri.di_norm(*a, **kw),

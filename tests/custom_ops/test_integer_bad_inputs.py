@@ -34,7 +34,7 @@ def fails(library, op, args, match, **attrs):
         run(library, op, args, **attrs)
 
 
-@pytest.mark.parametrize("index, dtype, name", [(0, np.int16, "X"), (1, np.int64, "x_m"), (2, np.int32, "x_e"),
+@pytest.mark.parametrize("index, dtype, name", [(0, np.int32, "X"), (1, np.int64, "x_m"), (2, np.int32, "x_e"),
                                                 (3, np.uint8, "W"), (4, np.float32, "w_m")])
 def test_matmul_wrong_dtype(cpu_library, index, dtype, name):
     args = matmul_args()

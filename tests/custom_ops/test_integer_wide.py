@@ -473,9 +473,9 @@ def test_rotary_refuses_int16_codes_without_rotation(cpu_library):
         ri.di_rotary(*x, pos, cos, sin, interleaved=0, obits=8, rotate=0)
 
 
-def test_matmul_refuses_int16_activations(cpu_library):
-    """Inputs are unchanged: X holds int8 codes (ORT refuses int16 ones, naming op, node and input)."""
+def test_matmul_refuses_int16_activations_at_8_bits(cpu_library):
+    """int16 X codes are for abits 9..16 (test_integer_head.py); at abits <= 8 X holds int8 codes."""
     args = matmul_problem(np.random.default_rng(0), (2,), 5, 3)
     args[0] = args[0].astype(np.int16)
-    fails(cpu_library, "DIMatMul", args, r"input parameter \(X\) of operator \(DIMatMul\) in node \(n0\)",
+    fails(cpu_library, "DIMatMul", args, r"edgeq::DIMatMul node 'n0': X is int16, but abits=8 gives int8 codes",
           **matmul_attrs(args, 16))

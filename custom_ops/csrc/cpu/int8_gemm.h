@@ -1,8 +1,9 @@
 // The int8 x int8 -> int32 GEMM of the CPU kernels (DIMatMul, DIBatchMatMul, QuantLinear): tasks of kBlockN weight
 // rows on ORT's intra-op pool, register tiles of 4 (AVX-512) or 2 (AVX2) activation rows x kTileN weight rows, with
 // AVX-512 VNNI (vpdpbusd, 64 products per instruction), AVX-512 BW or AVX2 (vpmaddwd on int16, 32 or 16 lanes)
-// where the build has them. Exact while every true sum fits int32 (K * 2^14 < 2^31 for int8 codes). Header-only:
-// each kernel file compiles its own copy (internal linkage).
+// where the build has them. Exact while every true sum fits int32 (K * 2^14 < 2^31 for int8 codes). DIMatMul's
+// int16 activations (abits > 8) take the vpmaddwd kernels as they are (a pair of products stays below 2^23) or the
+// scalar one, never vpdpbusd. Header-only: each kernel file compiles its own copy (internal linkage).
 #pragma once
 
 #include <algorithm>
@@ -49,22 +50,29 @@ void ParallelFor(Ort::KernelContext& ctx, int64_t n, F& f, int64_t work_per_task
 enum class Gemm { kScalar, kAvx2, kAvx512, kVnni };
 
 struct GemmInput {
-  const int8_t* x;       // activation codes [M, K]
-  const int16_t* x16;    // the same widened to int16 (kAvx2, kAvx512)
+  const int8_t* x;       // activation codes [M, K] (null for int16 codes)
+  const int16_t* x16;    // the same widened to int16 (kAvx2, kAvx512), or the int16 codes themselves
   const int32_t* x_sum;  // sum_k x[m, k] per row (kVnni only)
   const int8_t* w;       // weight codes [N, K]
   int64_t K;
 };
 
-template <int MR, int NR>
-void TileScalar(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t acc_stride) {
+template <typename X, int MR, int NR>
+void TileScalarOf(const X* xs, const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t acc_stride) {
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) {
-      const int8_t *x = g.x + (m + i) * g.K, *w = g.w + (n + j) * g.K;
+      const X* x = xs + (m + i) * g.K;
+      const int8_t* w = g.w + (n + j) * g.K;
       int32_t sum = 0;
       for (int64_t k = 0; k < g.K; ++k) sum += int32_t(x[k]) * int32_t(w[k]);
       acc[i * acc_stride + j] = sum;
     }
+}
+
+template <int MR, int NR>
+void TileScalar(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t acc_stride) {
+  if (g.x == nullptr) return TileScalarOf<int16_t, MR, NR>(g.x16, g, m, n, acc, acc_stride);
+  TileScalarOf<int8_t, MR, NR>(g.x, g, m, n, acc, acc_stride);
 }
 
 #if defined(__AVX2__)
@@ -184,6 +192,11 @@ Gemm ChooseGemm(const std::string& where) {
   checks::Fail(where, "EDGEQ_DIMATMUL_KERNEL=" + choice + " is not one of auto, vnni, avx512, avx2, scalar");
 }
 
+// The kernel for int16 activations: vpdpbusd takes bytes, so VNNI builds use their AVX-512 BW kernel.
+constexpr Gemm ForInt16(Gemm gemm) {
+  return gemm != Gemm::kVnni ? gemm : kHaveAvx512 ? Gemm::kAvx512 : kHaveAvx2 ? Gemm::kAvx2 : Gemm::kScalar;
+}
+
 // acc rows m.. of the weight rows [n0, n0 + rows): tiles of kTileN weight rows, then single rows.
 template <Gemm kGemm, int MR>
 void GemmRows(const GemmInput& g, int64_t m, int64_t n0, int64_t rows, int32_t* acc, int64_t N) {
@@ -249,34 +262,40 @@ void GemmBlockAny(Gemm gemm, const GemmInput& g, int64_t M, int64_t n0, int64_t 
 }
 
 // What the chosen kernel needs besides the codes: int16 copies (vpmaddwd) or row sums (vpdpbusd's correction).
+// int16 codes (DIMatMul at abits > 8) are read where they are.
 struct GemmOperands {
-  std::vector<int16_t> x16;
+  const int8_t* x = nullptr;
+  const int16_t* x16 = nullptr;  // int16 codes
+  std::vector<int16_t> widened;  // int8 codes widened
   std::vector<int32_t> x_sum;
-  GemmOperands(Gemm gemm, const int8_t* X, int64_t rows, int64_t K) {
-    if (gemm == Gemm::kAvx2 || gemm == Gemm::kAvx512) x16.assign(X, X + rows * K);
+  GemmOperands(Gemm gemm, const int8_t* X, int64_t rows, int64_t K) : x(X) {
+    if (gemm == Gemm::kAvx2 || gemm == Gemm::kAvx512) widened.assign(X, X + rows * K);
     if (gemm == Gemm::kVnni) {
       x_sum.resize(size_t(rows));
       for (int64_t m = 0; m < rows; ++m) x_sum[m] = std::accumulate(X + m * K, X + (m + 1) * K, int32_t(0));
     }
   }
-  GemmInput For(const int8_t* X, int64_t row0, const int8_t* W, int64_t K) const {
-    return {X + row0 * K, x16.empty() ? nullptr : x16.data() + row0 * K, x_sum.empty() ? nullptr : x_sum.data() + row0,
-            W, K};
+  GemmOperands(Gemm, const int16_t* X, int64_t, int64_t) : x16(X) {}
+  GemmInput For(int64_t row0, const int8_t* W, int64_t K) const {
+    const int16_t* x16s = widened.empty() ? x16 : widened.data();
+    return {x ? x + row0 * K : nullptr, x16s ? x16s + row0 * K : nullptr,
+            x_sum.empty() ? nullptr : x_sum.data() + row0, W, K};
   }
 };
 
-// The int32 products of `groups` groups of M rows of X [groups * M, K], each group against its own B
-// (b_of(group): [N, K]), into [groups * M, N]; parallel over (group, block of kBlockN rows of B), so one row
-// against many (decode) still uses every thread.
-template <typename BOf>
-std::vector<int32_t> GroupedGemm(Ort::KernelContext& ctx, Gemm gemm, const int8_t* X, int64_t groups, int64_t M,
+// The int32 products of `groups` groups of M rows of X [groups * M, K] (int8, or int16 codes), each group against
+// its own B (b_of(group): [N, K]), into [groups * M, N]; parallel over (group, block of kBlockN rows of B), so one
+// row against many (decode) still uses every thread.
+template <typename X, typename BOf>
+std::vector<int32_t> GroupedGemm(Ort::KernelContext& ctx, Gemm gemm, const X* Xs, int64_t groups, int64_t M,
                                  int64_t N, int64_t K, BOf b_of) {
+  if constexpr (std::is_same_v<X, int16_t>) gemm = ForInt16(gemm);
   const int64_t blocks = (N + kBlockN - 1) / kBlockN;
   std::vector<int32_t> acc(size_t(groups * M * N));
-  const GemmOperands ops(gemm, X, groups * M, K);
+  const GemmOperands ops(gemm, Xs, groups * M, K);
   auto task = [&](int64_t t) {
     const int64_t group = t / blocks, n0 = (t % blocks) * kBlockN;
-    GemmBlockAny(gemm, ops.For(X, group * M, b_of(group), K), M, n0, std::min(kBlockN, N - n0),
+    GemmBlockAny(gemm, ops.For(group * M, b_of(group), K), M, n0, std::min(kBlockN, N - n0),
                  acc.data() + group * M * N, N);
   };
   ParallelFor(ctx, groups * blocks, task);

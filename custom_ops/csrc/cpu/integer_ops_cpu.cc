@@ -46,17 +46,14 @@ void StoreScale(const IntOutput& out, int64_t r, const Scale& s) {
   out.e[r] = int8_t(s.e);
 }
 
-// Requantizes v (one row) into row r of the output (Code: int8, or DIMatMul's and DIAdd's int16 codes); asymmetric
-// int8 codes with the row's zero point when the output has zero points (act_sym=0, AsymBits(qmax) bits).
+// Requantizes v (one row) into row r of the output (Code: int8, or DIMatMul's, DINorm's and DIAdd's int16 codes);
+// asymmetric codes with the row's zero point when the output has zero points (act_sym=0, AsymBits(qmax) bits).
 template <typename Code = int8_t>
 void StoreRow(const IntOutput& out, int64_t r, int64_t* v, int64_t n, int64_t mult, int64_t E, int64_t qmax,
               int64_t clip_q15 = kClipOne) {
-  if constexpr (std::is_same_v<Code, int8_t>) {
-    if (out.z != nullptr) {
-      StoreScale(out, r, DynQuantAsymRow(v, n, mult, E, AsymBits(qmax), static_cast<int8_t*>(out.q) + r * n,
-                                         out.z + r));
-      return;
-    }
+  if (out.z != nullptr) {
+    StoreScale(out, r, DynQuantAsymRow(v, n, mult, E, AsymBits(qmax), static_cast<Code*>(out.q) + r * n, out.z + r));
+    return;
   }
   StoreScale(out, r, DynQuantRow(v, n, mult, E, qmax, static_cast<Code*>(out.q) + r * n, clip_q15));
 }
@@ -127,7 +124,7 @@ void EachChunk(Ort::KernelContext& ctx, const Chunks& ch, const int64_t* v, cons
 
 // The asymmetric codes of few rows from their values v and each row's (min, max): DynQuantAsymRow's pieces, so
 // the bits are the whole-row function's (and the CUDA ops').
-template <typename RowScale>
+template <typename Code, typename RowScale>
 void AsymChunks(Ort::KernelContext& ctx, const IntOutput& out, const Chunks& ch, const int64_t* v, const Range* range,
                 int64_t qmax, const RowScale& scale) {
   AsymPlan* plans = CallerBuffer<AsymPlan, Slot::kPlans>(ch.rows);
@@ -140,9 +137,9 @@ void AsymChunks(Ort::KernelContext& ctx, const IntOutput& out, const Chunks& ch,
     StoreScale(out, r, plans[r].scale);
     out.z[r] = int32_t(AsymZero(plans[r]));
   }
-  int8_t* q = static_cast<int8_t*>(out.q);
+  Code* q = static_cast<Code*>(out.q);
   EachChunk(ctx, ch, v, [&](int64_t r, int64_t c, int64_t x) {
-    q[r * ch.n + c] = int8_t(DynQuantAsymCode(RShr(x, shifts[r]), plans[r]));
+    q[r * ch.n + c] = Code(DynQuantAsymCode(RShr(x, shifts[r]), plans[r]));
   });
 }
 
@@ -151,7 +148,7 @@ void AsymChunks(Ort::KernelContext& ctx, const IntOutput& out, const Chunks& ch,
 template <typename Code, typename RowScale>
 void FewRowCodes(Ort::KernelContext& ctx, const IntOutput& out, const Chunks& ch, const int64_t* v,
                  const Range* range, int64_t qmax, const RowScale& scale, int64_t clip_q15) {
-  if (out.z != nullptr) return AsymChunks(ctx, out, ch, v, range, qmax, scale);
+  if (out.z != nullptr) return AsymChunks<Code>(ctx, out, ch, v, range, qmax, scale);
   QuantPlan* plans = CallerBuffer<QuantPlan, Slot::kPlans>(ch.rows);
   int64_t* shifts = CallerBuffer<int64_t, Slot::kShifts>(ch.rows);
   for (int64_t r = 0; r < ch.rows; ++r) {
@@ -245,22 +242,28 @@ inline int64_t ZeroPointDot(int64_t dot, int64_t wz, int64_t row_factor, int64_t
 // Few rows (decode): one pass over the pool, each task taking its weight rows' dot products into a stack tile and
 // turning them straight into the values and their min/max, instead of an int32 [M, N] product, a second pass for
 // the values and the per-call vectors between them; then the codes as QuantizeRows' few-row path has them.
-template <typename Code>
+template <typename X, typename Code>
 void DIMatMulFew(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProblem& p) {
   const int64_t M = p.x.rows, K = a.K, N = a.N;
   const int64_t Ea = AlignExponents(p.ch_e, N);
-  const int8_t* X = static_cast<const int8_t*>(p.x.q);
+  const X* Xs = static_cast<const X*>(p.x.q);
   int64_t x_sum[kFewRows] = {};
   int32_t x_sum32[kFewRows] = {};
   for (int64_t r = 0; r < M; ++r) {
-    x_sum[r] = std::accumulate(X + r * K, X + (r + 1) * K, int64_t(0));
-    x_sum32[r] = int32_t(x_sum[r]);  // |sum| <= 128 K < 2^31 (kMaxK)
+    x_sum[r] = std::accumulate(Xs + r * K, Xs + (r + 1) * K, int64_t(0));
+    x_sum32[r] = int32_t(x_sum[r]);  // vpdpbusd's correction, int8 codes only: |sum| <= 128 K < 2^31 (kMaxK)
   }
-  GemmInput g{X, nullptr, x_sum32, p.W, K};
-  if (gemm == Gemm::kAvx2 || gemm == Gemm::kAvx512) {
-    int16_t* x16 = CallerBuffer<int16_t, Slot::kX16>(M * K);
-    std::copy(X, X + M * K, x16);
-    g.x16 = x16;
+  GemmInput g{nullptr, nullptr, x_sum32, p.W, K};
+  if constexpr (std::is_same_v<X, int16_t>) {
+    gemm = ForInt16(gemm);
+    g.x16 = Xs;
+  } else {
+    g.x = Xs;
+    if (gemm == Gemm::kAvx2 || gemm == Gemm::kAvx512) {
+      int16_t* x16 = CallerBuffer<int16_t, Slot::kX16>(M * K);
+      std::copy(Xs, Xs + M * K, x16);
+      g.x16 = x16;
+    }
   }
   // A multiple of 4 tasks of equal rows (a multiple of kTileN), so that 2 or 4 threads get equal shares: blocks of
   // kBlockN rows left N = 192 (k_proj, v_proj) as 3 tasks for 2 threads.
@@ -305,17 +308,17 @@ void DIMatMulFew(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiP
                     [&](int64_t r) { return Dyadic{p.x.m[r], p.x.e[r] + Ea}; }, kClipOne);
 }
 
-template <typename Code>
+// X: int8 codes, or int16 codes within abits > 8 (checked by PrepareIntegerOp, so the int32 sums stay exact).
+template <typename X, typename Code>
 void DIMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProblem& p) {
   const int64_t M = p.x.rows, K = a.K, N = a.N;
-  if (M < kFewRows) return DIMatMulFew<Code>(ctx, a, gemm, p);
-  const std::vector<int32_t> acc =
-      GroupedGemm(ctx, gemm, static_cast<const int8_t*>(p.x.q), 1, M, N, K, [&](int64_t) { return p.W; });
+  if (M < kFewRows) return DIMatMulFew<X, Code>(ctx, a, gemm, p);
+  const X* Xs = static_cast<const X*>(p.x.q);
+  const std::vector<int32_t> acc = GroupedGemm(ctx, gemm, Xs, 1, M, N, K, [&](int64_t) { return p.W; });
   const int64_t Ea = AlignExponents(p.ch_e, N);
   std::vector<int64_t> row_factor(size_t(M), 0);  // ZeroPointDot's, needed for a weight grid with zero points
-  const int8_t* X = static_cast<const int8_t*>(p.x.q);
   for (int64_t r = 0; r < M && p.w_zero != nullptr; ++r)
-    row_factor[r] = std::accumulate(X + r * K, X + (r + 1) * K, int64_t(0)) - K * (p.x_zero ? p.x_zero[r] : 0);
+    row_factor[r] = std::accumulate(Xs + r * K, Xs + (r + 1) * K, int64_t(0)) - K * (p.x_zero ? p.x_zero[r] : 0);
   auto dot = [&](int64_t r, int64_t n) {
     return ZeroPointDot(acc[r * N + n], p.w_zero != nullptr ? p.w_zero[n] : 0, row_factor[r],
                         p.x_zero != nullptr ? p.x_zero[r] : 0, p.x_zero != nullptr ? p.w_sum[n] : 0);
@@ -413,8 +416,8 @@ void DIClippedSoftmax(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem
   ParallelFor(ctx, p.x.rows, row, C);
 }
 
-// X of int8 or int16 codes: ss < 2^47 either way (C < 2^17), RmsScale brings it to 31 bits.
-template <typename X>
+// X of int8 or int16 codes: ss < 2^47 either way (C < 2^17), RmsScale brings it to 31 bits. Y: int8 or int16 codes.
+template <typename X, typename Code>
 void DINorm(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
   const int64_t C = p.x.C;
   const int64_t Ea = AlignExponents(p.ch_e, C);
@@ -426,13 +429,13 @@ void DINorm(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
     int64_t* v = RowBuffer(C);
     if (ss == 0) {  // zeros in, zeros out
       std::fill(v, v + C, int64_t(0));
-      StoreRow(p.out, r, v, C, 1, 0, a.qmax);
+      StoreRow<Code>(p.out, r, v, C, 1, 0, a.qmax);
       return;
     }
     const Dyadic rms = RmsScale(ss, C, m, e, a.eps_q60);
     const Dyadic factor = Ratio(uint64_t(m), uint64_t(rms.m));
     for (int64_t c = 0; c < C; ++c) v[c] = ShiftBy(int64_t(q[c]) * p.ch_m[c], Ea - p.ch_e[c]);
-    StoreRow(p.out, r, v, C, factor.m, Ea + factor.e + e - rms.e, a.qmax, a.clip_q15);
+    StoreRow<Code>(p.out, r, v, C, factor.m, Ea + factor.e + e - rms.e, a.qmax, a.clip_q15);
   };
   ParallelFor(ctx, p.x.rows, row, C);
 }
@@ -681,9 +684,12 @@ struct Kernel {
       Ort::KernelContext ctx(raw);
       const DiProblem p = PrepareIntegerOp(ctx, attrs);
       switch (kOp) {
-        case DiOp::kMatMul:
-          if (attrs.obits > 8) return DIMatMul<int16_t>(ctx, attrs, gemm, p);
-          return DIMatMul<int8_t>(ctx, attrs, gemm, p);
+        case DiOp::kMatMul: {
+          const bool x16 = p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16;
+          if (attrs.obits > 8)
+            return x16 ? DIMatMul<int16_t, int16_t>(ctx, attrs, gemm, p) : DIMatMul<int8_t, int16_t>(ctx, attrs, gemm, p);
+          return x16 ? DIMatMul<int16_t, int8_t>(ctx, attrs, gemm, p) : DIMatMul<int8_t, int8_t>(ctx, attrs, gemm, p);
+        }
         case DiOp::kExp: return DIExp(ctx, attrs, p);
         case DiOp::kClippedSoftmax:
           if (attrs.obits > 8) {  // uint16 probabilities
@@ -693,9 +699,12 @@ struct Kernel {
           }
           if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DIClippedSoftmax<int8_t, uint8_t>(ctx, attrs, p);
           return DIClippedSoftmax<int32_t, uint8_t>(ctx, attrs, p);
-        case DiOp::kNorm:
-          if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DINorm<int8_t>(ctx, attrs, p);
-          return DINorm<int16_t>(ctx, attrs, p);
+        case DiOp::kNorm: {
+          const bool x8 = p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
+          if (attrs.obits > 8)
+            return x8 ? DINorm<int8_t, int16_t>(ctx, attrs, p) : DINorm<int16_t, int16_t>(ctx, attrs, p);
+          return x8 ? DINorm<int8_t, int8_t>(ctx, attrs, p) : DINorm<int16_t, int8_t>(ctx, attrs, p);
+        }
         case DiOp::kSwiGLU:
           if (p.x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) return DISwiGLU<int8_t>(ctx, attrs, p);
           return DISwiGLU<int16_t>(ctx, attrs, p);

@@ -118,7 +118,7 @@ void Compute(Ort::KernelContext& ctx, const QlAttrs& a, Gemm gemm, const QlProbl
     }
     thread_local std::vector<int32_t> acc;
     acc.resize(size_t(M * kBlockN));
-    GemmBlockAny(gemm, ops.For(q.data(), 0, w, K), M, 0, rows, acc.data(), kBlockN);
+    GemmBlockAny(gemm, ops.For(0, w, K), M, 0, rows, acc.data(), kBlockN);
     float ws[kBlockN];
     for (int64_t r = 0; r < rows; ++r) ws[r] = ToFloat(static_cast<const T*>(p.w_scales)[n0 + r]);
     for (int64_t m = 0; m < M; ++m) {
