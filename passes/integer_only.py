@@ -24,9 +24,9 @@ and int8 exponent, ``custom_ops/README.md`` "Integer-only ops"):
   heads -> token DIRequant at o_proj's abits;  SiLU(gate)*up  DISwiGLU at down_proj's abits
   residual adds  DIAdd (16-bit codes)
   lm_head        DIMatMul against the int8 table's rows (tied: the embedding's initializer itself) or lm_head's,
-                 reading the final norm's codes on the layers' grid (with their zero points when the linears'
-                 inputs have them: 8-bit symmetric codes there cost this model 0.75% of perplexity, zero points
-                 take half of it), 16-bit logit codes
+                 reading the final norm's 12-bit codes (int16; fewer bits where the hidden size exceeds
+                 DIMatMul's int32 bound at 12), with zero points when the linears' inputs have them (8-bit codes
+                 there cost this model 0.4-0.75% of perplexity); 16-bit logit codes
   logits         the only float: int16 codes * m * 2^-e (Cast, Neg, Pow, Mul)
 
 The KV cache is integer: ``past_key_values.{i}.key`` int8 ``[B, kv, P, D]`` plus ``past_key_values.{i}.key.m``
@@ -44,7 +44,7 @@ import onnx_ir as ir
 
 from edgeq.custom_ops import schema
 from edgeq.custom_ops.integer_codec import clip_q8, eps_q60, quantize, rotary_tables_for, to_dyadic
-from edgeq.custom_ops.reference_integer import CLIP_ONE
+from edgeq.custom_ops.reference_integer import CLIP_ONE, di_matmul_max_k
 from edgeq.custom_ops.quant_linear_packing import unpack_weights
 from edgeq.errors import EdgeqError
 from edgeq.exporter.llama_graph import ACT_CLIP_KEY, SOFTMAX_CLIP_KEY
@@ -57,7 +57,8 @@ PROJ_BITS = 16        # q/k and gate/up outputs (int16 codes): DIRotary and DISw
                       # rounded once, not twice (PyTorch on this model: 8-bit codes there cost W8A8 0.7%)
 RESIDUAL_BITS = 16    # the residual stream and the o/down projections that feed it (int16 codes): a few of its
                       # channels are hundreds of times the rest
-HEAD_BITS = 8         # the embedding table / lm_head rows and the final norm's output
+HEAD_BITS = 8         # the embedding table / lm_head rows
+HEAD_INPUT_BITS = 12  # the final norm's output, lm_head's input (int16 codes; 8-bit ones cost the trained W8A8 ~0.4%)
 LOGIT_BITS = 16       # the logits' codes
 DEFAULT_MAX_POSITIONS = 8192  # rotary table rows when the model does not say (metadata edgeq.max_positions)
 SCALES = (".m", ".e")  # suffixes of a cached tensor's scale inputs/outputs
@@ -342,6 +343,12 @@ def _softmax_clips(props, layers: int) -> list[int]:
     return [clip_q8(float(v)) for v in values]
 
 
+def head_input_bits(hidden: int, zero_points: bool) -> int:
+    """lm_head's input width: HEAD_INPUT_BITS, or the widest above 8 whose DIMatMul bound takes K = hidden, else 8."""
+    fits = [b for b in range(HEAD_INPUT_BITS, 8, -1) if hidden <= di_matmul_max_k(b, False, zero_points)]
+    return fits[0] if fits else 8
+
+
 def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
     """Replace ``model``'s graph by the integer-only decoder of ``d`` (same inputs, integer cache)."""
     graph, props = model.graph, model.metadata_props
@@ -416,12 +423,14 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
                  f"model.layers.{i}/residual_mlp",
                  obits=RESIDUAL_BITS)
 
-    h = b.norm(h, d.final_norm, d.eps, "model.norm", HEAD_BITS, act_sym=d.layers[0].q.act_sym)
+    head_sym = d.layers[0].q.act_sym
+    head_bits = head_input_bits(d.embed.shape[1], not head_sym)
+    h = b.norm(h, d.final_norm, d.eps, "model.norm", head_bits, act_sym=head_sym)
     codes, w_m, w_e = table if d.lm_head is None else quantize(d.lm_head, HEAD_BITS)
     W = table_v[0] if d.lm_head is None else b.init("lm_head.W", codes)  # tied: no second copy of the table
     y, y_m, y_e = b.di("DIMatMul", [*h[:3], W, b.init("lm_head.w_m", w_m.reshape(-1)),
                                     b.init("lm_head.w_e", w_e.reshape(-1)), *b.zero_inputs(h, codes, "lm_head")],
-                       "lm_head", K=codes.shape[1], N=codes.shape[0], abits=HEAD_BITS, wbits=HEAD_BITS,
+                       "lm_head", K=codes.shape[1], N=codes.shape[0], abits=head_bits, wbits=HEAD_BITS,
                        obits=LOGIT_BITS)
     # The only float arithmetic: logits = y * y_m * 2^-y_e.
     f32 = ir.DataType.FLOAT

@@ -55,11 +55,27 @@ def test_op_counts(exported):
     head = next(n for n in proto.graph.node if n.op_type == "DIMatMul" and n.name.startswith("lm_head"))
     assert head.input[3] == gather.input[0]
     assert [a.i for a in head.attribute if a.name == "obits"] == [16]
+    # the final norm's 12-bit codes (int16) are lm_head's input
+    attrs = {a.name: a.i for a in head.attribute}
+    final = next(n for n in proto.graph.node if n.output[0] == head.input[0])
+    assert final.op_type == "DINorm" and attrs["abits"] == 12
+    assert [a.i for a in final.attribute if a.name == "obits"] == [12]
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    assert types[head.input[0]] == onnx.TensorProto.INT16
     # q/k and gate/up leave 16-bit codes for DIRotary / DISwiGLU to requantize once; v is cached as it comes
     obits = {n.name.split("/")[0].rsplit(".", 1)[-1]: next(a.i for a in n.attribute if a.name == "obits")
              for n in proto.graph.node if n.op_type == "DIMatMul" and n.name.startswith("model.layers.0.")}
     assert obits == {"q_proj": 16, "k_proj": 16, "v_proj": 8, "o_proj": 16, "gate_proj": 16, "up_proj": 16,
                      "down_proj": 16}
+
+
+def test_head_input_bits_narrow_for_wide_models():
+    from edgeq.passes.integer_only import head_input_bits
+
+    assert head_input_bits(576, True) == 12 and head_input_bits(2047, True) == 12
+    assert head_input_bits(4096, True) == 10 and head_input_bits(4096, False) == 12  # LLaMA-7B's hidden size
+    assert head_input_bits(8192, False) == 11 and head_input_bits(1 << 16, True) == 8
 
 
 def test_verify_integer_only_accepts_the_integer_graph_and_refuses_the_float_one(exported, capsys):

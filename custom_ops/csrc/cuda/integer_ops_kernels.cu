@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <climits>
+#include <type_traits>
 
 #include "../integer_math.h"
 #include "cublas_gemm.h"
@@ -106,7 +107,7 @@ __device__ bool RowRange(const Value& value, int64_t n, int64_t r, const Split& 
 }
 
 // DynQuantRow of row r's values value(0..n-1) * mult * 2^-E, spread over the block (or the blocks of `split`);
-// DynQuantAsymRow's bits (int8 codes of bitlen(qmax) + 1 bits and the row's zero point into *z) when z is given.
+// DynQuantAsymRow's bits (codes of bitlen(qmax) + 1 bits and the row's zero point into *z) when z is given.
 template <typename Code, typename Value>
 __device__ void QuantizeRow(const Value& value, int64_t n, int64_t mult, int64_t E, int64_t qmax, Code* q, int32_t* m,
                             int8_t* e, int64_t r, const Split& split, int64_t clip_q15 = kClipOne, int32_t* z = nullptr) {
@@ -204,7 +205,7 @@ __device__ int64_t BatchOf(const DiArgs& a, int64_t g) {
 // int32 dot products: acc[g][m][n] = sum_k X[g][m][k] * W[batch(g)][n][k]
 
 struct Dots {
-  const void* X;  // int8 (or uint8: NaiveDots only) [groups, M, K]
+  const void* X;  // int8 (uint8: NaiveDots only; int16: DIMatMul at abits > 8) [groups, M, K]
   const int8_t* W;  // [batches, N, K]
   int32_t* acc;   // [groups, M, N]
   int64_t groups, M, N, K;
@@ -213,12 +214,18 @@ struct Dots {
 // Up to 8 activation rows: a warp per weight row, 16-byte loads when K is a multiple of 16.
 constexpr int kRowsPerPass = 8;
 
+// Four products of int8 x codes (a word) or int16 ones (two words: k, k+1 | k+2, k+3) with a word of four weights.
+__device__ int Dot4(int x, int w, int sum) { return __dp4a(x, w, sum); }
+__device__ int Dot4(int2 x, int w, int sum) { return __dp2a_hi(x.y, w, __dp2a_lo(x.x, w, sum)); }
+
+// int16 X codes: __dp2a on pairs of codes (each sum exact: the op's K bound holds every partial sum below 2^31).
+template <typename X>
 __global__ void __launch_bounds__(kThreads) RowsDots(Dots d, DiArgs a) {
   const int64_t g = blockIdx.y;
   const int lane = threadIdx.x & 31;
   const int64_t n = int64_t(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5);
   if (n >= d.N) return;
-  const int8_t* x_group = static_cast<const int8_t*>(d.X) + g * d.M * d.K;
+  const X* x_group = static_cast<const X*>(d.X) + g * d.M * d.K;
   const int8_t* w = d.W + (BatchOf(a, g) * d.N + n) * d.K;
   const bool vec = d.K % 16 == 0;
   for (int64_t m0 = 0; m0 < d.M; m0 += kRowsPerPass) {
@@ -230,11 +237,15 @@ __global__ void __launch_bounds__(kThreads) RowsDots(Dots d, DiArgs a) {
 #pragma unroll
         for (int i = 0; i < kRowsPerPass; ++i) {
           if (i >= rows) break;
-          const int4 xv = *reinterpret_cast<const int4*>(x_group + (m0 + i) * d.K + k);
-          sum[i] = __dp4a(xv.x, wv.x, sum[i]);
-          sum[i] = __dp4a(xv.y, wv.y, sum[i]);
-          sum[i] = __dp4a(xv.z, wv.z, sum[i]);
-          sum[i] = __dp4a(xv.w, wv.w, sum[i]);
+          const X* x = x_group + (m0 + i) * d.K + k;
+          if constexpr (sizeof(X) == 1) {
+            const int4 xv = *reinterpret_cast<const int4*>(x);
+            sum[i] = Dot4(xv.x, wv.x, Dot4(xv.y, wv.y, Dot4(xv.z, wv.z, Dot4(xv.w, wv.w, sum[i]))));
+          } else {
+            const int4 lo = *reinterpret_cast<const int4*>(x), hi = *reinterpret_cast<const int4*>(x + 8);
+            sum[i] = Dot4(make_int2(lo.x, lo.y), wv.x, Dot4(make_int2(lo.z, lo.w), wv.y, sum[i]));
+            sum[i] = Dot4(make_int2(hi.x, hi.y), wv.z, Dot4(make_int2(hi.z, hi.w), wv.w, sum[i]));
+          }
         }
       }
     } else {
@@ -266,35 +277,51 @@ __device__ int PackBytes(const int8_t* row, int64_t k, int64_t K) {
   return int(word);
 }
 
+// Two int16 codes k, k + 1 of a row as one word (zeros past K).
+__device__ int PackHalves(const int16_t* row, int64_t k, int64_t K) {
+  const uint32_t lo = k < K ? uint16_t(row[k]) : 0u, hi = k + 1 < K ? uint16_t(row[k + 1]) : 0u;
+  return int(lo | (hi << 16));
+}
+
+// X int8 (a word per 4 codes) or int16 (two words per 4 codes, Dot4's int2).
+template <typename X>
 __global__ void __launch_bounds__(kThreads) TiledDots(Dots d, DiArgs a) {
-  __shared__ int xs[kTile][kTileWords + 1], ws[kTile][kTileWords + 1];
+  constexpr int kXWords = kTileWords * int(sizeof(X));  // words of a row's kTileK codes
+  __shared__ int xs[kTile][kXWords + 1], ws[kTile][kTileWords + 1];
   const int64_t g = blockIdx.z;
   const int64_t m_base = int64_t(blockIdx.y) * kTile, n_base = int64_t(blockIdx.x) * kTile;
-  const int8_t* X = static_cast<const int8_t*>(d.X) + g * d.M * d.K;
+  const X* Xg = static_cast<const X*>(d.X) + g * d.M * d.K;
   const int8_t* W = d.W + BatchOf(a, g) * d.N * d.K;
   const int t = threadIdx.x, ty = t / 16, tx = t % 16;
-  const int load_row = t / 4, load_word = (t % 4) * 2;  // each thread loads two words of X and of W
+  const int load_row = t / 4, load_word = (t % 4) * 2;  // each thread loads two words of W, two or four of X
   int acc[4][4] = {};
   for (int64_t k0 = 0; k0 < d.K; k0 += kTileK) {
     const int64_t m = m_base + load_row, n = n_base + load_row;
     for (int w = 0; w < 2; ++w) {
       const int64_t k = k0 + int64_t(load_word + w) * 4;
-      xs[load_row][load_word + w] = m < d.M ? PackBytes(X + m * d.K, k, d.K) : 0;
       ws[load_row][load_word + w] = n < d.N ? PackBytes(W + n * d.K, k, d.K) : 0;
+      if constexpr (sizeof(X) == 1) {
+        xs[load_row][load_word + w] = m < d.M ? PackBytes(Xg + m * d.K, k, d.K) : 0;
+      } else {
+        xs[load_row][2 * (load_word + w)] = m < d.M ? PackHalves(Xg + m * d.K, k, d.K) : 0;
+        xs[load_row][2 * (load_word + w) + 1] = m < d.M ? PackHalves(Xg + m * d.K, k + 2, d.K) : 0;
+      }
     }
     __syncthreads();
 #pragma unroll
     for (int kw = 0; kw < kTileWords; ++kw) {
-      int xv[4], wv[4];
+      int wv[4];
+      std::conditional_t<sizeof(X) == 1, int, int2> xv[4];
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        xv[i] = xs[ty * 4 + i][kw];
+        if constexpr (sizeof(X) == 1) xv[i] = xs[ty * 4 + i][kw];
+        else xv[i] = make_int2(xs[ty * 4 + i][2 * kw], xs[ty * 4 + i][2 * kw + 1]);
         wv[i] = ws[tx * 4 + i][kw];
       }
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = __dp4a(xv[i], wv[j], acc[i][j]);
+        for (int j = 0; j < 4; ++j) acc[i][j] = Dot4(xv[i], wv[j], acc[i][j]);
     }
     __syncthreads();
   }
@@ -323,18 +350,21 @@ const char* LaunchDots(const Dots& d, const DiArgs& a, DiCode x_code, DiGemm gem
     NaiveDots<<<unsigned((total + kThreads - 1) / kThreads), kThreads, 0, stream>>>(d, a);
     return nullptr;
   }
-  const bool cublas_fits = d.groups == 1 && d.K % 4 == 0 && d.N % 4 == 0 && d.K <= INT_MAX && d.N <= INT_MAX &&
-                           d.M <= INT_MAX;
+  const bool x16 = x_code == DiCode::kInt16;  // no cuBLAS GEMM takes int16 x int8
+  const bool cublas_fits = !x16 && d.groups == 1 && d.K % 4 == 0 && d.N % 4 == 0 && d.K <= INT_MAX &&
+                           d.N <= INT_MAX && d.M <= INT_MAX;
   if (cublas_fits && (gemm == DiGemm::kCublas || (gemm == DiGemm::kAuto && d.M > kRowsPerPass && CublasAvailable()))) {
     const char* error = CublasGemmInt8(static_cast<const int8_t*>(d.X), d.W, d.acc, int(d.M), int(d.N), int(d.K), stream);
     if (error == nullptr || gemm == DiGemm::kCublas) return error;
   }
   if (gemm == DiGemm::kRows || (gemm != DiGemm::kTiled && d.M <= kRowsPerPass)) {
     const dim3 grid(unsigned((d.N + kThreads / 32 - 1) / (kThreads / 32)), unsigned(d.groups));
-    RowsDots<<<grid, kThreads, 0, stream>>>(d, a);
+    if (x16) RowsDots<int16_t><<<grid, kThreads, 0, stream>>>(d, a);
+    else RowsDots<int8_t><<<grid, kThreads, 0, stream>>>(d, a);
   } else {
     const dim3 grid(unsigned((d.N + kTile - 1) / kTile), unsigned((d.M + kTile - 1) / kTile), unsigned(d.groups));
-    TiledDots<<<grid, kThreads, 0, stream>>>(d, a);
+    if (x16) TiledDots<int16_t><<<grid, kThreads, 0, stream>>>(d, a);
+    else TiledDots<int8_t><<<grid, kThreads, 0, stream>>>(d, a);
   }
   return nullptr;
 }
@@ -342,7 +372,7 @@ const char* LaunchDots(const Dots& d, const DiArgs& a, DiCode x_code, DiGemm gem
 // ---------------------------------------------------------------------------------------------------------
 // The row ops
 
-template <typename Code>
+template <typename X, typename Code>
 __global__ void __launch_bounds__(kThreads) MatMulRows(DiArgs a, const int32_t* acc, Split split) {
   const int64_t r = blockIdx.x, N = a.N;
   const int64_t Ea = BlockAlignAll(a.ch_e, N);
@@ -351,7 +381,7 @@ __global__ void __launch_bounds__(kThreads) MatMulRows(DiArgs a, const int32_t* 
   // sums x itself.
   int64_t x_sum = 0;
   if (a.w_zero != nullptr) {
-    const int8_t* x = static_cast<const int8_t*>(a.x.q) + r * a.K;
+    const X* x = static_cast<const X*>(a.x.q) + r * a.K;
     for (int64_t k = threadIdx.x; k < a.K; k += blockDim.x) x_sum += x[k];
     x_sum = BlockReduce(x_sum, SumOp());
   }
@@ -426,11 +456,11 @@ __global__ void __launch_bounds__(kThreads) SoftmaxRows(DiArgs a) {
   }
 }
 
-template <typename X>
+template <typename X, typename Code>
 __global__ void __launch_bounds__(kThreads) NormRows(DiArgs a, Split split) {
   const int64_t r = blockIdx.x, C = a.x.C;
   const X* q = static_cast<const X*>(a.x.q) + r * C;
-  int8_t* y = static_cast<int8_t*>(a.y) + r * C;
+  Code* y = static_cast<Code*>(a.y) + r * C;
   int64_t ss = 0;
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) ss += int64_t(q[c]) * q[c];
   ss = BlockReduce(ss, SumOp());
@@ -644,8 +674,15 @@ const char* LaunchIntegerOp(const DiArgs& a, DiGemm gemm, void* raw_stream, void
       error = LaunchDots(Dots{a.x.q, a.W, acc, 1, a.x.rows, a.N, a.K}, a, a.x.code, gemm, stream);
       if (error) return error;
       LaunchRows(a, partial, [&](dim3 grid, Split split) {
-        if (a.y_code == DiCode::kInt16) MatMulRows<int16_t><<<grid, kThreads, 0, stream>>>(a, acc, split);
-        else MatMulRows<int8_t><<<grid, kThreads, 0, stream>>>(a, acc, split);
+        const bool x8 = a.x.code == DiCode::kInt8;
+        if (a.y_code == DiCode::kInt16) {
+          if (x8) MatMulRows<int8_t, int16_t><<<grid, kThreads, 0, stream>>>(a, acc, split);
+          else MatMulRows<int16_t, int16_t><<<grid, kThreads, 0, stream>>>(a, acc, split);
+        } else if (x8) {
+          MatMulRows<int8_t, int8_t><<<grid, kThreads, 0, stream>>>(a, acc, split);
+        } else {
+          MatMulRows<int16_t, int8_t><<<grid, kThreads, 0, stream>>>(a, acc, split);
+        }
       });
       break;
     }
@@ -662,8 +699,15 @@ const char* LaunchIntegerOp(const DiArgs& a, DiGemm gemm, void* raw_stream, void
       break;
     case DiOp::kNorm:
       LaunchRows(a, partial, [&](dim3 grid, Split split) {
-        if (a.x.code == DiCode::kInt8) NormRows<int8_t><<<grid, kThreads, 0, stream>>>(a, split);
-        else NormRows<int16_t><<<grid, kThreads, 0, stream>>>(a, split);
+        const bool x8 = a.x.code == DiCode::kInt8;
+        if (a.y_code == DiCode::kInt16) {
+          if (x8) NormRows<int8_t, int16_t><<<grid, kThreads, 0, stream>>>(a, split);
+          else NormRows<int16_t, int16_t><<<grid, kThreads, 0, stream>>>(a, split);
+        } else if (x8) {
+          NormRows<int8_t, int8_t><<<grid, kThreads, 0, stream>>>(a, split);
+        } else {
+          NormRows<int16_t, int8_t><<<grid, kThreads, 0, stream>>>(a, split);
+        }
       });
       break;
     case DiOp::kSwiGLU:
