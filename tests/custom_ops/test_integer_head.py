@@ -162,6 +162,20 @@ def test_matmul_wide_inputs_bit_exact(matmul_kernel, seed):
     assert y[0].dtype == (np.int16 if obits > 8 else np.int8)
 
 
+@pytest.mark.parametrize("abits, zero", [(9, True), (12, True), (15, False), (16, False)])
+def test_matmul_wide_inputs_of_many_rows(matmul_kernel, abits, zero):
+    """Prefill's shape: 134 rows, K and N multiples of 4, so cuBLAS takes int16 codes of at most 15 bits as two int8
+    planes (x = 256 hi + lo; 16-bit codes stay on the tiled kernel); codes at both ends of abits in every row."""
+    rng = np.random.default_rng(9500 + abits)
+    K = min(576, ri.di_matmul_max_k(abits, zero, zero)) // 4 * 4
+    x, x_zero = wide_input(rng, (2, 67), K, abits, saturate=True, zero=zero)
+    W = rng.integers(-128, 128, (100, K)).astype(np.int8)
+    w_zero = rng.integers(-128, 128, 100).astype(np.int8) if zero else None
+    w_m, w_e = channel_scales(rng, 100, spread=16, signed=True)
+    assert_bit_exact(matmul_kernel, "DIMatMul", matmul_args(x, x_zero, W, w_m, w_e, w_zero), K=K, N=100, abits=abits,
+                     wbits=8, obits=16)
+
+
 @pytest.mark.parametrize("rows", [1, 3, 9])
 def test_matmul_wide_inputs_largest_accumulator(matmul_kernel, rows):
     """abits 12 with both zero points at K = 2047: (X - x_zero)(W - w_zero) = (-4095)(-255) per product, summing to

@@ -61,6 +61,7 @@ DiArgs ArgsOf(const DiAttrs& a, const DiProblem& p) {
   args.eps_q60 = a.eps_q60;
   args.interleaved = a.interleaved;
   args.trans_b = a.trans_b;
+  args.abits = a.abits;
   args.clip_q15 = a.clip_q15;
   args.x = TensorOf(p.x);
   args.x2 = TensorOf(p.x2);

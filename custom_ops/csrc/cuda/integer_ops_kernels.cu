@@ -344,17 +344,56 @@ __global__ void NaiveDots(Dots d, DiArgs a) {
   d.acc[i] = sum;
 }
 
-const char* LaunchDots(const Dots& d, const DiArgs& a, DiCode x_code, DiGemm gemm, cudaStream_t stream) {
+// int16 codes of at most 15 bits as two int8 planes, x = 256 hi + lo with lo = ((x + 128) mod 256) - 128, so that
+// cuBLAS's int8 GEMM takes them: |x| <= 2^14 keeps |hi| <= 64.
+__global__ void SplitInt16(const int16_t* x, int64_t n, int8_t* hi, int8_t* lo) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int v = x[i], l = ((v + 128) & 255) - 128;
+    lo[i] = int8_t(l);
+    hi[i] = int8_t((v - l) / 256);
+  }
+}
+
+// acc = 256 acc_hi + acc_lo: the true x.w, within int32 by the op's K bound (the halves' sum is exact in int64).
+__global__ void JoinPlanes(int32_t* acc, const int32_t* acc_hi, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    acc[i] = int32_t(int64_t(acc_hi[i]) * 256 + acc[i]);
+}
+
+// Scratch for the int16 split (kCublasSplit): hi and lo planes of X, the hi products.
+size_t SplitBytes(const DiArgs& a) {
+  return 2 * ((size_t(a.x.rows) * size_t(a.K) + 255) / 256 * 256) + size_t(a.x.rows) * size_t(a.N) * sizeof(int32_t);
+}
+
+const char* LaunchDots(const Dots& d, const DiArgs& a, DiCode x_code, DiGemm gemm, cudaStream_t stream,
+                       void* split_scratch = nullptr) {
   if (x_code == DiCode::kUInt8) {
     const int64_t total = d.groups * d.M * d.N;
     NaiveDots<<<unsigned((total + kThreads - 1) / kThreads), kThreads, 0, stream>>>(d, a);
     return nullptr;
   }
-  const bool x16 = x_code == DiCode::kInt16;  // no cuBLAS GEMM takes int16 x int8
-  const bool cublas_fits = !x16 && d.groups == 1 && d.K % 4 == 0 && d.N % 4 == 0 && d.K <= INT_MAX &&
-                           d.N <= INT_MAX && d.M <= INT_MAX;
+  // No cuBLAS GEMM multiplies int16 by int8: int16 codes of at most 15 bits take two int8 GEMMs of their planes.
+  const bool x16 = x_code == DiCode::kInt16;
+  const bool cublas_fits = (!x16 || (split_scratch != nullptr && a.abits <= 15)) && d.groups == 1 && d.K % 4 == 0 &&
+                           d.N % 4 == 0 && d.K <= INT_MAX && d.N <= INT_MAX && d.M <= INT_MAX;
   if (cublas_fits && (gemm == DiGemm::kCublas || (gemm == DiGemm::kAuto && d.M > kRowsPerPass && CublasAvailable()))) {
-    const char* error = CublasGemmInt8(static_cast<const int8_t*>(d.X), d.W, d.acc, int(d.M), int(d.N), int(d.K), stream);
+    const char* error = nullptr;
+    if (!x16) {
+      error = CublasGemmInt8(static_cast<const int8_t*>(d.X), d.W, d.acc, int(d.M), int(d.N), int(d.K), stream);
+    } else {
+      const size_t plane = (size_t(d.M) * size_t(d.K) + 255) / 256 * 256;
+      int8_t* hi = static_cast<int8_t*>(split_scratch);
+      int8_t* lo = hi + plane;
+      int32_t* acc_hi = reinterpret_cast<int32_t*>(lo + plane);
+      const int64_t n_x = d.M * d.K, n_y = d.M * d.N;
+      SplitInt16<<<unsigned(Min(4096, (n_x + kThreads - 1) / kThreads)), kThreads, 0, stream>>>(
+          static_cast<const int16_t*>(d.X), n_x, hi, lo);
+      error = CublasGemmInt8(hi, d.W, acc_hi, int(d.M), int(d.N), int(d.K), stream);
+      if (error == nullptr) error = CublasGemmInt8(lo, d.W, d.acc, int(d.M), int(d.N), int(d.K), stream);
+      if (error == nullptr)
+        JoinPlanes<<<unsigned(Min(4096, (n_y + kThreads - 1) / kThreads)), kThreads, 0, stream>>>(d.acc, acc_hi,
+                                                                                                           n_y);
+    }
     if (error == nullptr || gemm == DiGemm::kCublas) return error;
   }
   if (gemm == DiGemm::kRows || (gemm != DiGemm::kTiled && d.M <= kRowsPerPass)) {
@@ -630,7 +669,9 @@ int64_t SplitsFor(RowShape s) {
 }
 
 size_t DotsBytes(const DiArgs& a) {
-  if (a.op == DiOp::kMatMul) return size_t(a.x.rows) * size_t(a.N) * sizeof(int32_t);
+  if (a.op == DiOp::kMatMul)
+    return Align256(size_t(a.x.rows) * size_t(a.N) * sizeof(int32_t)) +
+           (a.x.code == DiCode::kInt16 && a.x.rows > kRowsPerPass ? SplitBytes(a) : 0);
   if (a.op == DiOp::kBatchMatMul) return size_t(a.x.rows) * size_t(a.N) * (a.trans_b ? sizeof(int32_t) : sizeof(int64_t));
   return 0;
 }
@@ -671,7 +712,10 @@ const char* LaunchIntegerOp(const DiArgs& a, DiGemm gemm, void* raw_stream, void
   switch (a.op) {
     case DiOp::kMatMul: {
       int32_t* acc = static_cast<int32_t*>(scratch);
-      error = LaunchDots(Dots{a.x.q, a.W, acc, 1, a.x.rows, a.N, a.K}, a, a.x.code, gemm, stream);
+      void* split = a.x.code == DiCode::kInt16 && a.x.rows > kRowsPerPass
+                        ? static_cast<char*>(scratch) + Align256(size_t(a.x.rows) * size_t(a.N) * sizeof(int32_t))
+                        : nullptr;
+      error = LaunchDots(Dots{a.x.q, a.W, acc, 1, a.x.rows, a.N, a.K}, a, a.x.code, gemm, stream, split);
       if (error) return error;
       LaunchRows(a, partial, [&](dim3 grid, Split split) {
         const bool x8 = a.x.code == DiCode::kInt8;

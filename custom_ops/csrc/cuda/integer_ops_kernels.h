@@ -17,7 +17,8 @@ enum class DiCode { kInt8, kUInt8, kInt16, kUInt16, kInt32 };
 // The int32 dot products of DIMatMul and of DIBatchMatMul's trans_b=1: kAuto takes cuBLAS's int8 GEMM for
 // more than 8 rows against one B when K and N are multiples of 4 (falling back to ours if cuBLAS refuses),
 // else ours: a warp per weight row for up to 8 rows, a tiled kernel above. EDGEQ_DI_GEMM pins one (cublas: for
-// any M where it fits, ours elsewhere).
+// any M where it fits, ours elsewhere). DIMatMul's int16 X (abits 9..15) takes cuBLAS as two int8 planes, x = 256 hi
+// + lo, one GEMM each; at 16 bits, or for up to 8 rows, ours with dp2a.
 enum class DiGemm { kAuto, kCublas, kRows, kTiled };
 
 constexpr int kDiMaxRank = 8;
@@ -36,6 +37,7 @@ struct DiTensor {
 struct DiArgs {
   DiOp op = DiOp::kMatMul;
   int64_t qmax = 0, clip_q8 = 0, is_causal = 0, eps_q60 = 0, interleaved = 0, trans_b = 0;
+  int64_t abits = 8;               // DIMatMul: int16 X (abits > 8) of at most 15 bits may take cuBLAS as two planes
   int64_t clip_q15 = integer::kClipOne;  // DINorm, DISwiGLU, DIRequant: a learned clip of the output row's range
   DiTensor x, x2;                  // x2: DISwiGLU's up, DIAdd's B, DIBatchMatMul's B
   DiCode y_code = DiCode::kInt8;   // Y's codes: int8/int16 (DIMatMul, DIAdd), uint8/16 (softmax), int32 (batch matmul)
