@@ -3,13 +3,15 @@
     python scripts/illm_trained_sim.py out/gpu20w/illm-wbits8-...-integer_only1/quantized --probs float 8 16
     python scripts/illm_trained_sim.py QUANTIZED --probs float --v16        # v (the KV cache's values) at 16 bits
     python scripts/illm_trained_sim.py QUANTIZED --probs float --head       # the int8 table and final-norm codes
+    python scripts/illm_trained_sim.py QUANTIZED --probs float --float-inputs down   # down_proj's input codes off
 
 The folded, quantized weights are applied as ``edgeq quantize`` leaves them (``QuantizedLinear`` rounds each linear's
 input to its per-token abits codes, with zero points when ``act_sym=false``); each decoder layer then runs the
 integer graph's other roundings as ``FSBRBlock.forward`` simulates them: 16-bit residual stream and o/down outputs,
 16-bit q/k/gate/up, 8-bit v and rotary outputs (the KV cache), the layer's learned softmax clip, and the
 probabilities as ``--probs`` says (float, or 8/16-bit codes of exp(x - max) over the unrounded sum). The embedding
-table, the final norm and lm_head stay float unless ``--head``. One perplexity per ``--probs`` value on the bench's
+table, the final norm and lm_head stay float unless ``--head``; ``--float-inputs`` leaves the named linears' inputs
+unrounded (qkv, o, gate_up, down: which abits site costs what). One perplexity per ``--probs`` value on the bench's
 eval text and windows.
 """
 
@@ -64,11 +66,18 @@ def simulated_layer(layer: nn.Module, cfg, clip: torch.Tensor, softmax, v_bits: 
     return forward
 
 
-def perplexity(quantized: str, probs: str, v_bits: int, head: bool) -> float:
+SITES = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o": ("self_attn.o_proj",),
+         "gate_up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
+
+
+def perplexity(quantized: str, probs: str, v_bits: int, head: bool, float_inputs: tuple[str, ...] = ()) -> float:
     lm = load_model("smollm2-135m")
     model = lm.model.eval()
     _, _, qweights = load_quantized(quantized)
     apply_quantized(model, qweights)
+    for layer in model.model.layers:
+        for name in (n for site in float_inputs for n in SITES[site]):
+            layer.get_submodule(name).qweight.act_bits = 0
     with torch.no_grad():
         for i, layer in enumerate(model.model.layers):
             clip = qweights[f"model.layers.{i}.self_attn.softmax_clip"].tensor.reshape(())
@@ -90,11 +99,14 @@ def main() -> None:
     parser.add_argument("--probs", nargs="+", default=["float", "8", "16"], choices=["float", "8", "16"])
     parser.add_argument("--v16", action="store_true", help="v_proj's output (the cached values) at 16 bits, not 8")
     parser.add_argument("--head", action="store_true", help="round the table and the final norm's output too")
+    parser.add_argument("--float-inputs", nargs="*", default=[], choices=sorted(SITES),
+                        help="leave these linears' input codes unrounded")
     args = parser.parse_args()
-    print("| probabilities | v bits | head rounded | PyTorch PPL |\n|---|---|---|---|")
+    print("| probabilities | v bits | head rounded | float inputs | PyTorch PPL |\n|---|---|---|---|---|")
     for probs in args.probs:
-        ppl = perplexity(args.quantized, probs, 16 if args.v16 else 8, args.head)
-        print(f"| {probs} | {16 if args.v16 else 8} | {'yes' if args.head else 'no'} | {ppl:.3f} |", flush=True)
+        ppl = perplexity(args.quantized, probs, 16 if args.v16 else 8, args.head, tuple(args.float_inputs))
+        print(f"| {probs} | {16 if args.v16 else 8} | {'yes' if args.head else 'no'} | "
+              f"{' '.join(args.float_inputs) or '-'} | {ppl:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
