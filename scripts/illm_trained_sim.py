@@ -4,6 +4,7 @@
     python scripts/illm_trained_sim.py QUANTIZED --probs float --v16        # v (the KV cache's values) at 16 bits
     python scripts/illm_trained_sim.py QUANTIZED --probs float --head       # the int8 table and final-norm codes
     python scripts/illm_trained_sim.py QUANTIZED --probs float --float-inputs down   # down_proj's input codes off
+    python scripts/illm_trained_sim.py QUANTIZED --probs float --rotate-down 512      # a block Hadamard on that input
 
 The folded, quantized weights are applied as ``edgeq quantize`` leaves them (``QuantizedLinear`` rounds each linear's
 input to its per-token abits codes, with zero points when ``act_sym=false``); each decoder layer then runs the
@@ -11,8 +12,11 @@ integer graph's other roundings as ``FSBRBlock.forward`` simulates them: 16-bit 
 16-bit q/k/gate/up, 8-bit v and rotary outputs (the KV cache), the layer's learned softmax clip, and the
 probabilities as ``--probs`` says (float, or 8/16-bit codes of exp(x - max) over the unrounded sum). The embedding
 table, the final norm and lm_head stay float unless ``--head``; ``--float-inputs`` leaves the named linears' inputs
-unrounded (qkv, o, gate_up, down: which abits site costs what). One perplexity per ``--probs`` value on the bench's
-eval text and windows.
+unrounded (qkv, o, gate_up, down: which abits site costs what). ``--rotate-down B`` (an experiment, not in the
+graph): down_proj's input is rotated by a block-diagonal Walsh-Hadamard matrix of B x B blocks (orthonormal) before
+its per-token codes, and its dequantized weights by the same rotation, requantized per output channel with RTN
+(min-max, zero point) at the model's weight width: no recalibration. One perplexity per ``--probs`` value on the
+bench's eval text and windows.
 """
 
 import argparse
@@ -25,6 +29,7 @@ from edgeq.cli import DEFAULT_MAX_WINDOWS, EVAL_TEXT, eval_tokens, eval_torch
 from edgeq.models import load_model
 from edgeq.quantize.api import apply_quantized, load_quantized
 from edgeq.quantize.illm import clipped_softmax_codes, rotate_half
+from edgeq.quantize.grid import dequantize_codes, fit_grid, quantize_codes
 from edgeq.quantize.omniquant import fake_quant_tokens
 
 
@@ -70,7 +75,29 @@ SITES = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o
          "gate_up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
 
 
-def perplexity(quantized: str, probs: str, v_bits: int, head: bool, float_inputs: tuple[str, ...] = ()) -> float:
+def block_hadamard(n: int, block: int) -> torch.Tensor:
+    """Block-diagonal orthonormal Walsh-Hadamard matrix [n, n] of ``block`` x ``block`` blocks (block a power of two
+    dividing n)."""
+    h = torch.ones(1, 1)
+    while h.shape[0] < block:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return torch.block_diag(*[h / block**0.5] * (n // block))
+
+
+def rotate_down(linear: nn.Module, block: int) -> None:
+    """down_proj computes (x H)(W H)^T = x W^T with x H quantized per token and W H requantized per channel."""
+    qw = linear.qweight
+    H = block_hadamard(linear.in_features, block).to(linear.weight.dtype)
+    W = linear.weight @ H
+    scale, zero = fit_grid(W, qw.bits, sym=False)
+    linear.weight = dequantize_codes(quantize_codes(W, scale, zero, qw.bits), scale, zero)
+    bits, sym = qw.act_bits, qw.act_sym
+    qw.act_bits = 0  # the forward below rounds the rotated input instead
+    linear.forward = lambda x: nn.functional.linear(fake_quant_tokens(x @ H, bits, sym=sym), linear.weight)
+
+
+def perplexity(quantized: str, probs: str, v_bits: int, head: bool, float_inputs: tuple[str, ...] = (),
+               rotate_block: int = 0) -> float:
     lm = load_model("smollm2-135m")
     model = lm.model.eval()
     _, _, qweights = load_quantized(quantized)
@@ -78,6 +105,8 @@ def perplexity(quantized: str, probs: str, v_bits: int, head: bool, float_inputs
     for layer in model.model.layers:
         for name in (n for site in float_inputs for n in SITES[site]):
             layer.get_submodule(name).qweight.act_bits = 0
+        if rotate_block:
+            rotate_down(layer.mlp.down_proj, rotate_block)
     with torch.no_grad():
         for i, layer in enumerate(model.model.layers):
             clip = qweights[f"model.layers.{i}.self_attn.softmax_clip"].tensor.reshape(())
@@ -101,12 +130,16 @@ def main() -> None:
     parser.add_argument("--head", action="store_true", help="round the table and the final norm's output too")
     parser.add_argument("--float-inputs", nargs="*", default=[], choices=sorted(SITES),
                         help="leave these linears' input codes unrounded")
+    parser.add_argument("--rotate-down", type=int, default=0, metavar="B",
+                        help="rotate down_proj's input by a block Hadamard of B x B blocks (experiment)")
     args = parser.parse_args()
-    print("| probabilities | v bits | head rounded | float inputs | PyTorch PPL |\n|---|---|---|---|---|")
+    print("| probabilities | v bits | head rounded | float inputs | down rotated | PyTorch PPL |\n"
+          "|---|---|---|---|---|---|")
     for probs in args.probs:
-        ppl = perplexity(args.quantized, probs, 16 if args.v16 else 8, args.head, tuple(args.float_inputs))
+        ppl = perplexity(args.quantized, probs, 16 if args.v16 else 8, args.head, tuple(args.float_inputs),
+                         args.rotate_down)
         print(f"| {probs} | {16 if args.v16 else 8} | {'yes' if args.head else 'no'} | "
-              f"{' '.join(args.float_inputs) or '-'} | {ppl:.3f} |", flush=True)
+              f"{' '.join(args.float_inputs) or '-'} | {args.rotate_down or '-'} | {ppl:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
