@@ -461,10 +461,29 @@ def sigmoid_q30(q: np.ndarray, m: int, e: int) -> np.ndarray:
     return np.where(q >= 0, R, ONE_Q30 - R)
 
 
-def di_swiglu(G, g_m, g_e, U, u_m, u_e, obits: int, clip_q15: int = CLIP_ONE, act_sym: int = 1):
+def hadamard_blocks(v: np.ndarray, block: int) -> np.ndarray:
+    """The unnormalized Walsh-Hadamard transform of each ``block`` consecutive values of v [C] (Sylvester order,
+    ``[[H, H], [H, -H]]``), exact in int64 while ``|v| * block < 2**63``."""
+    v = np.asarray(v, np.int64).reshape(-1, block)
+    h = 1
+    while h < block:
+        pairs = v.reshape(v.shape[0], block // (2 * h), 2, h)
+        v = np.stack([pairs[:, :, 0] + pairs[:, :, 1], pairs[:, :, 0] - pairs[:, :, 1]], axis=2).reshape(-1, block)
+        h *= 2
+    return v.reshape(-1)
+
+
+def hadamard_shift(A: int, block: int) -> int:
+    """Bits a row of max |v| = A loses before ``hadamard_blocks`` so that the transform stays below 2**61."""
+    return max(0, A.bit_length() + block.bit_length() - 1 - 61)
+
+
+def di_swiglu(G, g_m, g_e, U, u_m, u_e, obits: int, clip_q15: int = CLIP_ONE, act_sym: int = 1, hadamard: int = 0):
     """``silu(gate) * up`` per row: ``v = q_g * sigmoid_q30(q_g) * q_u`` (< 2**44 with int8 codes, < 2**60 with
     int16), ``dyn_quant`` (act_sym=0: ``dyn_quant_asym``) with multiplier ``m_g * m_u`` and exponent
-    ``e_g + e_u + 30``. gate and up hold int8 or int16 codes, both the same."""
+    ``e_g + e_u + 30``. gate and up hold int8 or int16 codes, both the same. ``hadamard`` (a power of two dividing C,
+    0: none): the row is first rounded by ``hadamard_shift`` bits and rotated by ``hadamard_blocks`` (the codes then
+    hold ``silu(gate) * up`` times the unnormalized block Hadamard matrix: the reader takes the 1/sqrt(block))."""
     if _check_codes(G, "gate") != _check_codes(U, "up"):
         raise ValueError("gate and up must hold the same code type, got "
                          f"{np.asarray(G).dtype} and {np.asarray(U).dtype}")
@@ -473,7 +492,16 @@ def di_swiglu(G, g_m, g_e, U, u_m, u_e, obits: int, clip_q15: int = CLIP_ONE, ac
     Ur, um, ue = _rows(U, u_m, u_e, "up")
     if Gr.shape != Ur.shape:
         raise ValueError(f"gate and up differ in shape: {np.shape(G)} vs {np.shape(U)}")
-    rows = [quant(g * sigmoid_q30(g, a, b) * u, a * c, b + d + 30)
+    if hadamard and (hadamard & (hadamard - 1) or Gr.shape[1] % hadamard):
+        raise ValueError(f"hadamard={hadamard} must be a power of two dividing C={Gr.shape[1]}")
+
+    def rotated(v, mult, E):
+        if not hadamard:
+            return quant(v, mult, E)
+        sh = hadamard_shift(int(np.abs(v).max()), hadamard)
+        return quant(hadamard_blocks(rshr(v, sh), hadamard), mult, E - sh)
+
+    rows = [rotated(g * sigmoid_q30(g, a, b) * u, a * c, b + d + 30)
             for g, a, b, u, c, d in zip(Gr, gm.tolist(), ge.tolist(), Ur, um.tolist(), ue.tolist())]
     return _outputs(rows, np.shape(G))
 

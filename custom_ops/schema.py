@@ -680,13 +680,15 @@ DI_NORM = OpDef(
                          {3: ("g_m", [d[-1]]), 4: ("g_e", [d[-1]])}),
 )
 
-def _two_input_op(name: str, doc: str, first: tuple[str, str, str], second: tuple[str, str, str]) -> OpDef:
+def _two_input_op(name: str, doc: str, first: tuple[str, str, str], second: tuple[str, str, str],
+                  extra: tuple = ()) -> OpDef:
     """An op of two integer activations of the same shape and code type T (codes name, scale prefix, meaning
-    each)."""
+    each); ``extra`` attributes besides obits, clip_q15 and act_sym."""
     prefix = second[1]
     return OpDef(
         name=name, doc=doc, inputs=(*_int_activation(*first, code_type="T"), *_int_activation(*second, code_type="T")),
-        outputs=DI_LINEAR_INPUT_OUTPUTS, attributes=(_OBITS, _CLIP_Q15, _ACT_SYM), type_constraints={"T": _WIDE_CODES},
+        outputs=DI_LINEAR_INPUT_OUTPUTS, attributes=(_OBITS, _CLIP_Q15, _ACT_SYM, *extra),
+        type_constraints={"T": _WIDE_CODES},
         infer=_infer_integer(name, same_shape=(3,), expected=lambda ctx, a, d: {} if d is None else
                              {4: (f"{prefix}_m", [*d[:-1], 1]), 5: (f"{prefix}_e", [*d[:-1], 1])}),
     )
@@ -697,8 +699,16 @@ DI_SWIGLU = _two_input_op(
     "Integer SwiGLU: y = silu(gate) * up = gate * sigmoid(gate) * up, requantized per row. sigmoid(g) in Q30 "
     "= round(2^60 / (2^30 + E)) for g >= 0 and its complement for g < 0, E = 2^30 exp(-|g|) as in DIExp; "
     "the product q_g * sigmoid * q_u (< 2^44 for int8 codes, < 2^60 for int16: gate and up may be 16-bit "
-    "projection outputs, both the same type) is requantized with multiplier m_g * m_u and exponent e_g + e_u + 30.",
-    ("gate", "gate", "gate projection"), ("up", "up", "up projection"))
+    "projection outputs, both the same type) is requantized with multiplier m_g * m_u and exponent e_g + e_u + 30. "
+    "hadamard B (a power of two dividing C; 0, the default: none): before the requantization the row is rounded "
+    "to at most 61 - log2(B) bits and each block of B values multiplied by the unnormalized Walsh-Hadamard matrix "
+    "(Sylvester order, integer additions only), spreading the few large channels of the product over the block; the "
+    "linear that reads Y takes the rotated weights and the 1/sqrt(B). CPU execution provider only so far.",
+    ("gate", "gate", "gate projection"), ("up", "up", "up projection"),
+    extra=(Attribute("hadamard", onnx.AttributeProto.INT, "block of the Walsh-Hadamard rotation of the output row "
+                     "(a power of two 2..4096; 0: none)", required=False, check=lambda v: None if v == 0 or (
+                         isinstance(v, int) and 2 <= v <= 4096 and v & (v - 1) == 0) else
+                     "must be 0 or a power of two in 2..4096"),))
 
 def _rotary_head_dim(ctx, dims) -> int | None:
     """D: X's last dim when X is [B, S, H, D]; twice the tables' last dim when X is [B, S, H*D]."""

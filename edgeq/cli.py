@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import sys
@@ -109,20 +110,22 @@ def lowering_passes(proto):
     return result.to_proto()
 
 
-def integer_only_passes(proto):
-    """The lowering, the fusions and the integer-only conversion (I-LLM): no float between ids and logits."""
-    from edgeq.passes.pipeline import INTEGER_ONLY_PASSES, run_pipeline
+def integer_only_passes(proto, rotate_down: int = 0):
+    """The lowering, the fusions and the integer-only conversion (I-LLM): no float between ids and logits;
+    ``rotate_down``: a Hadamard block on down_proj's input (``passes/integer_only.py``)."""
+    from edgeq.passes.pipeline import INTEGER_ONLY_PASSES, PipelineOptions, run_pipeline
 
-    result = run_pipeline(proto, INTEGER_ONLY_PASSES)
+    result = run_pipeline(proto, INTEGER_ONLY_PASSES, PipelineOptions(rotate_down=rotate_down))
     logging.getLogger("edgeq").info("%s", result.format())
     return result.to_proto()
 
 
 def run_export(model, tokenizer, out: Path, dtype: str, lower: bool, external: bool | None = None,
-               integer_only: bool = False):
+               integer_only: bool = False, rotate_down: int = 0):
     from edgeq.exporter.export import export
 
-    transform = integer_only_passes if integer_only else lowering_passes if lower else None
+    transform = (functools.partial(integer_only_passes, rotate_down=rotate_down) if integer_only else
+                 lowering_passes if lower else None)
     return export(model, tokenizer, out, dtype=dtype, external=external, transform=transform)
 
 
@@ -190,8 +193,10 @@ def cmd_export(args):
     lm = load_possibly_quantized(args)
     if args.integer_only and (args.no_passes or args.dtype != "float32"):
         raise EdgeqError("--integer-only runs its own passes on a float32 export (no --no-passes, no --dtype)")
+    if args.rotate_down and not args.integer_only:
+        raise EdgeqError("--rotate-down is an option of the integer-only graph (--integer-only)")
     path = run_export(lm.model, lm.tokenizer, Path(args.output), args.dtype, not args.no_passes, args.external or None,
-                      integer_only=args.integer_only)
+                      integer_only=args.integer_only, rotate_down=args.rotate_down)
     print(f"exported -> {path}")
 
 
@@ -269,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-passes", action="store_true", help="keep the plain DequantizeLinear+MatMul graph (no lowering passes)")
     p.add_argument("--integer-only", action="store_true", help="I-LLM integer-only graph of a weight-activation "
                    "quantized model (W8A8/W6A6/W4A4): edgeq DI* ops, int8 KV cache with per-token scales")
+    p.add_argument("--rotate-down", type=int, default=0, metavar="B",
+                   help="integer-only: rotate down_proj's input by a Walsh-Hadamard transform in blocks of B (a power "
+                        "of two dividing the MLP size; DISwiGLU's hadamard, CPU EP only so far), down_proj's weights "
+                        "requantized for it (default: 0, off)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("run", help="generate text from a prompt with an exported .onnx",

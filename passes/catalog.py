@@ -19,11 +19,13 @@ class PipelineOptions:
     accuracy_level: MatMulNBits ``accuracy_level`` (0 = exact; 4 = int8 activations, faster, not exact).
     opset: ONNX opset the 'opset' pass raises the model to (the fusions need >= 23).
     io_dtype: graph input/output float type after the 'fp16' pass: "float32", "float16" or {name: dtype}.
+    rotate_down: the 'integer-only' pass's Hadamard block on down_proj's input (0: none; ``IntegerOnlyPass``).
     """
 
     accuracy_level: int = 0
     opset: int = DEFAULT_OPSET
     io_dtype: str | Mapping[str, str] = "float32"
+    rotate_down: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ def _swiglu(o: PipelineOptions):
 def _integer_only(o: PipelineOptions):
     from edgeq.passes.integer_only import IntegerOnlyPass
 
-    return IntegerOnlyPass()
+    return IntegerOnlyPass(rotate_down=o.rotate_down)
 
 
 def _fp16(o: PipelineOptions):

@@ -21,7 +21,9 @@ and int8 exponent, ``custom_ops/README.md`` "Integer-only ops"):
   Q.K^T, P.V     DIBatchMatMul (trans_b=1 causal and padding-masked; trans_b=0), wide int32 outputs
   softmax        DIClippedSoftmax (causal; clipped to [max - c, max] with each layer's c from the model property
                  ``edgeq.softmax_clip`` that I-LLM's FSBR learns, else no clipping), uint16 probabilities
-  heads -> token DIRequant at o_proj's abits;  SiLU(gate)*up  DISwiGLU at down_proj's abits
+  heads -> token DIRequant at o_proj's abits;  SiLU(gate)*up  DISwiGLU at down_proj's abits (``rotate_down`` B:
+                 DISwiGLU's hadamard=B rotates the row in blocks of B, down_proj takes the rotated weights,
+                 requantized per channel; off by default)
   residual adds  DIAdd (16-bit codes)
   lm_head        DIMatMul against the int8 table's rows (tied: the embedding's initializer itself) or lm_head's,
                  reading the final norm's 12-bit codes (int16; fewer bits where the hidden size exceeds
@@ -36,6 +38,7 @@ int32 and ``.key.e`` int8 ``[B, kv, P, 1]`` (one scale per token and head; likew
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 
@@ -343,14 +346,49 @@ def _softmax_clips(props, layers: int) -> list[int]:
     return [clip_q8(float(v)) for v in values]
 
 
+def hadamard_matrix(n: int, block: int) -> np.ndarray:
+    """The orthonormal block-diagonal Walsh-Hadamard matrix [n, n] of ``block`` x ``block`` blocks (Sylvester
+    order, the one DISwiGLU's hadamard multiplies by, unnormalized)."""
+    h = np.ones((1, 1))
+    while h.shape[0] < block:
+        h = np.block([[h, h], [h, -h]])
+    return np.kron(np.eye(n // block), h / np.sqrt(block))
+
+
+def rotated_input(lin: Linear, block: int) -> Linear:
+    """``lin`` reading x H instead of x (H: ``hadamard_matrix``): its dequantized weights times H, requantized per
+    channel at wbits on the same kind of grid (min-max, with zero points if it had them), the scales divided by
+    sqrt(block) because DISwiGLU writes x times the unnormalized matrix."""
+    K = lin.W.shape[1]
+    if K % block:
+        _fail(f"rotate_down={block} does not divide down_proj's {K} inputs")
+    zero = 0.0 if lin.w_zero is None else lin.w_zero.astype(np.float64)[:, None]
+    W = ((lin.W.astype(np.float64) - zero) * lin.scales.astype(np.float64)[:, None]) @ hadamard_matrix(K, block)
+    mid = 1 << (lin.wbits - 1)
+    if lin.w_zero is None:
+        scale = np.abs(W).max(1) / (mid - 1)
+        scale[scale == 0] = 1.0
+        codes, w_zero = np.clip(np.round(W / scale[:, None]), 1 - mid, mid - 1), None
+    else:
+        levels = 2 * mid - 1
+        lo, hi = np.minimum(W.min(1), 0), np.maximum(W.max(1), 0)
+        scale = (hi - lo) / levels
+        scale[scale == 0] = 1.0
+        zp = np.round(-lo / scale)
+        codes = np.clip(np.round(W / scale[:, None]) + zp[:, None], 0, levels) - mid
+        w_zero = (zp - mid).astype(np.int8)
+    return dataclasses.replace(lin, W=codes.astype(np.int8), scales=scale / np.sqrt(block), w_zero=w_zero)
+
+
 def head_input_bits(hidden: int, zero_points: bool) -> int:
     """lm_head's input width: HEAD_INPUT_BITS, or the widest above 8 whose DIMatMul bound takes K = hidden, else 8."""
     fits = [b for b in range(HEAD_INPUT_BITS, 8, -1) if hidden <= di_matmul_max_k(b, False, zero_points)]
     return fits[0] if fits else 8
 
 
-def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
-    """Replace ``model``'s graph by the integer-only decoder of ``d`` (same inputs, integer cache)."""
+def build(model: ir.Model, d: Decoder, max_positions: int, rotate_down: int = 0) -> None:
+    """Replace ``model``'s graph by the integer-only decoder of ``d`` (same inputs, integer cache); ``rotate_down``:
+    the block of the Hadamard rotation of down_proj's input (0: none)."""
     graph, props = model.graph, model.metadata_props
     kv, head_dim = int(props["edgeq.num_kv_heads"]), int(props["edgeq.head_dim"])
     keep = {v.name: v for v in graph.inputs if v.name in ("input_ids", "attention_mask", "position_ids")}
@@ -373,6 +411,8 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
     past_names, present = [], []
     clips = _softmax_clips(props, len(d.layers))
     act_clips = _act_clips(props, len(d.layers))
+    if rotate_down and any(c[3] != CLIP_ONE for c in act_clips):
+        _fail("rotate_down: the SwiGLU output's learned clips (edgeq.act_clip) were trained without the rotation")
 
     for layer in d.layers:
         i, p = layer.index, f"model.layers.{layer.index}.self_attn"
@@ -417,9 +457,12 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
                    act_clips[i][2], layer.gate.act_sym)
         gate, up = (b.matmul(x, lin, f"{m}.{name}", obits=PROJ_BITS) for lin, name in ((layer.gate, "gate_proj"),
                                                                                           (layer.up, "up_proj")))
+        rotation = {"hadamard": rotate_down} if rotate_down else {}
         glu = b.di("DISwiGLU", [*gate, *up],
-                   m + "/glu", act_sym=layer.down.act_sym, obits=layer.down.abits, **_clip_attr(act_clips[i][3]))
-        h = b.di("DIAdd", [*h, *b.matmul(glu, layer.down, m + ".down_proj", obits=RESIDUAL_BITS)],
+                   m + "/glu", act_sym=layer.down.act_sym, obits=layer.down.abits, **_clip_attr(act_clips[i][3]),
+                   **rotation)
+        down = rotated_input(layer.down, rotate_down) if rotate_down else layer.down
+        h = b.di("DIAdd", [*h, *b.matmul(glu, down, m + ".down_proj", obits=RESIDUAL_BITS)],
                  f"model.layers.{i}/residual_mlp",
                  obits=RESIDUAL_BITS)
 
@@ -447,20 +490,23 @@ def build(model: ir.Model, d: Decoder, max_positions: int) -> None:
     model.opset_imports.pop("edgeq.fusion", None)
     model.opset_imports[schema.DOMAIN] = schema.DOMAIN_VERSION
     props["edgeq.integer_only"] = "1"
+    if rotate_down:
+        props["edgeq.rotate_down"] = str(rotate_down)
     props["edgeq.cache_scales"] = ",".join(SCALES)
 
 
 class IntegerOnlyPass(ir.passes.InPlacePass):
     """Fused W-A quantized decoder -> integer-only decoder (edgeq DI* ops, integer KV cache)."""
 
-    def __init__(self, max_positions: int | None = None):
+    def __init__(self, max_positions: int | None = None, rotate_down: int = 0):
         super().__init__()
         self.max_positions = max_positions
+        self.rotate_down = rotate_down
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if any(n.domain == schema.DOMAIN and n.op_type.startswith("DI") for n in model.graph):
             return ir.passes.PassResult(model, modified=False)  # already integer-only
         decoder = read_decoder(model)
         positions = self.max_positions or int(model.metadata_props.get("edgeq.max_positions", 0)) or DEFAULT_MAX_POSITIONS
-        build(model, decoder, positions)
+        build(model, decoder, positions, self.rotate_down)
         return ir.passes.PassResult(model, modified=True)

@@ -136,6 +136,24 @@ EDGEQ_HD inline Scale Finish(int64_t m, int64_t e) {
   return Scale{m, e, false};
 }
 
+// DISwiGLU's hadamard: the shift that keeps a row of max |v| = A below 2^61 through an unnormalized Walsh-Hadamard
+// transform of `block` values (a power of two: the sums grow by at most `block`), and that transform, in place over
+// consecutive blocks of v [n] (Sylvester order: the matrix [[H, H], [H, -H]]), exact in int64.
+EDGEQ_HD inline int64_t HadamardShift(int64_t A, int64_t block) {
+  return Max(0, BitLen(uint64_t(A)) + BitLen(uint64_t(block)) - 1 - 61);
+}
+
+EDGEQ_HD inline void HadamardBlocks(int64_t* v, int64_t n, int64_t block) {
+  for (int64_t b0 = 0; b0 < n; b0 += block)
+    for (int64_t h = 1; h < block; h *= 2)
+      for (int64_t i = b0; i < b0 + block; i += 2 * h)
+        for (int64_t j = i; j < i + h; ++j) {
+          const int64_t x = v[j], y = v[j + h];
+          v[j] = x + y;
+          v[j + h] = x - y;
+        }
+}
+
 // DynQuantRow in pieces, so that a row spread over many threads (the CUDA kernels) computes the same bits:
 // DynQuantShift(A) of the row's max |v| (A > 0), PlanDynQuant of the max |RShr(v, sh)| (RShr is monotone, so that
 // max is also max(RShr(max v), -RShr(min v))), then DynQuantCode of each RShr(v, sh).

@@ -316,6 +316,11 @@ DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op) {
       a.is_causal = OptionalInt(raw, "is_causal", 0);
       ExpectRange(a.is_causal, 0, 1, "is_causal", a.where);
       break;
+    case DiOp::kSwiGLU:
+      a.hadamard = OptionalInt(raw, "hadamard", 0);
+      if (a.hadamard != 0 && (a.hadamard < 2 || a.hadamard > 4096 || (a.hadamard & (a.hadamard - 1)) != 0))
+        Fail(a.where, "attribute hadamard=" + std::to_string(a.hadamard) + " must be 0 or a power of two in 2..4096");
+      break;
     case DiOp::kRotary:
       a.interleaved = ReadInt(info, "interleaved", a.where);
       ExpectRange(a.interleaved, 0, 1, "interleaved", a.where);
@@ -407,6 +412,9 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
         Fail(where, std::string(add ? "B" : "up") + " must be int8 or int16, got " + TypeName(p.x2.type));
       if (!add && p.x.type != p.x2.type)
         Fail(where, std::string("gate is ") + TypeName(p.x.type) + " but up is " + TypeName(p.x2.type));
+      if (!add && a.hadamard != 0 && p.x.C % a.hadamard != 0)
+        Fail(where, "hadamard=" + std::to_string(a.hadamard) + " does not divide the row of " + std::to_string(p.x.C) +
+                        " values");
       out_shape = p.x.shape;
       break;
     }

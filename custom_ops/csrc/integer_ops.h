@@ -40,6 +40,7 @@ struct DiAttrs {
           trans_b = 0, heads_first = 0, rotate = 1;
   int64_t clip_q15 = integer::kClipOne;  // DINorm, DISwiGLU, DIRequant: a learned clip of the output row's range
   int64_t act_sym = 1;  // DINorm, DISwiGLU, DIRequant: 0 gives asymmetric codes and a zero point per row (y_zero)
+  int64_t hadamard = 0;  // DISwiGLU: the block of a Walsh-Hadamard rotation of the output row (0: none)
   int64_t qmax = 0;  // largest output code: 2^(obits-1) - 1, or 2^obits - 1 for DIClippedSoftmax
   // The CUDA ops' inputs live on the device: PrepareIntegerOp checks their types and shapes but cannot read the
   // values (mantissa ranges, positions), which the CPU ops refuse with a message.

@@ -215,3 +215,53 @@ def test_asymmetric_activations_carry_zero_points_into_dimatmul(tmp_path):
     for t in range(8, 12):
         logits, cache = dec.step(ids[:1, t:t + 1], cache)
         np.testing.assert_array_equal(logits[:, 0], full[:, t])
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_rotated_down_input(tmp_path, sym):
+    """rotate_down: DISwiGLU rotates its row in Hadamard blocks and down_proj reads it with its weights rotated and
+    requantized per channel; the graph stays integer-only, its logits track the float graph of the same weights and a
+    KV-cache decode equals the prefill bit for bit."""
+    from functools import partial
+
+    from edgeq.cli import integer_only_passes, lowering_passes
+    from edgeq.exporter.export import export
+    from edgeq.quantize.api import quantize_
+    from edgeq.quantize.config import RTNConfig
+
+    torch.manual_seed(0)
+    model = make_tiny_llama(layers=1)
+    quantize_(model, RTNConfig(bits=8, group_size=-1, sym=sym, abits=8, act_sym=sym), None)
+    lowered = export(model, None, tmp_path / "lowered" / "model.onnx", transform=lowering_passes)
+    integer = export(model, None, tmp_path / "integer" / "model.onnx",
+                     transform=partial(integer_only_passes, rotate_down=32))
+    proto = onnx.load(integer)
+    glu = [n for n in proto.graph.node if n.op_type == "DISwiGLU"]
+    assert [a.i for n in glu for a in n.attribute if a.name == "hadamard"] == [32]
+    assert {p.key: p.value for p in proto.metadata_props}["edgeq.rotate_down"] == "32"
+    dec, ids = assert_integer_tracks_float(lowered, integer)
+    full, _ = dec.step(ids[:1, :10], dec.empty_cache(1))
+    logits, cache = dec.step(ids[:1, :6], dec.empty_cache(1))
+    for t in range(6, 10):
+        logits, cache = dec.step(ids[:1, t:t + 1], cache)
+        np.testing.assert_array_equal(logits[:, 0], full[:, t])
+
+
+@pytest.mark.parametrize("zero_points", [False, True])
+def test_rotated_input_weights_undo_the_rotation(zero_points):
+    """The requantized rotated weights, times the unnormalized rotation DISwiGLU applies, give back the weights within
+    their grid's rounding; a block that does not divide K is refused."""
+    from edgeq.errors import EdgeqError
+    from edgeq.passes.integer_only import Linear, hadamard_matrix, rotated_input
+
+    rng = np.random.default_rng(4)
+    W = rng.integers(-100, 101, (12, 96)).astype(np.int8)
+    lin = Linear(W, rng.uniform(0.01, 0.02, 12), wbits=8, abits=8,
+                 w_zero=rng.integers(-5, 6, 12).astype(np.int8) if zero_points else None)
+    rot = rotated_input(lin, 32)
+    real = lambda x: (x.W.astype(float) - (0 if x.w_zero is None else x.w_zero[:, None])) * x.scales[:, None]  # noqa: E731
+    back = real(rot) @ (hadamard_matrix(96, 32) * np.sqrt(32)).T  # x H_unnorm (W_r / sqrt(B))^T = x W^T
+    step = float((rot.scales * np.sqrt(32)).max())
+    assert np.abs(back - real(lin)).max() <= step * np.sqrt(32) / 2 + 1e-12
+    with pytest.raises(EdgeqError, match="rotate_down=64 does not divide down_proj's 96 inputs"):
+        rotated_input(lin, 64)

@@ -445,12 +445,26 @@ template <typename T>
 void DISwiGLU(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
   const int64_t C = p.x.C;
   const T *g = static_cast<const T*>(p.x.q), *u = static_cast<const T*>(p.x2.q);
-  QuantizeRows<int8_t>(
-      ctx, p.out, p.x.rows, C, a.qmax,
-      [&](int64_t r, int64_t c) {
-        return int64_t(g[r * C + c]) * SigmoidQ30(g[r * C + c], p.x.m[r], p.x.e[r]) * u[r * C + c];
-      },
-      [&](int64_t r) { return Dyadic{int64_t(p.x.m[r]) * p.x2.m[r], p.x.e[r] + p.x2.e[r] + 30}; }, a.clip_q15);
+  auto value = [&](int64_t r, int64_t c) {
+    return int64_t(g[r * C + c]) * SigmoidQ30(g[r * C + c], p.x.m[r], p.x.e[r]) * u[r * C + c];
+  };
+  auto scale = [&](int64_t r) { return Dyadic{int64_t(p.x.m[r]) * p.x2.m[r], p.x.e[r] + p.x2.e[r] + 30}; };
+  if (a.hadamard == 0) return QuantizeRows<int8_t>(ctx, p.out, p.x.rows, C, a.qmax, value, scale, a.clip_q15);
+  // The rotation mixes the whole block: each row whole, a row per task (a decode step's one row on one thread).
+  auto row = [&](int64_t r) {
+    int64_t* v = RowBuffer(C);
+    int64_t A = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      v[c] = value(r, c);
+      A = Max(A, Abs(v[c]));
+    }
+    const int64_t sh = HadamardShift(A, a.hadamard);
+    for (int64_t c = 0; c < C && sh > 0; ++c) v[c] = RShr(v[c], sh);
+    HadamardBlocks(v, C, a.hadamard);
+    const Dyadic s = scale(r);
+    StoreRow(p.out, r, v, C, s.m, s.e - sh, a.qmax, a.clip_q15);
+  };
+  ParallelFor(ctx, p.x.rows, row, C);
 }
 
 // X of int8 or int16 codes (rotate=0 copies codes: int8 only); the rotated pairs stay below 2^30 either way.

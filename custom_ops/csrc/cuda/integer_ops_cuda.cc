@@ -122,6 +122,9 @@ template <DiOp kOp>
 struct Kernel {
   explicit Kernel(const OrtKernelInfo* info) : attrs(DiAttrs::FromKernelInfo(info, kOp)), gemm(DiGemmFromEnv(attrs.where)) {
     attrs.device_inputs = true;
+    if (attrs.hadamard != 0)
+      throw InvalidArgument(attrs.where + ": hadamard=" + std::to_string(attrs.hadamard) +
+                            " (the rotated SwiGLU output) runs on the CPU execution provider only so far");
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
