@@ -703,7 +703,7 @@ DI_SWIGLU = _two_input_op(
     "hadamard B (a power of two dividing C; 0, the default: none): before the requantization the row is rounded "
     "to at most 61 - log2(B) bits and each block of B values multiplied by the unnormalized Walsh-Hadamard matrix "
     "(Sylvester order, integer additions only), spreading the few large channels of the product over the block; the "
-    "linear that reads Y takes the rotated weights and the 1/sqrt(B). CPU execution provider only so far.",
+    "linear that reads Y takes the rotated weights and the 1/sqrt(B).",
     ("gate", "gate", "gate projection"), ("up", "up", "up projection"),
     extra=(Attribute("hadamard", onnx.AttributeProto.INT, "block of the Walsh-Hadamard rotation of the output row "
                      "(a power of two 2..4096; 0: none)", required=False, check=lambda v: None if v == 0 or (

@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "quantized model (W8A8/W6A6/W4A4): edgeq DI* ops, int8 KV cache with per-token scales")
     p.add_argument("--rotate-down", type=int, default=0, metavar="B",
                    help="integer-only: rotate down_proj's input by a Walsh-Hadamard transform in blocks of B (a power "
-                        "of two dividing the MLP size; DISwiGLU's hadamard, CPU EP only so far), down_proj's weights "
+                        "of two dividing the MLP size; DISwiGLU's hadamard), down_proj's weights "
                         "requantized for it (default: 0, off)")
     p.set_defaults(func=cmd_export)
 

@@ -1,7 +1,7 @@
 """DISwiGLU's ``hadamard``: the SwiGLU row rotated by an unnormalized block Walsh-Hadamard transform (integer additions
 only) before its codes, for a down_proj that reads the rotated input. The reference against the float rotation, the
-CPU kernel bit-exact against the reference (random shapes, blocks 2..4096, int8 and int16 inputs, symmetric and
-asymmetric codes, rows large enough to need the pre-shift), and the errors for what the op refuses."""
+CPU and CUDA kernels bit-exact against the reference (random shapes, blocks 2..4096, int8 and int16 inputs, symmetric
+and asymmetric codes, rows large enough to need the pre-shift), and the errors for what the op refuses."""
 
 import numpy as np
 import pytest
@@ -9,8 +9,8 @@ import pytest
 from edgeq.custom_ops import reference_integer as ri
 from edgeq.custom_ops.integer_codec import dequantize
 
-from .conftest import CUDA, cuda_available
-from .integer_problems import Target, activation, activation16, assert_bit_exact, run
+from .integer_problems import activation, activation16, assert_bit_exact, run
+from .integer_problems import target  # noqa: F401 (fixture)
 from .test_integer_ops import lead_shape
 
 
@@ -62,8 +62,8 @@ def test_rotation_spreads_an_outlier_channel():
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_rotated_swiglu_bit_exact(cpu_library, seed):
-    """The CPU kernel against the reference: random rows (one token or many), blocks 2..4096, int8 or int16 codes,
+def test_rotated_swiglu_bit_exact(target, seed):
+    """The CPU and CUDA kernels against the reference: random rows (one token or many), blocks 2..4096, int8 or int16 codes,
     symmetric (with a learned clip every third case) or asymmetric outputs, 2..8 bits."""
     rng = np.random.default_rng(9600 + seed)
     block = int(rng.choice([2, 16, 64, 512, 4096]))
@@ -73,15 +73,15 @@ def test_rotated_swiglu_bit_exact(cpu_library, seed):
     g, u = make(rng, (*lead, C), saturate=seed % 4 == 0), make(rng, (*lead, C), e_range=(0, 60))
     act_sym = int(seed % 4 != 1)
     clip = {"clip_q15": int(rng.integers(1 << 13, 1 << 15))} if act_sym and seed % 3 == 2 else {}
-    assert_bit_exact(Target(cpu_library), "DISwiGLU", [*g, *u], obits=[8, 6, 4, 2][seed % 4], act_sym=act_sym,
-                     hadamard=block, **clip)
+    assert_bit_exact(target, "DISwiGLU", [*g, *u], obits=[8, 6, 4, 2][seed % 4], act_sym=act_sym, hadamard=block,
+                     **clip)
 
 
-def test_rotated_swiglu_of_the_largest_products(cpu_library):
+def test_rotated_swiglu_of_the_largest_products(target):
     """int16 codes at +-32767 give products near 2^60: the pre-shift keeps the 4096-block sums below 2^61."""
     g = (np.full((2, 4096), 32767, np.int16), np.full((2, 1), ri.M_MAX, np.int32), np.full((2, 1), -20, np.int8))
     g[0][1, ::2] = -32767
-    y = assert_bit_exact(Target(cpu_library), "DISwiGLU", [*g, *g], obits=8, hadamard=4096)
+    y = assert_bit_exact(target, "DISwiGLU", [*g, *g], obits=8, hadamard=4096)
     assert np.abs(y[0].astype(np.int64)).max() == 127
 
 
@@ -98,13 +98,3 @@ def test_rotated_swiglu_refuses(cpu_library, hadamard, match):
     if hadamard == 32:
         with pytest.raises(ValueError, match="hadamard=32 must be a power of two dividing C=48"):
             ri.di_swiglu(*x, *x, 8, hadamard=32)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not cuda_available(), reason="needs onnxruntime-gpu with CUDA")
-def test_rotated_swiglu_is_refused_on_cuda():
-    from edgeq.custom_ops.library import get_library
-
-    x = activation(np.random.default_rng(0), (2, 64))
-    with pytest.raises(Exception, match="hadamard=64 .* runs on the CPU execution provider only so far"):
-        run(Target(get_library("cuda"), CUDA), "DISwiGLU", [*x, *x], obits=8, hadamard=64)

@@ -62,6 +62,7 @@ DiArgs ArgsOf(const DiAttrs& a, const DiProblem& p) {
   args.interleaved = a.interleaved;
   args.trans_b = a.trans_b;
   args.abits = a.abits;
+  args.hadamard = a.hadamard;
   args.clip_q15 = a.clip_q15;
   args.x = TensorOf(p.x);
   args.x2 = TensorOf(p.x2);
@@ -122,9 +123,6 @@ template <DiOp kOp>
 struct Kernel {
   explicit Kernel(const OrtKernelInfo* info) : attrs(DiAttrs::FromKernelInfo(info, kOp)), gemm(DiGemmFromEnv(attrs.where)) {
     attrs.device_inputs = true;
-    if (attrs.hadamard != 0)
-      throw InvalidArgument(attrs.where + ": hadamard=" + std::to_string(attrs.hadamard) +
-                            " (the rotated SwiGLU output) runs on the CPU execution provider only so far");
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {

@@ -524,6 +524,38 @@ __global__ void __launch_bounds__(kThreads) SwiGLURows(DiArgs a, Split split) {
               a.y_e + r, r, split, a.clip_q15, a.y_z ? a.y_z + r : nullptr);
 }
 
+// DISwiGLU with hadamard: a block per row, its values in the scratch row v (global memory; the butterflies of each
+// stage read what the previous stage wrote, after a block barrier), HadamardShift and HadamardBlocks' pairs in the
+// same order of stages, then the row's codes as SwiGLURows has them.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) RotatedSwiGLURows(DiArgs a, int64_t* scratch) {
+  const int64_t r = blockIdx.x, C = a.x.C, B = a.hadamard;
+  const T* g = static_cast<const T*>(a.x.q) + r * C;
+  const T* u = static_cast<const T*>(a.x2.q) + r * C;
+  int64_t* v = scratch + r * C;
+  const int64_t gm = a.x.m[r], ge = a.x.e[r];
+  int64_t A = 0;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    v[c] = int64_t(g[c]) * SigmoidQ30(g[c], gm, ge) * u[c];
+    A = Max(A, Abs(v[c]));
+  }
+  A = BlockReduce(A, MaxOp());
+  const int64_t sh = HadamardShift(A, B);
+  for (int64_t c = threadIdx.x; c < C && sh > 0; c += blockDim.x) v[c] = RShr(v[c], sh);
+  __syncthreads();
+  for (int64_t h = 1; h < B; h *= 2) {
+    for (int64_t p = threadIdx.x; p < C / 2; p += blockDim.x) {  // pair p: j = (p / h) 2h + p mod h, and j + h
+      const int64_t j = p / h * 2 * h + p % h, x = v[j], y = v[j + h];
+      v[j] = x + y;
+      v[j + h] = x - y;
+    }
+    __syncthreads();
+  }
+  QuantizeRow([&](int64_t c) { return v[c]; }, C, gm * a.x2.m[r], ge + a.x2.e[r] + 30 - sh, a.qmax,
+              static_cast<int8_t*>(a.y) + r * C, a.y_m + r, a.y_e + r, r, Split(), a.clip_q15,
+              a.y_z ? a.y_z + r : nullptr);
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads) RotaryRows(DiArgs a) {
   const int64_t r = blockIdx.x, D = a.D, half = D / 2;  // r = (b * S + s) * H + h
@@ -669,6 +701,7 @@ int64_t SplitsFor(RowShape s) {
 }
 
 size_t DotsBytes(const DiArgs& a) {
+  if (a.op == DiOp::kSwiGLU && a.hadamard) return size_t(a.x.rows) * size_t(a.x.C) * sizeof(int64_t);
   if (a.op == DiOp::kMatMul)
     return Align256(size_t(a.x.rows) * size_t(a.N) * sizeof(int32_t)) +
            (a.x.code == DiCode::kInt16 && a.x.rows > kRowsPerPass ? SplitBytes(a) : 0);
@@ -755,6 +788,12 @@ const char* LaunchIntegerOp(const DiArgs& a, DiGemm gemm, void* raw_stream, void
       });
       break;
     case DiOp::kSwiGLU:
+      if (a.hadamard) {  // the rotation mixes whole blocks: a block per row
+        int64_t* v = static_cast<int64_t*>(scratch);
+        if (a.x.code == DiCode::kInt8) RotatedSwiGLURows<int8_t><<<rows, kThreads, 0, stream>>>(a, v);
+        else RotatedSwiGLURows<int16_t><<<rows, kThreads, 0, stream>>>(a, v);
+        break;
+      }
       LaunchRows(a, partial, [&](dim3 grid, Split split) {
         if (a.x.code == DiCode::kInt8) SwiGLURows<int8_t><<<grid, kThreads, 0, stream>>>(a, split);
         else SwiGLURows<int16_t><<<grid, kThreads, 0, stream>>>(a, split);

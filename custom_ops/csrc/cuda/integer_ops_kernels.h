@@ -38,6 +38,7 @@ struct DiArgs {
   DiOp op = DiOp::kMatMul;
   int64_t qmax = 0, clip_q8 = 0, is_causal = 0, eps_q60 = 0, interleaved = 0, trans_b = 0;
   int64_t abits = 8;               // DIMatMul: int16 X (abits > 8) of at most 15 bits may take cuBLAS as two planes
+  int64_t hadamard = 0;            // DISwiGLU: the block of the Walsh-Hadamard rotation of the output row (0: none)
   int64_t clip_q15 = integer::kClipOne;  // DINorm, DISwiGLU, DIRequant: a learned clip of the output row's range
   DiTensor x, x2;                  // x2: DISwiGLU's up, DIAdd's B, DIBatchMatMul's B
   DiCode y_code = DiCode::kInt8;   // Y's codes: int8/int16 (DIMatMul, DIAdd), uint8/16 (softmax), int32 (batch matmul)
