@@ -10,12 +10,14 @@ the config's fields, e.g. ``gptq:bits=3,group_size=128``), or a peer from onnxru
 ``matmul_nbits_quantizer`` run on the FP32 ``.onnx``: ``ort-rtn:bits=4,block_size=128``, ``ort-hqq:bits=4,block_size=64``,
 ``ort-gptq:bits=4,block_size=128,nsamples=128,seqlen=512`` (on our calibration plays), ``ort-kquant``. A
 weight-activation config (rtn/omniquant with abits < 16, illm) with ``integer_only=1`` is scored as the
-integer-only graph (``edgeq export --integer-only``), e.g. ``illm:wbits=8,abits=8,integer_only=1``.
+integer-only graph (``edgeq export --integer-only``), e.g. ``illm:wbits=8,abits=8,integer_only=1``, and
+``rotate_down=B`` adds ``--rotate-down B`` to it (export options, not the quantizer's: the same checkpoints serve).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -31,6 +33,7 @@ from edgeq.errors import EdgeqError
 from edgeq.quantize.config import METHODS, config_from_spec, parse_spec_args
 
 INTEGER_ONLY = "integer_only"  # spec key: =1 builds the I-LLM integer-only graph (weight-activation configs)
+ROTATE_DOWN = "rotate_down"    # spec key: that graph's Hadamard block on down_proj's input (edgeq export --rotate-down)
 PEERS = ("ort-rtn", "ort-hqq", "ort-gptq", "ort-kquant")
 # op type -> index of its activation input (every other initializer input is weight storage)
 LINEAR_OPS = {"MatMulNBits": 0, "GroupQuantMatMul": 0, "SpQRMatMul": 0, "QuantLinear": 0, "MatMul": 0,
@@ -65,13 +68,22 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return method, parse_spec_args(spec, rest)
 
 
-def split_integer_only(spec: str) -> tuple[str, bool]:
-    """(the spec without its ``integer_only`` key, whether it asked for the integer-only graph)."""
+def split_integer_only(spec: str) -> tuple[str, bool, int]:
+    """(the spec without its export keys, whether it asked for the integer-only graph, its ``rotate_down`` block)."""
     method, _, rest = spec.partition(":")
     items = [item for item in rest.split(",") if item]
-    keep = [item for item in items if item.partition("=")[0].strip() != INTEGER_ONLY]
-    flag = [item.partition("=")[2].strip() for item in items if item.partition("=")[0].strip() == INTEGER_ONLY]
-    return method + (":" + ",".join(keep) if keep else ""), bool(flag) and flag[-1].lower() not in ("0", "false")
+    keys = (INTEGER_ONLY, ROTATE_DOWN)
+    keep = [item for item in items if item.partition("=")[0].strip() not in keys]
+    value = {item.partition("=")[0].strip(): item.partition("=")[2].strip() for item in items
+             if item.partition("=")[0].strip() in keys}
+    integer_only = value.get(INTEGER_ONLY, "0").lower() not in ("0", "false")
+    try:
+        rotate_down = int(value.get(ROTATE_DOWN, "0"))
+    except ValueError:
+        raise EdgeqError(f"{spec}: {ROTATE_DOWN} must be an integer") from None
+    if rotate_down and not integer_only:
+        raise EdgeqError(f"{spec}: {ROTATE_DOWN} is an option of the integer-only graph ({INTEGER_ONLY}=1)")
+    return method + (":" + ",".join(keep) if keep else ""), integer_only, rotate_down
 
 
 def slug(spec: str) -> str:
@@ -190,7 +202,7 @@ class QualityBench:
             return self.build_peer(method, kwargs, folder)
         if method not in METHODS:
             raise EdgeqError(f"unknown config '{method}' (edgeq: {', '.join(METHODS)}; peers: {', '.join(PEERS)})")
-        spec, integer_only = split_integer_only(spec)
+        spec, integer_only, rotate_down = split_integer_only(spec)
         config = config_from_spec(spec)
         lm = self.fresh_model()
         calib = None
@@ -209,7 +221,7 @@ class QualityBench:
             seconds += json.loads(timing.read_text())["seconds"]
         timing.write_text(json.dumps({"seconds": seconds}))
         save_quantized(folder / "quantized", qweights, config, lm.source)
-        passes = integer_only_passes if integer_only else lowering_passes
+        passes = functools.partial(integer_only_passes, rotate_down=rotate_down) if integer_only else lowering_passes
         return export(lm.model, lm.tokenizer, folder / "model.onnx", transform=passes), seconds
 
     def build_peer(self, method: str, kwargs: dict, folder: Path) -> tuple[Path, float]:
