@@ -144,8 +144,10 @@ def test_the_pass_refuses_an_unfused_graph():
         run_pipeline(build_decoder_model(model), [*DEFAULT_PASSES, "integer-only"])
 
 
-def export_one_layer(tmp_path, config):
+def export_one_layer(tmp_path, config, rotate_down: int = 0):
     """A one-layer tiny Llama quantized with ``config``, exported as the lowered float graph and the integer one."""
+    from functools import partial
+
     from edgeq.cli import integer_only_passes, lowering_passes
     from edgeq.exporter.export import export
     from edgeq.quantize.api import quantize_
@@ -154,7 +156,17 @@ def export_one_layer(tmp_path, config):
     model = make_tiny_llama(layers=1)
     quantize_(model, config, None)
     return (export(model, None, tmp_path / "lowered" / "model.onnx", transform=lowering_passes),
-            export(model, None, tmp_path / "integer" / "model.onnx", transform=integer_only_passes))
+            export(model, None, tmp_path / "integer" / "model.onnx",
+                   transform=partial(integer_only_passes, rotate_down=rotate_down)))
+
+
+def assert_decode_equals_prefill(dec, ids, prompt: int, total: int):
+    """Tokens prompt..total-1 one at a time through the integer KV cache give the prefill's logits bit for bit."""
+    full, _ = dec.step(ids[:1, :total], dec.empty_cache(1))
+    logits, cache = dec.step(ids[:1, :prompt], dec.empty_cache(1))
+    for t in range(prompt, total):
+        logits, cache = dec.step(ids[:1, t:t + 1], cache)
+        np.testing.assert_array_equal(logits[:, 0], full[:, t])
 
 
 def assert_integer_tracks_float(lowered, integer):
@@ -209,12 +221,7 @@ def test_asymmetric_activations_carry_zero_points_into_dimatmul(tmp_path):
     for n in matmuls:
         assert len(n.input) == 9 and n.input[8] in inits, n.name
         assert producers[n.input[7]] in asym and list(producers[n.input[7]].output).index(n.input[7]) == 3
-    dec, ids = assert_integer_tracks_float(lowered, integer)
-    full, _ = dec.step(ids[:1, :12], dec.empty_cache(1))
-    logits, cache = dec.step(ids[:1, :8], dec.empty_cache(1))
-    for t in range(8, 12):
-        logits, cache = dec.step(ids[:1, t:t + 1], cache)
-        np.testing.assert_array_equal(logits[:, 0], full[:, t])
+    assert_decode_equals_prefill(*assert_integer_tracks_float(lowered, integer), 8, 12)
 
 
 @pytest.mark.parametrize("sym", [True, False])
@@ -222,29 +229,15 @@ def test_rotated_down_input(tmp_path, sym):
     """rotate_down: DISwiGLU rotates its row in Hadamard blocks and down_proj reads it with its weights rotated and
     requantized per channel; the graph stays integer-only, its logits track the float graph of the same weights and a
     KV-cache decode equals the prefill bit for bit."""
-    from functools import partial
-
-    from edgeq.cli import integer_only_passes, lowering_passes
-    from edgeq.exporter.export import export
-    from edgeq.quantize.api import quantize_
     from edgeq.quantize.config import RTNConfig
 
-    torch.manual_seed(0)
-    model = make_tiny_llama(layers=1)
-    quantize_(model, RTNConfig(bits=8, group_size=-1, sym=sym, abits=8, act_sym=sym), None)
-    lowered = export(model, None, tmp_path / "lowered" / "model.onnx", transform=lowering_passes)
-    integer = export(model, None, tmp_path / "integer" / "model.onnx",
-                     transform=partial(integer_only_passes, rotate_down=32))
+    config = RTNConfig(bits=8, group_size=-1, sym=sym, abits=8, act_sym=sym)
+    lowered, integer = export_one_layer(tmp_path, config, rotate_down=32)
     proto = onnx.load(integer)
     glu = [n for n in proto.graph.node if n.op_type == "DISwiGLU"]
     assert [a.i for n in glu for a in n.attribute if a.name == "hadamard"] == [32]
     assert {p.key: p.value for p in proto.metadata_props}["edgeq.rotate_down"] == "32"
-    dec, ids = assert_integer_tracks_float(lowered, integer)
-    full, _ = dec.step(ids[:1, :10], dec.empty_cache(1))
-    logits, cache = dec.step(ids[:1, :6], dec.empty_cache(1))
-    for t in range(6, 10):
-        logits, cache = dec.step(ids[:1, t:t + 1], cache)
-        np.testing.assert_array_equal(logits[:, 0], full[:, t])
+    assert_decode_equals_prefill(*assert_integer_tracks_float(lowered, integer), 6, 10)
 
 
 @pytest.mark.parametrize("zero_points", [False, True])
