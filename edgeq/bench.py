@@ -17,7 +17,6 @@ integer-only graph (``edgeq export --integer-only``), e.g. ``illm:wbits=8,abits=
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -68,7 +67,7 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return method, parse_spec_args(spec, rest)
 
 
-def split_integer_only(spec: str) -> tuple[str, bool, int]:
+def split_export_options(spec: str) -> tuple[str, bool, int]:
     """(the spec without its export keys, whether it asked for the integer-only graph, its ``rotate_down`` block)."""
     method, _, rest = spec.partition(":")
     items = [item for item in rest.split(",") if item]
@@ -188,8 +187,7 @@ class QualityBench:
         return path
 
     def build(self, spec: str, folder: Path) -> tuple[Path, float]:
-        from edgeq.cli import integer_only_passes, lowering_passes
-        from edgeq.exporter.export import export
+        from edgeq.cli import run_export
         from edgeq.quantize.api import quantize_, save_quantized
         from edgeq.quantize.config import config_to_dict
         from edgeq.quantize.sequential import LayerCheckpoints
@@ -202,7 +200,7 @@ class QualityBench:
             return self.build_peer(method, kwargs, folder)
         if method not in METHODS:
             raise EdgeqError(f"unknown config '{method}' (edgeq: {', '.join(METHODS)}; peers: {', '.join(PEERS)})")
-        spec, integer_only, rotate_down = split_integer_only(spec)
+        spec, integer_only, rotate_down = split_export_options(spec)
         config = config_from_spec(spec)
         lm = self.fresh_model()
         calib = None
@@ -221,8 +219,8 @@ class QualityBench:
             seconds += json.loads(timing.read_text())["seconds"]
         timing.write_text(json.dumps({"seconds": seconds}))
         save_quantized(folder / "quantized", qweights, config, lm.source)
-        passes = functools.partial(integer_only_passes, rotate_down=rotate_down) if integer_only else lowering_passes
-        return export(lm.model, lm.tokenizer, folder / "model.onnx", transform=passes), seconds
+        return run_export(lm.model, lm.tokenizer, folder / "model.onnx", "float32", lower=True, integer_only=integer_only,
+                          rotate_down=rotate_down), seconds
 
     def build_peer(self, method: str, kwargs: dict, folder: Path) -> tuple[Path, float]:
         from onnxruntime.quantization import matmul_nbits_quantizer as mnq

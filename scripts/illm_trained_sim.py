@@ -27,6 +27,7 @@ from torch import nn
 
 from edgeq.cli import DEFAULT_MAX_WINDOWS, EVAL_TEXT, eval_tokens, eval_torch
 from edgeq.models import load_model
+from edgeq.passes.integer_only import hadamard_matrix
 from edgeq.quantize.api import apply_quantized, load_quantized
 from edgeq.quantize.illm import clipped_softmax_codes, rotate_half
 from edgeq.quantize.grid import dequantize_codes, fit_grid, quantize_codes
@@ -75,19 +76,10 @@ SITES = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o
          "gate_up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
 
 
-def block_hadamard(n: int, block: int) -> torch.Tensor:
-    """Block-diagonal orthonormal Walsh-Hadamard matrix [n, n] of ``block`` x ``block`` blocks (block a power of two
-    dividing n)."""
-    h = torch.ones(1, 1)
-    while h.shape[0] < block:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    return torch.block_diag(*[h / block**0.5] * (n // block))
-
-
 def rotate_down(linear: nn.Module, block: int) -> None:
     """down_proj computes (x H)(W H)^T = x W^T with x H quantized per token and W H requantized per channel."""
     qw = linear.qweight
-    H = block_hadamard(linear.in_features, block).to(linear.weight.dtype)
+    H = torch.from_numpy(hadamard_matrix(linear.in_features, block)).to(linear.weight.dtype)
     W = linear.weight @ H
     scale, zero = fit_grid(W, qw.bits, sym=False)
     linear.weight = dequantize_codes(quantize_codes(W, scale, zero, qw.bits), scale, zero)

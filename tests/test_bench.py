@@ -81,11 +81,11 @@ def test_peer_block_size_that_does_not_divide_k_is_refused_before_work(tmp_path)
 
 
 def test_export_keys_leave_the_quantizer_spec():
-    from edgeq.bench import split_integer_only
+    from edgeq.bench import split_export_options
     from edgeq.errors import EdgeqError
 
-    assert split_integer_only("illm:wbits=6,abits=6,integer_only=1,rotate_down=64") == ("illm:wbits=6,abits=6", True, 64)
-    assert split_integer_only("illm:wbits=8,integer_only=1") == ("illm:wbits=8", True, 0)
-    assert split_integer_only("rtn:bits=4,group_size=128") == ("rtn:bits=4,group_size=128", False, 0)
+    assert split_export_options("illm:wbits=6,abits=6,integer_only=1,rotate_down=64") == ("illm:wbits=6,abits=6", True, 64)
+    assert split_export_options("illm:wbits=8,integer_only=1") == ("illm:wbits=8", True, 0)
+    assert split_export_options("rtn:bits=4,group_size=128") == ("rtn:bits=4,group_size=128", False, 0)
     with pytest.raises(EdgeqError, match="rotate_down is an option of the integer-only graph"):
-        split_integer_only("illm:wbits=6,rotate_down=64")
+        split_export_options("illm:wbits=6,rotate_down=64")

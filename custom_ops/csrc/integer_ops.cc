@@ -50,8 +50,6 @@ void ExpectMantissas(const int32_t* m, int64_t n, int64_t lo, const char* name, 
                       std::to_string(lo) + ", " + std::to_string(integer::kMMax) + "]");
 }
 
-// Inputs index..index+2: codes [..., C] (at least one row, C >= 1) and scales [..., 1] (DIRotary, which
-// accepts two scale layouts, checks them itself: check_scale_shape = false).
 // Codes of a declared width: each in [-2^(bits-1), 2^(bits-1)).
 template <typename T>
 void ExpectInBits(const T* q, int64_t n, int64_t bits, const char* name, const std::string& where) {
@@ -63,6 +61,8 @@ void ExpectInBits(const T* q, int64_t n, int64_t bits, const char* name, const s
                       ", " + std::to_string(hi) + "] of abits=" + std::to_string(bits));
 }
 
+// Inputs index..index+2: codes [..., C] (at least one row, C >= 1) and scales [..., 1] (DIRotary, which
+// accepts two scale layouts, checks them itself: check_scale_shape = false).
 IntInput ReadActivation(Ort::KernelContext& ctx, size_t index, const char* q_name, const char* m_name,
                         const char* e_name, const DiAttrs& attrs, bool check_scale_shape = true) {
   const std::string& where = attrs.where;

@@ -230,7 +230,7 @@ inline int64_t ShiftByChannel(int64_t v, int64_t s) {
 constexpr int64_t kTaskRows = 64;  // at most, weight rows of a few-row task
 
 // x.W for asymmetric grids: sum_k (x - xz)(W - wz) = x.W - wz * (sum(x) - K * xz) - xz * sum(W), exact in int64
-// (the result is within K * 255 * 255 < 2^31, kMaxKXZero). row_factor = sum(x) - K * xz of the activation row; wz,
+// (the result is below 2^31 by DIMatMulMaxK). row_factor = sum(x) - K * xz of the activation row; wz,
 // xz (and with it w_sum's term) are 0 on a symmetric side.
 inline int64_t ZeroPointDot(int64_t dot, int64_t wz, int64_t row_factor, int64_t xz, int64_t w_sum) {
   return dot - wz * row_factor - xz * w_sum;

@@ -21,6 +21,8 @@ using namespace integer;
 
 constexpr int kThreads = 256;
 
+size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
 struct MaxOp {
   __device__ int64_t operator()(int64_t a, int64_t b) const { return a > b ? a : b; }
 };
@@ -360,9 +362,13 @@ __global__ void JoinPlanes(int32_t* acc, const int32_t* acc_hi, int64_t n) {
     acc[i] = int32_t(int64_t(acc_hi[i]) * 256 + acc[i]);
 }
 
-// Scratch for the int16 split (kCublasSplit): hi and lo planes of X, the hi products.
-size_t SplitBytes(const DiArgs& a) {
-  return 2 * ((size_t(a.x.rows) * size_t(a.K) + 255) / 256 * 256) + size_t(a.x.rows) * size_t(a.N) * sizeof(int32_t);
+// DIMatMul's scratch: its int32 products [rows, N] (AccBytes), then, for int16 X of more rows than the rows kernel
+// takes, the two int8 planes of X and the hi products that cuBLAS may compute instead (PlanesBytes; 0 otherwise).
+size_t AccBytes(const DiArgs& a) { return Align256(size_t(a.x.rows) * size_t(a.N) * sizeof(int32_t)); }
+
+size_t PlanesBytes(const DiArgs& a) {
+  if (a.x.code != DiCode::kInt16 || a.x.rows <= kRowsPerPass) return 0;
+  return 2 * Align256(size_t(a.x.rows) * size_t(a.K)) + size_t(a.x.rows) * size_t(a.N) * sizeof(int32_t);
 }
 
 const char* LaunchDots(const Dots& d, const DiArgs& a, DiCode x_code, DiGemm gemm, cudaStream_t stream,
@@ -381,7 +387,7 @@ const char* LaunchDots(const Dots& d, const DiArgs& a, DiCode x_code, DiGemm gem
     if (!x16) {
       error = CublasGemmInt8(static_cast<const int8_t*>(d.X), d.W, d.acc, int(d.M), int(d.N), int(d.K), stream);
     } else {
-      const size_t plane = (size_t(d.M) * size_t(d.K) + 255) / 256 * 256;
+      const size_t plane = Align256(size_t(d.M) * size_t(d.K));  // PlanesBytes' layout
       int8_t* hi = static_cast<int8_t*>(split_scratch);
       int8_t* lo = hi + plane;
       int32_t* acc_hi = reinterpret_cast<int32_t*>(lo + plane);
@@ -675,7 +681,6 @@ __global__ void __launch_bounds__(kThreads) RequantRows(DiArgs a, Split split) {
               a.clip_q15, a.y_z ? a.y_z + r : nullptr);
 }
 
-size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 // The rows and row length of an op's requantization, for SplitsFor (n = 1: never split).
 struct RowShape {
@@ -703,8 +708,7 @@ int64_t SplitsFor(RowShape s) {
 size_t DotsBytes(const DiArgs& a) {
   if (a.op == DiOp::kSwiGLU && a.hadamard) return size_t(a.x.rows) * size_t(a.x.C) * sizeof(int64_t);
   if (a.op == DiOp::kMatMul)
-    return Align256(size_t(a.x.rows) * size_t(a.N) * sizeof(int32_t)) +
-           (a.x.code == DiCode::kInt16 && a.x.rows > kRowsPerPass ? SplitBytes(a) : 0);
+    return AccBytes(a) + PlanesBytes(a);
   if (a.op == DiOp::kBatchMatMul) return size_t(a.x.rows) * size_t(a.N) * (a.trans_b ? sizeof(int32_t) : sizeof(int64_t));
   return 0;
 }
@@ -745,10 +749,8 @@ const char* LaunchIntegerOp(const DiArgs& a, DiGemm gemm, void* raw_stream, void
   switch (a.op) {
     case DiOp::kMatMul: {
       int32_t* acc = static_cast<int32_t*>(scratch);
-      void* split = a.x.code == DiCode::kInt16 && a.x.rows > kRowsPerPass
-                        ? static_cast<char*>(scratch) + Align256(size_t(a.x.rows) * size_t(a.N) * sizeof(int32_t))
-                        : nullptr;
-      error = LaunchDots(Dots{a.x.q, a.W, acc, 1, a.x.rows, a.N, a.K}, a, a.x.code, gemm, stream, split);
+      void* planes = PlanesBytes(a) ? static_cast<char*>(scratch) + AccBytes(a) : nullptr;
+      error = LaunchDots(Dots{a.x.q, a.W, acc, 1, a.x.rows, a.N, a.K}, a, a.x.code, gemm, stream, planes);
       if (error) return error;
       LaunchRows(a, partial, [&](dim3 grid, Split split) {
         const bool x8 = a.x.code == DiCode::kInt8;
