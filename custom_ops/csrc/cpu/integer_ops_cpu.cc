@@ -3,6 +3,7 @@
 // int8 GEMM of int8_gemm.h (shared with QuantLinear), as do DIBatchMatMul's Q.K^T and lm_head. Every kernel is
 // exact: the true sums are bounded by the op's K * 2^14 < 2^31.
 #include <algorithm>
+#include <cstring>
 #include <cstdlib>
 #include <numeric>
 #include <string>
@@ -63,11 +64,15 @@ void StoreRow(const IntOutput& out, int64_t r, int64_t* v, int64_t n, int64_t mu
 // CUDA ops do it: values and each chunk's min/max in parallel over (row, chunk), each row's plan from its chunks
 // (integer_math.h's pieces of the same functions, so the bits are the same), then the codes in parallel.
 constexpr int64_t kChunk = 4096, kFewRows = 8;  // rows of a decode step's linears stay whole
+// Values that cost an int64 division each (DISwiGLU's sigmoid): a decode row of 1,536 split over the threads.
+constexpr int64_t kDividingChunk = 256;
+// An Exp2Neg (DIClippedSoftmax) costs some eight simple int64 operations: ParallelFor's work per key.
+constexpr int64_t kExpWork = 8;
 
 struct Chunks {
   int64_t rows, n, per, count;
-  Chunks(int64_t rows, int64_t n) : rows(rows), n(n) {
-    const int64_t per_row = (n + kChunk - 1) / kChunk;
+  Chunks(int64_t rows, int64_t n, int64_t chunk = kChunk) : rows(rows), n(n) {
+    const int64_t per_row = (n + chunk - 1) / chunk;
     per = (n + per_row - 1) / per_row;
     count = per_row;
   }
@@ -174,13 +179,13 @@ void FewRowCodes(Ort::KernelContext& ctx, const IntOutput& out, const Chunks& ch
 
 template <typename Code, typename Value, typename RowScale>
 void QuantizeRows(Ort::KernelContext& ctx, const IntOutput& out, int64_t rows, int64_t n, int64_t qmax,
-                  const Value& value, const RowScale& scale, int64_t clip_q15 = kClipOne) {
+                  const Value& value, const RowScale& scale, int64_t clip_q15 = kClipOne, int64_t chunk = kChunk) {
   // DynQuantRow (DynQuantAsymRow for asymmetric codes) whole, a row per task
   if (rows >= kFewRows)
     return WholeRows(ctx, rows, n, value, scale, [&](int64_t r, int64_t* v, Dyadic s) {
       StoreRow<Code>(out, r, v, n, s.m, s.e, qmax, clip_q15);
     });
-  const Chunks ch(rows, n);
+  const Chunks ch(rows, n, chunk);
   int64_t* v = CallerBuffer<int64_t, Slot::kValues>(rows * n);
   const Range* range = RowValues(ctx, ch, value, v);
   FewRowCodes<Code>(ctx, out, ch, v, range, qmax, scale, clip_q15);
@@ -413,7 +418,7 @@ void DIClippedSoftmax(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem
     p.out.m[r] = int32_t(s.m);
     p.out.e[r] = int8_t(s.e);
   };
-  ParallelFor(ctx, p.x.rows, row, C);
+  ParallelFor(ctx, p.x.rows, row, C * kExpWork);  // decode's few rows of keys still split over the threads
 }
 
 // X of int8 or int16 codes: ss < 2^47 either way (C < 2^17), RmsScale brings it to 31 bits. Y: int8 or int16 codes.
@@ -449,7 +454,8 @@ void DISwiGLU(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
     return int64_t(g[r * C + c]) * SigmoidQ30(g[r * C + c], p.x.m[r], p.x.e[r]) * u[r * C + c];
   };
   auto scale = [&](int64_t r) { return Dyadic{int64_t(p.x.m[r]) * p.x2.m[r], p.x.e[r] + p.x2.e[r] + 30}; };
-  if (a.hadamard == 0) return QuantizeRows<int8_t>(ctx, p.out, p.x.rows, C, a.qmax, value, scale, a.clip_q15);
+  if (a.hadamard == 0)
+    return QuantizeRows<int8_t>(ctx, p.out, p.x.rows, C, a.qmax, value, scale, a.clip_q15, kDividingChunk);
   // The rotation mixes the whole block: each row whole, a row per task (a decode step's one row on one thread).
   auto row = [&](int64_t r) {
     int64_t* v = RowBuffer(C);
@@ -551,6 +557,31 @@ void ContextSums(const A* x, int64_t K, int64_t N, const int8_t* B, const int32_
       }
     }
     for (int j = 0; j < 8; ++j) _mm512_storeu_si512(v + n0 + 8 * j, acc[j]);
+  }
+#endif
+#if defined(__AVX2__)
+  // AVX2 has no 64-bit multiply: u = uh 2^31 + ul with ul in [0, 2^31) and |uh| < 2^31 (|u| < 2^62), each half
+  // times b[n] exact in vpmuldq's signed 32 x 32 -> 64 products; v = 2^31 sum(uh b) + sum(ul b) is the true sum,
+  // below 2^62, and each partial sum is far from 2^63. 16 columns at a time (eight accumulator registers).
+  for (; n0 + 16 <= N; n0 += 16) {
+    __m256i hi[4], lo[4];
+    for (int j = 0; j < 4; ++j) hi[j] = lo[j] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < K; ++k) {
+      if (x[k] == 0) continue;
+      const int64_t u = ShiftBy(int64_t(x[k]) * bm[k], Ea - be[k]);
+      const __m256i uh = _mm256_set1_epi64x(u >> 31), ul = _mm256_set1_epi64x(u & 0x7fffffff);
+      const int8_t* b = B + k * N + n0;
+      for (int j = 0; j < 4; ++j) {
+        int32_t four;
+        std::memcpy(&four, b + 4 * j, sizeof(four));
+        const __m256i bv = _mm256_cvtepi8_epi64(_mm_cvtsi32_si128(four));
+        hi[j] = _mm256_add_epi64(hi[j], _mm256_mul_epi32(uh, bv));
+        lo[j] = _mm256_add_epi64(lo[j], _mm256_mul_epi32(ul, bv));
+      }
+    }
+    for (int j = 0; j < 4; ++j)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(v + n0 + 4 * j),
+                          _mm256_add_epi64(_mm256_slli_epi64(hi[j], 31), lo[j]));
   }
 #endif
   std::fill(v + n0, v + N, int64_t(0));
