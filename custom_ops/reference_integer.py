@@ -664,12 +664,17 @@ def di_batch_matmul(A, a_m, a_e, B, b_m, b_e, mask=None, *, trans_b: int, is_cau
     return _outputs(rows, (*lead, M, N), np.int32)
 
 
-def di_requant(X, x_m, x_e, obits: int, clip_q15: int = CLIP_ONE, act_sym: int = 1):
+def di_requant(X, x_m, x_e, obits: int, clip_q15: int = CLIP_ONE, act_sym: int = 1, heads_first: int = 0):
     """Merge the last two axes of ``X [..., G, D]`` (int8 or int32, per-row scales ``[..., G, 1]``) into rows of
     ``G * D`` int8 codes with one scale each (e.g. attention heads into a token): ``q * m`` (< 2**46) aligned over
-    the G exponents (``align_exponents``), then ``dyn_quant`` (act_sym=0: ``dyn_quant_asym``)."""
+    the G exponents (``align_exponents``), then ``dyn_quant`` (act_sym=0: ``dyn_quant_asym``). heads_first=1 reads
+    attention's layout ``X [B, G, S, D]`` (scales ``[B, G, S, 1]``) as its transpose ``[B, S, G, D]``."""
     quant = _quantizer(obits, clip_q15, act_sym)
     X = np.asarray(X).astype(np.int64)
+    if heads_first:
+        if X.ndim != 4:
+            raise ValueError("heads_first=1: X must be [B, G, S, D]")
+        X, x_m, x_e = (np.asarray(t).transpose(0, 2, 1, 3) for t in (X, x_m, x_e))
     if X.ndim < 2:
         raise ValueError("X must have rank >= 2 ([..., G, D])")
     *lead, G, D = X.shape

@@ -857,13 +857,17 @@ DI_BATCH_MATMUL = OpDef(
 
 def _infer_requant(ctx) -> None:
     op = f"{DOMAIN}::DIRequant"
-    _read_attrs(ctx, DI_REQUANT)
+    attrs = _read_attrs(ctx, DI_REQUANT)
     dims = _input_dims(ctx, 0)
     out = None
     if dims is not None:
+        if attrs.get("heads_first") and len(dims) != 4:
+            raise onnx.shape_inference.InferenceError(f"{op}: heads_first=1 needs X [B, G, S, D], got rank {len(dims)}")
         if len(dims) < 2:
             raise onnx.shape_inference.InferenceError(f"{op}: X must have rank >= 2 ([..., G, D])")
         _check_dims(ctx, op, {i: (DI_REQUANT.inputs[i].name, [*dims[:-1], 1]) for i in (1, 2)})
+        if attrs.get("heads_first"):
+            dims = [dims[0], dims[2], dims[1], dims[3]]
         g, d = dims[-2:]
         out = [*dims[:-2], g * d if isinstance(g, int) and isinstance(d, int) else None]
     _set_activation_outputs(ctx, TensorProto.INT8, out)
@@ -875,11 +879,15 @@ DI_REQUANT = OpDef(
     doc=(
         "Merge rows into one requantized row: X [..., G, D] (int8 or int32, per-row scales [..., G, 1]) becomes "
         "Y [..., G * D] int8 with one scale per row (e.g. attention heads into a token for o_proj). q * m of each "
-        "row (< 2^46) is aligned over the G exponents as DIMatMul's channels, then requantized per output row."
+        "row (< 2^46) is aligned over the G exponents as DIMatMul's channels, then requantized per output row. "
+        "heads_first=1 takes attention's layout X [B, G, S, D] (scales [B, G, S, 1]) and gives Y [B, S, G * D], "
+        "the result of its transpose [B, S, G, D] without the Transpose nodes."
     ),
     inputs=(Input("X", "T", "codes [..., G, D]"), *_int_activation("X", "x", "rows to merge")[1:]),
     outputs=DI_LINEAR_INPUT_OUTPUTS,
-    attributes=(_OBITS, _CLIP_Q15, _ACT_SYM),
+    attributes=(_OBITS, _CLIP_Q15, _ACT_SYM,
+                Attribute("heads_first", onnx.AttributeProto.INT, "1: X [B, G, S, D] (default 0: [..., G, D])",
+                          required=False, check=_flag)),
     type_constraints={"T": ("tensor(int8)", "tensor(int32)")},
     infer=_infer_requant,
 )

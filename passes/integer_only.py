@@ -284,11 +284,6 @@ class _Builder:
             return tuple(self.op(op_type, list(inputs), name, outputs=4, domain=schema.DOMAIN, act_sym=0, **attrs))
         return tuple(self.op(op_type, list(inputs), name, outputs=3, domain=schema.DOMAIN, **attrs))
 
-    def each(self, op_type: str, act: Act, name: str, second: list, **attrs) -> Act:
-        """The same data-movement op on codes and scales; ``second`` gives each one's extra inputs."""
-        return tuple(self.op(op_type, [v, *extra], f"{name}{suffix}", **attrs)
-                     for v, extra, suffix in zip(act, second, ("", ".m", ".e")))
-
     def matmul(self, x: Act, lin: Linear, name: str, obits: int = INNER_BITS, factor: float = 1.0) -> Act:
         w_m, w_e = lin.dyadic(factor)
         N, K = lin.W.shape
@@ -446,8 +441,8 @@ def build(model: ir.Model, d: Decoder, max_positions: int, rotate_down: int = 0)
         probs = b.di("DIClippedSoftmax", [*scores, mask], p + "/softmax", clip_q8=clips[i], is_causal=1,
                      obits=PROBS_BITS)
         ctx = b.di("DIBatchMatMul", [*probs, *cached["value"]], p + "/ctx", trans_b=0)  # [B, heads, S, D]
-        ctx = b.each("Transpose", ctx, p + "/ctx_t", [[]] * 3, perm=[0, 2, 1, 3])
-        ctx = b.di("DIRequant", ctx, p + "/ctx", act_sym=layer.o.act_sym, obits=layer.o.abits,
+        # heads_first: the heads of each token merged from attention's layout, without three Transposes per layer
+        ctx = b.di("DIRequant", ctx, p + "/ctx", act_sym=layer.o.act_sym, obits=layer.o.abits, heads_first=1,
                    **_clip_attr(act_clips[i][1]))
         h = b.di("DIAdd", [*h, *b.matmul(ctx, layer.o, p + ".o_proj", obits=RESIDUAL_BITS)],
                  f"model.layers.{i}/residual_attn",

@@ -340,13 +340,22 @@ EDGEQ_HD inline int64_t SigmoidQ30(int64_t q, int64_t m, int64_t e) {
 
 // The common exponent of per-channel exponents: min(max e, min e + kAlignWindow); channel n is shifted by
 // Ea - e[n] (ShiftBy).
-EDGEQ_HD inline int64_t AlignExponents(const int8_t* e, int64_t n) {
+EDGEQ_HD inline int64_t AlignExponents(const int8_t* e, int64_t n, int64_t stride = 1) {
   int64_t lo = e[0], hi = e[0];
   for (int64_t i = 1; i < n; ++i) {
-    lo = Min(lo, e[i]);
-    hi = Max(hi, e[i]);
+    lo = Min(lo, e[i * stride]);
+    hi = Max(hi, e[i * stride]);
   }
   return Min(hi, lo + kAlignWindow);
+}
+
+// DIRequant's input rows of output row r: first + g * stride for g < G. X [..., G, D] gives r * G and 1;
+// heads_first (X [B, G, S, D], attention's layout) gives token r = b * S + s the rows (b * G + g) * S + s.
+struct MergedRows {
+  int64_t first, stride;
+};
+EDGEQ_HD inline MergedRows MergedRowsOf(int64_t r, int64_t G, int64_t S, bool heads_first) {
+  return heads_first ? MergedRows{r / S * G * S + r % S, S} : MergedRows{r * G, 1};
 }
 
 // a * 2^-ea + b * 2^-eb (a, b in [0, 2^61)) as v * 2^-ev with v < 2^62; see reference_integer.add_positive.

@@ -329,6 +329,10 @@ DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op) {
       a.rotate = OptionalInt(raw, "rotate", 1);
       ExpectRange(a.rotate, 0, 1, "rotate", a.where);
       break;
+    case DiOp::kRequant:
+      a.heads_first = OptionalInt(raw, "heads_first", 0);
+      ExpectRange(a.heads_first, 0, 1, "heads_first", a.where);
+      break;
     default:
       break;
   }
@@ -433,7 +437,15 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
     case DiOp::kRequant:
       p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", a);
       if (p.x.type != kI8 && p.x.type != kI32) Fail(where, std::string("X must be int8 or int32, got ") + TypeName(p.x.type));
+      if (a.heads_first) {  // [B, G, S, D] -> [B, S, G * D]
+        if (p.x.shape.size() != 4)
+          Fail(where, "X has shape " + ShapeText(p.x.shape) + ", expected [B, G, S, D] (heads_first=1)");
+        p.merged_rows = p.x.shape[1];
+        out_shape = {p.x.shape[0], p.x.shape[2], p.x.shape[1] * p.x.C};
+        break;
+      }
       if (p.x.shape.size() < 2) Fail(where, "X has shape " + ShapeText(p.x.shape) + ", expected [..., G, D]");
+      p.merged_rows = p.x.shape[p.x.shape.size() - 2];
       out_shape.assign(p.x.shape.begin(), p.x.shape.end() - 1);
       out_shape.back() *= p.x.C;
       break;

@@ -81,6 +81,7 @@ struct DiProblem {
   const int16_t* sin = nullptr;
   int64_t cos_rows = 0;              // P
   bool per_head_scales = false;      // DIRotary: x's scales are [B, S, H, 1] (else [B, S, 1, 1])
+  int64_t merged_rows = 0;           // DIRequant: G, the input rows of each output row
   int64_t M = 0, K = 0, N = 0;       // DIBatchMatMul: A [batch, M, K], B [batch of B, N, K] or [.., K, N]
   std::vector<int64_t> b_batch;      // DIBatchMatMul: B's flat batch index for each of A's, which is
   std::vector<int64_t> b_strides, b_groups;  // sum over A's batch dims i of digit_i / b_groups[i] * b_strides[i]

@@ -145,7 +145,8 @@ REFERENCE = {
     "DIRotary": lambda a, **kw: ri.di_rotary(*a, **kw),
     "DIAdd": lambda a, obits: ri.di_add(*a, obits),
     "DIBatchMatMul": lambda a, **kw: ri.di_batch_matmul(*a, **kw),
-    "DIRequant": lambda a, obits, clip_q15=ri.CLIP_ONE, act_sym=1: ri.di_requant(*a, obits, clip_q15, act_sym),
+    "DIRequant": lambda a, obits, clip_q15=ri.CLIP_ONE, act_sym=1, heads_first=0: ri.di_requant(*a, obits, clip_q15,
+                                                                                              act_sym, heads_first),
 }
 
 

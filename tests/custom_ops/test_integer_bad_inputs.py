@@ -220,6 +220,12 @@ def test_batch_matmul_bad_inputs(cpu_library, args, attrs, match):
     fails(cpu_library, "DIBatchMatMul", args, rf"DIBatchMatMul node 'n0': .*{match}", **attrs)
 
 
+def test_requant_heads_first_needs_rank_4(cpu_library):
+    fails(cpu_library, "DIRequant", list(activation(rng(), (3, 2, 8))),
+          r"DIRequant node 'n0': X has shape \[3, 2, 8\], expected \[B, G, S, D\] \(heads_first=1\)", obits=8,
+          heads_first=1)
+
+
 def test_requant_refuses_int16(cpu_library):
     q, m, e = activation(rng(), (3, 2, 8))
     fails(cpu_library, "DIRequant", [q.astype(np.int16), m, e], r"(int16|X)", obits=8)

@@ -425,6 +425,26 @@ def test_requant(target, seed):
     assert_bit_exact(target, "DIRequant", list(X), obits=[8, 6, 4][seed % 3], clip_q15=[ri.CLIP_ONE, 16384, 3][seed % 3])
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_requant_heads_first(target, seed):
+    """heads_first=1: X in attention's layout [B, G, S, D] gives the codes, scales and zero points of its transpose
+    [B, S, G, D] without it (a decode step's S = 1, prefill's longer S, odd sizes, wide int32 rows)."""
+    rng = np.random.default_rng(8500 + seed)
+    B, G, S, D = int(rng.integers(1, 3)), int(rng.integers(1, 10)), [1, 5, 17, 1][seed % 4], odd_size(rng, 70)
+    if seed % 2:
+        X = activation(rng, (B, G, S, D), e_range=(-4, 40) if seed % 3 else (-128, 127), saturate=True)
+    else:
+        q = rng.integers(-(2**30), 2**30 + 1, (B, G, S, D))
+        _, m, e = activation(rng, (B, G, S, D), e_range=(20, 60), full_mantissas=True)
+        X = (q.astype(np.int32), m, e)
+    attrs = dict(obits=[8, 6, 4][seed % 3], act_sym=seed % 4 // 2)
+    got = assert_bit_exact(target, "DIRequant", list(X), heads_first=1, **attrs)
+    transposed = [np.ascontiguousarray(t.transpose(0, 2, 1, 3)) for t in X]
+    for g, w in zip(got, ri.di_requant(*transposed, **attrs)):
+        np.testing.assert_array_equal(g, w)
+    assert got[0].shape == (B, S, G * D)
+
+
 def one_call(op: str, rng: np.random.Generator):
     """A small valid call of ``op``: (inputs, attributes)."""
     x, x2 = activation(rng, (3, 16)), activation(rng, (3, 16))

@@ -120,6 +120,11 @@ def test_requant_merges_the_last_two_axes():
         (I8, ["b", "s", 64]), (I32, ["b", "s", 1]), (I8, ["b", "s", 1])]
 
 
+def test_requant_heads_first_merges_attention_layout():
+    assert infer("DIRequant", activation("X", "x", ["b", 4, "s", 16], I32), obits=6, heads_first=1) == [
+        (I8, ["b", "s", 64]), (I32, ["b", "s", 1]), (I8, ["b", "s", 1])]
+
+
 @pytest.mark.parametrize("op, inputs, attrs, match", [
     ("DIBatchMatMul", [*activation("A", "a", [2, 5, 16]), *activation("B", "b", [2, 7, 15])], dict(trans_b=1),
      r"A's K is 16, B's is 15"),
@@ -128,6 +133,7 @@ def test_requant_merges_the_last_two_axes():
     ("DIBatchMatMul", [*activation("A", "a", [2, 5, 16]), *activation("B", "b", [7, 16])], dict(trans_b=0),
      r"B has rank 2, A has rank 3"),
     ("DIRequant", activation("X", "x", [7]), dict(obits=8), r"X must have rank >= 2"),
+    ("DIRequant", activation("X", "x", [3, 4, 16]), dict(obits=8, heads_first=1), r"heads_first=1 needs X \[B, G, S, D\]"),
 ])
 def test_attention_inference_refuses_inconsistent_shapes(op, inputs, attrs, match):
     with pytest.raises(Exception, match=rf"edgeq::{op}: {match}"):

@@ -43,11 +43,13 @@ def test_op_counts(exported):
     assert floats == {"Cast": 4, "Mul": 2, "Pow": 1, "Neg": 1}  # the mask's bool Cast + the logits' dequant
     for op in ("MatMul", "Softmax", "RMSNormalization", "QuantLinear", "Add", "Sigmoid", "Cos", "Sin"):
         assert all(o != op for _, o in counts), op
-    # data movement, per layer: the context from [B, H, S, D] back to [B, S, H, D] (3 Transpose) and the cache (6
-    # Concat); DIRotary reads q, k and v straight from their projections and leaves them in [B, H, S, D] (v with
-    # rotate=0), and Q.K^T / P.V read grouped kv heads without a repeat
+    # data movement, per layer: the cache (6 Concat) only; DIRotary reads q, k and v straight from their projections
+    # and leaves them in [B, H, S, D] (v with rotate=0), Q.K^T / P.V read grouped kv heads without a repeat, and
+    # DIRequant (heads_first) merges the context's heads from that layout, with no Transpose back
+    requants = [n for n in onnx.load(exported["integer"]).graph.node if n.op_type == "DIRequant"]
+    assert all({a.name: a.i for a in n.attribute}.get("heads_first") == 1 for n in requants)
     moves = {op: counts[("", op)] for op in ("Reshape", "Expand", "Transpose", "Concat", "Unsqueeze")}
-    assert moves == {"Reshape": 0, "Expand": 0, "Transpose": 3 * LAYERS, "Concat": 6 * LAYERS,
+    assert moves == {"Reshape": 0, "Expand": 0, "Transpose": 0, "Concat": 6 * LAYERS,
                      "Unsqueeze": 1}  # the mask
     # the tied lm_head reads the embedding's int8 table itself, not a copy
     proto = onnx.load(exported["integer"])

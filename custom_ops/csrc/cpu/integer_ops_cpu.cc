@@ -701,15 +701,17 @@ void DIBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const D
 
 template <typename T>
 void DIRequant(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
-  const int64_t D = p.x.C, G = p.x.shape[p.x.shape.size() - 2];
-  auto row = [&](int64_t r) {  // output row r merges input rows r * G .. r * G + G - 1
-    const T* q = static_cast<const T*>(p.x.q) + r * G * D;
-    const int32_t* m = p.x.m + r * G;
-    const int8_t* e = p.x.e + r * G;
-    const int64_t Ea = AlignExponents(e, G);
+  const int64_t D = p.x.C, G = p.merged_rows, S = a.heads_first ? p.x.shape[2] : 1;
+  auto row = [&](int64_t r) {  // output row r merges G input rows (MergedRowsOf)
+    const auto [first, stride] = MergedRowsOf(r, G, S, a.heads_first != 0);
+    const int32_t* m = p.x.m + first;
+    const int8_t* e = p.x.e + first;
+    const int64_t Ea = AlignExponents(e, G, stride);
     int64_t* v = RowBuffer(G * D);
-    for (int64_t g = 0; g < G; ++g)
-      for (int64_t d = 0; d < D; ++d) v[g * D + d] = ShiftBy(int64_t(q[g * D + d]) * m[g], Ea - e[g]);
+    for (int64_t g = 0; g < G; ++g) {
+      const T* q = static_cast<const T*>(p.x.q) + (first + g * stride) * D;
+      for (int64_t d = 0; d < D; ++d) v[g * D + d] = ShiftBy(int64_t(q[d]) * m[g * stride], Ea - e[g * stride]);
+    }
     StoreRow(p.out, r, v, G * D, 1, Ea, a.qmax, a.clip_q15);
   };
   ParallelFor(ctx, p.x.rows / G, row, G * D);

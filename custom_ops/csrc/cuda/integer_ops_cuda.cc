@@ -113,7 +113,11 @@ DiArgs ArgsOf(const DiAttrs& a, const DiProblem& p) {
       }
       break;
     }
-    case DiOp::kRequant: args.G = p.x.shape[p.x.shape.size() - 2]; break;
+    case DiOp::kRequant:
+      args.G = p.merged_rows;
+      args.heads_first = a.heads_first != 0;
+      args.S = a.heads_first ? p.x.shape[2] : 1;
+      break;
     default: break;
   }
   return args;

@@ -162,12 +162,12 @@ __device__ void WideRow(const Value& value, int64_t n, int64_t mult, int64_t E, 
 
 // The common exponent of e[i] over i in [0, n) with keep(i) (AlignExponentsWhere); any = false when none is kept.
 template <typename Keep>
-__device__ int64_t BlockAlign(const int8_t* e, int64_t n, const Keep& keep, bool& any) {
+__device__ int64_t BlockAlign(const int8_t* e, int64_t n, const Keep& keep, bool& any, int64_t stride = 1) {
   int64_t lo = LLONG_MAX, hi = LLONG_MIN;
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
     if (keep(i)) {
-      lo = Min(lo, e[i]);
-      hi = Max(hi, e[i]);
+      lo = Min(lo, e[i * stride]);
+      hi = Max(hi, e[i * stride]);
     }
   lo = BlockReduce(lo, MinOp());
   hi = BlockReduce(hi, MaxOp());
@@ -175,9 +175,9 @@ __device__ int64_t BlockAlign(const int8_t* e, int64_t n, const Keep& keep, bool
   return any ? Min(hi, lo + kAlignWindow) : 0;
 }
 
-__device__ int64_t BlockAlignAll(const int8_t* e, int64_t n) {
+__device__ int64_t BlockAlignAll(const int8_t* e, int64_t n, int64_t stride = 1) {
   bool any;
-  return BlockAlign(e, n, [](int64_t) { return true; }, any);
+  return BlockAlign(e, n, [](int64_t) { return true; }, any, stride);
 }
 
 // Row r's mask row and its step along the last dim (MaskRow of the CPU op), for scores of args.shape.
@@ -671,12 +671,17 @@ __global__ void __launch_bounds__(kThreads) ContextRows(DiArgs a, int64_t* v) {
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) RequantRows(DiArgs a, Split split) {
-  const int64_t r = blockIdx.x, G = a.G, D = a.x.C;  // output row r merges input rows r * G .. r * G + G - 1
-  const T* q = static_cast<const T*>(a.x.q) + r * G * D;
-  const int32_t* m = a.x.m + r * G;
-  const int8_t* e = a.x.e + r * G;
-  const int64_t Ea = BlockAlignAll(e, G);
-  auto value = [&](int64_t i) { return ShiftBy(int64_t(q[i]) * m[i / D], Ea - e[i / D]); };
+  const int64_t r = blockIdx.x, G = a.G, D = a.x.C;  // output row r merges G input rows (MergedRowsOf)
+  const MergedRows rows = MergedRowsOf(r, G, a.S, a.heads_first);
+  const T* q = static_cast<const T*>(a.x.q);
+  const int32_t* m = a.x.m + rows.first;
+  const int8_t* e = a.x.e + rows.first;
+  const int64_t Ea = BlockAlignAll(e, G, rows.stride);
+  auto value = [&](int64_t i) {
+    const int64_t g = i / D;
+    return ShiftBy(int64_t(q[(rows.first + g * rows.stride) * D + i % D]) * m[g * rows.stride],
+                   Ea - e[g * rows.stride]);
+  };
   QuantizeRow(value, G * D, 1, Ea, a.qmax, static_cast<int8_t*>(a.y) + r * G * D, a.y_m + r, a.y_e + r, r, split,
               a.clip_q15, a.y_z ? a.y_z + r : nullptr);
 }

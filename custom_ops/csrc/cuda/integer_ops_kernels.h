@@ -68,7 +68,7 @@ struct DiArgs {
   int64_t M = 0, K = 0, N = 0, groups = 0;
   int batch_rank = 0;
   int64_t batch_dims[kDiMaxRank] = {}, batch_group[kDiMaxRank] = {}, b_strides[kDiMaxRank] = {};
-  // DIRequant: rows of G merged into one
+  // DIRequant: rows of G merged into one (heads_first: X [B, G, S, D], MergedRowsOf; S above)
   int64_t G = 0;
 };
 
