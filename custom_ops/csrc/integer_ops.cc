@@ -107,6 +107,45 @@ void ReadChannelScales(Ort::KernelContext& ctx, size_t index, const char* m_name
   if (!attrs.device_inputs) ExpectMantissas(p.ch_m, n, -integer::kMMax, m_name, where);
 }
 
+// A decode step runs some 200 DIMatMuls whose weights never change: those that are constant initializers are
+// checked here, once (shapes; mantissa ranges where the values are on the host), instead of at every call.
+uint32_t CheckConstantWeights(const OrtKernelInfo* info, const DiAttrs& a) {
+  struct Weight {
+    size_t index;
+    const char* name;
+    std::vector<int64_t> shape;
+    bool mantissas;
+  };
+  const Weight weights[] = {{3, "W", {a.N, a.K}, false}, {4, "w_m", {a.N}, true}, {5, "w_e", {a.N}, false},
+                            {6, "w_zero", {a.N}, false}, {8, "w_sum", {a.N}, false}};
+  const size_t count = Ort::ConstKernelInfo(info).GetInputCount();
+  uint32_t checked = 0;
+  for (const Weight& w : weights) {
+    int is_constant = 0;
+    const OrtValue* value = nullptr;
+    if (w.index >= count) continue;
+    if (OrtStatus* status = Ort::GetApi().KernelInfoGetConstantInput_tensor(info, w.index, &is_constant, &value)) {
+      Ort::GetApi().ReleaseStatus(status);
+      continue;
+    }
+    if (!is_constant || value == nullptr) continue;
+    TensorView t;
+    t.value = Ort::ConstValue(value);
+    t.shape = t.value.GetTensorTypeAndShapeInfo().GetShape();
+    ExpectShape(t, w.name, w.shape, w.index == 3 ? "(N, K)" : "(N)", a.where);
+    if (w.mantissas && !a.device_inputs)
+      ExpectMantissas(static_cast<const int32_t*>(t.value.GetTensorRawData()), a.N, -integer::kMMax, w.name, a.where);
+    checked |= 1u << w.index;
+  }
+  return checked;
+}
+
+// The address of input `index`, one CheckConstantWeights checked.
+template <typename T>
+const T* CheckedConstant(Ort::KernelContext& ctx, size_t index) {
+  return static_cast<const T*>(ctx.GetInput(index).GetTensorRawData());
+}
+
 void ExpectSameShape(const IntInput& a, const IntInput& b, const char* a_name, const char* b_name,
                      const std::string& where) {
   if (a.shape != b.shape)
@@ -260,10 +299,11 @@ const DiSignature& Signature(DiOp op) {
   return kSignatures[static_cast<int>(op)];
 }
 
-DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op) {
+DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op, bool device_inputs) {
   Ort::ConstKernelInfo info(raw);
   DiAttrs a;
   a.op = op;
+  a.device_inputs = device_inputs;
   a.where = std::string("edgeq::") + Signature(op).name + " node '" + info.GetNodeName() + "'";
   if (op != DiOp::kBatchMatMul) {  // its output is wide int32, not requantized
     a.obits = ReadInt(info, "obits", a.where);
@@ -297,6 +337,7 @@ DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op) {
       ExpectPositive(a.N, "N", a.where);
       ExpectRange(a.abits, 2, 16, "abits", a.where);
       ExpectRange(a.wbits, 2, 8, "wbits", a.where);
+      a.constant_inputs = CheckConstantWeights(raw, a);
       break;
     case DiOp::kClippedSoftmax:
       a.clip_q8 = ReadInt(info, "clip_q8", a.where);
@@ -352,23 +393,40 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
       if (p.x.type != x_want)
         Fail(where, std::string("X is ") + TypeName(p.x.type) + ", but abits=" + std::to_string(a.abits) + " gives " +
                         TypeName(x_want) + " codes");
-      TensorView W = RequiredInput(ctx, 3, "W", where);
-      ExpectShape(W, "W", {a.N, a.K}, "(N, K)", where);
-      p.W = static_cast<const int8_t*>(W.value.GetTensorRawData());
-      ReadChannelScales(ctx, 4, "w_m", "w_e", a.N, "(N)", a, p);
-      const TensorView zero = ctx.GetInputCount() > 6 ? Input(ctx, 6, "w_zero", where) : TensorView{};
+      auto constant = [&](size_t index) { return (a.constant_inputs >> index & 1u) != 0; };
+      if (constant(3)) {
+        p.W = CheckedConstant<int8_t>(ctx, 3);
+      } else {
+        TensorView W = RequiredInput(ctx, 3, "W", where);
+        ExpectShape(W, "W", {a.N, a.K}, "(N, K)", where);
+        p.W = static_cast<const int8_t*>(W.value.GetTensorRawData());
+      }
+      if (constant(4) && constant(5)) {
+        p.ch_m = CheckedConstant<int32_t>(ctx, 4);
+        p.ch_e = CheckedConstant<int8_t>(ctx, 5);
+      } else {
+        ReadChannelScales(ctx, 4, "w_m", "w_e", a.N, "(N)", a, p);
+      }
+      const TensorView zero = constant(6)           ? TensorView{}
+                              : ctx.GetInputCount() > 6 ? Input(ctx, 6, "w_zero", where)
+                                                        : TensorView{};
+      if (constant(6)) p.w_zero = CheckedConstant<int8_t>(ctx, 6);
       if (zero.value != nullptr) {
         ExpectShape(zero, "w_zero", {a.N}, "(N)", where);
         p.w_zero = static_cast<const int8_t*>(zero.value.GetTensorRawData());
       }
       const TensorView x_zero = ctx.GetInputCount() > 7 ? Input(ctx, 7, "x_zero", where) : TensorView{};
-      const TensorView w_sum = ctx.GetInputCount() > 8 ? Input(ctx, 8, "w_sum", where) : TensorView{};
-      if ((x_zero.value != nullptr) != (w_sum.value != nullptr)) Fail(where, "x_zero and w_sum come together");
+      const TensorView w_sum = constant(8)           ? TensorView{}
+                               : ctx.GetInputCount() > 8 ? Input(ctx, 8, "w_sum", where)
+                                                         : TensorView{};
+      if ((x_zero.value != nullptr) != (constant(8) || w_sum.value != nullptr))
+        Fail(where, "x_zero and w_sum come together");
       if (x_zero.value != nullptr) {
         ExpectShape(x_zero, "x_zero", WithLast(p.x.shape, 1), "(X's leading dims + [1])", where);
-        ExpectShape(w_sum, "w_sum", {a.N}, "(N)", where);
+        if (!constant(8)) ExpectShape(w_sum, "w_sum", {a.N}, "(N)", where);
         p.x_zero = static_cast<const int32_t*>(x_zero.value.GetTensorRawData());
-        p.w_sum = static_cast<const int32_t*>(w_sum.value.GetTensorRawData());
+        p.w_sum = constant(8) ? CheckedConstant<int32_t>(ctx, 8)
+                              : static_cast<const int32_t*>(w_sum.value.GetTensorRawData());
       }
       const bool has_wz = p.w_zero != nullptr, has_xz = p.x_zero != nullptr;
       const int64_t limit = integer::DIMatMulMaxK(a.abits, has_wz, has_xz);

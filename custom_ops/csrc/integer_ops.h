@@ -45,7 +45,10 @@ struct DiAttrs {
   // The CUDA ops' inputs live on the device: PrepareIntegerOp checks their types and shapes but cannot read the
   // values (mantissa ranges, positions), which the CPU ops refuse with a message.
   bool device_inputs = false;
-  static DiAttrs FromKernelInfo(const OrtKernelInfo* info, DiOp op);
+  // DIMatMul's weight inputs (bit i: input i) that are constant initializers, their shapes (and on the CPU their
+  // values) checked once at session creation: a call reads only their addresses.
+  uint32_t constant_inputs = 0;
+  static DiAttrs FromKernelInfo(const OrtKernelInfo* info, DiOp op, bool device_inputs = false);
 };
 
 // An integer activation input viewed as [rows, C]: codes (int8, or int32 scores), per-row m and e.

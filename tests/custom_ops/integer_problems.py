@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from edgeq.custom_ops import reference_integer as ri
 from edgeq.custom_ops.schema import OPS, opset_import
@@ -55,9 +55,11 @@ def channel_scales(rng: np.random.Generator, n: int, *, spread: int = 6, signed:
     return m.astype(np.int32), e.astype(np.int8)
 
 
-def model(op: str, arrays: list, name: str = "n0", y_type: int | None = None, **attrs) -> onnx.ModelProto:
+def model(op: str, arrays: list, name: str = "n0", y_type: int | None = None, constants: tuple = (),
+          **attrs) -> onnx.ModelProto:
     """A one-node model of edgeq ``op`` with every input a graph input of dynamic shape (so wrong shapes reach
-    the kernel's own checks); ``arrays`` follows the op's inputs, None for an omitted optional one. The Y of
+    the kernel's own checks), except the input indices in ``constants``, stored as initializers (the kernel may
+    check those once, at session creation); ``arrays`` follows the op's inputs, None for an omitted optional one. The Y of
     DIMatMul, DINorm and DIAdd and DIClippedSoftmax's P are declared with the element type obits gives (ORT takes
     it from the graph), or ``y_type``."""
     opdef = OPS[op]
@@ -68,7 +70,8 @@ def model(op: str, arrays: list, name: str = "n0", y_type: int | None = None, **
     outs = [o for o in opdef.outputs if not o.optional or attrs.get("act_sym", 1) == 0]
     node = helper.make_node(op, names, [o.name for o in outs], domain="edgeq", name=name, **attrs)
     inputs = [helper.make_tensor_value_info(i.name, helper.np_dtype_to_tensor_dtype(a.dtype), [None] * a.ndim)
-              for i, a in zip(opdef.inputs, arrays) if a is not None]
+              for n, (i, a) in enumerate(zip(opdef.inputs, arrays)) if a is not None and n not in constants]
+    initializers = [numpy_helper.from_array(np.asarray(arrays[n]), opdef.inputs[n].name) for n in constants]
     outputs = [helper.make_empty_tensor_value_info(o.name) for o in outs]
     if op in WIDE_OUTPUT_OPS:
         if y_type is None:
@@ -76,7 +79,7 @@ def model(op: str, arrays: list, name: str = "n0", y_type: int | None = None, **
                             (onnx.TensorProto.INT8, onnx.TensorProto.INT16))
             y_type = narrow if attrs.get("obits", 8) <= 8 else wide
         outputs[0] = helper.make_tensor_value_info(opdef.outputs[0].name, y_type, None)
-    graph = helper.make_graph([node], op, inputs, outputs)
+    graph = helper.make_graph([node], op, inputs, outputs, initializer=initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), opset_import()], ir_version=9)
 
 
@@ -127,11 +130,13 @@ def matmul_kernel(request, monkeypatch) -> Target:
     return t
 
 
-def run(target, op: str, arrays: list, threads: int = 2, y_type: int | None = None, **attrs) -> list[np.ndarray]:
-    """The op in ORT on ``target`` (a Target, or an op library for the CPU ops)."""
+def run(target, op: str, arrays: list, threads: int = 2, y_type: int | None = None, constants: tuple = (),
+        **attrs) -> list[np.ndarray]:
+    """The op in ORT on ``target`` (a Target, or an op library for the CPU ops); ``constants``: see ``model``."""
     t = target if isinstance(target, Target) else Target(target)
-    feeds = {i.name: a for i, a in zip(OPS[op].inputs, arrays) if a is not None}
-    return session(model(op, arrays, y_type=y_type, **attrs), t.library, t.providers, threads=threads).run(None, feeds)
+    feeds = {i.name: a for n, (i, a) in enumerate(zip(OPS[op].inputs, arrays)) if a is not None and n not in constants}
+    return session(model(op, arrays, y_type=y_type, constants=constants, **attrs), t.library, t.providers,
+                   threads=threads).run(None, feeds)
 
 
 REFERENCE = {
@@ -154,9 +159,9 @@ def reference(op: str, arrays: list, **attrs):
     return REFERENCE[op](arrays, **attrs)
 
 
-def assert_bit_exact(library, op: str, arrays: list, **attrs) -> list[np.ndarray]:
+def assert_bit_exact(library, op: str, arrays: list, constants: tuple = (), **attrs) -> list[np.ndarray]:
     """Runs the op in ORT and its reference; codes, mantissas and exponents must be identical (dtype included)."""
-    got = run(library, op, arrays, **attrs)
+    got = run(library, op, arrays, constants=constants, **attrs)
     want = reference(op, arrays, **attrs)
     assert len(got) == len(want), (len(got), len(want))
     for name, g, w in zip(("codes", "m", "e", "zero"), got, want):

@@ -7,7 +7,8 @@ import pytest
 
 from edgeq.custom_ops.integer_codec import rotary_tables
 
-from .integer_problems import activation, channel_scales, run
+from .conftest import session
+from .integer_problems import activation, channel_scales, model, run
 
 
 def rng():
@@ -21,6 +22,19 @@ def matmul_args(K=20, N=6, rows=3):
 
 
 MATMUL = dict(K=20, N=6, abits=8, wbits=8, obits=8)
+
+
+@pytest.mark.parametrize("index, value, match", [
+    (3, np.ones((5, 20), np.int8), r"W has shape \[5, 20\], expected \[6, 20\] \(N, K\)"),
+    (4, np.full(6, 40000, np.int32), r"w_m\[0\] = 40000 is outside \[-32767, 32767\]"),
+    (5, np.zeros(4, np.int8), r"w_e has shape \[4\], expected \[6\] \(N\)"),
+])
+def test_matmul_bad_constant_weights_refused_at_session_creation(cpu_library, index, value, match):
+    """Constant weights are checked once, when ORT creates the kernel: a bad one fails the session, naming the node."""
+    args = matmul_args()
+    args[index] = value
+    with pytest.raises(Exception, match=rf"edgeq::DIMatMul node 'n0': {match}"):
+        session(model("DIMatMul", args, constants=(3, 4, 5), **MATMUL), cpu_library)
 
 
 def rotary_args(D=8, P=10):

@@ -546,6 +546,28 @@ def test_asymmetric_outputs_of_long_rows(target, rows):
 
 
 @pytest.mark.parametrize("seed", range(8))
+def test_matmul_constant_weights(target, seed):
+    """Weights, scales, zero points and sums as initializers (as the integer-only graph stores them), checked once at
+    session creation: the same bits as the reference, with int8 and int16 X, with and without zero points."""
+    rng = np.random.default_rng(9300 + seed)
+    K, N, rows = odd_size(rng, 300), odd_size(rng, 200), int(rng.integers(1, 12))
+    abits = 12 if seed % 4 == 3 else 8
+    x = activation(rng, (rows, K), 8, saturate=True)
+    if abits > 8:  # 12-bit codes in int16 (lm_head's input)
+        x = (rng.integers(-(1 << (abits - 1)), 1 << (abits - 1), (rows, K)).astype(np.int16), *x[1:])
+    W = rng.integers(-128, 128, (N, K)).astype(np.int8)
+    w_m, w_e = channel_scales(rng, N, spread=16, signed=seed % 2 == 1)
+    arrays, constants = [*x, W, w_m, w_e], (3, 4, 5)
+    if seed % 4 >= 2:
+        w_zero = rng.integers(-128, 128, N).astype(np.int8) if seed % 2 else None
+        x_zero = rng.integers(-(1 << (abits - 1)), 1 << (abits - 1), (rows, 1)).astype(np.int32)
+        arrays += [w_zero, x_zero, W.astype(np.int64).sum(1).astype(np.int32)]
+        constants += (8,) if w_zero is None else (6, 8)
+    assert_bit_exact(target, "DIMatMul", arrays, constants=constants, K=K, N=N, abits=abits, wbits=8,
+                     obits=[8, 16, 6][seed % 3])
+
+
+@pytest.mark.parametrize("seed", range(8))
 def test_matmul_x_zero(matmul_kernel, seed):
     """Asymmetric input codes: acc = X.W - w_zero sum(X) - x_zero (sum(W) - K w_zero), with and without w_zero, every
     GEMM kernel, up to the K bound."""

@@ -125,9 +125,8 @@ DiArgs ArgsOf(const DiAttrs& a, const DiProblem& p) {
 
 template <DiOp kOp>
 struct Kernel {
-  explicit Kernel(const OrtKernelInfo* info) : attrs(DiAttrs::FromKernelInfo(info, kOp)), gemm(DiGemmFromEnv(attrs.where)) {
-    attrs.device_inputs = true;
-  }
+  explicit Kernel(const OrtKernelInfo* info)
+      : attrs(DiAttrs::FromKernelInfo(info, kOp, /*device_inputs=*/true)), gemm(DiGemmFromEnv(attrs.where)) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) {
     return StatusFrom([&] {
