@@ -372,6 +372,9 @@ class Speed:
     decode_tokens_per_second: float
     device: str
     threads: int | None
+    # Decode tokens/s over the first model's in the same round, median and quartiles over the rounds: on a shared
+    # machine whose speed drifts between rounds, the ratio of neighbours is steadier than the ratio of medians.
+    decode_vs_first: tuple[float, float, float] | None = None
 
 
 def measure_speed(paths: list[Path], args) -> list[Speed]:
@@ -392,13 +395,18 @@ def measure_speed(paths: list[Path], args) -> list[Speed]:
             out = generate(d, prompt, cfg)
             prefill[i].append(out.prefill_tokens_per_second)
             decode[i].append(out.decode_tokens_per_second)
-    return [Speed(str(p), float(np.median(a)), float(np.median(b)), args.device, args.threads)
+    first = np.asarray(decode[0])
+    return [Speed(str(p), float(np.median(a)), float(np.median(b)), args.device, args.threads,
+                  tuple(float(q) for q in np.percentile(np.asarray(b) / first, [50, 25, 75])))
             for p, a, b in zip(paths, prefill, decode)]
 
 
 def speed_table(rows: list[Speed], names: list[str]) -> str:
-    lines = ["| model | prefill tok/s | decode tok/s |", "|---|---|---|"]
-    lines += [f"| {n} | {r.prefill_tokens_per_second:.1f} | {r.decode_tokens_per_second:.1f} |" for n, r in zip(names, rows)]
+    lines = [f"| model | prefill tok/s | decode tok/s | decode vs {names[0]} (per-round median, quartiles) |",
+             "|---|---|---|---|"]
+    for n, r in zip(names, rows):
+        ratio = "" if r.decode_vs_first is None else "{:.2f}x ({:.2f}-{:.2f})".format(*r.decode_vs_first)
+        lines.append(f"| {n} | {r.prefill_tokens_per_second:.1f} | {r.decode_tokens_per_second:.1f} | {ratio} |")
     return "\n".join(lines)
 
 

@@ -65,6 +65,9 @@ def test_bench_speed_times_every_model(tmp_path, capsys):
     saved = json.loads((tmp_path / "speed.json").read_text())
     assert [r["model"].split("/")[-2] for r in saved["results"]] == ["a", "b"]
     assert all(r["decode_tokens_per_second"] > 0 for r in saved["results"])
+    assert saved["results"][0]["decode_vs_first"] == [1.0, 1.0, 1.0]  # the first model against itself, every round
+    low, high = saved["results"][1]["decode_vs_first"][1:]
+    assert 0 < low <= saved["results"][1]["decode_vs_first"][0] <= high
     assert "| a |" in capsys.readouterr().out and (tmp_path / "speed.png").exists()
     assert main(["bench", "speed", "-o", str(tmp_path / "empty")]) == 2
 
