@@ -1,0 +1,58 @@
+"""Decode-step time of several decoders side by side, in rounds interleaved across them, on the CPU: each spec is
+MODEL[@OPS_LIBRARY][#THREADS] (an op library other than the current build for an A/B of two builds; intra-op
+threads, default 2). After a 128-token prefill each round runs N decode steps from the same cache per spec; prints
+each spec's median step time and its per-round ratio to the first spec (median and quartiles), which cancels this
+shared VM's drift between rounds better than a ratio of medians.
+
+    python scripts/decode_steps.py out/fp32/model.onnx out/int/model.onnx#1 out/int/model.onnx@/tmp/old/libedgeq_ops_cpu.so
+    ROUNDS=30 STEPS=8 python scripts/decode_steps.py ...
+"""
+
+import os
+import sys
+import time
+
+import numpy as np
+
+from edgeq.runtime.decoder import OnnxDecoder
+
+
+def parse(spec: str) -> tuple[str, str, int]:
+    spec, _, threads = spec.partition("#")
+    model, _, library = spec.partition("@")
+    return model, library, int(threads or 2)
+
+
+def main(specs: list[str]) -> None:
+    rounds, steps = int(os.environ.get("ROUNDS", 30)), int(os.environ.get("STEPS", 8))
+    decoders = []
+    for spec in specs:
+        model, library, threads = parse(spec)
+        # the op library is picked when a session is made: set or clear the override for this one
+        if library:
+            os.environ["EDGEQ_OPS_LIBRARY_CPU"] = library
+        else:
+            os.environ.pop("EDGEQ_OPS_LIBRARY_CPU", None)
+        decoders.append(OnnxDecoder(model, threads=threads))
+    prompt = np.random.default_rng(0).integers(100, 20000, (1, 128))
+    caches = [d.step(prompt, d.empty_cache(1))[1] for d in decoders]
+    token = np.array([[1234]])
+    ms = np.zeros((len(decoders), rounds))
+    for r in range(rounds):
+        for i, d in enumerate(decoders):
+            cache, start = caches[i], time.perf_counter()
+            for _ in range(steps):
+                _, cache = d.step(token, cache)
+            ms[i, r] = (time.perf_counter() - start) / steps * 1e3
+    print(f"{rounds} rounds x {steps} decode steps after a 128-token prompt")
+    print(f"| spec | median ms/step | tok/s | vs {specs[0]} (per-round median, quartiles) |\n|---|---:|---:|---|")
+    for spec, row in zip(specs, ms):
+        ratio = ms[0] / row
+        print(f"| {spec} | {np.median(row):.2f} | {1e3 / np.median(row):.1f} | {np.median(ratio):.2f}x "
+              f"({np.percentile(ratio, 25):.2f}-{np.percentile(ratio, 75):.2f}) |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1:])
