@@ -1,0 +1,87 @@
+"""Where a CPU decode step of an integer-only graph goes, by `perf` (Linux perf with DWARF call graphs): decode steps
+after a 128-token prompt are sampled and each sample is put in one bucket: the int8 GEMM kernels, the DI ops' input
+checks and ORT's input/output queries under PrepareIntegerOp, the rest of each DI kernel, and everything outside
+the DI ops (ORT's executor, Concat, the Python loop).
+
+    python scripts/profile_decode.py out/int/model.onnx [THREADS]
+"""
+
+import collections
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from edgeq.runtime.decoder import OnnxDecoder
+
+OPS = "DIMatMul DIExp DIClippedSoftmax DINorm DISwiGLU DIRotary DIAdd DIBatchMatMul DIRequant".split()  # DiOp order
+
+
+def record(model: str, threads: int, data: str, steps: int = 80) -> float:
+    d = OnnxDecoder(model, threads=threads)
+    _, cache = d.step(np.random.default_rng(0).integers(100, 20000, (1, 128)), d.empty_cache(1))
+    token = np.array([[1234]])
+    for _ in range(10):
+        d.step(token, cache)
+    perf = subprocess.Popen(["perf", "record", "--call-graph", "dwarf,16384", "-F", "2000", "-o", data,
+                             "-p", str(os.getpid())], stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    start = time.perf_counter()
+    for _ in range(steps):
+        d.step(token, cache)
+    ms = (time.perf_counter() - start) / steps * 1e3
+    perf.send_signal(signal.SIGINT)
+    perf.wait()
+    return ms
+
+
+def samples(data: str):
+    text = subprocess.run(["perf", "script", "-i", data, "-F", "tid,ip,sym,dso"], capture_output=True, text=True).stdout
+    for block in text.split("\n\n"):
+        lines = [ln.strip() for ln in block.strip().splitlines()]
+        if len(lines) > 1:
+            yield lines[1:]  # the frames, leaf first
+
+
+def bucket(frames: list[str]) -> tuple[str, str]:
+    chain = " ".join(frames)
+    op = re.search(r"DiOp\)(\d)", chain)
+    where = OPS[int(op.group(1))] if op else "outside the DI ops"
+    if "Gemm" in frames[0] or "Tile" in frames[0]:
+        return where, "int8 GEMM"
+    if any(k in chain for k in ("PrepareIntegerOp", "checks::", "ReadActivation")):
+        return where, "inputs/outputs and checks"
+    return where, "kernel" if op else "ORT, Python"
+
+
+def main(model: str, threads: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "perf.data")
+        ms = record(model, threads, data)
+        counts = collections.Counter(bucket(f) for f in samples(data))
+    total = sum(counts.values())
+    print(f"{model}: {ms:.2f} ms per decode step under perf, {threads} thread(s), {total} samples")
+    by_kind = collections.Counter()
+    for (where, kind), n in counts.items():
+        by_kind[kind] += n
+    print("| part | share of samples |\n|---|---:|")
+    for kind, n in by_kind.most_common():
+        print(f"| {kind} | {100 * n / total:.1f}% |")
+    print("\n| op | share | of which |\n|---|---:|---|")
+    per_op = collections.Counter()
+    for (where, _), n in counts.items():
+        per_op[where] += n
+    for where, n in per_op.most_common():
+        parts = ", ".join(f"{k} {100 * v / total:.1f}%" for (w, k), v in counts.most_common() if w == where)
+        print(f"| {where} | {100 * n / total:.1f}% | {parts} |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1)
