@@ -1,7 +1,7 @@
-// Streaming rate of the one-row AVX-512 VNNI int8 GEMV (int8_gemm.h's decode path: single weight rows, software
-// prefetch 4 KB ahead) over 112 MB of weights (BENCHMARKS.md, stop 21): one thread at K = 576 and 1,536, then two
-// threads splitting each call's rows with a barrier per call, as a decode step's DIMatMuls do, for calls of 192,
-// 576, 1,536 and 49,152 rows of K = 576 (k/v, q/o, gate/up, lm_head-sized).
+// Streaming rate of the one-row AVX-512 VNNI int8 GEMV (int8_gemm.h's decode path: single weight rows) over 112 MB
+// of weights (BENCHMARKS.md, stop 21): one thread at K = 576 and 1,536 with and without the software prefetch 4 KB
+// ahead that the AVX2 path keeps, then two threads splitting each call's rows with a barrier per call, as a decode
+// step's DIMatMuls do, for calls of 192, 576, 1,536 and 49,152 rows of K = 576 (k/v, q/o, gate/up, lm_head-sized).
 //   g++ -O3 -march=native -pthread scripts/vnni_gemv_stream.cc -o /tmp/v && /tmp/v
 #include <immintrin.h>
 
@@ -15,13 +15,15 @@
 
 static double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
+template <bool kPrefetch = false>
 __attribute__((noinline)) void Gemv(const int8_t* x, int32_t x_sum, const int8_t* W, int64_t N, int64_t K, int32_t* out) {
   const __m512i flip = _mm512_set1_epi8(char(0x80));
   const int64_t ahead = (4096 + K - 1) / K * K;
   const uintptr_t base = reinterpret_cast<uintptr_t>(W);
   for (int64_t n = 0; n < N; ++n) {
     const uintptr_t next = base + uintptr_t(n * K + ahead);
-    for (int64_t c = 0; c < K; c += 64) _mm_prefetch(reinterpret_cast<const char*>(next + uintptr_t(c)), _MM_HINT_T0);
+    for (int64_t c = 0; c < K && kPrefetch; c += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(next + uintptr_t(c)), _MM_HINT_T0);
     const int8_t* w = W + n * K;
     __m512i s = _mm512_setzero_si512();
     for (int64_t k = 0; k < K; k += 64) {
@@ -35,6 +37,7 @@ __attribute__((noinline)) void Gemv(const int8_t* x, int32_t x_sum, const int8_t
 
 constexpr int64_t kBytes = int64_t(112) << 20;
 
+template <bool kPrefetch>
 void OneThread(int64_t K) {
   const int64_t N = kBytes / K;
   std::vector<int8_t> W(N * K + 8192), x(K);
@@ -44,10 +47,11 @@ void OneThread(int64_t K) {
   double best = 1e9;
   for (int r = 0; r < 7; ++r) {
     const double start = Now();
-    Gemv(x.data(), 0, W.data(), N, K, out.data());
+    Gemv<kPrefetch>(x.data(), 0, W.data(), N, K, out.data());
     best = std::min(best, Now() - start);
   }
-  printf("one thread, K=%ld: %.2f ms, %.1f GB/s\n", long(K), best * 1e3, N * K / best / 1e9);
+  printf("one thread, K=%ld, %s: %.2f ms, %.1f GB/s\n", long(K), kPrefetch ? "prefetch" : "no prefetch", best * 1e3,
+         N * K / best / 1e9);
 }
 
 void TwoThreads(int64_t rows) {
@@ -83,7 +87,9 @@ void TwoThreads(int64_t rows) {
 }
 
 int main() {
-  OneThread(576);
-  OneThread(1536);
+  for (int64_t K : {576, 1536}) {
+    OneThread<true>(K);
+    OneThread<false>(K);
+  }
   for (int64_t rows : {192, 576, 1536, 49152}) TwoThreads(rows);
 }

@@ -222,10 +222,11 @@ void GemmRows(const GemmInput& g, int64_t m, int64_t n0, int64_t rows, int32_t* 
   constexpr int NR = kStreamOne ? 1 : kTileN;
   int64_t n = n0;
 #if defined(__AVX2__)
-  if constexpr (kStreamOne) {
+  if constexpr (kStreamOne && kGemm == Gemm::kAvx2) {
     // Software prefetch some 4 KB ahead of the row being read: the hardware prefetcher alone left the single-row
     // stream short of the memory bandwidth (decode at one thread on the AVX2 EPYC VM: the tile's perf samples fell
-    // by about 40%, the step's CPU time by some 10%).
+    // by about 40%, the step's CPU time by some 10%). On the AVX-512 EPYC the same prefetch slowed the VNNI stream
+    // (scripts/vnni_gemv_stream.cc, K = 1,536: 15-18 GB/s with it, 19-21 without), so the wider kernels go without.
     // A prefetch never faults, so the rows past the end of W cost nothing; the address is formed as an integer.
     const int64_t ahead = (4096 + g.K - 1) / g.K * g.K;
     const uintptr_t base = reinterpret_cast<uintptr_t>(g.w);
