@@ -34,9 +34,10 @@ def main(specs: list[str]) -> None:
         else:
             os.environ.pop("EDGEQ_OPS_LIBRARY_CPU", None)
         decoders.append(OnnxDecoder(model, threads=threads))
-    prompt = np.random.default_rng(0).integers(100, 20000, (1, 128))
+    vocab = min(d.session.get_outputs()[0].shape[-1] for d in decoders)
+    prompt = np.random.default_rng(0).integers(1, vocab, (1, 128))
     caches = [d.step(prompt, d.empty_cache(1))[1] for d in decoders]
-    token = np.array([[1234]])
+    token = np.array([[vocab // 2]])
     ms = np.zeros((len(decoders), rounds))
     for r in range(rounds):
         for i, d in enumerate(decoders):

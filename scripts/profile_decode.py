@@ -24,8 +24,9 @@ OPS = "DIMatMul DIExp DIClippedSoftmax DINorm DISwiGLU DIRotary DIAdd DIBatchMat
 
 def record(model: str, threads: int, data: str, steps: int = 80) -> float:
     d = OnnxDecoder(model, threads=threads)
-    _, cache = d.step(np.random.default_rng(0).integers(100, 20000, (1, 128)), d.empty_cache(1))
-    token = np.array([[1234]])
+    vocab = d.session.get_outputs()[0].shape[-1]
+    _, cache = d.step(np.random.default_rng(0).integers(1, vocab, (1, 128)), d.empty_cache(1))
+    token = np.array([[vocab // 2]])
     for _ in range(10):
         d.step(token, cache)
     perf = subprocess.Popen(["perf", "record", "--call-graph", "dwarf,16384", "-F", "2000", "-o", data,
