@@ -3,7 +3,7 @@ after a 128-token prompt are sampled and each sample is put in one bucket: the i
 checks and ORT's input/output queries under PrepareIntegerOp, the rest of each DI kernel, and everything outside
 the DI ops (ORT's executor, Concat, the Python loop).
 
-    python scripts/profile_decode.py out/int/model.onnx [THREADS]
+    python scripts/profile_decode.py out/int/model.onnx [THREADS]      # STEPS=300 for more samples
 """
 
 import collections
@@ -60,11 +60,32 @@ def bucket(frames: list[str]) -> tuple[str, str]:
     return where, "kernel" if op else "ORT, Python"
 
 
+def frame_name(frame: str) -> str:
+    """'ORT' for the stripped ORT library, else the library's short name and the function."""
+    if "onnxruntime" in frame:
+        return "ORT"
+    name = re.sub(r"^\S+\s+", "", frame)
+    name = re.sub(r"edgeq::(cpu::)?(\(anonymous namespace\)::)?", "", name)
+    return re.sub(r"\s*\(/.*", "", name)[:60]
+
+
+def checks_callers(frames: list[str]) -> tuple[str, str]:
+    """Within the 'inputs/outputs and checks' bucket: the leaf and the innermost edgeq function above it."""
+    caller = next((frame_name(f) for f in frames if "libedgeq" in f and "checks::Input" not in f
+                   and "ConstValueImpl" not in f), "?")
+    return frame_name(frames[0]), caller
+
+
 def main(model: str, threads: int) -> None:
+    callers = collections.Counter()
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "perf.data")
-        ms = record(model, threads, data)
-        counts = collections.Counter(bucket(f) for f in samples(data))
+        ms = record(model, threads, data, steps=int(os.environ.get("STEPS", 80)))
+        counts = collections.Counter()
+        for frames in samples(data):
+            counts[bucket(frames)] += 1
+            if bucket(frames)[1] == "inputs/outputs and checks":
+                callers[checks_callers(frames)] += 1
     total = sum(counts.values())
     print(f"{model}: {ms:.2f} ms per decode step under perf, {threads} thread(s), {total} samples")
     by_kind = collections.Counter()
@@ -80,6 +101,10 @@ def main(model: str, threads: int) -> None:
     for where, n in per_op.most_common():
         parts = ", ".join(f"{k} {100 * v / total:.1f}%" for (w, k), v in counts.most_common() if w == where)
         print(f"| {where} | {100 * n / total:.1f}% | {parts} |")
+    print("\nInputs/outputs and checks, by leaf and calling edgeq function (ORT's own code is stripped):\n"
+          "| leaf | under | share |\n|---|---|---:|")
+    for (leaf, caller), n in callers.most_common(8):
+        print(f"| {leaf} | {caller} | {100 * n / total:.2f}% |")
 
 
 if __name__ == "__main__":
