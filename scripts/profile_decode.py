@@ -83,8 +83,9 @@ def main(model: str, threads: int) -> None:
         ms = record(model, threads, data, steps=int(os.environ.get("STEPS", 80)))
         counts = collections.Counter()
         for frames in samples(data):
-            counts[bucket(frames)] += 1
-            if bucket(frames)[1] == "inputs/outputs and checks":
+            where, kind = bucket(frames)
+            counts[where, kind] += 1
+            if kind == "inputs/outputs and checks":
                 callers[checks_callers(frames)] += 1
     total = sum(counts.values())
     print(f"{model}: {ms:.2f} ms per decode step under perf, {threads} thread(s), {total} samples")

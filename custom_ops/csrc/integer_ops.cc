@@ -1,6 +1,7 @@
 #include "integer_ops.h"
 
 #include <algorithm>
+#include <initializer_list>
 #include <utility>
 
 namespace edgeq {
@@ -140,10 +141,19 @@ uint32_t CheckConstantWeights(const OrtKernelInfo* info, const DiAttrs& a) {
   return checked;
 }
 
-// The address of input `index`, one CheckConstantWeights checked.
+// DIMatMul's weight input `index` of `shape`: its address, checked at this call unless CheckConstantWeights checked
+// it at session creation (then nothing is allocated: the shape is an initializer list); null for an absent optional
+// one.
 template <typename T>
-const T* CheckedConstant(Ort::KernelContext& ctx, size_t index) {
-  return static_cast<const T*>(ctx.GetInput(index).GetTensorRawData());
+const T* WeightInput(Ort::KernelContext& ctx, const DiAttrs& a, size_t index, const char* name,
+                     std::initializer_list<int64_t> shape, const char* meaning, bool required) {
+  if (a.Constant(index)) return static_cast<const T*>(ctx.GetInput(index).GetTensorRawData());
+  TensorView t;
+  if (required) t = RequiredInput(ctx, index, name, a.where);
+  else if (ctx.GetInputCount() > index) t = Input(ctx, index, name, a.where);
+  if (t.value == nullptr) return nullptr;
+  ExpectShape(t, name, std::vector<int64_t>(shape), meaning, a.where);
+  return static_cast<const T*>(t.value.GetTensorRawData());
 }
 
 void ExpectSameShape(const IntInput& a, const IntInput& b, const char* a_name, const char* b_name,
@@ -393,40 +403,21 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
       if (p.x.type != x_want)
         Fail(where, std::string("X is ") + TypeName(p.x.type) + ", but abits=" + std::to_string(a.abits) + " gives " +
                         TypeName(x_want) + " codes");
-      auto constant = [&](size_t index) { return (a.constant_inputs >> index & 1u) != 0; };
-      if (constant(3)) {
-        p.W = CheckedConstant<int8_t>(ctx, 3);
-      } else {
-        TensorView W = RequiredInput(ctx, 3, "W", where);
-        ExpectShape(W, "W", {a.N, a.K}, "(N, K)", where);
-        p.W = static_cast<const int8_t*>(W.value.GetTensorRawData());
-      }
-      if (constant(4) && constant(5)) {
-        p.ch_m = CheckedConstant<int32_t>(ctx, 4);
-        p.ch_e = CheckedConstant<int8_t>(ctx, 5);
+      p.W = WeightInput<int8_t>(ctx, a, 3, "W", {a.N, a.K}, "(N, K)", true);
+      if (a.Constant(4) && a.Constant(5)) {
+        p.ch_m = WeightInput<int32_t>(ctx, a, 4, "w_m", {a.N}, "(N)", true);
+        p.ch_e = WeightInput<int8_t>(ctx, a, 5, "w_e", {a.N}, "(N)", true);
       } else {
         ReadChannelScales(ctx, 4, "w_m", "w_e", a.N, "(N)", a, p);
       }
-      const TensorView zero = constant(6)           ? TensorView{}
-                              : ctx.GetInputCount() > 6 ? Input(ctx, 6, "w_zero", where)
-                                                        : TensorView{};
-      if (constant(6)) p.w_zero = CheckedConstant<int8_t>(ctx, 6);
-      if (zero.value != nullptr) {
-        ExpectShape(zero, "w_zero", {a.N}, "(N)", where);
-        p.w_zero = static_cast<const int8_t*>(zero.value.GetTensorRawData());
-      }
+      p.w_zero = WeightInput<int8_t>(ctx, a, 6, "w_zero", {a.N}, "(N)", false);
       const TensorView x_zero = ctx.GetInputCount() > 7 ? Input(ctx, 7, "x_zero", where) : TensorView{};
-      const TensorView w_sum = constant(8)           ? TensorView{}
-                               : ctx.GetInputCount() > 8 ? Input(ctx, 8, "w_sum", where)
-                                                         : TensorView{};
-      if ((x_zero.value != nullptr) != (constant(8) || w_sum.value != nullptr))
-        Fail(where, "x_zero and w_sum come together");
+      const bool has_w_sum = a.Constant(8) || (ctx.GetInputCount() > 8 && ctx.GetInput(8) != nullptr);
+      if ((x_zero.value != nullptr) != has_w_sum) Fail(where, "x_zero and w_sum come together");
       if (x_zero.value != nullptr) {
         ExpectShape(x_zero, "x_zero", WithLast(p.x.shape, 1), "(X's leading dims + [1])", where);
-        if (!constant(8)) ExpectShape(w_sum, "w_sum", {a.N}, "(N)", where);
         p.x_zero = static_cast<const int32_t*>(x_zero.value.GetTensorRawData());
-        p.w_sum = constant(8) ? CheckedConstant<int32_t>(ctx, 8)
-                              : static_cast<const int32_t*>(w_sum.value.GetTensorRawData());
+        p.w_sum = WeightInput<int32_t>(ctx, a, 8, "w_sum", {a.N}, "(N)", true);
       }
       const bool has_wz = p.w_zero != nullptr, has_xz = p.x_zero != nullptr;
       const int64_t limit = integer::DIMatMulMaxK(a.abits, has_wz, has_xz);
@@ -499,6 +490,7 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
         if (p.x.shape.size() != 4)
           Fail(where, "X has shape " + ShapeText(p.x.shape) + ", expected [B, G, S, D] (heads_first=1)");
         p.merged_rows = p.x.shape[1];
+        p.merged_seq = p.x.shape[2];
         out_shape = {p.x.shape[0], p.x.shape[2], p.x.shape[1] * p.x.C};
         break;
       }

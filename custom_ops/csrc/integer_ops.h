@@ -48,6 +48,7 @@ struct DiAttrs {
   // DIMatMul's weight inputs (bit i: input i) that are constant initializers, their shapes (and on the CPU their
   // values) checked once at session creation: a call reads only their addresses.
   uint32_t constant_inputs = 0;
+  bool Constant(size_t index) const { return (constant_inputs >> index & 1u) != 0; }
   static DiAttrs FromKernelInfo(const OrtKernelInfo* info, DiOp op, bool device_inputs = false);
 };
 
@@ -85,6 +86,7 @@ struct DiProblem {
   int64_t cos_rows = 0;              // P
   bool per_head_scales = false;      // DIRotary: x's scales are [B, S, H, 1] (else [B, S, 1, 1])
   int64_t merged_rows = 0;           // DIRequant: G, the input rows of each output row
+  int64_t merged_seq = 1;            // DIRequant heads_first: S of X [B, G, S, D] (MergedRowsOf)
   int64_t M = 0, K = 0, N = 0;       // DIBatchMatMul: A [batch, M, K], B [batch of B, N, K] or [.., K, N]
   std::vector<int64_t> b_batch;      // DIBatchMatMul: B's flat batch index for each of A's, which is
   std::vector<int64_t> b_strides, b_groups;  // sum over A's batch dims i of digit_i / b_groups[i] * b_strides[i]

@@ -701,7 +701,7 @@ void DIBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const D
 
 template <typename T>
 void DIRequant(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
-  const int64_t D = p.x.C, G = p.merged_rows, S = a.heads_first ? p.x.shape[2] : 1;
+  const int64_t D = p.x.C, G = p.merged_rows, S = p.merged_seq;
   auto row = [&](int64_t r) {  // output row r merges G input rows (MergedRowsOf)
     const auto [first, stride] = MergedRowsOf(r, G, S, a.heads_first != 0);
     const int32_t* m = p.x.m + first;

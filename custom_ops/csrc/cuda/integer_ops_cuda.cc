@@ -116,7 +116,7 @@ DiArgs ArgsOf(const DiAttrs& a, const DiProblem& p) {
     case DiOp::kRequant:
       args.G = p.merged_rows;
       args.heads_first = a.heads_first != 0;
-      args.S = a.heads_first ? p.x.shape[2] : 1;
+      args.S = p.merged_seq;
       break;
     default: break;
   }
