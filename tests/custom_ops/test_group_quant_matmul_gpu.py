@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.custom_ops.reference import group_quant_matmul
 
@@ -109,6 +110,29 @@ def test_automatic_choice(cuda_library, monkeypatch, dtype, seed, lead, K, N, bi
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
 def test_llama_shape(cuda_library, monkeypatch, bits, M, K, N, dtype):
     check(cuda_library, monkeypatch, "auto", bits * 10 + M, (M,), K, N, bits, 128, True, dtype)
+
+
+@pytest.mark.parametrize("kernel", ["decode-h2", "decode-mma"])
+def test_decode_after_the_kernel_that_writes_its_weights(cuda_library, monkeypatch, kernel):
+    """The decode kernels prefetch their weights into L2 before waiting for the previous kernel (pdl.cuh): with
+    the scales computed by that kernel (a Mul on the GPU, fed fresh values at every run), the result must use the
+    new values, never stale ones."""
+    monkeypatch.setenv("EDGEQ_GQMM_KERNEL", kernel)
+    rng = np.random.default_rng(15)
+    p = random_problem(rng, (1,), 4096, 1024, 4, 128, np.float16)
+    model = gqmm_model(p)
+    graph = model.graph
+    scales = next(t for t in graph.initializer if t.name == "scales")
+    graph.initializer.remove(scales)
+    graph.input.append(helper.make_tensor_value_info("raw_scales", TensorProto.FLOAT16, list(p.scales.shape)))
+    graph.initializer.append(numpy_helper.from_array(np.array(2.0, np.float16), "two"))
+    graph.node.insert(0, helper.make_node("Mul", ["raw_scales", "two"], ["scales"]))
+    s = session(model, cuda_library, CUDA)
+    for _ in range(3):
+        raw = (p.scales * rng.uniform(0.5, 1.5, p.scales.shape)).astype(np.float16)
+        y = s.run(None, {"A": p.A, "raw_scales": raw})[0]
+        ref = group_quant_matmul(p.A, p.B, (raw * 2).astype(np.float16), p.zero_points, 4096, 1024, 4, 128)
+        assert rel_error(y, ref) <= TOLERANCE[np.dtype(np.float16)]
 
 
 def test_the_node_runs_on_the_cuda_provider(cuda_library, tmp_path):

@@ -31,7 +31,9 @@ namespace cuda {
 //                                         all 16 rows of the tile share
 //   float4 GroupStats<G>(tile, g); float2 UnitScaleZero<G>(d, g, stats)   (s, z) of the unit's group g
 //   bool DecodeFits()                     whether the decode kernel takes these weights
-// plus the fields codes, row_bytes, group_size, bits.
+//   PrefetchRows(r0, rows, part, parts)   everything rows [r0, r0 + rows) read, toward L2 (PrefetchL2)
+// plus the fields codes, row_bytes, group_size, bits, and `prefetch`: whether the decode kernel calls PrefetchRows
+// before PdlWait() (PrefetchEnabled()).
 
 // GroupQuantMatMul: s from scales (T), z from zero_points (uint8; absent means 2^(bits-1)). No outliers.
 template <typename T>
@@ -42,6 +44,14 @@ struct GqmmWeights {
   const T* __restrict__ scales = nullptr;
   const uint8_t* __restrict__ zero_points = nullptr;
   int n_groups = 0, group_size = 0, bits = 0;
+  bool prefetch = false;
+
+  __device__ __forceinline__ void PrefetchRows(int r0, int rows, int part, int parts) const {
+    const int64_t at = static_cast<int64_t>(r0) * n_groups, groups = static_cast<int64_t>(rows) * n_groups;
+    PrefetchL2(codes + r0 * row_bytes, rows * row_bytes, part, parts);
+    PrefetchL2(scales + at, groups * static_cast<int64_t>(sizeof(T)), part, parts);
+    if (zero_points) PrefetchL2(zero_points + at, groups, part, parts);
+  }
 
   struct Row {
     const T* scales;
@@ -113,6 +123,25 @@ struct SpqrWeights {
   int n_groups = 0, group_size = 0, bits = 0, stat_bits = 0, stat_row_bytes = 0, stat_group_size = 1;
   uint32_t block_magic = 0;  // n / stat_group_size = umulhi(n, magic) >> shift (n >> shift for a power of two)
   int block_shift = 0;
+  bool prefetch = false;
+
+  // The outliers' range needs the rows' row_ptr first: the last part loads it, after issuing its other pieces.
+  __device__ __forceinline__ void PrefetchRows(int r0, int rows, int part, int parts) const {
+    const int64_t at = static_cast<int64_t>(r0) * stat_row_bytes, stat_bytes = static_cast<int64_t>(rows) * stat_row_bytes;
+    PrefetchL2(codes + r0 * row_bytes, rows * row_bytes, part, parts);
+    PrefetchL2(scale_codes + at, stat_bytes, part, parts);
+    PrefetchL2(zero_codes + at, stat_bytes, part, parts);
+    const int b0 = BlockOf(r0), b1 = BlockOf(r0 + rows - 1);
+    PrefetchL2(stats + static_cast<int64_t>(b0) * n_groups, static_cast<int64_t>(b1 - b0 + 1) * n_groups * 8, part, parts);
+    if (part == parts - 1) {
+      int64_t lo, hi, lo1, hi1;
+      OutlierRange(r0, lo, hi);
+      OutlierRange(r0 + rows - 1, lo1, hi1);
+      hi = max(hi, hi1);
+      PrefetchL2(cols + lo, 2 * (hi - lo), 0, 1);
+      PrefetchL2(values + lo, 2 * (hi - lo), 0, 1);
+    }
+  }
 
   __host__ void SetStatGroupSize(int size) {
     stat_group_size = size;
@@ -525,10 +554,11 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
     MmaDecodeKernel(const __half* __restrict__ A, W w, __half* __restrict__ Y, int M, int N, int K, int chunk_steps) {
   constexpr int kBlocksPerGroup = GS / 16;
   extern __shared__ __align__(16) unsigned char smem[];
+  const int r0 = blockIdx.x * kMmaTileRows;
+  if (w.prefetch) w.PrefetchRows(r0, min(kMmaTileRows, N - r0), threadIdx.x, kMmaThreads);
   PdlWait();
   PdlRelease();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int r0 = blockIdx.x * kMmaTileRows;
   const int units = K / kMmaUnitCodes, steps = (units + kMmaStepUnits - 1) / kMmaStepUnits;
   const int n0 = min(r0 + g, N - 1), n1 = min(r0 + g + 8, N - 1);
   const uint8_t* codes0 = w.codes + n0 * w.row_bytes;
