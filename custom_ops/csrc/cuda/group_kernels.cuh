@@ -33,7 +33,7 @@ namespace cuda {
 //   bool DecodeFits()                     whether the decode kernel takes these weights
 //   PrefetchRows(r0, rows, part, parts)   everything rows [r0, r0 + rows) read, toward L2 (PrefetchL2)
 // plus the fields codes, row_bytes, group_size, bits, and `prefetch`: whether the decode kernel calls PrefetchRows
-// before PdlWait() (PrefetchEnabled()).
+// before PdlWait() (PrefetchPays).
 
 // GroupQuantMatMul: s from scales (T), z from zero_points (uint8; absent means 2^(bits-1)). No outliers.
 template <typename T>
@@ -725,10 +725,12 @@ void LaunchMmaDecodeTyped(const __half* A, const W& w, __half* Y, int M, int N, 
   while (chunk_steps > 1 && MmaSharedBytes(M, chunk_steps) > kBudget) chunk_steps = (chunk_steps + 1) / 2;
   const size_t smem = static_cast<size_t>(MmaSharedBytes(M, chunk_steps));
   const unsigned blocks = static_cast<unsigned>((N + kMmaTileRows - 1) / kMmaTileRows);
+  W prefetched = w;
+  prefetched.prefetch = PrefetchPays(blocks, 2);
   auto kernel = M == 1 ? MmaDecodeKernel<BITS, GS, 1, W> : MmaDecodeKernel<BITS, GS, kMmaMaxM, W>;
   // Above 48 KB of dynamic shared memory a kernel must opt in; cheap, and harmless during graph capture.
   if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  LaunchDependent(kernel, dim3(blocks), dim3(kMmaThreads), smem, stream, A, w, Y, M, N, K, chunk_steps);
+  LaunchDependent(kernel, dim3(blocks), dim3(kMmaThreads), smem, stream, A, prefetched, Y, M, N, K, chunk_steps);
 }
 
 template <int BITS, typename W>

@@ -406,10 +406,8 @@ struct Half2Step {
 };
 
 // group_shift: log2 of the group size (16..128; a 16-code block lies in one group). Block: 8 warps = (8 / ksplit)
-// row groups of R rows, each served by ksplit warps taking interleaved steps, meeting in shared memory. The grid
-// may hold fewer blocks than there are tiles of rows: block b takes tiles b, b + gridDim.x, ... and (prefetch)
-// asks L2 for its next tile while it computes this one, so DRAM keeps streaming through the compute; the first
-// tiles are asked for before PdlWait, overlapping the previous kernel (pdl.cuh).
+// row groups of R rows, each served by ksplit warps taking interleaved steps, meeting in shared memory.
+// prefetch: the block asks L2 for its rows before PdlWait (pdl.cuh; the launcher sets it when the grid is one wave).
 template <int BITS, int R, int V, int MINB>
 __global__ void __launch_bounds__(kDecodeWarps * 32, MINB)
     DecodeHalf2Kernel(const __half* __restrict__ A, const uint8_t* __restrict__ B, const __half* __restrict__ scales,
@@ -417,19 +415,15 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, MINB)
                       int group_shift, int ksplit, bool prefetch) {
   using L = Half2Layout<BITS>;
   const int row_groups = kDecodeWarps / ksplit, tile_rows = row_groups * R;
-  const int tiles = (N + tile_rows - 1) / tile_rows;
-  GqmmWeights<__half> w;  // for PrefetchRows
-  w.codes = B;
-  w.row_bytes = static_cast<int64_t>(K) * BITS / 8;
-  w.scales = scales;
-  w.zero_points = zero_points;
-  w.n_groups = n_groups;
-  prefetch = prefetch && blockIdx.y == 0;  // the blocks of A's first row fetch the weights for all
-  auto prefetch_tile = [&](int tile) {
-    if (prefetch && tile < tiles)
-      w.PrefetchRows(tile * tile_rows, min(tile_rows, N - tile * tile_rows), threadIdx.x, blockDim.x);
-  };
-  prefetch_tile(blockIdx.x);
+  if (prefetch && blockIdx.y == 0) {  // the blocks of A's first row fetch the weights for all
+    GqmmWeights<__half> w;
+    w.codes = B;
+    w.row_bytes = static_cast<int64_t>(K) * BITS / 8;
+    w.scales = scales;
+    w.zero_points = zero_points;
+    w.n_groups = n_groups;
+    w.PrefetchRows(blockIdx.x * tile_rows, min(tile_rows, N - blockIdx.x * tile_rows), threadIdx.x, blockDim.x);
+  }
   PdlWait();
   PdlRelease();
   A += static_cast<size_t>(blockIdx.y) * K;
@@ -438,33 +432,29 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, MINB)
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int row_group = warp / ksplit, split = warp % ksplit;
+  const int n0 = (blockIdx.x * row_groups + row_group) * R;
   const int row_pieces = K / L::kPieceCodes;
   const int steps = (row_pieces + 32 * V - 1) / (32 * V);
 
-  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    prefetch_tile(tile + gridDim.x);
-    const int n0 = tile * tile_rows + row_group * R;
-    float acc[R] = {};
-    for (int s = split; s < steps; s += ksplit) {
-      Half2Step<BITS, R, V> step;
-      step.Load(B, scales, zero_points, n0, N, s, lane, row_pieces, n_groups, group_shift);
-      step.Compute(A, s, lane, row_pieces, acc);
-    }
+  float acc[R] = {};
+  for (int s = split; s < steps; s += ksplit) {
+    Half2Step<BITS, R, V> step;
+    step.Load(B, scales, zero_points, n0, N, s, lane, row_pieces, n_groups, group_shift);
+    step.Compute(A, s, lane, row_pieces, acc);
+  }
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const float v = WarpSum(acc[r]);
-      if (lane == 0) partial[split][row_group][r] = v;
-    }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < tile_rows; idx += blockDim.x) {
-      const int r = idx % R, rg = idx / R;
-      const int n = tile * tile_rows + rg * R + r;
-      if (n >= N) continue;
-      float v = 0.f;
-      for (int s = 0; s < ksplit; ++s) v += partial[s][rg][r];
-      Y[n] = __float2half_rn(v);
-    }
-    __syncthreads();  // partial is written again for the next tile
+  for (int r = 0; r < R; ++r) {
+    const float v = WarpSum(acc[r]);
+    if (lane == 0) partial[split][row_group][r] = v;
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < tile_rows; idx += blockDim.x) {
+    const int r = idx % R, rg = idx / R;
+    const int n = (blockIdx.x * row_groups + rg) * R + r;
+    if (n >= N) continue;
+    float v = 0.f;
+    for (int s = 0; s < ksplit; ++s) v += partial[s][rg][r];
+    Y[n] = __float2half_rn(v);
   }
 }
 
@@ -620,7 +610,6 @@ GqmmWeights<T> Weights(const GqmmArgs& a) {
   w.n_groups = static_cast<int>(a.n_groups);
   w.group_size = static_cast<int>(a.group_size);
   w.bits = static_cast<int>(a.bits);
-  w.prefetch = PrefetchEnabled();
   return w;
 }
 
@@ -652,17 +641,6 @@ void LaunchDecodeRows(const GqmmArgs& a, cudaStream_t stream) {
       static_cast<int>(a.M), static_cast<int>(a.N), static_cast<int>(a.K), static_cast<int>(a.n_groups), ksplit);
 }
 
-// Blocks per SM in decode-h2's grid (EDGEQ_DECODE_BLOCKS_PER_SM, default 2: every slot of its 2 blocks per SM;
-// 1 leaves a slot per SM to the next kernel, whose first tiles then stream in while this one runs).
-inline int DecodeBlocksPerSm() {
-  static const int blocks = [] {
-    const char* env = std::getenv("EDGEQ_DECODE_BLOCKS_PER_SM");
-    const int v = env ? std::atoi(env) : 0;
-    return v >= 1 && v <= 64 ? v : 2;
-  }();
-  return blocks;
-}
-
 template <int BITS, int R, int V, int MINB>
 void LaunchDecodeHalf2(const GqmmArgs& a, cudaStream_t stream) {
   using L = Half2Layout<BITS>;
@@ -673,12 +651,11 @@ void LaunchDecodeHalf2(const GqmmArgs& a, cudaStream_t stream) {
   while ((int64_t{1} << group_shift) < a.group_size) ++group_shift;
   const int rows_per_block = (kDecodeWarps / ksplit) * R;
   const int64_t tiles = (a.N + rows_per_block - 1) / rows_per_block;
-  const dim3 grid(static_cast<unsigned>(std::min<int64_t>(tiles, DecodeBlocksPerSm() * MultiprocessorCount())),
-                  static_cast<unsigned>(a.M));
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(a.M));
   LaunchDependent(DecodeHalf2Kernel<BITS, R, V, MINB>, grid, dim3(kDecodeWarps * 32), 0, stream,
                   static_cast<const __half*>(a.A), a.B, static_cast<const __half*>(a.scales), a.zero_points,
                   static_cast<__half*>(a.Y), static_cast<int>(a.N), static_cast<int>(a.K),
-                  static_cast<int>(a.n_groups), group_shift, ksplit, PrefetchEnabled());
+                  static_cast<int>(a.n_groups), group_shift, ksplit, PrefetchPays(tiles, MINB));
 }
 
 void LaunchDecodeHalf2Bits(const GqmmArgs& a, cudaStream_t stream) {

@@ -32,7 +32,6 @@ SpqrWeights Weights(const SpqrArgs& a) {
   w.stat_bits = static_cast<int>(a.stat_bits);
   w.stat_row_bytes = static_cast<int>(a.stat_row_bytes);
   w.SetStatGroupSize(static_cast<int>(a.stat_group_size));
-  w.prefetch = PrefetchEnabled();
   return w;
 }
 
