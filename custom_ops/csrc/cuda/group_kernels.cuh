@@ -125,7 +125,7 @@ struct SpqrWeights {
   int block_shift = 0;
   bool prefetch = false;
 
-  // The outliers' range needs the rows' row_ptr first: the last part loads it, after issuing its other pieces.
+  // The rows' outliers need their row_ptr first: the last part loads it, after issuing its other pieces.
   __device__ __forceinline__ void PrefetchRows(int r0, int rows, int part, int parts) const {
     const int64_t at = static_cast<int64_t>(r0) * stat_row_bytes, stat_bytes = static_cast<int64_t>(rows) * stat_row_bytes;
     PrefetchL2(codes + r0 * row_bytes, rows * row_bytes, part, parts);
@@ -134,10 +134,8 @@ struct SpqrWeights {
     const int b0 = BlockOf(r0), b1 = BlockOf(r0 + rows - 1);
     PrefetchL2(stats + static_cast<int64_t>(b0) * n_groups, static_cast<int64_t>(b1 - b0 + 1) * n_groups * 8, part, parts);
     if (part == parts - 1) {
-      int64_t lo, hi, lo1, hi1;
-      OutlierRange(r0, lo, hi);
-      OutlierRange(r0 + rows - 1, lo1, hi1);
-      hi = max(hi, hi1);
+      int64_t lo, hi;
+      Clamp(make_int2(__ldg(row_ptr + r0), __ldg(row_ptr + r0 + rows)), lo, hi);
       PrefetchL2(cols + lo, 2 * (hi - lo), 0, 1);
       PrefetchL2(values + lo, 2 * (hi - lo), 0, 1);
     }
@@ -384,6 +382,7 @@ void LaunchDequantize(const W& w, T* out, int64_t N, int64_t K, bool outliers, c
 constexpr int kMmaWarps = 8;
 constexpr int kMmaThreads = kMmaWarps * 32;
 constexpr int kMmaTileRows = 16;
+constexpr int kMmaBlocksPerSm = 2;  // MmaDecodeKernel's __launch_bounds__ minimum, and PrefetchPays' wave
 constexpr int kMmaUnitCodes = 128;
 constexpr int kMmaStepUnits = 4;
 constexpr int kMmaStepBytes = 32 * 4 * 8;  // staged A of one step and token: 32 mmas x 4 quad lanes x 8 bytes
@@ -550,7 +549,7 @@ struct MmaStepData {
 
 // MAXM: 1 (batch-1 decode) or 8 (M <= 8 checked at run time). chunk_steps: steps of A staged at once.
 template <int BITS, int GS, int MAXM, typename W>
-__global__ void __launch_bounds__(kMmaThreads, 2)
+__global__ void __launch_bounds__(kMmaThreads, kMmaBlocksPerSm)
     MmaDecodeKernel(const __half* __restrict__ A, W w, __half* __restrict__ Y, int M, int N, int K, int chunk_steps) {
   constexpr int kBlocksPerGroup = GS / 16;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -726,7 +725,7 @@ void LaunchMmaDecodeTyped(const __half* A, const W& w, __half* Y, int M, int N, 
   const size_t smem = static_cast<size_t>(MmaSharedBytes(M, chunk_steps));
   const unsigned blocks = static_cast<unsigned>((N + kMmaTileRows - 1) / kMmaTileRows);
   W prefetched = w;
-  prefetched.prefetch = PrefetchPays(blocks, 2);
+  prefetched.prefetch = PrefetchPays(blocks, kMmaBlocksPerSm);
   auto kernel = M == 1 ? MmaDecodeKernel<BITS, GS, 1, W> : MmaDecodeKernel<BITS, GS, kMmaMaxM, W>;
   // Above 48 KB of dynamic shared memory a kernel must opt in; cheap, and harmless during graph capture.
   if (smem > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));

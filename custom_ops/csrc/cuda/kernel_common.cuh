@@ -82,5 +82,18 @@ inline int MultiprocessorCount() {
   return counts[device] > 0 ? counts[device] : 1;
 }
 
+// Whether a decode grid of `blocks` (at most `per_sm` resident per SM) prefetches its weights before PdlWait: only
+// when the grid is one wave, so that every block is resident while the previous kernel runs. In a grid of several
+// waves the later blocks start with nothing to wait for, and their prefetch only doubled their requests (H100,
+// decode-h2 at 4096x11008: 14.35 -> 15.47 us; one wave at 4096x4096: 6.33 -> 6.07 us; BENCHMARKS.md). EDGEQ_PREFETCH=0
+// switches it off (the benchmarks' switch), settled once per process.
+inline bool PrefetchPays(int64_t blocks, int per_sm) {
+  static const bool enabled = [] {
+    const char* env = std::getenv("EDGEQ_PREFETCH");
+    return env == nullptr || env[0] != '0';
+  }();
+  return enabled && blocks <= static_cast<int64_t>(per_sm) * MultiprocessorCount();
+}
+
 }  // namespace cuda
 }  // namespace edgeq
