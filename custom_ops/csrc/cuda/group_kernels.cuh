@@ -24,6 +24,7 @@ namespace cuda {
 //   float2 ScaleZero(row, group)          (s, z) as float
 //   OutlierRange(n, lo, hi), Outlier(i, K, col, value)   row n's outliers [lo, hi); false for a column >= K
 //   RowPointers(n), Clamp(p, lo, hi)      OutlierRange in two halves (load now, use later)
+//   PrefetchOutlier(i), PrefetchRowPointers(r0, rows)   outlier i, row_ptr of rows [r0, r0 + rows], toward L2
 //   kOutliers                             whether there are outliers at all
 // and, for the decode kernel, the per-group data of one 128-code unit (G groups) of two rows of a 16-row tile,
 // loaded into registers up front:
@@ -89,6 +90,8 @@ struct GqmmWeights {
   __host__ bool DecodeFits() const { return true; }
   __device__ __forceinline__ void OutlierRange(int, int64_t& lo, int64_t& hi) const { lo = hi = 0; }
   __device__ __forceinline__ bool Outlier(int64_t, int, int&, float&) const { return false; }
+  __device__ __forceinline__ void PrefetchOutlier(int64_t) const {}
+  __device__ __forceinline__ void PrefetchRowPointers(int, int) const {}
   __device__ __forceinline__ int2 RowPointers(int) const { return make_int2(0, 0); }
   __device__ __forceinline__ void Clamp(int2, int64_t& lo, int64_t& hi) const { lo = hi = 0; }
 };
@@ -222,6 +225,15 @@ struct SpqrWeights {
     col = __ldg(cols + i);
     value = HalfBitsToFloat(__ldg(values + i));
     return col < K;
+  }
+  __device__ __forceinline__ void PrefetchRowPointers(int r0, int rows) const {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(row_ptr + r0));
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(row_ptr + r0 + rows));
+  }
+  // Outlier i toward L2 without holding a register (a load's destination would be waited on wherever it spills).
+  __device__ __forceinline__ void PrefetchOutlier(int64_t i) const {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(cols + i));
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(values + i));
   }
 };
 
@@ -375,9 +387,18 @@ void LaunchDequantize(const W& w, T* out, int64_t N, int64_t K, bool outliers, c
 // s * c * 2^t exactly rounded; the 2^-t are folded into the staged activations (exact power-of-two scaling). The
 // zero point leaves the inner loop: sum_k a_k s (c_k - z) = sum_k a_k (s c_k) - s z sum_k a_k, and the group
 // sums of A are staged too, so each (row, group) costs M fp32 FMAs instead of a subtraction per code.
-// SpQR's outliers of the block's rows (warp w takes rows w and w + 8) are added by the same kernel, right after A
-// is staged: their dependent loads (row_ptr, then cols and values) overlap the first step's weight loads, which
-// are issued before the staging, and A comes from the staged copy.
+// Batch 1 (MAXM = 1) skips the HFMA2 too: the mma's 8 columns, idle but one, hold one unit each. Lane (2t, t)
+// feeds its unit's activations into column 2t and every other lane zeros, so column 2t of a 16-code block's 4
+// mmas is sum_k a_k 2^-t_k (1024 + c_k 2^t_k) over unit t's codes alone, and it lands in lane (g, t)'s own
+// accumulator (D[g][2t], D[g + 8][2t]): the lane that holds that unit's (s, z). Per group it adds
+// s * (D - T - z * S), with S = sum a and T = 1024 * sum of the staged a 2^-t (staged beside S), in fp32: the
+// codes enter the mma as the raw 1024 + c 2^t halves, one funnel shift and one lop3 per pair, and s is never
+// rounded to fp16.
+// SpQR's outliers of the block's rows (warp w takes rows w and w + 8) are added by the same kernel, after its main
+// loop: the tile's row_ptr is prefetched into L2 first of all, read once A is staged to prefetch each lane's first
+// outlier of each row, and read again after the loop; so no register holds a load across the first step's weight
+// loads (a spill of one would wait for it there) and the dependent loads overlap the main loop. A comes from the
+// staged copy.
 
 constexpr int kMmaWarps = 8;
 constexpr int kMmaThreads = kMmaWarps * 32;
@@ -451,8 +472,9 @@ __host__ __device__ constexpr int64_t MmaTokenBytes(int chunk_steps) {
   return static_cast<int64_t>(chunk_steps) * kMmaStepBytes + kMmaTokenPad;
 }
 __host__ __device__ constexpr int64_t MmaSumsOffset(int M, int chunk_steps) { return M * MmaTokenBytes(chunk_steps); }
+// Block sums per token, and at M = 1 a second row of them: the batch-1 path's 1024 * sum of the staged values.
 __host__ __device__ constexpr int64_t MmaPartialOffset(int M, int chunk_steps) {
-  return MmaSumsOffset(M, chunk_steps) + 4 * M * chunk_steps * kMmaStepUnits * 8;
+  return MmaSumsOffset(M, chunk_steps) + 4 * (M > 1 ? M : 2) * chunk_steps * kMmaStepUnits * 8;
 }
 __host__ __device__ constexpr int64_t MmaSharedBytes(int M, int chunk_steps) {
   return MmaPartialOffset(M, chunk_steps) + 4 * (kMmaWarps + 1) * kMmaTileRows * kMmaMaxM + kMmaZeroBytes;
@@ -460,7 +482,8 @@ __host__ __device__ constexpr int64_t MmaSharedBytes(int M, int chunk_steps) {
 
 // Stages steps [s0, s0 + cs) of A: for token m, unit u, block b, pair q, the half2 (a_i 2^-tl, a_j 2^-th) goes to
 // the 8-byte slot (step, mma 4b + q/2, quad lane u % 4), low or high half by q % 2; and sum(a over the block).
-template <int BITS>
+// OFFSETS (batch 1): also 1024 * the block's sum of the staged halves, in the sums' second token row.
+template <int BITS, bool OFFSETS>
 __device__ __forceinline__ void MmaStageA(const __half* __restrict__ A, int M, int K, int s0, int cs, int units,
                                           unsigned char* staged, float* sums) {
   using P = MmaPairs<BITS>;
@@ -488,13 +511,20 @@ __device__ __forceinline__ void MmaStageA(const __half* __restrict__ A, int M, i
     for (int i = 0; i < 16; ++i) sum += a[i];
     sums[m * local_units * 8 + ul * 8 + b] = sum;
     unsigned char* token = staged + m * MmaTokenBytes(cs);
+    float offset = 0.f;
 #pragma unroll
     for (int q = 0; q < 8; ++q) {
       const float lo = a[P::First(q)] * (1.f / float(1 << P::Low(q)));
       const float hi = a[P::First(q) + P::kD] * (1.f / float(1 << P::High(q)));
       const int slot = ((ul / kMmaStepUnits) * 32 + 4 * b + q / 2) * kMmaStepUnits + ul % kMmaStepUnits;
-      *reinterpret_cast<__half2*>(token + slot * 8 + (q & 1) * 4) = __floats2half2_rn(lo, hi);
+      const __half2 h = __floats2half2_rn(lo, hi);
+      *reinterpret_cast<__half2*>(token + slot * 8 + (q & 1) * 4) = h;
+      if constexpr (OFFSETS) {
+        const float2 f = __half22float2(h);
+        offset += f.x + f.y;
+      }
     }
+    if constexpr (OFFSETS) sums[local_units * 8 + ul * 8 + b] = 1024.f * offset;
   }
 }
 
@@ -547,11 +577,99 @@ struct MmaStepData {
   }
 };
 
+// One step of a lane with M tokens: its unit of rows g and g + 8, dequantized by one HFMA2 per pair with the
+// group's (s, -1024 s) into B's token columns; the zero points' s z sum(a) collect in corr. token_stride: floats
+// between two tokens' block sums.
+template <int BITS, int GS, int MAXM, typename W>
+__device__ __forceinline__ void MmaStepTokens(const W& w, const MmaStepData<BITS, GS, W>& data, const float* unit_sums,
+                                              int token_stride, int M, const unsigned char* b_base, float (&c)[2][4],
+                                              float (&corr)[2][MAXM]) {
+  constexpr int kBlocksPerGroup = GS / 16;
+  const uint32_t magic = 0x64006400u;
+  __half2 hs[2], hb[2];
+  float sz[2];
+#pragma unroll
+  for (int b = 0; b < 8; ++b) {
+    if (b % kBlocksPerGroup == 0) {  // a group's first 16-code block: its coefficients
+      const float4 stats = w.GroupStats(data.tile, b / kBlocksPerGroup);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float2 s_z = w.UnitScaleZero(data.groups[r], b / kBlocksPerGroup, stats);
+        hs[r] = __float2half2_rn(s_z.x);
+        hb[r] = __hmul2(hs[r], __float2half2_rn(-1024.f));
+        sz[r] = __low2float(hs[r]) * s_z.y;
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < MAXM; ++m) {
+      if (m < M) {
+        const float a_sum = unit_sums[m * token_stride + b];
+        corr[0][m] = fmaf(sz[0], a_sum, corr[0][m]);
+        corr[1][m] = fmaf(sz[1], a_sum, corr[1][m]);
+      }
+    }
+    uint32_t wv[2][8];
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        const uint32_t x = AndOr(MmaPairBits<BITS>(data.codes[r], b, q), MmaPairs<BITS>::Mask(q), magic);
+        wv[r][q] = Half2Bits(__hfma2(BitsToHalf2(x), hs[r], hb[r]));
+      }
+#pragma unroll
+    for (int qq = 0; qq < 4; ++qq) {
+      const uint2 bfrag = *reinterpret_cast<const uint2*>(b_base + (4 * b + qq) * kMmaStepUnits * 8);
+      Mma16816(c[qq & 1], wv[0][2 * qq], wv[1][2 * qq], wv[0][2 * qq + 1], wv[1][2 * qq + 1], bfrag.x, bfrag.y);
+    }
+  }
+}
+
+// One step of a batch-1 lane (see the top): its unit of rows g and g + 8 as raw 1024 + c 2^t halves into B's column
+// 2t, each group's D then scaled in fp32 into acc. offsets: the unit's 1024 * sums of the staged halves.
+template <int BITS, int GS, typename W>
+__device__ __forceinline__ void MmaStepColumns(const W& w, const MmaStepData<BITS, GS, W>& data,
+                                               const float* unit_sums, const float* offsets,
+                                               const unsigned char* b_column, float (&acc)[2]) {
+  constexpr int kBlocksPerGroup = GS / 16;
+  const uint32_t magic = 0x64006400u;
+  float2 s_z[2];
+  float d[2][4], a_sum, offset;
+#pragma unroll
+  for (int b = 0; b < 8; ++b) {
+    if (b % kBlocksPerGroup == 0) {
+      const float4 stats = w.GroupStats(data.tile, b / kBlocksPerGroup);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) s_z[r] = w.UnitScaleZero(data.groups[r], b / kBlocksPerGroup, stats);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) d[0][i] = d[1][i] = 0.f;
+      a_sum = unit_sums[b];
+      offset = offsets[b];
+    } else {
+      a_sum += unit_sums[b];
+      offset += offsets[b];
+    }
+    uint32_t wv[2][8];
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+      for (int q = 0; q < 8; ++q) wv[r][q] = AndOr(MmaPairBits<BITS>(data.codes[r], b, q), MmaPairs<BITS>::Mask(q), magic);
+#pragma unroll
+    for (int qq = 0; qq < 4; ++qq) {
+      const uint2 bfrag = *reinterpret_cast<const uint2*>(b_column + (4 * b + qq) * kMmaStepUnits * 8);
+      Mma16816(d[qq & 1], wv[0][2 * qq], wv[1][2 * qq], wv[0][2 * qq + 1], wv[1][2 * qq + 1], bfrag.x, bfrag.y);
+    }
+    if (b % kBlocksPerGroup == kBlocksPerGroup - 1) {  // D[row][2t] is c[0] (row g) and c[2] (row g + 8)
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        acc[r] = fmaf(s_z[r].x, (d[0][2 * r] + d[1][2 * r]) - fmaf(s_z[r].y, a_sum, offset), acc[r]);
+    }
+  }
+}
+
 // MAXM: 1 (batch-1 decode) or 8 (M <= 8 checked at run time). chunk_steps: steps of A staged at once.
 template <int BITS, int GS, int MAXM, typename W>
 __global__ void __launch_bounds__(kMmaThreads, kMmaBlocksPerSm)
     MmaDecodeKernel(const __half* __restrict__ A, W w, __half* __restrict__ Y, int M, int N, int K, int chunk_steps) {
-  constexpr int kBlocksPerGroup = GS / 16;
   extern __shared__ __align__(16) unsigned char smem[];
   const int r0 = blockIdx.x * kMmaTileRows;
   if (w.prefetch) w.PrefetchRows(r0, min(kMmaTileRows, N - r0), threadIdx.x, kMmaThreads);
@@ -563,7 +681,6 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaBlocksPerSm)
   const uint8_t* codes0 = w.codes + n0 * w.row_bytes;
   const uint8_t* codes1 = w.codes + n1 * w.row_bytes;
   const typename W::Row row0 = w.RowOf(n0), row1 = w.RowOf(n1);
-  const uint32_t magic = 0x64006400u;
 
   unsigned char* staged = smem;
   float* sums = reinterpret_cast<float*>(smem + MmaSumsOffset(M, chunk_steps));
@@ -572,13 +689,9 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaBlocksPerSm)
   unsigned char* zeros = reinterpret_cast<unsigned char*>(outlier_sums + kMmaTileRows * kMmaMaxM);
   for (int i = threadIdx.x; i < kMmaZeroBytes / 4; i += kMmaThreads) reinterpret_cast<uint32_t*>(zeros)[i] = 0u;
 
-  // The outlier rows' row_ptr first, then the first step's weights: both are in flight while A is staged.
-  int2 pointers[2] = {make_int2(0, 0), make_int2(0, 0)};
-  if constexpr (W::kOutliers) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-      if (r0 + warp + 8 * r < N) pointers[r] = w.RowPointers(r0 + warp + 8 * r);
-  }
+  // The tile's row_ptr toward L2 (no register waits on it), then the first step's weights: both in flight while A
+  // is staged.
+  if (W::kOutliers && threadIdx.x == 0) w.PrefetchRowPointers(r0, min(kMmaTileRows, N - r0));
   MmaStepData<BITS, GS, W> data;
   bool preloaded = false;
   if (warp < min(chunk_steps, steps)) {
@@ -591,39 +704,20 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaBlocksPerSm)
   float corr[2][MAXM];
 #pragma unroll
   for (int m = 0; m < MAXM; ++m) corr[0][m] = corr[1][m] = 0.f;
+  float acc[2] = {0.f, 0.f};  // batch 1: rows g and g + 8 over this lane's units
 
   for (int s0 = 0; s0 < steps; s0 += chunk_steps) {
     const int cs = min(chunk_steps, steps - s0);
     __syncthreads();  // the previous chunk's readers are done
-    MmaStageA<BITS>(A, M, K, s0, cs, units, staged, sums);
+    MmaStageA<BITS, MAXM == 1>(A, M, K, s0, cs, units, staged, sums);
     __syncthreads();
     if constexpr (W::kOutliers) {
-      if (s0 == 0) {  // warp w: rows w and w + 8; A from the staged copy when it holds all of K
+      if (s0 == 0) {  // warp w: rows w and w + 8; their first 32 outliers on their way to L2 during the main loop
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          float o[MAXM];
-#pragma unroll
-          for (int m = 0; m < MAXM; ++m) o[m] = 0.f;
-          int64_t lo, hi;
-          w.Clamp(pointers[r], lo, hi);
-          for (int64_t i = lo + lane; i < hi; i += 32) {
-            int col;
-            float value;
-            if (!w.Outlier(i, K, col, value)) continue;
-#pragma unroll
-            for (int m = 0; m < MAXM; ++m)
-              if (MAXM == 1 || m < M)
-                o[m] = fmaf(cs == steps ? MmaStagedA<BITS>(staged, cs, m, col)
-                                        : __half2float(A[static_cast<int64_t>(m) * K + col]),
-                            value, o[m]);
-          }
-#pragma unroll
-          for (int m = 0; m < MAXM; ++m) {
-            if (MAXM == 1 || m < M) {
-              const float v = WarpSum(o[m]);
-              if (lane == 0) outlier_sums[(warp + 8 * r) * kMmaMaxM + m] = v;
-            }
-          }
+          int64_t lo = 0, hi = 0;
+          if (r0 + warp + 8 * r < N) w.OutlierRange(r0 + warp + 8 * r, lo, hi);
+          if (lo + lane < hi) w.PrefetchOutlier(lo + lane);
         }
       }
     }
@@ -633,62 +727,72 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaBlocksPerSm)
       if (!preloaded) data.Load(w, codes0, codes1, row0, row1, u, valid);
       preloaded = false;
       const float* unit_sums = sums + (sl * kMmaStepUnits + t) * 8;
-      // Lanes past M (or past K) read zeros for their B fragments, with the same offsets.
-      const unsigned char* b_base =
-          g < M && valid ? staged + g * MmaTokenBytes(cs) + (sl * 32 * kMmaStepUnits + t) * 8 : zeros;
-      __half2 hs[2], hb[2];
-      float sz[2];
+      if constexpr (MAXM == 1) {
+        const unsigned char* b_column = g == 2 * t && valid ? staged + (sl * 32 * kMmaStepUnits + t) * 8 : zeros;
+        MmaStepColumns<BITS, GS>(w, data, unit_sums, unit_sums + cs * kMmaStepUnits * 8, b_column, acc);
+      } else {
+        // Lanes past M (or past K) read zeros for their B fragments, with the same offsets.
+        const unsigned char* b_base =
+            g < M && valid ? staged + g * MmaTokenBytes(cs) + (sl * 32 * kMmaStepUnits + t) * 8 : zeros;
+        MmaStepTokens<BITS, GS, MAXM>(w, data, unit_sums, cs * kMmaStepUnits * 8, M, b_base, c, corr);
+      }
+    }
+  }
+
+  if constexpr (W::kOutliers) {  // A from the staged copy when it holds all of K
+    const bool whole = chunk_steps >= steps;
 #pragma unroll
-      for (int b = 0; b < 8; ++b) {
-        if (b % kBlocksPerGroup == 0) {  // a group's first 16-code block: its coefficients
-          const float4 stats = w.GroupStats(data.tile, b / kBlocksPerGroup);
+    for (int r = 0; r < 2; ++r) {
+      float o[MAXM];
 #pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            const float2 s_z = w.UnitScaleZero(data.groups[r], b / kBlocksPerGroup, stats);
-            hs[r] = __float2half2_rn(s_z.x);
-            hb[r] = __hmul2(hs[r], __float2half2_rn(-1024.f));
-            sz[r] = __low2float(hs[r]) * s_z.y;
-          }
-        }
+      for (int m = 0; m < MAXM; ++m) o[m] = 0.f;
+      int64_t lo = 0, hi = 0;
+      if (r0 + warp + 8 * r < N) w.OutlierRange(r0 + warp + 8 * r, lo, hi);
+      for (int64_t i = lo + lane; i < hi; i += 32) {
+        int col;
+        float value;
+        if (!w.Outlier(i, K, col, value)) continue;
 #pragma unroll
-        for (int m = 0; m < MAXM; ++m) {
-          if (MAXM == 1 || m < M) {  // M >= 1
-            const float a_sum = unit_sums[m * cs * kMmaStepUnits * 8 + b];
-            corr[0][m] = fmaf(sz[0], a_sum, corr[0][m]);
-            corr[1][m] = fmaf(sz[1], a_sum, corr[1][m]);
-          }
-        }
-        uint32_t wv[2][8];
+        for (int m = 0; m < MAXM; ++m)
+          if (MAXM == 1 || m < M)
+            o[m] = fmaf(whole ? MmaStagedA<BITS>(staged, steps, m, col) : __half2float(A[static_cast<int64_t>(m) * K + col]),
+                        value, o[m]);
+      }
 #pragma unroll
-        for (int r = 0; r < 2; ++r)
-#pragma unroll
-          for (int q = 0; q < 8; ++q) {
-            const uint32_t x = AndOr(MmaPairBits<BITS>(data.codes[r], b, q), MmaPairs<BITS>::Mask(q), magic);
-            wv[r][q] = Half2Bits(__hfma2(BitsToHalf2(x), hs[r], hb[r]));
-          }
-#pragma unroll
-        for (int qq = 0; qq < 4; ++qq) {
-          const uint2 bfrag = *reinterpret_cast<const uint2*>(b_base + (4 * b + qq) * kMmaStepUnits * 8);
-          Mma16816(c[qq & 1], wv[0][2 * qq], wv[1][2 * qq], wv[0][2 * qq + 1], wv[1][2 * qq + 1], bfrag.x, bfrag.y);
+      for (int m = 0; m < MAXM; ++m) {
+        if (MAXM == 1 || m < M) {
+          const float v = WarpSum(o[m]);
+          if (lane == 0) outlier_sums[(warp + 8 * r) * kMmaMaxM + m] = v;
         }
       }
     }
   }
 
-  // Zero-point terms: summed over the quad (the 4 lanes hold different units of the same rows), then lane
-  // (g, t) takes those of its output columns, tokens 2t and 2t + 1.
+  // Summed over the quad (its 4 lanes hold different units of the same rows). Tokens: the zero-point terms, then
+  // lane (g, t) takes those of its output columns, tokens 2t and 2t + 1; batch 1: lane (g, 0) holds the rows.
   float out[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) out[i] = c[0][i] + c[1][i];
-#pragma unroll
-  for (int m = 0; m < MAXM; ++m) {
+  if constexpr (MAXM == 1) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float v = corr[r][m];
+      float v = acc[r];
       v += __shfl_xor_sync(0xffffffffu, v, 1);
       v += __shfl_xor_sync(0xffffffffu, v, 2);
-      if (m == 2 * t) out[2 * r] -= v;
-      if (m == 2 * t + 1) out[2 * r + 1] -= v;
+      out[2 * r] = v;
+      out[2 * r + 1] = 0.f;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[i] = c[0][i] + c[1][i];
+#pragma unroll
+    for (int m = 0; m < MAXM; ++m) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float v = corr[r][m];
+        v += __shfl_xor_sync(0xffffffffu, v, 1);
+        v += __shfl_xor_sync(0xffffffffu, v, 2);
+        if (m == 2 * t) out[2 * r] -= v;
+        if (m == 2 * t + 1) out[2 * r + 1] -= v;
+      }
     }
   }
   float* mine = partial + warp * kMmaTileRows * kMmaMaxM;

@@ -407,23 +407,15 @@ struct Half2Step {
 
 // group_shift: log2 of the group size (16..128; a 16-code block lies in one group). Block: 8 warps = (8 / ksplit)
 // row groups of R rows, each served by ksplit warps taking interleaved steps, meeting in shared memory.
-// prefetch: the block asks L2 for its rows before PdlWait (pdl.cuh; the launcher sets it when the grid is one wave).
+// w.prefetch: the block asks L2 for its rows before PdlWait (pdl.cuh; the launcher sets it when the grid is one wave).
 template <int BITS, int R, int V, int MINB>
 __global__ void __launch_bounds__(kDecodeWarps * 32, MINB)
-    DecodeHalf2Kernel(const __half* __restrict__ A, const uint8_t* __restrict__ B, const __half* __restrict__ scales,
-                      const uint8_t* __restrict__ zero_points, __half* __restrict__ Y, int N, int K, int n_groups,
-                      int group_shift, int ksplit, bool prefetch) {
+    DecodeHalf2Kernel(const __half* __restrict__ A, const GqmmWeights<__half> w, __half* __restrict__ Y, int N, int K,
+                      int group_shift, int ksplit) {
   using L = Half2Layout<BITS>;
   const int row_groups = kDecodeWarps / ksplit, tile_rows = row_groups * R;
-  if (prefetch && blockIdx.y == 0) {  // the blocks of A's first row fetch the weights for all
-    GqmmWeights<__half> w;
-    w.codes = B;
-    w.row_bytes = static_cast<int64_t>(K) * BITS / 8;
-    w.scales = scales;
-    w.zero_points = zero_points;
-    w.n_groups = n_groups;
+  if (w.prefetch && blockIdx.y == 0)  // the blocks of A's first row fetch the weights for all
     w.PrefetchRows(blockIdx.x * tile_rows, min(tile_rows, N - blockIdx.x * tile_rows), threadIdx.x, blockDim.x);
-  }
   PdlWait();
   PdlRelease();
   A += static_cast<size_t>(blockIdx.y) * K;
@@ -439,7 +431,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32, MINB)
   float acc[R] = {};
   for (int s = split; s < steps; s += ksplit) {
     Half2Step<BITS, R, V> step;
-    step.Load(B, scales, zero_points, n0, N, s, lane, row_pieces, n_groups, group_shift);
+    step.Load(w.codes, w.scales, w.zero_points, n0, N, s, lane, row_pieces, w.n_groups, group_shift);
     step.Compute(A, s, lane, row_pieces, acc);
   }
 #pragma unroll
@@ -652,10 +644,11 @@ void LaunchDecodeHalf2(const GqmmArgs& a, cudaStream_t stream) {
   const int rows_per_block = (kDecodeWarps / ksplit) * R;
   const int64_t tiles = (a.N + rows_per_block - 1) / rows_per_block;
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(a.M));
+  GqmmWeights<__half> w = Weights<__half>(a);
+  w.prefetch = PrefetchPays(tiles, MINB);
   LaunchDependent(DecodeHalf2Kernel<BITS, R, V, MINB>, grid, dim3(kDecodeWarps * 32), 0, stream,
-                  static_cast<const __half*>(a.A), a.B, static_cast<const __half*>(a.scales), a.zero_points,
-                  static_cast<__half*>(a.Y), static_cast<int>(a.N), static_cast<int>(a.K),
-                  static_cast<int>(a.n_groups), group_shift, ksplit, PrefetchPays(tiles, MINB));
+                  static_cast<const __half*>(a.A), w, static_cast<__half*>(a.Y), static_cast<int>(a.N),
+                  static_cast<int>(a.K), group_shift, ksplit);
 }
 
 void LaunchDecodeHalf2Bits(const GqmmArgs& a, cudaStream_t stream) {
