@@ -506,8 +506,8 @@ def di_swiglu(G, g_m, g_e, U, u_m, u_e, obits: int, clip_q15: int = CLIP_ONE, ac
     return _outputs(rows, np.shape(G))
 
 
-def di_rotary(X, x_m, x_e, position_ids, cos, sin, *, interleaved: int, obits: int, heads_first: int = 0,
-              rotate: int = 1):
+def di_rotary(X, x_m, x_e, position_ids, cos, sin, past=None, past_m=None, past_e=None, *, interleaved: int,
+              obits: int, heads_first: int = 0, rotate: int = 1):
     """Rotary embedding of ``x [B, S, H, D]`` with Q14 tables ``cos, sin [P, D/2]`` at ``position_ids [B, S]``:
     pairs (i, i + D/2) (or (2i, 2i+1) when interleaved) become ``(a c - b s, b c + a s)`` (< 2**23), then
     ``dyn_quant`` per (token, head) with exponent ``e + 14``. Scales ``[B, S, H, 1]`` or ``[B, S, 1, 1]``.
@@ -515,7 +515,22 @@ def di_rotary(X, x_m, x_e, position_ids, cos, sin, *, interleaved: int, obits: i
     rows, transposed). X may be ``[B, S, H*D]`` with scales ``[B, S, 1]``: read as ``[B, S, H, D]``, D = 2 x the
     tables' last dim. rotate=0: no rotation and no requantization (the codes as they are, each row with its
     token's scale): the same layouts for values that are not rotated (V into attention's layout). X holds int8
-    or int16 codes (a projection's 16-bit output: pairs < 2**30); rotate=0 copies codes, so int8 only."""
+    or int16 codes (a projection's 16-bit output: pairs < 2**30); rotate=0 copies codes, so int8 only.
+    past, past_m, past_e (heads_first only, all or none): a cache ``[B, H, P, D]`` / ``[B, H, P, 1]`` the outputs
+    are appended to along P (the present cache)."""
+    if (past is None) != (past_m is None) or (past is None) != (past_e is None):
+        raise ValueError("past, past_m and past_e come together")
+    if past is not None:
+        if not heads_first:
+            raise ValueError("a past cache needs heads_first=1")
+        new = di_rotary(X, x_m, x_e, position_ids, cos, sin, interleaved=interleaved, obits=obits, heads_first=1,
+                        rotate=rotate)
+        if np.asarray(past).dtype != np.int8 or np.shape(past)[:2] + np.shape(past)[3:] != (new[0].shape[:2] +
+                                                                                          new[0].shape[3:]):
+            raise ValueError(f"past must be int8 [B, H, P, D] of the output's B, H, D {new[0].shape}, got "
+                             f"{np.asarray(past).dtype} {np.shape(past)}")
+        cache = (past, np.asarray(past_m, np.int32), np.asarray(past_e, np.int8))
+        return tuple(np.concatenate([c, n], axis=2) for c, n in zip(cache, new))
     if _check_codes(X, "X") != np.int8 and not rotate:
         raise ValueError("rotate=0 copies the codes into int8: X must be int8")
     qmax = qmax_of(obits)

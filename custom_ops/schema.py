@@ -733,6 +733,17 @@ def _rotary_expected(ctx, attrs, dims):
     expected = {1: ("x_m", scales), 2: ("x_e", scales), 3: ("position_ids", dims[:2])}
     for index, name in ((4, "cos"), (5, "sin")):
         expected[index] = (name, [None, D // 2 if D else None])
+    given = [i for i in (6, 7, 8) if i < ctx.get_num_inputs() and ctx.has_input(i)]
+    if given and len(given) != 3:
+        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIRotary: past, past_m and past_e come together")
+    if given and not attrs.get("heads_first"):
+        raise onnx.shape_inference.InferenceError(f"{DOMAIN}::DIRotary: a past cache needs heads_first=1")
+    if given:
+        heads = _rotary_out_dims(attrs, dims, ctx)[1]
+        past = _input_dims(ctx, 6)
+        P = past[2] if past is not None and len(past) == 4 else None
+        expected.update({6: ("past", [dims[0], heads, None, D]), 7: ("past_m", [dims[0], heads, P, 1]),
+                         8: ("past_e", [dims[0], heads, P, 1])})
     return expected
 
 
@@ -741,7 +752,14 @@ def _rotary_out_dims(attrs, dims, ctx):
         D = _rotary_head_dim(ctx, dims)
         heads = dims[2] // D if D and isinstance(dims[2], int) else None
         dims = [dims[0], dims[1], heads, D]
-    return [dims[0], dims[2], dims[1], dims[3]] if attrs.get("heads_first") else dims
+    if not attrs.get("heads_first"):
+        return dims
+    past = _input_dims(ctx, 6)
+    seq = dims[1]
+    if past is not None:  # the cache's P rows ahead of the S new ones (unknown unless both are numbers)
+        P = past[2] if len(past) == 4 else None
+        seq = P + seq if isinstance(P, int) and isinstance(seq, int) else None
+    return [dims[0], dims[2], seq, dims[3]]
 
 
 DI_ROTARY = OpDef(
@@ -755,14 +773,20 @@ DI_ROTARY = OpDef(
         "twice the tables' last dim, and the output is the same as for that 4-d X. heads_first=1 writes "
         "the output in attention's layout instead: codes [B, H, S, D], scales [B, H, S, 1]. Positions outside "
         "[0, P) are an error. X holds int8 or int16 codes (a projection's 16-bit output: pairs < 2^30); rotate=0 "
-        "copies codes and takes int8 only."
+        "copies codes and takes int8 only. With heads_first=1 the op may also append to a cache: past int8 "
+        "[B, H, P_c, D] with scales past_m, past_e [B, H, P_c, 1] (all three or none) are copied ahead of the new "
+        "rows, so the outputs are [B, H, P_c + S, D] and [B, H, P_c + S, 1] (the present cache; P_c may be 0)."
     ),
     inputs=(Input("X", "T", "queries or keys: codes [B, S, H, D] or [B, S, H*D]"),
             Input("x_m", "tensor(int32)", "scale mantissas [B, S, H or 1, 1] (X 4-d) or [B, S, 1], in [1, 2^15)"),
             Input("x_e", "tensor(int8)", "scale exponents, as x_m"),
             Input("position_ids", "tensor(int64)", "positions [B, S]"),
             Input("cos", "tensor(int16)", "cos table [P, D/2], Q14"),
-            Input("sin", "tensor(int16)", "sin table [P, D/2], Q14")),
+            Input("sin", "tensor(int16)", "sin table [P, D/2], Q14"),
+            Input("past", "tensor(int8)", "cached codes [B, H, P_c, D] the output is appended to (heads_first=1)",
+                  optional=True),
+            Input("past_m", "tensor(int32)", "the cache's scale mantissas [B, H, P_c, 1]", optional=True),
+            Input("past_e", "tensor(int8)", "the cache's scale exponents [B, H, P_c, 1]", optional=True)),
     outputs=DI_OUTPUTS,
     attributes=(Attribute("interleaved", onnx.AttributeProto.INT, "0: rotate halves (LLaMA); 1: adjacent pairs",
                           check=_flag), _OBITS,

@@ -17,7 +17,8 @@ and int8 exponent, ``custom_ops/README.md`` "Integer-only ops"):
                          o/down, which feed the residual);
                  the attention's 1/sqrt(head_dim) is folded into q_proj's scales
   rotary         DIRotary with Q14 cos/sin tables [max_positions, head_dim/2], reading q/k as [B, S, heads*D] and
-                 writing [B, heads, S, D]; v takes the same op with rotate=0 (the relayout alone)
+                 writing [B, heads, S, D]; v takes the same op with rotate=0 (the relayout alone); k's and v's
+                 also append to the cache (past in, present out: no Concat)
   Q.K^T, P.V     DIBatchMatMul (trans_b=1 causal and padding-masked; trans_b=0), wide int32 outputs
   softmax        DIClippedSoftmax (causal; clipped to [max - c, max] with each layer's c from the model property
                  ``edgeq.softmax_clip`` that I-LLM's FSBR learns, else no clipping), uint16 probabilities
@@ -422,17 +423,15 @@ def build(model: ir.Model, d: Decoder, max_positions: int, rotate_down: int = 0)
         # (rotate=0: codes unchanged, each head row with its token's scale).
         q = b.di("DIRotary", [*q, keep["position_ids"], cos, sin], p + "/q_rope", interleaved=0, obits=INNER_BITS,
                  heads_first=1)
-        k = b.di("DIRotary", [*k, keep["position_ids"], cos, sin], p + "/k_rope", interleaved=0, obits=INNER_BITS,
-                 heads_first=1)
-        v = b.di("DIRotary", [*v, keep["position_ids"], cos, sin], p + "/value_heads", interleaved=0,
-                 obits=INNER_BITS, heads_first=1, rotate=0)
+        # k and v leave DIRotary as the present cache: the op copies the past rows ahead of the new ones, so a
+        # step has no Concat for each of the cache's six tensors
         cached = {}
-        for kind, act in (("key", k), ("value", v)):
+        for kind, act, name, rotate in (("key", k, "/k_rope", 1), ("value", v, "/value_heads", 0)):
             past = _cache_values(f"{PAST}{i}.{kind}", kv, head_dim, "past_sequence")
             graph.inputs.extend(past)
             past_names += [x.name for x in past]
-            cat = tuple(b.op("Concat", [old, new], f"{p}/cache_{kind}{s}", axis=2)
-                        for old, new, s in zip(past, act, ("", *SCALES)))
+            cat = b.di("DIRotary", [*act, keep["position_ids"], cos, sin, *past], p + name, interleaved=0,
+                       obits=INNER_BITS, heads_first=1, **({} if rotate else {"rotate": 0}))
             for value, want in zip(cat, _cache_values(f"{PRESENT}{i}.{kind}", kv, head_dim, "total_sequence")):
                 value.name, value.shape, value.type = want.name, want.shape, want.type
             present += cat

@@ -73,10 +73,11 @@ EDGEQ_HD inline int64_t Abs(int64_t v) { return v < 0 ? -v : v; }
 EDGEQ_HD inline int64_t Min(int64_t a, int64_t b) { return a < b ? a : b; }
 EDGEQ_HD inline int64_t Max(int64_t a, int64_t b) { return a > b ? a : b; }
 
-// DIRotary's output row of input row r = (b * S + s) * H + h: r itself, or (b * H + h) * S + s with heads_first.
-EDGEQ_HD inline int64_t RotaryOutputRow(int64_t r, int64_t S, int64_t H, bool heads_first) {
+// DIRotary's output row of input row r = (b * S + s) * H + h: r itself, or (b * H + h) * (past + S) + past + s with
+// heads_first (the rows of a past cache of `past` positions first in each head).
+EDGEQ_HD inline int64_t RotaryOutputRow(int64_t r, int64_t S, int64_t H, bool heads_first, int64_t past = 0) {
   const int64_t token = r / H;
-  return heads_first ? (token / S * H + r % H) * S + token % S : r;
+  return heads_first ? (token / S * H + r % H) * (past + S) + past + token % S : r;
 }
 
 // floor(v / 2^s + 1/2) for s >= 0; |v| <= 2^62, so s >= 63 gives 0.

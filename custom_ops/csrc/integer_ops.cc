@@ -193,6 +193,39 @@ void PrepareMask(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p, size_t
   }
 }
 
+// DIRotary's optional past cache (inputs 6..8), copied ahead of the new rows: the op is the cache append too, so a
+// decode step has no Concat per cached tensor. Its scales are not checked here: DIBatchMatMul checks the whole
+// cache it reads.
+void PrepareRotaryPast(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p) {
+  const std::string& where = a.where;
+  TensorView v[3];
+  static const char* const names[] = {"past", "past_m", "past_e"};
+  int given = 0;
+  for (size_t i = 0; i < 3; ++i) {
+    if (ctx.GetInputCount() > 6 + i) v[i] = Input(ctx, 6 + i, names[i], where);
+    given += v[i].value != nullptr;
+  }
+  if (given == 0) return;
+  if (given != 3) Fail(where, "past, past_m and past_e come together");
+  if (!a.heads_first) Fail(where, "a past cache needs heads_first=1 (the cache's [B, H, P, D] layout)");
+  const std::vector<int64_t>& xs = p.x.shape;  // [B, S, H, D]
+  if (v[0].shape.size() != 4 || v[0].shape[0] != xs[0] || v[0].shape[1] != xs[2] || v[0].shape[3] != xs[3])
+    Fail(where, "past has shape " + ShapeText(v[0].shape) + ", expected [" + std::to_string(xs[0]) + ", " +
+                    std::to_string(xs[2]) + ", P, " + std::to_string(xs[3]) + "] (X's batch, heads and head dim)");
+  const int64_t P = v[0].shape[2];
+  const std::vector<int64_t> scales{xs[0], xs[2], P, 1};
+  ExpectShape(v[1], "past_m", scales, "(past's leading dims + [1])", where);
+  ExpectShape(v[2], "past_e", scales, "(past's leading dims + [1])", where);
+  p.past_len = P;
+  p.past.shape = v[0].shape;
+  p.past.rows = xs[0] * xs[2] * P;
+  p.past.C = xs[3];
+  if (P == 0) return;  // an empty cache: no data to read
+  p.past.q = v[0].value.GetTensorRawData();
+  p.past.m = static_cast<const int32_t*>(v[1].value.GetTensorRawData());
+  p.past.e = static_cast<const int8_t*>(v[2].value.GetTensorRawData());
+}
+
 void PrepareRotary(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p) {
   const std::string& where = a.where;
   p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", a, false);
@@ -235,6 +268,7 @@ void PrepareRotary(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p) {
     if (p.positions[i] < 0 || p.positions[i] >= P)
       Fail(where, "position_ids[" + std::to_string(i) + "] = " + std::to_string(p.positions[i]) +
                       " is outside the tables' [0, " + std::to_string(P) + ")");
+  PrepareRotaryPast(ctx, a, p);
 }
 
 std::vector<int64_t> PrepareBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p) {
@@ -300,7 +334,8 @@ const DiSignature& Signature(DiOp op) {
       {"DINorm", {kAny, kI32, kI8, kI32, kI8}, {kAny, kI32, kI8, kI32}, 5},
       // DISwiGLU: gate and up int8 or int16, the same (ORT ties untyped inputs); DIRotary: X int8 or int16
       {"DISwiGLU", {kAny, kI32, kI8, kAny, kI32, kI8}, {kI8, kI32, kI8, kI32}, 6},
-      {"DIRotary", {kAny, kI32, kI8, kI64, kI16, kI16}, {kI8, kI32, kI8}, 6},
+      // DIRotary: past, past_m, past_e (optional, together): the cache the output is appended to (heads_first)
+      {"DIRotary", {kAny, kI32, kI8, kI64, kI16, kI16, kI8, kI32, kI8}, {kI8, kI32, kI8}, 6},
       // A, B: int8 or int16 each, Y: int8 or int16 by obits (the CPU op registers one overload per input pair)
       {"DIAdd", {kAny, kI32, kI8, kAny, kI32, kI8}, {kAny, kI32, kI8}, 6},
       {"DIBatchMatMul", {kAny, kI32, kI8, kI8, kI32, kI8, kBool}, {kI32, kI32, kI8}, 6},
@@ -475,6 +510,7 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
       PrepareRotary(ctx, a, p);
       out_shape = p.x.shape;
       if (a.heads_first) std::swap(out_shape[1], out_shape[2]);  // [B, H, S, D]
+      out_shape[2] += p.past_len;                                // [B, H, P + S, D]
       break;
     case DiOp::kExp:
       p.x = ReadActivation(ctx, 0, "X", "x_m", "x_e", a);

@@ -85,6 +85,8 @@ struct DiProblem {
   const int16_t* sin = nullptr;
   int64_t cos_rows = 0;              // P
   bool per_head_scales = false;      // DIRotary: x's scales are [B, S, H, 1] (else [B, S, 1, 1])
+  IntInput past;                     // DIRotary heads_first: the cache's int8 codes [B, H, P, D], scales [B, H, P, 1]
+  int64_t past_len = 0;              // P (0: no past given, or an empty cache)
   int64_t merged_rows = 0;           // DIRequant: G, the input rows of each output row
   int64_t merged_seq = 1;            // DIRequant heads_first: S of X [B, G, S, D] (MergedRowsOf)
   int64_t M = 0, K = 0, N = 0;       // DIBatchMatMul: A [batch, M, K], B [batch of B, N, K] or [.., K, N]

@@ -212,6 +212,36 @@ def test_rotary_bad_inputs(cpu_library, change, match):
     fails(cpu_library, "DIRotary", args, rf"edgeq::DIRotary node 'n0': {match}", interleaved=0, obits=8)
 
 
+def past_args(P=3):
+    r = rng()
+    return [r.integers(-128, 128, (1, 2, P, 8)).astype(np.int8), r.integers(1, 100, (1, 2, P, 1)).astype(np.int32),
+            r.integers(0, 9, (1, 2, P, 1)).astype(np.int8)]
+
+
+@pytest.mark.parametrize("change, heads_first, match", [
+    (lambda p: None, 0, r"a past cache needs heads_first=1"),
+    (lambda p: p.__setitem__(2, None), 1, r"past, past_m and past_e come together"),
+    (lambda p: p.__setitem__(0, p[0][:, :1].copy()), 1,
+     r"past has shape \[1, 1, 3, 8\], expected \[1, 2, P, 8\] \(X's batch, heads and head dim\)"),
+    (lambda p: p.__setitem__(0, p[0][..., :6].copy()), 1, r"past has shape \[1, 2, 3, 6\], expected \[1, 2, P, 8\]"),
+    (lambda p: p.__setitem__(1, p[1][:, :, :2].copy()), 1,
+     r"past_m has shape \[1, 2, 2, 1\], expected \[1, 2, 3, 1\] \(past's leading dims \+ \[1\]\)"),
+    (lambda p: p.__setitem__(2, p[2][..., :1, :].copy()), 1, r"past_e has shape \[1, 2, 1, 1\], expected \[1, 2, 3, 1\]"),
+])
+def test_rotary_bad_past(cpu_library, change, heads_first, match):
+    past = past_args()
+    change(past)
+    fails(cpu_library, "DIRotary", [*rotary_args(), *past], rf"edgeq::DIRotary node 'n0': {match}", interleaved=0,
+          obits=8, heads_first=heads_first)
+
+
+def test_rotary_past_of_another_type(cpu_library):
+    past = past_args()
+    past[0] = past[0].astype(np.int16)
+    fails(cpu_library, "DIRotary", [*rotary_args(), *past], r"\(past\) of operator \(DIRotary\) in node \(n0\)",
+          interleaved=0, obits=8, heads_first=1)
+
+
 def test_rotary_table_of_another_type(cpu_library):
     args = rotary_args()
     args[4] = args[4].astype(np.int32)

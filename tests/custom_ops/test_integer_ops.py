@@ -271,6 +271,39 @@ def test_rotary_without_rotation_is_the_relayout(target, seed):
         np.testing.assert_array_equal(got, w)
 
 
+def cache(rng: np.random.Generator, B: int, H: int, P: int, D: int) -> list[np.ndarray]:
+    """A KV cache of P positions: int8 codes over the whole range, scales as DIRotary writes them."""
+    q = rng.integers(-128, 128, (B, H, P, D)).astype(np.int8)
+    m = rng.integers(1, 1 << 15, (B, H, P, 1)).astype(np.int32)
+    e = rng.integers(-128, 128, (B, H, P, 1)).astype(np.int8)
+    return [q, m, e]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_rotary_appends_to_a_cache(target, seed):
+    """With past, past_m, past_e (heads_first) the outputs are the present cache: each (batch, head)'s P cached rows
+    unchanged, then the rows the op writes without a past, for rotated keys (int8 or 16-bit X) and for V (rotate=0),
+    4-d or projection-shaped X, an empty cache (P = 0) included."""
+    rng = np.random.default_rng(6300 + seed)
+    B, S, H = int(rng.integers(1, 3)), int(rng.choice([1, 1, 3, 17])), int(rng.integers(1, 5))
+    D, P = int(rng.choice([2, 8, 64, 18])), int([0, 1, 5, 37][seed % 4])
+    rotate = int(seed % 3 != 2)
+    bits = 16 if rotate and seed % 2 else 8
+    cos, sin = rotary_tables(P + S + 2, D)
+    x = activation(rng, (B, S, H * D), bits, saturate=seed % 2 == 0, e_range=(-128, 127) if seed % 5 == 0 else (0, 20))
+    if seed % 4 >= 2:  # 4-d X with per-token scales
+        x = [x[0].reshape(B, S, H, D), x[1][..., None], x[2][..., None]]
+    pos = np.broadcast_to(np.arange(P, P + S), (B, S)).copy()
+    past = cache(rng, B, H, P, D)
+    attrs = dict(interleaved=0, obits=8, heads_first=1, rotate=rotate)
+    y = assert_bit_exact(target, "DIRotary", [*x, pos, cos, sin, *past], **attrs)
+    alone = run(target, "DIRotary", [*x, pos, cos, sin], **attrs)
+    for got, old, new in zip(y, past, alone):
+        assert got.shape == (B, H, P + S, got.shape[-1])
+        np.testing.assert_array_equal(got[:, :, :P], old)
+        np.testing.assert_array_equal(got[:, :, P:], new)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("op", ["DISwiGLU", "DIAdd"])
 def test_two_input_ops(target, op, seed):

@@ -55,6 +55,36 @@ def test_elementwise_outputs_keep_the_shape(op, inputs, attrs):
     assert infer(op, inputs, **attrs) == [(I8, shape), (I32, [*shape[:-1], 1]), (I8, [*shape[:-1], 1])]
 
 
+ROTARY_PROJECTION = [("X", I16, [1, "s", 24]), ("x_m", I32, [1, "s", 1]), ("x_e", I8, [1, "s", 1]),
+                     ("position_ids", I64, [1, "s"]), ("cos", I16, [100, 4]), ("sin", I16, [100, 4])]
+
+
+@pytest.mark.parametrize("past_len, s, want", [(5, 1, 6), (0, 3, 3), ("p", 1, None), (5, "s", None)])
+def test_rotary_with_a_past_cache_outputs_the_present(past_len, s, want):
+    """heads_first with past: [B, H, P + S, D], P + S where both are known (else an unknown dim)."""
+    inputs = [(n, t, [s if d == "s" else d for d in shape]) for n, t, shape in ROTARY_PROJECTION]
+    past = [("past", I8, [1, 3, past_len, 8]), ("past_m", I32, [1, 3, past_len, 1]), ("past_e", I8, [1, 3, past_len, 1])]
+    got = infer("DIRotary", [*inputs, *past], interleaved=0, obits=8, heads_first=1)
+    assert [(t, dims[:2] + dims[3:]) for t, dims in got] == [(I8, [1, 3, 8]), (I32, [1, 3, 1]), (I8, [1, 3, 1])]
+    for _, dims in got:  # an unknown dim: ONNX names a new symbol for each output
+        assert dims[2] == want if want is not None else str(dims[2]).startswith("unk__")
+
+
+@pytest.mark.parametrize("past, attrs, match", [
+    ([("past", I8, [1, 3, 5, 8]), ("past_m", I32, [1, 3, 5, 1]), ("past_e", I8, [1, 3, 5, 1])], dict(heads_first=0),
+     r"a past cache needs heads_first=1"),
+    ([("past", I8, [1, 3, 5, 8]), ("past_m", I32, [1, 3, 5, 1])], dict(heads_first=1),
+     r"past, past_m and past_e come together"),
+    ([("past", I8, [1, 2, 5, 8]), ("past_m", I32, [1, 3, 5, 1]), ("past_e", I8, [1, 3, 5, 1])], dict(heads_first=1),
+     r"past has shape \[1, 2, 5, 8\], expected \[1, 3, None, 8\]"),
+    ([("past", I8, [1, 3, 5, 8]), ("past_m", I32, [1, 3, 4, 1]), ("past_e", I8, [1, 3, 5, 1])], dict(heads_first=1),
+     r"past_m has shape \[1, 3, 4, 1\], expected \[1, 3, 5, 1\]"),
+])
+def test_rotary_past_refused(past, attrs, match):
+    with pytest.raises(Exception, match=rf"edgeq::DIRotary: {match}"):
+        infer("DIRotary", [*ROTARY_PROJECTION, *past], interleaved=0, obits=8, **attrs)
+
+
 @pytest.mark.parametrize("code", [I8, I32])
 def test_softmax_outputs_uint8_probabilities(code):
     inputs = [*activation("X", "x", [2, "h", 5, 9], code), ("mask", BOOL, [2, 1, 1, 9])]

@@ -43,14 +43,20 @@ def test_op_counts(exported):
     assert floats == {"Cast": 4, "Mul": 2, "Pow": 1, "Neg": 1}  # the mask's bool Cast + the logits' dequant
     for op in ("MatMul", "Softmax", "RMSNormalization", "QuantLinear", "Add", "Sigmoid", "Cos", "Sin"):
         assert all(o != op for _, o in counts), op
-    # data movement, per layer: the cache (6 Concat) only; DIRotary reads q, k and v straight from their projections
-    # and leaves them in [B, H, S, D] (v with rotate=0), Q.K^T / P.V read grouped kv heads without a repeat, and
-    # DIRequant (heads_first) merges the context's heads from that layout, with no Transpose back
+    # no data movement per layer: DIRotary reads q, k and v straight from their projections and leaves them in
+    # [B, H, S, D] (v with rotate=0), k and v appended to the past cache (the present outputs come from it), Q.K^T /
+    # P.V read grouped kv heads without a repeat, and DIRequant (heads_first) merges the context's heads from that
+    # layout, with no Transpose back
     requants = [n for n in onnx.load(exported["integer"]).graph.node if n.op_type == "DIRequant"]
     assert all({a.name: a.i for a in n.attribute}.get("heads_first") == 1 for n in requants)
     moves = {op: counts[("", op)] for op in ("Reshape", "Expand", "Transpose", "Concat", "Unsqueeze")}
-    assert moves == {"Reshape": 0, "Expand": 0, "Transpose": 0, "Concat": 6 * LAYERS,
-                     "Unsqueeze": 1}  # the mask
+    assert moves == {"Reshape": 0, "Expand": 0, "Transpose": 0, "Concat": 0, "Unsqueeze": 1}  # the mask
+    proto = onnx.load(exported["integer"])
+    writers = {o: n for n in proto.graph.node for o in n.output}
+    for out in proto.graph.output:
+        if out.name.startswith("present."):
+            node = writers[out.name]
+            assert node.op_type == "DIRotary" and node.input[6].startswith("past_key_values."), out.name
     # the tied lm_head reads the embedding's int8 table itself, not a copy
     proto = onnx.load(exported["integer"])
     gather = next(n for n in proto.graph.node if n.op_type == "Gather" and n.input[0].endswith("embed_tokens"))

@@ -476,12 +476,21 @@ void DISwiGLU(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
 // X of int8 or int16 codes (rotate=0 copies codes: int8 only); the rotated pairs stay below 2^30 either way.
 template <typename T>
 void DIRotary(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
-  const int64_t S = p.x.shape[1], H = p.x.shape[2], D = p.x.shape[3], half = D / 2;
-  auto row = [&](int64_t r) {  // r = (b * S + s) * H + h; heads_first writes row (b * H + h) * S + s
+  const int64_t S = p.x.shape[1], H = p.x.shape[2], D = p.x.shape[3], half = D / 2, P = p.past_len;
+  if (P > 0) {  // the cache first in each (batch, head): P rows of codes and scales
+    const int8_t* past = static_cast<const int8_t*>(p.past.q);
+    int8_t* codes = static_cast<int8_t*>(p.out.q);
+    for (int64_t slab = 0; slab < p.x.shape[0] * H; ++slab) {
+      std::copy(past + slab * P * D, past + (slab + 1) * P * D, codes + slab * (P + S) * D);
+      std::copy(p.past.m + slab * P, p.past.m + (slab + 1) * P, p.out.m + slab * (P + S));
+      std::copy(p.past.e + slab * P, p.past.e + (slab + 1) * P, p.out.e + slab * (P + S));
+    }
+  }
+  auto row = [&](int64_t r) {  // r = (b * S + s) * H + h; heads_first writes row (b * H + h) * (P + S) + P + s
     const T* q = static_cast<const T*>(p.x.q) + r * D;
     const int64_t token = r / H, scale = p.per_head_scales ? r : token;
     if (!a.rotate) {  // the layout alone: codes as they are, the token's scale for each head
-      const int64_t out = RotaryOutputRow(r, S, H, a.heads_first);
+      const int64_t out = RotaryOutputRow(r, S, H, a.heads_first, P);
       std::transform(q, q + D, static_cast<int8_t*>(p.out.q) + out * D, [](T c) { return int8_t(c); });
       p.out.m[out] = p.x.m[scale];
       p.out.e[out] = p.x.e[scale];
@@ -495,7 +504,7 @@ void DIRotary(Ort::KernelContext& ctx, const DiAttrs& a, const DiProblem& p) {
       v[ia] = int64_t(q[ia]) * cs[i] - int64_t(q[ib]) * sn[i];
       v[ib] = int64_t(q[ib]) * cs[i] + int64_t(q[ia]) * sn[i];
     }
-    const int64_t out = RotaryOutputRow(r, S, H, a.heads_first);
+    const int64_t out = RotaryOutputRow(r, S, H, a.heads_first, P);
     StoreRow(p.out, out, v, D, p.x.m[scale], p.x.e[scale] + kRopeFrac, a.qmax);
   };
   ParallelFor(ctx, p.x.rows, row, D);

@@ -95,6 +95,9 @@ DiArgs ArgsOf(const DiAttrs& a, const DiProblem& p) {
       args.per_head_scales = p.per_head_scales;
       args.heads_first = a.heads_first != 0;
       args.rotate = a.rotate != 0;
+      args.past = TensorOf(p.past);
+      args.past_len = p.past_len;
+      args.B = p.x.shape[0];
       break;
     case DiOp::kBatchMatMul: {
       std::vector<int64_t> out(p.x.shape);

@@ -568,7 +568,7 @@ __global__ void __launch_bounds__(kThreads) RotaryRows(DiArgs a) {
   const T* q = static_cast<const T*>(a.x.q) + r * D;
   const int64_t token = r / a.H, scale = a.per_head_scales ? r : token;
   if (!a.rotate) {  // the layout alone: codes as they are, the token's scale for each head
-    const int64_t out = RotaryOutputRow(r, a.S, a.H, a.heads_first);
+    const int64_t out = RotaryOutputRow(r, a.S, a.H, a.heads_first, a.past_len);
     int8_t* y = static_cast<int8_t*>(a.y) + out * D;
     for (int64_t c = threadIdx.x; c < D; c += blockDim.x) y[c] = int8_t(q[c]);  // int8 X only (host check)
     if (threadIdx.x == 0) {
@@ -587,7 +587,7 @@ __global__ void __launch_bounds__(kThreads) RotaryRows(DiArgs a) {
     const int64_t ia = a.interleaved ? 2 * i : i, ib = a.interleaved ? 2 * i + 1 : i + half;
     return second ? int64_t(q[ib]) * cs[i] + int64_t(q[ia]) * sn[i] : int64_t(q[ia]) * cs[i] - int64_t(q[ib]) * sn[i];
   };
-  const int64_t out = RotaryOutputRow(r, a.S, a.H, a.heads_first);
+  const int64_t out = RotaryOutputRow(r, a.S, a.H, a.heads_first, a.past_len);
   QuantizeRow(value, D, a.x.m[scale], a.x.e[scale] + kRopeFrac, a.qmax, static_cast<int8_t*>(a.y) + out * D,
               a.y_m + out, a.y_e + out, r, Split());
 }
@@ -807,6 +807,17 @@ const char* LaunchIntegerOp(const DiArgs& a, DiGemm gemm, void* raw_stream, void
       });
       break;
     case DiOp::kRotary:
+      if (a.past_len > 0) {  // each (batch, head)'s P cached rows ahead of its new S rows: three strided copies
+        const size_t slabs = size_t(a.B * a.H), P = size_t(a.past_len), T = size_t(a.past_len + a.S), D = size_t(a.D);
+        int8_t* y = static_cast<int8_t*>(a.y);
+        cudaError_t err = cudaMemcpy2DAsync(y, T * D, a.past.q, P * D, P * D, slabs, cudaMemcpyDeviceToDevice, stream);
+        if (err == cudaSuccess)
+          err = cudaMemcpy2DAsync(a.y_m, T * sizeof(int32_t), a.past.m, P * sizeof(int32_t), P * sizeof(int32_t), slabs,
+                                  cudaMemcpyDeviceToDevice, stream);
+        if (err == cudaSuccess)
+          err = cudaMemcpy2DAsync(a.y_e, T, a.past.e, P, P, slabs, cudaMemcpyDeviceToDevice, stream);
+        if (err != cudaSuccess) return cudaGetErrorString(err);
+      }
       if (a.x.code == DiCode::kInt8) RotaryRows<int8_t><<<rows, kThreads, 0, stream>>>(a);
       else RotaryRows<int16_t><<<rows, kThreads, 0, stream>>>(a);
       break;

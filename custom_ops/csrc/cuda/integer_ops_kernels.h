@@ -63,6 +63,9 @@ struct DiArgs {
   const int16_t* sin = nullptr;
   int64_t P = 0, S = 0, H = 0, D = 0;
   bool per_head_scales = false, heads_first = false, rotate = true;
+  // DIRotary with a past cache (heads_first): its [B, H, past_len, D] rows copied ahead of the new ones
+  DiTensor past;
+  int64_t past_len = 0, B = 0;
   // DIBatchMatMul: A [groups, M, K]; group g uses B's batch sum_i (digit_i(g) / batch_group[i]) * b_strides[i] over
   // A's batch dims (batch_group: A's dim / B's, so B's dims of 1 and grouped-query heads map alike)
   int64_t M = 0, K = 0, N = 0, groups = 0;
