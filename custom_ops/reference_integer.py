@@ -525,10 +525,11 @@ def di_rotary(X, x_m, x_e, position_ids, cos, sin, past=None, past_m=None, past_
             raise ValueError("a past cache needs heads_first=1")
         new = di_rotary(X, x_m, x_e, position_ids, cos, sin, interleaved=interleaved, obits=obits, heads_first=1,
                         rotate=rotate)
-        if np.asarray(past).dtype != np.int8 or np.shape(past)[:2] + np.shape(past)[3:] != (new[0].shape[:2] +
-                                                                                          new[0].shape[3:]):
-            raise ValueError(f"past must be int8 [B, H, P, D] of the output's B, H, D {new[0].shape}, got "
-                             f"{np.asarray(past).dtype} {np.shape(past)}")
+        B, H, _, D = new[0].shape
+        shape = np.shape(past)
+        if np.asarray(past).dtype != np.int8 or len(shape) != 4 or (shape[0], shape[1], shape[3]) != (B, H, D):
+            raise ValueError(f"past must be int8 [B, H, P, D] = [{B}, {H}, P, {D}], got {np.asarray(past).dtype} "
+                             f"{np.shape(past)}")
         cache = (past, np.asarray(past_m, np.int32), np.asarray(past_e, np.int8))
         return tuple(np.concatenate([c, n], axis=2) for c, n in zip(cache, new))
     if _check_codes(X, "X") != np.int8 and not rotate:

@@ -430,12 +430,12 @@ def build(model: ir.Model, d: Decoder, max_positions: int, rotate_down: int = 0)
             past = _cache_values(f"{PAST}{i}.{kind}", kv, head_dim, "past_sequence")
             graph.inputs.extend(past)
             past_names += [x.name for x in past]
-            cat = b.di("DIRotary", [*act, keep["position_ids"], cos, sin, *past], p + name, interleaved=0,
+            now = b.di("DIRotary", [*act, keep["position_ids"], cos, sin, *past], p + name, interleaved=0,
                        obits=INNER_BITS, heads_first=1, **({} if rotate else {"rotate": 0}))
-            for value, want in zip(cat, _cache_values(f"{PRESENT}{i}.{kind}", kv, head_dim, "total_sequence")):
+            for value, want in zip(now, _cache_values(f"{PRESENT}{i}.{kind}", kv, head_dim, "total_sequence")):
                 value.name, value.shape, value.type = want.name, want.shape, want.type
-            present += cat
-            cached[kind] = cat
+            present += now
+            cached[kind] = now
         scores = b.di("DIBatchMatMul", [*q, *cached["key"], mask], p + "/scores", trans_b=1, is_causal=1)
         probs = b.di("DIClippedSoftmax", [*scores, mask], p + "/softmax", clip_q8=clips[i], is_causal=1,
                      obits=PROBS_BITS)

@@ -217,9 +217,6 @@ void PrepareRotaryPast(Ort::KernelContext& ctx, const DiAttrs& a, DiProblem& p) 
   ExpectShape(v[1], "past_m", scales, "(past's leading dims + [1])", where);
   ExpectShape(v[2], "past_e", scales, "(past's leading dims + [1])", where);
   p.past_len = P;
-  p.past.shape = v[0].shape;
-  p.past.rows = xs[0] * xs[2] * P;
-  p.past.C = xs[3];
   if (P == 0) return;  // an empty cache: no data to read
   p.past.q = v[0].value.GetTensorRawData();
   p.past.m = static_cast<const int32_t*>(v[1].value.GetTensorRawData());

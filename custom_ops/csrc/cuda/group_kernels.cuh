@@ -23,7 +23,6 @@ namespace cuda {
 //   Row RowOf(n)                          per-row pointers, computed once per row
 //   float2 ScaleZero(row, group)          (s, z) as float
 //   OutlierRange(n, lo, hi), Outlier(i, K, col, value)   row n's outliers [lo, hi); false for a column >= K
-//   RowPointers(n), Clamp(p, lo, hi)      OutlierRange in two halves (load now, use later)
 //   PrefetchOutlier(i), PrefetchRowPointers(r0, rows)   outlier i, row_ptr of rows [r0, r0 + rows], toward L2
 //   kOutliers                             whether there are outliers at all
 // and, for the decode kernel, the per-group data of one 128-code unit (G groups) of two rows of a 16-row tile,
@@ -92,8 +91,6 @@ struct GqmmWeights {
   __device__ __forceinline__ bool Outlier(int64_t, int, int&, float&) const { return false; }
   __device__ __forceinline__ void PrefetchOutlier(int64_t) const {}
   __device__ __forceinline__ void PrefetchRowPointers(int, int) const {}
-  __device__ __forceinline__ int2 RowPointers(int) const { return make_int2(0, 0); }
-  __device__ __forceinline__ void Clamp(int2, int64_t& lo, int64_t& hi) const { lo = hi = 0; }
 };
 
 // Bits [bit0, bit0 + nbits) (nbits <= 64) of the little-endian bitstream at `stream`, from at most three aligned
@@ -214,13 +211,14 @@ struct SpqrWeights {
     const float zc = float(static_cast<uint32_t>(data.zero_codes >> shift) & mask);
     return make_float2(fmaf(st.x, sc, st.y), fmaf(st.z, zc, st.w));
   }
-  // row_ptr[n], row_ptr[n + 1] as loaded (Clamp makes them a range inside [0, nnz]).
-  __device__ __forceinline__ int2 RowPointers(int n) const { return make_int2(__ldg(row_ptr + n), __ldg(row_ptr + n + 1)); }
+  // row_ptr values p.x, p.y made a range inside [0, nnz].
   __device__ __forceinline__ void Clamp(int2 p, int64_t& lo, int64_t& hi) const {
     lo = min(max(static_cast<int64_t>(p.x), int64_t(0)), nnz);
     hi = min(max(static_cast<int64_t>(p.y), lo), nnz);
   }
-  __device__ __forceinline__ void OutlierRange(int n, int64_t& lo, int64_t& hi) const { Clamp(RowPointers(n), lo, hi); }
+  __device__ __forceinline__ void OutlierRange(int n, int64_t& lo, int64_t& hi) const {
+    Clamp(make_int2(__ldg(row_ptr + n), __ldg(row_ptr + n + 1)), lo, hi);
+  }
   __device__ __forceinline__ bool Outlier(int64_t i, int K, int& col, float& value) const {
     col = __ldg(cols + i);
     value = HalfBitsToFloat(__ldg(values + i));
