@@ -23,7 +23,7 @@ namespace cuda {
 //   Row RowOf(n)                          per-row pointers, computed once per row
 //   float2 ScaleZero(row, group)          (s, z) as float
 //   OutlierRange(n, lo, hi), Outlier(i, K, col, value)   row n's outliers [lo, hi); false for a column >= K
-//   PrefetchOutlier(i), PrefetchRowPointers(r0, rows)   outlier i, row_ptr of rows [r0, r0 + rows], toward L2
+//   RowPointers(n), Clamp(p, lo, hi)      OutlierRange in two halves (load now, use later)
 //   kOutliers                             whether there are outliers at all
 // and, for the decode kernel, the per-group data of one 128-code unit (G groups) of two rows of a 16-row tile,
 // loaded into registers up front:
@@ -89,8 +89,8 @@ struct GqmmWeights {
   __host__ bool DecodeFits() const { return true; }
   __device__ __forceinline__ void OutlierRange(int, int64_t& lo, int64_t& hi) const { lo = hi = 0; }
   __device__ __forceinline__ bool Outlier(int64_t, int, int&, float&) const { return false; }
-  __device__ __forceinline__ void PrefetchOutlier(int64_t) const {}
-  __device__ __forceinline__ void PrefetchRowPointers(int, int) const {}
+  __device__ __forceinline__ int2 RowPointers(int) const { return make_int2(0, 0); }
+  __device__ __forceinline__ void Clamp(int2, int64_t& lo, int64_t& hi) const { lo = hi = 0; }
 };
 
 // Bits [bit0, bit0 + nbits) (nbits <= 64) of the little-endian bitstream at `stream`, from at most three aligned
@@ -211,27 +211,17 @@ struct SpqrWeights {
     const float zc = float(static_cast<uint32_t>(data.zero_codes >> shift) & mask);
     return make_float2(fmaf(st.x, sc, st.y), fmaf(st.z, zc, st.w));
   }
-  // row_ptr values p.x, p.y made a range inside [0, nnz].
+  // row_ptr[n], row_ptr[n + 1] as loaded (Clamp makes them a range inside [0, nnz]).
+  __device__ __forceinline__ int2 RowPointers(int n) const { return make_int2(__ldg(row_ptr + n), __ldg(row_ptr + n + 1)); }
   __device__ __forceinline__ void Clamp(int2 p, int64_t& lo, int64_t& hi) const {
     lo = min(max(static_cast<int64_t>(p.x), int64_t(0)), nnz);
     hi = min(max(static_cast<int64_t>(p.y), lo), nnz);
   }
-  __device__ __forceinline__ void OutlierRange(int n, int64_t& lo, int64_t& hi) const {
-    Clamp(make_int2(__ldg(row_ptr + n), __ldg(row_ptr + n + 1)), lo, hi);
-  }
+  __device__ __forceinline__ void OutlierRange(int n, int64_t& lo, int64_t& hi) const { Clamp(RowPointers(n), lo, hi); }
   __device__ __forceinline__ bool Outlier(int64_t i, int K, int& col, float& value) const {
     col = __ldg(cols + i);
     value = HalfBitsToFloat(__ldg(values + i));
     return col < K;
-  }
-  __device__ __forceinline__ void PrefetchRowPointers(int r0, int rows) const {
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(row_ptr + r0));
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(row_ptr + r0 + rows));
-  }
-  // Outlier i toward L2 without holding a register (a load's destination would be waited on wherever it spills).
-  __device__ __forceinline__ void PrefetchOutlier(int64_t i) const {
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(cols + i));
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(values + i));
   }
 };
 
@@ -392,11 +382,10 @@ void LaunchDequantize(const W& w, T* out, int64_t N, int64_t K, bool outliers, c
 // s * (D - T - z * S), with S = sum a and T = 1024 * sum of the staged a 2^-t (staged beside S), in fp32: the
 // codes enter the mma as the raw 1024 + c 2^t halves, one funnel shift and one lop3 per pair, and s is never
 // rounded to fp16.
-// SpQR's outliers of the block's rows (warp w takes rows w and w + 8) are added by the same kernel, after its main
-// loop: the tile's row_ptr is prefetched into L2 first of all, read once A is staged to prefetch each lane's first
-// outlier of each row, and read again after the loop; so no register holds a load across the first step's weight
-// loads (a spill of one would wait for it there) and the dependent loads overlap the main loop. A comes from the
-// staged copy.
+// SpQR's outliers of the block's rows (warp w takes rows w and w + 8) are added by the same kernel, right after A
+// is staged: their dependent loads (row_ptr, then cols and values) overlap the first step's weight loads, which
+// are issued before the staging, and A comes from the staged copy. (Reading them after the main loop instead, with
+// L2 prefetches ahead, was slower at 2 of 3 LLaMA shapes on an H100: stop 23.)
 
 constexpr int kMmaWarps = 8;
 constexpr int kMmaThreads = kMmaWarps * 32;
@@ -687,9 +676,13 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaBlocksPerSm)
   unsigned char* zeros = reinterpret_cast<unsigned char*>(outlier_sums + kMmaTileRows * kMmaMaxM);
   for (int i = threadIdx.x; i < kMmaZeroBytes / 4; i += kMmaThreads) reinterpret_cast<uint32_t*>(zeros)[i] = 0u;
 
-  // The tile's row_ptr toward L2 (no register waits on it), then the first step's weights: both in flight while A
-  // is staged.
-  if (W::kOutliers && threadIdx.x == 0) w.PrefetchRowPointers(r0, min(kMmaTileRows, N - r0));
+  // The outlier rows' row_ptr first, then the first step's weights: both are in flight while A is staged.
+  int2 pointers[2] = {make_int2(0, 0), make_int2(0, 0)};
+  if constexpr (W::kOutliers) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      if (r0 + warp + 8 * r < N) pointers[r] = w.RowPointers(r0 + warp + 8 * r);
+  }
   MmaStepData<BITS, GS, W> data;
   bool preloaded = false;
   if (warp < min(chunk_steps, steps)) {
@@ -710,12 +703,32 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaBlocksPerSm)
     MmaStageA<BITS, MAXM == 1>(A, M, K, s0, cs, units, staged, sums);
     __syncthreads();
     if constexpr (W::kOutliers) {
-      if (s0 == 0) {  // warp w: rows w and w + 8; their first 32 outliers on their way to L2 during the main loop
+      if (s0 == 0) {  // warp w: rows w and w + 8; A from the staged copy when it holds all of K
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          int64_t lo = 0, hi = 0;
-          if (r0 + warp + 8 * r < N) w.OutlierRange(r0 + warp + 8 * r, lo, hi);
-          if (lo + lane < hi) w.PrefetchOutlier(lo + lane);
+          float o[MAXM];
+#pragma unroll
+          for (int m = 0; m < MAXM; ++m) o[m] = 0.f;
+          int64_t lo, hi;
+          w.Clamp(pointers[r], lo, hi);
+          for (int64_t i = lo + lane; i < hi; i += 32) {
+            int col;
+            float value;
+            if (!w.Outlier(i, K, col, value)) continue;
+#pragma unroll
+            for (int m = 0; m < MAXM; ++m)
+              if (MAXM == 1 || m < M)
+                o[m] = fmaf(cs == steps ? MmaStagedA<BITS>(staged, cs, m, col)
+                                        : __half2float(A[static_cast<int64_t>(m) * K + col]),
+                            value, o[m]);
+          }
+#pragma unroll
+          for (int m = 0; m < MAXM; ++m) {
+            if (MAXM == 1 || m < M) {
+              const float v = WarpSum(o[m]);
+              if (lane == 0) outlier_sums[(warp + 8 * r) * kMmaMaxM + m] = v;
+            }
+          }
         }
       }
     }
@@ -733,35 +746,6 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaBlocksPerSm)
         const unsigned char* b_base =
             g < M && valid ? staged + g * MmaTokenBytes(cs) + (sl * 32 * kMmaStepUnits + t) * 8 : zeros;
         MmaStepTokens<BITS, GS, MAXM>(w, data, unit_sums, cs * kMmaStepUnits * 8, M, b_base, c, corr);
-      }
-    }
-  }
-
-  if constexpr (W::kOutliers) {  // A from the staged copy when it holds all of K
-    const bool whole = chunk_steps >= steps;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float o[MAXM];
-#pragma unroll
-      for (int m = 0; m < MAXM; ++m) o[m] = 0.f;
-      int64_t lo = 0, hi = 0;
-      if (r0 + warp + 8 * r < N) w.OutlierRange(r0 + warp + 8 * r, lo, hi);
-      for (int64_t i = lo + lane; i < hi; i += 32) {
-        int col;
-        float value;
-        if (!w.Outlier(i, K, col, value)) continue;
-#pragma unroll
-        for (int m = 0; m < MAXM; ++m)
-          if (MAXM == 1 || m < M)
-            o[m] = fmaf(whole ? MmaStagedA<BITS>(staged, steps, m, col) : __half2float(A[static_cast<int64_t>(m) * K + col]),
-                        value, o[m]);
-      }
-#pragma unroll
-      for (int m = 0; m < MAXM; ++m) {
-        if (MAXM == 1 || m < M) {
-          const float v = WarpSum(o[m]);
-          if (lane == 0) outlier_sums[(warp + 8 * r) * kMmaMaxM + m] = v;
-        }
       }
     }
   }
