@@ -280,8 +280,10 @@ def _quantizer(obits: int, clip_q15: int, act_sym: int, allowed: tuple[int, ...]
 # Ops
 
 
-def di_matmul(X, x_m, x_e, W, w_m, w_e, obits: int, w_zero=None, x_zero=None, abits: int = 8):
-    """``Y = (X - x_zero) @ (W - w_zero)^T`` requantized per row. ``acc`` int32 exact (K <= 131071; with ``w_zero``, an
+def di_matmul(X, x_m, x_e, W, w_m, w_e, obits: int, w_zero=None, x_zero=None, abits: int = 8, split: int = 0):
+    """``Y = (X - x_zero) @ (W - w_zero)^T`` requantized per row; ``split`` (0 < split < N): two outputs, channels
+    [0, split) and [split, N) each requantized on its own, exactly as two DIMatMuls of the two halves of W (q and k
+    of one input in one op, so a decode step passes over its threads once for both). ``acc`` int32 exact (K <= 131071; with ``w_zero``, an
     asymmetric per-channel weight grid as int8 offsets [N], K <= 65535: ``acc = X @ W^T - w_zero * sum(X)``; with
     ``x_zero``, asymmetric per-row codes' zero points int32 [..., 1] (DINorm's, DISwiGLU's, DIRequant's act_sym=0
     output), K <= 32767: ``acc = X.W - w_zero sum(X) - x_zero sum(W) + K x_zero w_zero``; ``di_matmul_max_k``). X holds
@@ -294,6 +296,13 @@ def di_matmul(X, x_m, x_e, W, w_m, w_e, obits: int, w_zero=None, x_zero=None, ab
     int64 bounds for 16-bit codes: the aligned P < 2**46 * 2**16 = 2**62 whatever obits; dyn_quant rounds P to
     31 bits, its reciprocal ``R < 2**31`` for every qmax < 2**15 (S loses a bit per code bit above 7), so
     ``|P' * R| <= 2**62``; the scale's ``ratio(A * x_m, qmax)`` has ``A * x_m < 2**46``."""
+    if split:
+        N = np.shape(W)[0]
+        if not 0 < split < N:
+            raise ValueError(f"split={split} must lie in (0, N={N})")
+        halves = [slice(0, split), slice(split, N)]
+        return sum((di_matmul(X, x_m, x_e, np.asarray(W)[h], np.asarray(w_m)[h], np.asarray(w_e)[h], obits,
+                              None if w_zero is None else np.asarray(w_zero)[h], x_zero, abits) for h in halves), ())
     qmax = qmax_of(obits, WIDE_CODE_BITS)
     qmax_of(abits, WIDE_CODE_BITS)
     if _check_codes(X, "X") != code_type(abits):

@@ -9,7 +9,7 @@ graphs that use the ops (``import edgeq.custom_ops`` calls it).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import onnx
@@ -581,6 +581,36 @@ def _matmul_expected(ctx, attrs, dims):
     return out
 
 
+def _non_negative(v) -> str | None:
+    return None if isinstance(v, int) and v >= 0 else "must be a non-negative integer"
+
+
+_infer_one_matmul = _infer_integer("DIMatMul", out_last=lambda a: a["N"], expected=_matmul_expected,
+                                   code_of=_wide_code)
+
+
+def _infer_matmul(ctx) -> None:
+    """One output of N channels, or with split two of split and N - split: all six outputs or the first three."""
+    op = f"{DOMAIN}::DIMatMul"
+    attrs = _read_attrs(ctx, OPS["DIMatMul"])
+    split, N = attrs.get("split", 0), attrs["N"]
+    outputs = ctx.get_num_outputs()
+    if outputs not in (3, 6) or (outputs == 6) != (split > 0):
+        raise onnx.shape_inference.InferenceError(
+            f"{op}: split={split} needs {6 if split else 3} outputs (Y, y_m, y_e{', Y2, y2_m, y2_e' if split else ''}), "
+            f"got {outputs}")
+    if split and split >= N:
+        raise onnx.shape_inference.InferenceError(f"{op}: split={split} must be below N={N}")
+    _infer_one_matmul(ctx)
+    if split:
+        dims = _input_dims(ctx, 0)
+        for index, elem in enumerate((_wide_code(attrs), TensorProto.INT32, TensorProto.INT8)):
+            shape = None if dims is None else [*dims[:-1], split if index == 0 else 1]
+            ctx.set_output_type(index, helper.make_tensor_type_proto(elem, shape))
+            shape = None if dims is None else [*dims[:-1], N - split if index == 0 else 1]
+            ctx.set_output_type(3 + index, helper.make_tensor_type_proto(elem, shape))
+
+
 DI_MATMUL = OpDef(
     name="DIMatMul",
     doc=(
@@ -595,7 +625,10 @@ DI_MATMUL = OpDef(
         "with x_zero, K <= 2047). obits 2..16: Y holds int8 codes up to 8 bits and int16 codes above (the requantization "
         "is the same: P rounded to 31 bits, a reciprocal below 2^31, products below 2^62). An asymmetric weight "
         "grid gives w_zero (int8 [N], each channel's zero point as a signed code): acc = sum_k X*(W - w_zero), "
-        "computed as X.W - w_zero * sum(X) and exact in int32 for K <= 65535."
+        "computed as X.W - w_zero * sum(X) and exact in int32 for K <= 65535. split (0 < split < N) gives two "
+        "outputs: Y, y_m, y_e of channels [0, split) and Y2, y2_m, y2_e of [split, N), each requantized on its own "
+        "(Ea, the row's max|P| and scale of its channels only), bit for bit two DIMatMuls of W's two halves: q and "
+        "k, or gate and up, of one input in one op."
     ),
     inputs=(*_int_activation("X", "x", "input activation [..., K]", code_type="TX"),
             Input("W", "tensor(int8)", "weight codes [N, K]"), *_channel_scales("w", "weight scales [N]"),
@@ -603,7 +636,9 @@ DI_MATMUL = OpDef(
             Input("x_zero", "tensor(int32)", "X's per-row zero points [..., 1] (asymmetric codes, act_sym=0 of its "
                   "producer); needs w_sum", optional=True),
             Input("w_sum", "tensor(int32)", "sum_k W[n, k] per channel [N] (with x_zero)", optional=True)),
-    outputs=_int_activation("Y", "y", "output", code_type="TY"),
+    outputs=(*_int_activation("Y", "y", "output (with split: channels [0, split))", code_type="TY"),
+             *(replace(o, optional=True) for o in
+               _int_activation("Y2", "y2", "channels [split, N) (with split)", code_type="TY"))),
     attributes=(
         Attribute("K", onnx.AttributeProto.INT, "reduction size (X's last dim), at most 131071", check=_di_k),
         Attribute("N", onnx.AttributeProto.INT, "output features (rows of W)", check=_positive),
@@ -611,9 +646,11 @@ DI_MATMUL = OpDef(
                   check=_wide_obits),
         Attribute("wbits", onnx.AttributeProto.INT, "declared width of W's codes, 2..8", check=_ql_bits),
         _WIDE_OBITS,
+        Attribute("split", onnx.AttributeProto.INT, "0 (one output), or the channels of the first of two outputs, "
+                  "0 < split < N", required=False, check=_non_negative),
     ),
     type_constraints={"TX": _WIDE_CODES, "TY": _WIDE_CODES},
-    infer=_infer_integer("DIMatMul", out_last=lambda a: a["N"], expected=_matmul_expected, code_of=_wide_code),
+    infer=_infer_matmul,
 )
 
 DI_EXP = OpDef(

@@ -14,7 +14,8 @@ and int8 exponent, ``custom_ops/README.md`` "Integer-only ops"):
   norms          DINorm (gamma as per-channel dyadic scales), codes at the next linears' abits
   q/k/v/o/gate/up/down   DIMatMul (the QuantLinear's integer weights and zero points; scales as dyadics), outputs at 8 bits
                          (v, which the cache holds as it is) or 16 (q/k and gate/up, which DIRotary and DISwiGLU read;
-                         o/down, which feed the residual);
+                         o/down, which feed the residual); q with k, and gate with up, as one DIMatMul each
+                         (split: two outputs, bit for bit two ops, one pass over the threads);
                  the attention's 1/sqrt(head_dim) is folded into q_proj's scales
   rotary         DIRotary with Q14 cos/sin tables [max_positions, head_dim/2], reading q/k as [B, S, heads*D] and
                  writing [B, heads, S, D]; v takes the same op with rotate=0 (the relayout alone); k's and v's
@@ -292,6 +293,28 @@ class _Builder:
                                     self.init(f"{name}.w_e", w_e), *self.zero_inputs(x, lin.W, name, lin.w_zero)],
                        name, K=K, N=N, abits=lin.abits, wbits=lin.wbits, obits=obits)
 
+    def matmul_pair(self, x: Act, first: Linear, second: Linear, name: str, obits: int,
+                    factor: float = 1.0) -> tuple[Act, Act]:
+        """Two linears of one input (q and k, gate and up; ``factor`` scales the first) as one DIMatMul with split,
+        bit for bit the two DIMatMuls: a decode step passes over the CPU's threads once for both. Linears of
+        different code widths stay two ops."""
+        if (first.abits, first.wbits, first.act_sym) != (second.abits, second.wbits, second.act_sym):
+            return self.matmul(x, first, f"{name}.first", obits, factor), self.matmul(x, second, f"{name}.second", obits)
+        (m1, e1), (m2, e2) = first.dyadic(factor), second.dyadic()
+        W = np.concatenate([first.W, second.W])
+        if first.w_zero is None and second.w_zero is None:
+            w_zero = None
+        else:  # a zero point of 0 leaves a channel's sum exactly as without one
+            w_zero = np.concatenate([np.zeros(len(lin.W), np.int8) if lin.w_zero is None else lin.w_zero
+                                     for lin in (first, second)])
+        N, K = W.shape
+        out = self.op("DIMatMul", [*x[:3], self.init(f"{name}.W", W), self.init(f"{name}.w_m", np.concatenate([m1, m2])),
+                                   self.init(f"{name}.w_e", np.concatenate([e1, e2])),
+                                   *self.zero_inputs(x, W, name, w_zero)],
+                      name, outputs=6, domain=schema.DOMAIN, K=K, N=N, abits=first.abits, wbits=first.wbits,
+                      obits=obits, split=len(first.W))
+        return tuple(out[:3]), tuple(out[3:])
+
     def zero_inputs(self, x: Act, codes: np.ndarray, name: str, w_zero: np.ndarray | None = None) -> list:
         """DIMatMul's optional inputs after w_e: the weights' zero points, and for asymmetric input codes (an Act
         of four) their zero points and sum_k W for the correction."""
@@ -414,8 +437,7 @@ def build(model: ir.Model, d: Decoder, max_positions: int, rotate_down: int = 0)
         i, p = layer.index, f"model.layers.{layer.index}.self_attn"
         x = b.norm(h, layer.input_norm, d.eps, f"model.layers.{i}.input_layernorm", layer.q.abits, act_clips[i][0],
                    layer.q.act_sym)
-        q = b.matmul(x, layer.q, p + ".q_proj", obits=PROJ_BITS, factor=layer.score_scale)
-        k = b.matmul(x, layer.k, p + ".k_proj", obits=PROJ_BITS)
+        q, k = b.matmul_pair(x, layer.q, layer.k, p + ".qk_proj", obits=PROJ_BITS, factor=layer.score_scale)
         v = b.matmul(x, layer.v, p + ".v_proj")
         # The rotary reads the projections' [B, S, heads*D] directly and leaves q and k as [B, heads, S, D]
         # (heads_first), the layout of the cache and of attention; DIBatchMatMul reads a kv head for each group
@@ -449,8 +471,7 @@ def build(model: ir.Model, d: Decoder, max_positions: int, rotate_down: int = 0)
         m = f"model.layers.{i}.mlp"
         x = b.norm(h, layer.post_norm, d.eps, f"model.layers.{i}.post_attention_layernorm", layer.gate.abits,
                    act_clips[i][2], layer.gate.act_sym)
-        gate, up = (b.matmul(x, lin, f"{m}.{name}", obits=PROJ_BITS) for lin, name in ((layer.gate, "gate_proj"),
-                                                                                          (layer.up, "up_proj")))
+        gate, up = b.matmul_pair(x, layer.gate, layer.up, f"{m}.gate_up_proj", obits=PROJ_BITS)
         rotation = {"hadamard": rotate_down} if rotate_down else {}
         glu = b.di("DISwiGLU", [*gate, *up],
                    m + "/glu", act_sym=layer.down.act_sym, obits=layer.down.abits, **_clip_attr(act_clips[i][3]),

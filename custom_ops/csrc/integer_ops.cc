@@ -163,12 +163,14 @@ void ExpectSameShape(const IntInput& a, const IntInput& b, const char* a_name, c
                     ShapeText(a.shape));
 }
 
-IntOutput AllocateOutput(Ort::KernelContext& ctx, const std::vector<int64_t>& codes_shape, bool zero) {
+// Outputs first, first + 1, first + 2 (codes, m, e), and 3 (y_zero) when zero.
+IntOutput AllocateOutput(Ort::KernelContext& ctx, const std::vector<int64_t>& codes_shape, bool zero,
+                         size_t first = 0) {
   IntOutput o;
-  o.q = ctx.GetOutput(0, codes_shape).GetTensorMutableRawData();
+  o.q = ctx.GetOutput(first, codes_shape).GetTensorMutableRawData();
   const std::vector<int64_t> s = WithLast(codes_shape, 1);
-  o.m = ctx.GetOutput(1, s).GetTensorMutableData<int32_t>();
-  o.e = ctx.GetOutput(2, s).GetTensorMutableData<int8_t>();
+  o.m = ctx.GetOutput(first + 1, s).GetTensorMutableData<int32_t>();
+  o.e = ctx.GetOutput(first + 2, s).GetTensorMutableData<int8_t>();
   if (zero) o.z = ctx.GetOutput(3, s).GetTensorMutableData<int32_t>();
   return o;
 }
@@ -318,11 +320,25 @@ std::vector<int64_t> PrepareBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& 
 
 }  // namespace
 
+DiProblem MatMulPart(const DiProblem& p, int64_t n0, int64_t n, const IntOutput& out) {
+  DiProblem part = p;
+  part.W = p.W + n0 * p.K;
+  part.ch_m = p.ch_m + n0;
+  part.ch_e = p.ch_e + n0;
+  if (p.w_zero != nullptr) part.w_zero = p.w_zero + n0;
+  if (p.w_sum != nullptr) part.w_sum = p.w_sum + n0;
+  part.N = n;
+  part.out = out;
+  part.out2 = IntOutput{};
+  return part;
+}
+
 const DiSignature& Signature(DiOp op) {
   static const DiSignature kSignatures[] = {
       // Y: int8 or int16 by obits (registered untyped and optional, as DIAdd's)
       // X: int8 (abits <= 8) or int16 codes (one registration each)
-      {"DIMatMul", {kAny, kI32, kI8, kI8, kI32, kI8, kI8, kI32, kI32}, {kAny, kI32, kI8}, 6},
+      // Y2, y2_m, y2_e: the second part with split (optional, Y2 untyped as Y)
+      {"DIMatMul", {kAny, kI32, kI8, kI8, kI32, kI8, kI8, kI32, kI32}, {kAny, kI32, kI8, kAny, kI32, kI8}, 6},
       {"DIExp", {kI8, kI32, kI8}, {kI8, kI32, kI8}, 3},
       // X int8 or int32 (one registration each); P: uint8 or uint16 by obits (untyped and optional, as DIMatMul's Y)
       {"DIClippedSoftmax", {kAny, kI32, kI8, kBool}, {kAny, kI32, kI8}, 3},
@@ -355,10 +371,14 @@ DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op, bool device_i
   if (WideCodes(op)) {  // ORT takes Y's element type from the graph: it must be the one obits implies
     const bool probs = op == DiOp::kClippedSoftmax;
     const ONNXTensorElementDataType want = a.obits > 8 ? (probs ? kU16 : kI16) : (probs ? kU8 : kI8);
-    const ONNXTensorElementDataType got = info.GetOutputTypeInfo(0).GetTensorTypeAndShapeInfo().GetElementType();
-    if (got != want)
-      Fail(a.where, std::string(probs ? "P is " : "Y is ") + TypeName(got) + ", but obits=" +
-                        std::to_string(a.obits) + " gives " + TypeName(want) + " codes");
+    const bool split = op == DiOp::kMatMul && info.GetOutputCount() > 3;
+    for (size_t index : {size_t(0), size_t(3)}) {
+      if (index == 3 && !split) break;
+      const ONNXTensorElementDataType got = info.GetOutputTypeInfo(index).GetTensorTypeAndShapeInfo().GetElementType();
+      if (got != want)
+        Fail(a.where, std::string(probs ? "P is " : index == 3 ? "Y2 is " : "Y is ") + TypeName(got) + ", but obits=" +
+                          std::to_string(a.obits) + " gives " + TypeName(want) + " codes");
+    }
   }
   if (op == DiOp::kNorm || op == DiOp::kSwiGLU || op == DiOp::kRequant) {
     a.clip_q15 = OptionalInt(raw, "clip_q15", integer::kClipOne);
@@ -379,6 +399,12 @@ DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op, bool device_i
       ExpectPositive(a.N, "N", a.where);
       ExpectRange(a.abits, 2, 16, "abits", a.where);
       ExpectRange(a.wbits, 2, 8, "wbits", a.where);
+      a.split = OptionalInt(raw, "split", 0);
+      if (a.split != 0) ExpectRange(a.split, 1, a.N - 1, "split", a.where);
+      if ((a.split != 0) != (info.GetOutputCount() == 6) || (info.GetOutputCount() != 3 && info.GetOutputCount() != 6))
+        Fail(a.where, "split=" + std::to_string(a.split) + " needs " + (a.split ? "6 outputs (Y, y_m, y_e, Y2, y2_m, y2_e)"
+                                                                                : "3 outputs (Y, y_m, y_e)") +
+                          ", the node has " + std::to_string(info.GetOutputCount()));
       a.constant_inputs = CheckConstantWeights(raw, a);
       break;
     case DiOp::kClippedSoftmax:
@@ -463,7 +489,10 @@ DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& a) {
         ExpectInBits(static_cast<const int16_t*>(p.x.q), p.x.rows * a.K, a.abits, "X", where);
         if (has_xz) ExpectInBits(p.x_zero, p.x.rows, a.abits, "x_zero", where);
       }
-      out_shape = WithLast(p.x.shape, a.N);
+      p.K = a.K;
+      p.N = a.N;
+      out_shape = WithLast(p.x.shape, a.split ? a.split : a.N);
+      if (a.split) p.out2 = AllocateOutput(ctx, WithLast(p.x.shape, a.N - a.split), false, 3);
       break;
     }
     case DiOp::kClippedSoftmax:

@@ -41,6 +41,7 @@ struct DiAttrs {
   int64_t clip_q15 = integer::kClipOne;  // DINorm, DISwiGLU, DIRequant: a learned clip of the output row's range
   int64_t act_sym = 1;  // DINorm, DISwiGLU, DIRequant: 0 gives asymmetric codes and a zero point per row (y_zero)
   int64_t hadamard = 0;  // DISwiGLU: the block of a Walsh-Hadamard rotation of the output row (0: none)
+  int64_t split = 0;     // DIMatMul: the channels of the first of two outputs (0: one output of N)
   int64_t qmax = 0;  // largest output code: 2^(obits-1) - 1, or 2^obits - 1 for DIClippedSoftmax
   // The CUDA ops' inputs live on the device: PrepareIntegerOp checks their types and shapes but cannot read the
   // values (mantissa ranges, positions), which the CPU ops refuse with a message.
@@ -93,10 +94,14 @@ struct DiProblem {
   std::vector<int64_t> b_batch;      // DIBatchMatMul: B's flat batch index for each of A's, which is
   std::vector<int64_t> b_strides, b_groups;  // sum over A's batch dims i of digit_i / b_groups[i] * b_strides[i]
   IntOutput out;
+  IntOutput out2;                    // DIMatMul with split: the outputs of channels [split, N)
 };
 
 // Checks types, shapes and the values the math relies on (mantissa ranges, positions), allocates the outputs.
 DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& attrs);
+
+// DIMatMul's channels [n0, n0 + n) as a problem of its own writing `out` (p.N = n): each part of a split.
+DiProblem MatMulPart(const DiProblem& p, int64_t n0, int64_t n, const IntOutput& out);
 
 // The OrtCustomOp of kOp on one execution provider, around Kernel<kOp> (a class of the CPU or the CUDA ops);
 // DIAdd registers one per (A, B) code type pair, DIClippedSoftmax, DIMatMul and DINorm one per X type. ORT derives an UNDEFINED output's
@@ -125,7 +130,8 @@ struct DiCustomOp : Ort::CustomOpBase<DiCustomOp<Kernel, kOp, kA, kB>, Kernel<kO
   size_t GetOutputTypeCount() const { return Signature(kOp).outputs.size(); }
   ONNXTensorElementDataType GetOutputType(size_t i) const { return Signature(kOp).outputs[i]; }
   OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const {
-    return (WideCodes(kOp) && i == 0) || i == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;  // 3: y_zero
+    // 3: y_zero, or DIMatMul's Y2 (untyped as Y), y2_m, y2_e with split
+    return (WideCodes(kOp) && i == 0) || i >= 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   }
   const char* provider;
 };

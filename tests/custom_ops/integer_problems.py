@@ -66,8 +66,8 @@ def model(op: str, arrays: list, name: str = "n0", y_type: int | None = None, co
     names = [i.name if a is not None else "" for i, a in zip(opdef.inputs, arrays)]
     while names and not names[-1]:
         names.pop()
-    # the optional zero-point output (y_zero) only with asymmetric codes
-    outs = [o for o in opdef.outputs if not o.optional or attrs.get("act_sym", 1) == 0]
+    # the optional zero-point output (y_zero) only with asymmetric codes, DIMatMul's second part only with split
+    outs = [o for o in opdef.outputs if not o.optional or attrs.get("act_sym", 1) == 0 or attrs.get("split", 0)]
     node = helper.make_node(op, names, [o.name for o in outs], domain="edgeq", name=name, **attrs)
     inputs = [helper.make_tensor_value_info(i.name, helper.np_dtype_to_tensor_dtype(a.dtype), [None] * a.ndim)
               for n, (i, a) in enumerate(zip(opdef.inputs, arrays)) if a is not None and n not in constants]
@@ -78,7 +78,8 @@ def model(op: str, arrays: list, name: str = "n0", y_type: int | None = None, co
             narrow, wide = ((onnx.TensorProto.UINT8, onnx.TensorProto.UINT16) if op == "DIClippedSoftmax" else
                             (onnx.TensorProto.INT8, onnx.TensorProto.INT16))
             y_type = narrow if attrs.get("obits", 8) <= 8 else wide
-        outputs[0] = helper.make_tensor_value_info(opdef.outputs[0].name, y_type, None)
+        for index in (0, 3) if attrs.get("split", 0) else (0,):
+            outputs[index] = helper.make_tensor_value_info(opdef.outputs[index].name, y_type, None)
     graph = helper.make_graph([node], op, inputs, outputs, initializer=initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), opset_import()], ir_version=9)
 
@@ -140,8 +141,8 @@ def run(target, op: str, arrays: list, threads: int = 2, y_type: int | None = No
 
 
 REFERENCE = {
-    "DIMatMul": lambda a, obits, K=None, N=None, abits=8, wbits=None: ri.di_matmul(
-        *a[:6], obits, *a[6:7], x_zero=a[7] if len(a) > 7 else None, abits=abits),
+    "DIMatMul": lambda a, obits, K=None, N=None, abits=8, wbits=None, split=0: ri.di_matmul(
+        *a[:6], obits, *a[6:7], x_zero=a[7] if len(a) > 7 else None, abits=abits, split=split),
     "DIExp": lambda a, obits: ri.di_exp(*a, obits),
     "DIClippedSoftmax": lambda a, **kw: ri.di_clipped_softmax(*a, **kw),
     "DINorm": lambda a, **kw: ri.di_norm(*a, **kw),
@@ -164,7 +165,8 @@ def assert_bit_exact(library, op: str, arrays: list, constants: tuple = (), **at
     got = run(library, op, arrays, constants=constants, **attrs)
     want = reference(op, arrays, **attrs)
     assert len(got) == len(want), (len(got), len(want))
-    for name, g, w in zip(("codes", "m", "e", "zero"), got, want):
+    names = ("codes", "m", "e", "zero") if len(want) <= 4 else ("codes", "m", "e", "codes2", "m2", "e2")  # split
+    for name, g, w in zip(names[:len(want)], got, want, strict=True):
         assert g.dtype == w.dtype and g.shape == w.shape, (name, g.dtype, g.shape, w.dtype, w.shape)
         np.testing.assert_array_equal(g, w, err_msg=f"{op}: {name}")
     return got

@@ -11,7 +11,7 @@ from edgeq.custom_ops.integer_codec import eps_q60, rotary_tables
 
 from edgeq.custom_ops.schema import OPS
 
-from .conftest import CUDA, cuda_available, providers_that_ran
+from .conftest import CUDA, cuda_available, providers_that_ran, session
 from .integer_problems import (WIDTHS, Target, activation, assert_bit_exact, channel_scales, matmul_kernel,  # noqa: F401
                                model, run, target)
 
@@ -623,3 +623,40 @@ def test_matmul_x_zero(matmul_kernel, seed):
     w_sum = W.astype(np.int64).sum(1).astype(np.int32)
     assert_bit_exact(matmul_kernel, "DIMatMul", [*x, W, w_m, w_e, w_zero, x_zero, w_sum], K=K, N=N, abits=8,
                      wbits=8, obits=8)
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_matmul_split(matmul_kernel, seed):
+    """split: two outputs, each bit for bit the DIMatMul of its half of W (the reference runs the halves as two ops),
+    on every GEMM kernel: decode rows (one pass over the pool for both parts) and prefill rows, odd N and split
+    points, int8 and int16 codes, symmetric and zero-point grids, scales spread so the halves' Ea differ."""
+    rng = np.random.default_rng(9700 + seed)
+    wbits, abits = WIDTHS[seed % 3]
+    rows = [1, 3, 7, 8, 19][seed % 5]
+    K, N = odd_size(rng, 577), int(rng.integers(2, 300))
+    split = int(rng.integers(1, N))
+    x = activation(rng, (rows, K), abits, saturate=seed % 2 == 0)
+    W = rng.integers(-(1 << (wbits - 1)), 1 << (wbits - 1), (N, K)).astype(np.int8)
+    w_m, w_e = channel_scales(rng, N, spread=[0, 6, 16, 40][seed % 4], signed=seed % 3 == 0)
+    w_e[:split] -= np.int8(seed % 5)  # the first half's exponents lower: its own Ea
+    arrays = [*x, W, w_m, w_e]
+    if seed % 4 == 3:
+        arrays += [rng.integers(-128, 128, N).astype(np.int8)]
+    got = assert_bit_exact(matmul_kernel, "DIMatMul", arrays, K=K, N=N, abits=abits, wbits=wbits,
+                           obits=[8, 16, 6, 12][seed % 4], split=split)
+    assert got[0].shape == (rows, split) and got[3].shape == (rows, N - split)
+
+
+def test_matmul_split_refused(target):
+    """A split outside (0, N), or one whose node lacks the second part's outputs (or has them without split), is
+    refused at session creation naming the attribute."""
+    rng = np.random.default_rng(9800)
+    x = activation(rng, (2, 16), 8)
+    arrays = [*x, rng.integers(-128, 128, (5, 16)).astype(np.int8), *channel_scales(rng, 5)]
+    with pytest.raises(Exception, match="split"):
+        run(target, "DIMatMul", arrays, K=16, N=5, abits=8, wbits=8, obits=8, split=5)
+    bad = model("DIMatMul", arrays, K=16, N=5, abits=8, wbits=8, obits=8, split=2)
+    del bad.graph.node[0].output[3:]
+    del bad.graph.output[3:]
+    with pytest.raises(Exception, match="split=2 needs 6 outputs"):
+        session(bad, target.library, target.providers)

@@ -344,9 +344,10 @@ def test_matmul_cpu_output_typed_by_shape_inference(cpu_library):
 
 def infer(op, inputs, **attrs):
     opdef = OPS[op]
-    node = helper.make_node(op, [i[0] for i in inputs], [o.name for o in opdef.outputs], domain="edgeq", **attrs)
+    outputs = opdef.outputs[:3] if op == "DIMatMul" and not attrs.get("split") else opdef.outputs  # Y2.. with split
+    node = helper.make_node(op, [i[0] for i in inputs], [o.name for o in outputs], domain="edgeq", **attrs)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(*i) for i in inputs],
-                              [helper.make_empty_tensor_value_info(o.name) for o in opdef.outputs])
+                              [helper.make_empty_tensor_value_info(o.name) for o in outputs])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), opset_import()], ir_version=9)
     out = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True).graph.output
     return [(o.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim])
@@ -373,6 +374,15 @@ def matmul_inputs(K=64, N=24):
 def test_matmul_schema_output_type_follows_obits(obits, code):
     assert infer("DIMatMul", matmul_inputs(), K=64, N=24, abits=8, wbits=8, obits=obits) == [
         (code, ["t", 24]), (TP.INT32, ["t", 1]), (TP.INT8, ["t", 1])]
+
+
+def test_matmul_schema_split():
+    """split: Y of the first split channels, Y2 of the rest, both typed by obits; a split of N or more refused."""
+    assert infer("DIMatMul", matmul_inputs(), K=64, N=24, abits=8, wbits=8, obits=16, split=10) == [
+        (TP.INT16, ["t", 10]), (TP.INT32, ["t", 1]), (TP.INT8, ["t", 1]),
+        (TP.INT16, ["t", 14]), (TP.INT32, ["t", 1]), (TP.INT8, ["t", 1])]
+    with pytest.raises(onnx.shape_inference.InferenceError, match="split=24 must be below N=24"):
+        infer("DIMatMul", matmul_inputs(), K=64, N=24, abits=8, wbits=8, obits=16, split=24)
 
 
 def test_norm_schema_takes_int16():

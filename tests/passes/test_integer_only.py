@@ -36,7 +36,7 @@ def exported(tmp_path_factory):
 def test_op_counts(exported):
     counts = Counter((n.domain, n.op_type) for n in onnx.load(exported["integer"]).graph.node)
     di = {op: n for (domain, op), n in counts.items() if domain == "edgeq"}
-    assert di == {"DIMatMul": 7 * LAYERS + 1, "DINorm": 2 * LAYERS + 1, "DIRotary": 3 * LAYERS, "DIAdd": 2 * LAYERS,
+    assert di == {"DIMatMul": 5 * LAYERS + 1, "DINorm": 2 * LAYERS + 1, "DIRotary": 3 * LAYERS, "DIAdd": 2 * LAYERS,
                   "DISwiGLU": LAYERS, "DIClippedSoftmax": LAYERS, "DIRequant": LAYERS,
                   "DIBatchMatMul": 2 * LAYERS}  # Q.K^T and P.V per layer; lm_head is a DIMatMul
     floats = {op: n for (domain, op), n in counts.items() if op in ("Cast", "Mul", "Pow", "Neg")}
@@ -74,8 +74,45 @@ def test_op_counts(exported):
     # q/k and gate/up leave 16-bit codes for DIRotary / DISwiGLU to requantize once; v is cached as it comes
     obits = {n.name.split("/")[0].rsplit(".", 1)[-1]: next(a.i for a in n.attribute if a.name == "obits")
              for n in proto.graph.node if n.op_type == "DIMatMul" and n.name.startswith("model.layers.0.")}
-    assert obits == {"q_proj": 16, "k_proj": 16, "v_proj": 8, "o_proj": 16, "gate_proj": 16, "up_proj": 16,
-                     "down_proj": 16}
+    assert obits == {"qk_proj": 16, "v_proj": 8, "o_proj": 16, "gate_up_proj": 16, "down_proj": 16}
+    # q with k and gate with up: one DIMatMul each, split at q's and gate's channels, Y2 feeding k's DIRotary / up
+    model = exported["model"].model
+    attn, mlp = model.layers[0].self_attn, model.layers[0].mlp
+    splits = {n.name.split("/")[0].rsplit(".", 1)[-1]: {a.name: a.i for a in n.attribute}
+              for n in proto.graph.node if n.op_type == "DIMatMul" and n.name.startswith("model.layers.0.")}
+    assert (splits["qk_proj"]["split"], splits["qk_proj"]["N"]) == (attn.q_proj.out_features,
+                                                                   attn.q_proj.out_features + attn.k_proj.out_features)
+    assert (splits["gate_up_proj"]["split"], splits["gate_up_proj"]["N"]) == (mlp.gate_proj.out_features,
+                                                                             2 * mlp.up_proj.out_features)
+    assert all("split" not in splits[name] for name in ("v_proj", "o_proj", "down_proj"))
+    readers = {i: n for n in proto.graph.node for i in n.input}
+    qk = next(n for n in proto.graph.node if n.name.startswith("model.layers.0.self_attn.qk_proj"))
+    assert [readers[o].op_type for o in qk.output[::3]] == ["DIRotary", "DIRotary"]
+
+
+def test_paired_projections_change_no_bit(exported, tmp_path, monkeypatch):
+    """The graph with q/k and gate/up as two DIMatMuls each gives the paired graph's logits and cache bit for bit."""
+    from edgeq.cli import integer_only_passes
+    from edgeq.exporter.export import export
+    from edgeq.passes import integer_only
+    from edgeq.runtime.decoder import OnnxDecoder
+
+    def two_ops(self, x, first, second, name, obits, factor=1.0):
+        return self.matmul(x, first, f"{name}.first", obits, factor), self.matmul(x, second, f"{name}.second", obits)
+
+    monkeypatch.setattr(integer_only._Builder, "matmul_pair", two_ops)
+    unpaired = export(exported["model"], None, tmp_path / "model.onnx", transform=integer_only_passes)
+    counts = Counter(n.op_type for n in onnx.load(unpaired).graph.node)
+    assert counts["DIMatMul"] == 7 * LAYERS + 1
+    ids = np.random.default_rng(3).integers(0, 300, (2, 12))
+    outs = []
+    for path in (exported["integer"], unpaired):
+        dec = OnnxDecoder(path)
+        logits, cache = dec.step(ids[:, :9], dec.empty_cache(2))
+        step, cache = dec.step(ids[:, 9:10], cache)
+        outs.append([logits, step, *cache])
+    for a, b in zip(*outs, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_head_input_bits_narrow_for_wide_models():
@@ -201,7 +238,7 @@ def test_asymmetric_weights_become_dimatmul_zero_points(tmp_path):
     proto = onnx.load(integer)
     inits = {t.name: t for t in proto.graph.initializer}
     matmuls = [n for n in proto.graph.node if n.op_type == "DIMatMul" and not n.name.startswith("lm_head")]
-    assert len(matmuls) == 7
+    assert len(matmuls) == 5  # q/k and gate/up paired
     for n in matmuls:
         assert len(n.input) == 7 and n.input[6] in inits, n.name
         zero = onnx.numpy_helper.to_array(inits[n.input[6]])
@@ -225,7 +262,7 @@ def test_asymmetric_activations_carry_zero_points_into_dimatmul(tmp_path):
     # the final norm too: lm_head reads its codes with their zero points
     assert sorted(n.op_type for n in asym) == ["DINorm", "DINorm", "DINorm", "DIRequant", "DISwiGLU"]
     matmuls = [n for n in proto.graph.node if n.op_type == "DIMatMul"]
-    assert len(matmuls) == 8 and matmuls[-1].name.startswith("lm_head")
+    assert len(matmuls) == 6 and matmuls[-1].name.startswith("lm_head")
     for n in matmuls:
         assert len(n.input) == 9 and n.input[8] in inits, n.name
         assert producers[n.input[7]] in asym and list(producers[n.input[7]].output).index(n.input[7]) == 3

@@ -246,11 +246,14 @@ inline int64_t ZeroPointDot(int64_t dot, int64_t wz, int64_t row_factor, int64_t
 //
 // Few rows (decode): one pass over the pool, each task taking its weight rows' dot products into a stack tile and
 // turning them straight into the values and their min/max, instead of an int32 [M, N] product, a second pass for
-// the values and the per-call vectors between them; then the codes as QuantizeRows' few-row path has them.
+// the values and the per-call vectors between them; then the codes as QuantizeRows' few-row path has them. With
+// split, both parts' tasks share the one pass (each task within one part: its own Ea and ranges), then each part's
+// codes.
 template <typename X, typename Code>
 void DIMatMulFew(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProblem& p) {
-  const int64_t M = p.x.rows, K = a.K, N = a.N;
-  const int64_t Ea = AlignExponents(p.ch_e, N);
+  const int64_t M = p.x.rows, K = a.K, N = p.N;
+  const int parts = a.split != 0 ? 2 : 1;
+  const int64_t n_first[2] = {0, a.split}, n_count[2] = {a.split != 0 ? a.split : N, N - a.split};
   const X* Xs = static_cast<const X*>(p.x.q);
   int64_t x_sum[kFewRows] = {};
   int32_t x_sum32[kFewRows] = {};
@@ -270,10 +273,17 @@ void DIMatMulFew(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiP
       g.x16 = x16;
     }
   }
-  // A multiple of 4 tasks of equal rows (a multiple of kTileN), so that 2 or 4 threads get equal shares: blocks of
-  // kBlockN rows left N = 192 (k_proj, v_proj) as 3 tasks for 2 threads.
-  const int64_t tasks = ((N + kTaskRows - 1) / kTaskRows + 3) / 4 * 4;
-  const int64_t per = ((N + tasks - 1) / tasks + kTileN - 1) / kTileN * kTileN;
+  // Per part a multiple of 4 tasks of equal rows (a multiple of kTileN), so that 2 or 4 threads get equal shares:
+  // blocks of kBlockN rows left N = 192 (k_proj, v_proj) as 3 tasks for 2 threads.
+  int64_t per[2] = {}, first_task[3] = {}, Ea[2] = {};
+  for (int i = 0; i < parts; ++i) {
+    const int64_t tasks = ((n_count[i] + kTaskRows - 1) / kTaskRows + 3) / 4 * 4;
+    per[i] = ((n_count[i] + tasks - 1) / tasks + kTileN - 1) / kTileN * kTileN;
+    first_task[i + 1] = first_task[i] + tasks;
+    Ea[i] = AlignExponents(p.ch_e + n_first[i], n_count[i]);
+  }
+  const int64_t tasks = first_task[parts];
+  // Part i's values: a block [M, n_count[i]] at M * n_first[i], the layout FewRowCodes reads.
   int64_t* v = CallerBuffer<int64_t, Slot::kValues>(M * N);
   Range* part = CallerBuffer<Range, Slot::kParts>(tasks * M);
   // Locals, not p's fields: the stores into v could alias those (int64_t) for all the compiler knows.
@@ -281,43 +291,46 @@ void DIMatMulFew(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiP
   const int32_t *x_zero = p.x_zero, *w_sum = p.w_sum, *ch_m = p.ch_m;
   const int8_t* W = p.W;
   auto task = [&](int64_t t) {
-    const int64_t n0 = std::min(N, t * per), rows = std::min(per, N - n0);
+    const int i = t >= first_task[1] ? 1 : 0;
+    const int64_t n_part = n_first[i], local = std::min(n_count[i], (t - first_task[i]) * per[i]);
+    const int64_t n0 = n_part + local, rows = std::min(per[i], n_count[i] - local), shift = Ea[i];
     int32_t acc[kFewRows * kTaskRows];
     GemmInput gt = g;
     gt.w = W + n0 * K;
     GemmBlockAny(gemm, gt, M, 0, rows, acc, kTaskRows);
     for (int64_t r = 0; r < M; ++r) {
       const int64_t xz = x_zero != nullptr ? x_zero[r] : 0, row_factor = x_sum[r] - K * xz;
-      int64_t lo = INT64_MAX, hi = INT64_MIN, *row = v + r * N;
+      int64_t lo = INT64_MAX, hi = INT64_MIN, *row = v + M * n_part + r * n_count[i] - n_part;
       const int32_t* dots = acc + r * kTaskRows;
       for (int64_t n = n0; n < n0 + rows; ++n) {
         const int64_t sum = ZeroPointDot(dots[n - n0], w_zero != nullptr ? w_zero[n] : 0, row_factor, xz,
                                          x_zero != nullptr ? w_sum[n] : 0);
-        row[n] = ShiftByChannel(sum * ch_m[n], Ea - ch_e[n]);
+        row[n] = ShiftByChannel(sum * ch_m[n], shift - ch_e[n]);
         lo = std::min(lo, row[n]);
         hi = std::max(hi, row[n]);
       }
       part[r * tasks + t] = {lo, hi};
     }
   };
-  ParallelFor(ctx, tasks, task, M * per * K / 32);  // tiny products run inline
+  ParallelFor(ctx, tasks, task, M * std::max(per[0], per[1]) * K / 32);  // tiny products run inline
   Range* range = CallerBuffer<Range, Slot::kRanges>(M);
-  for (int64_t r = 0; r < M; ++r) {
-    range[r] = {INT64_MAX, INT64_MIN};
-    for (int64_t t = 0; t < tasks; ++t) {
-      range[r].first = std::min(range[r].first, part[r * tasks + t].first);
-      range[r].second = std::max(range[r].second, part[r * tasks + t].second);
+  for (int i = 0; i < parts; ++i) {
+    for (int64_t r = 0; r < M; ++r) {
+      range[r] = {INT64_MAX, INT64_MIN};
+      for (int64_t t = first_task[i]; t < first_task[i + 1]; ++t) {
+        range[r].first = std::min(range[r].first, part[r * tasks + t].first);
+        range[r].second = std::max(range[r].second, part[r * tasks + t].second);
+      }
     }
+    FewRowCodes<Code>(ctx, i == 0 ? p.out : p.out2, Chunks(M, n_count[i]), v + M * n_first[i], range, a.qmax,
+                      [&](int64_t r) { return Dyadic{p.x.m[r], p.x.e[r] + Ea[i]}; }, kClipOne);
   }
-  FewRowCodes<Code>(ctx, p.out, Chunks(M, N), v, range, a.qmax,
-                    [&](int64_t r) { return Dyadic{p.x.m[r], p.x.e[r] + Ea}; }, kClipOne);
 }
 
-// X: int8 codes, or int16 codes within abits > 8 (checked by PrepareIntegerOp, so the int32 sums stay exact).
+// Many rows: the product of one part (all of W, or one side of a split: MatMulPart) and its requantization.
 template <typename X, typename Code>
-void DIMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProblem& p) {
-  const int64_t M = p.x.rows, K = a.K, N = a.N;
-  if (M < kFewRows) return DIMatMulFew<X, Code>(ctx, a, gemm, p);
+void DIMatMulRows(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProblem& p) {
+  const int64_t M = p.x.rows, K = a.K, N = p.N;
   const X* Xs = static_cast<const X*>(p.x.q);
   const std::vector<int32_t> acc = GroupedGemm(ctx, gemm, Xs, 1, M, N, K, [&](int64_t) { return p.W; });
   const int64_t Ea = AlignExponents(p.ch_e, N);
@@ -332,6 +345,15 @@ void DIMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProb
       ctx, p.out, M, N, a.qmax,
       [&](int64_t r, int64_t n) { return ShiftBy(dot(r, n) * p.ch_m[n], Ea - p.ch_e[n]); },
       [&](int64_t r) { return Dyadic{p.x.m[r], p.x.e[r] + Ea}; });
+}
+
+// X: int8 codes, or int16 codes within abits > 8 (checked by PrepareIntegerOp, so the int32 sums stay exact).
+template <typename X, typename Code>
+void DIMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProblem& p) {
+  if (p.x.rows < kFewRows) return DIMatMulFew<X, Code>(ctx, a, gemm, p);
+  if (a.split == 0) return DIMatMulRows<X, Code>(ctx, a, gemm, p);
+  DIMatMulRows<X, Code>(ctx, a, gemm, MatMulPart(p, 0, a.split, p.out));
+  DIMatMulRows<X, Code>(ctx, a, gemm, MatMulPart(p, a.split, p.N - a.split, p.out2));
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 // The I-LLM integer ops on the CUDA execution provider: the CPU ops' checks of types and shapes on the host
 // (PrepareIntegerOp), then the kernels of integer_ops_kernels.cu on ORT's compute stream. Everything a kernel
 // needs besides the tensors travels by value in DiArgs, so the ops can be captured in a CUDA graph.
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "../integer_ops.h"
 #include "cuda_ops.h"
@@ -81,7 +83,7 @@ DiArgs ArgsOf(const DiAttrs& a, const DiProblem& p) {
   args.ch_m = p.ch_m;
   args.ch_e = p.ch_e;
   args.K = a.K;
-  args.N = a.N;
+  args.N = p.N;  // DIMatMul: of its part (MatMulPart)
   switch (a.op) {
     case DiOp::kClippedSoftmax: CopyShape(p.x.shape, p, args, a.where); break;
     case DiOp::kRotary:
@@ -135,10 +137,20 @@ struct Kernel {
     return StatusFrom([&] {
       Ort::KernelContext ctx(raw);
       const DiProblem p = PrepareIntegerOp(ctx, attrs);
-      const DiArgs args = ArgsOf(attrs, p);
-      Scratch scratch(ctx, /*input=*/0, IntegerOpScratchBytes(args), attrs.where);
-      if (const char* error = LaunchIntegerOp(args, gemm, ctx.GetGPUComputeStream(), scratch.data))
-        throw std::runtime_error(attrs.where + ": CUDA launch failed: " + error);
+      // DIMatMul's split: its two parts one after the other on the stream, sharing the scratch
+      std::vector<DiArgs> launches;
+      if (kOp == DiOp::kMatMul && attrs.split != 0) {
+        launches.push_back(ArgsOf(attrs, MatMulPart(p, 0, attrs.split, p.out)));
+        launches.push_back(ArgsOf(attrs, MatMulPart(p, attrs.split, p.N - attrs.split, p.out2)));
+      } else {
+        launches.push_back(ArgsOf(attrs, p));
+      }
+      size_t bytes = 0;
+      for (const DiArgs& args : launches) bytes = std::max(bytes, IntegerOpScratchBytes(args));
+      Scratch scratch(ctx, /*input=*/0, bytes, attrs.where);
+      for (const DiArgs& args : launches)
+        if (const char* error = LaunchIntegerOp(args, gemm, ctx.GetGPUComputeStream(), scratch.data))
+          throw std::runtime_error(attrs.where + ": CUDA launch failed: " + error);
     });
   }
 
