@@ -22,7 +22,7 @@ from custom_ops.integer_problems import activation, channel_scales  # noqa: E402
 from edgeq.custom_ops.library import get_library  # noqa: E402
 from edgeq.custom_ops.schema import opset_import  # noqa: E402
 
-SHAPES = [(576, 192, 200), (576, 576, 100), (576, 1536, 50), (1536, 576, 50)]  # K, N, nodes
+SHAPES = [(576, 192, 200), (576, 576, 100), (576, 768, 80), (576, 1536, 50), (576, 3072, 25), (1536, 576, 50)]  # K, N, nodes (768: q|k, 3072: gate|up)
 ROUNDS, RUNS = 7, 5
 
 
