@@ -585,8 +585,9 @@ def _non_negative(v) -> str | None:
     return None if isinstance(v, int) and v >= 0 else "must be a non-negative integer"
 
 
-_infer_one_matmul = _infer_integer("DIMatMul", out_last=lambda a: a["N"], expected=_matmul_expected,
-                                   code_of=_wide_code)
+# Y: N channels, or the first split of them
+_infer_first_output = _infer_integer("DIMatMul", out_last=lambda a: a.get("split") or a["N"],
+                                     expected=_matmul_expected, code_of=_wide_code)
 
 
 def _infer_matmul(ctx) -> None:
@@ -601,12 +602,10 @@ def _infer_matmul(ctx) -> None:
             f"got {outputs}")
     if split and split >= N:
         raise onnx.shape_inference.InferenceError(f"{op}: split={split} must be below N={N}")
-    _infer_one_matmul(ctx)
-    if split:
+    _infer_first_output(ctx)
+    if split:  # Y2, y2_m, y2_e: the other N - split channels
         dims = _input_dims(ctx, 0)
         for index, elem in enumerate((_wide_code(attrs), TensorProto.INT32, TensorProto.INT8)):
-            shape = None if dims is None else [*dims[:-1], split if index == 0 else 1]
-            ctx.set_output_type(index, helper.make_tensor_type_proto(elem, shape))
             shape = None if dims is None else [*dims[:-1], N - split if index == 0 else 1]
             ctx.set_output_type(3 + index, helper.make_tensor_type_proto(elem, shape))
 

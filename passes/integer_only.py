@@ -286,12 +286,16 @@ class _Builder:
             return tuple(self.op(op_type, list(inputs), name, outputs=4, domain=schema.DOMAIN, act_sym=0, **attrs))
         return tuple(self.op(op_type, list(inputs), name, outputs=3, domain=schema.DOMAIN, **attrs))
 
-    def matmul(self, x: Act, lin: Linear, name: str, obits: int = INNER_BITS, factor: float = 1.0) -> Act:
+    def matmul_inputs(self, x: Act, lin: Linear, name: str, factor: float = 1.0) -> list:
+        """DIMatMul's inputs for ``lin`` reading ``x``: its codes, dyadic scales and zero-point inputs."""
         w_m, w_e = lin.dyadic(factor)
+        return [*x[:3], self.init(f"{name}.W", lin.W), self.init(f"{name}.w_m", w_m), self.init(f"{name}.w_e", w_e),
+                *self.zero_inputs(x, lin.W, name, lin.w_zero)]
+
+    def matmul(self, x: Act, lin: Linear, name: str, obits: int = INNER_BITS, factor: float = 1.0) -> Act:
         N, K = lin.W.shape
-        return self.di("DIMatMul", [*x[:3], self.init(f"{name}.W", lin.W), self.init(f"{name}.w_m", w_m),
-                                    self.init(f"{name}.w_e", w_e), *self.zero_inputs(x, lin.W, name, lin.w_zero)],
-                       name, K=K, N=N, abits=lin.abits, wbits=lin.wbits, obits=obits)
+        return self.di("DIMatMul", self.matmul_inputs(x, lin, name, factor), name, K=K, N=N, abits=lin.abits,
+                       wbits=lin.wbits, obits=obits)
 
     def matmul_pair(self, x: Act, first: Linear, second: Linear, name: str, obits: int,
                     factor: float = 1.0) -> tuple[Act, Act]:
@@ -300,19 +304,17 @@ class _Builder:
         different code widths stay two ops."""
         if (first.abits, first.wbits, first.act_sym) != (second.abits, second.wbits, second.act_sym):
             return self.matmul(x, first, f"{name}.first", obits, factor), self.matmul(x, second, f"{name}.second", obits)
-        (m1, e1), (m2, e2) = first.dyadic(factor), second.dyadic()
-        W = np.concatenate([first.W, second.W])
         if first.w_zero is None and second.w_zero is None:
             w_zero = None
         else:  # a zero point of 0 leaves a channel's sum exactly as without one
             w_zero = np.concatenate([np.zeros(len(lin.W), np.int8) if lin.w_zero is None else lin.w_zero
                                      for lin in (first, second)])
-        N, K = W.shape
-        out = self.op("DIMatMul", [*x[:3], self.init(f"{name}.W", W), self.init(f"{name}.w_m", np.concatenate([m1, m2])),
-                                   self.init(f"{name}.w_e", np.concatenate([e1, e2])),
-                                   *self.zero_inputs(x, W, name, w_zero)],
-                      name, outputs=6, domain=schema.DOMAIN, K=K, N=N, abits=first.abits, wbits=first.wbits,
-                      obits=obits, split=len(first.W))
+        # factor folded into the first's scales as Linear.dyadic folds it (float64), so the dyadics are the same
+        scales = np.concatenate([first.scales.astype(np.float64) * factor, second.scales.astype(np.float64)])
+        pair = Linear(np.concatenate([first.W, second.W]), scales, first.wbits, first.abits, w_zero, first.act_sym)
+        N, K = pair.W.shape
+        out = self.op("DIMatMul", self.matmul_inputs(x, pair, name), name, outputs=6, domain=schema.DOMAIN, K=K, N=N,
+                      abits=pair.abits, wbits=pair.wbits, obits=obits, split=len(first.W))
         return tuple(out[:3]), tuple(out[3:])
 
     def zero_inputs(self, x: Act, codes: np.ndarray, name: str, w_zero: np.ndarray | None = None) -> list:

@@ -1,6 +1,5 @@
 """Random-weight models for speed benchmarks: right shapes, valid formats, and the graphs the passes should make."""
 
-
 import onnx
 import pytest
 import torch

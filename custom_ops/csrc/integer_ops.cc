@@ -320,7 +320,8 @@ std::vector<int64_t> PrepareBatchMatMul(Ort::KernelContext& ctx, const DiAttrs& 
 
 }  // namespace
 
-DiProblem MatMulPart(const DiProblem& p, int64_t n0, int64_t n, const IntOutput& out) {
+DiProblem MatMulPart(const DiProblem& p, int64_t split, int index) {
+  const int64_t n0 = index == 0 ? 0 : split, n = index == 0 ? split : p.N - split;
   DiProblem part = p;
   part.W = p.W + n0 * p.K;
   part.ch_m = p.ch_m + n0;
@@ -328,7 +329,7 @@ DiProblem MatMulPart(const DiProblem& p, int64_t n0, int64_t n, const IntOutput&
   if (p.w_zero != nullptr) part.w_zero = p.w_zero + n0;
   if (p.w_sum != nullptr) part.w_sum = p.w_sum + n0;
   part.N = n;
-  part.out = out;
+  part.out = index == 0 ? p.out : p.out2;
   part.out2 = IntOutput{};
   return part;
 }
@@ -371,14 +372,14 @@ DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op, bool device_i
   if (WideCodes(op)) {  // ORT takes Y's element type from the graph: it must be the one obits implies
     const bool probs = op == DiOp::kClippedSoftmax;
     const ONNXTensorElementDataType want = a.obits > 8 ? (probs ? kU16 : kI16) : (probs ? kU8 : kI8);
-    const bool split = op == DiOp::kMatMul && info.GetOutputCount() > 3;
-    for (size_t index : {size_t(0), size_t(3)}) {
-      if (index == 3 && !split) break;
+    auto expect_codes = [&](size_t index, const char* name) {
       const ONNXTensorElementDataType got = info.GetOutputTypeInfo(index).GetTensorTypeAndShapeInfo().GetElementType();
       if (got != want)
-        Fail(a.where, std::string(probs ? "P is " : index == 3 ? "Y2 is " : "Y is ") + TypeName(got) + ", but obits=" +
-                          std::to_string(a.obits) + " gives " + TypeName(want) + " codes");
-    }
+        Fail(a.where, std::string(name) + " is " + TypeName(got) + ", but obits=" + std::to_string(a.obits) + " gives " +
+                          TypeName(want) + " codes");
+    };
+    expect_codes(0, probs ? "P" : "Y");
+    if (op == DiOp::kMatMul && info.GetOutputCount() > 3) expect_codes(3, "Y2");  // split's second part
   }
   if (op == DiOp::kNorm || op == DiOp::kSwiGLU || op == DiOp::kRequant) {
     a.clip_q15 = OptionalInt(raw, "clip_q15", integer::kClipOne);
@@ -401,7 +402,7 @@ DiAttrs DiAttrs::FromKernelInfo(const OrtKernelInfo* raw, DiOp op, bool device_i
       ExpectRange(a.wbits, 2, 8, "wbits", a.where);
       a.split = OptionalInt(raw, "split", 0);
       if (a.split != 0) ExpectRange(a.split, 1, a.N - 1, "split", a.where);
-      if ((a.split != 0) != (info.GetOutputCount() == 6) || (info.GetOutputCount() != 3 && info.GetOutputCount() != 6))
+      if (info.GetOutputCount() != (a.split != 0 ? 6 : 3))
         Fail(a.where, "split=" + std::to_string(a.split) + " needs " + (a.split ? "6 outputs (Y, y_m, y_e, Y2, y2_m, y2_e)"
                                                                                 : "3 outputs (Y, y_m, y_e)") +
                           ", the node has " + std::to_string(info.GetOutputCount()));

@@ -100,8 +100,9 @@ struct DiProblem {
 // Checks types, shapes and the values the math relies on (mantissa ranges, positions), allocates the outputs.
 DiProblem PrepareIntegerOp(Ort::KernelContext& ctx, const DiAttrs& attrs);
 
-// DIMatMul's channels [n0, n0 + n) as a problem of its own writing `out` (p.N = n): each part of a split.
-DiProblem MatMulPart(const DiProblem& p, int64_t n0, int64_t n, const IntOutput& out);
+// DIMatMul's part `index` of a split as a problem of its own: 0, channels [0, split) into out; 1, [split, N) into
+// out2 (its N the part's).
+DiProblem MatMulPart(const DiProblem& p, int64_t split, int index);
 
 // The OrtCustomOp of kOp on one execution provider, around Kernel<kOp> (a class of the CPU or the CUDA ops);
 // DIAdd registers one per (A, B) code type pair, DIClippedSoftmax, DIMatMul and DINorm one per X type. ORT derives an UNDEFINED output's

@@ -352,8 +352,7 @@ template <typename X, typename Code>
 void DIMatMul(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiProblem& p) {
   if (p.x.rows < kFewRows) return DIMatMulFew<X, Code>(ctx, a, gemm, p);
   if (a.split == 0) return DIMatMulRows<X, Code>(ctx, a, gemm, p);
-  DIMatMulRows<X, Code>(ctx, a, gemm, MatMulPart(p, 0, a.split, p.out));
-  DIMatMulRows<X, Code>(ctx, a, gemm, MatMulPart(p, a.split, p.N - a.split, p.out2));
+  for (int part = 0; part < 2; ++part) DIMatMulRows<X, Code>(ctx, a, gemm, MatMulPart(p, a.split, part));
 }
 
 // ---------------------------------------------------------------------------------------------------------

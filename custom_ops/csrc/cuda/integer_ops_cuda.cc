@@ -3,7 +3,6 @@
 // needs besides the tensors travels by value in DiArgs, so the ops can be captured in a CUDA graph.
 #include <algorithm>
 #include <string>
-#include <vector>
 
 #include "../integer_ops.h"
 #include "cuda_ops.h"
@@ -138,18 +137,18 @@ struct Kernel {
       Ort::KernelContext ctx(raw);
       const DiProblem p = PrepareIntegerOp(ctx, attrs);
       // DIMatMul's split: its two parts one after the other on the stream, sharing the scratch
-      std::vector<DiArgs> launches;
-      if (kOp == DiOp::kMatMul && attrs.split != 0) {
-        launches.push_back(ArgsOf(attrs, MatMulPart(p, 0, attrs.split, p.out)));
-        launches.push_back(ArgsOf(attrs, MatMulPart(p, attrs.split, p.N - attrs.split, p.out2)));
-      } else {
-        launches.push_back(ArgsOf(attrs, p));
-      }
+      const bool split = kOp == DiOp::kMatMul && attrs.split != 0;
+      DiArgs launches[2];
+      const int count = split ? 2 : 1;
+      if (split)
+        for (int i = 0; i < count; ++i) launches[i] = ArgsOf(attrs, MatMulPart(p, attrs.split, i));
+      else
+        launches[0] = ArgsOf(attrs, p);
       size_t bytes = 0;
-      for (const DiArgs& args : launches) bytes = std::max(bytes, IntegerOpScratchBytes(args));
+      for (int i = 0; i < count; ++i) bytes = std::max(bytes, IntegerOpScratchBytes(launches[i]));
       Scratch scratch(ctx, /*input=*/0, bytes, attrs.where);
-      for (const DiArgs& args : launches)
-        if (const char* error = LaunchIntegerOp(args, gemm, ctx.GetGPUComputeStream(), scratch.data))
+      for (int i = 0; i < count; ++i)
+        if (const char* error = LaunchIntegerOp(launches[i], gemm, ctx.GetGPUComputeStream(), scratch.data))
           throw std::runtime_error(attrs.where + ": CUDA launch failed: " + error);
     });
   }
