@@ -113,6 +113,49 @@ def test_matmul_largest_accumulator(matmul_kernel):
     assert_bit_exact(matmul_kernel, "DIMatMul", [X, m, e, W, w_m, w_e], K=K, N=3, abits=8, wbits=8, obits=8)
 
 
+@pytest.mark.parametrize("raised", [0, 1, 2, 8, 9, 64])
+@pytest.mark.parametrize("K", [31, 64, 95, 577, 1536])
+def test_matmul_one_row_bytes(matmul_kernel, raised, K):
+    """One token (decode): AVX2's byte kernel raises the row's -128 codes to -127 and takes those weights back,
+    exact up to 8 of them (more go to the int16 kernel): codes of -128 at random places (the K tail included),
+    weights over the whole int8 range with both ends in every row, symmetric and zero-point grids."""
+    rng = np.random.default_rng(K * 100 + raised)
+    q, m, e = activation(rng, (1, K))
+    q[q == -128] = -127
+    at = rng.choice(K, min(raised, K), replace=False)
+    if raised:
+        at[0] = K - 1
+    q[0, at] = -128
+    N = int(rng.integers(1, 200))
+    W = rng.integers(-128, 128, (N, K)).astype(np.int8)
+    W[:, 0], W[:, -1] = -128, 127
+    w_m, w_e = channel_scales(rng, N)
+    w_zero = rng.integers(-128, 128, N).astype(np.int8)
+    for arrays in ([q, m, e, W, w_m, w_e], [q, m, e, W, w_m, w_e, w_zero]):
+        assert_bit_exact(matmul_kernel, "DIMatMul", arrays, K=K, N=N, abits=8, wbits=8, obits=8)
+
+
+def test_matmul_one_row_bytes_largest_pairs(matmul_kernel):
+    """The byte kernel's largest 16-bit pair sums, 2 * 128 * 127 either sign (|w| = 128 against x = +-127 and a
+    raised -128), and the largest int32 sums over K = 131071 (x = -128 everywhere: the int16 kernel)."""
+    K = 1537
+    X = np.full((1, K), -127, np.int8)
+    X[0, ::2] = 127
+    X[0, [5, 700, K - 1]] = -128
+    W = np.full((4, K), -128, np.int8)
+    W[1] = 127
+    W[2, ::3] = 127
+    W[3, 1::2] = -127
+    m, e = np.full((1, 1), ri.M_MAX, np.int32), np.full((1, 1), 20, np.int8)
+    w_m, w_e = np.full(4, 1 << 14, np.int32), np.full(4, 10, np.int8)
+    assert_bit_exact(matmul_kernel, "DIMatMul", [X, m, e, W, w_m, w_e], K=K, N=4, abits=8, wbits=8, obits=16)
+    X = np.full((1, ri.MAX_K), -128, np.int8)
+    W = np.full((2, ri.MAX_K), -128, np.int8)
+    W[1] = 127
+    assert_bit_exact(matmul_kernel, "DIMatMul", [X, m, e, W, w_m[:2], w_e[:2]], K=ri.MAX_K, N=2, abits=8, wbits=8,
+                     obits=8)
+
+
 @pytest.mark.parametrize("e", [-128, 127])
 def test_matmul_extreme_scales(target, e):
     """Exponents at both int8 ends: the output exponent saturates (-128) or the rows flush to zero (127)."""

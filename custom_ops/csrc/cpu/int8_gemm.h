@@ -49,12 +49,42 @@ void ParallelFor(Ort::KernelContext& ctx, int64_t n, F& f, int64_t work_per_task
 // creation) pins one; auto takes the widest this build has.
 enum class Gemm { kScalar, kAvx2, kAvx512, kVnni };
 
+// The int8 activation rows as AVX2's one-row byte kernel (TileAvx2Bytes) takes them: each -128 raised to -127, so
+// that sign(w) * x' stays a byte, and the positions raised, whose weights each row's sum gives back (x = x' - 1
+// there). Rows with more than kMaxRaised such codes leave the call to the int16 kernel (Prepare returns false).
+struct ByteRows {
+  static constexpr int kMaxRaised = 8;
+  const int8_t* x = nullptr;                  // [M, K]
+  int32_t raised[8][kMaxRaised] = {};         // per row, up to kMaxRaised positions (M <= 8: the few-row paths)
+  int32_t count[8] = {};
+  bool Prepare(const int8_t* X, int64_t M, int64_t K, int8_t* out) {
+    if (M > 8) return false;
+    for (int64_t r = 0; r < M; ++r) {
+      const int8_t* row = X + r * K;
+      int8_t* dst = out + r * K;
+      int n = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const bool low = row[k] == -128;
+        if (low) {
+          if (n == kMaxRaised) return false;
+          raised[r][n++] = int32_t(k);
+        }
+        dst[k] = low ? int8_t(-127) : row[k];
+      }
+      count[r] = n;
+    }
+    x = out;
+    return true;
+  }
+};
+
 struct GemmInput {
   const int8_t* x;       // activation codes [M, K] (null for int16 codes)
   const int16_t* x16;    // the same widened to int16 (kAvx2, kAvx512), or the int16 codes themselves
   const int32_t* x_sum;  // sum_k x[m, k] per row (kVnni only)
   const int8_t* w;       // weight codes [N, K]
   int64_t K;
+  const ByteRows* bytes = nullptr;  // kAvx2's one-row byte kernel (ByteRows), or null for the int16 one
 };
 
 template <typename X, int MR, int NR>
@@ -110,6 +140,33 @@ void TileAvx2(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t ac
       for (int64_t t = k; t < K; ++t) sum += int32_t(x[i * K + t]) * int32_t(w[j * K + t]);
       acc[i * acc_stride + j] = sum;
     }
+}
+// One activation row against one weight row in bytes: vpmaddubsw of |w| (at most 128, unsigned) by sign(w) * x'
+// (x' of ByteRows: at least -127, so its negation is a byte too) gives pairs of at most 2 * 128 * 127 < 2^15, so
+// the 16-bit sums never saturate, and vpmaddwd by ones widens them to int32: exact, and 32 products per step
+// against the int16 kernel's 16 (no widening of the weights).
+inline int32_t RowAvx2Bytes(const int8_t* x, const int8_t* w, int64_t K, const int32_t* raised, int count) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+  int64_t k = 0;
+  auto step = [&](__m256i& s, int64_t at) {
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + at));
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + at));
+    s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(xv, wv)),
+                                              ones));
+  };
+  for (; k + 64 <= K; k += 64) {  // two sums: the adds of one chain would wait on each other
+    step(s0, k);
+    step(s1, k + 32);
+  }
+  if (k + 32 <= K) {
+    step(s0, k);
+    k += 32;
+  }
+  int32_t sum = HorizontalSum(_mm256_add_epi32(s0, s1));
+  for (; k < K; ++k) sum += int32_t(x[k]) * int32_t(w[k]);
+  for (int i = 0; i < count; ++i) sum -= int32_t(w[raised[i]]);
+  return sum;
 }
 #else
 constexpr bool kHaveAvx2 = false;
@@ -234,7 +291,10 @@ void GemmRows(const GemmInput& g, int64_t m, int64_t n0, int64_t rows, int32_t* 
       const uintptr_t next = base + uintptr_t(n * g.K + ahead);
       for (int64_t c = 0; c < g.K; c += 64)
         _mm_prefetch(reinterpret_cast<const char*>(next + uintptr_t(c)), _MM_HINT_T0);
-      tile(std::integral_constant<int, 1>{}, n);
+      if (g.bytes != nullptr)
+        acc[m * N + n] = RowAvx2Bytes(g.bytes->x + m * g.K, g.w + n * g.K, g.K, g.bytes->raised[m], g.bytes->count[m]);
+      else
+        tile(std::integral_constant<int, 1>{}, n);
     }
     return;
   }

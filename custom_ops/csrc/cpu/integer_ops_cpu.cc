@@ -34,7 +34,7 @@ int64_t* RowBuffer(int64_t n) {
 // Per-thread buffers of the few-row (decode) paths, kept between calls: a decode step runs some 200 DIMatMuls
 // whose per-call vectors cost more in malloc/free than their requantization. Each Slot is a distinct buffer
 // (used on the calling thread, never by the pool's tasks for themselves, so RowBuffer stays free for those).
-enum class Slot { kValues, kRanges, kPlans, kShifts, kX16, kParts };
+enum class Slot { kValues, kRanges, kPlans, kShifts, kX16, kBytes, kParts };
 template <typename T, Slot kSlot>
 T* CallerBuffer(int64_t n) {
   thread_local std::vector<T> buffer;
@@ -262,12 +262,16 @@ void DIMatMulFew(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiP
     x_sum32[r] = int32_t(x_sum[r]);  // vpdpbusd's correction, int8 codes only: |sum| <= 128 K < 2^31 (kMaxK)
   }
   GemmInput g{nullptr, nullptr, x_sum32, p.W, K};
+  ByteRows bytes;
   if constexpr (std::is_same_v<X, int16_t>) {
     gemm = ForInt16(gemm);
     g.x16 = Xs;
   } else {
     g.x = Xs;
-    if (gemm == Gemm::kAvx2 || gemm == Gemm::kAvx512) {
+    // One token (decode) on AVX2: the byte kernel, which needs no int16 copy.
+    if (gemm == Gemm::kAvx2 && M == 1 && bytes.Prepare(Xs, M, K, CallerBuffer<int8_t, Slot::kBytes>(M * K))) {
+      g.bytes = &bytes;
+    } else if (gemm == Gemm::kAvx2 || gemm == Gemm::kAvx512) {
       int16_t* x16 = CallerBuffer<int16_t, Slot::kX16>(M * K);
       std::copy(Xs, Xs + M * K, x16);
       g.x16 = x16;
