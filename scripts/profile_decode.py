@@ -46,7 +46,7 @@ def samples(data: str):
     for block in text.split("\n\n"):
         lines = [ln.strip() for ln in block.strip().splitlines()]
         if len(lines) > 1:
-            yield lines[1:]  # the frames, leaf first
+            yield lines[0].split()[0], lines[1:]  # the thread, its frames (leaf first)
 
 
 def bucket(frames: list[str]) -> tuple[str, str]:
@@ -81,10 +81,11 @@ def main(model: str, threads: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "perf.data")
         ms = record(model, threads, data, steps=int(os.environ.get("STEPS", 80)))
-        counts = collections.Counter()
-        for frames in samples(data):
+        counts, per_thread = collections.Counter(), collections.Counter()
+        for tid, frames in samples(data):
             where, kind = bucket(frames)
             counts[where, kind] += 1
+            per_thread[tid, kind] += 1
             if kind == "inputs/outputs and checks":
                 callers[checks_callers(frames)] += 1
     total = sum(counts.values())
@@ -95,6 +96,13 @@ def main(model: str, threads: int) -> None:
     print("| part | share of samples |\n|---|---:|")
     for kind, n in by_kind.most_common():
         print(f"| {kind} | {100 * n / total:.1f}% |")
+    # Each thread's time per step by part (2,000 samples a second): with two threads, how much of the second one
+    # works and how much waits in ORT's pool.
+    steps = int(os.environ.get("STEPS", 80))
+    kinds = [k for k, _ in by_kind.most_common()]
+    print("\n| thread | " + " | ".join(f"{k}, ms/step" for k in kinds) + " |\n|---|" + "---:|" * len(kinds))
+    for tid in sorted({t for t, _ in per_thread}, key=lambda t: -sum(per_thread[t, k] for k in kinds)):
+        print(f"| {tid} | " + " | ".join(f"{per_thread[tid, k] / 2000 / steps * 1e3:.2f}" for k in kinds) + " |")
     print("\n| op | share | of which |\n|---|---:|---|")
     per_op = collections.Counter()
     for (where, _), n in counts.items():
