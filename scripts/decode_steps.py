@@ -2,10 +2,12 @@
 MODEL[@OPS_LIBRARY][#THREADS] (an op library other than the current build for an A/B of two builds; intra-op
 threads, default 2). After a 128-token prefill each round runs N decode steps from the same cache per spec; prints
 each spec's median step time and its per-round ratio to the first spec (median and quartiles), which cancels this
-shared VM's drift between rounds better than a ratio of medians.
+shared VM's drift between rounds better than a ratio of medians. Before each spec's steps the harness waits GAP
+seconds (default 0.1): ORT's idle workers spin for tens of milliseconds after a session's last parallel loop, and
+without the wait the previous spec's spinning worker takes a core from the next spec (BENCHMARKS.md, stop 25).
 
     python scripts/decode_steps.py out/fp32/model.onnx out/int/model.onnx#1 out/int/model.onnx@/tmp/old/libedgeq_ops_cpu.so
-    ROUNDS=30 STEPS=8 python scripts/decode_steps.py ...
+    ROUNDS=30 STEPS=8 GAP=0.1 python scripts/decode_steps.py ...
 """
 
 import os
@@ -25,6 +27,7 @@ def parse(spec: str) -> tuple[str, str, int]:
 
 def main(specs: list[str]) -> None:
     rounds, steps = int(os.environ.get("ROUNDS", 30)), int(os.environ.get("STEPS", 8))
+    gap = float(os.environ.get("GAP", 0.1))
     decoders = []
     for spec in specs:
         model, library, threads = parse(spec)
@@ -41,11 +44,12 @@ def main(specs: list[str]) -> None:
     ms = np.zeros((len(decoders), rounds))
     for r in range(rounds):
         for i, d in enumerate(decoders):
+            time.sleep(gap)
             cache, start = caches[i], time.perf_counter()
             for _ in range(steps):
                 _, cache = d.step(token, cache)
             ms[i, r] = (time.perf_counter() - start) / steps * 1e3
-    print(f"{rounds} rounds x {steps} decode steps after a 128-token prompt")
+    print(f"{rounds} rounds x {steps} decode steps after a 128-token prompt, {gap:g} s between specs")
     print(f"| spec | median ms/step | tok/s | vs {specs[0]} (per-round median, quartiles) |\n|---|---:|---:|---|")
     for spec, row in zip(specs, ms):
         ratio = ms[0] / row
