@@ -135,6 +135,25 @@ def test_matmul_one_row_bytes(matmul_kernel, raised, K):
         assert_bit_exact(matmul_kernel, "DIMatMul", arrays, K=K, N=N, abits=8, wbits=8, obits=8)
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_matmul_channel_exponents_far_apart(matmul_kernel, rows):
+    """Channel exponents over the whole int8 range: with Ea 16 above the lowest, the channels' shifts run from a left
+    shift of 16 to right shifts of 62, 63 and 64 (the last two flush to 0) and beyond, at every lane of the decode
+    path's four-channel steps and its scalar tail."""
+    rng = np.random.default_rng(31 + rows)
+    K = 45
+    x = activation(rng, (rows, K))
+    exps = np.array([-128, -120, -112, -100, -51, -50, -49, -48, -47, 0, 127], np.int8)
+    w_e = np.resize(np.roll(exps, 3), 4 * len(exps) + 3).astype(np.int8)
+    N = len(w_e)
+    W = rng.integers(-128, 128, (N, K)).astype(np.int8)
+    W[:, 0] = 127
+    w_m = rng.integers(1 << 14, 1 << 15, N).astype(np.int32) * rng.choice([-1, 1], N).astype(np.int32)
+    w_zero = rng.integers(-128, 128, N).astype(np.int8)
+    for arrays in ([*x, W, w_m, w_e], [*x, W, w_m, w_e, w_zero]):
+        assert_bit_exact(matmul_kernel, "DIMatMul", arrays, K=K, N=N, abits=8, wbits=8, obits=16)
+
+
 def test_matmul_one_row_bytes_largest_pairs(matmul_kernel):
     """The byte kernel's largest 16-bit pair sums, 2 * 128 * 127 either sign (|w| = 128 against x = +-127 and a
     raised -128), and the largest int32 sums over K = 131071 (x = -128 everywhere: the int16 kernel)."""

@@ -232,6 +232,58 @@ inline int64_t ShiftByChannel(int64_t v, int64_t s) {
   return s <= -63 ? 0 : shifted;
 }
 
+#if defined(__AVX2__)
+// The values ShiftByChannel(ZeroPointDot(dots[n - n0], ...) * ch_m[n], shift - ch_e[n]) of channels [n0, n1) four at a
+// time into row[n], with their min and max into lo and hi; returns the first channel left to the scalar loop. Every
+// product is one of vpmuldq's exact signed 32 x 32 -> 64 ones: wz (int8) by the row factor and xz by w_sum (each
+// below 2^31), and the zero-point dot itself (below 2^31 by DIMatMulMaxK) by its mantissa. AVX2 has no arithmetic
+// 64-bit shift: x >> r is ((x ^ 2^63) >>> r) - (2^63 >>> r), exact for r < 64.
+inline int64_t ChannelValuesAvx2(const int32_t* dots, int64_t n0, int64_t n1, const int8_t* w_zero, int64_t row_factor,
+                                 int64_t xz, const int32_t* w_sum, const int32_t* ch_m, const int8_t* ch_e,
+                                 int64_t shift, int64_t* row, int64_t& lo, int64_t& hi) {
+  const __m256i rf = _mm256_set1_epi64x(row_factor), xzv = _mm256_set1_epi64x(xz), sh = _mm256_set1_epi64x(shift);
+  const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi64x(1), cap = _mm256_set1_epi64x(62);
+  const __m256i top = _mm256_set1_epi64x(INT64_MIN), flush = _mm256_set1_epi64x(-63);
+  __m256i lo4 = _mm256_set1_epi64x(lo), hi4 = _mm256_set1_epi64x(hi);
+  auto bytes4 = [](const int8_t* b) {
+    int32_t four;
+    std::memcpy(&four, b, sizeof(four));
+    return _mm256_cvtepi8_epi64(_mm_cvtsi32_si128(four));
+  };
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    __m256i sum = _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(dots + (n - n0))));
+    if (w_zero != nullptr) sum = _mm256_sub_epi64(sum, _mm256_mul_epi32(bytes4(w_zero + n), rf));
+    if (w_sum != nullptr)
+      sum = _mm256_sub_epi64(
+          sum, _mm256_mul_epi32(_mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w_sum + n))),
+                                xzv));
+    const __m256i m = _mm256_cvtepi32_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ch_m + n)));
+    const __m256i prod = _mm256_mul_epi32(sum, m);
+    const __m256i s = _mm256_sub_epi64(sh, bytes4(ch_e + n));
+    const __m256i left = _mm256_blendv_epi8(zero, s, _mm256_cmpgt_epi64(s, zero));
+    const __m256i neg = _mm256_sub_epi64(zero, s);
+    __m256i right = _mm256_blendv_epi8(zero, neg, _mm256_cmpgt_epi64(neg, zero));
+    right = _mm256_blendv_epi8(right, cap, _mm256_cmpgt_epi64(right, cap));
+    const __m256i half = _mm256_srli_epi64(_mm256_sllv_epi64(one, right), 1);
+    const __m256i x = _mm256_add_epi64(_mm256_sllv_epi64(prod, left), half);
+    __m256i value = _mm256_sub_epi64(_mm256_srlv_epi64(_mm256_xor_si256(x, top), right), _mm256_srlv_epi64(top, right));
+    value = _mm256_andnot_si256(_mm256_cmpgt_epi64(_mm256_add_epi64(flush, one), s), value);  // s <= -63: 0
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + n), value);
+    lo4 = _mm256_blendv_epi8(lo4, value, _mm256_cmpgt_epi64(lo4, value));
+    hi4 = _mm256_blendv_epi8(hi4, value, _mm256_cmpgt_epi64(value, hi4));
+  }
+  int64_t l[4], h[4];
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(l), lo4);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(h), hi4);
+  for (int j = 0; j < 4; ++j) {
+    lo = std::min(lo, l[j]);
+    hi = std::max(hi, h[j]);
+  }
+  return n;
+}
+#endif
+
 constexpr int64_t kTaskRows = 64;  // at most, weight rows of a few-row task
 
 // x.W for asymmetric grids: sum_k (x - xz)(W - wz) = x.W - wz * (sum(x) - K * xz) - xz * sum(W), exact in int64
@@ -305,8 +357,13 @@ void DIMatMulFew(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiP
     for (int64_t r = 0; r < M; ++r) {
       const int64_t xz = x_zero != nullptr ? x_zero[r] : 0, row_factor = x_sum[r] - K * xz;
       int64_t lo = INT64_MAX, hi = INT64_MIN, *row = v + M * n_part + r * n_count[i] - n_part;
-      const int32_t* dots = acc + r * kTaskRows;
-      for (int64_t n = n0; n < n0 + rows; ++n) {
+      const int32_t* dots = acc + r * kTaskRows;  // channel n at n - n0
+      int64_t n = n0;
+#if defined(__AVX2__)
+      n = ChannelValuesAvx2(dots, n0, n0 + rows, w_zero, row_factor, xz, x_zero != nullptr ? w_sum : nullptr, ch_m,
+                            ch_e, shift, row, lo, hi);
+#endif
+      for (; n < n0 + rows; ++n) {
         const int64_t sum = ZeroPointDot(dots[n - n0], w_zero != nullptr ? w_zero[n] : 0, row_factor, xz,
                                          x_zero != nullptr ? w_sum[n] : 0);
         row[n] = ShiftByChannel(sum * ch_m[n], shift - ch_e[n]);
