@@ -49,16 +49,17 @@ void ParallelFor(Ort::KernelContext& ctx, int64_t n, F& f, int64_t work_per_task
 // creation) pins one; auto takes the widest this build has.
 enum class Gemm { kScalar, kAvx2, kAvx512, kVnni };
 
-// The int8 activation rows as AVX2's one-row byte kernel (TileAvx2Bytes) takes them: each -128 raised to -127, so
+// The int8 activation rows as AVX2's one-row byte kernel (RowAvx2Bytes) takes them: each -128 raised to -127, so
 // that sign(w) * x' stays a byte, and the positions raised, whose weights each row's sum gives back (x = x' - 1
-// there). Rows with more than kMaxRaised such codes leave the call to the int16 kernel (Prepare returns false).
+// there). More than kMaxRows rows, or a row with more than kMaxRaised such codes, leave the call to the int16
+// kernel (Prepare returns false); a decode row holds one or two (its minimum, on an asymmetric grid).
 struct ByteRows {
-  static constexpr int kMaxRaised = 8;
-  const int8_t* x = nullptr;                  // [M, K]
-  int32_t raised[8][kMaxRaised] = {};         // per row, up to kMaxRaised positions (M <= 8: the few-row paths)
-  int32_t count[8] = {};
+  static constexpr int kMaxRows = 8, kMaxRaised = 8;
+  const int8_t* x = nullptr;  // [M, K]
+  int32_t raised[kMaxRows][kMaxRaised] = {};
+  int32_t count[kMaxRows] = {};
   bool Prepare(const int8_t* X, int64_t M, int64_t K, int8_t* out) {
-    if (M > 8) return false;
+    if (M > kMaxRows) return false;
     for (int64_t r = 0; r < M; ++r) {
       const int8_t* row = X + r * K;
       int8_t* dst = out + r * K;
@@ -141,6 +142,7 @@ void TileAvx2(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t ac
       acc[i * acc_stride + j] = sum;
     }
 }
+
 // One activation row against one weight row in bytes: vpmaddubsw of |w| (at most 128, unsigned) by sign(w) * x'
 // (x' of ByteRows: at least -127, so its negation is a byte too) gives pairs of at most 2 * 128 * 127 < 2^15, so
 // the 16-bit sums never saturate, and vpmaddwd by ones widens them to int32: exact, and 32 products per step

@@ -233,17 +233,17 @@ inline int64_t ShiftByChannel(int64_t v, int64_t s) {
 }
 
 #if defined(__AVX2__)
-// The values ShiftByChannel(ZeroPointDot(dots[n - n0], ...) * ch_m[n], shift - ch_e[n]) of channels [n0, n1) four at a
-// time into row[n], with their min and max into lo and hi; returns the first channel left to the scalar loop. Every
-// product is one of vpmuldq's exact signed 32 x 32 -> 64 ones: wz (int8) by the row factor and xz by w_sum (each
-// below 2^31), and the zero-point dot itself (below 2^31 by DIMatMulMaxK) by its mantissa. AVX2 has no arithmetic
-// 64-bit shift: x >> r is ((x ^ 2^63) >>> r) - (2^63 >>> r), exact for r < 64.
+// The values ShiftByChannel(ZeroPointDot(dots[n - n0], ...) * ch_m[n], shift - ch_e[n]) of channels [n0, n1), four
+// at a time, into row[n], with their min and max into lo and hi; returns the first channel left to the scalar loop.
+// Every product is one of vpmuldq's exact signed 32 x 32 -> 64 ones: wz (int8) by the row factor and xz by w_sum
+// (each below 2^31), and the zero-point dot itself (below 2^31 by DIMatMulMaxK) by its mantissa. AVX2 has no
+// arithmetic 64-bit shift: x >> r is ((x ^ 2^63) >>> r) - (2^63 >>> r), exact for r < 64.
 inline int64_t ChannelValuesAvx2(const int32_t* dots, int64_t n0, int64_t n1, const int8_t* w_zero, int64_t row_factor,
                                  int64_t xz, const int32_t* w_sum, const int32_t* ch_m, const int8_t* ch_e,
                                  int64_t shift, int64_t* row, int64_t& lo, int64_t& hi) {
   const __m256i rf = _mm256_set1_epi64x(row_factor), xzv = _mm256_set1_epi64x(xz), sh = _mm256_set1_epi64x(shift);
   const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi64x(1), cap = _mm256_set1_epi64x(62);
-  const __m256i top = _mm256_set1_epi64x(INT64_MIN), flush = _mm256_set1_epi64x(-63);
+  const __m256i top = _mm256_set1_epi64x(INT64_MIN), flush = _mm256_set1_epi64x(-62);  // s below it: 0
   __m256i lo4 = _mm256_set1_epi64x(lo), hi4 = _mm256_set1_epi64x(hi);
   auto bytes4 = [](const int8_t* b) {
     int32_t four;
@@ -268,7 +268,7 @@ inline int64_t ChannelValuesAvx2(const int32_t* dots, int64_t n0, int64_t n1, co
     const __m256i half = _mm256_srli_epi64(_mm256_sllv_epi64(one, right), 1);
     const __m256i x = _mm256_add_epi64(_mm256_sllv_epi64(prod, left), half);
     __m256i value = _mm256_sub_epi64(_mm256_srlv_epi64(_mm256_xor_si256(x, top), right), _mm256_srlv_epi64(top, right));
-    value = _mm256_andnot_si256(_mm256_cmpgt_epi64(_mm256_add_epi64(flush, one), s), value);  // s <= -63: 0
+    value = _mm256_andnot_si256(_mm256_cmpgt_epi64(flush, s), value);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + n), value);
     lo4 = _mm256_blendv_epi8(lo4, value, _mm256_cmpgt_epi64(lo4, value));
     hi4 = _mm256_blendv_epi8(hi4, value, _mm256_cmpgt_epi64(value, hi4));
