@@ -34,6 +34,7 @@ from edgeq.quantize.config import METHODS, config_from_spec, parse_spec_args
 INTEGER_ONLY = "integer_only"  # spec key: =1 builds the I-LLM integer-only graph (weight-activation configs)
 ROTATE_DOWN = "rotate_down"    # spec key: that graph's Hadamard block on down_proj's input (edgeq export --rotate-down)
 PEERS = ("ort-rtn", "ort-hqq", "ort-gptq", "ort-kquant")
+SPIN_GAP_S = 0.1  # pause between timed models (measure_speed), longer than ORT's idle workers spin
 # op type -> index of its activation input (every other initializer input is weight storage)
 LINEAR_OPS = {"MatMulNBits": 0, "GroupQuantMatMul": 0, "SpQRMatMul": 0, "QuantLinear": 0, "MatMul": 0,
               "DIMatMul": 0}  # DIMatMul: (X, x_m, x_e) computed; W and its dyadic scales w_m, w_e stored
@@ -392,6 +393,9 @@ def measure_speed(paths: list[Path], args) -> list[Speed]:
         generate(d, prompt[:8], SamplingConfig(max_new_tokens=2, stop_at_eos=False))
     for _ in range(args.rounds):
         for i, d in enumerate(decoders):
+            # ORT's idle workers spin for tens of ms after a session's last parallel loop: let the previous model's
+            # stop before this one's prefill, or they take a core from it (BENCHMARKS.md, stop 25)
+            time.sleep(SPIN_GAP_S)
             out = generate(d, prompt, cfg)
             prefill[i].append(out.prefill_tokens_per_second)
             decode[i].append(out.decode_tokens_per_second)
