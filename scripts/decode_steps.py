@@ -3,7 +3,7 @@ MODEL[@OPS_LIBRARY][#THREADS] (an op library other than the current build for an
 threads, default 2). After a 128-token prefill each round runs N decode steps from the same cache per spec; prints
 each spec's median step time and its per-round ratio to the first spec (median and quartiles), which cancels this
 shared VM's drift between rounds better than a ratio of medians. Before each spec's steps the harness waits GAP
-seconds (default 0.1): ORT's idle workers spin for tens of milliseconds after a session's last parallel loop, and
+seconds (default edgeq bench's pause, 0.1): ORT's idle workers spin for tens of milliseconds after a session's last parallel loop, and
 without the wait the previous spec's spinning worker takes a core from the next spec (BENCHMARKS.md, stop 25).
 
     python scripts/decode_steps.py out/fp32/model.onnx out/int/model.onnx#1 out/int/model.onnx@/tmp/old/libedgeq_ops_cpu.so
@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from edgeq.bench import SPIN_GAP_S
 from edgeq.runtime.decoder import OnnxDecoder
 
 
@@ -27,7 +28,7 @@ def parse(spec: str) -> tuple[str, str, int]:
 
 def main(specs: list[str]) -> None:
     rounds, steps = int(os.environ.get("ROUNDS", 30)), int(os.environ.get("STEPS", 8))
-    gap = float(os.environ.get("GAP", 0.1))
+    gap = float(os.environ.get("GAP", SPIN_GAP_S))
     decoders = []
     for spec in specs:
         model, library, threads = parse(spec)

@@ -19,6 +19,7 @@ import numpy as np
 
 from edgeq.runtime.decoder import OnnxDecoder
 
+SAMPLE_HZ = 2000  # perf samples a second per thread
 OPS = "DIMatMul DIExp DIClippedSoftmax DINorm DISwiGLU DIRotary DIAdd DIBatchMatMul DIRequant".split()  # DiOp order
 
 
@@ -29,7 +30,7 @@ def record(model: str, threads: int, data: str, steps: int = 80) -> float:
     token = np.array([[vocab // 2]])
     for _ in range(10):
         d.step(token, cache)
-    perf = subprocess.Popen(["perf", "record", "--call-graph", "dwarf,16384", "-F", "2000", "-o", data,
+    perf = subprocess.Popen(["perf", "record", "--call-graph", "dwarf,16384", "-F", str(SAMPLE_HZ), "-o", data,
                              "-p", str(os.getpid())], stderr=subprocess.DEVNULL)
     time.sleep(1.0)
     start = time.perf_counter()
@@ -80,7 +81,8 @@ def main(model: str, threads: int) -> None:
     callers = collections.Counter()
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "perf.data")
-        ms = record(model, threads, data, steps=int(os.environ.get("STEPS", 80)))
+        steps = int(os.environ.get("STEPS", 80))
+        ms = record(model, threads, data, steps=steps)
         counts, per_thread = collections.Counter(), collections.Counter()
         for tid, frames in samples(data):
             where, kind = bucket(frames)
@@ -96,13 +98,12 @@ def main(model: str, threads: int) -> None:
     print("| part | share of samples |\n|---|---:|")
     for kind, n in by_kind.most_common():
         print(f"| {kind} | {100 * n / total:.1f}% |")
-    # Each thread's time per step by part (2,000 samples a second): with two threads, how much of the second one
-    # works and how much waits in ORT's pool.
-    steps = int(os.environ.get("STEPS", 80))
+    # Each thread's time per step by part: with two threads, how much of the second one works and how much waits
+    # in ORT's pool.
     kinds = [k for k, _ in by_kind.most_common()]
     print("\n| thread | " + " | ".join(f"{k}, ms/step" for k in kinds) + " |\n|---|" + "---:|" * len(kinds))
     for tid in sorted({t for t, _ in per_thread}, key=lambda t: -sum(per_thread[t, k] for k in kinds)):
-        print(f"| {tid} | " + " | ".join(f"{per_thread[tid, k] / 2000 / steps * 1e3:.2f}" for k in kinds) + " |")
+        print(f"| {tid} | " + " | ".join(f"{per_thread[tid, k] / SAMPLE_HZ / steps * 1e3:.2f}" for k in kinds) + " |")
     print("\n| op | share | of which |\n|---|---:|---|")
     per_op = collections.Counter()
     for (where, _), n in counts.items():

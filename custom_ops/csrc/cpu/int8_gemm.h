@@ -49,30 +49,23 @@ void ParallelFor(Ort::KernelContext& ctx, int64_t n, F& f, int64_t work_per_task
 // creation) pins one; auto takes the widest this build has.
 enum class Gemm { kScalar, kAvx2, kAvx512, kVnni };
 
-// The int8 activation rows as AVX2's one-row byte kernel (RowAvx2Bytes) takes them: each -128 raised to -127, so
-// that sign(w) * x' stays a byte, and the positions raised, whose weights each row's sum gives back (x = x' - 1
-// there). More than kMaxRows rows, or a row with more than kMaxRaised such codes, leave the call to the int16
-// kernel (Prepare returns false); a decode row holds one or two (its minimum, on an asymmetric grid).
-struct ByteRows {
-  static constexpr int kMaxRows = 8, kMaxRaised = 8;
-  const int8_t* x = nullptr;  // [M, K]
-  int32_t raised[kMaxRows][kMaxRaised] = {};
-  int32_t count[kMaxRows] = {};
-  bool Prepare(const int8_t* X, int64_t M, int64_t K, int8_t* out) {
-    if (M > kMaxRows) return false;
-    for (int64_t r = 0; r < M; ++r) {
-      const int8_t* row = X + r * K;
-      int8_t* dst = out + r * K;
-      int n = 0;
-      for (int64_t k = 0; k < K; ++k) {
-        const bool low = row[k] == -128;
-        if (low) {
-          if (n == kMaxRaised) return false;
-          raised[r][n++] = int32_t(k);
-        }
-        dst[k] = low ? int8_t(-127) : row[k];
+// One int8 activation row (decode) as AVX2's one-row byte kernel (RowAvx2Bytes) takes it: each -128 raised to
+// -127, so that sign(w) * x' stays a byte, and the positions raised, whose weights the row's sum gives back (x = x' -
+// 1 there). More than kMaxRaised such codes leave the call to the int16 kernel (Prepare returns false); a decode row
+// holds one or two (its minimum, on an asymmetric grid).
+struct ByteRow {
+  static constexpr int kMaxRaised = 8;
+  const int8_t* x = nullptr;  // [K]
+  int32_t raised[kMaxRaised];
+  int count = 0;
+  bool Prepare(const int8_t* X, int64_t K, int8_t* out) {
+    for (int64_t k = 0; k < K; ++k) {
+      const bool low = X[k] == -128;
+      if (low) {
+        if (count == kMaxRaised) return false;
+        raised[count++] = int32_t(k);
       }
-      count[r] = n;
+      out[k] = low ? int8_t(-127) : X[k];
     }
     x = out;
     return true;
@@ -85,7 +78,7 @@ struct GemmInput {
   const int32_t* x_sum;  // sum_k x[m, k] per row (kVnni only)
   const int8_t* w;       // weight codes [N, K]
   int64_t K;
-  const ByteRows* bytes = nullptr;  // kAvx2's one-row byte kernel (ByteRows), or null for the int16 one
+  const ByteRow* bytes = nullptr;  // kAvx2's one-row byte kernel for one activation row (M = 1), or null
 };
 
 template <typename X, int MR, int NR>
@@ -144,7 +137,7 @@ void TileAvx2(const GemmInput& g, int64_t m, int64_t n, int32_t* acc, int64_t ac
 }
 
 // One activation row against one weight row in bytes: vpmaddubsw of |w| (at most 128, unsigned) by sign(w) * x'
-// (x' of ByteRows: at least -127, so its negation is a byte too) gives pairs of at most 2 * 128 * 127 < 2^15, so
+// (x' of ByteRow: at least -127, so its negation is a byte too) gives pairs of at most 2 * 128 * 127 < 2^15, so
 // the 16-bit sums never saturate, and vpmaddwd by ones widens them to int32: exact, and 32 products per step
 // against the int16 kernel's 16 (no widening of the weights).
 inline int32_t RowAvx2Bytes(const int8_t* x, const int8_t* w, int64_t K, const int32_t* raised, int count) {
@@ -293,8 +286,8 @@ void GemmRows(const GemmInput& g, int64_t m, int64_t n0, int64_t rows, int32_t* 
       const uintptr_t next = base + uintptr_t(n * g.K + ahead);
       for (int64_t c = 0; c < g.K; c += 64)
         _mm_prefetch(reinterpret_cast<const char*>(next + uintptr_t(c)), _MM_HINT_T0);
-      if (g.bytes != nullptr)
-        acc[m * N + n] = RowAvx2Bytes(g.bytes->x + m * g.K, g.w + n * g.K, g.K, g.bytes->raised[m], g.bytes->count[m]);
+      if (g.bytes != nullptr)  // set for one activation row only: m = 0
+        acc[m * N + n] = RowAvx2Bytes(g.bytes->x, g.w + n * g.K, g.K, g.bytes->raised, g.bytes->count);
       else
         tile(std::integral_constant<int, 1>{}, n);
     }

@@ -242,7 +242,7 @@ inline int64_t ChannelValuesAvx2(const int32_t* dots, int64_t n0, int64_t n1, co
                                  int64_t xz, const int32_t* w_sum, const int32_t* ch_m, const int8_t* ch_e,
                                  int64_t shift, int64_t* row, int64_t& lo, int64_t& hi) {
   const __m256i rf = _mm256_set1_epi64x(row_factor), xzv = _mm256_set1_epi64x(xz), sh = _mm256_set1_epi64x(shift);
-  const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi64x(1), cap = _mm256_set1_epi64x(62);
+  const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi64x(1);
   const __m256i top = _mm256_set1_epi64x(INT64_MIN), flush = _mm256_set1_epi64x(-62);  // s below it: 0
   __m256i lo4 = _mm256_set1_epi64x(lo), hi4 = _mm256_set1_epi64x(hi);
   auto bytes4 = [](const int8_t* b) {
@@ -263,8 +263,9 @@ inline int64_t ChannelValuesAvx2(const int32_t* dots, int64_t n0, int64_t n1, co
     const __m256i s = _mm256_sub_epi64(sh, bytes4(ch_e + n));
     const __m256i left = _mm256_blendv_epi8(zero, s, _mm256_cmpgt_epi64(s, zero));
     const __m256i neg = _mm256_sub_epi64(zero, s);
-    __m256i right = _mm256_blendv_epi8(zero, neg, _mm256_cmpgt_epi64(neg, zero));
-    right = _mm256_blendv_epi8(right, cap, _mm256_cmpgt_epi64(right, cap));
+    // Unlike the scalar shifts, vpsllvq/vpsrlvq are defined for counts of 64 and more (0), so right needs no cap at
+    // 62: every lane it would change is flushed below.
+    const __m256i right = _mm256_blendv_epi8(zero, neg, _mm256_cmpgt_epi64(neg, zero));
     const __m256i half = _mm256_srli_epi64(_mm256_sllv_epi64(one, right), 1);
     const __m256i x = _mm256_add_epi64(_mm256_sllv_epi64(prod, left), half);
     __m256i value = _mm256_sub_epi64(_mm256_srlv_epi64(_mm256_xor_si256(x, top), right), _mm256_srlv_epi64(top, right));
@@ -314,14 +315,14 @@ void DIMatMulFew(Ort::KernelContext& ctx, const DiAttrs& a, Gemm gemm, const DiP
     x_sum32[r] = int32_t(x_sum[r]);  // vpdpbusd's correction, int8 codes only: |sum| <= 128 K < 2^31 (kMaxK)
   }
   GemmInput g{nullptr, nullptr, x_sum32, p.W, K};
-  ByteRows bytes;
+  ByteRow bytes;
   if constexpr (std::is_same_v<X, int16_t>) {
     gemm = ForInt16(gemm);
     g.x16 = Xs;
   } else {
     g.x = Xs;
     // One token (decode) on AVX2: the byte kernel, which needs no int16 copy.
-    if (gemm == Gemm::kAvx2 && M == 1 && bytes.Prepare(Xs, M, K, CallerBuffer<int8_t, Slot::kBytes>(M * K))) {
+    if (gemm == Gemm::kAvx2 && M == 1 && bytes.Prepare(Xs, K, CallerBuffer<int8_t, Slot::kBytes>(K))) {
       g.bytes = &bytes;
     } else if (gemm == Gemm::kAvx2 || gemm == Gemm::kAvx512) {
       int16_t* x16 = CallerBuffer<int16_t, Slot::kX16>(M * K);
